@@ -1,0 +1,505 @@
+//! The cache policy: what is a hit, what goes upstream, when a tag is revalidated, when stale content
+//! is served. Handlers ask; this module decides.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method};
+
+use crate::inflight::{self, content_length, BlobReader, FillError, Fills, Source};
+use crate::oci::{AcceptList, Digest, Hasher, Reference, RepositoryName, Tag, SCHEMA1_SIGNED};
+use crate::store::{now_secs, Store, StoredManifest, TagEntry};
+use crate::singleflight::Singleflight;
+use crate::upstream::{Upstream, UpstreamError};
+
+/// The largest manifest regcache accepts.
+pub const MAX_MANIFEST: usize = 4 * 1024 * 1024;
+/// The largest tag list regcache passes on.
+const MAX_TAG_LIST: usize = 16 * 1024 * 1024;
+
+/// How a request was answered, for logs and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// From the cache, upstream not asked (or only asked to revalidate).
+    Hit,
+    /// Fetched from upstream.
+    Miss,
+    /// From the cache because upstream was unavailable.
+    Stale,
+    /// Passed through from upstream, nothing cached.
+    Pass,
+}
+
+impl Outcome {
+    /// The word used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Stale => "stale",
+            Outcome::Pass => "pass",
+        }
+    }
+}
+
+/// Why the cache could not answer. Cloneable so one failure can be shared by every waiter.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum CacheError {
+    /// Upstream refused or failed.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// Upstream sent content that doesn't match its digest or size.
+    #[error("upstream sent corrupt content: {0}")]
+    Corrupt(String),
+    /// A manifest over the size limit.
+    #[error("manifest larger than {MAX_MANIFEST} bytes")]
+    ManifestTooLarge,
+    /// The range starts past the end.
+    #[error("range not satisfiable for a blob of {size} bytes")]
+    RangeNotSatisfiable {
+        /// The blob's size.
+        size: u64,
+    },
+    /// The local disk or index failed.
+    #[error("local storage failed: {0}")]
+    Storage(String),
+}
+
+impl From<FillError> for CacheError {
+    fn from(e: FillError) -> Self {
+        match e {
+            FillError::Upstream(u) => CacheError::Upstream(u),
+            FillError::Corrupt(m) => CacheError::Corrupt(m),
+            FillError::Disk(m) => CacheError::Storage(m),
+        }
+    }
+}
+
+impl From<io::Error> for CacheError {
+    fn from(e: io::Error) -> Self {
+        CacheError::Storage(e.to_string())
+    }
+}
+
+impl From<sled::Error> for CacheError {
+    fn from(e: sled::Error) -> Self {
+        CacheError::Storage(e.to_string())
+    }
+}
+
+/// A manifest answer. `bytes` is `None` for a `HEAD` answered from upstream headers alone.
+#[derive(Clone, Debug)]
+pub struct ManifestAnswer {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// Its size.
+    pub size: u64,
+    /// Its bytes, when known.
+    pub bytes: Option<Bytes>,
+    /// How it was answered.
+    pub outcome: Outcome,
+}
+
+/// A byte range asked for, before it is checked against the blob's size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RangeRequest {
+    /// `bytes=start-` or `bytes=start-end` (inclusive).
+    From(u64, Option<u64>),
+    /// `bytes=-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl RangeRequest {
+    /// The `[start, end)` this range covers in a blob of `size` bytes; `None` if unsatisfiable.
+    pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
+        match self {
+            RangeRequest::From(start, _) if start >= size => None,
+            RangeRequest::From(start, end) => Some((start, end.map_or(size, |e| (e + 1).min(size)))),
+            RangeRequest::Suffix(0) => None,
+            RangeRequest::Suffix(n) => Some((size.saturating_sub(n), size)),
+        }
+    }
+}
+
+/// A blob answer.
+pub struct BlobAnswer {
+    /// The blob's full size, when known (unknown only while a fill from a chunked upstream runs).
+    pub size: Option<u64>,
+    /// The `[start, end)` served when a range was asked for.
+    pub range: Option<(u64, u64)>,
+    /// The bytes, `None` for `HEAD`.
+    pub body: Option<BlobReader>,
+    /// How it was answered.
+    pub outcome: Outcome,
+}
+
+/// A tag list page from upstream.
+pub struct TagList {
+    /// The JSON body as upstream sent it.
+    pub body: Bytes,
+    /// Upstream's `Link` header for the next page.
+    pub link: Option<HeaderValue>,
+}
+
+type TagKey = (String, RepositoryName, Tag, String);
+type ManifestKey = (String, RepositoryName, String, String);
+
+/// The cache: store, upstreams, and the calls in flight.
+pub struct Cache {
+    store: Arc<Store>,
+    upstreams: Vec<Arc<Upstream>>,
+    fills: Arc<Fills>,
+    revalidations: Singleflight<TagKey, Result<Option<HeadAnswer>, UpstreamError>>,
+    manifest_fetches: Singleflight<ManifestKey, Result<ManifestAnswer, CacheError>>,
+}
+
+/// What an upstream `HEAD` of a manifest said.
+#[derive(Clone, Debug)]
+struct HeadAnswer {
+    digest: Digest,
+    media_type: Option<String>,
+    size: Option<u64>,
+}
+
+impl Cache {
+    /// A cache over `store` fetching from `upstreams` (the first is the default).
+    pub fn new(store: Arc<Store>, upstreams: Vec<Arc<Upstream>>) -> Cache {
+        Cache {
+            store,
+            upstreams,
+            fills: Arc::new(Fills::default()),
+            revalidations: Singleflight::default(),
+            manifest_fetches: Singleflight::default(),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The running fills.
+    pub fn fills(&self) -> &Arc<Fills> {
+        &self.fills
+    }
+
+    /// The upstream a request is for: the one named by `ns` (containerd's `?ns=`), else the first.
+    /// `None` when `ns` names a registry that isn't configured: nothing may be contacted then.
+    pub fn upstream(&self, ns: Option<&str>) -> Option<&Arc<Upstream>> {
+        match ns {
+            None => self.upstreams.first(),
+            Some(ns) => {
+                let ns = ns.to_ascii_lowercase();
+                let hub = crate::config::is_docker_hub_name(&ns);
+                self.upstreams.iter().find(|u| u.config().name == ns || (hub && u.config().is_docker_hub()))
+            }
+        }
+    }
+
+    /// A manifest by tag or digest.
+    pub async fn manifest(
+        &self,
+        up: &Arc<Upstream>,
+        repo: &RepositoryName,
+        reference: &Reference,
+        accept: &AcceptList,
+        head: bool,
+    ) -> Result<ManifestAnswer, CacheError> {
+        match reference {
+            Reference::Digest(d) => self.manifest_by_digest(up, repo, d, accept, head).await,
+            Reference::Tag(t) => self.manifest_by_tag(up, repo, t, accept, head).await,
+        }
+    }
+
+    async fn manifest_by_digest(
+        &self,
+        up: &Arc<Upstream>,
+        repo: &RepositoryName,
+        digest: &Digest,
+        accept: &AcceptList,
+        head: bool,
+    ) -> Result<ManifestAnswer, CacheError> {
+        if let Some(m) = self.store.index.manifest(digest)? {
+            return Ok(answer(digest.clone(), m, Outcome::Hit));
+        }
+        if head {
+            let h = head_manifest_upstream(up, repo, &Reference::Digest(digest.clone()), accept).await?;
+            if let Some(a) = h.filter(|h| h.digest == *digest).and_then(|h| head_only(h, accept)) {
+                return Ok(a);
+            }
+        }
+        self.fetch_manifest(up, repo, &Reference::Digest(digest.clone()), accept).await
+    }
+
+    async fn manifest_by_tag(
+        &self,
+        up: &Arc<Upstream>,
+        repo: &RepositoryName,
+        tag: &Tag,
+        accept: &AcceptList,
+        head: bool,
+    ) -> Result<ManifestAnswer, CacheError> {
+        let name = up.config().name.clone();
+        let reference = Reference::Tag(tag.clone());
+        let key = (name.clone(), repo.clone(), tag.clone(), accept.key());
+        let revalidated = {
+            let (up, repo, reference, accept) = (up.clone(), repo.clone(), reference.clone(), accept.clone());
+            self.revalidations
+                .run(key, move || async move { head_manifest_upstream(&up, &repo, &reference, &accept).await })
+                .await
+        };
+        match revalidated {
+            Ok(Some(h)) => {
+                if let Some(m) = self.store.index.manifest(&h.digest)? {
+                    if accept.allows(&m.media_type) {
+                        self.remember_tag(&name, repo, tag, &h.digest, &m.media_type)?;
+                        return Ok(answer(h.digest, m, Outcome::Hit));
+                    }
+                }
+                if head {
+                    if let Some(a) = head_only(h.clone(), accept) {
+                        return Ok(a);
+                    }
+                }
+                let a = self.fetch_manifest(up, repo, &Reference::Digest(h.digest), accept).await?;
+                self.remember_tag(&name, repo, tag, &a.digest, &a.media_type)?;
+                Ok(a)
+            }
+            Ok(None) => {
+                let a = self.fetch_manifest(up, repo, &reference, accept).await?;
+                self.remember_tag(&name, repo, tag, &a.digest, &a.media_type)?;
+                Ok(a)
+            }
+            Err(e) if e.is_unavailable() => match self.stale_tag(&name, repo, tag, accept)? {
+                Some(a) => {
+                    tracing::warn!(upstream = %name, %repo, %tag, error = %e, "upstream unavailable; serving the last known tag");
+                    Ok(a)
+                }
+                None => Err(e.into()),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn stale_tag(
+        &self,
+        upstream: &str,
+        repo: &RepositoryName,
+        tag: &Tag,
+        accept: &AcceptList,
+    ) -> Result<Option<ManifestAnswer>, CacheError> {
+        let Some(entry) = self.store.index.tag(upstream, repo, tag)? else { return Ok(None) };
+        let Ok(digest) = entry.digest.parse::<Digest>() else { return Ok(None) };
+        let Some(m) = self.store.index.manifest(&digest)? else { return Ok(None) };
+        if !accept.allows(&m.media_type) {
+            return Ok(None);
+        }
+        Ok(Some(answer(digest, m, Outcome::Stale)))
+    }
+
+    fn remember_tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, digest: &Digest, media_type: &str) -> Result<(), CacheError> {
+        let entry = TagEntry { digest: digest.to_string(), media_type: media_type.to_owned(), checked_at: now_secs() };
+        self.store.index.put_tag(upstream, repo, tag, &entry)?;
+        Ok(())
+    }
+
+    /// GET a manifest from upstream (one call per upstream, repository, reference and Accept at a
+    /// time), verify it, store it.
+    async fn fetch_manifest(
+        &self,
+        up: &Arc<Upstream>,
+        repo: &RepositoryName,
+        reference: &Reference,
+        accept: &AcceptList,
+    ) -> Result<ManifestAnswer, CacheError> {
+        let key = (up.config().name.clone(), repo.clone(), reference.to_string(), accept.key());
+        let (up, repo, reference, accept, store) =
+            (up.clone(), repo.clone(), reference.clone(), accept.clone(), self.store.clone());
+        self.manifest_fetches
+            .run(key, move || async move { get_manifest_upstream(&up, &repo, &reference, &accept, &store).await })
+            .await
+    }
+
+    /// A blob, whole or a range; `head` for headers only.
+    pub async fn blob(
+        &self,
+        up: &Arc<Upstream>,
+        repo: &RepositoryName,
+        digest: &Digest,
+        range: Option<RangeRequest>,
+        head: bool,
+    ) -> Result<BlobAnswer, CacheError> {
+        if let Some((file, size)) = inflight::stored(&self.store, digest)? {
+            return serve_stored(file, size, range, head, Outcome::Hit);
+        }
+        if head {
+            if let Some(size) = self.fills.get(digest).and_then(|f| f.total()) {
+                return Ok(BlobAnswer { size: Some(size), range: None, body: None, outcome: Outcome::Miss });
+            }
+            let resp = up.request(Method::HEAD, repo, &format!("blobs/{digest}"), HeaderMap::new()).await?;
+            let size = content_length(resp.headers());
+            return Ok(BlobAnswer { size, range: None, body: None, outcome: Outcome::Pass });
+        }
+        let fill = match self.fills.join_or_start(&self.store, up, repo, digest)? {
+            Source::Stored(file, size) => return serve_stored(file, size, range, head, Outcome::Hit),
+            Source::Filling(fill) => fill,
+        };
+        let mut total = fill.started().await?;
+        if range.is_some() && total.is_none() {
+            // A range needs the size: wait for the end of a fill whose upstream didn't announce one.
+            total = Some(fill.finished().await?);
+        }
+        let (start, end, served) = match (range, total) {
+            (Some(r), Some(size)) => {
+                let (s, e) = r.resolve(size).ok_or(CacheError::RangeNotSatisfiable { size })?;
+                (s, Some(e), Some((s, e)))
+            }
+            _ => (0, total, None),
+        };
+        Ok(BlobAnswer { size: total, range: served, body: Some(BlobReader::filling(fill, start, end)), outcome: Outcome::Miss })
+    }
+
+    /// One page of a repository's tags, from upstream.
+    pub async fn tags(&self, up: &Arc<Upstream>, repo: &RepositoryName, query: &str) -> Result<TagList, CacheError> {
+        let rest = if query.is_empty() { "tags/list".to_owned() } else { format!("tags/list?{query}") };
+        let resp = up.request(Method::GET, repo, &rest, HeaderMap::new()).await?;
+        let link = resp.headers().get(header::LINK).cloned();
+        let body = up.transport().read_body(resp.into_body(), MAX_TAG_LIST).await?;
+        Ok(TagList { body, link })
+    }
+}
+
+fn serve_stored(file: std::fs::File, size: u64, range: Option<RangeRequest>, head: bool, outcome: Outcome) -> Result<BlobAnswer, CacheError> {
+    let (start, end, served) = match range {
+        Some(r) => {
+            let (s, e) = r.resolve(size).ok_or(CacheError::RangeNotSatisfiable { size })?;
+            (s, e, Some((s, e)))
+        }
+        None => (0, size, None),
+    };
+    let body = (!head).then(|| BlobReader::stored(file, start, end));
+    Ok(BlobAnswer { size: Some(size), range: served, body, outcome })
+}
+
+fn answer(digest: Digest, m: StoredManifest, outcome: Outcome) -> ManifestAnswer {
+    ManifestAnswer { digest, size: m.bytes.len() as u64, media_type: m.media_type, bytes: Some(m.bytes), outcome }
+}
+
+/// A HEAD answer built from upstream headers alone, if they said everything and the client accepts it.
+fn head_only(h: HeadAnswer, accept: &AcceptList) -> Option<ManifestAnswer> {
+    let media_type = h.media_type.filter(|m| accept.allows(m))?;
+    Some(ManifestAnswer { digest: h.digest, media_type, size: h.size?, bytes: None, outcome: Outcome::Pass })
+}
+
+fn accept_headers(accept: &AcceptList) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    // One line per type, as Docker sends them: some registries read only part of a joined list.
+    for t in accept.for_upstream() {
+        if let Ok(v) = HeaderValue::from_str(&t) {
+            h.append(header::ACCEPT, v);
+        }
+    }
+    h
+}
+
+fn media_type_of(headers: &HeaderMap) -> Option<String> {
+    let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let m = ct.split(';').next()?.trim();
+    (!m.is_empty()).then(|| m.to_ascii_lowercase())
+}
+
+fn docker_digest(headers: &HeaderMap) -> Option<Digest> {
+    headers.get("docker-content-digest")?.to_str().ok()?.trim().parse().ok()
+}
+
+async fn head_manifest_upstream(
+    up: &Upstream,
+    repo: &RepositoryName,
+    reference: &Reference,
+    accept: &AcceptList,
+) -> Result<Option<HeadAnswer>, UpstreamError> {
+    let resp = up.request(Method::HEAD, repo, &format!("manifests/{reference}"), accept_headers(accept)).await?;
+    let h = resp.headers();
+    Ok(docker_digest(h).map(|digest| HeadAnswer { digest, media_type: media_type_of(h), size: content_length(h) }))
+}
+
+async fn get_manifest_upstream(
+    up: &Upstream,
+    repo: &RepositoryName,
+    reference: &Reference,
+    accept: &AcceptList,
+    store: &Store,
+) -> Result<ManifestAnswer, CacheError> {
+    let resp = up.request(Method::GET, repo, &format!("manifests/{reference}"), accept_headers(accept)).await?;
+    if content_length(resp.headers()).is_some_and(|n| n > MAX_MANIFEST as u64) {
+        return Err(CacheError::ManifestTooLarge);
+    }
+    let headers = resp.headers().clone();
+    let bytes = up.transport().read_body(resp.into_body(), MAX_MANIFEST).await.map_err(|e| match e {
+        UpstreamError::Protocol(m) if m.starts_with("body larger") => CacheError::ManifestTooLarge,
+        e => e.into(),
+    })?;
+    let media_type = media_type_of(&headers)
+        .or_else(|| sniff_media_type(&bytes))
+        .unwrap_or_else(|| "application/json".to_owned());
+    let announced = docker_digest(&headers);
+    let algorithm = match reference {
+        Reference::Digest(d) => d.algorithm(),
+        Reference::Tag(_) => crate::oci::Algorithm::Sha256,
+    };
+    let mut hasher = Hasher::new(algorithm);
+    hasher.update(&bytes);
+    let computed = hasher.finish();
+    let schema1 = media_type == SCHEMA1_SIGNED;
+    let digest = match reference {
+        Reference::Digest(want) if computed == *want => computed,
+        // Signed schema1: the digest covers the payload without signatures; trust upstream's word.
+        Reference::Digest(want) if schema1 && announced.as_ref() == Some(want) => want.clone(),
+        Reference::Digest(want) => {
+            return Err(CacheError::Corrupt(format!("manifest {want} has digest {computed}")));
+        }
+        Reference::Tag(_) if schema1 => announced.unwrap_or(computed),
+        Reference::Tag(_) => {
+            if let Some(a) = announced.filter(|a| *a != computed && a.algorithm() == computed.algorithm()) {
+                return Err(CacheError::Corrupt(format!("manifest announced as {a} has digest {computed}")));
+            }
+            computed
+        }
+    };
+    let m = StoredManifest { media_type, bytes };
+    store.index.put_manifest(&digest, &m)?;
+    Ok(answer(digest, m, Outcome::Miss))
+}
+
+fn sniff_media_type(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+    }
+    serde_json::from_slice::<Probe>(bytes).ok()?.media_type
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_resolve() {
+        let cases = [
+            (RangeRequest::From(0, None), 10, Some((0, 10))),
+            (RangeRequest::From(2, Some(4)), 10, Some((2, 5))),
+            (RangeRequest::From(2, Some(100)), 10, Some((2, 10))),
+            (RangeRequest::From(10, None), 10, None),
+            (RangeRequest::Suffix(3), 10, Some((7, 10))),
+            (RangeRequest::Suffix(30), 10, Some((0, 10))),
+            (RangeRequest::Suffix(0), 10, None),
+        ];
+        for (r, size, want) in cases {
+            assert_eq!(r.resolve(size), want, "{r:?} of {size}");
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! Configuration: the raw TOML as written (unknown keys refused), resolved once into a validated
+//! [`Config`] with parsed addresses, URLs, credentials and trust roots.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+/// Where regcache listens when nothing says otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
+/// Where regcache keeps its data when nothing says otherwise.
+pub const DEFAULT_DATA_DIR: &str = "./regcache-data";
+/// The registry a configuration without upstreams mirrors.
+pub const DOCKER_HUB_NAME: &str = "docker.io";
+/// Docker Hub's registry endpoint.
+pub const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
+
+/// A configuration that can't be used, with a message fit for one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+/// The TOML file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    upstream: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: String,
+    url: String,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    auth_hosts: Vec<String>,
+    connect_timeout: Option<u64>,
+    response_timeout: Option<u64>,
+    idle_timeout: Option<u64>,
+}
+
+/// Settings given on the command line, which win over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--upstream`: the URL of the first upstream.
+    pub upstream_url: Option<String>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The address to serve on.
+    pub listen: SocketAddr,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The upstream registries; the first serves plain `/v2/<name>/…` requests.
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// One upstream registry.
+#[derive(Clone)]
+pub struct UpstreamConfig {
+    /// The registry host as clients name it (`docker.io`, `ghcr.io`).
+    pub name: String,
+    /// Where to reach it.
+    pub url: Url,
+    /// Credentials for token and Basic auth.
+    pub credentials: Option<Credentials>,
+    /// Extra PEM trust roots, already read.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Hosts besides the upstream's own domain that may receive the credentials.
+    pub auth_hosts: Vec<String>,
+    /// Limit for establishing a connection.
+    pub connect_timeout: Duration,
+    /// Limit for the response headers after the request is sent.
+    pub response_timeout: Duration,
+    /// Limit for a body to go without any bytes.
+    pub idle_timeout: Duration,
+}
+
+/// A username and password. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The username.
+    pub username: String,
+    /// The password.
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credentials({}, ***)", self.username)
+    }
+}
+
+impl fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("name", &self.name)
+            .field("url", &self.url.as_str())
+            .field("credentials", &self.credentials)
+            .field("ca_file", &self.ca_pem.is_some())
+            .field("auth_hosts", &self.auth_hosts)
+            .finish()
+    }
+}
+
+impl UpstreamConfig {
+    /// Whether this upstream is Docker Hub, whose one-component names live under `library/`.
+    pub fn is_docker_hub(&self) -> bool {
+        is_docker_hub_name(&self.name)
+    }
+}
+
+/// Whether a registry host names Docker Hub.
+pub fn is_docker_hub_name(name: &str) -> bool {
+    matches!(name, "docker.io" | "registry-1.docker.io" | "index.docker.io")
+}
+
+impl Config {
+    /// Read and resolve the configuration: `file` if given, else the embedded defaults.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let raw = match file {
+            None => RawConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("cannot read config {}: {e}", path.display())))?;
+                parse_toml(&text).map_err(|e| ConfigError(format!("config {}: {e}", path.display())))?
+            }
+        };
+        let base = file.and_then(Path::parent).unwrap_or(Path::new("."));
+        resolve(raw, overrides, base)
+    }
+
+    /// Resolve a configuration from TOML text; relative paths are taken from `base`.
+    pub fn from_toml(text: &str, overrides: &Overrides, base: &Path) -> Result<Config, ConfigError> {
+        resolve(parse_toml(text).map_err(ConfigError)?, overrides, base)
+    }
+}
+
+/// Parse TOML, turning serde's message into one line that names the line number.
+fn parse_toml(text: &str) -> Result<RawConfig, String> {
+    toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let msg = e.message().replace('\n', " ");
+        match line {
+            Some(n) => format!("line {n}: {msg}"),
+            None => msg,
+        }
+    })
+}
+
+fn resolve(raw: RawConfig, over: &Overrides, base: &Path) -> Result<Config, ConfigError> {
+    let listen_s = over.listen.clone().or(raw.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen = listen_s
+        .parse::<SocketAddr>()
+        .map_err(|e| ConfigError(format!("listen address {listen_s:?}: {e}")))?;
+    let data_dir = over.data_dir.clone().or(raw.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+
+    let mut raws = raw.upstream;
+    if raws.is_empty() {
+        raws.push(RawUpstream {
+            name: DOCKER_HUB_NAME.to_owned(),
+            url: DOCKER_HUB_URL.to_owned(),
+            username: None,
+            password: None,
+            password_file: None,
+            ca_file: None,
+            auth_hosts: Vec::new(),
+            connect_timeout: None,
+            response_timeout: None,
+            idle_timeout: None,
+        });
+    }
+    if let Some(url) = &over.upstream_url {
+        raws[0].url = url.clone();
+    }
+    let upstreams = raws.into_iter().map(|u| resolve_upstream(u, base)).collect::<Result<Vec<_>, _>>()?;
+    for (i, u) in upstreams.iter().enumerate() {
+        if upstreams[..i].iter().any(|o| o.name == u.name) {
+            return Err(ConfigError(format!("upstream {:?} is configured twice", u.name)));
+        }
+    }
+    Ok(Config { listen, data_dir, upstreams })
+}
+
+fn resolve_upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, ConfigError> {
+    let name = raw.name.trim().to_ascii_lowercase();
+    if name.is_empty() || name.contains('/') || name.contains(char::is_whitespace) {
+        return Err(ConfigError(format!("upstream name {:?} must be a registry host such as docker.io", raw.name)));
+    }
+    let url = Url::parse(&raw.url).map_err(|e| ConfigError(format!("upstream {name}: url {:?}: {e}", raw.url)))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ConfigError(format!("upstream {name}: url {:?} must be http:// or https:// with a host", raw.url)));
+    }
+    if url.path() != "/" || url.query().is_some() {
+        return Err(ConfigError(format!("upstream {name}: url {:?} must not have a path or query", raw.url)));
+    }
+    let password = match (raw.password, raw.password_file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError(format!("upstream {name}: give password or password_file, not both")))
+        }
+        (Some(p), None) => Some(p),
+        (None, Some(file)) => {
+            let path = base.join(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError(format!("upstream {name}: cannot read password_file {}: {e}", path.display()))
+            })?;
+            Some(text.trim_end_matches(['\r', '\n']).to_owned())
+        }
+        (None, None) => None,
+    };
+    let credentials = match (raw.username, password) {
+        (Some(username), Some(password)) => Some(Credentials { username, password }),
+        (None, None) => None,
+        _ => return Err(ConfigError(format!("upstream {name}: username and password go together"))),
+    };
+    let ca_pem = match raw.ca_file {
+        None => None,
+        Some(file) => {
+            let path = base.join(file);
+            let pem = std::fs::read(&path)
+                .map_err(|e| ConfigError(format!("upstream {name}: cannot read ca_file {}: {e}", path.display())))?;
+            let count = rustls_pemfile::certs(&mut pem.as_slice()).filter(|c| c.is_ok()).count();
+            if count == 0 {
+                return Err(ConfigError(format!("upstream {name}: ca_file {} holds no PEM certificate", path.display())));
+            }
+            Some(pem)
+        }
+    };
+    let secs = |v: Option<u64>, default: u64| Duration::from_secs(v.unwrap_or(default));
+    Ok(UpstreamConfig {
+        name,
+        url,
+        credentials,
+        ca_pem,
+        auth_hosts: raw.auth_hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect(),
+        connect_timeout: secs(raw.connect_timeout, 10),
+        response_timeout: secs(raw.response_timeout, 30),
+        idle_timeout: secs(raw.idle_timeout, 60),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, &Overrides::default(), Path::new("."))
+    }
+
+    #[test]
+    fn defaults_mirror_docker_hub() {
+        let c = load("").unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(c.upstreams.len(), 1);
+        assert_eq!(c.upstreams[0].name, "docker.io");
+        assert_eq!(c.upstreams[0].url.as_str(), "https://registry-1.docker.io/");
+        assert!(c.upstreams[0].is_docker_hub());
+    }
+
+    #[test]
+    fn full_example() {
+        let c = load(
+            r#"
+listen = "0.0.0.0:5001"
+data_dir = "/var/lib/regcache"
+[[upstream]]
+name = "docker.io"
+url = "https://registry-1.docker.io"
+username = "ci"
+password = "s3cret"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 5001);
+        let creds = c.upstreams[0].credentials.clone().unwrap();
+        assert_eq!(creds.username, "ci");
+        assert!(!format!("{:?}", c).contains("s3cret"), "passwords never appear in Debug");
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = load("listen = \"127.0.0.1:1\"\n\n[[upstream]]\nname = \"a\"\nurl = \"http://a\"\nbogus = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+        assert!(err.contains("line 6"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let cases = [
+            ("listen = \"nope\"", "listen address"),
+            ("[[upstream]]\nname = \"x\"\nurl = \"not a url\"", "url"),
+            ("[[upstream]]\nname = \"x\"\nurl = \"ftp://x\"", "http"),
+            ("[[upstream]]\nname = \"x\"\nurl = \"https://x\"\nca_file = \"/nonexistent/ca.pem\"", "ca_file"),
+            ("[[upstream]]\nname = \"x\"\nurl = \"https://x\"\nusername = \"u\"", "together"),
+            ("[[upstream]]\nname = \"x\"\nurl = \"https://x\"\n[[upstream]]\nname = \"x\"\nurl = \"https://y\"", "twice"),
+        ];
+        for (text, want) in cases {
+            let err = load(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn overrides_win() {
+        let over = Overrides {
+            listen: Some("127.0.0.1:6000".into()),
+            data_dir: Some("/tmp/x".into()),
+            upstream_url: Some("http://127.0.0.1:9".into()),
+        };
+        let c = Config::from_toml("", &over, Path::new(".")).unwrap();
+        assert_eq!(c.listen.port(), 6000);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.upstreams[0].url.as_str(), "http://127.0.0.1:9/");
+        assert_eq!(c.upstreams[0].name, "docker.io");
+    }
+}

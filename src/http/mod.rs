@@ -1,0 +1,298 @@
+//! The HTTP side: the accept loop with graceful shutdown, routing, short handlers, and the one
+//! error mapping.
+
+mod error;
+mod range;
+mod route;
+mod server;
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+
+use crate::cache::{BlobAnswer, Cache, ManifestAnswer};
+use crate::config::Config;
+use crate::oci::{AcceptList, ErrorCode};
+use crate::store::Store;
+use crate::upstream::Upstream;
+use error::{oci_error, rescue, route_error, Resource};
+pub use range::parse_range;
+pub use route::{query, route, Query, Route, RouteError};
+pub use server::serve;
+
+/// The response body type.
+pub type Body = BoxBody<Bytes, io::Error>;
+/// A response.
+pub type Resp = Response<Body>;
+
+/// How a request was answered, as recorded for the request log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A cache outcome.
+    Cache(crate::cache::Outcome),
+    /// No cache involved (`/v2/`).
+    Local,
+    /// An error response.
+    Error,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Cache(o) => o.as_str(),
+            Outcome::Local => "local",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// A whole body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// The registry regcache serves: configuration resolved into a store, upstream clients and a cache.
+pub struct Registry {
+    cache: Cache,
+}
+
+/// Why the registry can't start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory or index.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// An upstream client.
+    #[error("{0}")]
+    Upstream(String),
+}
+
+impl Registry {
+    /// Open the store and build the upstream clients.
+    pub fn open(config: &Config) -> Result<Arc<Registry>, StartError> {
+        let store = Arc::new(Store::open(&config.data_dir)?);
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| Upstream::new(u.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StartError::Upstream)?;
+        Ok(Arc::new(Registry { cache: Cache::new(store, upstreams) }))
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// Answer one request, and log it once its body is done.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Result<Resp, Infallible> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let mut resp = self.respond(req).await;
+        resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+        let outcome = resp.extensions().get::<Outcome>().copied().unwrap_or(Outcome::Local);
+        let status = resp.status();
+        Ok(resp.map(|body| {
+            logged(body, move |bytes, complete| {
+                tracing::info!(
+                    %peer, %method, %path, status = status.as_u16(), bytes, complete,
+                    ms = start.elapsed().as_millis() as u64, outcome = outcome.as_str(), "request"
+                );
+            })
+        }))
+    }
+
+    async fn respond(&self, req: Request<Incoming>) -> Resp {
+        let head = req.method() == Method::HEAD;
+        let route = match route(req.method(), req.uri().path()) {
+            Ok(r) => r,
+            Err(e) => return route_error(&e),
+        };
+        let q = match query(req.uri().query()) {
+            Ok(q) => q,
+            Err(e) => return route_error(&e),
+        };
+        if route == Route::Base {
+            return base();
+        }
+        let Some(up) = self.cache.upstream(q.ns.as_deref()).cloned() else {
+            let ns = q.ns.unwrap_or_default();
+            return oci_error(StatusCode::NOT_FOUND, ErrorCode::NameUnknown, &format!("registry {ns:?} is not mirrored here"), serde_json::Value::Null);
+        };
+        let mut resp = match route {
+            Route::Base => base(),
+            Route::Manifest(name, reference) => {
+                let accept = AcceptList::from_headers(req.headers());
+                match self.cache.manifest(&up, &name, &reference, &accept, head).await {
+                    Ok(a) => manifest_response(a, head),
+                    Err(e) => rescue(&e, Resource::Manifest),
+                }
+            }
+            Route::Blob(name, digest) => {
+                let range = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(parse_range);
+                match self.cache.blob(&up, &name, &digest, range, head).await {
+                    Ok(a) => blob_response(a, &digest),
+                    Err(e) => rescue(&e, Resource::Blob),
+                }
+            }
+            Route::Tags(name) => {
+                let params = tag_query(&q);
+                match self.cache.tags(&up, &name, &params).await {
+                    Ok(t) => {
+                        let mut r = Response::new(full(t.body));
+                        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                        if let Some(link) = t.link {
+                            r.headers_mut().insert(header::LINK, link);
+                        }
+                        r.extensions_mut().insert(Outcome::Cache(crate::cache::Outcome::Pass));
+                        r
+                    }
+                    Err(e) => rescue(&e, Resource::Repository),
+                }
+            }
+        };
+        if q.ns.is_some() {
+            if let Ok(v) = HeaderValue::from_str(&up.config().name) {
+                resp.headers_mut().insert("oci-namespace", v);
+            }
+        }
+        resp
+    }
+}
+
+/// The upstream query for a tag list page, rebuilt from the validated parameters only.
+fn tag_query(q: &Query) -> String {
+    let mut params = url::form_urlencoded::Serializer::new(String::new());
+    if let Some(n) = q.n {
+        params.append_pair("n", &n.to_string());
+    }
+    if let Some(last) = &q.last {
+        params.append_pair("last", last);
+    }
+    params.finish()
+}
+
+fn base() -> Resp {
+    let mut r = Response::new(full(&b"{}"[..]));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.extensions_mut().insert(Outcome::Local);
+    r
+}
+
+fn manifest_response(a: ManifestAnswer, head: bool) -> Resp {
+    let body = match (head, a.bytes) {
+        (false, Some(b)) => full(b),
+        _ => full(Bytes::new()),
+    };
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&a.media_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    let digest = a.digest.to_string();
+    if let Ok(v) = HeaderValue::from_str(&digest) {
+        h.insert("docker-content-digest", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(a.size));
+    r.extensions_mut().insert(Outcome::Cache(a.outcome));
+    r
+}
+
+fn blob_response(a: BlobAnswer, digest: &crate::oci::Digest) -> Resp {
+    let body = match a.body {
+        Some(reader) => BodyExt::boxed(StreamBody::new(futures_util::stream::unfold(reader, |mut r| async move {
+            r.next_chunk().await.map(|chunk| (chunk.map(Frame::data), r))
+        }))),
+        None => full(Bytes::new()),
+    };
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
+        h.insert("docker-content-digest", v.clone());
+        if let Ok(etag) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+            h.insert(header::ETAG, etag);
+        }
+    }
+    match (a.range, a.size) {
+        (Some((start, end)), Some(size)) => {
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+        }
+        (_, Some(size)) => {
+            r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        }
+        _ => {}
+    }
+    r.extensions_mut().insert(Outcome::Cache(a.outcome));
+    r
+}
+
+/// A body that counts what it sends and calls `done(bytes, complete)` once, when it ends or is
+/// dropped (a client that went away).
+struct Logged<F: FnOnce(u64, bool)> {
+    inner: Body,
+    bytes: u64,
+    complete: bool,
+    done: Option<F>,
+}
+
+fn logged<F: FnOnce(u64, bool) + Send + Sync + Unpin + 'static>(inner: Body, done: F) -> Body {
+    Logged { inner, bytes: 0, complete: false, done: Some(done) }.boxed()
+}
+
+impl<F: FnOnce(u64, bool)> Drop for Logged<F> {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(self.bytes, self.complete);
+        }
+    }
+}
+
+impl<F: FnOnce(u64, bool) + Unpin> hyper::body::Body for Logged<F> {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.bytes += d.len() as u64;
+                }
+            }
+            std::task::Poll::Ready(None) => self.complete = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,182 @@
+//! Request routing as a pure function: method, path and query in; a typed route (validated name,
+//! reference or digest) or the error the client gets out.
+//!
+//! Names may contain any number of `/`, so the path is split from the right at the last
+//! `/manifests/`, `/blobs/` or `/tags/list`.
+
+use http::Method;
+
+use crate::oci::{Digest, ErrorCode, NameError, Reference, RepositoryName};
+
+/// A request regcache serves.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /v2/`.
+    Base,
+    /// `GET|HEAD /v2/<name>/manifests/<reference>`.
+    Manifest(RepositoryName, Reference),
+    /// `GET|HEAD /v2/<name>/blobs/<digest>`.
+    Blob(RepositoryName, Digest),
+    /// `GET /v2/<name>/tags/list`.
+    Tags(RepositoryName),
+}
+
+/// The query parameters regcache reads.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Query {
+    /// containerd's `ns=<registry host>`.
+    pub ns: Option<String>,
+    /// Tag list page size.
+    pub n: Option<u32>,
+    /// Tag list cursor.
+    pub last: Option<String>,
+}
+
+/// Why a request can't be routed: the status and OCI code the client gets.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RouteError {
+    /// HTTP status.
+    pub status: http::StatusCode,
+    /// OCI code.
+    pub code: ErrorCode,
+    /// Message.
+    pub message: String,
+}
+
+impl RouteError {
+    fn new(status: http::StatusCode, code: ErrorCode, message: impl Into<String>) -> RouteError {
+        RouteError { status, code, message: message.into() }
+    }
+}
+
+impl From<NameError> for RouteError {
+    fn from(e: NameError) -> Self {
+        let code = match e {
+            NameError::Name(_) => ErrorCode::NameInvalid,
+            NameError::Tag(_) => ErrorCode::TagInvalid,
+            NameError::Digest(_) => ErrorCode::DigestInvalid,
+        };
+        RouteError::new(http::StatusCode::BAD_REQUEST, code, e.to_string())
+    }
+}
+
+/// Route a request.
+pub fn route(method: &Method, path: &str) -> Result<Route, RouteError> {
+    let not_found = || RouteError::new(http::StatusCode::NOT_FOUND, ErrorCode::NameUnknown, format!("no route for {path}"));
+    let Some(rest) = path.strip_prefix("/v2") else { return Err(not_found()) };
+    if *method != Method::GET && *method != Method::HEAD {
+        return Err(RouteError::new(
+            http::StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Unsupported,
+            format!("{method} is not supported: regcache is a read-only mirror"),
+        ));
+    }
+    if rest.is_empty() || rest == "/" {
+        return Ok(Route::Base);
+    }
+    let rest = rest.strip_prefix('/').ok_or_else(not_found)?;
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        return Ok(Route::Tags(name.parse()?));
+    }
+    let split = ["/manifests/", "/blobs/"]
+        .iter()
+        .filter_map(|sep| rest.rfind(sep).map(|i| (i, *sep)))
+        .max_by_key(|(i, _)| *i);
+    let Some((i, sep)) = split else { return Err(not_found()) };
+    let name: RepositoryName = rest[..i].parse()?;
+    let last = &rest[i + sep.len()..];
+    match sep {
+        "/manifests/" => Ok(Route::Manifest(name, last.parse()?)),
+        _ if last.starts_with("uploads") => Err(RouteError::new(
+            http::StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Unsupported,
+            "uploads are not supported: regcache is a read-only mirror",
+        )),
+        _ => Ok(Route::Blob(name, last.parse().map_err(NameError::from)?)),
+    }
+}
+
+/// Parse the query string; unknown parameters are ignored, malformed known ones are a 400.
+pub fn query(q: Option<&str>) -> Result<Query, RouteError> {
+    let mut out = Query::default();
+    for (k, v) in url::form_urlencoded::parse(q.unwrap_or("").as_bytes()) {
+        match &*k {
+            "ns" => out.ns = Some(v.into_owned()),
+            "n" => {
+                let n = v.parse().map_err(|_| {
+                    RouteError::new(http::StatusCode::BAD_REQUEST, ErrorCode::Unsupported, format!("n={v:?} is not a count"))
+                })?;
+                out.n = Some(n);
+            }
+            "last" => out.last = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn routes() {
+        let get = Method::GET;
+        assert_eq!(route(&get, "/v2/"), Ok(Route::Base));
+        assert_eq!(route(&get, "/v2"), Ok(Route::Base));
+        assert_eq!(
+            route(&get, "/v2/org/team/app/manifests/1.0"),
+            Ok(Route::Manifest("org/team/app".parse().unwrap(), "1.0".parse().unwrap()))
+        );
+        assert_eq!(
+            route(&Method::HEAD, &format!("/v2/alpine/blobs/{D}")),
+            Ok(Route::Blob("alpine".parse().unwrap(), D.parse().unwrap()))
+        );
+        // A repository may itself be called "manifests" or "blobs".
+        assert_eq!(
+            route(&get, "/v2/a/manifests/b/manifests/latest"),
+            Ok(Route::Manifest("a/manifests/b".parse().unwrap(), "latest".parse().unwrap()))
+        );
+        assert_eq!(route(&get, "/v2/a/b/tags/list"), Ok(Route::Tags("a/b".parse().unwrap())));
+    }
+
+    #[test]
+    fn errors() {
+        let get = Method::GET;
+        let cases: &[(&Method, &str, StatusCode, ErrorCode)] = &[
+            (&get, "/v2/Alpine/manifests/3", StatusCode::BAD_REQUEST, ErrorCode::NameInvalid),
+            (&get, "/v2/../etc/manifests/3", StatusCode::BAD_REQUEST, ErrorCode::NameInvalid),
+            (&get, "/v2/a%2fb/manifests/3", StatusCode::BAD_REQUEST, ErrorCode::NameInvalid),
+            (&get, "/v2/alpine/manifests/bad%20tag", StatusCode::BAD_REQUEST, ErrorCode::TagInvalid),
+            (&get, "/v2/alpine/manifests/", StatusCode::BAD_REQUEST, ErrorCode::TagInvalid),
+            (&get, "/v2/alpine/manifests/sha256:abc", StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
+            (&get, "/v2/alpine/blobs/latest", StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
+            (&get, "/v2/alpine/blobs/sha256:../../x", StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
+            (&get, "/v2/alpine", StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+            (&get, "/v2alpine", StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+            (&get, "/", StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+            (&Method::PUT, "/v2/alpine/manifests/3", StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported),
+            (&Method::POST, "/v2/alpine/blobs/uploads/", StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported),
+            (&Method::DELETE, "/v2/alpine/blobs/x", StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported),
+            (&Method::PATCH, "/v2/", StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported),
+            (&get, "/v2/alpine/blobs/uploads/1234", StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported),
+        ];
+        for (m, p, status, code) in cases {
+            let e = route(m, p).unwrap_err();
+            assert_eq!((e.status, e.code), (*status, *code), "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn queries() {
+        assert_eq!(query(None).unwrap(), Query::default());
+        let q = query(Some("ns=docker.io&n=10&last=v1%2B2&x=y")).unwrap();
+        assert_eq!(q.ns.as_deref(), Some("docker.io"));
+        assert_eq!(q.n, Some(10));
+        assert_eq!(q.last.as_deref(), Some("v1+2"));
+        assert!(query(Some("n=lots")).is_err());
+    }
+}

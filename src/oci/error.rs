@@ -1,0 +1,136 @@
+//! The OCI error codes and the JSON body every error response carries.
+
+use serde::Serialize;
+
+/// An error code from the distribution spec (plus `TOOMANYREQUESTS`, which Docker Hub uses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// Blob unknown to registry.
+    BlobUnknown,
+    /// Provided digest did not match uploaded content, or is malformed.
+    DigestInvalid,
+    /// Manifest unknown.
+    ManifestUnknown,
+    /// Manifest invalid (too large, unreadable).
+    ManifestInvalid,
+    /// Invalid repository name.
+    NameInvalid,
+    /// Repository name not known to registry.
+    NameUnknown,
+    /// Manifest tag did not match URI, or is malformed.
+    TagInvalid,
+    /// Authentication required.
+    Unauthorized,
+    /// Requested access to the resource is denied.
+    Denied,
+    /// The operation is unsupported.
+    Unsupported,
+    /// Too many requests.
+    TooManyRequests,
+    /// A range that can't be satisfied.
+    RangeInvalid,
+    /// Upstream failed or timed out (not a spec code; clients treat it as opaque).
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The code's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BlobUnknown => "BLOB_UNKNOWN",
+            ErrorCode::DigestInvalid => "DIGEST_INVALID",
+            ErrorCode::ManifestUnknown => "MANIFEST_UNKNOWN",
+            ErrorCode::ManifestInvalid => "MANIFEST_INVALID",
+            ErrorCode::NameInvalid => "NAME_INVALID",
+            ErrorCode::NameUnknown => "NAME_UNKNOWN",
+            ErrorCode::TagInvalid => "TAG_INVALID",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
+            ErrorCode::Denied => "DENIED",
+            ErrorCode::Unsupported => "UNSUPPORTED",
+            ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
+            ErrorCode::RangeInvalid => "RANGE_INVALID",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+        }
+    }
+
+    /// The code named by `s`, as upstream registries send it.
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        Some(match s {
+            "BLOB_UNKNOWN" => ErrorCode::BlobUnknown,
+            "DIGEST_INVALID" => ErrorCode::DigestInvalid,
+            "MANIFEST_UNKNOWN" => ErrorCode::ManifestUnknown,
+            "MANIFEST_INVALID" => ErrorCode::ManifestInvalid,
+            "NAME_INVALID" => ErrorCode::NameInvalid,
+            "NAME_UNKNOWN" => ErrorCode::NameUnknown,
+            "TAG_INVALID" => ErrorCode::TagInvalid,
+            "UNAUTHORIZED" => ErrorCode::Unauthorized,
+            "DENIED" => ErrorCode::Denied,
+            "UNSUPPORTED" => ErrorCode::Unsupported,
+            "TOOMANYREQUESTS" => ErrorCode::TooManyRequests,
+            _ => return None,
+        })
+    }
+}
+
+/// `{"errors":[{"code":…,"message":…,"detail":…}]}`.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    errors: Vec<ErrorEntry>,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorEntry {
+    code: &'static str,
+    message: String,
+    detail: serde_json::Value,
+}
+
+impl ErrorBody {
+    /// A body with one error.
+    pub fn new(code: ErrorCode, message: impl Into<String>, detail: serde_json::Value) -> ErrorBody {
+        ErrorBody { errors: vec![ErrorEntry { code: code.as_str(), message: message.into(), detail }] }
+    }
+
+    /// The JSON bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising a struct of strings and a Value cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// The first error code in an upstream's error body, if it has one.
+pub fn first_code(body: &[u8]) -> Option<ErrorCode> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        errors: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        code: String,
+    }
+    let parsed: Body = serde_json::from_slice(body).ok()?;
+    ErrorCode::parse(&parsed.errors.first()?.code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_shape() {
+        let b = ErrorBody::new(ErrorCode::BlobUnknown, "blob unknown", serde_json::json!({"digest": "x"}));
+        let v: serde_json::Value = serde_json::from_slice(&b.to_json()).unwrap();
+        assert_eq!(v["errors"][0]["code"], "BLOB_UNKNOWN");
+        assert_eq!(v["errors"][0]["message"], "blob unknown");
+        assert_eq!(v["errors"][0]["detail"]["digest"], "x");
+    }
+
+    #[test]
+    fn reads_upstream_codes() {
+        let docker_hub = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{"Tag":"nope"}}]}"#;
+        assert_eq!(first_code(docker_hub), Some(ErrorCode::ManifestUnknown));
+        assert_eq!(first_code(b"<html>"), None);
+        assert_eq!(first_code(br#"{"errors":[]}"#), None);
+    }
+}

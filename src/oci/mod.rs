@@ -1,0 +1,12 @@
+//! The registry domain, pure and without I/O: typed digests, repository names, references, manifest
+//! media types and the OCI error codes a client sees.
+
+mod digest;
+mod error;
+mod media;
+mod name;
+
+pub use digest::{Algorithm, Digest, DigestError, Hasher};
+pub use error::{first_code, ErrorBody, ErrorCode};
+pub use media::{AcceptList, MANIFEST_MEDIA_TYPES, SCHEMA1_SIGNED};
+pub use name::{NameError, Reference, RepositoryName, Tag};

@@ -1,0 +1,230 @@
+//! Repository names, tags and references, validated against the distribution spec's grammar.
+
+use std::fmt;
+use std::str::FromStr;
+
+use super::digest::{Digest, DigestError};
+
+/// The longest repository name the spec allows.
+const MAX_NAME_LEN: usize = 255;
+/// The longest tag the spec allows.
+const MAX_TAG_LEN: usize = 128;
+
+/// Why a name, tag or reference is invalid.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NameError {
+    /// Not a valid repository name.
+    #[error("invalid repository name {0:?}")]
+    Name(String),
+    /// Not a valid tag.
+    #[error("invalid tag {0:?}")]
+    Tag(String),
+    /// A reference that looks like a digest but isn't a valid one.
+    #[error(transparent)]
+    Digest(#[from] DigestError),
+}
+
+/// A repository name such as `library/alpine` or `org/team/app`.
+///
+/// Components are `[a-z0-9]+` joined by `.`, `_`, `__` or any run of `-`; components are joined by `/`;
+/// at most 255 characters. No component can be `.` or `..`, so names are safe in keys and paths.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RepositoryName(String);
+
+impl RepositoryName {
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// How many `/`-separated components the name has.
+    pub fn components(&self) -> usize {
+        self.0.split('/').count()
+    }
+
+    /// This name with `prefix/` in front (Docker Hub's `library/`).
+    pub fn with_prefix(&self, prefix: &str) -> Result<RepositoryName, NameError> {
+        format!("{prefix}/{}", self.0).parse()
+    }
+}
+
+fn valid_component(c: &str) -> bool {
+    let bytes = c.as_bytes();
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if bytes.is_empty() || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
+        return false;
+    }
+    // Between alphanumeric runs: exactly one of `.`, `_`, `__`, or one or more `-`.
+    let mut i = 0;
+    while i < bytes.len() {
+        if alnum(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && !alnum(bytes[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|b| b == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+impl FromStr for RepositoryName {
+    type Err = NameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() || s.len() > MAX_NAME_LEN || !s.split('/').all(valid_component) {
+            return Err(NameError::Name(s.to_owned()));
+        }
+        Ok(RepositoryName(s.to_owned()))
+    }
+}
+
+impl fmt::Display for RepositoryName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RepositoryName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// A tag: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tag(String);
+
+impl Tag {
+    /// The tag as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Tag {
+    type Err = NameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let b = s.as_bytes();
+        let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+        let valid = !b.is_empty()
+            && b.len() <= MAX_TAG_LEN
+            && word(b[0])
+            && b[1..].iter().all(|&c| word(c) || c == b'.' || c == b'-');
+        if !valid {
+            return Err(NameError::Tag(s.to_owned()));
+        }
+        Ok(Tag(s.to_owned()))
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// What a manifest request names: a tag, which can move, or a digest, which cannot.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Reference {
+    /// A mutable tag.
+    Tag(Tag),
+    /// An immutable digest.
+    Digest(Digest),
+}
+
+impl FromStr for Reference {
+    type Err = NameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.contains(':') {
+            Ok(Reference::Digest(s.parse()?))
+        } else {
+            Ok(Reference::Tag(s.parse()?))
+        }
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reference::Tag(t) => fmt::Display::fmt(t, f),
+            Reference::Digest(d) => fmt::Display::fmt(d, f),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let good = [
+            "alpine",
+            "library/alpine",
+            "org/team/app",
+            "a/b/c/d/e",
+            "my-app",
+            "my--app",
+            "my_app",
+            "my__app",
+            "my.app",
+            "a0",
+            "0",
+        ];
+        for n in good {
+            assert!(n.parse::<RepositoryName>().is_ok(), "{n} should be valid");
+        }
+        let long = "a".repeat(256);
+        let bad = [
+            "", "Alpine", "/alpine", "alpine/", "a//b", "a/../b", "..", ".", "-a", "a-", "a.-b", "a___b",
+            "a..b", "a b", "a%2fb", "a\\b", long.as_str(),
+        ];
+        for n in bad {
+            assert!(n.parse::<RepositoryName>().is_err(), "{n:?} should be invalid");
+        }
+        assert!("a".repeat(255).parse::<RepositoryName>().is_ok());
+    }
+
+    #[test]
+    fn tags() {
+        for t in ["latest", "3", "v1.2.3-rc_1", "_x", "A"] {
+            assert!(t.parse::<Tag>().is_ok(), "{t}");
+        }
+        let long = "a".repeat(129);
+        for t in ["", ".x", "-x", "a/b", "a:b", "a b", long.as_str()] {
+            assert!(t.parse::<Tag>().is_err(), "{t:?}");
+        }
+        assert!("a".repeat(128).parse::<Tag>().is_ok());
+    }
+
+    #[test]
+    fn references() {
+        assert!(matches!("3.19".parse::<Reference>(), Ok(Reference::Tag(_))));
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert!(matches!(d.parse::<Reference>(), Ok(Reference::Digest(_))));
+        assert!(matches!("sha256:zz".parse::<Reference>(), Err(NameError::Digest(_))));
+        assert!(matches!("bad tag".parse::<Reference>(), Err(NameError::Tag(_))));
+    }
+
+    #[test]
+    fn prefix() {
+        let n: RepositoryName = "alpine".parse().unwrap();
+        assert_eq!(n.components(), 1);
+        assert_eq!(n.with_prefix("library").unwrap().as_str(), "library/alpine");
+    }
+}

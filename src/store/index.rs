@@ -1,0 +1,150 @@
+//! The sled index: which blobs are stored (and their sizes), manifests by digest (their exact bytes
+//! and media type), and tags (upstream, repository, tag → digest, with when it was learnt).
+//!
+//! Everything here can be rebuilt from the blob directory except manifests and tags, which live only
+//! here; sled makes each insert atomic.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+use crate::oci::{Digest, RepositoryName, Tag};
+
+/// The index database.
+pub struct Index {
+    db: sled::Db,
+    blobs: sled::Tree,
+    manifests: sled::Tree,
+    tags: sled::Tree,
+}
+
+/// A manifest as stored: exact bytes and media type.
+#[derive(Clone, Debug)]
+pub struct StoredManifest {
+    /// The media type it was served with.
+    pub media_type: String,
+    /// Its exact bytes.
+    pub bytes: Bytes,
+}
+
+/// What a tag pointed at when last seen upstream.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TagEntry {
+    /// The manifest digest.
+    pub digest: String,
+    /// The manifest's media type.
+    pub media_type: String,
+    /// Unix seconds when upstream last confirmed it.
+    pub checked_at: u64,
+}
+
+/// Unix seconds now.
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn tag_key(upstream: &str, repo: &RepositoryName, tag: &Tag) -> Vec<u8> {
+    // NUL can't appear in any of the three, so the key is unambiguous.
+    format!("{upstream}\0{repo}\0{tag}").into_bytes()
+}
+
+impl Index {
+    /// Open or create the index at `path`.
+    pub fn open(path: &Path) -> Result<Index, StoreError> {
+        let err = |source| StoreError::Index { path: path.to_owned(), source };
+        let db = sled::Config::new().path(path).flush_every_ms(Some(1000)).open().map_err(err)?;
+        let blobs = db.open_tree("blobs").map_err(err)?;
+        let manifests = db.open_tree("manifests").map_err(err)?;
+        let tags = db.open_tree("tags").map_err(err)?;
+        Ok(Index { db, blobs, manifests, tags })
+    }
+
+    /// The recorded size of a stored blob.
+    pub fn blob_size(&self, digest: &Digest) -> sled::Result<Option<u64>> {
+        let v = self.blobs.get(digest.to_string())?;
+        Ok(v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes))
+    }
+
+    /// Record a blob that is now durable on disk.
+    pub fn put_blob(&self, digest: &Digest, size: u64) -> sled::Result<()> {
+        self.blobs.insert(digest.to_string(), &size.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Forget a blob.
+    pub fn remove_blob(&self, digest: &Digest) -> sled::Result<()> {
+        self.blobs.remove(digest.to_string())?;
+        Ok(())
+    }
+
+    /// A stored manifest.
+    pub fn manifest(&self, digest: &Digest) -> sled::Result<Option<StoredManifest>> {
+        let Some(v) = self.manifests.get(digest.to_string())? else { return Ok(None) };
+        // Layout: media type, NUL, bytes.
+        let Some(split) = v.iter().position(|b| *b == 0) else { return Ok(None) };
+        let media_type = String::from_utf8_lossy(&v[..split]).into_owned();
+        Ok(Some(StoredManifest { media_type, bytes: Bytes::copy_from_slice(&v[split + 1..]) }))
+    }
+
+    /// Store a verified manifest.
+    pub fn put_manifest(&self, digest: &Digest, m: &StoredManifest) -> sled::Result<()> {
+        let mut v = Vec::with_capacity(m.media_type.len() + 1 + m.bytes.len());
+        v.extend_from_slice(m.media_type.as_bytes());
+        v.push(0);
+        v.extend_from_slice(&m.bytes);
+        self.manifests.insert(digest.to_string(), v)?;
+        Ok(())
+    }
+
+    /// What a tag pointed at when last seen.
+    pub fn tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag) -> sled::Result<Option<TagEntry>> {
+        let v = self.tags.get(tag_key(upstream, repo, tag))?;
+        Ok(v.and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// Record what a tag points at.
+    pub fn put_tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, entry: &TagEntry) -> sled::Result<()> {
+        let v = serde_json::to_vec(entry).unwrap_or_default();
+        self.tags.insert(tag_key(upstream, repo, tag), v)?;
+        Ok(())
+    }
+
+    /// Write everything to disk now.
+    pub fn flush(&self) -> sled::Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("index")).unwrap();
+        let d = Digest::sha256_of(b"m");
+        assert_eq!(idx.blob_size(&d).unwrap(), None);
+        idx.put_blob(&d, 42).unwrap();
+        assert_eq!(idx.blob_size(&d).unwrap(), Some(42));
+        idx.remove_blob(&d).unwrap();
+        assert_eq!(idx.blob_size(&d).unwrap(), None);
+
+        let m = StoredManifest { media_type: "application/x".into(), bytes: Bytes::from_static(b"{\"a\":\0}") };
+        idx.put_manifest(&d, &m).unwrap();
+        let back = idx.manifest(&d).unwrap().unwrap();
+        assert_eq!(back.media_type, "application/x");
+        assert_eq!(back.bytes, m.bytes);
+
+        let repo: RepositoryName = "library/alpine".parse().unwrap();
+        let tag: Tag = "3".parse().unwrap();
+        let e = TagEntry { digest: d.to_string(), media_type: "x".into(), checked_at: 1 };
+        idx.put_tag("docker.io", &repo, &tag, &e).unwrap();
+        assert_eq!(idx.tag("docker.io", &repo, &tag).unwrap(), Some(e));
+        assert_eq!(idx.tag("ghcr.io", &repo, &tag).unwrap(), None);
+    }
+}

@@ -1,0 +1,311 @@
+//! The upstream registry client: a pooled hyper client over rustls, token auth, redirects, timeouts,
+//! and upstream failures as typed [`UpstreamError`]s.
+
+mod auth;
+mod challenge;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use url::Url;
+
+use crate::config::UpstreamConfig;
+use crate::oci::{first_code, ErrorCode, RepositoryName};
+pub use auth::Auth;
+pub use challenge::{parse_challenges, Challenge};
+
+/// How many redirects regcache follows for one request.
+const MAX_REDIRECTS: usize = 5;
+/// The most of an upstream error body regcache reads.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Why an upstream request failed. Cloneable so one failure can be shared by every waiter.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The upstream answered with an error status.
+    #[error("upstream answered {status}: {message}")]
+    Status {
+        /// The upstream's status.
+        status: StatusCode,
+        /// The OCI code in its body, if any.
+        code: Option<ErrorCode>,
+        /// Its `Retry-After`, passed on with 429.
+        retry_after: Option<HeaderValue>,
+        /// Its message, or a description.
+        message: String,
+    },
+    /// A connect, response or body timeout.
+    #[error("upstream timed out: {0}")]
+    Timeout(String),
+    /// The upstream could not be reached.
+    #[error("upstream unreachable: {0}")]
+    Connect(String),
+    /// The upstream answered something regcache can't use.
+    #[error("upstream misbehaved: {0}")]
+    Protocol(String),
+}
+
+impl UpstreamError {
+    /// Whether this is an outage rather than an answer: unreachable, timed out, 5xx, 429 or garbage.
+    /// Cached content may be served stale when the upstream is unavailable.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            UpstreamError::Status { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            UpstreamError::Timeout(_) | UpstreamError::Connect(_) | UpstreamError::Protocol(_) => true,
+        }
+    }
+
+    /// Whether the upstream said the thing does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, UpstreamError::Status { status, .. } if *status == StatusCode::NOT_FOUND)
+    }
+}
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// The pooled HTTP client of one upstream, with its timeouts. Cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    client: HttpsClient,
+    response_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Transport {
+    /// A client trusting webpki roots plus the upstream's `ca_file`; HTTP/1.1 and HTTP/2 by ALPN.
+    pub fn new(cfg: &UpstreamConfig) -> Result<Transport, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(pem) = &cfg.ca_pem {
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|e| format!("upstream {}: ca_file: {e}", cfg.name))?;
+                roots.add(cert).map_err(|e| format!("upstream {}: ca_file: {e}", cfg.name))?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS setup: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(https);
+        Ok(Transport { client, response_timeout: cfg.response_timeout, idle_timeout: cfg.idle_timeout })
+    }
+
+    /// Send one request (no redirects followed) and wait for the response headers.
+    pub async fn send(&self, method: Method, url: &Url, headers: HeaderMap) -> Result<Response<Incoming>, UpstreamError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(url.as_str())
+            .body(Empty::new())
+            .map_err(|e| UpstreamError::Protocol(format!("cannot build request for {}: {e}", redact(url))))?;
+        *req.headers_mut() = headers;
+        req.headers_mut().insert(header::USER_AGENT, HeaderValue::from_static(concat!("regcache/", env!("CARGO_PKG_VERSION"))));
+        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+            Err(_) => Err(UpstreamError::Timeout(format!("no response from {} within {:?}", redact(url), self.response_timeout))),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => {
+                let cause = error_chain(&e);
+                if cause.contains("timed out") {
+                    Err(UpstreamError::Timeout(format!("{}: {cause}", redact(url))))
+                } else if e.is_connect() {
+                    Err(UpstreamError::Connect(format!("{}: {cause}", redact(url))))
+                } else {
+                    Err(UpstreamError::Protocol(format!("{}: {cause}", redact(url))))
+                }
+            }
+        }
+    }
+
+    /// The next chunk of `body`, failing if none arrives within the idle timeout.
+    pub async fn next_chunk(&self, body: &mut Incoming) -> Result<Option<Bytes>, UpstreamError> {
+        loop {
+            let frame = tokio::time::timeout(self.idle_timeout, body.frame())
+                .await
+                .map_err(|_| UpstreamError::Timeout(format!("body idle for {:?}", self.idle_timeout)))?;
+            match frame {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(UpstreamError::Protocol(format!("body cut: {}", error_chain(&e)))),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if !data.is_empty() {
+                            return Ok(Some(data));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A whole body of at most `limit` bytes.
+    pub async fn read_body(&self, mut body: Incoming, limit: usize) -> Result<Bytes, UpstreamError> {
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = self.next_chunk(&mut body).await? {
+            if buf.len() + chunk.len() > limit {
+                return Err(UpstreamError::Protocol(format!("body larger than {limit} bytes")));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    }
+}
+
+/// A URL for logs: no query (signed CDN URLs carry credentials there), no userinfo.
+pub fn redact(url: &Url) -> String {
+    format!("{}{}", &url[..url::Position::BeforeUsername], &url[url::Position::BeforeHost..url::Position::AfterPath])
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// One configured upstream registry.
+pub struct Upstream {
+    config: UpstreamConfig,
+    transport: Transport,
+    auth: Auth,
+}
+
+impl Upstream {
+    /// The client for `config`.
+    pub fn new(config: UpstreamConfig) -> Result<Upstream, String> {
+        let transport = Transport::new(&config)?;
+        Ok(Upstream { auth: Auth::new(config.clone()), config, transport })
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+
+    /// Its transport, for reading bodies.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// The name regcache asks the upstream for: Docker Hub's official images live under `library/`.
+    pub fn upstream_name(&self, repo: &RepositoryName) -> RepositoryName {
+        if self.config.is_docker_hub() && repo.components() == 1 {
+            repo.with_prefix("library").unwrap_or_else(|_| repo.clone())
+        } else {
+            repo.clone()
+        }
+    }
+
+    /// `method /v2/<repo>/<rest>` with auth and redirects; `Ok` only for a 2xx answer.
+    pub async fn request(
+        &self,
+        method: Method,
+        repo: &RepositoryName,
+        rest: &str,
+        headers: HeaderMap,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let repo = self.upstream_name(repo);
+        let url = self
+            .config
+            .url
+            .join(&format!("/v2/{repo}/{rest}"))
+            .map_err(|e| UpstreamError::Protocol(format!("bad upstream path: {e}")))?;
+        let scope = Auth::pull_scope(repo.as_str());
+        let mut auth = self.auth.current(&self.transport, &scope).await?;
+        let mut retried = false;
+        loop {
+            let (resp, from_origin) = self.follow(&method, url.clone(), &headers, &auth).await?;
+            if resp.status() == StatusCode::UNAUTHORIZED && from_origin && !retried {
+                let values = resp.headers().get_all(header::WWW_AUTHENTICATE);
+                let challenge = parse_challenges(values.iter().filter_map(|v| v.to_str().ok()));
+                if let Some(challenge) = challenge {
+                    if let Some(next) = self.auth.answer(&self.transport, challenge, &scope).await? {
+                        auth = next;
+                        retried = true;
+                        continue;
+                    }
+                }
+            }
+            return self.check(resp).await;
+        }
+    }
+
+    /// Send and follow up to five redirects; `Authorization` goes only to the upstream's own origin.
+    /// Returns the final response and whether it came from the upstream's origin.
+    async fn follow(
+        &self,
+        method: &Method,
+        mut url: Url,
+        headers: &HeaderMap,
+        auth: &auth::Authorization,
+    ) -> Result<(Response<Incoming>, bool), UpstreamError> {
+        let mut method = method.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let same_origin = url.origin() == self.config.url.origin();
+            let mut h = headers.clone();
+            if same_origin {
+                if let Some(v) = self.auth.header(auth) {
+                    h.insert(header::AUTHORIZATION, v);
+                }
+            }
+            let resp = self.transport.send(method.clone(), &url, h).await?;
+            let status = resp.status();
+            let location = resp.headers().get(header::LOCATION).and_then(|l| l.to_str().ok()).map(str::to_owned);
+            let redirect = matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308);
+            match (redirect, location) {
+                (true, Some(loc)) => {
+                    let next = url.join(&loc).map_err(|e| UpstreamError::Protocol(format!("bad redirect {loc:?}: {e}")))?;
+                    if !matches!(next.scheme(), "http" | "https") {
+                        return Err(UpstreamError::Protocol(format!("redirect to a non-HTTP URL {}", redact(&next))));
+                    }
+                    tracing::debug!(from = %redact(&url), to = %redact(&next), %status, "following redirect");
+                    if status == StatusCode::SEE_OTHER && method != Method::HEAD {
+                        method = Method::GET;
+                    }
+                    url = next;
+                }
+                _ => return Ok((resp, same_origin)),
+            }
+        }
+        Err(UpstreamError::Protocol(format!("more than {MAX_REDIRECTS} redirects")))
+    }
+
+    /// `Ok` for a 2xx answer; anything else becomes an [`UpstreamError::Status`].
+    async fn check(&self, resp: Response<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
+        let body = self.transport.read_body(resp.into_body(), MAX_ERROR_BODY).await.unwrap_or_default();
+        let code = first_code(&body);
+        let message = match code {
+            Some(c) => format!("{} ({})", status, c.as_str()),
+            None => status.to_string(),
+        };
+        Err(UpstreamError::Status { status, code, retry_after, message })
+    }
+}
