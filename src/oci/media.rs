@@ -21,14 +21,15 @@ pub struct AcceptList(Vec<String>);
 
 impl AcceptList {
     /// Every type named in every `Accept` line, in order, without parameters or duplicates.
-    /// An empty list means the client named none.
+    /// Wildcards (`*/*`, as curl and HTTP libraries send by default) name no type. An empty list
+    /// means the client named none.
     pub fn from_headers(headers: &HeaderMap) -> AcceptList {
         let mut types: Vec<String> = Vec::new();
         for value in headers.get_all(http::header::ACCEPT) {
             let Ok(value) = value.to_str() else { continue };
             for item in value.split(',') {
                 let media = item.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-                if !media.is_empty() && !types.contains(&media) {
+                if !media.is_empty() && !media.ends_with("/*") && !types.contains(&media) {
                     types.push(media);
                 }
             }
@@ -47,8 +48,7 @@ impl AcceptList {
 
     /// Whether a manifest of `media_type` may be served to this client.
     pub fn allows(&self, media_type: &str) -> bool {
-        self.0.is_empty()
-            || self.0.iter().any(|t| t == "*/*" || t.eq_ignore_ascii_case(media_type))
+        self.0.is_empty() || self.0.iter().any(|t| t.eq_ignore_ascii_case(media_type))
     }
 
     /// A stable key for this list, so requests with the same `Accept` can share one upstream call.
@@ -79,5 +79,8 @@ mod tests {
         let none = AcceptList::from_headers(&HeaderMap::new());
         assert_eq!(none.for_upstream().len(), 6);
         assert!(none.allows("anything"));
+        let mut wild = HeaderMap::new();
+        wild.append("accept", "*/*".parse().unwrap());
+        assert_eq!(AcceptList::from_headers(&wild), none);
     }
 }

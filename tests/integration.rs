@@ -1,0 +1,10 @@
+//! regcache's one integration-test binary: regcache in-process against the fake upstream in `support`.
+//!
+//! - `it::mirror`: start regcache on port 0 against a fake upstream.
+//! - `it::pull`: cold and warm pulls of every manifest format; what the upstream and CDN saw.
+//! - `it::faults`: wrong bytes, cuts, outages, timeouts, 429: nothing bad is stored or served as good.
+//! - `it::api`: the API's edges: validation, errors, ranges, tag lists, writes.
+//! - `it::coalescing`: concurrent requests share one upstream fetch.
+
+mod it;
+mod support;

@@ -1,0 +1,134 @@
+//! The API's edges: validation, OCI errors, writes, ranges, tag lists, routing by `ns`.
+
+use crate::it::mirror::{error_code, Mirror};
+use crate::support::fake_registry::FakeRegistry;
+use crate::support::images;
+
+#[tokio::test]
+async fn bad_input_is_a_4xx_with_an_oci_body() {
+    let reg = FakeRegistry::start().await;
+    let m = Mirror::start(&reg).await;
+    let d = format!("sha256:{}", "a".repeat(64));
+    let cases = [
+        ("GET", "/v2/Alpine/manifests/3".to_owned(), 400, "NAME_INVALID"),
+        ("GET", "/v2/a%2F..%2Fb/manifests/3".to_owned(), 400, "NAME_INVALID"),
+        ("GET", "/v2/alpine/manifests/-bad".to_owned(), 400, "TAG_INVALID"),
+        ("GET", "/v2/alpine/manifests/sha256:123".to_owned(), 400, "DIGEST_INVALID"),
+        ("GET", "/v2/alpine/blobs/md5:abc".to_owned(), 400, "DIGEST_INVALID"),
+        ("HEAD", "/v2/alpine/blobs/latest".to_owned(), 400, ""),
+        ("GET", "/v2/alpine/nothing".to_owned(), 404, "NAME_UNKNOWN"),
+        ("PUT", format!("/v2/alpine/manifests/3"), 405, "UNSUPPORTED"),
+        ("POST", "/v2/alpine/blobs/uploads/".to_owned(), 405, "UNSUPPORTED"),
+        ("PATCH", "/v2/alpine/blobs/uploads/x".to_owned(), 405, "UNSUPPORTED"),
+        ("DELETE", format!("/v2/alpine/blobs/{d}"), 405, "UNSUPPORTED"),
+        ("GET", format!("/v2/alpine/manifests/3?ns=evil.example"), 404, "NAME_UNKNOWN"),
+        ("GET", format!("/v2/alpine/blobs/{d}?ns=169.254.169.254"), 404, "NAME_UNKNOWN"),
+    ];
+    for (method, path, want_status, want_code) in cases {
+        let resp = Mirror::client()
+            .request(method.parse().unwrap(), format!("{}{path}", m.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), want_status, "{method} {path}");
+        if method != "HEAD" {
+            assert_eq!(resp.headers()["content-type"], "application/json", "{method} {path}");
+            let (_, code) = error_code(resp).await;
+            assert_eq!(code, want_code, "{method} {path}");
+        }
+    }
+    assert!(reg.requests().is_empty(), "bad input never reaches upstream: {:?}", reg.requests());
+}
+
+#[tokio::test]
+async fn unknown_things_are_404_with_the_right_code() {
+    let reg = FakeRegistry::start().await;
+    images::schema2_image(&reg, "library/alpine", "3", 1, 10);
+    let m = Mirror::start(&reg).await;
+    let d = format!("sha256:{}", "b".repeat(64));
+    let (s, c) = error_code(m.get_manifest("alpine", "nope").await).await;
+    assert_eq!((s.as_u16(), c.as_str()), (404, "MANIFEST_UNKNOWN"));
+    let (s, c) = error_code(m.get(&format!("/v2/alpine/blobs/{d}")).await).await;
+    assert_eq!((s.as_u16(), c.as_str()), (404, "BLOB_UNKNOWN"));
+    let (s, c) = error_code(m.get("/v2/nosuch/repo/tags/list").await).await;
+    assert_eq!((s.as_u16(), c.as_str()), (404, "NAME_UNKNOWN"));
+    assert_eq!(m.head(&format!("/v2/alpine/blobs/{d}")).await.status(), 404);
+}
+
+#[tokio::test]
+async fn ns_routes_to_the_named_upstream_and_is_echoed() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 10);
+    let m = Mirror::start(&reg).await;
+    let resp = Mirror::client()
+        .get(format!("{}/v2/library/alpine/manifests/3?ns=docker.io", m.url))
+        .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["oci-namespace"], "docker.io");
+    assert_eq!(resp.headers()["docker-content-digest"], image.manifest.digest.as_str());
+}
+
+#[tokio::test]
+async fn head_of_a_missing_blob_downloads_nothing() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 50_000);
+    let m = Mirror::start(&reg).await;
+    let layer = &image.layers[0];
+    let resp = m.head(&format!("/v2/alpine/blobs/{}", layer.digest)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-length"], layer.bytes.len().to_string().as_str());
+    assert_eq!(resp.headers()["docker-content-digest"], layer.digest.as_str());
+    assert!(reg.cdn_requests().is_empty());
+    assert_eq!(reg.count("GET", "/blobs/"), 0);
+}
+
+#[tokio::test]
+async fn ranges_of_a_cached_blob() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 10_000);
+    let layer = &image.layers[0];
+    let m = Mirror::start(&reg).await;
+    m.blob("alpine", &layer.digest).await.unwrap();
+    let path = format!("{}/v2/alpine/blobs/{}", m.url, layer.digest);
+    let c = Mirror::client();
+
+    let resp = c.get(&path).header("range", "bytes=100-199").send().await.unwrap();
+    assert_eq!(resp.status(), 206);
+    assert_eq!(resp.headers()["content-range"], "bytes 100-199/10000");
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &layer.bytes[100..200]);
+
+    let resp = c.get(&path).header("range", "bytes=-10").send().await.unwrap();
+    assert_eq!(resp.status(), 206);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &layer.bytes[9990..]);
+
+    let resp = c.get(&path).header("range", "bytes=10000-").send().await.unwrap();
+    assert_eq!(resp.status(), 416);
+    assert_eq!(resp.headers()["content-range"], "bytes */10000");
+
+    let resp = c.get(&path).header("range", "bytes=0-1,5-6").send().await.unwrap();
+    assert_eq!(resp.status(), 200, "several ranges: the whole blob");
+    let resp = m.head(&format!("/v2/alpine/blobs/{}", layer.digest)).await;
+    assert_eq!(resp.headers()["accept-ranges"], "bytes");
+    assert_eq!(resp.headers()["content-type"], "application/octet-stream");
+    assert_eq!(resp.headers()["content-length"], "10000");
+}
+
+#[tokio::test]
+async fn tag_list_pagination_passes_link_through() {
+    let reg = FakeRegistry::start().await;
+    for t in ["a", "b", "c"] {
+        images::schema2_image(&reg, "library/alpine", t, 1, 10);
+    }
+    let m = Mirror::start(&reg).await;
+    let resp = m.get("/v2/alpine/tags/list?n=2").await;
+    assert_eq!(resp.status(), 200);
+    let link = resp.headers()["link"].to_str().unwrap().to_owned();
+    assert!(link.contains("last=b"), "{link}");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["tags"], serde_json::json!(["a", "b"]));
+    let v: serde_json::Value = m.get("/v2/alpine/tags/list?n=2&last=b").await.json().await.unwrap();
+    assert_eq!(v["tags"], serde_json::json!(["c"]));
+}

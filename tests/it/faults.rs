@@ -1,0 +1,123 @@
+//! Faults a real registry can't produce on demand: wrong bytes, cuts, outages, hangs, 429.
+
+use crate::it::mirror::{error_code, Mirror, Options};
+use crate::support::fake_registry::{Fault, FakeRegistry};
+use crate::support::images;
+
+#[tokio::test]
+async fn wrong_bytes_are_never_served_as_good_nor_stored() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 300_000);
+    let layer = &image.layers[0];
+    let m = Mirror::start(&reg).await;
+    reg.set_fault(Fault::CorruptBlobs);
+    let got = m.blob("alpine", &layer.digest).await;
+    assert!(got.is_err(), "a corrupt blob's body must be cut, not completed: {:?}", got.map(|(s, b)| (s, b.len())));
+    assert!(!m.has_blob(&layer.digest));
+    assert_eq!(m.tmp_files(), 0, "the temporary file is removed");
+
+    reg.clear_faults();
+    let (status, bytes) = m.blob("alpine", &layer.digest).await.expect("a fresh fill succeeds");
+    assert_eq!(status, 200);
+    assert!(bytes == layer.bytes);
+    assert_eq!(reg.cdn_count(&layer.digest), 2, "the failed fill was not reused");
+    assert!(m.has_blob(&layer.digest));
+}
+
+#[tokio::test]
+async fn a_cut_mid_blob_stores_nothing_and_the_next_request_succeeds() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 1_000_000);
+    let layer = &image.layers[0];
+    let m = Mirror::start(&reg).await;
+    reg.set_fault(Fault::CutBlobsAfter(400_000));
+    assert!(m.blob("alpine", &layer.digest).await.is_err(), "the client sees a failed body");
+    assert!(!m.has_blob(&layer.digest));
+    assert_eq!(m.tmp_files(), 0);
+    assert!(m.stored_files().is_empty(), "nothing at all was stored: {:?}", m.stored_files());
+
+    reg.clear_faults();
+    let (_, bytes) = m.blob("alpine", &layer.digest).await.unwrap();
+    assert!(bytes == layer.bytes);
+}
+
+#[tokio::test]
+async fn wrong_manifest_bytes_for_a_digest_are_refused() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 10);
+    // Serve other bytes under the image's digest by pushing them as a tag and asking by digest of another.
+    let m = Mirror::start(&reg).await;
+    let bogus = format!("sha256:{}", "0".repeat(64));
+    let (status, code) = error_code(m.get_manifest("alpine", &bogus).await).await;
+    assert_eq!((status.as_u16(), code.as_str()), (404, "MANIFEST_UNKNOWN"));
+    let resp = m.get_manifest("alpine", &image.manifest.digest).await;
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn upstream_down_cached_tags_and_digests_still_answer() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 1000);
+    let other = images::schema2_image(&reg, "library/other", "1", 1, 1000);
+    let m = Mirror::start(&reg).await;
+    let resp = m.get_manifest("alpine", "3").await;
+    assert_eq!(resp.status(), 200);
+    let (_, _) = m.blob("alpine", &image.layers[0].digest).await.unwrap();
+
+    reg.stop().await;
+    let resp = m.get_manifest("alpine", "3").await;
+    assert_eq!(resp.status(), 200, "stale-if-error");
+    assert_eq!(resp.headers()["docker-content-digest"], image.manifest.digest.as_str());
+    assert_eq!(m.get_manifest("alpine", &image.manifest.digest).await.status(), 200);
+    let (_, bytes) = m.blob("alpine", &image.layers[0].digest).await.unwrap();
+    assert!(bytes == image.layers[0].bytes);
+
+    let (status, _) = error_code(m.get_manifest("other", "1").await).await;
+    assert_eq!(status.as_u16(), 502, "nothing cached and upstream down");
+    let (status, _) = error_code(m.get(&format!("/v2/other/blobs/{}", other.layers[0].digest)).await).await;
+    assert_eq!(status.as_u16(), 502);
+}
+
+#[tokio::test]
+async fn upstream_5xx_serves_stale_and_429_passes_retry_after() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 10);
+    images::schema2_image(&reg, "library/fresh", "1", 1, 10);
+    let m = Mirror::start(&reg).await;
+    assert_eq!(m.get_manifest("alpine", "3").await.status(), 200);
+
+    reg.set_fault(Fault::Status { code: 503, retry_after: None, path_contains: "/manifests/".into() });
+    let resp = m.get_manifest("alpine", "3").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["docker-content-digest"], image.manifest.digest.as_str());
+    reg.clear_faults();
+
+    reg.set_fault(Fault::Status { code: 429, retry_after: Some(17), path_contains: "/fresh/".into() });
+    let resp = m.get_manifest("fresh", "1").await;
+    assert_eq!(resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned()), Some("17".into()));
+    let (status, code) = error_code(resp).await;
+    assert_eq!((status.as_u16(), code.as_str()), (429, "TOOMANYREQUESTS"));
+}
+
+#[tokio::test]
+async fn a_hanging_upstream_is_a_504() {
+    let reg = FakeRegistry::start().await;
+    images::schema2_image(&reg, "library/alpine", "3", 1, 10);
+    let m = Mirror::start_with(&reg, Options { credentials: true, extra: "response_timeout = 1\n".into(), ..Default::default() }).await;
+    reg.set_fault(Fault::HangHeaders { path_contains: "/manifests/".into() });
+    let (status, _) = error_code(m.get_manifest("alpine", "3").await).await;
+    assert_eq!(status.as_u16(), 504);
+}
+
+#[tokio::test]
+async fn authorization_is_dropped_when_a_redirect_leaves_the_upstream() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 1000);
+    reg.set_fault(Fault::RedirectToOtherHost);
+    let m = Mirror::start(&reg).await;
+    let (status, bytes) = m.blob("alpine", &image.layers[0].digest).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(bytes == image.layers[0].bytes);
+    assert!(!reg.cdn_requests().is_empty());
+    assert!(reg.cdn_requests().iter().all(|r| r.authorization.is_none()));
+}

@@ -1,0 +1,152 @@
+//! regcache started in-process on a free port, with its own data directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use regcache::config::{Config, Overrides};
+use regcache::http::Registry;
+use tokio::sync::oneshot;
+
+use crate::support::fake_registry::FakeRegistry;
+
+/// Docker's `Accept` lines when pulling, one header line each.
+pub const DOCKER_ACCEPT: [&str; 4] = [
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+];
+
+/// A running regcache.
+pub struct Mirror {
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub registry: Arc<Registry>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// Options for [`Mirror::start_with`].
+#[derive(Default, Clone)]
+pub struct Options {
+    pub credentials: bool,
+    pub extra: String,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Mirror {
+    /// regcache mirroring `reg` as docker.io, with the fake's credentials.
+    pub async fn start(reg: &FakeRegistry) -> Mirror {
+        Mirror::start_with(reg, Options { credentials: true, ..Default::default() }).await
+    }
+
+    pub async fn start_with(reg: &FakeRegistry, opts: Options) -> Mirror {
+        let (tmp, data_dir) = match opts.data_dir {
+            Some(d) => (None, d),
+            None => {
+                let t = tempfile::tempdir().expect("tempdir");
+                let d = t.path().to_owned();
+                (Some(t), d)
+            }
+        };
+        let creds = if opts.credentials { "username = \"ci\"\npassword = \"s3cret\"\n" } else { "" };
+        let toml = format!(
+            "data_dir = {:?}\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n{creds}{}\n",
+            data_dir.display().to_string(),
+            reg.url(),
+            opts.extra
+        );
+        let config = Config::from_toml(&toml, &Overrides::default(), Path::new(".")).expect("config");
+        let registry = Registry::open(&config).expect("open registry");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(regcache::http::serve(listener, registry.clone(), async {
+            let _ = stopped.await;
+        }));
+        Mirror { url, data_dir, registry, stop: Some(stop), task: Some(task), _tmp: tmp }
+    }
+
+    /// Stop serving and wait until the server has drained and flushed its index.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task");
+        }
+    }
+
+    pub fn client() -> reqwest::Client {
+        reqwest::Client::builder().build().expect("client")
+    }
+
+    /// `GET` a manifest the way Docker asks for it.
+    pub async fn get_manifest(&self, name: &str, reference: &str) -> reqwest::Response {
+        let mut req = Mirror::client().get(format!("{}/v2/{name}/manifests/{reference}", self.url));
+        for a in DOCKER_ACCEPT {
+            req = req.header("accept", a);
+        }
+        req.send().await.expect("request")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        Mirror::client().get(format!("{}{path}", self.url)).send().await.expect("request")
+    }
+
+    pub async fn head(&self, path: &str) -> reqwest::Response {
+        Mirror::client().head(format!("{}{path}", self.url)).send().await.expect("request")
+    }
+
+    /// The bytes of a blob, or the error that cut the body.
+    pub async fn blob(&self, name: &str, digest: &str) -> Result<(reqwest::StatusCode, Vec<u8>), reqwest::Error> {
+        let resp = self.get(&format!("/v2/{name}/blobs/{digest}")).await;
+        let status = resp.status();
+        let body = resp.bytes().await?;
+        Ok((status, body.to_vec()))
+    }
+
+    /// Every file under the blob directory, and whether the temporary directory is empty.
+    pub fn stored_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.data_dir.join("blobs"), &mut out);
+        out
+    }
+
+    pub fn tmp_files(&self) -> usize {
+        std::fs::read_dir(self.data_dir.join("tmp")).map(|d| d.count()).unwrap_or(0)
+    }
+
+    pub fn has_blob(&self, digest: &str) -> bool {
+        let hex = digest.trim_start_matches("sha256:");
+        self.data_dir.join("blobs/sha256").join(&hex[..2]).join(hex).exists()
+    }
+}
+
+/// The OCI error code in a response body.
+pub async fn error_code(resp: reqwest::Response) -> (reqwest::StatusCode, String) {
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await.expect("an OCI error body");
+    (status, v["errors"][0]["code"].as_str().unwrap_or("").to_owned())
+}
+
+/// Wait (bounded) for a condition that another task makes true.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
