@@ -281,6 +281,10 @@ impl<F: FnOnce(u64, bool) + Unpin> hyper::body::Body for Logged<F> {
                 if let Some(d) = frame.data_ref() {
                     self.bytes += d.len() as u64;
                 }
+                // hyper stops polling a body that says it has ended, so record completion here too.
+                if self.inner.is_end_stream() {
+                    self.complete = true;
+                }
             }
             std::task::Poll::Ready(None) => self.complete = true,
             _ => {}

@@ -242,3 +242,44 @@ async fn request_token(
     let lifetime = Duration::from_secs(parsed.expires_in.filter(|s| *s > 0).unwrap_or(DEFAULT_TOKEN_LIFETIME));
     Ok((Token(text.into()), lifetime))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Overrides};
+
+    fn auth(url: &str, auth_hosts: &str) -> Auth {
+        let toml = format!("[[upstream]]\nname = \"x.io\"\nurl = \"{url}\"\nusername = \"u\"\npassword = \"p\"\nauth_hosts = [{auth_hosts}]\n");
+        let c = Config::from_toml(&toml, &Overrides::default(), std::path::Path::new(".")).unwrap();
+        Auth::new(c.upstreams[0].clone())
+    }
+
+    #[test]
+    fn credentials_go_only_where_they_belong() {
+        let hub = auth("https://registry-1.docker.io", "\"login.example.com\"");
+        let cases = [
+            ("https://auth.docker.io/token", true),
+            ("https://registry-1.docker.io/token", true),
+            ("https://login.example.com/token", true),
+            ("http://auth.docker.io/token", false),
+            ("https://evil.example/token", false),
+            ("https://docker.io.evil.example/token", false),
+            ("https://127.0.0.1/token", false),
+        ];
+        for (realm, want) in cases {
+            assert_eq!(hub.may_receive_credentials(&Url::parse(realm).unwrap()), want, "{realm}");
+        }
+        let uk = auth("https://registry.example.co.uk", "");
+        assert!(!uk.may_receive_credentials(&Url::parse("https://other.co.uk/token").unwrap()), "public suffixes are not a domain");
+        assert!(uk.may_receive_credentials(&Url::parse("https://auth.example.co.uk/token").unwrap()));
+        let ip = auth("http://127.0.0.1:5000", "");
+        assert!(ip.may_receive_credentials(&Url::parse("http://127.0.0.1:5001/token").unwrap()), "same host, other port");
+        assert!(!ip.may_receive_credentials(&Url::parse("http://127.0.0.2/token").unwrap()));
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let t = Token("very-secret".into());
+        assert!(!format!("{t:?}").contains("very-secret"));
+    }
+}

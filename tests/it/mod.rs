@@ -1,4 +1,5 @@
 pub mod api;
+pub mod cli;
 pub mod coalescing;
 pub mod faults;
 pub mod mirror;
