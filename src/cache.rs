@@ -3,6 +3,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method};
@@ -142,6 +143,8 @@ pub struct TagList {
     pub body: Bytes,
     /// Upstream's `Link` header for the next page.
     pub link: Option<HeaderValue>,
+    /// Whether it came from upstream or from what regcache knows.
+    pub outcome: Outcome,
 }
 
 type TagKey = (String, RepositoryName, Tag, String);
@@ -243,8 +246,17 @@ impl Cache {
         head: bool,
     ) -> Result<ManifestAnswer, CacheError> {
         let name = up.config().name.clone();
+        // Tags are kept under the name upstream knows, so `alpine` and `library/alpine` are one tag.
+        let key_repo = up.upstream_name(repo);
+        let cached = self.store.index.tag(&name, &key_repo, tag)?;
+        let age = |e: &TagEntry| Duration::from_secs(now_secs().saturating_sub(e.checked_at));
+        if let Some(entry) = cached.as_ref().filter(|e| age(e) < up.config().tag_ttl) {
+            if let Some(a) = self.tag_answer(entry, accept, Outcome::Hit)? {
+                return Ok(a);
+            }
+        }
         let reference = Reference::Tag(tag.clone());
-        let key = (name.clone(), repo.clone(), tag.clone(), accept.key());
+        let key = (name.clone(), key_repo.clone(), tag.clone(), accept.key());
         let revalidated = {
             let (up, repo, reference, accept) = (up.clone(), repo.clone(), reference.clone(), accept.clone());
             self.revalidations
@@ -255,7 +267,7 @@ impl Cache {
             Ok(Some(h)) => {
                 if let Some(m) = self.store.index.manifest(&h.digest)? {
                     if accept.allows(&m.media_type) {
-                        self.remember_tag(&name, repo, tag, &h.digest, &m.media_type)?;
+                        self.remember_tag(&name, &key_repo, tag, &h.digest, &m.media_type)?;
                         return Ok(answer(h.digest, m, Outcome::Hit));
                     }
                 }
@@ -265,39 +277,39 @@ impl Cache {
                     }
                 }
                 let a = self.fetch_manifest(up, repo, &Reference::Digest(h.digest), accept).await?;
-                self.remember_tag(&name, repo, tag, &a.digest, &a.media_type)?;
+                self.remember_tag(&name, &key_repo, tag, &a.digest, &a.media_type)?;
                 Ok(a)
             }
             Ok(None) => {
                 let a = self.fetch_manifest(up, repo, &reference, accept).await?;
-                self.remember_tag(&name, repo, tag, &a.digest, &a.media_type)?;
+                self.remember_tag(&name, &key_repo, tag, &a.digest, &a.media_type)?;
                 Ok(a)
             }
-            Err(e) if e.is_unavailable() => match self.stale_tag(&name, repo, tag, accept)? {
-                Some(a) => {
-                    tracing::warn!(upstream = %name, %repo, %tag, error = %e, "upstream unavailable; serving the last known tag");
-                    Ok(a)
+            Err(e) if e.is_unavailable() => {
+                let stale = match cached.as_ref().filter(|c| age(c) < up.config().stale_max) {
+                    Some(entry) => self.tag_answer(entry, accept, Outcome::Stale)?,
+                    None => None,
+                };
+                match stale {
+                    Some(a) => {
+                        tracing::warn!(upstream = %name, %repo, %tag, error = %e, "upstream unavailable; serving the last known tag");
+                        Ok(a)
+                    }
+                    None => Err(e.into()),
                 }
-                None => Err(e.into()),
-            },
+            }
             Err(e) => Err(e.into()),
         }
     }
 
-    fn stale_tag(
-        &self,
-        upstream: &str,
-        repo: &RepositoryName,
-        tag: &Tag,
-        accept: &AcceptList,
-    ) -> Result<Option<ManifestAnswer>, CacheError> {
-        let Some(entry) = self.store.index.tag(upstream, repo, tag)? else { return Ok(None) };
+    /// The cached manifest a tag entry points at, if stored and acceptable to the client.
+    fn tag_answer(&self, entry: &TagEntry, accept: &AcceptList, outcome: Outcome) -> Result<Option<ManifestAnswer>, CacheError> {
         let Ok(digest) = entry.digest.parse::<Digest>() else { return Ok(None) };
         let Some(m) = self.store.index.manifest(&digest)? else { return Ok(None) };
         if !accept.allows(&m.media_type) {
             return Ok(None);
         }
-        Ok(Some(answer(digest, m, Outcome::Stale)))
+        Ok(Some(answer(digest, m, outcome)))
     }
 
     fn remember_tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, digest: &Digest, media_type: &str) -> Result<(), CacheError> {
@@ -362,13 +374,51 @@ impl Cache {
         Ok(BlobAnswer { size: total, range: served, body: Some(BlobReader::filling(fill, start, end)), outcome: Outcome::Miss })
     }
 
-    /// One page of a repository's tags, from upstream.
-    pub async fn tags(&self, up: &Arc<Upstream>, repo: &RepositoryName, query: &str) -> Result<TagList, CacheError> {
+    /// One page of a repository's tags: from upstream, or from the tags regcache knows when upstream
+    /// is unavailable.
+    pub async fn tags(
+        &self,
+        up: &Arc<Upstream>,
+        repo: &RepositoryName,
+        n: Option<u32>,
+        last: Option<&str>,
+    ) -> Result<TagList, CacheError> {
+        let query = {
+            let mut params = url::form_urlencoded::Serializer::new(String::new());
+            if let Some(n) = n {
+                params.append_pair("n", &n.to_string());
+            }
+            if let Some(last) = last {
+                params.append_pair("last", last);
+            }
+            params.finish()
+        };
         let rest = if query.is_empty() { "tags/list".to_owned() } else { format!("tags/list?{query}") };
-        let resp = up.request(Method::GET, repo, &rest, HeaderMap::new()).await?;
-        let link = resp.headers().get(header::LINK).cloned();
-        let body = up.transport().read_body(resp.into_body(), MAX_TAG_LIST).await?;
-        Ok(TagList { body, link })
+        let fetched = async {
+            let resp = up.request(Method::GET, repo, &rest, HeaderMap::new()).await?;
+            let link = resp.headers().get(header::LINK).cloned();
+            let body = up.transport().read_body(resp.into_body(), MAX_TAG_LIST).await?;
+            Ok::<_, UpstreamError>(TagList { body, link, outcome: Outcome::Pass })
+        };
+        match fetched.await {
+            Ok(list) => Ok(list),
+            Err(e) if e.is_unavailable() => {
+                let known = self.store.index.tags_of(&up.config().name, &up.upstream_name(repo))?;
+                if known.is_empty() {
+                    return Err(e.into());
+                }
+                tracing::warn!(upstream = %up.config().name, %repo, error = %e, "upstream unavailable; listing the tags regcache knows");
+                let page: Vec<&String> = known
+                    .iter()
+                    .filter(|t| last.is_none_or(|l| t.as_str() > l))
+                    .take(n.map_or(usize::MAX, |n| n as usize))
+                    .collect();
+                let body = serde_json::to_vec(&serde_json::json!({"name": repo.as_str(), "tags": page}))
+                    .unwrap_or_default();
+                Ok(TagList { body: body.into(), link: None, outcome: Outcome::Stale })
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

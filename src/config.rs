@@ -47,6 +47,8 @@ struct RawUpstream {
     connect_timeout: Option<u64>,
     response_timeout: Option<u64>,
     idle_timeout: Option<u64>,
+    tag_ttl: Option<String>,
+    stale_max: Option<String>,
 }
 
 /// Settings given on the command line, which win over the file.
@@ -90,6 +92,10 @@ pub struct UpstreamConfig {
     pub response_timeout: Duration,
     /// Limit for a body to go without any bytes.
     pub idle_timeout: Duration,
+    /// How long a tag is answered from the cache without asking upstream (0: always revalidate).
+    pub tag_ttl: Duration,
+    /// How long past its last confirmation a tag may be served while upstream is unavailable.
+    pub stale_max: Duration,
 }
 
 /// A username and password. `Debug` never shows the password.
@@ -115,6 +121,8 @@ impl fmt::Debug for UpstreamConfig {
             .field("credentials", &self.credentials)
             .field("ca_file", &self.ca_pem.is_some())
             .field("auth_hosts", &self.auth_hosts)
+            .field("tag_ttl", &self.tag_ttl)
+            .field("stale_max", &self.stale_max)
             .finish()
     }
 }
@@ -184,6 +192,8 @@ fn resolve(raw: RawConfig, over: &Overrides, base: &Path) -> Result<Config, Conf
             connect_timeout: None,
             response_timeout: None,
             idle_timeout: None,
+            tag_ttl: None,
+            stale_max: None,
         });
     }
     if let Some(url) = &over.upstream_url {
@@ -243,6 +253,12 @@ fn resolve_upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, Con
         }
     };
     let secs = |v: Option<u64>, default: u64| Duration::from_secs(v.unwrap_or(default));
+    let duration = |key: &str, v: Option<String>, default: &str| {
+        let text = v.unwrap_or_else(|| default.to_owned());
+        parse_duration(&text).map_err(|e| ConfigError(format!("upstream {name}: {key} = {text:?}: {e}")))
+    };
+    let tag_ttl = duration("tag_ttl", raw.tag_ttl, "0s")?;
+    let stale_max = duration("stale_max", raw.stale_max, "7d")?;
     Ok(UpstreamConfig {
         name,
         url,
@@ -252,7 +268,17 @@ fn resolve_upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, Con
         connect_timeout: secs(raw.connect_timeout, 10),
         response_timeout: secs(raw.response_timeout, 30),
         idle_timeout: secs(raw.idle_timeout, 60),
+        tag_ttl,
+        stale_max,
     })
+}
+
+/// A duration in human form: `"0s"`, `"90s"`, `"5m"`, `"7d"`, `"1h 30m"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text.trim()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -318,6 +344,18 @@ password = "s3cret"
             let err = load(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn freshness_durations() {
+        let c = load("").unwrap();
+        assert_eq!(c.upstreams[0].tag_ttl, Duration::ZERO);
+        assert_eq!(c.upstreams[0].stale_max, Duration::from_secs(7 * 86400));
+        let c = load("[[upstream]]\nname = \"x\"\nurl = \"https://x\"\ntag_ttl = \"5m\"\nstale_max = \"90s\"").unwrap();
+        assert_eq!(c.upstreams[0].tag_ttl, Duration::from_secs(300));
+        assert_eq!(c.upstreams[0].stale_max, Duration::from_secs(90));
+        let err = load("[[upstream]]\nname = \"x\"\nurl = \"https://x\"\ntag_ttl = \"soon\"").unwrap_err().to_string();
+        assert!(err.contains("tag_ttl"), "{err}");
     }
 
     #[test]

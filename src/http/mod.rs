@@ -146,15 +146,17 @@ impl Registry {
                 }
             }
             Route::Tags(name) => {
-                let params = tag_query(&q);
-                match self.cache.tags(&up, &name, &params).await {
+                match self.cache.tags(&up, &name, q.n, q.last.as_deref()).await {
                     Ok(t) => {
                         let mut r = Response::new(full(t.body));
                         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                         if let Some(link) = t.link {
                             r.headers_mut().insert(header::LINK, link);
                         }
-                        r.extensions_mut().insert(Outcome::Cache(crate::cache::Outcome::Pass));
+                        if t.outcome == crate::cache::Outcome::Stale {
+                            r.headers_mut().insert(header::WARNING, HeaderValue::from_static("110 - \"Response is Stale\""));
+                        }
+                        r.extensions_mut().insert(Outcome::Cache(t.outcome));
                         r
                     }
                     Err(e) => rescue(&e, Resource::Repository),
@@ -168,18 +170,6 @@ impl Registry {
         }
         resp
     }
-}
-
-/// The upstream query for a tag list page, rebuilt from the validated parameters only.
-fn tag_query(q: &Query) -> String {
-    let mut params = url::form_urlencoded::Serializer::new(String::new());
-    if let Some(n) = q.n {
-        params.append_pair("n", &n.to_string());
-    }
-    if let Some(last) = &q.last {
-        params.append_pair("last", last);
-    }
-    params.finish()
 }
 
 fn base() -> Resp {
@@ -208,6 +198,9 @@ fn manifest_response(a: ManifestAnswer, head: bool) -> Resp {
     }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(a.size));
     r.extensions_mut().insert(Outcome::Cache(a.outcome));
+    if a.outcome == crate::cache::Outcome::Stale {
+        r.headers_mut().insert(header::WARNING, HeaderValue::from_static("110 - \"Response is Stale\""));
+    }
     r
 }
 

@@ -112,6 +112,17 @@ impl Index {
         Ok(())
     }
 
+    /// Every tag known for a repository, sorted.
+    pub fn tags_of(&self, upstream: &str, repo: &RepositoryName) -> sled::Result<Vec<String>> {
+        let prefix = format!("{upstream}\0{repo}\0").into_bytes();
+        let mut out = Vec::new();
+        for kv in self.tags.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+        }
+        Ok(out)
+    }
+
     /// Write everything to disk now.
     pub fn flush(&self) -> sled::Result<()> {
         self.db.flush()?;
@@ -144,7 +155,11 @@ mod tests {
         let tag: Tag = "3".parse().unwrap();
         let e = TagEntry { digest: d.to_string(), media_type: "x".into(), checked_at: 1 };
         idx.put_tag("docker.io", &repo, &tag, &e).unwrap();
-        assert_eq!(idx.tag("docker.io", &repo, &tag).unwrap(), Some(e));
+        assert_eq!(idx.tag("docker.io", &repo, &tag).unwrap(), Some(e.clone()));
         assert_eq!(idx.tag("ghcr.io", &repo, &tag).unwrap(), None);
+        let other: RepositoryName = "library/alpine2".parse().unwrap();
+        idx.put_tag("docker.io", &other, &tag, &e).unwrap();
+        idx.put_tag("docker.io", &repo, &"edge".parse().unwrap(), &e).unwrap();
+        assert_eq!(idx.tags_of("docker.io", &repo).unwrap(), vec!["3".to_owned(), "edge".to_owned()]);
     }
 }

@@ -1,7 +1,6 @@
 //! regcache started in-process on a free port, with its own data directory.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use regcache::config::{Config, Overrides};
 use regcache::http::Registry;
@@ -21,7 +20,6 @@ pub const DOCKER_ACCEPT: [&str; 4] = [
 pub struct Mirror {
     pub url: String,
     pub data_dir: PathBuf,
-    pub registry: Arc<Registry>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _tmp: Option<tempfile::TempDir>,
@@ -65,7 +63,7 @@ impl Mirror {
         let task = tokio::spawn(regcache::http::serve(listener, registry.clone(), async {
             let _ = stopped.await;
         }));
-        Mirror { url, data_dir, registry, stop: Some(stop), task: Some(task), _tmp: tmp }
+        Mirror { url, data_dir, stop: Some(stop), task: Some(task), _tmp: tmp }
     }
 
     /// Stop serving and wait until the server has drained and flushed its index.

@@ -2,5 +2,6 @@ pub mod api;
 pub mod cli;
 pub mod coalescing;
 pub mod faults;
+pub mod freshness;
 pub mod mirror;
 pub mod pull;
