@@ -9,6 +9,7 @@
 //! - [`singleflight`]: one call per key at a time (manifest fetches, tag revalidations, tokens).
 //! - [`cache`]: the policy: hit, miss, revalidate, stale.
 //! - [`http`]: accept loop, routing, handlers, the one error mapping.
+//! - [`metrics`]: Prometheus counters, gauges and histograms.
 //!
 //! # The path of one request
 //! `http::server` accepts a connection; `http::Registry::handle` routes it (`http::route`, which makes
@@ -21,6 +22,7 @@ pub mod cache;
 pub mod config;
 pub mod http;
 pub mod inflight;
+pub mod metrics;
 pub mod oci;
 pub mod singleflight;
 pub mod store;

@@ -20,6 +20,7 @@ use hyper::body::{Frame, Incoming};
 
 use crate::cache::{BlobAnswer, Cache, ManifestAnswer};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::oci::{AcceptList, ErrorCode};
 use crate::store::Store;
 use crate::upstream::Upstream;
@@ -62,7 +63,12 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 /// The registry regcache serves: configuration resolved into a store, upstream clients and a cache.
 pub struct Registry {
     cache: Cache,
+    metrics: Arc<Metrics>,
 }
+
+/// The route of a request, for metrics.
+#[derive(Clone, Copy)]
+struct RouteLabel(&'static str);
 
 /// Why the registry can't start.
 #[derive(Debug, thiserror::Error)]
@@ -79,13 +85,14 @@ impl Registry {
     /// Open the store and build the upstream clients.
     pub fn open(config: &Config) -> Result<Arc<Registry>, StartError> {
         let store = Arc::new(Store::open(&config.data_dir)?);
+        let metrics = Arc::new(Metrics::new());
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| Upstream::new(u.clone()).map(Arc::new))
+            .map(|u| Upstream::new(u.clone(), metrics.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()
             .map_err(StartError::Upstream)?;
-        Ok(Arc::new(Registry { cache: Cache::new(store, upstreams) }))
+        Ok(Arc::new(Registry { cache: Cache::new(store, upstreams), metrics }))
     }
 
     /// The cache.
@@ -101,9 +108,16 @@ impl Registry {
         let mut resp = self.respond(req).await;
         resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
         let outcome = resp.extensions().get::<Outcome>().copied().unwrap_or(Outcome::Local);
+        let route = resp.extensions().get::<RouteLabel>().map_or("other", |r| r.0);
         let status = resp.status();
+        let metrics = self.metrics.clone();
         Ok(resp.map(|body| {
             logged(body, move |bytes, complete| {
+                let cache_outcome = match outcome {
+                    Outcome::Cache(o) => Some(o.as_str()),
+                    _ => None,
+                };
+                metrics.request(route, status.as_u16(), cache_outcome, bytes);
                 tracing::info!(
                     %peer, %method, %path, status = status.as_u16(), bytes, complete,
                     ms = start.elapsed().as_millis() as u64, outcome = outcome.as_str(), "request"
@@ -113,24 +127,38 @@ impl Registry {
     }
 
     async fn respond(&self, req: Request<Incoming>) -> Resp {
-        let head = req.method() == Method::HEAD;
         let route = match route(req.method(), req.uri().path()) {
             Ok(r) => r,
             Err(e) => return route_error(&e),
         };
+        let label = RouteLabel(route.label());
+        let mut resp = self.respond_to(req, route).await;
+        resp.extensions_mut().insert(label);
+        resp
+    }
+
+    async fn respond_to(&self, req: Request<Incoming>, route: Route) -> Resp {
+        let head = req.method() == Method::HEAD;
         let q = match query(req.uri().query()) {
             Ok(q) => q,
             Err(e) => return route_error(&e),
         };
-        if route == Route::Base {
-            return base();
+        match route {
+            Route::Base => return base(),
+            Route::Healthz => return text("ok\n", "text/plain"),
+            Route::Metrics => {
+                let store = self.cache.store();
+                let body = self.metrics.render(self.cache.fills().len(), store.index.used_bytes());
+                return text(body, "text/plain; version=0.0.4; charset=utf-8");
+            }
+            _ => {}
         }
         let Some(up) = self.cache.upstream(q.ns.as_deref()).cloned() else {
             let ns = q.ns.unwrap_or_default();
             return oci_error(StatusCode::NOT_FOUND, ErrorCode::NameUnknown, &format!("registry {ns:?} is not mirrored here"), serde_json::Value::Null);
         };
         let mut resp = match route {
-            Route::Base => base(),
+            Route::Base | Route::Healthz | Route::Metrics => base(),
             Route::Manifest(name, reference) => {
                 let accept = AcceptList::from_headers(req.headers());
                 match self.cache.manifest(&up, &name, &reference, &accept, head).await {
@@ -173,8 +201,12 @@ impl Registry {
 }
 
 fn base() -> Resp {
-    let mut r = Response::new(full(&b"{}"[..]));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    text("{}", "application/json")
+}
+
+fn text(body: impl Into<Bytes>, content_type: &'static str) -> Resp {
+    let mut r = Response::new(full(body));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r.extensions_mut().insert(Outcome::Local);
     r
 }

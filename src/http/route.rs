@@ -19,6 +19,24 @@ pub enum Route {
     Blob(RepositoryName, Digest),
     /// `GET /v2/<name>/tags/list`.
     Tags(RepositoryName),
+    /// `GET /metrics`: Prometheus text format.
+    Metrics,
+    /// `GET /healthz`: liveness.
+    Healthz,
+}
+
+impl Route {
+    /// A short name for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Base => "base",
+            Route::Manifest(..) => "manifest",
+            Route::Blob(..) => "blob",
+            Route::Tags(_) => "tags",
+            Route::Metrics => "metrics",
+            Route::Healthz => "healthz",
+        }
+    }
 }
 
 /// The query parameters regcache reads.
@@ -63,8 +81,14 @@ impl From<NameError> for RouteError {
 /// Route a request.
 pub fn route(method: &Method, path: &str) -> Result<Route, RouteError> {
     let not_found = || RouteError::new(http::StatusCode::NOT_FOUND, ErrorCode::NameUnknown, format!("no route for {path}"));
+    let read = *method == Method::GET || *method == Method::HEAD;
+    match path {
+        "/metrics" if read => return Ok(Route::Metrics),
+        "/healthz" if read => return Ok(Route::Healthz),
+        _ => {}
+    }
     let Some(rest) = path.strip_prefix("/v2") else { return Err(not_found()) };
-    if *method != Method::GET && *method != Method::HEAD {
+    if !read {
         return Err(RouteError::new(
             http::StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Unsupported,
@@ -141,6 +165,8 @@ mod tests {
             Ok(Route::Manifest("a/manifests/b".parse().unwrap(), "latest".parse().unwrap()))
         );
         assert_eq!(route(&get, "/v2/a/b/tags/list"), Ok(Route::Tags("a/b".parse().unwrap())));
+        assert_eq!(route(&get, "/metrics"), Ok(Route::Metrics));
+        assert_eq!(route(&Method::HEAD, "/healthz"), Ok(Route::Healthz));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! here; sled makes each insert atomic.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -19,6 +20,8 @@ pub struct Index {
     blobs: sled::Tree,
     manifests: sled::Tree,
     tags: sled::Tree,
+    /// Bytes of blobs and manifests indexed, kept up to date by every insert and removal.
+    used: AtomicU64,
 }
 
 /// A manifest as stored: exact bytes and media type.
@@ -46,6 +49,10 @@ pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+fn blob_size_of(v: &[u8]) -> u64 {
+    <[u8; 8]>::try_from(v).map(u64::from_be_bytes).unwrap_or(0)
+}
+
 fn tag_key(upstream: &str, repo: &RepositoryName, tag: &Tag) -> Vec<u8> {
     // NUL can't appear in any of the three, so the key is unambiguous.
     format!("{upstream}\0{repo}\0{tag}").into_bytes()
@@ -59,25 +66,49 @@ impl Index {
         let blobs = db.open_tree("blobs").map_err(err)?;
         let manifests = db.open_tree("manifests").map_err(err)?;
         let tags = db.open_tree("tags").map_err(err)?;
-        Ok(Index { db, blobs, manifests, tags })
+        let mut used = 0u64;
+        for kv in blobs.iter() {
+            let (_, v) = kv.map_err(err)?;
+            used += blob_size_of(&v);
+        }
+        for kv in manifests.iter() {
+            let (_, v) = kv.map_err(err)?;
+            used += v.len() as u64;
+        }
+        Ok(Index { db, blobs, manifests, tags, used: AtomicU64::new(used) })
     }
 
     /// The recorded size of a stored blob.
     pub fn blob_size(&self, digest: &Digest) -> sled::Result<Option<u64>> {
-        let v = self.blobs.get(digest.to_string())?;
-        Ok(v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes))
+        Ok(self.blobs.get(digest.to_string())?.as_deref().map(blob_size_of))
     }
 
     /// Record a blob that is now durable on disk.
     pub fn put_blob(&self, digest: &Digest, size: u64) -> sled::Result<()> {
-        self.blobs.insert(digest.to_string(), &size.to_be_bytes())?;
+        let old = self.blobs.insert(digest.to_string(), &size.to_be_bytes())?;
+        self.account(old.as_deref().map(blob_size_of), size);
         Ok(())
     }
 
     /// Forget a blob.
     pub fn remove_blob(&self, digest: &Digest) -> sled::Result<()> {
-        self.blobs.remove(digest.to_string())?;
+        let old = self.blobs.remove(digest.to_string())?;
+        self.account(old.as_deref().map(blob_size_of), 0);
         Ok(())
+    }
+
+    /// Bytes of blobs and manifests indexed.
+    pub fn used_bytes(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn account(&self, old: Option<u64>, new: u64) {
+        let old = old.unwrap_or(0);
+        if new >= old {
+            self.used.fetch_add(new - old, Ordering::Relaxed);
+        } else {
+            self.used.fetch_sub(old - new, Ordering::Relaxed);
+        }
     }
 
     /// A stored manifest.
@@ -95,7 +126,9 @@ impl Index {
         v.extend_from_slice(m.media_type.as_bytes());
         v.push(0);
         v.extend_from_slice(&m.bytes);
-        self.manifests.insert(digest.to_string(), v)?;
+        let size = v.len() as u64;
+        let old = self.manifests.insert(digest.to_string(), v)?;
+        self.account(old.map(|o| o.len() as u64), size);
         Ok(())
     }
 
@@ -141,9 +174,12 @@ mod tests {
         let d = Digest::sha256_of(b"m");
         assert_eq!(idx.blob_size(&d).unwrap(), None);
         idx.put_blob(&d, 42).unwrap();
+        idx.put_blob(&d, 42).unwrap();
         assert_eq!(idx.blob_size(&d).unwrap(), Some(42));
+        assert_eq!(idx.used_bytes(), 42);
         idx.remove_blob(&d).unwrap();
         assert_eq!(idx.blob_size(&d).unwrap(), None);
+        assert_eq!(idx.used_bytes(), 0);
 
         let m = StoredManifest { media_type: "application/x".into(), bytes: Bytes::from_static(b"{\"a\":\0}") };
         idx.put_manifest(&d, &m).unwrap();

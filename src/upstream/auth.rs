@@ -217,6 +217,7 @@ async fn request_token(
         v.set_sensitive(true);
         headers.insert(http::header::AUTHORIZATION, v);
     }
+    transport.count_token_fetch();
     let resp = transport.send(Method::GET, &url, headers).await?;
     let status = resp.status();
     let body = transport.read_body(resp.into_body(), MAX_TOKEN_RESPONSE).await?;

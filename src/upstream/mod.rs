@@ -18,6 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use url::Url;
 
 use crate::config::UpstreamConfig;
+use crate::metrics::Metrics;
 use crate::oci::{first_code, ErrorCode, RepositoryName};
 pub use auth::Auth;
 pub use challenge::{parse_challenges, Challenge};
@@ -76,6 +77,8 @@ type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 /// The pooled HTTP client of one upstream, with its timeouts. Cheap to clone.
 #[derive(Clone)]
 pub struct Transport {
+    name: Arc<str>,
+    metrics: Arc<Metrics>,
     client: HttpsClient,
     response_timeout: Duration,
     idle_timeout: Duration,
@@ -83,7 +86,7 @@ pub struct Transport {
 
 impl Transport {
     /// A client trusting webpki roots plus the upstream's `ca_file`; HTTP/1.1 and HTTP/2 by ALPN.
-    pub fn new(cfg: &UpstreamConfig) -> Result<Transport, String> {
+    pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<Transport, String> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(pem) = &cfg.ca_pem {
@@ -109,7 +112,13 @@ impl Transport {
             .enable_http2()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(https);
-        Ok(Transport { client, response_timeout: cfg.response_timeout, idle_timeout: cfg.idle_timeout })
+        Ok(Transport {
+            name: cfg.name.as_str().into(),
+            metrics,
+            client,
+            response_timeout: cfg.response_timeout,
+            idle_timeout: cfg.idle_timeout,
+        })
     }
 
     /// Send one request (no redirects followed) and wait for the response headers.
@@ -121,7 +130,15 @@ impl Transport {
             .map_err(|e| UpstreamError::Protocol(format!("cannot build request for {}: {e}", redact(url))))?;
         *req.headers_mut() = headers;
         req.headers_mut().insert(header::USER_AGENT, HeaderValue::from_static(concat!("regcache/", env!("CARGO_PKG_VERSION"))));
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+        let start = std::time::Instant::now();
+        let result = tokio::time::timeout(self.response_timeout, self.client.request(req)).await;
+        let status = match &result {
+            Ok(Ok(resp)) => resp.status().as_str().to_owned(),
+            Ok(Err(_)) => "error".to_owned(),
+            Err(_) => "timeout".to_owned(),
+        };
+        self.metrics.upstream_request(&self.name, &status, start.elapsed());
+        match result {
             Err(_) => Err(UpstreamError::Timeout(format!("no response from {} within {:?}", redact(url), self.response_timeout))),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => {
@@ -135,6 +152,11 @@ impl Transport {
                 }
             }
         }
+    }
+
+    /// Count a token fetch for this upstream.
+    pub fn count_token_fetch(&self) {
+        self.metrics.token_fetch(&self.name);
     }
 
     /// The next chunk of `body`, failing if none arrives within the idle timeout.
@@ -195,8 +217,8 @@ pub struct Upstream {
 
 impl Upstream {
     /// The client for `config`.
-    pub fn new(config: UpstreamConfig) -> Result<Upstream, String> {
-        let transport = Transport::new(&config)?;
+    pub fn new(config: UpstreamConfig, metrics: Arc<Metrics>) -> Result<Upstream, String> {
+        let transport = Transport::new(&config, metrics)?;
         Ok(Upstream { auth: Auth::new(config.clone()), config, transport })
     }
 

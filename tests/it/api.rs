@@ -132,3 +132,35 @@ async fn tag_list_pagination_passes_link_through() {
     let v: serde_json::Value = m.get("/v2/alpine/tags/list?n=2&last=b").await.json().await.unwrap();
     assert_eq!(v["tags"], serde_json::json!(["c"]));
 }
+
+/// The value of the first metric line starting with `prefix`.
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_move_as_requests_are_made_and_healthz_answers() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 5000);
+    let m = Mirror::start(&reg).await;
+    assert_eq!(m.get("/healthz").await.status(), 200);
+    let before = m.get("/metrics").await.text().await.unwrap();
+    assert_eq!(metric(&before, "regcache_cache_requests_total{outcome=\"hit\"}"), 0.0);
+
+    m.blob("alpine", &image.layers[0].digest).await.unwrap();
+    m.blob("alpine", &image.layers[0].digest).await.unwrap();
+    m.get_manifest("alpine", "3").await;
+    let after = m.get("/metrics").await.text().await.unwrap();
+    assert_eq!(metric(&after, "regcache_cache_requests_total{outcome=\"miss\"}"), 2.0, "{after}");
+    assert_eq!(metric(&after, "regcache_cache_requests_total{outcome=\"hit\"}"), 1.0);
+    assert_eq!(metric(&after, "regcache_served_bytes_total{source=\"cache\"}"), 5000.0);
+    assert_eq!(metric(&after, "regcache_http_requests_total{route=\"blob\",status=\"200\"}"), 2.0);
+    assert!(metric(&after, "regcache_token_fetches_total{upstream=\"docker.io\"}") >= 1.0);
+    assert!(metric(&after, "regcache_upstream_request_duration_seconds_count{upstream=\"docker.io\"}") >= 3.0);
+    assert!(metric(&after, "regcache_disk_bytes") >= 5000.0);
+    assert_eq!(metric(&after, "regcache_fills_in_progress"), 0.0);
+}

@@ -1,0 +1,140 @@
+//! Prometheus metrics: what the mirror did (requests, cache outcomes, bytes by source), what it asked
+//! upstream (requests, latency, token fetches), and what it holds (fills running, bytes on disk,
+//! evictions). One [`Metrics`] per server, shared by its parts.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamName {
+    upstream: String,
+}
+
+/// Every metric regcache exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    outcomes: Family<OutcomeLabels, Counter>,
+    bytes_served: Family<SourceLabels, Counter>,
+    upstream_requests: Family<UpstreamLabels, Counter>,
+    upstream_latency: Family<UpstreamName, Histogram>,
+    token_fetches: Family<UpstreamName, Counter>,
+    fills: Gauge,
+    disk_bytes: Gauge,
+    evictions: Counter,
+    evicted_bytes: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("regcache");
+        let requests = Family::default();
+        registry.register("http_requests", "Requests answered, by route and status", requests.clone());
+        let outcomes = Family::default();
+        registry.register("cache_requests", "Cache answers: hit, miss, stale, pass", outcomes.clone());
+        let bytes_served = Family::default();
+        registry.register("served_bytes", "Body bytes sent to clients, by source (cache or upstream)", bytes_served.clone());
+        let upstream_requests = Family::default();
+        registry.register("upstream_requests", "Requests sent upstream, by upstream and status", upstream_requests.clone());
+        let upstream_latency = Family::<UpstreamName, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        });
+        registry.register("upstream_request_duration_seconds", "Time to upstream response headers", upstream_latency.clone());
+        let token_fetches = Family::default();
+        registry.register("token_fetches", "Bearer tokens fetched, by upstream", token_fetches.clone());
+        let fills = Gauge::default();
+        registry.register("fills_in_progress", "Blob downloads from upstream running now", fills.clone());
+        let disk_bytes = Gauge::default();
+        registry.register("disk_bytes", "Bytes of blobs and manifests stored", disk_bytes.clone());
+        let evictions = Counter::default();
+        registry.register("evictions", "Blobs and manifests evicted to stay under max_size", evictions.clone());
+        let evicted_bytes = Counter::default();
+        registry.register("evicted_bytes", "Bytes evicted to stay under max_size", evicted_bytes.clone());
+        Metrics {
+            registry,
+            requests,
+            outcomes,
+            bytes_served,
+            upstream_requests,
+            upstream_latency,
+            token_fetches,
+            fills,
+            disk_bytes,
+            evictions,
+            evicted_bytes,
+        }
+    }
+
+    /// One answered request.
+    pub fn request(&self, route: &'static str, status: u16, outcome: Option<&'static str>, bytes: u64) {
+        self.requests.get_or_create(&RequestLabels { route, status }).inc();
+        if let Some(outcome) = outcome {
+            self.outcomes.get_or_create(&OutcomeLabels { outcome }).inc();
+            let source = if outcome == "hit" || outcome == "stale" { "cache" } else { "upstream" };
+            self.bytes_served.get_or_create(&SourceLabels { source }).inc_by(bytes);
+        }
+    }
+
+    /// One request sent upstream and how long its headers took.
+    pub fn upstream_request(&self, upstream: &str, status: &str, elapsed: Duration) {
+        let labels = UpstreamLabels { upstream: upstream.to_owned(), status: status.to_owned() };
+        self.upstream_requests.get_or_create(&labels).inc();
+        self.upstream_latency.get_or_create(&UpstreamName { upstream: upstream.to_owned() }).observe(elapsed.as_secs_f64());
+    }
+
+    /// One token fetched.
+    pub fn token_fetch(&self, upstream: &str) {
+        self.token_fetches.get_or_create(&UpstreamName { upstream: upstream.to_owned() }).inc();
+    }
+
+    /// Content evicted.
+    pub fn evicted(&self, bytes: u64) {
+        self.evictions.inc();
+        self.evicted_bytes.inc_by(bytes);
+    }
+
+    /// The text exposition, with the gauges read now.
+    pub fn render(&self, fills_running: usize, disk_bytes: u64) -> String {
+        self.fills.set(fills_running as i64);
+        self.disk_bytes.set(disk_bytes as i64);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
