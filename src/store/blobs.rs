@@ -97,12 +97,58 @@ impl BlobFiles {
         Ok(())
     }
 
+    /// Every file in the blob tree: its digest when it sits at the path of a valid one, and its path.
+    pub fn list(&self) -> io::Result<Vec<(Option<Digest>, PathBuf)>> {
+        let mut out = Vec::new();
+        let mut stack = vec![(self.root.clone(), 0)];
+        while let Some((dir, depth)) = stack.pop() {
+            for path in read_dir_paths(&dir)? {
+                if path.is_dir() {
+                    stack.push((path, depth + 1));
+                    continue;
+                }
+                let digest = path
+                    .strip_prefix(&self.root)
+                    .ok()
+                    .and_then(|rel| {
+                        let parts: Vec<&str> = rel.iter().filter_map(|p| p.to_str()).collect();
+                        match parts.as_slice() {
+                            [alg, _, hex] => format!("{alg}:{hex}").parse::<Digest>().ok(),
+                            _ => None,
+                        }
+                    })
+                    .filter(|d| self.path(d) == path);
+                out.push((digest, path));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The data directory's quarantine folder, for corrupt content kept for inspection.
+    pub fn quarantine(&self, path: &Path) -> io::Result<PathBuf> {
+        let dir = self.root.parent().unwrap_or(&self.root).join("quarantine");
+        fs::create_dir_all(&dir)?;
+        let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
+        let dest = dir.join(name);
+        fs::rename(path, &dest)?;
+        Ok(dest)
+    }
+
     /// Delete a stored blob (a file the index no longer vouches for).
     pub fn remove(&self, digest: &Digest) -> io::Result<()> {
         match fs::remove_file(self.path(digest)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+/// The entries of a directory (files and folders), or none if it doesn't exist.
+fn read_dir_paths(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.map(|e| e.path())).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
     }
 }
 

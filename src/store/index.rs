@@ -49,6 +49,17 @@ pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// The digests a tree is keyed by (keys that aren't digests are skipped).
+fn keys(tree: &sled::Tree) -> sled::Result<Vec<Digest>> {
+    let mut out = Vec::new();
+    for k in tree.iter().keys() {
+        if let Ok(d) = String::from_utf8_lossy(&k?).parse() {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
 fn blob_size_of(v: &[u8]) -> u64 {
     <[u8; 8]>::try_from(v).map(u64::from_be_bytes).unwrap_or(0)
 }
@@ -94,6 +105,23 @@ impl Index {
     pub fn remove_blob(&self, digest: &Digest) -> sled::Result<()> {
         let old = self.blobs.remove(digest.to_string())?;
         self.account(old.as_deref().map(blob_size_of), 0);
+        Ok(())
+    }
+
+    /// Every indexed blob.
+    pub fn blob_digests(&self) -> sled::Result<Vec<Digest>> {
+        keys(&self.blobs)
+    }
+
+    /// Every stored manifest.
+    pub fn manifest_digests(&self) -> sled::Result<Vec<Digest>> {
+        keys(&self.manifests)
+    }
+
+    /// Forget a manifest.
+    pub fn remove_manifest(&self, digest: &Digest) -> sled::Result<()> {
+        let old = self.manifests.remove(digest.to_string())?;
+        self.account(old.map(|o| o.len() as u64), 0);
         Ok(())
     }
 

@@ -2,9 +2,11 @@
 //! content-addressed path) and the sled index of blobs, manifests and tags.
 
 mod blobs;
+mod check;
 mod index;
 
 pub use blobs::{BlobFiles, TempBlob};
+pub use check::{Reconciled, Verified};
 pub use index::{now_secs, Index, StoredManifest, TagEntry};
 
 use std::io;
@@ -40,10 +42,23 @@ pub enum StoreError {
 }
 
 impl Store {
-    /// Open (creating if needed) the store in `data_dir`, clearing temporary files a crash left.
+    /// Open (creating if needed) the store in `data_dir` and make it consistent after a crash:
+    /// temporary files removed, index entries without their file dropped, files without an index
+    /// entry re-indexed if their hash checks out and removed otherwise.
+    ///
+    /// The index is opened first: sled locks it, so a second process fails here before it can touch
+    /// the files of a running server.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        let blobs = BlobFiles::open(data_dir)?;
         let index = Index::open(&data_dir.join("index"))?;
-        Ok(Store { blobs, index })
+        let blobs = BlobFiles::open(data_dir)?;
+        let store = Store { blobs, index };
+        let r = store.reconcile().map_err(|source| StoreError::Io { path: data_dir.to_owned(), source })?;
+        if r.dropped + r.reindexed + r.removed > 0 {
+            tracing::warn!(
+                dropped = r.dropped, reindexed = r.reindexed, removed = r.removed,
+                "repaired the cache after an unclean stop"
+            );
+        }
+        Ok(store)
     }
 }
