@@ -225,7 +225,7 @@ impl Cache {
         accept: &AcceptList,
         head: bool,
     ) -> Result<ManifestAnswer, CacheError> {
-        if let Some(m) = self.store.index.manifest(digest)? {
+        if let Some(m) = self.cached_manifest(digest)? {
             return Ok(answer(digest.clone(), m, Outcome::Hit));
         }
         if head {
@@ -265,7 +265,7 @@ impl Cache {
         };
         match revalidated {
             Ok(Some(h)) => {
-                if let Some(m) = self.store.index.manifest(&h.digest)? {
+                if let Some(m) = self.cached_manifest(&h.digest)? {
                     if accept.allows(&m.media_type) {
                         self.remember_tag(&name, &key_repo, tag, &h.digest, &m.media_type)?;
                         return Ok(answer(h.digest, m, Outcome::Hit));
@@ -302,10 +302,19 @@ impl Cache {
         }
     }
 
+    /// A stored manifest, its access noted.
+    fn cached_manifest(&self, digest: &Digest) -> Result<Option<StoredManifest>, CacheError> {
+        let m = self.store.index.manifest(digest)?;
+        if m.is_some() {
+            self.store.usage.touch(digest);
+        }
+        Ok(m)
+    }
+
     /// The cached manifest a tag entry points at, if stored and acceptable to the client.
     fn tag_answer(&self, entry: &TagEntry, accept: &AcceptList, outcome: Outcome) -> Result<Option<ManifestAnswer>, CacheError> {
         let Ok(digest) = entry.digest.parse::<Digest>() else { return Ok(None) };
-        let Some(m) = self.store.index.manifest(&digest)? else { return Ok(None) };
+        let Some(m) = self.cached_manifest(&digest)? else { return Ok(None) };
         if !accept.allows(&m.media_type) {
             return Ok(None);
         }
@@ -345,7 +354,7 @@ impl Cache {
         head: bool,
     ) -> Result<BlobAnswer, CacheError> {
         if let Some((file, size)) = inflight::stored(&self.store, digest)? {
-            return serve_stored(file, size, range, head, Outcome::Hit);
+            return serve_stored(&self.store, digest, file, size, range, head);
         }
         if head {
             if let Some(size) = self.fills.get(digest).and_then(|f| f.total()) {
@@ -356,7 +365,7 @@ impl Cache {
             return Ok(BlobAnswer { size, range: None, body: None, outcome: Outcome::Pass });
         }
         let fill = match self.fills.join_or_start(&self.store, up, repo, digest)? {
-            Source::Stored(file, size) => return serve_stored(file, size, range, head, Outcome::Hit),
+            Source::Stored(file, size) => return serve_stored(&self.store, digest, file, size, range, head),
             Source::Filling(fill) => fill,
         };
         let mut total = fill.started().await?;
@@ -371,7 +380,7 @@ impl Cache {
             }
             _ => (0, total, None),
         };
-        Ok(BlobAnswer { size: total, range: served, body: Some(BlobReader::filling(fill, start, end)), outcome: Outcome::Miss })
+        Ok(BlobAnswer { size: total, range: served, body: Some(BlobReader::filling(&self.store, fill, start, end)), outcome: Outcome::Miss })
     }
 
     /// One page of a repository's tags: from upstream, or from the tags regcache knows when upstream
@@ -422,7 +431,53 @@ impl Cache {
     }
 }
 
-fn serve_stored(file: std::fs::File, size: u64, range: Option<RangeRequest>, head: bool, outcome: Outcome) -> Result<BlobAnswer, CacheError> {
+/// How often batched access times are written to the index.
+const ACCESS_FLUSH: Duration = Duration::from_secs(30);
+
+/// The background work of a cache: evict when an insert passes `max_size`, and write access times
+/// in batches. Holds the store only weakly, so it ends once the server's store is gone.
+pub fn spawn_housekeeping(store: &Arc<Store>, metrics: Arc<crate::metrics::Metrics>) {
+    let weak = Arc::downgrade(store);
+    let pressure = store.pressure.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ACCESS_FLUSH);
+        loop {
+            let evict = tokio::select! {
+                _ = pressure.notified() => true,
+                _ = tick.tick() => false,
+            };
+            let Some(store) = weak.upgrade() else { return };
+            let metrics = metrics.clone();
+            let work = tokio::task::spawn_blocking(move || {
+                if let Err(e) = store.flush_access() {
+                    tracing::warn!(error = %e, "writing access times failed");
+                }
+                let Some(max) = store.max_size.filter(|max| evict && store.over_limit(*max)) else { return };
+                let target = (max as f64 * crate::store::LOW_WATER) as u64;
+                match store.evict(target, false) {
+                    Ok(gone) => {
+                        let bytes: u64 = gone.iter().map(|e| e.size).sum();
+                        for e in &gone {
+                            metrics.evicted(e.size);
+                        }
+                        tracing::info!(evicted = gone.len(), bytes, used = store.index.used_bytes(), max_size = max, "evicted least-recently-used content");
+                    }
+                    Err(e) => tracing::error!(error = %e, "eviction failed"),
+                }
+            });
+            let _ = work.await;
+        }
+    });
+}
+
+fn serve_stored(
+    store: &Store,
+    digest: &Digest,
+    file: std::fs::File,
+    size: u64,
+    range: Option<RangeRequest>,
+    head: bool,
+) -> Result<BlobAnswer, CacheError> {
     let (start, end, served) = match range {
         Some(r) => {
             let (s, e) = r.resolve(size).ok_or(CacheError::RangeNotSatisfiable { size })?;
@@ -430,8 +485,8 @@ fn serve_stored(file: std::fs::File, size: u64, range: Option<RangeRequest>, hea
         }
         None => (0, size, None),
     };
-    let body = (!head).then(|| BlobReader::stored(file, start, end));
-    Ok(BlobAnswer { size: Some(size), range: served, body, outcome })
+    let body = (!head).then(|| BlobReader::stored(store, digest, file, start, end));
+    Ok(BlobAnswer { size: Some(size), range: served, body, outcome: Outcome::Hit })
 }
 
 fn answer(digest: Digest, m: StoredManifest, outcome: Outcome) -> ManifestAnswer {
@@ -521,6 +576,7 @@ async fn get_manifest_upstream(
     };
     let m = StoredManifest { media_type, bytes };
     store.index.put_manifest(&digest, &m)?;
+    store.stored(&digest);
     Ok(answer(digest, m, Outcome::Miss))
 }
 

@@ -29,6 +29,7 @@ pub struct ConfigError(String);
 struct RawConfig {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
+    max_size: Option<String>,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
 }
@@ -69,6 +70,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The data directory.
     pub data_dir: PathBuf,
+    /// The most bytes of blobs and manifests to keep; `None`: unlimited.
+    pub max_size: Option<u64>,
     /// The upstream registries; the first serves plain `/v2/<name>/…` requests.
     pub upstreams: Vec<UpstreamConfig>,
 }
@@ -178,6 +181,7 @@ fn resolve(raw: RawConfig, over: &Overrides, base: &Path) -> Result<Config, Conf
         .parse::<SocketAddr>()
         .map_err(|e| ConfigError(format!("listen address {listen_s:?}: {e}")))?;
     let data_dir = over.data_dir.clone().or(raw.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let max_size = raw.max_size.as_deref().map(parse_size).transpose()?;
 
     let mut raws = raw.upstream;
     if raws.is_empty() {
@@ -205,7 +209,7 @@ fn resolve(raw: RawConfig, over: &Overrides, base: &Path) -> Result<Config, Conf
             return Err(ConfigError(format!("upstream {:?} is configured twice", u.name)));
         }
     }
-    Ok(Config { listen, data_dir, upstreams })
+    Ok(Config { listen, data_dir, max_size, upstreams })
 }
 
 fn resolve_upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, ConfigError> {
@@ -271,6 +275,14 @@ fn resolve_upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, Con
         tag_ttl,
         stale_max,
     })
+}
+
+/// A size in human form: `"50GiB"`, `"500MB"`, `"1048576"`.
+pub fn parse_size(text: &str) -> Result<u64, ConfigError> {
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| ConfigError(format!("size {text:?}: {e}")))
 }
 
 /// A duration in human form: `"0s"`, `"90s"`, `"5m"`, `"7d"`, `"1h 30m"`.
@@ -344,6 +356,14 @@ password = "s3cret"
             let err = load(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(load("").unwrap().max_size, None);
+        assert_eq!(load("max_size = \"50GiB\"").unwrap().max_size, Some(50 << 30));
+        assert_eq!(load("max_size = \"1 MB\"").unwrap().max_size, Some(1_000_000));
+        assert!(load("max_size = \"lots\"").unwrap_err().to_string().contains("lots"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use http::{header, HeaderMap, Method};
 use tokio::sync::watch;
 
 use crate::oci::{Digest, Hasher, RepositoryName};
-use crate::store::{Store, TempBlob};
+use crate::store::{InUse, Store, TempBlob};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// How many bytes of a fill are gathered before one write to disk.
@@ -62,6 +62,7 @@ pub enum FillError {
 
 /// One running fill.
 pub struct Fill {
+    digest: Digest,
     file: Arc<File>,
     state: watch::Sender<FillState>,
 }
@@ -139,7 +140,7 @@ impl Fills {
         }
         let temp = store.blobs.begin()?;
         let (state, _) = watch::channel(FillState::Connecting);
-        let fill = Arc::new(Fill { file: temp.file().clone(), state });
+        let fill = Arc::new(Fill { digest: digest.clone(), file: temp.file().clone(), state });
         running.insert(digest.clone(), fill.clone());
         let job = FillJob {
             fills: Arc::clone(self),
@@ -250,6 +251,11 @@ impl FillJob {
         if got != self.digest {
             return Err(FillError::Corrupt(format!("content has digest {got}, not the requested digest")));
         }
+        if let Some(max) = self.store.max_size.filter(|max| written > *max) {
+            // Served to everyone who asked, but never kept: it alone would pass the limit.
+            tracing::warn!(digest = %self.digest, size = written, max_size = max, "blob larger than max_size; streamed without storing");
+            return Ok(written);
+        }
         let store = Arc::clone(&self.store);
         let digest = self.digest.clone();
         tokio::task::spawn_blocking(move || store.blobs.commit(temp, &digest))
@@ -257,6 +263,7 @@ impl FillJob {
             .map_err(|e| FillError::Disk(e.to_string()))?
             .map_err(|e| FillError::Disk(e.to_string()))?;
         self.store.index.put_blob(&self.digest, written).map_err(|e| FillError::Disk(e.to_string()))?;
+        self.store.stored(&self.digest);
         Ok(written)
     }
 }
@@ -290,18 +297,23 @@ pub struct BlobReader {
     pos: u64,
     end: Option<u64>,
     fill: Option<(Arc<Fill>, watch::Receiver<FillState>)>,
+    /// Keeps the blob from being evicted while it is read.
+    _in_use: InUse,
 }
 
 impl BlobReader {
     /// A reader of `[start, end)` of a stored file.
-    pub fn stored(file: File, start: u64, end: u64) -> BlobReader {
-        BlobReader { file: Arc::new(file), pos: start, end: Some(end), fill: None }
+    pub fn stored(store: &Store, digest: &Digest, file: File, start: u64, end: u64) -> BlobReader {
+        let in_use = store.usage.hold(digest);
+        store.usage.touch(digest);
+        BlobReader { file: Arc::new(file), pos: start, end: Some(end), fill: None, _in_use: in_use }
     }
 
     /// A reader of `[start, end)` of a running fill (`end` = `None`: to the end, whatever it is).
-    pub fn filling(fill: Arc<Fill>, start: u64, end: Option<u64>) -> BlobReader {
+    pub fn filling(store: &Store, fill: Arc<Fill>, start: u64, end: Option<u64>) -> BlobReader {
+        let in_use = store.usage.hold(&fill.digest);
         let rx = fill.state.subscribe();
-        BlobReader { file: fill.file.clone(), pos: start, end, fill: Some((fill, rx)) }
+        BlobReader { file: fill.file.clone(), pos: start, end, fill: Some((fill, rx)), _in_use: in_use }
     }
 
     /// The next chunk; `None` at the end. An error means the body must be cut.

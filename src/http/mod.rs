@@ -84,8 +84,11 @@ pub enum StartError {
 impl Registry {
     /// Open the store and build the upstream clients.
     pub fn open(config: &Config) -> Result<Arc<Registry>, StartError> {
-        let store = Arc::new(Store::open(&config.data_dir)?);
+        let mut store = Store::open(&config.data_dir)?;
+        store.max_size = config.max_size;
+        let store = Arc::new(store);
         let metrics = Arc::new(Metrics::new());
+        crate::cache::spawn_housekeeping(&store, metrics.clone());
         let upstreams = config
             .upstreams
             .iter()

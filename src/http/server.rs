@@ -52,7 +52,8 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: imp
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!("transfers still running after {DRAIN:?}; stopping anyway");
     }
-    if let Err(e) = registry.cache().store().index.flush() {
+    let store = registry.cache().store();
+    if let Err(e) = store.flush_access().and_then(|_| store.index.flush()) {
         tracing::error!(error = %e, "flushing the index failed");
     }
 }

@@ -20,6 +20,7 @@ pub struct Index {
     blobs: sled::Tree,
     manifests: sled::Tree,
     tags: sled::Tree,
+    access: sled::Tree,
     /// Bytes of blobs and manifests indexed, kept up to date by every insert and removal.
     used: AtomicU64,
 }
@@ -77,6 +78,7 @@ impl Index {
         let blobs = db.open_tree("blobs").map_err(err)?;
         let manifests = db.open_tree("manifests").map_err(err)?;
         let tags = db.open_tree("tags").map_err(err)?;
+        let access = db.open_tree("access").map_err(err)?;
         let mut used = 0u64;
         for kv in blobs.iter() {
             let (_, v) = kv.map_err(err)?;
@@ -86,7 +88,7 @@ impl Index {
             let (_, v) = kv.map_err(err)?;
             used += v.len() as u64;
         }
-        Ok(Index { db, blobs, manifests, tags, used: AtomicU64::new(used) })
+        Ok(Index { db, blobs, manifests, tags, access, used: AtomicU64::new(used) })
     }
 
     /// The recorded size of a stored blob.
@@ -122,6 +124,26 @@ impl Index {
     pub fn remove_manifest(&self, digest: &Digest) -> sled::Result<()> {
         let old = self.manifests.remove(digest.to_string())?;
         self.account(old.map(|o| o.len() as u64), 0);
+        Ok(())
+    }
+
+    /// Record last-access times (unix milliseconds), in one batch.
+    pub fn put_access(&self, times: std::collections::HashMap<Digest, u64>) -> sled::Result<()> {
+        let mut batch = sled::Batch::default();
+        for (d, t) in times {
+            batch.insert(d.to_string().into_bytes(), &t.to_be_bytes());
+        }
+        self.access.apply_batch(batch)
+    }
+
+    /// When content was last used; 0 if never recorded.
+    pub fn access(&self, digest: &Digest) -> sled::Result<u64> {
+        Ok(self.access.get(digest.to_string())?.as_deref().map_or(0, blob_size_of))
+    }
+
+    /// Forget the access time of evicted content.
+    pub fn remove_access(&self, digest: &Digest) -> sled::Result<()> {
+        self.access.remove(digest.to_string())?;
         Ok(())
     }
 

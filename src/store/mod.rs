@@ -3,10 +3,12 @@
 
 mod blobs;
 mod check;
+mod evict;
 mod index;
 
 pub use blobs::{BlobFiles, TempBlob};
 pub use check::{Reconciled, Verified};
+pub use evict::{Evicted, InUse, Usage, LOW_WATER};
 pub use index::{now_secs, Index, StoredManifest, TagEntry};
 
 use std::io;
@@ -18,6 +20,12 @@ pub struct Store {
     pub blobs: BlobFiles,
     /// The index.
     pub index: Index,
+    /// Access times and content in use.
+    pub usage: Usage,
+    /// The most bytes to keep, if limited.
+    pub max_size: Option<u64>,
+    /// Signalled when an insert takes the store over `max_size`.
+    pub pressure: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// Why the store can't be opened.
@@ -51,7 +59,13 @@ impl Store {
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
         let index = Index::open(&data_dir.join("index"))?;
         let blobs = BlobFiles::open(data_dir)?;
-        let store = Store { blobs, index };
+        let store = Store {
+            blobs,
+            index,
+            usage: Usage::default(),
+            max_size: None,
+            pressure: Default::default(),
+        };
         let r = store.reconcile().map_err(|source| StoreError::Io { path: data_dir.to_owned(), source })?;
         if r.dropped + r.reindexed + r.removed > 0 {
             tracing::warn!(
@@ -60,5 +74,13 @@ impl Store {
             );
         }
         Ok(store)
+    }
+
+    /// Note content just stored: record its access and signal the evictor if over the limit.
+    pub fn stored(&self, digest: &crate::oci::Digest) {
+        self.usage.touch(digest);
+        if self.max_size.is_some_and(|max| self.over_limit(max)) {
+            self.pressure.notify_one();
+        }
     }
 }

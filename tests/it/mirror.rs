@@ -29,7 +29,10 @@ pub struct Mirror {
 #[derive(Default, Clone)]
 pub struct Options {
     pub credentials: bool,
+    /// Extra keys for the `[[upstream]]` table.
     pub extra: String,
+    /// Extra top-level keys.
+    pub top: String,
     pub data_dir: Option<PathBuf>,
 }
 
@@ -50,8 +53,9 @@ impl Mirror {
         };
         let creds = if opts.credentials { "username = \"ci\"\npassword = \"s3cret\"\n" } else { "" };
         let toml = format!(
-            "data_dir = {:?}\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n{creds}{}\n",
+            "data_dir = {:?}\n{}\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n{creds}{}\n",
             data_dir.display().to_string(),
+            opts.top,
             reg.url(),
             opts.extra
         );
@@ -64,6 +68,11 @@ impl Mirror {
             let _ = stopped.await;
         }));
         Mirror { url, data_dir, stop: Some(stop), task: Some(task), _tmp: tmp }
+    }
+
+    /// regcache with extra top-level configuration.
+    pub async fn start_with_top(reg: &FakeRegistry, top: &str) -> Mirror {
+        Mirror::start_with(reg, Options { credentials: true, top: top.into(), ..Default::default() }).await
     }
 
     /// Stop serving and wait until the server has drained and flushed its index.

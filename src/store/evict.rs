@@ -1,0 +1,175 @@
+//! Staying under `max_size`: last access recorded in memory and written to the index in batches,
+//! content in use protected, least-recently-used content evicted down to a low-water mark.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use super::Store;
+use crate::oci::Digest;
+
+/// Eviction stops once the cache is at or under this share of `max_size`.
+pub const LOW_WATER: f64 = 0.9;
+
+/// Last-access times not yet written, and content in use.
+#[derive(Default)]
+pub struct Usage {
+    // std Mutexes: held for a map operation only, never across an await or I/O.
+    touched: Mutex<HashMap<Digest, u64>>,
+    in_use: Arc<Mutex<HashMap<Digest, usize>>>,
+}
+
+/// Marks a digest as in use (being served or filled) until dropped.
+pub struct InUse {
+    map: Arc<Mutex<HashMap<Digest, usize>>>,
+    digest: Digest,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.digest) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.digest);
+            }
+        }
+    }
+}
+
+/// One thing eviction removed, or would remove.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evicted {
+    /// `blob` or `manifest`.
+    pub kind: &'static str,
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// When it was last used (unix milliseconds).
+    pub last_access: u64,
+}
+
+/// Unix milliseconds now: access order must hold between requests in the same second.
+fn now_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Usage {
+    /// Record an access now, in memory.
+    pub fn touch(&self, digest: &Digest) {
+        self.touched.lock().unwrap_or_else(|p| p.into_inner()).insert(digest.clone(), now_millis());
+    }
+
+    /// Mark `digest` in use until the guard drops.
+    pub fn hold(&self, digest: &Digest) -> InUse {
+        *self.in_use.lock().unwrap_or_else(|p| p.into_inner()).entry(digest.clone()).or_insert(0) += 1;
+        InUse { map: self.in_use.clone(), digest: digest.clone() }
+    }
+
+    fn is_in_use(&self, digest: &Digest) -> bool {
+        self.in_use.lock().unwrap_or_else(|p| p.into_inner()).contains_key(digest)
+    }
+
+    fn take_touched(&self) -> HashMap<Digest, u64> {
+        std::mem::take(&mut *self.touched.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl Store {
+    /// Write the batched access times to the index.
+    pub fn flush_access(&self) -> sled::Result<()> {
+        let touched = self.usage.take_touched();
+        self.index.put_access(touched)
+    }
+
+    /// Whether stored content passes `max_size`.
+    pub fn over_limit(&self, max_size: u64) -> bool {
+        self.index.used_bytes() > max_size
+    }
+
+    /// Evict least-recently-used content not in use until at most `target` bytes are stored.
+    /// With `dry_run`, only list what would go.
+    pub fn evict(&self, target: u64, dry_run: bool) -> io::Result<Vec<Evicted>> {
+        self.flush_access().map_err(io::Error::other)?;
+        let mut candidates = Vec::new();
+        for digest in self.index.blob_digests().map_err(io::Error::other)? {
+            let size = self.index.blob_size(&digest).map_err(io::Error::other)?.unwrap_or(0);
+            let last_access = self.index.access(&digest).map_err(io::Error::other)?;
+            candidates.push(Evicted { kind: "blob", digest, size, last_access });
+        }
+        for digest in self.index.manifest_digests().map_err(io::Error::other)? {
+            let size = self.index.manifest(&digest).map_err(io::Error::other)?.map_or(0, |m| m.bytes.len() as u64);
+            let last_access = self.index.access(&digest).map_err(io::Error::other)?;
+            candidates.push(Evicted { kind: "manifest", digest, size, last_access });
+        }
+        candidates.sort_by_key(|c| c.last_access);
+        let mut used = self.index.used_bytes();
+        let mut out = Vec::new();
+        for c in candidates {
+            if used <= target {
+                break;
+            }
+            if self.usage.is_in_use(&c.digest) {
+                continue;
+            }
+            if !dry_run {
+                // Index first: a crash between the two leaves a verified file, which start-up re-indexes.
+                if c.kind == "blob" {
+                    self.index.remove_blob(&c.digest).map_err(io::Error::other)?;
+                    self.blobs.remove(&c.digest)?;
+                } else {
+                    self.index.remove_manifest(&c.digest).map_err(io::Error::other)?;
+                }
+                self.index.remove_access(&c.digest).map_err(io::Error::other)?;
+            }
+            used = used.saturating_sub(c.size);
+            out.push(c);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    fn put(store: &Store, bytes: &[u8], at: u64) -> Digest {
+        let d = Digest::sha256_of(bytes);
+        let t = store.blobs.begin().unwrap();
+        t.file().write_all_at(bytes, 0).unwrap();
+        store.blobs.commit(t, &d).unwrap();
+        store.index.put_blob(&d, bytes.len() as u64).unwrap();
+        store.index.put_access([(d.clone(), at)].into_iter().collect()).unwrap();
+        d
+    }
+
+    #[test]
+    fn evicts_least_recently_used_and_never_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let oldest = put(&store, &[1u8; 100], 10);
+        let busy = put(&store, &[2u8; 100], 20);
+        let middle = put(&store, &[3u8; 100], 30);
+        let newest = put(&store, &[4u8; 100], 40);
+        assert_eq!(store.index.used_bytes(), 400);
+        let guard = store.usage.hold(&busy);
+
+        let plan = store.evict(200, true).unwrap();
+        assert_eq!(plan.iter().map(|e| e.digest.clone()).collect::<Vec<_>>(), vec![oldest.clone(), middle.clone()]);
+        assert_eq!(store.index.used_bytes(), 400, "a dry run removes nothing");
+
+        let gone = store.evict(200, false).unwrap();
+        assert_eq!(gone, plan);
+        assert_eq!(store.index.used_bytes(), 200);
+        assert!(!store.blobs.path(&oldest).exists());
+        assert!(store.blobs.path(&busy).exists(), "content in use is never evicted");
+        assert!(store.blobs.path(&newest).exists());
+
+        drop(guard);
+        store.usage.touch(&busy);
+        let gone = store.evict(100, false).unwrap();
+        assert_eq!(gone.iter().map(|e| e.digest.clone()).collect::<Vec<_>>(), vec![newest], "a fresh touch keeps busy");
+    }
+}
