@@ -143,6 +143,35 @@ pub fn is_docker_hub_name(name: &str) -> bool {
 }
 
 impl Config {
+    /// The effective settings, one per line, secrets masked.
+    pub fn describe(&self) -> String {
+        let mut s = format!("listen = {}\ndata_dir = {}\n", self.listen, self.data_dir.display());
+        match self.max_size {
+            Some(m) => s.push_str(&format!("max_size = {m} bytes\n")),
+            None => s.push_str("max_size = unlimited\n"),
+        }
+        for u in &self.upstreams {
+            s.push_str(&format!("[[upstream]] {}\n  url = {}\n", u.name, u.url));
+            match &u.credentials {
+                Some(c) => s.push_str(&format!("  username = {}\n  password = ********\n", c.username)),
+                None => s.push_str("  credentials = none (anonymous)\n"),
+            }
+            s.push_str(&format!("  ca_file = {}\n", if u.ca_pem.is_some() { "loaded" } else { "system roots only" }));
+            if !u.auth_hosts.is_empty() {
+                s.push_str(&format!("  auth_hosts = {}\n", u.auth_hosts.join(", ")));
+            }
+            s.push_str(&format!(
+                "  tag_ttl = {}\n  stale_max = {}\n  timeouts: connect {:?}, response {:?}, idle {:?}\n",
+                humantime::format_duration(u.tag_ttl),
+                humantime::format_duration(u.stale_max),
+                u.connect_timeout,
+                u.response_timeout,
+                u.idle_timeout
+            ));
+        }
+        s
+    }
+
     /// Read and resolve the configuration: `file` if given, else the embedded defaults.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         let raw = match file {

@@ -1,6 +1,8 @@
 //! regcache: a pull-through caching mirror for container registries.
 //!
 //! # Layout
+//! - [`admin`]: `ls`, `gc`, `verify` on the data directory.
+//! - [`warm`]: `warm`: pull images through a server ahead of a rush.
 //! - [`config`]: the TOML file as written → a validated [`config::Config`].
 //! - [`oci`]: the registry domain, pure: `Digest`, `RepositoryName`, `Reference`, media types, error codes.
 //! - [`upstream`]: the client for one upstream registry: pooled hyper + rustls, token auth, redirects.
@@ -18,6 +20,7 @@
 //! served from its file, or joins (or starts) the fill for its digest and streams what arrives. Errors
 //! from any layer become one OCI error response in `http::error`.
 
+pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod http;
@@ -27,3 +30,4 @@ pub mod oci;
 pub mod singleflight;
 pub mod store;
 pub mod upstream;
+pub mod warm;

@@ -4,9 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use regcache::config::{Config, Overrides};
 use regcache::http::Registry;
+use regcache::oci::ImageRef;
+use regcache::store::{Store, StoreError};
 
 /// A pull-through caching mirror for container registries.
 #[derive(Parser)]
@@ -16,22 +18,68 @@ struct Cli {
     command: Command,
 }
 
+/// Where the configuration comes from; shared by every command.
+#[derive(Args, Clone)]
+struct Common {
+    /// Configuration file (TOML). Without one, regcache mirrors Docker Hub.
+    #[arg(long, env = "REGCACHE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (default ./regcache-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the mirror.
     Serve {
-        /// Configuration file (TOML). Without one, regcache mirrors Docker Hub.
-        #[arg(long, env = "REGCACHE_CONFIG")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
         /// Address to listen on (default 127.0.0.1:5000).
         #[arg(long)]
         listen: Option<String>,
-        /// Data directory (default ./regcache-data).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
         /// URL of the (first) upstream registry.
         #[arg(long)]
         upstream: Option<String>,
+    },
+    /// List cached repositories and tags, when each was last revalidated, and sizes.
+    Ls {
+        #[command(flatten)]
+        common: Common,
+        /// Only this repository (`alpine`, `library/alpine`, `ghcr.io/org/app`).
+        repo: Option<String>,
+    },
+    /// Evict least-recently-used content now, down to a size.
+    Gc {
+        #[command(flatten)]
+        common: Common,
+        /// The size to evict down to (default: the configured max_size).
+        #[arg(long)]
+        max_size: Option<String>,
+        /// List what would be evicted without evicting it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Re-hash every stored blob and manifest; corrupt ones are moved to quarantine/. Exit code 1 if any.
+    Verify {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Fetch images into the cache ahead of time (`alpine:3`, `ghcr.io/org/app@sha256:…`).
+    Warm {
+        #[command(flatten)]
+        common: Common,
+        /// Only this platform (`linux/amd64`); default: all.
+        #[arg(long)]
+        platform: Option<String>,
+        /// The images.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Validate a configuration and print the effective settings (secrets masked).
+    CheckConfig {
+        /// The configuration file.
+        file: PathBuf,
     },
 }
 
@@ -44,23 +92,94 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match cli.command {
-        Command::Serve { config, listen, data_dir, upstream } => {
-            let overrides = Overrides { listen, data_dir, upstream_url: upstream };
-            let config = match Config::load(config.as_deref(), &overrides) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("regcache: {e}");
-                    return ExitCode::from(2);
-                }
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(Failure::Usage(msg)) => {
+            eprintln!("regcache: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("regcache: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// How a command failed: bad configuration or input (exit 2), or at run time (exit 1).
+enum Failure {
+    Usage(String),
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+fn load(common: &Common, listen: Option<String>, upstream: Option<String>) -> Result<Config, Failure> {
+    let overrides = Overrides { listen, data_dir: common.data_dir.clone(), upstream_url: upstream };
+    Config::load(common.config.as_deref(), &overrides).map_err(|e| Failure::Usage(e.to_string()))
+}
+
+/// Open the data directory for a maintenance command, or say clearly that a server holds it.
+fn open_store(config: &Config, command: &str) -> Result<Store, Failure> {
+    Store::open(&config.data_dir).map_err(|e: StoreError| {
+        if e.is_locked() {
+            Failure::Usage(format!(
+                "{} is in use by a running regcache server; `regcache {command}` needs it stopped first",
+                config.data_dir.display()
+            ))
+        } else {
+            Failure::Runtime(anyhow::Error::new(e).context("opening the cache"))
+        }
+    })
+}
+
+fn run(command: Command) -> Result<ExitCode, Failure> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Serve { common, listen, upstream } => {
+            serve(load(&common, listen, upstream)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ls { common, repo } => {
+            let store = open_store(&load(&common, None, None)?, "ls")?;
+            regcache::admin::ls(&store, repo.as_deref(), &mut out).context("listing")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gc { common, max_size, dry_run } => {
+            let config = load(&common, None, None)?;
+            let target = match max_size.as_deref() {
+                Some(s) => regcache::config::parse_size(s).map_err(|e| Failure::Usage(e.to_string()))?,
+                None => config.max_size.ok_or_else(|| {
+                    Failure::Usage("no size to evict down to: pass --max-size or set max_size".into())
+                })?,
             };
-            match serve(config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("regcache: {e:#}");
-                    ExitCode::from(1)
-                }
-            }
+            let store = open_store(&config, "gc")?;
+            regcache::admin::gc(&store, target, dry_run, &mut out).context("evicting")?;
+            store.index.flush().context("flushing the index")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { common } => {
+            let store = open_store(&load(&common, None, None)?, "verify")?;
+            let clean = regcache::admin::verify(&store, &mut out).context("verifying")?;
+            store.index.flush().context("flushing the index")?;
+            Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Warm { common, platform, images } => {
+            let config = load(&common, None, None)?;
+            let images = images
+                .iter()
+                .map(|i| i.parse::<ImageRef>().map_err(|e| Failure::Usage(format!("{i}: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            let ok = warm(config, &images, platform.as_deref())?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::CheckConfig { file } => {
+            let config = Config::load(Some(&file), &Overrides::default()).map_err(|e| Failure::Usage(e.to_string()))?;
+            print!("{}", config.describe());
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -77,6 +196,36 @@ fn serve(config: Config) -> anyhow::Result<()> {
         regcache::http::serve(listener, registry, shutdown_signal()).await;
         tracing::info!("stopped");
         Ok(())
+    })
+}
+
+/// Warm through the running server if one holds the data directory, else through a temporary one.
+fn warm(config: Config, images: &[ImageRef], platform: Option<&str>) -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async {
+        match Registry::open(&config) {
+            Ok(registry) => {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a local port")?;
+                let base = format!("http://{}", listener.local_addr()?);
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                let server = tokio::spawn(regcache::http::serve(listener, registry, async {
+                    let _ = stopped.await;
+                }));
+                let ok = regcache::warm::Warmer::new(&base).warm_all(images, platform).await;
+                let _ = stop.send(());
+                server.await.context("stopping the temporary server")?;
+                Ok(ok)
+            }
+            Err(regcache::http::StartError::Store(e)) if e.is_locked() => {
+                let mut addr = config.listen;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                tracing::info!(%addr, "a server holds the cache; warming through it");
+                Ok(regcache::warm::Warmer::new(&format!("http://{addr}")).warm_all(images, platform).await)
+            }
+            Err(e) => Err(anyhow::Error::new(e).context("opening the cache")),
+        }
     })
 }
 

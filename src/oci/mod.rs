@@ -3,10 +3,12 @@
 
 mod digest;
 mod error;
+mod manifest;
 mod media;
 mod name;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::{first_code, ErrorBody, ErrorCode};
 pub use media::{AcceptList, MANIFEST_MEDIA_TYPES, SCHEMA1_SIGNED};
-pub use name::{NameError, Reference, RepositoryName, Tag};
+pub use manifest::{references, Child, Refs};
+pub use name::{ImageRef, NameError, Reference, RepositoryName, Tag};

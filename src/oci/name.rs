@@ -167,6 +167,56 @@ impl fmt::Display for Reference {
     }
 }
 
+/// An image as people write it: `alpine:3`, `library/alpine`, `ghcr.io/org/app@sha256:…`,
+/// `localhost:5000/app:1`. Without a registry host it names Docker Hub; without a tag, `latest`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRef {
+    /// The registry host (`docker.io` when none was written).
+    pub registry: String,
+    /// The repository.
+    pub name: RepositoryName,
+    /// The tag or digest.
+    pub reference: Reference,
+}
+
+impl FromStr for ImageRef {
+    type Err = NameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (rest, digest) = match s.split_once('@') {
+            Some((r, d)) => (r, Some(d.parse::<Digest>()?)),
+            None => (s, None),
+        };
+        // The first component is a registry host if it looks like one (has `.` or `:`, or is localhost).
+        let (registry, path) = match rest.split_once('/') {
+            Some((first, path)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+                (first.to_ascii_lowercase(), path)
+            }
+            _ => ("docker.io".to_owned(), rest),
+        };
+        // A tag is after the last `:` of the last component.
+        let last_slash = path.rfind('/').map_or(0, |i| i + 1);
+        let (name, tag) = match path[last_slash..].rfind(':') {
+            Some(i) => (&path[..last_slash + i], Some(&path[last_slash + i + 1..])),
+            None => (path, None),
+        };
+        let name: RepositoryName = name.parse()?;
+        let reference = match (digest, tag) {
+            (Some(d), _) => Reference::Digest(d),
+            (None, Some(t)) => Reference::Tag(t.parse()?),
+            (None, None) => Reference::Tag(Tag("latest".to_owned())),
+        };
+        Ok(ImageRef { registry, name, reference })
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sep = if matches!(self.reference, Reference::Digest(_)) { '@' } else { ':' };
+        write!(f, "{}/{}{sep}{}", self.registry, self.name, self.reference)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +269,29 @@ mod tests {
         assert!(matches!(d.parse::<Reference>(), Ok(Reference::Digest(_))));
         assert!(matches!("sha256:zz".parse::<Reference>(), Err(NameError::Digest(_))));
         assert!(matches!("bad tag".parse::<Reference>(), Err(NameError::Tag(_))));
+    }
+
+    #[test]
+    fn image_refs() {
+        let d = format!("sha256:{}", "c".repeat(64));
+        let cases = [
+            ("alpine:3", "docker.io", "alpine", "3"),
+            ("alpine", "docker.io", "alpine", "latest"),
+            ("library/alpine:3.19", "docker.io", "library/alpine", "3.19"),
+            ("ghcr.io/org/app:1.0", "ghcr.io", "org/app", "1.0"),
+            ("localhost:5000/app", "localhost:5000", "app", "latest"),
+            ("localhost/app:2", "localhost", "app", "2"),
+        ];
+        for (input, registry, name, reference) in cases {
+            let r: ImageRef = input.parse().unwrap();
+            assert_eq!((r.registry.as_str(), r.name.as_str(), r.reference.to_string().as_str()), (registry, name, reference), "{input}");
+        }
+        let r: ImageRef = format!("ghcr.io/org/app@{d}").parse().unwrap();
+        assert_eq!(r.reference, Reference::Digest(d.parse().unwrap()));
+        assert_eq!(r.to_string(), format!("ghcr.io/org/app@{d}"));
+        assert!("Alpine:3".parse::<ImageRef>().is_err());
+        assert!("alpine:bad tag".parse::<ImageRef>().is_err());
+        assert!("alpine@sha256:1".parse::<ImageRef>().is_err());
     }
 
     #[test]

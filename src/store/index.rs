@@ -195,6 +195,21 @@ impl Index {
         Ok(())
     }
 
+    /// Every tag known: (upstream, repository, tag, entry), sorted.
+    pub fn all_tags(&self) -> sled::Result<Vec<(String, String, String, TagEntry)>> {
+        let mut out = Vec::new();
+        for kv in self.tags.iter() {
+            let (k, v) = kv?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let mut parts = key.splitn(3, '\0');
+            let (Some(u), Some(r), Some(t)) = (parts.next(), parts.next(), parts.next()) else { continue };
+            if let Ok(entry) = serde_json::from_slice(&v) {
+                out.push((u.to_owned(), r.to_owned(), t.to_owned(), entry));
+            }
+        }
+        Ok(out)
+    }
+
     /// Every tag known for a repository, sorted.
     pub fn tags_of(&self, upstream: &str, repo: &RepositoryName) -> sled::Result<Vec<String>> {
         let prefix = format!("{upstream}\0{repo}\0").into_bytes();

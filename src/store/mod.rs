@@ -49,6 +49,19 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether the index is locked by another process: a running server.
+    pub fn is_locked(&self) -> bool {
+        match self {
+            StoreError::Index { source, .. } => {
+                let msg = source.to_string();
+                msg.contains("lock") || msg.contains("Resource temporarily unavailable")
+            }
+            StoreError::Io { .. } => false,
+        }
+    }
+}
+
 impl Store {
     /// Open (creating if needed) the store in `data_dir` and make it consistent after a crash:
     /// temporary files removed, index entries without their file dropped, files without an index

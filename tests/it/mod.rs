@@ -1,6 +1,7 @@
 pub mod api;
 pub mod cli;
 pub mod coalescing;
+pub mod commands;
 pub mod eviction;
 pub mod faults;
 pub mod freshness;

@@ -1,0 +1,127 @@
+//! The maintenance commands that work on the data directory itself: `ls`, `gc` and `verify`. They
+//! need the directory to themselves (sled locks it), so they refuse clearly while a server runs.
+
+use std::io::{self, IsTerminal, Write};
+use std::time::Duration;
+
+use crate::config::is_docker_hub_name;
+use crate::oci::{references, Digest, RepositoryName};
+use crate::store::{now_secs, Store, TagEntry};
+
+/// `regcache ls [REPO]`: cached repositories and tags, when each was last revalidated, and sizes.
+/// `filter` is `name`, `library/name` or `host/name`.
+pub fn ls(store: &Store, filter: Option<&str>, out: &mut dyn Write) -> io::Result<()> {
+    let tags = store.index.all_tags().map_err(io::Error::other)?;
+    let wanted = filter.map(parse_filter).transpose().map_err(io::Error::other)?;
+    let mut current = String::new();
+    let mut shown = 0;
+    for (upstream, repo, tag, entry) in tags {
+        if let Some((host, name)) = &wanted {
+            let same_host = host.as_deref().is_none_or(|h| h == upstream || (is_docker_hub_name(h) && is_docker_hub_name(&upstream)));
+            let short = repo.strip_prefix("library/").filter(|_| is_docker_hub_name(&upstream));
+            if !same_host || (repo != *name && short != Some(name.as_str())) {
+                continue;
+            }
+        }
+        let heading = format!("{upstream}/{repo}");
+        if heading != current {
+            writeln!(out, "{heading}")?;
+            current = heading;
+        }
+        let size = image_size(store, &entry).map_or_else(|| "?".to_owned(), human_bytes);
+        let short = entry.digest.get(..19).unwrap_or(&entry.digest);
+        let age = humantime::format_duration(Duration::from_secs(now_secs().saturating_sub(entry.checked_at)));
+        writeln!(out, "  {tag:<24} {short}…  {size:>10}  revalidated {age} ago")?;
+        shown += 1;
+    }
+    if shown == 0 {
+        writeln!(out, "nothing cached{}", filter.map(|f| format!(" for {f}")).unwrap_or_default())?;
+    }
+    writeln!(out, "{} stored in total", human_bytes(store.index.used_bytes()))?;
+    Ok(())
+}
+
+/// `host/name` or `name` → (host, name as stored upstream).
+fn parse_filter(f: &str) -> Result<(Option<String>, String), String> {
+    let (host, name) = match f.split_once('/') {
+        Some((h, n)) if h.contains('.') || h.contains(':') || h == "localhost" => (Some(h.to_owned()), n),
+        _ => (None, f),
+    };
+    let name: RepositoryName = name.parse().map_err(|e| format!("{e}"))?;
+    Ok((host, name.to_string()))
+}
+
+/// The bytes an image's manifests say it has (an index: its cached children).
+fn image_size(store: &Store, entry: &TagEntry) -> Option<u64> {
+    let digest: Digest = entry.digest.parse().ok()?;
+    let m = store.index.manifest(&digest).ok()??;
+    let refs = references(&m.bytes)?;
+    let mut total: u64 = refs.blobs.iter().filter_map(|(_, s)| *s).sum();
+    for child in refs.children {
+        if let Some(c) = store.index.manifest(&child.digest).ok().flatten() {
+            total += references(&c.bytes).map_or(0, |r| r.blobs.iter().filter_map(|(_, s)| *s).sum());
+        }
+    }
+    Some(total)
+}
+
+/// `1.2 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    bytesize::ByteSize::b(n).to_string_as(false)
+}
+
+/// `regcache gc`: evict least-recently-used content down to `target` bytes.
+pub fn gc(store: &Store, target: u64, dry_run: bool, out: &mut dyn Write) -> io::Result<()> {
+    let before = store.index.used_bytes();
+    let gone = store.evict(target, dry_run)?;
+    let verb = if dry_run { "would evict" } else { "evicted" };
+    for e in &gone {
+        writeln!(out, "{verb} {} {} ({})", e.kind, e.digest, human_bytes(e.size))?;
+    }
+    let freed: u64 = gone.iter().map(|e| e.size).sum();
+    writeln!(
+        out,
+        "{verb} {} items, {}: {} → {} (target {})",
+        gone.len(),
+        human_bytes(freed),
+        human_bytes(before),
+        human_bytes(before.saturating_sub(freed)),
+        human_bytes(target)
+    )?;
+    Ok(())
+}
+
+/// `regcache verify`: re-hash everything; `Ok(false)` if anything was corrupt.
+pub fn verify(store: &Store, out: &mut dyn Write) -> io::Result<bool> {
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("verifying {bar:40} {pos}/{len} ({eta})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let report = store.verify(|done, total| {
+        if let Some(b) = &bar {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        }
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    for (what, moved) in &report.corrupt {
+        match moved {
+            Some(p) => writeln!(out, "corrupt: {what}, moved to {}", p.display())?,
+            None => writeln!(out, "corrupt: {what}, removed from the index")?,
+        }
+    }
+    writeln!(
+        out,
+        "verified {} items ({}): {} corrupt",
+        report.checked,
+        human_bytes(report.bytes),
+        report.corrupt.len()
+    )?;
+    Ok(report.corrupt.is_empty())
+}

@@ -1,0 +1,168 @@
+//! `regcache warm IMAGE…`: fetch manifests (every platform, or one) and every blob into the cache
+//! ahead of a CI rush, by pulling through a regcache server like any client would — the running
+//! one, or a temporary one when none runs.
+
+use std::io::IsTerminal;
+
+use bytes::Bytes;
+use http::{header, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::oci::{references, Digest, ImageRef, Reference, MANIFEST_MEDIA_TYPES};
+
+/// What warming one image fetched.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Warmed {
+    /// Manifests fetched.
+    pub manifests: usize,
+    /// Blobs fetched.
+    pub blobs: usize,
+    /// Blob bytes.
+    pub bytes: u64,
+}
+
+/// Pulls images through the regcache at `base` (`http://127.0.0.1:5000`).
+pub struct Warmer {
+    base: String,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+/// Progress of one image: total bytes when known, bytes done.
+trait Progress {
+    fn grow(&self, bytes: u64);
+    fn advance(&self, bytes: u64);
+}
+
+impl Progress for Option<indicatif::ProgressBar> {
+    fn grow(&self, bytes: u64) {
+        if let Some(b) = self {
+            b.inc_length(bytes);
+        }
+    }
+    fn advance(&self, bytes: u64) {
+        if let Some(b) = self {
+            b.inc(bytes);
+        }
+    }
+}
+
+impl Warmer {
+    /// A warmer pulling through `base`.
+    pub fn new(base: &str) -> Warmer {
+        Warmer { base: base.trim_end_matches('/').to_owned(), client: Client::builder(TokioExecutor::new()).build_http() }
+    }
+
+    /// Warm every image; one progress bar per image on a terminal, plain lines otherwise.
+    /// Returns whether all succeeded.
+    pub async fn warm_all(&self, images: &[ImageRef], platform: Option<&str>) -> bool {
+        let multi = std::io::stderr().is_terminal().then(indicatif::MultiProgress::new);
+        let style = indicatif::ProgressStyle::with_template("{prefix:40!} {bar:30} {bytes}/{total_bytes} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        let mut ok = true;
+        for image in images {
+            let bar = multi.as_ref().map(|m| {
+                let b = m.add(indicatif::ProgressBar::new(0));
+                b.set_style(style.clone());
+                b.set_prefix(image.to_string());
+                b
+            });
+            if bar.is_none() {
+                println!("warming {image}");
+            }
+            match self.warm(image, platform, &bar).await {
+                Ok(w) => {
+                    let line = format!(
+                        "warmed {image}: {} manifests, {} blobs, {}",
+                        w.manifests,
+                        w.blobs,
+                        crate::admin::human_bytes(w.bytes)
+                    );
+                    match &bar {
+                        Some(b) => b.finish_with_message("done"),
+                        None => println!("{line}"),
+                    }
+                }
+                Err(e) => {
+                    ok = false;
+                    match &bar {
+                        Some(b) => b.abandon_with_message(format!("failed: {e}")),
+                        None => println!("failed {image}: {e}"),
+                    }
+                }
+            }
+        }
+        ok
+    }
+
+    async fn warm(&self, image: &ImageRef, platform: Option<&str>, progress: &dyn Progress) -> Result<Warmed, String> {
+        let mut w = Warmed::default();
+        let top = self.manifest(image, &image.reference).await?;
+        w.manifests += 1;
+        let refs = references(&top).ok_or("the manifest is not one regcache can read")?;
+        let mut images = Vec::new();
+        if refs.children.is_empty() {
+            images.push(refs);
+        } else {
+            let chosen: Vec<_> = refs
+                .children
+                .iter()
+                .filter(|c| platform.is_none_or(|p| c.platform.as_deref().is_some_and(|cp| cp == p || cp.starts_with(&format!("{p}/")))))
+                .collect();
+            if chosen.is_empty() {
+                return Err(format!("no manifest for platform {}", platform.unwrap_or("?")));
+            }
+            for child in chosen {
+                let bytes = self.manifest(image, &Reference::Digest(child.digest.clone())).await?;
+                w.manifests += 1;
+                images.push(references(&bytes).ok_or("a child manifest is not one regcache can read")?);
+            }
+        }
+        let blobs: Vec<(Digest, Option<u64>)> = images.into_iter().flat_map(|r| r.blobs).collect();
+        progress.grow(blobs.iter().filter_map(|(_, s)| *s).sum());
+        for (digest, _) in blobs {
+            w.bytes += self.blob(image, &digest, progress).await?;
+            w.blobs += 1;
+        }
+        Ok(w)
+    }
+
+    fn url(&self, image: &ImageRef, rest: &str) -> String {
+        format!("{}/v2/{}/{rest}?ns={}", self.base, image.name, image.registry)
+    }
+
+    async fn get(&self, url: &str, accept: &[&str]) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+        let mut req = Request::get(url);
+        for a in accept {
+            req = req.header(header::ACCEPT, *a);
+        }
+        let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+        let resp = self.client.request(req).await.map_err(|e| format!("{url}: {e}"))?;
+        if resp.status() != StatusCode::OK {
+            let status = resp.status();
+            let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            return Err(format!("{status}: {}", String::from_utf8_lossy(&body).trim()));
+        }
+        Ok(resp)
+    }
+
+    async fn manifest(&self, image: &ImageRef, reference: &Reference) -> Result<Bytes, String> {
+        let resp = self.get(&self.url(image, &format!("manifests/{reference}")), &MANIFEST_MEDIA_TYPES).await?;
+        resp.into_body().collect().await.map(|b| b.to_bytes()).map_err(|e| e.to_string())
+    }
+
+    async fn blob(&self, image: &ImageRef, digest: &Digest, progress: &dyn Progress) -> Result<u64, String> {
+        let mut body = self.get(&self.url(image, &format!("blobs/{digest}")), &[]).await?.into_body();
+        let mut n = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("blob {digest}: {e}"))?;
+            if let Some(d) = frame.data_ref() {
+                n += d.len() as u64;
+                progress.advance(d.len() as u64);
+            }
+        }
+        Ok(n)
+    }
+}
