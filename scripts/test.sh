@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
-# The whole test suite: unit and integration tests (in-process fake upstream), then the end-to-end
-# tests that pull with real Docker, containerd and skopeo from a real registry through regcache.
-# Run as root on a fresh Debian machine: it installs what the tests need.
+# The whole test suite: unit and integration tests (regcache in-process against a fake upstream),
+# then the end-to-end tests that pull with real Docker, containerd and skopeo from a real
+# `distribution` registry through regcache. Run as root on Debian: it installs what the tests need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+echo "== installing test dependencies"
+scripts/install-test-deps.sh
+
 echo "== cargo test (unit + integration)"
-cargo test --locked 2>&1
+cargo test --locked
+
+echo "== cargo build --release (the binary the end-to-end tests run)"
+cargo build --locked --release
+
+echo "== end-to-end tests (real dockerd, containerd, skopeo, distribution, nginx)"
+unset E2E_VIA  # always the full suite through regcache
+REGCACHE_BIN="$PWD/target/release/regcache" python3 -m pytest -v tests/e2e

@@ -1,0 +1,1 @@
+"""Helpers for the regcache end-to-end suite (see ../README.md)."""
