@@ -5,16 +5,17 @@
 //! The fill runs as its own task: a reader that goes away does not disturb it or the other readers.
 //! A failed fill fails every reader (their responses are cut) and stores nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{header, HeaderMap, Method};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::oci::{Digest, Hasher, RepositoryName};
 use crate::store::{InUse, Store, TempBlob};
@@ -24,6 +25,8 @@ use crate::upstream::{Upstream, UpstreamError};
 const WRITE_BATCH: usize = 512 * 1024;
 /// How many bytes a reader reads from disk at once.
 const READ_CHUNK: usize = 256 * 1024;
+/// How many bytes a fill whose disk failed keeps in memory for readers that are behind.
+const RELAY_WINDOW: u64 = 8 * 1024 * 1024;
 
 /// Where a fill stands. Readers watch it.
 #[derive(Clone, Debug)]
@@ -65,6 +68,31 @@ pub struct Fill {
     digest: Digest,
     file: Arc<File>,
     state: watch::Sender<FillState>,
+    /// Set once the disk fails mid-fill (full, quota, I/O error): the rest of the blob is passed
+    /// through memory to the readers following the fill, and nothing is stored.
+    relay: Mutex<Option<Relay>>,
+    /// Where each reader following the fill is, so the relay keeps what the slowest still needs.
+    readers: Mutex<Vec<Weak<AtomicU64>>>,
+    /// Signalled whenever a reader moves on.
+    advanced: Notify,
+}
+
+/// The part of a blob past the disk's failure, in memory: `chunks` start at offset `base`.
+struct Relay {
+    disk_end: u64,
+    base: u64,
+    chunks: VecDeque<Bytes>,
+    len: u64,
+}
+
+/// Where a reader's next bytes are.
+enum Located {
+    /// In the file, up to this offset.
+    File(u64),
+    /// In the relay.
+    Memory(Bytes),
+    /// Already dropped from the relay: this reader fell too far behind.
+    Behind,
 }
 
 impl Fill {
@@ -89,6 +117,40 @@ impl Fill {
             Ok(FillState::Failed(e)) => Err(e),
             _ => Err(FillError::Disk("fill vanished".into())),
         }
+    }
+
+    /// Where the bytes from `pos` (up to `limit`) are.
+    fn locate(&self, pos: u64, limit: u64) -> Located {
+        let relay = self.relay.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(r) = relay.as_ref() else { return Located::File(limit) };
+        if pos < r.disk_end {
+            return Located::File(limit.min(r.disk_end));
+        }
+        if pos < r.base {
+            return Located::Behind;
+        }
+        let mut off = r.base;
+        for chunk in &r.chunks {
+            let end = off + chunk.len() as u64;
+            if pos < end {
+                let from = (pos - off) as usize;
+                let to = (limit.min(end) - off) as usize;
+                return Located::Memory(chunk.slice(from..to));
+            }
+            off = end;
+        }
+        Located::File(pos)
+    }
+
+    fn relayed(&self) -> bool {
+        self.relay.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// The lowest position among readers still following, or `None` if none is left.
+    fn slowest_reader(&self) -> Option<u64> {
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        readers.retain(|r| r.strong_count() > 0);
+        readers.iter().filter_map(Weak::upgrade).map(|p| p.load(Ordering::Acquire)).min()
     }
 
     /// The size, if known yet.
@@ -140,7 +202,14 @@ impl Fills {
         }
         let temp = store.blobs.begin()?;
         let (state, _) = watch::channel(FillState::Connecting);
-        let fill = Arc::new(Fill { digest: digest.clone(), file: temp.file().clone(), state });
+        let fill = Arc::new(Fill {
+            digest: digest.clone(),
+            file: temp.file().clone(),
+            state,
+            relay: Mutex::new(None),
+            readers: Mutex::new(Vec::new()),
+            advanced: Notify::new(),
+        });
         running.insert(digest.clone(), fill.clone());
         let job = FillJob {
             fills: Arc::clone(self),
@@ -236,7 +305,21 @@ impl FillJob {
             if total.is_some_and(|t| written + len as u64 > t) {
                 return Err(FillError::Corrupt(format!("upstream sent more than the {} bytes it announced", total.unwrap_or(0))));
             }
-            hasher = write_batch(temp.file().clone(), written, batch, hasher).await?;
+            if self.fill.relayed() {
+                hasher = hash_batch(&batch, hasher).await?;
+                self.relay(batch, len as u64).await?;
+            } else {
+                match write_batch(temp.file().clone(), written, batch, hasher).await? {
+                    Ok(h) => hasher = h,
+                    Err((h, batch, e)) => {
+                        tracing::warn!(digest = %self.digest, error = %e, "writing the blob failed; passing it through without storing");
+                        *self.fill.relay.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(Relay { disk_end: written, base: written, chunks: VecDeque::new(), len: 0 });
+                        hasher = hash_batch(&batch, h).await?;
+                        self.relay(batch, len as u64).await?;
+                    }
+                }
+            }
             written += len as u64;
             self.fill.state.send_modify(|s| {
                 if let FillState::Running { written: w, .. } = s {
@@ -251,36 +334,104 @@ impl FillJob {
         if got != self.digest {
             return Err(FillError::Corrupt(format!("content has digest {got}, not the requested digest")));
         }
+        if self.fill.relayed() {
+            return Ok(written);
+        }
         if let Some(max) = self.store.max_size.filter(|max| written > *max) {
             // Served to everyone who asked, but never kept: it alone would pass the limit.
             tracing::warn!(digest = %self.digest, size = written, max_size = max, "blob larger than max_size; streamed without storing");
             return Ok(written);
         }
+        // The content is verified: whatever happens to storing it, the readers get it.
         let store = Arc::clone(&self.store);
         let digest = self.digest.clone();
-        tokio::task::spawn_blocking(move || store.blobs.commit(temp, &digest))
+        let committed = tokio::task::spawn_blocking(move || store.blobs.commit(temp, &digest))
             .await
-            .map_err(|e| FillError::Disk(e.to_string()))?
-            .map_err(|e| FillError::Disk(e.to_string()))?;
-        self.store.index.put_blob(&self.digest, written).map_err(|e| FillError::Disk(e.to_string()))?;
-        self.store.stored(&self.digest);
+            .map_err(io::Error::other)
+            .and_then(|r| r)
+            .and_then(|_| self.store.index.put_blob(&self.digest, written).map_err(io::Error::other));
+        match committed {
+            Ok(()) => self.store.stored(&self.digest),
+            Err(e) => tracing::warn!(digest = %self.digest, error = %e, "storing the verified blob failed; served without storing"),
+        }
         Ok(written)
+    }
+
+    /// Hand `batch` to the readers through memory. Chunks every reader has passed are dropped; while
+    /// more than [`RELAY_WINDOW`] bytes remain, the fill waits for the slowest reader.
+    async fn relay(&self, batch: Vec<Bytes>, len: u64) -> Result<(), FillError> {
+        {
+            let mut relay = self.fill.relay.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(r) = relay.as_mut() else { return Ok(()) };
+            r.chunks.extend(batch);
+            r.len += len;
+        }
+        loop {
+            let advanced = self.fill.advanced.notified();
+            tokio::pin!(advanced);
+            advanced.as_mut().enable();
+            let Some(slowest) = self.fill.slowest_reader() else {
+                return Err(FillError::Disk("the disk failed and no client is left to pass the blob to".into()));
+            };
+            {
+                let mut relay = self.fill.relay.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(r) = relay.as_mut() else { return Ok(()) };
+                while let Some(front) = r.chunks.front() {
+                    let front_end = r.base + front.len() as u64;
+                    if front_end > slowest {
+                        break;
+                    }
+                    r.base = front_end;
+                    r.len -= front.len() as u64;
+                    r.chunks.pop_front();
+                }
+                if r.len <= RELAY_WINDOW {
+                    return Ok(());
+                }
+            }
+            // The window is full of bytes the slowest reader still needs: wait for it.
+            if tokio::time::timeout(self.upstream.config().idle_timeout, advanced).await.is_err() {
+                return Err(FillError::Disk("a client stalled while the blob was passed through".into()));
+            }
+        }
     }
 }
 
-/// Write `batch` at `offset` and feed it to `hasher`, off the async threads.
-async fn write_batch(file: Arc<File>, offset: u64, batch: Vec<Bytes>, mut hasher: Hasher) -> Result<Hasher, FillError> {
+/// Feed `batch` to `hasher` off the async threads.
+async fn hash_batch(batch: &[Bytes], mut hasher: Hasher) -> Result<Hasher, FillError> {
+    let batch = batch.to_vec();
+    tokio::task::spawn_blocking(move || {
+        for b in &batch {
+            hasher.update(b);
+        }
+        hasher
+    })
+    .await
+    .map_err(|e| FillError::Disk(e.to_string()))
+}
+
+/// Write `batch` at `offset`, then feed it to `hasher`, off the async threads. A write failure gives
+/// back the hasher (without this batch) and the batch, so the fill can pass it through instead.
+async fn write_batch(
+    file: Arc<File>,
+    offset: u64,
+    batch: Vec<Bytes>,
+    mut hasher: Hasher,
+) -> Result<Result<Hasher, (Hasher, Vec<Bytes>, io::Error)>, FillError> {
     tokio::task::spawn_blocking(move || {
         let mut off = offset;
         for b in &batch {
-            file.write_all_at(b, off)?;
-            hasher.update(b);
+            if let Err(e) = file.write_all_at(b, off) {
+                return Err((hasher, batch, e));
+            }
             off += b.len() as u64;
         }
-        Ok::<_, io::Error>(hasher)
+        for b in &batch {
+            hasher.update(b);
+        }
+        Ok(hasher)
     })
     .await
-    .map_err(|e| FillError::Disk(e.to_string()))?
     .map_err(|e| FillError::Disk(e.to_string()))
 }
 
@@ -297,6 +448,8 @@ pub struct BlobReader {
     pos: u64,
     end: Option<u64>,
     fill: Option<(Arc<Fill>, watch::Receiver<FillState>)>,
+    /// This reader's position, published to the fill it follows.
+    published: Option<Arc<AtomicU64>>,
     /// Keeps the blob from being evicted while it is read.
     _in_use: InUse,
 }
@@ -306,14 +459,23 @@ impl BlobReader {
     pub fn stored(store: &Store, digest: &Digest, file: File, start: u64, end: u64) -> BlobReader {
         let in_use = store.usage.hold(digest);
         store.usage.touch(digest);
-        BlobReader { file: Arc::new(file), pos: start, end: Some(end), fill: None, _in_use: in_use }
+        BlobReader { file: Arc::new(file), pos: start, end: Some(end), fill: None, published: None, _in_use: in_use }
     }
 
     /// A reader of `[start, end)` of a running fill (`end` = `None`: to the end, whatever it is).
     pub fn filling(store: &Store, fill: Arc<Fill>, start: u64, end: Option<u64>) -> BlobReader {
         let in_use = store.usage.hold(&fill.digest);
         let rx = fill.state.subscribe();
-        BlobReader { file: fill.file.clone(), pos: start, end, fill: Some((fill, rx)), _in_use: in_use }
+        let published = Arc::new(AtomicU64::new(start));
+        fill.readers.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&published));
+        BlobReader {
+            file: fill.file.clone(),
+            pos: start,
+            end,
+            fill: Some((fill, rx)),
+            published: Some(published),
+            _in_use: in_use,
+        }
     }
 
     /// The next chunk; `None` at the end. An error means the body must be cut.
@@ -322,15 +484,18 @@ impl BlobReader {
             if self.end.is_some_and(|e| self.pos >= e) {
                 return None;
             }
-            let Some((_, rx)) = &mut self.fill else {
+            let Some((fill, rx)) = &mut self.fill else {
                 break self.end.unwrap_or(self.pos);
             };
             let state = rx.borrow_and_update().clone();
             let limit = match state {
                 FillState::Done { size } => {
                     self.end = Some(self.end.map_or(size, |e| e.min(size)));
-                    self.fill = None;
-                    continue;
+                    if !fill.relayed() {
+                        self.fill = None;
+                        continue;
+                    }
+                    size
                 }
                 FillState::Failed(e) => return Some(Err(io::Error::other(e.to_string()))),
                 FillState::Connecting => 0,
@@ -348,6 +513,17 @@ impl BlobReader {
         if available <= self.pos {
             return None;
         }
+        let available = match self.fill.as_ref().map(|(f, _)| f.locate(self.pos, available)) {
+            None => available,
+            Some(Located::File(limit)) => limit,
+            Some(Located::Memory(bytes)) => {
+                self.advance(bytes.len() as u64);
+                return Some(Ok(bytes));
+            }
+            Some(Located::Behind) => {
+                return Some(Err(io::Error::other("client fell behind while the blob was passed through")))
+            }
+        };
         let n = (available - self.pos).min(READ_CHUNK as u64) as usize;
         let file = self.file.clone();
         let pos = self.pos;
@@ -359,8 +535,18 @@ impl BlobReader {
         .map_err(io::Error::other)
         .and_then(|r| r);
         if read.is_ok() {
-            self.pos += n as u64;
+            self.advance(n as u64);
         }
         Some(read)
+    }
+
+    fn advance(&mut self, n: u64) {
+        self.pos += n;
+        if let (Some(p), Some((fill, _))) = (&self.published, &self.fill) {
+            p.store(self.pos, Ordering::Release);
+            if fill.relayed() {
+                fill.advanced.notify_waiters();
+            }
+        }
     }
 }

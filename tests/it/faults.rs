@@ -121,3 +121,49 @@ async fn authorization_is_dropped_when_a_redirect_leaves_the_upstream() {
     assert!(!reg.cdn_requests().is_empty());
     assert!(reg.cdn_requests().iter().all(|r| r.authorization.is_none()));
 }
+
+/// A size-limited tmpfs, unmounted when dropped. Mounting needs root, as the test suite runs.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("mount(8) is needed for the disk-full test");
+        assert!(out.status.success(), "mounting a tmpfs needs root: {}", String::from_utf8_lossy(&out.stderr));
+        Tmpfs { dir }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_during_a_fill_still_delivers_and_keeps_nothing() {
+    let disk = Tmpfs::mount("3m");
+    let reg = FakeRegistry::start().await;
+    let big = images::schema2_image(&reg, "library/big", "1", 1, 8_000_000);
+    let small = images::schema2_image(&reg, "library/small", "1", 1, 10_000);
+    let data = disk.dir.path().join("data");
+    let m = Mirror::start_with(&reg, Options { credentials: true, data_dir: Some(data), ..Default::default() }).await;
+
+    let (status, bytes) = m.blob("big", &big.layers[0].digest).await.expect("the client still gets its bytes");
+    assert_eq!(status, 200);
+    assert!(bytes == big.layers[0].bytes);
+    assert!(!m.has_blob(&big.layers[0].digest));
+    assert_eq!(m.tmp_files(), 0, "nothing half-written is kept");
+
+    // regcache keeps running and stores what fits.
+    let (_, bytes) = m.blob("small", &small.layers[0].digest).await.unwrap();
+    assert!(bytes == small.layers[0].bytes);
+    assert!(m.has_blob(&small.layers[0].digest));
+    drop(m);
+}
