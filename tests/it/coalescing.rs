@@ -47,3 +47,119 @@ async fn a_failed_fill_fails_every_waiter() {
     assert!(!m.has_blob(&layer.digest));
     eventually("temporary file removed", || m.tmp_files() == 0).await;
 }
+
+/// Bytes written so far to the fill's temporary file.
+fn tmp_bytes(m: &Mirror) -> u64 {
+    std::fs::read_dir(m.data_dir.join("tmp"))
+        .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|md| md.len()).sum())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_gets_the_whole_blob_from_the_same_fill() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 2_000_000);
+    let layer = image.layers[0].clone();
+    let m = Mirror::start(&reg).await;
+    reg.set_fault(Fault::SlowBlobs { chunk: 100_000, delay_ms: 20 });
+    let url = format!("{}/v2/alpine/blobs/{}", m.url, layer.digest);
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move { Mirror::client().get(url).send().await.unwrap().bytes().await.unwrap().to_vec() }
+    });
+    eventually("the fill is under way", || tmp_bytes(&m) >= 500_000).await;
+    let late = Mirror::client().get(&url).send().await.unwrap().bytes().await.unwrap().to_vec();
+    assert!(late == layer.bytes, "the late joiner gets every byte");
+    assert!(first.await.unwrap() == layer.bytes);
+    assert_eq!(reg.cdn_count(&layer.digest), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_inside_a_running_fill_is_answered_before_it_ends() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 2_000_000);
+    let layer = image.layers[0].clone();
+    let m = Mirror::start(&reg).await;
+    reg.set_fault(Fault::SlowBlobs { chunk: 100_000, delay_ms: 50 });
+    let url = format!("{}/v2/alpine/blobs/{}", m.url, layer.digest);
+    let full = tokio::spawn({
+        let url = url.clone();
+        async move { Mirror::client().get(url).send().await.unwrap().bytes().await.unwrap().to_vec() }
+    });
+    eventually("the fill is under way", || tmp_bytes(&m) >= 300_000).await;
+    let resp = Mirror::client().get(&url).header("range", "bytes=100000-199999").send().await.unwrap();
+    assert_eq!(resp.status(), 206);
+    assert_eq!(resp.headers()["content-range"], "bytes 100000-199999/2000000");
+    let part = resp.bytes().await.unwrap();
+    assert_eq!(part.as_ref(), &layer.bytes[100_000..200_000]);
+    let metrics = m.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("regcache_fills_in_progress 1"), "the range was answered while the fill ran");
+    assert!(full.await.unwrap() == layer.bytes);
+    assert_eq!(reg.cdn_count(&layer.digest), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_disconnects_does_not_disturb_the_others() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 2_000_000);
+    let layer = image.layers[0].clone();
+    let m = Mirror::start(&reg).await;
+    reg.set_fault(Fault::SlowBlobs { chunk: 100_000, delay_ms: 10 });
+    let url = format!("{}/v2/alpine/blobs/{}", m.url, layer.digest);
+    let quitter = Mirror::client().get(&url).send().await.unwrap();
+    let stayer = tokio::spawn({
+        let url = url.clone();
+        async move { Mirror::client().get(url).send().await.unwrap().bytes().await.unwrap().to_vec() }
+    });
+    eventually("the fill is under way", || tmp_bytes(&m) >= 300_000).await;
+    drop(quitter);
+    assert!(stayer.await.unwrap() == layer.bytes);
+    assert!(m.has_blob(&layer.digest), "the fill completed and was stored");
+    assert_eq!(reg.cdn_count(&layer.digest), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_manifest_requests_share_revalidation_fetch_and_token() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 10);
+    let m = Mirror::start(&reg).await;
+    // A slow upstream, so that every request arrives while the first is still in flight.
+    reg.set_fault(Fault::DelayHeaders { path_contains: "/manifests/".into(), delay_ms: 300 });
+    reg.set_fault(Fault::DelayHeaders { path_contains: "/token".into(), delay_ms: 300 });
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let url = m.url.clone();
+        tasks.push(tokio::spawn(async move {
+            let resp = Mirror::client()
+                .get(format!("{url}/v2/alpine/manifests/3"))
+                .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
+        }));
+    }
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(body == image.manifest.bytes);
+    }
+    assert_eq!(reg.token_requests().len(), 1, "one token fetch for the scope");
+    assert_eq!(reg.count("GET", "/manifests/"), 1, "one manifest GET");
+    // One HEAD answered 401 (no token yet), then the one that revalidates.
+    assert_eq!(reg.count("HEAD", "/manifests/"), 2, "{:?}", reg.requests());
+
+    // Warm: 64 concurrent tag requests while the revalidation is slow cost one HEAD.
+    reg.clear_log();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let url = m.url.clone();
+        tasks.push(tokio::spawn(async move {
+            Mirror::client().head(format!("{url}/v2/alpine/manifests/3")).send().await.unwrap().status().as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(reg.count("HEAD", "/manifests/"), 1, "{:?}", reg.requests());
+}

@@ -76,6 +76,9 @@ pub enum Fault {
     },
     /// The registry never answers requests whose path and query contain `path_contains`.
     HangHeaders { path_contains: String },
+    /// The registry answers requests whose path and query contain `path_contains` only after
+    /// `delay_ms` (a slow upstream, so concurrent requests overlap).
+    DelayHeaders { path_contains: String, delay_ms: u64 },
     /// Blob redirects name the CDN as `localhost:PORT` instead of `127.0.0.1:PORT`.
     RedirectToOtherHost,
 }
@@ -128,7 +131,7 @@ struct Running {
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
     Registry,
     Cdn,
@@ -486,6 +489,11 @@ async fn accept_loop(
             let shared = svc_shared.clone();
             let cut = svc_cut.clone();
             async move {
+                if side == Side::Registry {
+                    if let Some(delay) = header_delay(&shared, &req) {
+                        tokio::time::sleep(delay).await;
+                    }
+                }
                 let resp = match side {
                     Side::Registry => match registry(&shared, &req) {
                         Some(resp) => resp,
@@ -710,6 +718,17 @@ fn status_code_name(code: u16) -> &'static str {
         503 => "UNAVAILABLE",
         _ => "UNKNOWN",
     }
+}
+
+/// The injected latency for a registry request (Fault::DelayHeaders), if any.
+fn header_delay(shared: &Shared, req: &Request<Incoming>) -> Option<std::time::Duration> {
+    let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("");
+    lock(&shared.state).faults.iter().find_map(|f| match f {
+        Fault::DelayHeaders { path_contains, delay_ms } if pq.contains(path_contains.as_str()) => {
+            Some(std::time::Duration::from_millis(*delay_ms))
+        }
+        _ => None,
+    })
 }
 
 /// Answers a registry request; `None` means "never answer" (Fault::HangHeaders).

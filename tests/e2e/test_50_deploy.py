@@ -1,0 +1,359 @@
+"""deploy/: the systemd unit verifies and is hardened, the example configuration passes
+`regcache check-config` without printing a secret, and every client / Kubernetes example
+parses and points at regcache the way its routing expects.  No servers are started."""
+import json
+import os
+import re
+import secrets
+import shutil
+import stat
+import tomllib
+
+import pytest
+
+from e2elib.regcache import REPO_ROOT, regcache_bin
+from e2elib.util import require_tool, run
+
+DEPLOY = os.path.join(REPO_ROOT, "deploy")
+REGISTRIES = ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"]
+MIRROR = "regcache.internal:5000"        # the address every client example names
+EXEC_START = "/usr/local/bin/regcache serve --config /etc/regcache/regcache.toml"
+
+# file paths of deploy/regcache.toml the check-config test points at files it creates
+FILE_KEYS = {
+    "password_file": "/etc/regcache/dockerhub-password",
+    "ca_file": "/etc/regcache/ca.pem",
+    "cert": "/etc/regcache/tls/cert.pem",
+    "key": "/etc/regcache/tls/key.pem",
+    "htpasswd": "/etc/regcache/htpasswd",
+}
+
+
+def read(rel):
+    path = os.path.join(DEPLOY, rel)
+    assert os.path.isfile(path), f"deploy/{rel} is missing"
+    with open(path) as f:
+        return f.read()
+
+
+def load_toml(rel):
+    try:
+        return tomllib.loads(read(rel))
+    except tomllib.TOMLDecodeError as e:
+        pytest.fail(f"deploy/{rel} is not valid TOML: {e}", pytrace=False)
+
+
+def load_yaml_docs(rel):
+    try:
+        import yaml
+    except ImportError:
+        pytest.fail("python module 'yaml' missing: run scripts/install-test-deps.sh (pip 'pyyaml')",
+                    pytrace=False)
+    try:
+        return [d for d in yaml.safe_load_all(read(rel)) if d is not None]
+    except yaml.YAMLError as e:
+        pytest.fail(f"deploy/{rel} is not valid YAML: {e}", pytrace=False)
+
+
+def unit_directives(text):
+    """{(section, key): [values in order]} of a systemd unit (no line continuations used)."""
+    out, section = {}, None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f"not a key=value line in the unit: {line!r}"
+        out.setdefault((section, key.strip()), []).append(value.strip())
+    return out
+
+
+def k8s_objects():
+    docs = load_yaml_docs("kubernetes.yaml")
+    by_kind = {}
+    for d in docs:
+        assert isinstance(d, dict) and "kind" in d and "apiVersion" in d, f"not a Kubernetes object: {d!r}"
+        by_kind.setdefault(d["kind"], []).append(d)
+    for kind in ("ConfigMap", "PersistentVolumeClaim", "Deployment", "Service"):
+        assert len(by_kind.get(kind, [])) == 1, f"kubernetes.yaml must hold exactly one {kind}"
+    return {k: v[0] for k, v in by_kind.items()}
+
+
+def k8s_regcache_toml():
+    cm = k8s_objects()["ConfigMap"]
+    assert "regcache.toml" in cm.get("data", {}), "the ConfigMap must have a regcache.toml key"
+    return cm["data"]["regcache.toml"]
+
+
+def dockerfile_default_config():
+    """The regcache.toml the Dockerfile writes with printf '%s\\n' '<line>' ... > file."""
+    m = re.search(r"printf '%s\\n'((?:\s*\\?\s*'[^']*')+)\s*\\?\s*>\s*/etc/regcache/regcache\.toml",
+                  read("Dockerfile"))
+    assert m, "deploy/Dockerfile must write /etc/regcache/regcache.toml with printf '%s\\n' '...'"
+    return "\n".join(re.findall(r"'([^']*)'", m[1])) + "\n"
+
+
+# ---------------------------------------------------------------------------------- systemd
+
+def test_systemd_unit_is_hardened():
+    d = unit_directives(read("regcache.service"))
+
+    def one(key, section="Service"):
+        vals = d.get((section, key))
+        assert vals, f"regcache.service: [{section}] {key}= is missing"
+        return vals[-1]
+
+    assert one("ExecStart") == EXEC_START
+    assert one("ExecReload") == "/bin/kill -HUP $MAINPID"
+    assert one("KillSignal") == "SIGTERM"
+    assert int(one("TimeoutStopSec")) == 40        # > regcache's 30 s drain
+    assert one("Restart") == "on-failure"
+    assert one("StateDirectory") == "regcache"
+    assert one("ConfigurationDirectory") == "regcache"
+    dynamic = d.get(("Service", "DynamicUser"), ["no"])[-1] == "yes"
+    user = d.get(("Service", "User"), [""])[-1]
+    assert dynamic or user not in ("", "root", "0"), "needs DynamicUser=yes or a dedicated User="
+    for key, want in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"),
+                      ("PrivateTmp", "yes"), ("PrivateDevices", "yes"), ("LimitNOFILE", "65536")]:
+        assert one(key) == want, f"{key}={one(key)}, want {want}"
+    assert one("CapabilityBoundingSet") == "", "CapabilityBoundingSet= must be empty"
+    assert d.get(("Service", "AmbientCapabilities"), [""])[-1] == ""
+    assert sorted(one("RestrictAddressFamilies").split()) == ["AF_INET", "AF_INET6", "AF_UNIX"]
+    assert "CAP_NET_BIND_SERVICE" in read("regcache.service"), \
+        "the unit must say which capability to grant for ports below 1024"
+    # the directories systemd manages are the ones the example configuration uses
+    cfg = load_toml("regcache.toml")
+    assert cfg["data_dir"] == "/var/lib/" + one("StateDirectory")
+    assert EXEC_START.endswith(f"/etc/{one('ConfigurationDirectory')}/regcache.toml")
+
+
+@pytest.mark.needs_regcache
+def test_systemd_analyze_verify(workdir):
+    sa = require_tool("systemd-analyze", "systemd")
+    d = os.path.join(workdir, "deploy-systemd")
+    os.makedirs(d, exist_ok=True)
+    # verify insists that ExecStart's binary exists: a copy of the unit runs a copy of the binary
+    binary = os.path.join(d, "regcache")
+    shutil.copy2(regcache_bin(), binary)
+    text = read("regcache.service")
+    assert text.count("ExecStart=/usr/local/bin/regcache ") == 1
+    unit = os.path.join(d, "regcache.service")
+    with open(unit, "w") as f:
+        f.write(text.replace("ExecStart=/usr/local/bin/regcache ", f"ExecStart={binary} "))
+    res = run([sa, "verify", unit], check=False, timeout=60)
+    # unknown keys and unparsable values are only warnings (exit 0): any line about the unit fails
+    complaints = [ln for ln in (res.out + res.err).splitlines() if "regcache" in ln]
+    assert res.rc == 0 and not complaints, f"systemd-analyze verify complains:\n{res!r}"
+
+
+# ------------------------------------------------------------------------------ check-config
+
+def test_example_config_covers_every_key():
+    cfg = load_toml("regcache.toml")
+    assert set(cfg) == {"listen", "data_dir", "max_size", "admin_listen", "tls", "access", "upstream"}
+    assert set(cfg["tls"]) == {"cert", "key"}
+    assert set(cfg["access"]) == {"htpasswd", "allow"}
+    assert all("/" in net for net in cfg["access"]["allow"])
+    names = [u["name"] for u in cfg["upstream"]]
+    assert names == REGISTRIES, f"upstreams {names}, want {REGISTRIES} (docker.io first)"
+    assert set(cfg["upstream"][0]) == {
+        "name", "url", "username", "password_file", "ca_file", "auth_hosts", "tag_ttl", "stale_max",
+        "connect_timeout", "response_timeout", "idle_timeout"}
+    for u in cfg["upstream"]:
+        assert u["url"].startswith("https://"), u
+    text = read("regcache.toml")
+    for key, path in FILE_KEYS.items():
+        assert re.search(rf'^{key} = "{re.escape(path)}"', text, re.M), f"expected {key} = \"{path}\""
+    assert "password =" in text, "the example should mention the inline password alternative"
+
+
+def _openssl_self_signed(openssl, d, name):
+    cert, key = os.path.join(d, f"{name}.pem"), os.path.join(d, f"{name}-key.pem")
+    run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-days", "2", "-subj", f"/CN={name}", "-addext", "subjectAltName=DNS:regcache.internal",
+         "-keyout", key, "-out", cert], timeout=60)
+    return cert, key
+
+
+def _bcrypt_htpasswd_line(user, password):
+    try:
+        import bcrypt
+    except ImportError:
+        pytest.fail("python module 'bcrypt' missing: run scripts/install-test-deps.sh (pip 'bcrypt')",
+                    pytrace=False)
+    h = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()
+    return f"{user}:$2y${h[4:]}"        # as `htpasswd -B` writes it ($2y$, same algorithm as $2b$)
+
+
+def _run_check_config(path):
+    res = run([regcache_bin(), "check-config", path], check=False, timeout=60,
+              env=dict(os.environ, RUST_LOG="debug"))
+    assert res.rc == 0, f"regcache check-config rejects {path}:\n{res!r}"
+    return res
+
+
+@pytest.mark.needs_regcache
+@pytest.mark.parametrize("password_form", ["password_file", "inline password"])
+def test_check_config_accepts_example_without_leaking_secrets(workdir, password_form):
+    openssl = require_tool("openssl", "openssl")
+    d = os.path.join(workdir, f"deploy-config-{password_form.replace(' ', '-')}")
+    os.makedirs(d, exist_ok=True)
+    upstream_password = "up-" + secrets.token_hex(12)
+    client_password = "cl-" + secrets.token_hex(12)
+    htpasswd_line = _bcrypt_htpasswd_line("ci", client_password)
+    files = {"password_file": os.path.join(d, "dockerhub-password"), "htpasswd": os.path.join(d, "htpasswd")}
+    with open(files["password_file"], "w") as f:
+        f.write(upstream_password + "\n")
+    with open(files["htpasswd"], "w") as f:
+        f.write(htpasswd_line + "\n")
+    files["ca_file"], _ = _openssl_self_signed(openssl, d, "ca")
+    files["cert"], files["key"] = _openssl_self_signed(openssl, d, "tls")
+    for p in files.values():
+        os.chmod(p, stat.S_IRUSR | stat.S_IWUSR)
+    with open(files["key"]) as f:
+        key_pem = f.read()
+    key_body = "".join(ln for ln in key_pem.splitlines() if not ln.startswith("-----"))
+
+    text = read("regcache.toml")
+    for key, path in FILE_KEYS.items():
+        assert text.count(f'"{path}"') == 1, f"{path} should appear once in deploy/regcache.toml"
+        text = text.replace(f'{key} = "{path}"', f'{key} = "{files[key]}"')
+    text = text.replace('data_dir = "/var/lib/regcache"', f'data_dir = "{os.path.join(d, "data")}"')
+    if password_form == "inline password":
+        text = text.replace(f'password_file = "{files["password_file"]}"', f'password = "{upstream_password}"')
+    cfg_path = os.path.join(d, "regcache.toml")
+    with open(cfg_path, "w") as f:
+        f.write(text)
+    cfg = tomllib.loads(text)      # the rewrite kept it TOML and hit every path
+    up0 = cfg["upstream"][0]
+    assert (cfg["tls"]["cert"], cfg["tls"]["key"], cfg["access"]["htpasswd"], up0["ca_file"]) == \
+        (files["cert"], files["key"], files["htpasswd"], files["ca_file"])
+    assert up0.get("password_file", files["password_file"]) == files["password_file"]
+
+    res = _run_check_config(cfg_path)
+    output = res.out + res.err
+    for name in REGISTRIES:
+        assert name in output, f"check-config's effective settings don't mention upstream {name}:\n{res!r}"
+    secret_bits = {"upstream password": upstream_password, "client password": client_password,
+                   "htpasswd hash": htpasswd_line.split(":", 1)[1],
+                   "bcrypt salt+hash": htpasswd_line[-53:], "TLS private key": key_body[40:100]}
+    squeezed = "".join(output.split())      # PEM text may be printed wrapped
+    leaked = [what for what, s in secret_bits.items() if s in output or s in squeezed]
+    assert not leaked, f"check-config printed secrets ({', '.join(leaked)}):\n{res!r}"
+
+
+@pytest.mark.needs_regcache
+@pytest.mark.parametrize("source", ["kubernetes.yaml ConfigMap", "Dockerfile default"])
+def test_check_config_accepts_embedded_configs(workdir, source):
+    text = k8s_regcache_toml() if source.startswith("kubernetes") else dockerfile_default_config()
+    tomllib.loads(text)
+    path = os.path.join(workdir, f"deploy-embedded-{source.split()[0]}.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    _run_check_config(path)
+
+
+# ------------------------------------------------------------------------ client examples
+
+def test_docker_daemon_json():
+    try:
+        cfg = json.loads(read("docker-daemon.json"))
+    except json.JSONDecodeError as e:
+        pytest.fail(f"deploy/docker-daemon.json is not valid JSON: {e}", pytrace=False)
+    assert cfg.get("registry-mirrors") == [f"http://{MIRROR}"], cfg
+
+
+@pytest.mark.parametrize("registry", REGISTRIES)
+def test_containerd_hosts_toml(registry):
+    cfg = load_toml(f"containerd/certs.d/{registry}/hosts.toml")
+    want_server = "https://registry-1.docker.io" if registry == "docker.io" else f"https://{registry}"
+    assert cfg.get("server") == want_server
+    hosts = cfg.get("host", {})
+    assert list(hosts) == [f"http://{MIRROR}"], f"hosts.toml must name regcache only: {list(hosts)}"
+    assert hosts[f"http://{MIRROR}"].get("capabilities") == ["pull", "resolve"]
+
+
+def test_registries_conf():
+    cfg = load_toml("registries.conf")
+    regs = {r["prefix"]: r for r in cfg.get("registry", [])}
+    assert sorted(regs) == sorted(REGISTRIES), f"registries.conf prefixes: {sorted(regs)}"
+    for name, r in regs.items():
+        assert r.get("location") == name
+        mirrors = r.get("mirror", [])
+        want = MIRROR if name == "docker.io" else f"{MIRROR}/{name}"   # path-prefix routing
+        assert [m.get("location") for m in mirrors] == [want], f"{name}: mirrors {mirrors}"
+        assert mirrors[0].get("insecure") is True, f"{name}: regcache is plain HTTP here, needs insecure = true"
+
+
+# ---------------------------------------------------------------------- Kubernetes, Docker
+
+def test_kubernetes_manifest():
+    objs = k8s_objects()
+    cfg = tomllib.loads(k8s_regcache_toml())
+    listen_port = int(cfg["listen"].rsplit(":", 1)[1])
+    admin_port = int(cfg.get("admin_listen", cfg["listen"]).rsplit(":", 1)[1])
+    assert not cfg["listen"].startswith("127.") and not cfg.get("admin_listen", "").startswith("127."), \
+        "in a pod regcache must listen on all addresses"
+    assert [u["name"] for u in cfg["upstream"]] == REGISTRIES
+
+    dep = objs["Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    assert dep["spec"].get("replicas", 1) == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    assert pod.get("terminationGracePeriodSeconds", 30) > 30
+    [c] = pod["containers"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert listen_port in ports.values() and admin_port in ports.values()
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = c[probe]["httpGet"]
+        port = ports.get(get["port"], get["port"])
+        assert get["path"] == "/healthz" and port == admin_port, f"{probe}: {get}"
+    psc, csc = pod.get("securityContext", {}), c.get("securityContext", {})
+    assert psc.get("runAsNonRoot") is True or csc.get("runAsNonRoot") is True
+    assert (csc.get("runAsUser") or psc.get("runAsUser", 0)) != 0
+    assert csc.get("readOnlyRootFilesystem") is True
+    assert csc.get("allowPrivilegeEscalation") is False
+    assert "ALL" in csc.get("capabilities", {}).get("drop", [])
+
+    vols = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert vols[mounts["/etc/regcache"]]["configMap"]["name"] == objs["ConfigMap"]["metadata"]["name"]
+    assert vols[mounts[cfg["data_dir"]]]["persistentVolumeClaim"]["claimName"] == \
+        objs["PersistentVolumeClaim"]["metadata"]["name"]
+
+    svc = objs["Service"]
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    targets = {ports.get(p.get("targetPort"), p.get("targetPort", p["port"])) for p in svc["spec"]["ports"]}
+    assert listen_port in targets
+
+
+def test_dockerfile():
+    text = read("Dockerfile")
+    froms = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, re.M | re.I)
+    assert len(froms) == 2 and froms[0][0] == "rust:1-bookworm" and froms[1][0] == "debian:bookworm-slim", froms
+    build, final = text.split("\nFROM debian:bookworm-slim", 1)
+    assert "cargo build --release --locked" in build
+    assert "ca-certificates" in final and f"--from={froms[0][1]}" in final
+    users = re.findall(r"^USER\s+(\S+)", final, re.M)
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must run as a non-root user"
+    assert re.search(r"^VOLUME\s+\[?\"?/var/lib/regcache", final, re.M)
+    assert re.search(r"^EXPOSE\s+5000\b", final, re.M)
+    m = re.search(r"^ENTRYPOINT\s+(\[.*\])\s*$", final, re.M)
+    assert m, "ENTRYPOINT must be in exec (JSON) form"
+    entry = json.loads(m[1])
+    assert os.path.basename(entry[0]) == "regcache" and entry[1:] == ["serve", "--config", "/etc/regcache/regcache.toml"]
+
+
+def test_readme_mentions_every_file():
+    readme = read("README.md")
+    for root, _dirs, files in os.walk(DEPLOY):
+        for fn in files:
+            rel = os.path.relpath(os.path.join(root, fn), DEPLOY)
+            if rel == "README.md" or rel.startswith("containerd/"):
+                continue
+            assert fn in readme, f"deploy/README.md doesn't say what {rel} is for"
+    assert "hosts.toml" in readme
