@@ -137,6 +137,19 @@ pub struct BlobAnswer {
     pub outcome: Outcome,
 }
 
+/// A referrers list (an OCI image index).
+pub struct ReferrerList {
+    /// The index JSON.
+    pub body: Bytes,
+    /// Whether the `artifactType` filter was applied.
+    pub filtered: bool,
+    /// Where it came from.
+    pub outcome: Outcome,
+}
+
+/// The media type of a referrers list.
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
 /// A tag list page from upstream.
 pub struct TagList {
     /// The JSON body as upstream sent it.
@@ -383,6 +396,57 @@ impl Cache {
         Ok(BlobAnswer { size: total, range: served, body: Some(BlobReader::filling(&self.store, fill, start, end)), outcome: Outcome::Miss })
     }
 
+    /// The referrers of a manifest (signatures, attestations): from upstream's referrers API, else
+    /// from the referrers tag schema (`sha256-<hex>`), else from what regcache last saw while
+    /// upstream is unavailable; an empty index when there are none.
+    pub async fn referrers(
+        &self,
+        up: &Arc<Upstream>,
+        repo: &RepositoryName,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<ReferrerList, CacheError> {
+        let name = up.config().name.clone();
+        let key_repo = up.upstream_name(repo);
+        let mut accept = HeaderMap::new();
+        accept.insert(header::ACCEPT, HeaderValue::from_static(OCI_INDEX));
+        let fetched = async {
+            let resp = up.request(Method::GET, repo, &format!("referrers/{digest}"), accept).await?;
+            up.transport().read_body(resp.into_body(), MAX_MANIFEST).await
+        };
+        let (body, outcome) = match fetched.await {
+            Ok(body) => {
+                self.store.index.put_referrers(&name, &key_repo, digest, &body)?;
+                (body, Outcome::Pass)
+            }
+            Err(e) if e.is_unavailable() && self.store.index.referrers(&name, &key_repo, digest)?.is_some() => {
+                let body = self.store.index.referrers(&name, &key_repo, digest)?.unwrap_or_default();
+                (body, Outcome::Stale)
+            }
+            Err(e) if e.is_not_found() || e.is_unavailable() => {
+                // No referrers API (or no answer): the fallback tag schema, which is served stale
+                // like any tag while upstream is unavailable.
+                let tag: Tag = format!("{}-{}", digest.algorithm().as_str(), digest.hex())
+                    .parse()
+                    .map_err(|_| CacheError::Corrupt("unusable referrers tag".into()))?;
+                let mut h = HeaderMap::new();
+                h.insert(header::ACCEPT, HeaderValue::from_static(OCI_INDEX));
+                let accept = AcceptList::from_headers(&h);
+                match self.manifest_by_tag(up, repo, &tag, &accept, false).await {
+                    Ok(a) => (a.bytes.unwrap_or_default(), a.outcome),
+                    Err(CacheError::Upstream(u)) if u.is_not_found() => (empty_index(), Outcome::Pass),
+                    Err(_) if e.is_unavailable() => return Err(e.into()),
+                    Err(other) => return Err(other),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(match artifact_type {
+            None => ReferrerList { body, filtered: false, outcome },
+            Some(t) => ReferrerList { body: filter_referrers(&body, t), filtered: true, outcome },
+        })
+    }
+
     /// One page of a repository's tags: from upstream, or from the tags regcache knows when upstream
     /// is unavailable.
     pub async fn tags(
@@ -468,6 +532,20 @@ pub fn spawn_housekeeping(store: &Arc<Store>, metrics: Arc<crate::metrics::Metri
             let _ = work.await;
         }
     });
+}
+
+fn empty_index() -> Bytes {
+    Bytes::from(format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[]}}"#))
+}
+
+/// The index with only the descriptors of `artifact_type`. The list is generated, not content
+/// addressed, so it may be re-serialised.
+fn filter_referrers(body: &[u8], artifact_type: &str) -> Bytes {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(body) else { return empty_index() };
+    if let Some(list) = v.get_mut("manifests").and_then(|m| m.as_array_mut()) {
+        list.retain(|d| d.get("artifactType").and_then(|t| t.as_str()) == Some(artifact_type));
+    }
+    serde_json::to_vec(&v).map(Bytes::from).unwrap_or_else(|_| empty_index())
 }
 
 fn serve_stored(

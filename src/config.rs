@@ -30,8 +30,26 @@ struct RawConfig {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
     max_size: Option<String>,
+    admin_listen: Option<String>,
+    tls: Option<RawTls>,
+    access: Option<RawAccess>,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    htpasswd: Option<PathBuf>,
+    #[serde(default)]
+    allow: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,8 +90,39 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The most bytes of blobs and manifests to keep; `None`: unlimited.
     pub max_size: Option<u64>,
+    /// Where `/metrics` and `/healthz` are served instead of `listen`, if set.
+    pub admin_listen: Option<SocketAddr>,
+    /// HTTPS for clients, if configured.
+    pub tls: Option<TlsFiles>,
+    /// Who may use the mirror.
+    pub access: Access,
     /// The upstream registries; the first serves plain `/v2/<name>/…` requests.
     pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// The certificate and key files regcache serves HTTPS with (read again on SIGHUP).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Access control for the mirror itself.
+#[derive(Clone, Default)]
+pub struct Access {
+    /// `user → bcrypt hash`, from the htpasswd file; empty: no credentials needed.
+    pub users: Vec<(String, String)>,
+    /// Client networks served; empty: all.
+    pub allow: Vec<ipnet::IpNet>,
+}
+
+impl fmt::Debug for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let users: Vec<&str> = self.users.iter().map(|(u, _)| u.as_str()).collect();
+        f.debug_struct("Access").field("users", &users).field("allow", &self.allow).finish()
+    }
 }
 
 /// One upstream registry.
@@ -146,6 +195,25 @@ impl Config {
     /// The effective settings, one per line, secrets masked.
     pub fn describe(&self) -> String {
         let mut s = format!("listen = {}\ndata_dir = {}\n", self.listen, self.data_dir.display());
+        if let Some(a) = self.admin_listen {
+            s.push_str(&format!("admin_listen = {a}\n"));
+        }
+        match &self.tls {
+            Some(t) => s.push_str(&format!("tls = HTTPS with {} (key {})\n", t.cert.display(), t.key.display())),
+            None => s.push_str("tls = none (plain HTTP)\n"),
+        }
+        if self.access.users.is_empty() {
+            s.push_str("access.htpasswd = none (no credentials needed)\n");
+        } else {
+            let users: Vec<&str> = self.access.users.iter().map(|(u, _)| u.as_str()).collect();
+            s.push_str(&format!("access.htpasswd = users {} (hashes not shown)\n", users.join(", ")));
+        }
+        if self.access.allow.is_empty() {
+            s.push_str("access.allow = any address\n");
+        } else {
+            let nets: Vec<String> = self.access.allow.iter().map(|n| n.to_string()).collect();
+            s.push_str(&format!("access.allow = {}\n", nets.join(", ")));
+        }
         match self.max_size {
             Some(m) => s.push_str(&format!("max_size = {m} bytes\n")),
             None => s.push_str("max_size = unlimited\n"),
@@ -211,6 +279,15 @@ fn resolve(raw: RawConfig, over: &Overrides, base: &Path) -> Result<Config, Conf
         .map_err(|e| ConfigError(format!("listen address {listen_s:?}: {e}")))?;
     let data_dir = over.data_dir.clone().or(raw.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     let max_size = raw.max_size.as_deref().map(parse_size).transpose()?;
+    let admin_listen = raw
+        .admin_listen
+        .map(|a| a.parse::<SocketAddr>().map_err(|e| ConfigError(format!("admin_listen address {a:?}: {e}"))))
+        .transpose()?;
+    let tls = raw.tls.map(|t| resolve_tls(t, base)).transpose()?;
+    let access = match raw.access {
+        None => Access::default(),
+        Some(a) => resolve_access(a, base)?,
+    };
 
     let mut raws = raw.upstream;
     if raws.is_empty() {
@@ -238,7 +315,67 @@ fn resolve(raw: RawConfig, over: &Overrides, base: &Path) -> Result<Config, Conf
             return Err(ConfigError(format!("upstream {:?} is configured twice", u.name)));
         }
     }
-    Ok(Config { listen, data_dir, max_size, upstreams })
+    Ok(Config { listen, data_dir, max_size, admin_listen, tls, access, upstreams })
+}
+
+fn resolve_tls(raw: RawTls, base: &Path) -> Result<TlsFiles, ConfigError> {
+    let files = TlsFiles { cert: base.join(raw.cert), key: base.join(raw.key) };
+    load_certified_key(&files).map_err(ConfigError)?;
+    Ok(files)
+}
+
+/// The certificate chain and key of `files`, ready for rustls.
+pub fn load_certified_key(files: &TlsFiles) -> Result<rustls::sign::CertifiedKey, String> {
+    let cert_pem = std::fs::read(&files.cert).map_err(|e| format!("tls cert {}: {e}", files.cert.display()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls cert {}: {e}", files.cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("tls cert {} holds no PEM certificate", files.cert.display()));
+    }
+    let key_pem = std::fs::read(&files.key).map_err(|e| format!("tls key {}: {e}", files.key.display()))?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| format!("tls key {}: {e}", files.key.display()))?
+        .ok_or_else(|| format!("tls key {} holds no PEM private key", files.key.display()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("tls key {}: {e}", files.key.display()))?;
+    let ck = rustls::sign::CertifiedKey::new(certs, signing);
+    ck.keys_match().map_err(|e| format!("tls cert and key don't match: {e}"))?;
+    Ok(ck)
+}
+
+fn resolve_access(raw: RawAccess, base: &Path) -> Result<Access, ConfigError> {
+    let mut users = Vec::new();
+    if let Some(file) = raw.htpasswd {
+        let path = base.join(file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| ConfigError(format!("access: cannot read htpasswd {}: {e}", path.display())))?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = || ConfigError(format!("access: htpasswd {} line {}: expected user:bcrypt-hash (htpasswd -B)", path.display(), i + 1));
+            let (user, hash) = line.split_once(':').ok_or_else(bad)?;
+            if user.is_empty() || !["$2y$", "$2b$", "$2a$"].iter().any(|p| hash.starts_with(p)) {
+                return Err(bad());
+            }
+            users.push((user.to_owned(), hash.to_owned()));
+        }
+        if users.is_empty() {
+            return Err(ConfigError(format!("access: htpasswd {} has no entries", path.display())));
+        }
+    }
+    let allow = raw
+        .allow
+        .iter()
+        .map(|a| {
+            a.parse::<ipnet::IpNet>()
+                .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|e| ConfigError(format!("access: allow {a:?}: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Access { users, allow })
 }
 
 fn resolve_upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, ConfigError> {
@@ -385,6 +522,25 @@ password = "s3cret"
             let err = load(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn access_and_admin() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("htpasswd"), "# users\nci:$2y$05$abcdefghijklmnopqrstuu5KhjzQ0hXm9yJm8eWbJ0mYlQwq7G3Wi\n").unwrap();
+        let text = "admin_listen = \"127.0.0.1:9090\"\n[access]\nhtpasswd = \"htpasswd\"\nallow = [\"10.0.0.0/8\", \"127.0.0.1\"]\n";
+        let c = Config::from_toml(text, &Overrides::default(), dir.path()).unwrap();
+        assert_eq!(c.admin_listen.unwrap().port(), 9090);
+        assert_eq!(c.access.users[0].0, "ci");
+        assert_eq!(c.access.allow.len(), 2);
+        assert!(!format!("{:?}", c.access).contains("$2y$"));
+        std::fs::write(dir.path().join("htpasswd"), "ci:{SHA}plain\n").unwrap();
+        let err = Config::from_toml(text, &Overrides::default(), dir.path()).unwrap_err().to_string();
+        assert!(err.contains("line 1") && err.contains("bcrypt"), "{err}");
+        let err = load("[access]\nallow = [\"10.0.0.0/33\"]").unwrap_err().to_string();
+        assert!(err.contains("allow"), "{err}");
+        let err = load("[tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"").unwrap_err().to_string();
+        assert!(err.contains("tls cert"), "{err}");
     }
 
     #[test]

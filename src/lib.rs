@@ -1,6 +1,7 @@
 //! regcache: a pull-through caching mirror for container registries.
 //!
 //! # Layout
+//! - [`access`]: who may use the mirror: allow list and htpasswd.
 //! - [`admin`]: `ls`, `gc`, `verify` on the data directory.
 //! - [`warm`]: `warm`: pull images through a server ahead of a rush.
 //! - [`config`]: the TOML file as written → a validated [`config::Config`].
@@ -20,6 +21,7 @@
 //! served from its file, or joins (or starts) the fill for its digest and streams what arrives. Errors
 //! from any layer become one OCI error response in `http::error`.
 
+pub mod access;
 pub mod admin;
 pub mod cache;
 pub mod config;

@@ -191,12 +191,50 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let admin = match config.admin_listen {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+                let stopped = stop.clone().cancelled_owned();
+                Some(tokio::spawn(regcache::http::serve_admin(l, registry.clone(), stopped)))
+            }
+            None => None,
+        };
+        tokio::spawn(reload_on_sighup(registry.clone()));
         let upstreams: Vec<String> = config.upstreams.iter().map(|u| format!("{}={}", u.name, u.url)).collect();
-        tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), upstreams = ?upstreams, "regcache serving");
-        regcache::http::serve(listener, registry, shutdown_signal()).await;
+        tracing::info!(
+            listen = %config.listen, tls = config.tls.is_some(), admin_listen = ?config.admin_listen,
+            data_dir = %config.data_dir.display(), upstreams = ?upstreams, "regcache serving"
+        );
+        let signalled = {
+            let stop = stop.clone();
+            async move {
+                shutdown_signal().await;
+                stop.cancel();
+            }
+        };
+        regcache::http::serve(listener, registry, signalled).await;
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// SIGHUP: read the TLS certificate and key again; connections keep running.
+async fn reload_on_sighup(registry: std::sync::Arc<Registry>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        match registry.tls() {
+            Some(tls) => match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: reloading the TLS certificate failed; keeping the old one"),
+            },
+            None => tracing::info!("SIGHUP: nothing to reload (no TLS configured)"),
+        }
+    }
 }
 
 /// Warm through the running server if one holds the data directory, else through a temporary one.

@@ -5,6 +5,7 @@ mod error;
 mod range;
 mod route;
 mod server;
+mod tls;
 
 use std::convert::Infallible;
 use std::io;
@@ -19,15 +20,17 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 
 use crate::cache::{BlobAnswer, Cache, ManifestAnswer};
+use crate::access::Gate;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::oci::{AcceptList, ErrorCode};
+use crate::oci::{AcceptList, ErrorCode, RepositoryName};
 use crate::store::Store;
 use crate::upstream::Upstream;
 use error::{oci_error, rescue, route_error, Resource};
 pub use range::parse_range;
-pub use route::{query, route, Query, Route, RouteError};
-pub use server::serve;
+pub use route::{query, route, Query, RepoRoute, Route, RouteError};
+pub use server::{serve, serve_admin};
+pub use tls::Tls;
 
 /// The response body type.
 pub type Body = BoxBody<Bytes, io::Error>;
@@ -64,6 +67,19 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 pub struct Registry {
     cache: Cache,
     metrics: Arc<Metrics>,
+    gate: Gate,
+    tls: Option<Tls>,
+    /// Whether `/metrics` lives on a separate admin listener.
+    admin_separate: bool,
+}
+
+/// Which listener a request came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Surface {
+    /// The registry API for clients (access control applies).
+    Main,
+    /// `admin_listen`: `/metrics` and `/healthz` only.
+    Admin,
 }
 
 /// The route of a request, for metrics.
@@ -79,6 +95,9 @@ pub enum StartError {
     /// An upstream client.
     #[error("{0}")]
     Upstream(String),
+    /// The TLS certificate or key.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl Registry {
@@ -95,7 +114,19 @@ impl Registry {
             .map(|u| Upstream::new(u.clone(), metrics.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()
             .map_err(StartError::Upstream)?;
-        Ok(Arc::new(Registry { cache: Cache::new(store, upstreams), metrics }))
+        let tls = config.tls.clone().map(Tls::new).transpose().map_err(StartError::Tls)?;
+        Ok(Arc::new(Registry {
+            cache: Cache::new(store, upstreams),
+            metrics,
+            gate: Gate::new(config.access.clone()),
+            tls,
+            admin_separate: config.admin_listen.is_some(),
+        }))
+    }
+
+    /// TLS for the client listener, if configured.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
     }
 
     /// The cache.
@@ -104,11 +135,11 @@ impl Registry {
     }
 
     /// Answer one request, and log it once its body is done.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Result<Resp, Infallible> {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr, surface: Surface) -> Result<Resp, Infallible> {
         let start = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let mut resp = self.respond(req).await;
+        let mut resp = self.respond(req, peer, surface).await;
         resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
         let outcome = resp.extensions().get::<Outcome>().copied().unwrap_or(Outcome::Local);
         let route = resp.extensions().get::<RouteLabel>().map_or("other", |r| r.0);
@@ -129,15 +160,64 @@ impl Registry {
         }))
     }
 
-    async fn respond(&self, req: Request<Incoming>) -> Resp {
+    async fn respond(&self, req: Request<Incoming>, peer: SocketAddr, surface: Surface) -> Resp {
+        if surface == Surface::Main && self.gate.allows(peer.ip()).is_err() {
+            return oci_error(StatusCode::FORBIDDEN, ErrorCode::Denied, "this address may not use the mirror", serde_json::Value::Null);
+        }
         let route = match route(req.method(), req.uri().path()) {
             Ok(r) => r,
             Err(e) => return route_error(&e),
         };
         let label = RouteLabel(route.label());
-        let mut resp = self.respond_to(req, route).await;
+        let mut resp = match (surface, &route) {
+            (Surface::Admin, Route::Metrics | Route::Healthz) | (Surface::Main, Route::Healthz) => self.local(&route),
+            (Surface::Main, Route::Metrics) if !self.admin_separate => self.local(&route),
+            (Surface::Admin, _) | (Surface::Main, Route::Metrics) => {
+                oci_error(StatusCode::NOT_FOUND, ErrorCode::NameUnknown, "not served on this address", serde_json::Value::Null)
+            }
+            (Surface::Main, _) => match self.gate.authenticates(req.headers().get(header::AUTHORIZATION)) {
+                Ok(()) => self.respond_to(req, route).await,
+                Err(_) => {
+                    let mut r = oci_error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "credentials required", serde_json::Value::Null);
+                    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"regcache\""));
+                    r
+                }
+            },
+        };
         resp.extensions_mut().insert(label);
         resp
+    }
+
+    /// `/healthz` and `/metrics`.
+    fn local(&self, route: &Route) -> Resp {
+        match route {
+            Route::Metrics => {
+                let store = self.cache.store();
+                let body = self.metrics.render(self.cache.fills().len(), store.index.used_bytes());
+                text(body, "text/plain; version=0.0.4; charset=utf-8")
+            }
+            _ => text("ok\n", "text/plain"),
+        }
+    }
+
+    /// The upstream a repository request goes to, and the name to ask it for: containerd's `?ns=`,
+    /// else a registry host as the first path component (`/v2/ghcr.io/org/app/…`), else the first
+    /// upstream. A registry that isn't configured is a 404 and causes no connection.
+    fn select(&self, ns: Option<&str>, name: RepositoryName) -> Result<(Arc<Upstream>, RepositoryName), Resp> {
+        let unknown = |host: &str| {
+            oci_error(StatusCode::NOT_FOUND, ErrorCode::NameUnknown, &format!("registry {host:?} is not mirrored here"), serde_json::Value::Null)
+        };
+        if let Some(ns) = ns {
+            return self.cache.upstream(Some(ns)).map(|u| (u.clone(), name)).ok_or_else(|| unknown(ns));
+        }
+        let (first, rest) = name.as_str().split_once('/').unwrap_or((name.as_str(), ""));
+        if first.contains('.') || first == "localhost" {
+            let up = self.cache.upstream(Some(first)).ok_or_else(|| unknown(first))?;
+            let rest: RepositoryName = rest.parse().map_err(|e| route_error(&RouteError::from(e)))?;
+            return Ok((up.clone(), rest));
+        }
+        let up = self.cache.upstream(None).ok_or_else(|| unknown("(none configured)"))?;
+        Ok((up.clone(), name))
     }
 
     async fn respond_to(&self, req: Request<Incoming>, route: Route) -> Resp {
@@ -146,51 +226,49 @@ impl Registry {
             Ok(q) => q,
             Err(e) => return route_error(&e),
         };
-        match route {
-            Route::Base => return base(),
-            Route::Healthz => return text("ok\n", "text/plain"),
-            Route::Metrics => {
-                let store = self.cache.store();
-                let body = self.metrics.render(self.cache.fills().len(), store.index.used_bytes());
-                return text(body, "text/plain; version=0.0.4; charset=utf-8");
-            }
-            _ => {}
-        }
-        let Some(up) = self.cache.upstream(q.ns.as_deref()).cloned() else {
-            let ns = q.ns.unwrap_or_default();
-            return oci_error(StatusCode::NOT_FOUND, ErrorCode::NameUnknown, &format!("registry {ns:?} is not mirrored here"), serde_json::Value::Null);
+        let (name, what) = match route {
+            Route::Repo(name, what) => (name, what),
+            _ => return base(),
         };
-        let mut resp = match route {
-            Route::Base | Route::Healthz | Route::Metrics => base(),
-            Route::Manifest(name, reference) => {
+        let (up, name) = match self.select(q.ns.as_deref(), name) {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+        let mut resp = match what {
+            RepoRoute::Manifest(reference) => {
                 let accept = AcceptList::from_headers(req.headers());
                 match self.cache.manifest(&up, &name, &reference, &accept, head).await {
                     Ok(a) => manifest_response(a, head),
                     Err(e) => rescue(&e, Resource::Manifest),
                 }
             }
-            Route::Blob(name, digest) => {
+            RepoRoute::Blob(digest) => {
                 let range = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(parse_range);
                 match self.cache.blob(&up, &name, &digest, range, head).await {
                     Ok(a) => blob_response(a, &digest),
                     Err(e) => rescue(&e, Resource::Blob),
                 }
             }
-            Route::Tags(name) => {
-                match self.cache.tags(&up, &name, q.n, q.last.as_deref()).await {
-                    Ok(t) => {
-                        let mut r = Response::new(full(t.body));
-                        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                        if let Some(link) = t.link {
-                            r.headers_mut().insert(header::LINK, link);
+            RepoRoute::Tags => match self.cache.tags(&up, &name, q.n, q.last.as_deref()).await {
+                Ok(t) => {
+                    let mut r = json_response(t.body, t.outcome, "application/json");
+                    if let Some(link) = t.link {
+                        r.headers_mut().insert(header::LINK, link);
+                    }
+                    r
+                }
+                Err(e) => rescue(&e, Resource::Repository),
+            },
+            RepoRoute::Referrers(digest) => {
+                match self.cache.referrers(&up, &name, &digest, q.artifact_type.as_deref()).await {
+                    Ok(list) => {
+                        let mut r = json_response(list.body, list.outcome, crate::cache::OCI_INDEX);
+                        if list.filtered {
+                            r.headers_mut().insert("oci-filters-applied", HeaderValue::from_static("artifactType"));
                         }
-                        if t.outcome == crate::cache::Outcome::Stale {
-                            r.headers_mut().insert(header::WARNING, HeaderValue::from_static("110 - \"Response is Stale\""));
-                        }
-                        r.extensions_mut().insert(Outcome::Cache(t.outcome));
                         r
                     }
-                    Err(e) => rescue(&e, Resource::Repository),
+                    Err(e) => rescue(&e, Resource::Manifest),
                 }
             }
         };
@@ -201,6 +279,17 @@ impl Registry {
         }
         resp
     }
+}
+
+/// A generated JSON answer (tag list, referrers), marked stale when it came from the cache.
+fn json_response(body: Bytes, outcome: crate::cache::Outcome, content_type: &'static str) -> Resp {
+    let mut r = Response::new(full(body));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if outcome == crate::cache::Outcome::Stale {
+        r.headers_mut().insert(header::WARNING, HeaderValue::from_static("110 - \"Response is Stale\""));
+    }
+    r.extensions_mut().insert(Outcome::Cache(outcome));
+    r
 }
 
 fn base() -> Resp {

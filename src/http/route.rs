@@ -13,16 +13,25 @@ use crate::oci::{Digest, ErrorCode, NameError, Reference, RepositoryName};
 pub enum Route {
     /// `GET /v2/`.
     Base,
-    /// `GET|HEAD /v2/<name>/manifests/<reference>`.
-    Manifest(RepositoryName, Reference),
-    /// `GET|HEAD /v2/<name>/blobs/<digest>`.
-    Blob(RepositoryName, Digest),
-    /// `GET /v2/<name>/tags/list`.
-    Tags(RepositoryName),
+    /// `/v2/<name>/…`: something of a repository.
+    Repo(RepositoryName, RepoRoute),
     /// `GET /metrics`: Prometheus text format.
     Metrics,
     /// `GET /healthz`: liveness.
     Healthz,
+}
+
+/// What of a repository a request asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RepoRoute {
+    /// `GET|HEAD /v2/<name>/manifests/<reference>`.
+    Manifest(Reference),
+    /// `GET|HEAD /v2/<name>/blobs/<digest>`.
+    Blob(Digest),
+    /// `GET /v2/<name>/tags/list`.
+    Tags,
+    /// `GET /v2/<name>/referrers/<digest>` (OCI 1.1).
+    Referrers(Digest),
 }
 
 impl Route {
@@ -30,9 +39,10 @@ impl Route {
     pub fn label(&self) -> &'static str {
         match self {
             Route::Base => "base",
-            Route::Manifest(..) => "manifest",
-            Route::Blob(..) => "blob",
-            Route::Tags(_) => "tags",
+            Route::Repo(_, RepoRoute::Manifest(_)) => "manifest",
+            Route::Repo(_, RepoRoute::Blob(_)) => "blob",
+            Route::Repo(_, RepoRoute::Tags) => "tags",
+            Route::Repo(_, RepoRoute::Referrers(_)) => "referrers",
             Route::Metrics => "metrics",
             Route::Healthz => "healthz",
         }
@@ -48,6 +58,8 @@ pub struct Query {
     pub n: Option<u32>,
     /// Tag list cursor.
     pub last: Option<String>,
+    /// Referrers filter.
+    pub artifact_type: Option<String>,
 }
 
 /// Why a request can't be routed: the status and OCI code the client gets.
@@ -100,9 +112,9 @@ pub fn route(method: &Method, path: &str) -> Result<Route, RouteError> {
     }
     let rest = rest.strip_prefix('/').ok_or_else(not_found)?;
     if let Some(name) = rest.strip_suffix("/tags/list") {
-        return Ok(Route::Tags(name.parse()?));
+        return Ok(Route::Repo(name.parse()?, RepoRoute::Tags));
     }
-    let split = ["/manifests/", "/blobs/"]
+    let split = ["/manifests/", "/blobs/", "/referrers/"]
         .iter()
         .filter_map(|sep| rest.rfind(sep).map(|i| (i, *sep)))
         .max_by_key(|(i, _)| *i);
@@ -110,13 +122,14 @@ pub fn route(method: &Method, path: &str) -> Result<Route, RouteError> {
     let name: RepositoryName = rest[..i].parse()?;
     let last = &rest[i + sep.len()..];
     match sep {
-        "/manifests/" => Ok(Route::Manifest(name, last.parse()?)),
+        "/manifests/" => Ok(Route::Repo(name, RepoRoute::Manifest(last.parse()?))),
+        "/referrers/" => Ok(Route::Repo(name, RepoRoute::Referrers(last.parse().map_err(NameError::from)?))),
         _ if last.starts_with("uploads") => Err(RouteError::new(
             http::StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Unsupported,
             "uploads are not supported: regcache is a read-only mirror",
         )),
-        _ => Ok(Route::Blob(name, last.parse().map_err(NameError::from)?)),
+        _ => Ok(Route::Repo(name, RepoRoute::Blob(last.parse().map_err(NameError::from)?))),
     }
 }
 
@@ -133,6 +146,7 @@ pub fn query(q: Option<&str>) -> Result<Query, RouteError> {
                 out.n = Some(n);
             }
             "last" => out.last = Some(v.into_owned()),
+            "artifactType" => out.artifact_type = Some(v.into_owned()),
             _ => {}
         }
     }
@@ -151,20 +165,16 @@ mod tests {
         let get = Method::GET;
         assert_eq!(route(&get, "/v2/"), Ok(Route::Base));
         assert_eq!(route(&get, "/v2"), Ok(Route::Base));
-        assert_eq!(
-            route(&get, "/v2/org/team/app/manifests/1.0"),
-            Ok(Route::Manifest("org/team/app".parse().unwrap(), "1.0".parse().unwrap()))
-        );
-        assert_eq!(
-            route(&Method::HEAD, &format!("/v2/alpine/blobs/{D}")),
-            Ok(Route::Blob("alpine".parse().unwrap(), D.parse().unwrap()))
-        );
+        let repo = |n: &str, r| Ok(Route::Repo(n.parse().unwrap(), r));
+        assert_eq!(route(&get, "/v2/org/team/app/manifests/1.0"), repo("org/team/app", RepoRoute::Manifest("1.0".parse().unwrap())));
+        assert_eq!(route(&Method::HEAD, &format!("/v2/alpine/blobs/{D}")), repo("alpine", RepoRoute::Blob(D.parse().unwrap())));
         // A repository may itself be called "manifests" or "blobs".
         assert_eq!(
             route(&get, "/v2/a/manifests/b/manifests/latest"),
-            Ok(Route::Manifest("a/manifests/b".parse().unwrap(), "latest".parse().unwrap()))
+            repo("a/manifests/b", RepoRoute::Manifest("latest".parse().unwrap()))
         );
-        assert_eq!(route(&get, "/v2/a/b/tags/list"), Ok(Route::Tags("a/b".parse().unwrap())));
+        assert_eq!(route(&get, "/v2/a/b/tags/list"), repo("a/b", RepoRoute::Tags));
+        assert_eq!(route(&get, &format!("/v2/ghcr.io/a/referrers/{D}")), repo("ghcr.io/a", RepoRoute::Referrers(D.parse().unwrap())));
         assert_eq!(route(&get, "/metrics"), Ok(Route::Metrics));
         assert_eq!(route(&Method::HEAD, "/healthz"), Ok(Route::Healthz));
     }
@@ -189,6 +199,7 @@ mod tests {
             (&Method::DELETE, "/v2/alpine/blobs/x", StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported),
             (&Method::PATCH, "/v2/", StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported),
             (&get, "/v2/alpine/blobs/uploads/1234", StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported),
+            (&get, "/v2/alpine/referrers/latest", StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
         ];
         for (m, p, status, code) in cases {
             let e = route(m, p).unwrap_err();
@@ -199,7 +210,8 @@ mod tests {
     #[test]
     fn queries() {
         assert_eq!(query(None).unwrap(), Query::default());
-        let q = query(Some("ns=docker.io&n=10&last=v1%2B2&x=y")).unwrap();
+        let q = query(Some("ns=docker.io&n=10&last=v1%2B2&x=y&artifactType=application%2Fx")).unwrap();
+        assert_eq!(q.artifact_type.as_deref(), Some("application/x"));
         assert_eq!(q.ns.as_deref(), Some("docker.io"));
         assert_eq!(q.n, Some(10));
         assert_eq!(q.last.as_deref(), Some("v1+2"));

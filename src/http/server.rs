@@ -1,5 +1,5 @@
-//! The accept loop: HTTP/1.1 and HTTP/2 (h2c) per connection, and graceful shutdown that lets running
-//! transfers finish for up to 30 seconds.
+//! The accept loops: HTTP/1.1 and HTTP/2 per connection (h2c, or ALPN over TLS), and graceful
+//! shutdown that lets running transfers finish for up to 30 seconds.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,15 +11,31 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use super::Registry;
+use super::{Registry, Surface};
 
 /// How long running transfers may go on after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(30);
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
 
-/// Serve `registry` on `listener` until `shutdown` resolves, then drain.
+/// Serve the registry API on `listener` until `shutdown` resolves, then drain and flush the index.
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: impl Future<Output = ()>) {
+    accept_loop(listener, registry.clone(), Surface::Main, shutdown).await;
+    let store = registry.cache().store();
+    if let Err(e) = store.flush_access().and_then(|_| store.index.flush()) {
+        tracing::error!(error = %e, "flushing the index failed");
+    }
+}
+
+/// Serve only `/metrics` and `/healthz` on `listener` until `shutdown` resolves.
+pub async fn serve_admin(listener: TcpListener, registry: Arc<Registry>, shutdown: impl Future<Output = ()>) {
+    accept_loop(listener, registry, Surface::Admin, shutdown).await;
+}
+
+async fn accept_loop(listener: TcpListener, registry: Arc<Registry>, surface: Surface, shutdown: impl Future<Output = ()>) {
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
+    let tls = if surface == Surface::Main { registry.tls().map(|t| t.acceptor().clone()) } else { None };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -35,11 +51,28 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: imp
                 };
                 let _ = stream.set_nodelay(true);
                 let registry = registry.clone();
-                let svc = service_fn(move |req| registry.clone().handle(req, peer));
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
+                let svc = service_fn(move |req| registry.clone().handle(req, peer, surface));
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let result = match tls {
+                        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await,
+                        Some(acceptor) => match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                            Ok(Ok(tls_stream)) => {
+                                watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), svc).into_owned()).await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        },
+                    };
+                    if let Err(e) = result {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });
@@ -48,12 +81,10 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: imp
         }
     }
     drop(listener);
-    tracing::info!("shutting down: no new connections; waiting up to {DRAIN:?} for running transfers");
+    if surface == Surface::Main {
+        tracing::info!("shutting down: no new connections; waiting up to {DRAIN:?} for running transfers");
+    }
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!("transfers still running after {DRAIN:?}; stopping anyway");
-    }
-    let store = registry.cache().store();
-    if let Err(e) = store.flush_access().and_then(|_| store.index.flush()) {
-        tracing::error!(error = %e, "flushing the index failed");
     }
 }

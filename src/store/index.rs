@@ -21,6 +21,7 @@ pub struct Index {
     manifests: sled::Tree,
     tags: sled::Tree,
     access: sled::Tree,
+    referrers: sled::Tree,
     /// Bytes of blobs and manifests indexed, kept up to date by every insert and removal.
     used: AtomicU64,
 }
@@ -79,6 +80,7 @@ impl Index {
         let manifests = db.open_tree("manifests").map_err(err)?;
         let tags = db.open_tree("tags").map_err(err)?;
         let access = db.open_tree("access").map_err(err)?;
+        let referrers = db.open_tree("referrers").map_err(err)?;
         let mut used = 0u64;
         for kv in blobs.iter() {
             let (_, v) = kv.map_err(err)?;
@@ -88,7 +90,7 @@ impl Index {
             let (_, v) = kv.map_err(err)?;
             used += v.len() as u64;
         }
-        Ok(Index { db, blobs, manifests, tags, access, used: AtomicU64::new(used) })
+        Ok(Index { db, blobs, manifests, tags, access, referrers, used: AtomicU64::new(used) })
     }
 
     /// The recorded size of a stored blob.
@@ -192,6 +194,18 @@ impl Index {
     pub fn put_tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, entry: &TagEntry) -> sled::Result<()> {
         let v = serde_json::to_vec(entry).unwrap_or_default();
         self.tags.insert(tag_key(upstream, repo, tag), v)?;
+        Ok(())
+    }
+
+    /// The last referrers list upstream gave for a manifest.
+    pub fn referrers(&self, upstream: &str, repo: &RepositoryName, digest: &Digest) -> sled::Result<Option<Bytes>> {
+        let key = format!("{upstream}\0{repo}\0{digest}");
+        Ok(self.referrers.get(key)?.map(|v| Bytes::copy_from_slice(&v)))
+    }
+
+    /// Remember a referrers list.
+    pub fn put_referrers(&self, upstream: &str, repo: &RepositoryName, digest: &Digest, body: &[u8]) -> sled::Result<()> {
+        self.referrers.insert(format!("{upstream}\0{repo}\0{digest}"), body)?;
         Ok(())
     }
 

@@ -33,6 +33,8 @@ pub struct Options {
     pub extra: String,
     /// Extra top-level keys.
     pub top: String,
+    /// More tables after the first upstream (`[[upstream]]` entries, `[access]`).
+    pub tail: String,
     pub data_dir: Option<PathBuf>,
 }
 
@@ -53,11 +55,12 @@ impl Mirror {
         };
         let creds = if opts.credentials { "username = \"ci\"\npassword = \"s3cret\"\n" } else { "" };
         let toml = format!(
-            "data_dir = {:?}\n{}\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n{creds}{}\n",
+            "data_dir = {:?}\n{}\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n{creds}{}\n{}\n",
             data_dir.display().to_string(),
             opts.top,
             reg.url(),
-            opts.extra
+            opts.extra,
+            opts.tail
         );
         let config = Config::from_toml(&toml, &Overrides::default(), Path::new(".")).expect("config");
         let registry = Registry::open(&config).expect("open registry");

@@ -1,3 +1,4 @@
+pub mod access;
 pub mod api;
 pub mod cli;
 pub mod coalescing;
@@ -7,3 +8,4 @@ pub mod faults;
 pub mod freshness;
 pub mod mirror;
 pub mod pull;
+pub mod routing;

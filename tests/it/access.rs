@@ -1,0 +1,59 @@
+//! Access control for the mirror itself: htpasswd Basic credentials and an address allow list.
+
+use base64::Engine as _;
+
+use crate::it::mirror::{error_code, Mirror, Options};
+use crate::support::fake_registry::FakeRegistry;
+use crate::support::images;
+
+fn basic(user: &str, pass: &str) -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
+}
+
+#[tokio::test]
+async fn clients_need_htpasswd_credentials() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 100);
+    let dir = tempfile::tempdir().unwrap();
+    let hash = bcrypt::hash("letmein", 4).unwrap().replacen("$2b$", "$2y$", 1);
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(&htpasswd, format!("dev:{hash}\n")).unwrap();
+    let tail = format!("[access]\nhtpasswd = {:?}\n", htpasswd.display().to_string());
+    let m = Mirror::start_with(&reg, Options { credentials: true, tail, ..Default::default() }).await;
+
+    let resp = m.get("/v2/").await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["www-authenticate"], "Basic realm=\"regcache\"");
+    let (status, code) = error_code(m.get_manifest("alpine", "3").await).await;
+    assert_eq!((status.as_u16(), code.as_str()), (401, "UNAUTHORIZED"));
+    let wrong = Mirror::client().get(format!("{}/v2/", m.url)).header("authorization", basic("dev", "nope")).send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(reg.requests().is_empty(), "nothing reaches upstream without credentials");
+
+    let ok = Mirror::client().get(format!("{}/v2/", m.url)).header("authorization", basic("dev", "letmein")).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let resp = Mirror::client()
+        .get(format!("{}/v2/alpine/manifests/3", m.url))
+        .header("authorization", basic("dev", "letmein"))
+        .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["docker-content-digest"], image.manifest.digest.as_str());
+    assert!(reg.requests().iter().all(|r| r.authorization.as_deref() != Some(basic("dev", "letmein").as_str())), "the client's credentials never go upstream");
+    assert_eq!(m.get("/healthz").await.status(), 200, "liveness needs no credentials");
+}
+
+#[tokio::test]
+async fn addresses_outside_the_allow_list_get_403() {
+    let reg = FakeRegistry::start().await;
+    images::schema2_image(&reg, "library/alpine", "3", 1, 100);
+    let denied = Mirror::start_with(&reg, Options { credentials: true, tail: "[access]\nallow = [\"10.0.0.0/8\"]\n".into(), ..Default::default() }).await;
+    let (status, code) = error_code(denied.get_manifest("alpine", "3").await).await;
+    assert_eq!((status.as_u16(), code.as_str()), (403, "DENIED"));
+    assert_eq!(denied.get("/v2/").await.status(), 403);
+    assert!(reg.requests().is_empty());
+    let allowed = Mirror::start_with(&reg, Options { credentials: true, tail: "[access]\nallow = [\"127.0.0.0/8\"]\n".into(), ..Default::default() }).await;
+    assert_eq!(allowed.get_manifest("alpine", "3").await.status(), 200);
+}
