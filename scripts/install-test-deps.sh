@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the end-to-end suite (tests/e2e) needs. Idempotent; run as root.
 # Debian 12: docker.io, containerd, skopeo, docker-registry (distribution), nginx-light,
-# openssl, plus pytest / pyjwt / cryptography for python3.
+# openssl, systemd (systemd-analyze), plus pytest / pyjwt / cryptography / pyyaml / bcrypt for python3.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -11,7 +11,7 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 
-PKGS=(docker.io containerd runc skopeo docker-registry nginx-light openssl ca-certificates)
+PKGS=(docker.io containerd runc skopeo docker-registry nginx-light openssl ca-certificates systemd)
 
 need_apt=0
 for p in "${PKGS[@]}"; do
@@ -37,8 +37,8 @@ if [ "$need_apt" = 1 ]; then
 fi
 
 # Python test dependencies for the interpreter that runs the suite (python3 on PATH).
-PY_PKGS=('pytest>=7' 'pyjwt>=2.6' 'cryptography>=38')
-if ! python3 -c 'import pytest, jwt, cryptography' 2>/dev/null; then
+PY_PKGS=('pytest>=7' 'pyjwt>=2.6' 'cryptography>=38' 'pyyaml>=6' 'bcrypt>=4')
+if ! python3 -c 'import pytest, jwt, cryptography, yaml, bcrypt' 2>/dev/null; then
     if ! python3 -m pip --version >/dev/null 2>&1; then
         # Debian's own python3 comes without pip
         apt-get update
@@ -48,10 +48,10 @@ if ! python3 -c 'import pytest, jwt, cryptography' 2>/dev/null; then
     python3 -m pip install --disable-pip-version-check "${PY_PKGS[@]}" \
         || python3 -m pip install --disable-pip-version-check \
                --break-system-packages "${PY_PKGS[@]}"
-    python3 -c 'import pytest, jwt, cryptography'
+    python3 -c 'import pytest, jwt, cryptography, yaml, bcrypt'
 fi
 
-for b in dockerd containerd ctr skopeo docker-registry nginx openssl; do
+for b in dockerd containerd ctr skopeo docker-registry nginx openssl systemd-analyze; do
     command -v "$b" >/dev/null || { echo "install-test-deps.sh: $b missing after install" >&2; exit 1; }
 done
 echo "install-test-deps.sh: test dependencies present"
