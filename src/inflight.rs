@@ -311,7 +311,8 @@ impl FillJob {
             } else {
                 match write_batch(temp.file().clone(), written, batch, hasher).await? {
                     Ok(h) => hasher = h,
-                    Err((h, batch, e)) => {
+                    Err(failed) => {
+                        let WriteFailed(h, batch, e) = *failed;
                         tracing::warn!(digest = %self.digest, error = %e, "writing the blob failed; passing it through without storing");
                         *self.fill.relay.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some(Relay { disk_end: written, base: written, chunks: VecDeque::new(), len: 0 });
@@ -410,6 +411,9 @@ async fn hash_batch(batch: &[Bytes], mut hasher: Hasher) -> Result<Hasher, FillE
     .map_err(|e| FillError::Disk(e.to_string()))
 }
 
+/// A batch that could not be written: the hasher without it, the batch, and why.
+struct WriteFailed(Hasher, Vec<Bytes>, io::Error);
+
 /// Write `batch` at `offset`, then feed it to `hasher`, off the async threads. A write failure gives
 /// back the hasher (without this batch) and the batch, so the fill can pass it through instead.
 async fn write_batch(
@@ -417,12 +421,12 @@ async fn write_batch(
     offset: u64,
     batch: Vec<Bytes>,
     mut hasher: Hasher,
-) -> Result<Result<Hasher, (Hasher, Vec<Bytes>, io::Error)>, FillError> {
+) -> Result<Result<Hasher, Box<WriteFailed>>, FillError> {
     tokio::task::spawn_blocking(move || {
         let mut off = offset;
         for b in &batch {
             if let Err(e) = file.write_all_at(b, off) {
-                return Err((hasher, batch, e));
+                return Err(Box::new(WriteFailed(hasher, batch, e)));
             }
             off += b.len() as u64;
         }

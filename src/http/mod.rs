@@ -203,9 +203,11 @@ impl Registry {
     /// The upstream a repository request goes to, and the name to ask it for: containerd's `?ns=`,
     /// else a registry host as the first path component (`/v2/ghcr.io/org/app/…`), else the first
     /// upstream. A registry that isn't configured is a 404 and causes no connection.
-    fn select(&self, ns: Option<&str>, name: RepositoryName) -> Result<(Arc<Upstream>, RepositoryName), Resp> {
-        let unknown = |host: &str| {
-            oci_error(StatusCode::NOT_FOUND, ErrorCode::NameUnknown, &format!("registry {host:?} is not mirrored here"), serde_json::Value::Null)
+    fn select(&self, ns: Option<&str>, name: RepositoryName) -> Result<(Arc<Upstream>, RepositoryName), RouteError> {
+        let unknown = |host: &str| RouteError {
+            status: StatusCode::NOT_FOUND,
+            code: ErrorCode::NameUnknown,
+            message: format!("registry {host:?} is not mirrored here"),
         };
         if let Some(ns) = ns {
             return self.cache.upstream(Some(ns)).map(|u| (u.clone(), name)).ok_or_else(|| unknown(ns));
@@ -213,8 +215,7 @@ impl Registry {
         let (first, rest) = name.as_str().split_once('/').unwrap_or((name.as_str(), ""));
         if first.contains('.') || first == "localhost" {
             let up = self.cache.upstream(Some(first)).ok_or_else(|| unknown(first))?;
-            let rest: RepositoryName = rest.parse().map_err(|e| route_error(&RouteError::from(e)))?;
-            return Ok((up.clone(), rest));
+            return Ok((up.clone(), rest.parse()?));
         }
         let up = self.cache.upstream(None).ok_or_else(|| unknown("(none configured)"))?;
         Ok((up.clone(), name))
@@ -232,7 +233,7 @@ impl Registry {
         };
         let (up, name) = match self.select(q.ns.as_deref(), name) {
             Ok(x) => x,
-            Err(r) => return r,
+            Err(e) => return route_error(&e),
         };
         let mut resp = match what {
             RepoRoute::Manifest(reference) => {

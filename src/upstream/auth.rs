@@ -187,7 +187,7 @@ impl Auth {
         if realm.scheme() == "http" && self.upstream.url.scheme() == "https" {
             return false;
         }
-        if host == own || self.upstream.auth_hosts.iter().any(|h| *h == host) {
+        if host == own || self.upstream.auth_hosts.contains(&host) {
             return true;
         }
         let is_ip = |h: &str| h.parse::<std::net::IpAddr>().is_ok() || h.starts_with('[');
