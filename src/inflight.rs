@@ -23,8 +23,8 @@ use crate::upstream::{Upstream, UpstreamError};
 
 /// How many bytes of a fill are gathered before one write to disk.
 const WRITE_BATCH: usize = 512 * 1024;
-/// How many bytes a reader reads from disk at once.
-const READ_CHUNK: usize = 256 * 1024;
+/// How many bytes a reader maps from disk at once.
+const READ_CHUNK: usize = 512 * 1024;
 /// How many bytes a fill whose disk failed keeps in memory for readers that are behind.
 const RELAY_WINDOW: u64 = 8 * 1024 * 1024;
 
@@ -439,6 +439,17 @@ async fn write_batch(
     .map_err(|e| FillError::Disk(e.to_string()))
 }
 
+/// `[pos, pos + n)` of `file` as bytes without copying them: a read-only map of that range, faulted
+/// in here (a blocking context) so that sending it doesn't block an async thread on the disk. The
+/// map is unmapped when the last slice of it is dropped.
+fn map_range(file: &File, pos: u64, n: usize) -> io::Result<Bytes> {
+    // SAFETY: the range lies within what has been written to the file, and regcache never changes
+    // written bytes or shortens a file: temporary files only grow, stored blobs are immutable and
+    // only ever unlinked (which keeps the pages of an open file valid).
+    let map = unsafe { memmap2::MmapOptions::new().offset(pos).len(n).populate().map(file)? };
+    Ok(Bytes::from_owner(map))
+}
+
 /// The `Content-Length` of a response, if valid.
 pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
@@ -531,13 +542,7 @@ impl BlobReader {
         let n = (available - self.pos).min(READ_CHUNK as u64) as usize;
         let file = self.file.clone();
         let pos = self.pos;
-        let read = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; n];
-            file.read_exact_at(&mut buf, pos).map(|_| Bytes::from(buf))
-        })
-        .await
-        .map_err(io::Error::other)
-        .and_then(|r| r);
+        let read = tokio::task::spawn_blocking(move || map_range(&file, pos, n)).await.map_err(io::Error::other).and_then(|r| r);
         if read.is_ok() {
             self.advance(n as u64);
         }

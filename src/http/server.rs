@@ -15,6 +15,8 @@ use super::{Registry, Surface};
 
 /// How long running transfers may go on after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(30);
+/// The most a connection queues before hyper stops asking the body for more.
+const MAX_QUEUED: usize = 128 * 1024;
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
@@ -33,7 +35,10 @@ pub async fn serve_admin(listener: TcpListener, registry: Arc<Registry>, shutdow
 }
 
 async fn accept_loop(listener: TcpListener, registry: Arc<Registry>, surface: Surface, shutdown: impl Future<Output = ()>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper keeps polling a body while less than this is queued for a connection: a small queue
+    // keeps memory per connection flat however many clients download at once.
+    builder.http1().max_buf_size(MAX_QUEUED);
     let graceful = GracefulShutdown::new();
     let tls = if surface == Surface::Main { registry.tls().map(|t| t.acceptor().clone()) } else { None };
     tokio::pin!(shutdown);

@@ -17,8 +17,7 @@ async fn eviction_keeps_the_most_recently_used() {
     m.blob("big", &a).await.unwrap(); // a is now more recent than b and c
     m.blob("big", &d).await.unwrap(); // 400 kB > 350 kB: evict the least recent, b
     eventually("b evicted", || !m.has_blob(&b)).await;
-    let metrics = m.get("/metrics").await.text().await.unwrap();
-    assert!(metrics.contains("regcache_evictions_total 1"), "{metrics}");
+    m.metrics_with("regcache_evictions_total 1\n").await;
     assert!(m.has_blob(&a), "recently used content stays");
     assert!(m.has_blob(&c));
     assert!(m.has_blob(&d), "the newest blob stays");

@@ -135,6 +135,19 @@ impl Mirror {
         out
     }
 
+    /// The metrics text once it contains `needle` (bounded wait: background work updates them).
+    pub async fn metrics_with(&self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = self.get("/metrics").await.text().await.expect("metrics");
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "metrics never showed {needle:?}:\n{text}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn tmp_files(&self) -> usize {
         std::fs::read_dir(self.data_dir.join("tmp")).map(|d| d.count()).unwrap_or(0)
     }

@@ -197,28 +197,34 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
 class ContainerdClient:
     name = "containerd"
 
-    def __init__(self, workdir, mirror, daemon):
+    def __init__(self, workdir, mirror, daemon, registries=("docker.io",)):
+        """registries: one <hosts-dir>/<registry>/hosts.toml each, all naming `mirror` (containerd
+        then sends ?ns=<registry> to it)."""
         self.daemon = daemon
         self.mirror = mirror
         self.hosts_dir = os.path.join(workdir, "ctr-hosts", mirror.name)
-        os.makedirs(os.path.join(self.hosts_dir, "docker.io"), exist_ok=True)
-        with open(os.path.join(self.hosts_dir, "docker.io", "hosts.toml"), "w") as f:
-            f.write('server = "https://registry-1.docker.io"\n\n'
-                    f'[host."{mirror.url}"]\n  capabilities = ["pull", "resolve"]\n')
-            if mirror.ca_file:
-                f.write(f'  ca = "{mirror.ca_file}"\n')
+        for reg in registries:
+            os.makedirs(os.path.join(self.hosts_dir, reg), exist_ok=True)
+            server = "https://registry-1.docker.io" if reg == "docker.io" else f"https://{reg}"
+            with open(os.path.join(self.hosts_dir, reg, "hosts.toml"), "w") as f:
+                f.write(f'server = "{server}"\n\n'
+                        f'[host."{mirror.url}"]\n  capabilities = ["pull", "resolve"]\n')
+                if mirror.ca_file:
+                    f.write(f'  ca = "{mirror.ca_file}"\n')
         self.log = os.path.join(daemon.dir, "commands.log")
 
     def _ctr(self, ns, *args, check=True, timeout=600):
         return run([self.daemon.ctr, "-a", self.daemon.sock, "-n", ns, *args], timeout=timeout,
                    check=check, log=self.log, env=dict(os.environ, CONTAINERD_SNAPSHOTTER="native"))
 
-    def pull(self, img, by_digest=False):
+    def pull(self, img, by_digest=False, user=None):
+        """user: "name:password" for the mirror's Basic auth (ctr --user)."""
         ref = img.full_ref(by_digest)
         ns = f"e2e{next(_counter)}"
         self.daemon.proc.check_alive()
-        r = self._ctr(ns, "images", "pull", "--snapshotter", "native", "--hosts-dir", self.hosts_dir, ref,
-                      check=False)
+        creds = ["--user", user] if user else []
+        r = self._ctr(ns, "images", "pull", "--snapshotter", "native", "--hosts-dir", self.hosts_dir, *creds,
+                      ref, check=False)
         try:
             if r.rc != 0:
                 return PullResult("containerd", ref, False, cmd=r)
@@ -247,17 +253,21 @@ class ContainerdClient:
 class SkopeoClient:
     name = "skopeo"
 
-    def __init__(self, workdir, mirror, pki):
+    def __init__(self, workdir, mirror, pki, registries=("docker.io",), path_prefix=False):
+        """registries: one [[registry]] each with `mirror` as its mirror; path_prefix: the mirror
+        location is "<mirror>/<registry>", so requests go to /v2/<registry>/<name>/..."""
         self.skopeo = require_tool("skopeo", "skopeo")
         self.dir = os.path.join(workdir, "skopeo", mirror.name)
         os.makedirs(self.dir, exist_ok=True)
         self.mirror, self.pki = mirror, pki
         self.conf = os.path.join(self.dir, "registries.conf")
         with open(self.conf, "w") as f:
-            f.write('unqualified-search-registries = ["docker.io"]\nshort-name-mode = "permissive"\n\n'
-                    '[[registry]]\nprefix = "docker.io"\nlocation = "docker.io"\n\n'
-                    f'[[registry.mirror]]\nlocation = "{mirror.hostport}"\n'
-                    f'insecure = {"true" if mirror.scheme == "http" else "false"}\n')
+            f.write('unqualified-search-registries = ["docker.io"]\nshort-name-mode = "permissive"\n')
+            for reg in registries:
+                loc = f"{mirror.hostport}/{reg}" if path_prefix else mirror.hostport
+                f.write(f'\n[[registry]]\nprefix = "{reg}"\nlocation = "{reg}"\n\n'
+                        f'[[registry.mirror]]\nlocation = "{loc}"\n'
+                        f'insecure = {"true" if mirror.scheme == "http" else "false"}\n')
         self.policy = os.path.join(self.dir, "policy.json")
         with open(self.policy, "w") as f:
             json.dump({"default": [{"type": "insecureAcceptAnything"}]}, f)
@@ -270,8 +280,10 @@ class SkopeoClient:
         return [self.skopeo, "--registries-conf", self.conf, "--policy", self.policy,
                 "--tmpdir", self.dir]
 
-    def copy_argv(self, img, dest, by_digest=False):
-        argv = self.base_argv() + ["copy", "--src-no-creds", "--retry-times", "0"]
+    def copy_argv(self, img, dest, by_digest=False, creds=None):
+        """creds: "name:password" for the mirror (--src-creds); default --src-no-creds."""
+        argv = self.base_argv() + ["copy", *(["--src-creds", creds] if creds else ["--src-no-creds"]),
+                                   "--retry-times", "0"]
         if self.mirror.ca_file:
             argv += ["--src-cert-dir", self.pki.cert_dir]
         if img.is_list:
@@ -281,9 +293,9 @@ class SkopeoClient:
         target = f"oci:{dest}:{img.tag}" if img.is_oci else f"dir:{dest}"
         return argv + [f"docker://{img.full_ref(by_digest)}", target]
 
-    def pull(self, img, by_digest=False):
+    def pull(self, img, by_digest=False, creds=None):
         dest = os.path.join(self.dir, f"p{next(_counter)}")
-        r = run(self.copy_argv(img, dest, by_digest), timeout=600, env=self.env, check=False, log=self.log)
+        r = run(self.copy_argv(img, dest, by_digest, creds), timeout=600, env=self.env, check=False, log=self.log)
         try:
             if r.rc != 0:
                 return PullResult("skopeo", img.full_ref(by_digest), False, cmd=r)

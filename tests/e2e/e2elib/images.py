@@ -65,17 +65,21 @@ class TestImage:
     platforms: dict = field(default_factory=dict)   # "linux/amd64" -> PlatformImage
     attestations: list = field(default_factory=list)  # PlatformImage with platform unknown/unknown
     blobs: dict = field(default_factory=dict)       # digest -> Blob (every blob of every manifest)
+    registry: str = "docker.io"   # the registry host clients name it by (ghcr.io: the second registry)
 
     # --- names as the clients spell them (plain Docker Hub names) ---
     @property
     def short(self):
+        if self.registry != "docker.io":
+            return f"{self.registry}/{self.repo}"
         return self.repo[len("library/"):] if self.repo.startswith("library/") else self.repo
 
     def docker_ref(self, by_digest=False):
         return f"{self.short}@{self.digest}" if by_digest else f"{self.short}:{self.tag}"
 
     def full_ref(self, by_digest=False):
-        return f"docker.io/{self.repo}@{self.digest}" if by_digest else f"docker.io/{self.repo}:{self.tag}"
+        return (f"{self.registry}/{self.repo}@{self.digest}" if by_digest
+                else f"{self.registry}/{self.repo}:{self.tag}")
 
     @property
     def is_list(self):
@@ -278,6 +282,34 @@ def build_catalog(cache_dir):
                               [_rootfs_entries("private", "amd64"),
                                [("app", None, 0o755), ("app/secret.txt", b"only regcache may fetch this\n", 0o600)]])
     # every blob must belong to exactly one image, so per-image request counts are unambiguous
+    seen = {}
+    for k, img in imgs.items():
+        for d in img.blobs:
+            assert d not in seen, f"blob {d} shared by {seen[d]} and {k}"
+            seen[d] = k
+    return imgs
+
+
+def build_second_catalog(cache_dir, registry="ghcr.io"):
+    """Images of the SECOND upstream registry (clients call it `registry`), plus the first
+    registry's own image under the same name as one of them:
+
+      second["alpine"]   registry/library/alpine:3   Docker v2, NOT the first registry's alpine:3
+      second["app"]      registry/org/app:1.0        OCI index amd64+arm64
+      second["hub-app"]  docker.io/org/app:1.0       single OCI manifest, pushed to the FIRST registry
+
+    Same repository names on both registries with different content: a request routed to the
+    wrong registry yields the wrong digest instead of an error. No blob is shared with
+    build_catalog's images or between these."""
+    store = _Store(os.path.join(cache_dir, "blobs"))
+    imgs = {}
+    imgs["alpine"] = _single("alpine", "library/alpine", "3", store, f"{registry}-alpine", False,
+                             [_rootfs_entries(f"{registry}-alpine", "amd64"),
+                              [("etc", None, 0o755), ("etc/registry", f"{registry}\n".encode(), 0o644)]])
+    imgs["app"] = _index("app", "org/app", "1.0", store, f"{registry}-app", oci=True, attest=False)
+    imgs["hub-app"] = _single("hub-app", "org/app", "1.0", store, "docker.io-app", True,
+                              [_rootfs_entries("docker.io-app", "amd64")])
+    imgs["alpine"].registry = imgs["app"].registry = registry
     seen = {}
     for k, img in imgs.items():
         for d in img.blobs:

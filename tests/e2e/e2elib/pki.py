@@ -38,6 +38,14 @@ class PKI:
             dst.write(src.read())
         return self
 
+    def issue_server_cert(self, name, cn, sans="IP:127.0.0.1,DNS:localhost"):
+        """Another TLS server certificate from the suite's CA (a new serial each time):
+        returns (cert path, key path) as {dir}/{name}.pem and {dir}/{name}.key."""
+        self._leaf(name, f"/CN={cn}",
+                   [f"subjectAltName={sans}", "extendedKeyUsage=serverAuth",
+                    "keyUsage=critical,digitalSignature,keyEncipherment", "basicConstraints=CA:FALSE"])
+        return os.path.join(self.dir, f"{name}.pem"), os.path.join(self.dir, f"{name}.key")
+
     def _leaf(self, name, subj, exts):
         d = self.dir
         key, csr, crt, ext = (os.path.join(d, f"{name}.{s}") for s in ("key", "csr", "pem", "ext"))

@@ -1,5 +1,7 @@
 """Running the regcache binary under test."""
 import hashlib
+import http.client
+import ipaddress
 import os
 import re
 
@@ -7,7 +9,7 @@ import pytest
 
 from .procs import ManagedProcess
 from .upstream import REGCACHE_PASSWORD, REGCACHE_USER
-from .util import free_port, http_request, wait_until
+from .util import free_port, http_request, ssl_context, wait_until
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 
@@ -23,35 +25,100 @@ def regcache_bin():
 
 
 class Regcache:
-    def __init__(self, name, workdir, upstream, pki):
+    """One regcache server with its own data dir and config.
+
+    Defaults (what most tests use): plain HTTP on a free port, one upstream `docker.io` = the
+    suite's registry.  Keyword options for the other features:
+      upstreams  [(name, Upstream), ...]: every [[upstream]] in order (the first serves plain
+                 /v2/<name>/ requests); each gets regcache's credentials and the suite's CA
+      tls        (cert, key) paths: serve HTTPS ([tls])
+      htpasswd   path of a bcrypt htpasswd file ([access] htpasswd)
+      allow      ["CIDR", ...] ([access] allow)
+      admin      True: admin_listen on another free port (self.admin_port)
+    """
+
+    def __init__(self, name, workdir, upstream, pki, *, upstreams=None, tls=None, htpasswd=None,
+                 allow=None, admin=False):
         self.name = name
+        self.pki = pki
         self.dir = os.path.join(workdir, name)
         self.data_dir = os.path.join(self.dir, "data")
         os.makedirs(self.data_dir, exist_ok=True)
         self.port = free_port()
+        self.admin_port = free_port() if admin else None
+        self.tls = tls
+        self.allow = list(allow or [])
         self.config = os.path.join(self.dir, "regcache.toml")
         self.log = os.path.join(self.dir, "regcache.log")
-        with open(self.config, "w") as f:
-            f.write(f"""listen = "127.0.0.1:{self.port}"
+        text = f"""listen = "127.0.0.1:{self.port}"
 data_dir = "{self.data_dir}"
-
+"""
+        if self.admin_port:
+            text += f'admin_listen = "127.0.0.1:{self.admin_port}"\n'
+        if tls:
+            text += f'\n[tls]\ncert = "{tls[0]}"\nkey = "{tls[1]}"\n'
+        if htpasswd or allow:
+            text += "\n[access]\n"
+            if htpasswd:
+                text += f'htpasswd = "{htpasswd}"\n'
+            if allow:
+                text += "allow = [" + ", ".join(f'"{a}"' for a in allow) + "]\n"
+        for up_name, up in (upstreams or [("docker.io", upstream)]):
+            text += f"""
 [[upstream]]
-name = "docker.io"
-url = "{upstream.registry_url}"
+name = "{up_name}"
+url = "{up.registry_url}"
 username = "{REGCACHE_USER}"
 password = "{REGCACHE_PASSWORD}"
 ca_file = "{pki.ca_cert}"
-""")
+"""
+        with open(self.config, "w") as f:
+            f.write(text)
         self.proc = ManagedProcess(name, [regcache_bin(), "serve", "--config", self.config], self.log)
         self.fetched = set()     # model: blobs this instance has already pulled from upstream
+
+    @property
+    def scheme(self):
+        return "https" if self.tls else "http"
+
+    @property
+    def url(self):
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def _probe(self):
+        """A request that needs no credentials from an address the allow list admits."""
+        if not (self.tls or self.allow or self.admin_port):
+            return http_request("127.0.0.1", self.port, "GET", "/v2/", timeout=5)[0] == 200
+        src = None
+        if self.allow and not any(ipaddress.ip_address("127.0.0.1") in ipaddress.ip_network(a, strict=False)
+                                  for a in self.allow):
+            src = str(next(ipaddress.ip_network(a, strict=False) for a in self.allow
+                           if ipaddress.ip_network(a, strict=False).version == 4)[0])
+        if self.tls:
+            ctx = ssl_context(self.pki.ca_cert)
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=ctx, timeout=5,
+                                               source_address=(src, 0) if src else None)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5,
+                                              source_address=(src, 0) if src else None)
+        try:
+            conn.request("GET", "/healthz")
+            r = conn.getresponse()
+            r.read()
+            main_ok = r.status == 200
+        finally:
+            conn.close()
+        if self.admin_port:
+            return main_ok and http_request("127.0.0.1", self.admin_port, "GET", "/healthz", timeout=5)[0] == 200
+        return main_ok
 
     def start(self):
         self.proc.start()
 
         def ready():
             self.proc.check_alive()
-            return http_request("127.0.0.1", self.port, "GET", "/v2/", timeout=5)[0] == 200
-        wait_until(ready, 60, f"{self.name} to answer GET /v2/ with 200")
+            return self._probe()
+        wait_until(ready, 60, f"{self.name} to answer on 127.0.0.1:{self.port}")
         return self
 
     def stop(self):

@@ -18,8 +18,13 @@ TOKEN_SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tokense
 
 
 class Upstream:
-    def __init__(self, workdir, pki, big_blob_digest):
-        self.dir = os.path.join(workdir, "upstream")
+    """name: its directory under workdir (a second registry gets its own: storage, token
+    server, CDN, logs); service: the token service name its registry and token server use."""
+
+    def __init__(self, workdir, pki, big_blob_digest, name="upstream", service=SERVICE):
+        self.name = name
+        self.service = service
+        self.dir = os.path.join(workdir, name)
         self.pki = pki
         self.storage = os.path.join(self.dir, "storage")
         os.makedirs(self.storage, exist_ok=True)
@@ -37,6 +42,10 @@ class Upstream:
         self._write_configs()
 
     # ------------------------------------------------------------ configs
+    @property
+    def _suffix(self):
+        return "" if self.name == "upstream" else f"-{self.name}"
+
     @property
     def registry_url(self):
         return f"https://127.0.0.1:{self.reg_port}"
@@ -73,7 +82,7 @@ http:
 auth:
   token:
     realm: {self.realm}
-    service: {SERVICE}
+    service: {self.service}
     issuer: {ISSUER}
     rootcertbundle: {self.pki.ca_cert}
 middleware:
@@ -137,19 +146,19 @@ http {{
         require_tool("openssl", "openssl")
         if "token" not in self.procs:
             self.procs["token"] = ManagedProcess(
-                "token-server",
+                f"token-server{self._suffix}",
                 [sys.executable, TOKEN_SERVER, "--listen", f"127.0.0.1:{self.token_port}",
                  "--tls-cert", self.pki.server_cert, "--tls-key", self.pki.server_key,
                  "--sign-cert", self.pki.token_cert, "--sign-key", self.pki.token_key,
-                 "--issuer", ISSUER, "--service", SERVICE, "--log", self.token_log,
+                 "--issuer", ISSUER, "--service", self.service, "--log", self.token_log,
                  "--user", f"{REGCACHE_USER}:{REGCACHE_PASSWORD}:pull",
                  "--user", f"{PUSH_USER}:{PUSH_PASSWORD}:pull,push"],
                 os.path.join(self.dir, "token-server.log"))
             self.procs["registry"] = ManagedProcess(
-                "registry", [reg, "serve", self.registry_config], self.registry_log,
+                f"registry{self._suffix}", [reg, "serve", self.registry_config], self.registry_log,
                 stdout_path=self.registry_access_log)
             self.procs["cdn"] = ManagedProcess(
-                "nginx-cdn", [ngx, "-p", os.path.join(self.dir, "nginx"), "-c", self.nginx_config],
+                f"nginx-cdn{self._suffix}", [ngx, "-p", os.path.join(self.dir, "nginx"), "-c", self.nginx_config],
                 os.path.join(self.dir, "nginx.stderr.log"))
         for p in self.procs.values():
             p.start()
