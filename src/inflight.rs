@@ -23,8 +23,11 @@ use crate::upstream::{Upstream, UpstreamError};
 
 /// How many bytes of a fill are gathered before one write to disk.
 const WRITE_BATCH: usize = 512 * 1024;
-/// How many bytes a reader maps from disk at once.
-const READ_CHUNK: usize = 512 * 1024;
+/// How many bytes a reader of a stored blob maps at once: large, for throughput.
+const HIT_CHUNK: usize = 256 * 1024;
+/// How many bytes a reader following a fill maps at once: small, because a crowd of clients follows
+/// one fill, and each holds one chunk in memory.
+const FOLLOW_CHUNK: usize = 128 * 1024;
 /// How many bytes a fill whose disk failed keeps in memory for readers that are behind.
 const RELAY_WINDOW: u64 = 8 * 1024 * 1024;
 
@@ -465,6 +468,8 @@ pub struct BlobReader {
     fill: Option<(Arc<Fill>, watch::Receiver<FillState>)>,
     /// This reader's position, published to the fill it follows.
     published: Option<Arc<AtomicU64>>,
+    /// How much to map at once.
+    chunk: usize,
     /// Keeps the blob from being evicted while it is read.
     _in_use: InUse,
 }
@@ -474,7 +479,15 @@ impl BlobReader {
     pub fn stored(store: &Store, digest: &Digest, file: File, start: u64, end: u64) -> BlobReader {
         let in_use = store.usage.hold(digest);
         store.usage.touch(digest);
-        BlobReader { file: Arc::new(file), pos: start, end: Some(end), fill: None, published: None, _in_use: in_use }
+        BlobReader {
+            file: Arc::new(file),
+            pos: start,
+            end: Some(end),
+            fill: None,
+            published: None,
+            chunk: HIT_CHUNK,
+            _in_use: in_use,
+        }
     }
 
     /// A reader of `[start, end)` of a running fill (`end` = `None`: to the end, whatever it is).
@@ -489,6 +502,7 @@ impl BlobReader {
             end,
             fill: Some((fill, rx)),
             published: Some(published),
+            chunk: FOLLOW_CHUNK,
             _in_use: in_use,
         }
     }
@@ -539,7 +553,7 @@ impl BlobReader {
                 return Some(Err(io::Error::other("client fell behind while the blob was passed through")))
             }
         };
-        let n = (available - self.pos).min(READ_CHUNK as u64) as usize;
+        let n = (available - self.pos).min(self.chunk as u64) as usize;
         let file = self.file.clone();
         let pos = self.pos;
         let read = tokio::task::spawn_blocking(move || map_range(&file, pos, n)).await.map_err(io::Error::other).and_then(|r| r);
