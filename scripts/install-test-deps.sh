@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the end-to-end suite (tests/e2e) needs. Idempotent; run as root.
 # Debian 12: docker.io, containerd, skopeo, docker-registry (distribution), nginx-light,
-# openssl, systemd (systemd-analyze), plus pytest / pyjwt / cryptography / pyyaml / bcrypt for python3.
+# openssl, curl, systemd (systemd-analyze), plus pytest / pyjwt / cryptography / pyyaml / bcrypt for python3.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -11,7 +11,7 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 
-PKGS=(docker.io containerd runc skopeo docker-registry nginx-light openssl ca-certificates systemd)
+PKGS=(docker.io containerd runc skopeo docker-registry nginx-light openssl curl ca-certificates systemd)
 
 need_apt=0
 for p in "${PKGS[@]}"; do
@@ -51,7 +51,7 @@ if ! python3 -c 'import pytest, jwt, cryptography, yaml, bcrypt' 2>/dev/null; th
     python3 -c 'import pytest, jwt, cryptography, yaml, bcrypt'
 fi
 
-for b in dockerd containerd ctr skopeo docker-registry nginx openssl systemd-analyze; do
+for b in dockerd containerd ctr skopeo docker-registry nginx openssl curl systemd-analyze; do
     command -v "$b" >/dev/null || { echo "install-test-deps.sh: $b missing after install" >&2; exit 1; }
 done
 echo "install-test-deps.sh: test dependencies present"

@@ -340,7 +340,10 @@ pub fn load_certified_key(files: &TlsFiles) -> Result<rustls::sign::CertifiedKey
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| format!("tls key {}: {e}", files.key.display()))?;
     let ck = rustls::sign::CertifiedKey::new(certs, signing);
-    ck.keys_match().map_err(|e| format!("tls cert and key don't match: {e}"))?;
+    ck.keys_match().map_err(|e| match e {
+        rustls::Error::InvalidCertificate(_) => format!("tls cert {}: not a valid certificate: {e}", files.cert.display()),
+        _ => format!("tls cert {} and key {} don't match: {e}", files.cert.display(), files.key.display()),
+    })?;
     Ok(ck)
 }
 

@@ -145,8 +145,13 @@ impl Registry {
         let route = resp.extensions().get::<RouteLabel>().map_or("other", |r| r.0);
         let status = resp.status();
         let metrics = self.metrics.clone();
+        let expected = if method == Method::HEAD {
+            Some(0)
+        } else {
+            resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+        };
         Ok(resp.map(|body| {
-            logged(body, move |bytes, complete| {
+            logged(body, expected, move |bytes, complete| {
                 let cache_outcome = match outcome {
                     Outcome::Cache(o) => Some(o.as_str()),
                     _ => None,
@@ -365,22 +370,25 @@ fn blob_response(a: BlobAnswer, digest: &crate::oci::Digest) -> Resp {
 }
 
 /// A body that counts what it sends and calls `done(bytes, complete)` once, when it ends or is
-/// dropped (a client that went away).
+/// dropped (a client that went away). Complete means every byte announced was sent (hyper stops
+/// polling a body once its `Content-Length` is reached) or the body said it ended.
 struct Logged<F: FnOnce(u64, bool)> {
     inner: Body,
     bytes: u64,
+    expected: Option<u64>,
     complete: bool,
     done: Option<F>,
 }
 
-fn logged<F: FnOnce(u64, bool) + Send + Sync + Unpin + 'static>(inner: Body, done: F) -> Body {
-    Logged { inner, bytes: 0, complete: false, done: Some(done) }.boxed()
+fn logged<F: FnOnce(u64, bool) + Send + Sync + Unpin + 'static>(inner: Body, expected: Option<u64>, done: F) -> Body {
+    Logged { inner, bytes: 0, expected, complete: false, done: Some(done) }.boxed()
 }
 
 impl<F: FnOnce(u64, bool)> Drop for Logged<F> {
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
-            done(self.bytes, self.complete);
+            let complete = self.complete || self.expected == Some(self.bytes);
+            done(self.bytes, complete);
         }
     }
 }
