@@ -32,10 +32,9 @@ async fn clients_need_htpasswd_credentials() {
 
     let ok = Mirror::client().get(format!("{}/v2/", m.url)).header("authorization", basic("dev", "letmein")).send().await.unwrap();
     assert_eq!(ok.status(), 200);
-    let resp = Mirror::client()
-        .get(format!("{}/v2/alpine/manifests/3", m.url))
+    let resp = m
+        .manifest_request(reqwest::Method::GET, "alpine", "3")
         .header("authorization", basic("dev", "letmein"))
-        .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
         .send()
         .await
         .unwrap();

@@ -60,12 +60,7 @@ async fn ns_routes_to_the_named_upstream_and_is_echoed() {
     let reg = FakeRegistry::start().await;
     let image = images::schema2_image(&reg, "library/alpine", "3", 1, 10);
     let m = Mirror::start(&reg).await;
-    let resp = Mirror::client()
-        .get(format!("{}/v2/library/alpine/manifests/3?ns=docker.io", m.url))
-        .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
-        .send()
-        .await
-        .unwrap();
+    let resp = m.manifest_request(reqwest::Method::GET, "library/alpine", "3?ns=docker.io").send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["oci-namespace"], "docker.io");
     assert_eq!(resp.headers()["docker-content-digest"], image.manifest.digest.as_str());

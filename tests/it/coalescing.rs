@@ -1,6 +1,6 @@
 //! Concurrent requests for the same missing blob share one upstream fetch.
 
-use crate::it::mirror::{eventually, Mirror};
+use crate::it::mirror::{eventually, spawn_get, Mirror};
 use crate::support::fake_registry::{Fault, FakeRegistry};
 use crate::support::images;
 
@@ -63,10 +63,7 @@ async fn a_late_joiner_gets_the_whole_blob_from_the_same_fill() {
     let m = Mirror::start(&reg).await;
     reg.set_fault(Fault::SlowBlobs { chunk: 100_000, delay_ms: 20 });
     let url = format!("{}/v2/alpine/blobs/{}", m.url, layer.digest);
-    let first = tokio::spawn({
-        let url = url.clone();
-        async move { Mirror::client().get(url).send().await.unwrap().bytes().await.unwrap().to_vec() }
-    });
+    let first = spawn_get(&url);
     eventually("the fill is under way", || tmp_bytes(&m) >= 500_000).await;
     let late = Mirror::client().get(&url).send().await.unwrap().bytes().await.unwrap().to_vec();
     assert!(late == layer.bytes, "the late joiner gets every byte");
@@ -82,10 +79,7 @@ async fn a_range_inside_a_running_fill_is_answered_before_it_ends() {
     let m = Mirror::start(&reg).await;
     reg.set_fault(Fault::SlowBlobs { chunk: 100_000, delay_ms: 50 });
     let url = format!("{}/v2/alpine/blobs/{}", m.url, layer.digest);
-    let full = tokio::spawn({
-        let url = url.clone();
-        async move { Mirror::client().get(url).send().await.unwrap().bytes().await.unwrap().to_vec() }
-    });
+    let full = spawn_get(&url);
     eventually("the fill is under way", || tmp_bytes(&m) >= 300_000).await;
     let resp = Mirror::client().get(&url).header("range", "bytes=100000-199999").send().await.unwrap();
     assert_eq!(resp.status(), 206);
@@ -107,10 +101,7 @@ async fn a_waiter_that_disconnects_does_not_disturb_the_others() {
     reg.set_fault(Fault::SlowBlobs { chunk: 100_000, delay_ms: 10 });
     let url = format!("{}/v2/alpine/blobs/{}", m.url, layer.digest);
     let quitter = Mirror::client().get(&url).send().await.unwrap();
-    let stayer = tokio::spawn({
-        let url = url.clone();
-        async move { Mirror::client().get(url).send().await.unwrap().bytes().await.unwrap().to_vec() }
-    });
+    let stayer = spawn_get(&url);
     eventually("the fill is under way", || tmp_bytes(&m) >= 300_000).await;
     drop(quitter);
     assert!(stayer.await.unwrap() == layer.bytes);

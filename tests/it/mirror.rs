@@ -92,6 +92,13 @@ impl Mirror {
         reqwest::Client::builder().build().expect("client")
     }
 
+    /// A manifest request (`method` GET or HEAD) accepting Docker's schema2 type; add headers and send.
+    pub fn manifest_request(&self, method: reqwest::Method, name: &str, reference: &str) -> reqwest::RequestBuilder {
+        Mirror::client()
+            .request(method, format!("{}/v2/{name}/manifests/{reference}", self.url))
+            .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
+    }
+
     /// `GET` a manifest the way Docker asks for it.
     pub async fn get_manifest(&self, name: &str, reference: &str) -> reqwest::Response {
         let mut req = Mirror::client().get(format!("{}/v2/{name}/manifests/{reference}", self.url));
@@ -163,6 +170,12 @@ pub async fn error_code(resp: reqwest::Response) -> (reqwest::StatusCode, String
     let status = resp.status();
     let v: serde_json::Value = resp.json().await.expect("an OCI error body");
     (status, v["errors"][0]["code"].as_str().unwrap_or("").to_owned())
+}
+
+/// The whole body of `url`, fetched in the background.
+pub fn spawn_get(url: &str) -> tokio::task::JoinHandle<Vec<u8>> {
+    let url = url.to_owned();
+    tokio::spawn(async move { Mirror::client().get(url).send().await.unwrap().bytes().await.unwrap().to_vec() })
 }
 
 /// Wait (bounded) for a condition that another task makes true.

@@ -127,12 +127,7 @@ async fn head_manifest_answers_headers_only() {
     let image = images::schema2_image(&reg, "library/alpine", "3", 1, 10);
     let m = Mirror::start(&reg).await;
     // Cold HEAD by tag: answered from upstream's HEAD, no GET (Docker Hub counts GETs as pulls).
-    let resp = Mirror::client()
-        .head(format!("{}/v2/alpine/manifests/3", m.url))
-        .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
-        .send()
-        .await
-        .unwrap();
+    let resp = m.manifest_request(reqwest::Method::HEAD, "alpine", "3").send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["docker-content-digest"], image.manifest.digest.as_str());
     assert_eq!(resp.headers()["content-length"], image.manifest.bytes.len().to_string().as_str());
@@ -162,10 +157,9 @@ async fn private_repository_uses_regcache_credentials() {
     reg.make_private("private/app");
     let m = Mirror::start(&reg).await;
     // The client sends its own (wrong) credentials: they are ignored, never forwarded.
-    let resp = Mirror::client()
-        .get(format!("{}/v2/private/app/manifests/1", m.url))
+    let resp = m
+        .manifest_request(reqwest::Method::GET, "private/app", "1")
         .header("authorization", "Basic Y2xpZW50OmNsaWVudHB3")
-        .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
         .send()
         .await
         .unwrap();
