@@ -23,11 +23,14 @@ use crate::upstream::{Upstream, UpstreamError};
 
 /// How many bytes of a fill are gathered before one write to disk.
 const WRITE_BATCH: usize = 512 * 1024;
-/// How many bytes a reader of a stored blob maps at once: large, for throughput.
-const HIT_CHUNK: usize = 256 * 1024;
-/// How many bytes a reader following a fill maps at once: small, because a crowd of clients follows
-/// one fill, and each holds one chunk in memory.
+/// How many bytes a reader of a stored blob maps at once: large, so that a transfer costs few
+/// round trips to the blocking pool.
+const HIT_CHUNK: usize = 2 * 1024 * 1024;
+/// How many bytes a reader that fell behind a fill maps at once: small, because a crowd of clients
+/// follows one fill, and each holds one chunk.
 const FOLLOW_CHUNK: usize = 128 * 1024;
+/// How many of the newest bytes of a fill stay in memory for the readers close behind it.
+const RECENT_WINDOW: u64 = 2 * 1024 * 1024;
 /// How many bytes a fill whose disk failed keeps in memory for readers that are behind.
 const RELAY_WINDOW: u64 = 8 * 1024 * 1024;
 
@@ -71,30 +74,55 @@ pub struct Fill {
     digest: Digest,
     file: Arc<File>,
     state: watch::Sender<FillState>,
-    /// Set once the disk fails mid-fill (full, quota, I/O error): the rest of the blob is passed
-    /// through memory to the readers following the fill, and nothing is stored.
-    relay: Mutex<Option<Relay>>,
-    /// Where each reader following the fill is, so the relay keeps what the slowest still needs.
+    /// The newest bytes, in memory, for the readers close behind the fill.
+    recent: Mutex<Recent>,
+    /// Where each reader following the fill is, so that after a disk failure the window keeps what
+    /// the slowest still needs.
     readers: Mutex<Vec<Weak<AtomicU64>>>,
     /// Signalled whenever a reader moves on.
     advanced: Notify,
 }
 
-/// The part of a blob past the disk's failure, in memory: `chunks` start at offset `base`.
-struct Relay {
-    disk_end: u64,
+/// The newest bytes of a fill, as they came from upstream: `chunks` start at offset `base`. Readers
+/// close behind the fill take their bytes from here without touching the disk; normally only the
+/// last [`RECENT_WINDOW`] bytes are kept and a reader further behind reads the file. Once the disk
+/// fails (full, quota, I/O error) the file ends at `disk_end`, nothing will be stored, and the window
+/// keeps whatever the slowest reader still needs, the fill waiting for it.
+#[derive(Default)]
+struct Recent {
+    disk_end: Option<u64>,
     base: u64,
     chunks: VecDeque<Bytes>,
     len: u64,
+}
+
+impl Recent {
+    fn push(&mut self, batch: Vec<Bytes>, len: u64) {
+        self.chunks.extend(batch);
+        self.len += len;
+    }
+
+    /// Drop front chunks while `droppable(end of the chunk)` and more than `keep` bytes remain.
+    fn trim(&mut self, keep: u64, droppable: impl Fn(u64) -> bool) {
+        while let Some(front) = self.chunks.front() {
+            let front_end = self.base + front.len() as u64;
+            if self.len <= keep || !droppable(front_end) {
+                break;
+            }
+            self.base = front_end;
+            self.len -= front.len() as u64;
+            self.chunks.pop_front();
+        }
+    }
 }
 
 /// Where a reader's next bytes are.
 enum Located {
     /// In the file, up to this offset.
     File(u64),
-    /// In the relay.
+    /// In memory.
     Memory(Bytes),
-    /// Already dropped from the relay: this reader fell too far behind.
+    /// Nowhere any more: the disk failed and this reader fell too far behind.
     Behind,
 }
 
@@ -124,29 +152,28 @@ impl Fill {
 
     /// Where the bytes from `pos` (up to `limit`) are.
     fn locate(&self, pos: u64, limit: u64) -> Located {
-        let relay = self.relay.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(r) = relay.as_ref() else { return Located::File(limit) };
-        if pos < r.disk_end {
-            return Located::File(limit.min(r.disk_end));
-        }
-        if pos < r.base {
-            return Located::Behind;
-        }
-        let mut off = r.base;
-        for chunk in &r.chunks {
-            let end = off + chunk.len() as u64;
-            if pos < end {
-                let from = (pos - off) as usize;
-                let to = (limit.min(end) - off) as usize;
-                return Located::Memory(chunk.slice(from..to));
+        let r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if pos >= r.base {
+            let mut off = r.base;
+            for chunk in &r.chunks {
+                let end = off + chunk.len() as u64;
+                if pos < end {
+                    let from = (pos - off) as usize;
+                    let to = (limit.min(end) - off) as usize;
+                    return Located::Memory(chunk.slice(from..to));
+                }
+                off = end;
             }
-            off = end;
         }
-        Located::File(pos)
+        match r.disk_end {
+            None => Located::File(limit),
+            Some(end) if pos < end => Located::File(limit.min(end)),
+            Some(_) => Located::Behind,
+        }
     }
 
-    fn relayed(&self) -> bool {
-        self.relay.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    fn disk_failed(&self) -> bool {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).disk_end.is_some()
     }
 
     /// The lowest position among readers still following, or `None` if none is left.
@@ -209,7 +236,7 @@ impl Fills {
             digest: digest.clone(),
             file: temp.file().clone(),
             state,
-            relay: Mutex::new(None),
+            recent: Mutex::new(Recent::default()),
             readers: Mutex::new(Vec::new()),
             advanced: Notify::new(),
         });
@@ -308,17 +335,22 @@ impl FillJob {
             if total.is_some_and(|t| written + len as u64 > t) {
                 return Err(FillError::Corrupt(format!("upstream sent more than the {} bytes it announced", total.unwrap_or(0))));
             }
-            if self.fill.relayed() {
+            if self.fill.disk_failed() {
                 hasher = hash_batch(&batch, hasher).await?;
                 self.relay(batch, len as u64).await?;
             } else {
-                match write_batch(temp.file().clone(), written, batch, hasher).await? {
-                    Ok(h) => hasher = h,
+                match write_batch(temp.file().clone(), written, batch.clone(), hasher).await? {
+                    Ok(h) => {
+                        hasher = h;
+                        let mut recent = self.fill.recent.lock().unwrap_or_else(|p| p.into_inner());
+                        recent.push(batch, len as u64);
+                        // Everything is on disk too: keep only the newest bytes in memory.
+                        recent.trim(RECENT_WINDOW, |_| true);
+                    }
                     Err(failed) => {
                         let WriteFailed(h, batch, e) = *failed;
                         tracing::warn!(digest = %self.digest, error = %e, "writing the blob failed; passing it through without storing");
-                        *self.fill.relay.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(Relay { disk_end: written, base: written, chunks: VecDeque::new(), len: 0 });
+                        self.fill.recent.lock().unwrap_or_else(|p| p.into_inner()).disk_end = Some(written);
                         hasher = hash_batch(&batch, h).await?;
                         self.relay(batch, len as u64).await?;
                     }
@@ -338,7 +370,7 @@ impl FillJob {
         if got != self.digest {
             return Err(FillError::Corrupt(format!("content has digest {got}, not the requested digest")));
         }
-        if self.fill.relayed() {
+        if self.fill.disk_failed() {
             return Ok(written);
         }
         if let Some(max) = self.store.max_size.filter(|max| written > *max) {
@@ -361,15 +393,11 @@ impl FillJob {
         Ok(written)
     }
 
-    /// Hand `batch` to the readers through memory. Chunks every reader has passed are dropped; while
-    /// more than [`RELAY_WINDOW`] bytes remain, the fill waits for the slowest reader.
+    /// After a disk failure, hand `batch` to the readers through memory only. Chunks every reader
+    /// has passed (or that the file still holds) are dropped; while more than [`RELAY_WINDOW`] bytes
+    /// remain, the fill waits for the slowest reader.
     async fn relay(&self, batch: Vec<Bytes>, len: u64) -> Result<(), FillError> {
-        {
-            let mut relay = self.fill.relay.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(r) = relay.as_mut() else { return Ok(()) };
-            r.chunks.extend(batch);
-            r.len += len;
-        }
+        self.fill.recent.lock().unwrap_or_else(|p| p.into_inner()).push(batch, len);
         loop {
             let advanced = self.fill.advanced.notified();
             tokio::pin!(advanced);
@@ -378,17 +406,9 @@ impl FillJob {
                 return Err(FillError::Disk("the disk failed and no client is left to pass the blob to".into()));
             };
             {
-                let mut relay = self.fill.relay.lock().unwrap_or_else(|p| p.into_inner());
-                let Some(r) = relay.as_mut() else { return Ok(()) };
-                while let Some(front) = r.chunks.front() {
-                    let front_end = r.base + front.len() as u64;
-                    if front_end > slowest {
-                        break;
-                    }
-                    r.base = front_end;
-                    r.len -= front.len() as u64;
-                    r.chunks.pop_front();
-                }
+                let mut r = self.fill.recent.lock().unwrap_or_else(|p| p.into_inner());
+                let disk_end = r.disk_end.unwrap_or(0);
+                r.trim(0, |end| end <= slowest || end <= disk_end);
                 if r.len <= RELAY_WINDOW {
                     return Ok(());
                 }
@@ -520,7 +540,7 @@ impl BlobReader {
             let limit = match state {
                 FillState::Done { size } => {
                     self.end = Some(self.end.map_or(size, |e| e.min(size)));
-                    if !fill.relayed() {
+                    if !fill.disk_failed() {
                         self.fill = None;
                         continue;
                     }
@@ -567,7 +587,7 @@ impl BlobReader {
         self.pos += n;
         if let (Some(p), Some((fill, _))) = (&self.published, &self.fill) {
             p.store(self.pos, Ordering::Release);
-            if fill.relayed() {
+            if fill.disk_failed() {
                 fill.advanced.notify_waiters();
             }
         }
