@@ -28,9 +28,9 @@ const WRITE_BATCH: usize = 512 * 1024;
 const HIT_CHUNK: usize = 2 * 1024 * 1024;
 /// How many bytes a reader that fell behind a fill maps at once: small, because a crowd of clients
 /// follows one fill, and each holds one chunk.
-const FOLLOW_CHUNK: usize = 128 * 1024;
+const FOLLOW_CHUNK: usize = 64 * 1024;
 /// How many of the newest bytes of a fill stay in memory for the readers close behind it.
-const RECENT_WINDOW: u64 = 2 * 1024 * 1024;
+const RECENT_WINDOW: u64 = 1024 * 1024;
 /// How many bytes a fill whose disk failed keeps in memory for readers that are behind.
 const RELAY_WINDOW: u64 = 8 * 1024 * 1024;
 
@@ -473,6 +473,65 @@ fn map_range(file: &File, pos: u64, n: usize) -> io::Result<Bytes> {
     Ok(Bytes::from_owner(map))
 }
 
+/// Buffers one reader recycles: a chunk handed to hyper comes back when hyper is done with it, so a
+/// long transfer allocates a few buffers, not one per chunk.
+#[derive(Clone, Default)]
+pub struct BufPool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+/// How many idle buffers a pool keeps.
+const POOL_MAX: usize = 2;
+
+impl BufPool {
+    fn take(&self, n: usize) -> Vec<u8> {
+        let mut buf = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
+        buf.resize(n, 0);
+        buf
+    }
+}
+
+/// A pooled buffer lent to hyper as the bytes of one chunk.
+struct Pooled {
+    buf: Vec<u8>,
+    len: usize,
+    pool: BufPool,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let mut pool = self.pool.0.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL_MAX {
+            pool.push(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+/// Up to `n` bytes of `file` from `pos`, copied into a pooled buffer. Bytes a fill just wrote are
+/// in the page cache: they are read right here, without blocking (`RWF_NOWAIT`). Only what would
+/// wait for the disk goes to the blocking pool.
+async fn read_range(file: &Arc<File>, pos: u64, n: usize, pool: &BufPool) -> io::Result<Bytes> {
+    let mut buf = pool.take(n);
+    let cached = rustix::io::preadv2(
+        &**file,
+        &mut [std::io::IoSliceMut::new(&mut buf[..n])],
+        pos,
+        rustix::io::ReadWriteFlags::NOWAIT,
+    );
+    if let Ok(got @ 1..) = cached {
+        return Ok(Bytes::from_owner(Pooled { buf, len: got, pool: pool.clone() }));
+    }
+    let file = file.clone();
+    let buf = tokio::task::spawn_blocking(move || file.read_exact_at(&mut buf[..n], pos).map(|_| buf))
+        .await
+        .map_err(io::Error::other)??;
+    Ok(Bytes::from_owner(Pooled { buf, len: n, pool: pool.clone() }))
+}
+
 /// The `Content-Length` of a response, if valid.
 pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
@@ -488,8 +547,11 @@ pub struct BlobReader {
     fill: Option<(Arc<Fill>, watch::Receiver<FillState>)>,
     /// This reader's position, published to the fill it follows.
     published: Option<Arc<AtomicU64>>,
-    /// How much to map at once.
+    /// How much to read at once.
     chunk: usize,
+    /// How bytes come off the disk: mapped (a hit: one large map, no copy) or copied into recycled
+    /// buffers (a crowd following a fill: no map churn, no blocking-pool trip when cached).
+    copy_into: Option<BufPool>,
     /// Keeps the blob from being evicted while it is read.
     _in_use: InUse,
 }
@@ -506,6 +568,7 @@ impl BlobReader {
             fill: None,
             published: None,
             chunk: HIT_CHUNK,
+            copy_into: None,
             _in_use: in_use,
         }
     }
@@ -523,6 +586,7 @@ impl BlobReader {
             fill: Some((fill, rx)),
             published: Some(published),
             chunk: FOLLOW_CHUNK,
+            copy_into: Some(BufPool::default()),
             _in_use: in_use,
         }
     }
@@ -574,11 +638,16 @@ impl BlobReader {
             }
         };
         let n = (available - self.pos).min(self.chunk as u64) as usize;
-        let file = self.file.clone();
         let pos = self.pos;
-        let read = tokio::task::spawn_blocking(move || map_range(&file, pos, n)).await.map_err(io::Error::other).and_then(|r| r);
-        if read.is_ok() {
-            self.advance(n as u64);
+        let read = match &self.copy_into {
+            Some(pool) => read_range(&self.file, pos, n, pool).await,
+            None => {
+                let file = self.file.clone();
+                tokio::task::spawn_blocking(move || map_range(&file, pos, n)).await.map_err(io::Error::other).and_then(|r| r)
+            }
+        };
+        if let Ok(bytes) = &read {
+            self.advance(bytes.len() as u64);
         }
         Some(read)
     }
