@@ -23,11 +23,10 @@ use crate::upstream::{Upstream, UpstreamError};
 
 /// How many bytes of a fill are gathered before one write to disk.
 const WRITE_BATCH: usize = 512 * 1024;
-/// How many bytes a reader of a stored blob maps at once: large, so that a transfer costs few
-/// round trips to the blocking pool.
-const HIT_CHUNK: usize = 2 * 1024 * 1024;
-/// How many bytes a reader that fell behind a fill maps at once: small, because a crowd of clients
-/// follows one fill, and each holds one chunk.
+/// How many bytes a reader of a stored blob reads at once: large, for few system calls per blob.
+const HIT_CHUNK: usize = 512 * 1024;
+/// How many bytes a reader that fell behind a fill reads at once: small, because a crowd of clients
+/// follows one fill, and each holds a couple of chunks.
 const FOLLOW_CHUNK: usize = 64 * 1024;
 /// How many of the newest bytes of a fill stay in memory for the readers close behind it.
 const RECENT_WINDOW: u64 = 1024 * 1024;
@@ -462,17 +461,6 @@ async fn write_batch(
     .map_err(|e| FillError::Disk(e.to_string()))
 }
 
-/// `[pos, pos + n)` of `file` as bytes without copying them: a read-only map of that range, faulted
-/// in here (a blocking context) so that sending it doesn't block an async thread on the disk. The
-/// map is unmapped when the last slice of it is dropped.
-fn map_range(file: &File, pos: u64, n: usize) -> io::Result<Bytes> {
-    // SAFETY: the range lies within what has been written to the file, and regcache never changes
-    // written bytes or shortens a file: temporary files only grow, stored blobs are immutable and
-    // only ever unlinked (which keeps the pages of an open file valid).
-    let map = unsafe { memmap2::MmapOptions::new().offset(pos).len(n).populate().map(file)? };
-    Ok(Bytes::from_owner(map))
-}
-
 /// Buffers one reader recycles: a chunk handed to hyper comes back when hyper is done with it, so a
 /// long transfer allocates a few buffers, not one per chunk.
 #[derive(Clone, Default)]
@@ -549,9 +537,8 @@ pub struct BlobReader {
     published: Option<Arc<AtomicU64>>,
     /// How much to read at once.
     chunk: usize,
-    /// How bytes come off the disk: mapped (a hit: one large map, no copy) or copied into recycled
-    /// buffers (a crowd following a fill: no map churn, no blocking-pool trip when cached).
-    copy_into: Option<BufPool>,
+    /// Recycled buffers the bytes are read into.
+    pool: BufPool,
     /// Keeps the blob from being evicted while it is read.
     _in_use: InUse,
 }
@@ -568,7 +555,7 @@ impl BlobReader {
             fill: None,
             published: None,
             chunk: HIT_CHUNK,
-            copy_into: None,
+            pool: BufPool::default(),
             _in_use: in_use,
         }
     }
@@ -586,7 +573,7 @@ impl BlobReader {
             fill: Some((fill, rx)),
             published: Some(published),
             chunk: FOLLOW_CHUNK,
-            copy_into: Some(BufPool::default()),
+            pool: BufPool::default(),
             _in_use: in_use,
         }
     }
@@ -639,13 +626,7 @@ impl BlobReader {
         };
         let n = (available - self.pos).min(self.chunk as u64) as usize;
         let pos = self.pos;
-        let read = match &self.copy_into {
-            Some(pool) => read_range(&self.file, pos, n, pool).await,
-            None => {
-                let file = self.file.clone();
-                tokio::task::spawn_blocking(move || map_range(&file, pos, n)).await.map_err(io::Error::other).and_then(|r| r)
-            }
-        };
+        let read = read_range(&self.file, pos, n, &self.pool).await;
         if let Ok(bytes) = &read {
             self.advance(bytes.len() as u64);
         }
