@@ -206,6 +206,8 @@ pub struct Fills {
     // A std Mutex: held to look up, insert or remove, and to check the store once, never across an
     // await, so "stored or being filled" is decided atomically and a digest is fetched only once.
     running: Mutex<HashMap<Digest, Arc<Fill>>>,
+    /// Signalled whenever a fill ends.
+    ended: Notify,
 }
 
 impl Fills {
@@ -261,6 +263,19 @@ impl Fills {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Wait until no fill is running (at shutdown: downloads finish and are stored).
+    pub async fn idle(&self) {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.is_empty() {
+                return;
+            }
+            ended.await;
+        }
+    }
 }
 
 /// The stored blob for `digest`, if the index and the file agree. A file the index doesn't vouch
@@ -291,6 +306,7 @@ impl FillJob {
         let result = self.download(temp).await;
         let remove = || {
             self.fills.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.digest);
+            self.fills.ended.notify_waiters();
         };
         match result {
             Ok(size) => {
@@ -369,6 +385,8 @@ impl FillJob {
         if got != self.digest {
             return Err(FillError::Corrupt(format!("content has digest {got}, not the requested digest")));
         }
+        // Verified: the readers may have the last byte now; making it durable is the store's business.
+        self.fill.state.send_replace(FillState::Done { size: written });
         if self.fill.disk_failed() {
             return Ok(written);
         }

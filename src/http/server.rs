@@ -22,7 +22,11 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// Serve the registry API on `listener` until `shutdown` resolves, then drain and flush the index.
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: impl Future<Output = ()>) {
-    accept_loop(listener, registry.clone(), Surface::Main, shutdown).await;
+    let deadline = accept_loop(listener, registry.clone(), Surface::Main, shutdown).await;
+    // Downloads still running (their clients may be gone) finish and are stored, within the drain time.
+    if tokio::time::timeout_at(deadline, registry.cache().fills().idle()).await.is_err() {
+        tracing::warn!("blob downloads still running at the end of the drain time; they will be fetched again");
+    }
     let store = registry.cache().store();
     if let Err(e) = store.flush_access().and_then(|_| store.index.flush()) {
         tracing::error!(error = %e, "flushing the index failed");
@@ -31,10 +35,16 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: imp
 
 /// Serve only `/metrics` and `/healthz` on `listener` until `shutdown` resolves.
 pub async fn serve_admin(listener: TcpListener, registry: Arc<Registry>, shutdown: impl Future<Output = ()>) {
-    accept_loop(listener, registry, Surface::Admin, shutdown).await;
+    let _ = accept_loop(listener, registry, Surface::Admin, shutdown).await;
 }
 
-async fn accept_loop(listener: TcpListener, registry: Arc<Registry>, surface: Surface, shutdown: impl Future<Output = ()>) {
+/// Accept until `shutdown`, then drain connections; returns when the drain time ends.
+async fn accept_loop(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    surface: Surface,
+    shutdown: impl Future<Output = ()>,
+) -> tokio::time::Instant {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper keeps polling a body while less than this is queued for a connection: a small queue
     // keeps memory per connection flat however many clients download at once.
@@ -89,7 +99,9 @@ async fn accept_loop(listener: TcpListener, registry: Arc<Registry>, surface: Su
     if surface == Surface::Main {
         tracing::info!("shutting down: no new connections; waiting up to {DRAIN:?} for running transfers");
     }
-    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    if tokio::time::timeout_at(deadline, graceful.shutdown()).await.is_err() {
         tracing::warn!("transfers still running after {DRAIN:?}; stopping anyway");
     }
+    deadline
 }

@@ -147,6 +147,7 @@ async fn metrics_move_as_requests_are_made_and_healthz_answers() {
     assert_eq!(metric(&before, "regcache_cache_requests_total{outcome=\"hit\"}"), 0.0);
 
     m.blob("alpine", &image.layers[0].digest).await.unwrap();
+    m.wait_stored(&image.layers[0].digest).await;
     m.blob("alpine", &image.layers[0].digest).await.unwrap();
     m.get_manifest("alpine", "3").await;
     let after = m.get("/metrics").await.text().await.unwrap();

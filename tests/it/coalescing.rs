@@ -105,7 +105,7 @@ async fn a_waiter_that_disconnects_does_not_disturb_the_others() {
     eventually("the fill is under way", || tmp_bytes(&m) >= 300_000).await;
     drop(quitter);
     assert!(stayer.await.unwrap() == layer.bytes);
-    assert!(m.has_blob(&layer.digest), "the fill completed and was stored");
+    m.wait_stored(&layer.digest).await;
     assert_eq!(reg.cdn_count(&layer.digest), 1);
 }
 

@@ -13,6 +13,7 @@ async fn eviction_keeps_the_most_recently_used() {
     let [a, b, c, d] = [0, 1, 2, 3].map(|i| image.layers[i].digest.clone());
     for x in [&a, &b, &c] {
         m.blob("big", x).await.unwrap();
+        m.wait_stored(x).await;
     }
     m.blob("big", &a).await.unwrap(); // a is now more recent than b and c
     m.blob("big", &d).await.unwrap(); // 400 kB > 350 kB: evict the least recent, b
@@ -33,9 +34,11 @@ async fn a_blob_being_served_is_never_evicted() {
     let m = Mirror::start_with_top(&reg, "max_size = \"40MB\"").await;
     let [a, b, c] = [0, 1, 2].map(|i| image.layers[i].digest.clone());
     m.blob("big", &a).await.unwrap();
+    m.wait_stored(&a).await;
     // Hold a's body open: read the headers, not the body.
     let held = Mirror::client().get(format!("{}/v2/big/blobs/{a}", m.url)).send().await.unwrap();
     m.blob("big", &b).await.unwrap();
+    m.wait_stored(&b).await;
     m.blob("big", &c).await.unwrap(); // 48 MB > 40 MB: a is least recent but in use, so b goes
     eventually("b evicted", || !m.has_blob(&b)).await;
     assert!(m.has_blob(&a));

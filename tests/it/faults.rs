@@ -21,7 +21,7 @@ async fn wrong_bytes_are_never_served_as_good_nor_stored() {
     assert_eq!(status, 200);
     assert!(bytes == layer.bytes);
     assert_eq!(reg.cdn_count(&layer.digest), 2, "the failed fill was not reused");
-    assert!(m.has_blob(&layer.digest));
+    m.wait_stored(&layer.digest).await;
 }
 
 #[tokio::test]
@@ -164,6 +164,6 @@ async fn disk_full_during_a_fill_still_delivers_and_keeps_nothing() {
     // regcache keeps running and stores what fits.
     let (_, bytes) = m.blob("small", &small.layers[0].digest).await.unwrap();
     assert!(bytes == small.layers[0].bytes);
-    assert!(m.has_blob(&small.layers[0].digest));
+    m.wait_stored(&small.layers[0].digest).await;
     drop(m);
 }

@@ -159,6 +159,13 @@ impl Mirror {
         std::fs::read_dir(self.data_dir.join("tmp")).map(|d| d.count()).unwrap_or(0)
     }
 
+    /// Wait until a blob a client just received is stored: clients get the last byte once the
+    /// digest checks out, and the file is made durable and indexed right after.
+    pub async fn wait_stored(&self, digest: &str) {
+        eventually(&format!("{digest} stored"), || self.has_blob(digest)).await;
+        self.metrics_with("regcache_fills_in_progress 0\n").await;
+    }
+
     pub fn has_blob(&self, digest: &str) -> bool {
         let hex = digest.trim_start_matches("sha256:");
         self.data_dir.join("blobs/sha256").join(&hex[..2]).join(hex).exists()
