@@ -167,3 +167,19 @@ async fn disk_full_during_a_fill_still_delivers_and_keeps_nothing() {
     m.wait_stored(&small.layers[0].digest).await;
     drop(m);
 }
+
+#[tokio::test]
+async fn manifests_over_4_mib_are_refused() {
+    let reg = FakeRegistry::start().await;
+    let padding = "x".repeat(5 * 1024 * 1024);
+    let huge = format!(r#"{{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","annotations":{{"pad":"{padding}"}}}}"#);
+    let digest = reg.put_manifest("library/huge", Some("1"), "application/vnd.docker.distribution.manifest.v2+json", huge.into_bytes());
+    let m = Mirror::start(&reg).await;
+    for reference in ["1", digest.as_str()] {
+        let (status, code) = error_code(m.get_manifest("huge", reference).await).await;
+        assert_eq!((status.as_u16(), code.as_str()), (502, "MANIFEST_INVALID"), "{reference}");
+    }
+    reg.stop().await;
+    let (status, _) = error_code(m.get_manifest("huge", &digest).await).await;
+    assert_eq!(status.as_u16(), 502, "nothing was stored");
+}
