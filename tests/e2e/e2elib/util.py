@@ -65,17 +65,15 @@ def ssl_context(ca_file):
 def https_request(host, port, method, path, ca_file, headers=None, body=None, timeout=30):
     """One HTTPS request; returns (status, headers-dict-lowercase, body-bytes)."""
     conn = http.client.HTTPSConnection(host, port, context=ssl_context(ca_file), timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        r = conn.getresponse()
-        data = r.read()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, data
-    finally:
-        conn.close()
+    return _exchange(conn, method, path, headers, body)
 
 
 def http_request(host, port, method, path, headers=None, body=None, timeout=30):
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    """One plain HTTP request; returns (status, headers-dict-lowercase, body-bytes)."""
+    return _exchange(http.client.HTTPConnection(host, port, timeout=timeout), method, path, headers, body)
+
+
+def _exchange(conn, method, path, headers, body):
     try:
         conn.request(method, path, body=body, headers=headers or {})
         r = conn.getresponse()
