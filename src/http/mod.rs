@@ -258,7 +258,7 @@ impl Registry {
             RepoRoute::Tags => match self.cache.tags(&up, &name, q.n, q.last.as_deref()).await {
                 Ok(t) => {
                     let mut r = json_response(t.body, t.outcome, "application/json");
-                    if let Some(link) = t.link {
+                    if let Some(link) = t.link.as_ref().and_then(|l| next_page_link(l, req.uri().path(), q.ns.as_deref())) {
                         r.headers_mut().insert(header::LINK, link);
                     }
                     r
@@ -285,6 +285,24 @@ impl Registry {
         }
         resp
     }
+}
+
+/// Upstream's `Link: </v2/<its name>/tags/list?last=…&n=…>; rel="next"` pointed back at the path
+/// the client asked (which may carry a registry prefix or `ns`), keeping only the page parameters.
+fn next_page_link(upstream: &HeaderValue, client_path: &str, ns: Option<&str>) -> Option<HeaderValue> {
+    let text = upstream.to_str().ok()?;
+    let target = text.split('<').nth(1)?.split('>').next()?;
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let mut params = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        if k == "n" || k == "last" {
+            params.append_pair(&k, &v);
+        }
+    }
+    if let Some(ns) = ns {
+        params.append_pair("ns", ns);
+    }
+    HeaderValue::from_str(&format!("<{client_path}?{}>; rel=\"next\"", params.finish())).ok()
 }
 
 /// A generated JSON answer (tag list, referrers), marked stale when it came from the cache.

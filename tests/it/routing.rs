@@ -41,6 +41,20 @@ async fn ns_and_path_prefix_pick_the_upstream_and_content_never_mixes() {
 }
 
 #[tokio::test]
+async fn tag_pages_link_back_through_the_same_route() {
+    let (_hub, ghcr, m) = two_registries().await;
+    for t in ["a", "b", "c"] {
+        images::schema2_image(&ghcr, "org/app", t, 1, 10);
+    }
+    let resp = m.get("/v2/ghcr.io/org/app/tags/list?n=2").await;
+    assert_eq!(resp.headers()["link"], "</v2/ghcr.io/org/app/tags/list?last=b&n=2>; rel=\"next\"");
+    let resp = m.get("/v2/org/app/tags/list?n=2&ns=ghcr.io").await;
+    assert_eq!(resp.headers()["link"], "</v2/org/app/tags/list?last=b&n=2&ns=ghcr.io>; rel=\"next\"");
+    let v: serde_json::Value = m.get("/v2/ghcr.io/org/app/tags/list?last=b&n=2").await.json().await.unwrap();
+    assert_eq!(v["tags"], serde_json::json!(["c"]));
+}
+
+#[tokio::test]
 async fn other_hosts_are_404_and_cause_no_connection() {
     let (hub, ghcr, m) = two_registries().await;
     let d = format!("sha256:{}", "a".repeat(64));
