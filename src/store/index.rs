@@ -169,7 +169,8 @@ impl Index {
         // Layout: media type, NUL, bytes.
         let Some(split) = v.iter().position(|b| *b == 0) else { return Ok(None) };
         let media_type = String::from_utf8_lossy(&v[..split]).into_owned();
-        Ok(Some(StoredManifest { media_type, bytes: Bytes::copy_from_slice(&v[split + 1..]) }))
+        // The bytes stay in sled's buffer: no copy per manifest served.
+        Ok(Some(StoredManifest { media_type, bytes: Bytes::from_owner(v).slice(split + 1..) }))
     }
 
     /// Store a verified manifest.
