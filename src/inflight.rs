@@ -309,8 +309,8 @@ impl FillJob {
             self.fills.ended.notify_waiters();
         };
         match result {
-            Ok(size) => {
-                tracing::info!(digest = %self.digest, size, "blob stored");
+            Ok((size, stored)) => {
+                tracing::info!(digest = %self.digest, size, stored, "blob fetched and verified");
                 self.fill.state.send_replace(FillState::Done { size });
                 remove();
             }
@@ -322,7 +322,8 @@ impl FillJob {
         }
     }
 
-    async fn download(&self, temp: TempBlob) -> Result<u64, FillError> {
+    /// Fetch, verify and (when it can) store the blob: its size, and whether it was stored.
+    async fn download(&self, temp: TempBlob) -> Result<(u64, bool), FillError> {
         let resp = self
             .upstream
             .request(Method::GET, &self.repo, &format!("blobs/{}", self.digest), HeaderMap::new())
@@ -388,12 +389,12 @@ impl FillJob {
         // Verified: the readers may have the last byte now; making it durable is the store's business.
         self.fill.state.send_replace(FillState::Done { size: written });
         if self.fill.disk_failed() {
-            return Ok(written);
+            return Ok((written, false));
         }
         if let Some(max) = self.store.max_size.filter(|max| written > *max) {
             // Served to everyone who asked, but never kept: it alone would pass the limit.
             tracing::warn!(digest = %self.digest, size = written, max_size = max, "blob larger than max_size; streamed without storing");
-            return Ok(written);
+            return Ok((written, false));
         }
         // The content is verified: whatever happens to storing it, the readers get it.
         let store = Arc::clone(&self.store);
@@ -404,10 +405,15 @@ impl FillJob {
             .and_then(|r| r)
             .and_then(|_| self.store.index.put_blob(&self.digest, written).map_err(io::Error::other));
         match committed {
-            Ok(()) => self.store.stored(&self.digest),
-            Err(e) => tracing::warn!(digest = %self.digest, error = %e, "storing the verified blob failed; served without storing"),
+            Ok(()) => {
+                self.store.stored(&self.digest);
+                Ok((written, true))
+            }
+            Err(e) => {
+                tracing::warn!(digest = %self.digest, error = %e, "storing the verified blob failed; served without storing");
+                Ok((written, false))
+            }
         }
-        Ok(written)
     }
 
     /// After a disk failure, hand `batch` to the readers through memory only. Chunks every reader
