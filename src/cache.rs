@@ -8,11 +8,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method};
 
-use crate::inflight::{self, content_length, BlobReader, FillError, Fills, Source};
-use crate::oci::{AcceptList, Digest, Hasher, Reference, RepositoryName, Tag, SCHEMA1_SIGNED};
+use crate::inflight::{self, BlobReader, FillError, Fills, Source};
+use crate::oci::{AcceptList, Digest, Reference, RepositoryName, Tag, SCHEMA1_SIGNED};
 use crate::store::{now_secs, Store, StoredManifest, TagEntry};
 use crate::singleflight::Singleflight;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{content_length, Upstream, UpstreamError};
 
 /// The largest manifest regcache accepts.
 pub const MAX_MANIFEST: usize = 4 * 1024 * 1024;
@@ -412,7 +412,7 @@ impl Cache {
         accept.insert(header::ACCEPT, HeaderValue::from_static(OCI_INDEX));
         let fetched = async {
             let resp = up.request(Method::GET, repo, &format!("referrers/{digest}"), accept).await?;
-            up.transport().read_body(resp.into_body(), MAX_MANIFEST).await
+            up.transport().read_body(resp, MAX_MANIFEST).await
         };
         let (body, outcome) = match fetched.await {
             Ok(body) => {
@@ -470,7 +470,7 @@ impl Cache {
         let fetched = async {
             let resp = up.request(Method::GET, repo, &rest, HeaderMap::new()).await?;
             let link = resp.headers().get(header::LINK).cloned();
-            let body = up.transport().read_body(resp.into_body(), MAX_TAG_LIST).await?;
+            let body = up.transport().read_body(resp, MAX_TAG_LIST).await?;
             Ok::<_, UpstreamError>(TagList { body, link, outcome: Outcome::Pass })
         };
         match fetched.await {
@@ -617,12 +617,9 @@ async fn get_manifest_upstream(
     store: &Store,
 ) -> Result<ManifestAnswer, CacheError> {
     let resp = up.request(Method::GET, repo, &format!("manifests/{reference}"), accept_headers(accept)).await?;
-    if content_length(resp.headers()).is_some_and(|n| n > MAX_MANIFEST as u64) {
-        return Err(CacheError::ManifestTooLarge);
-    }
     let headers = resp.headers().clone();
-    let bytes = up.transport().read_body(resp.into_body(), MAX_MANIFEST).await.map_err(|e| match e {
-        UpstreamError::Protocol(m) if m.starts_with("body larger") => CacheError::ManifestTooLarge,
+    let bytes = up.transport().read_body(resp, MAX_MANIFEST).await.map_err(|e| match e {
+        UpstreamError::TooLarge(_) => CacheError::ManifestTooLarge,
         e => e.into(),
     })?;
     let media_type = media_type_of(&headers)
@@ -633,9 +630,7 @@ async fn get_manifest_upstream(
         Reference::Digest(d) => d.algorithm(),
         Reference::Tag(_) => crate::oci::Algorithm::Sha256,
     };
-    let mut hasher = Hasher::new(algorithm);
-    hasher.update(&bytes);
-    let computed = hasher.finish();
+    let computed = Digest::of(algorithm, &bytes);
     let schema1 = media_type == SCHEMA1_SIGNED;
     let digest = match reference {
         Reference::Digest(want) if computed == *want => computed,

@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http::{header, HeaderMap, Method};
+use http::{HeaderMap, Method};
 use tokio::sync::{watch, Notify};
 
 use crate::oci::{Digest, Hasher, RepositoryName};
 use crate::store::{InUse, Store, TempBlob};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{content_length, Upstream, UpstreamError};
 
 /// How many bytes of a fill are gathered before one write to disk.
 const WRITE_BATCH: usize = 512 * 1024;
@@ -542,11 +542,6 @@ async fn read_range(file: &Arc<File>, pos: u64, n: usize, pool: &BufPool) -> io:
         .await
         .map_err(io::Error::other)??;
     Ok(Bytes::from_owner(Pooled { buf, len: n, pool: pool.clone() }))
-}
-
-/// The `Content-Length` of a response, if valid.
-pub fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 /// Reads `[pos, end)` of a blob that is stored or being filled. While a fill runs it reads only what is

@@ -87,7 +87,7 @@ fn upstream_error(u: &UpstreamError, what: Resource, message: &str) -> Resp {
             _ => oci_error(StatusCode::BAD_GATEWAY, ErrorCode::Unavailable, message, upstream),
         },
         UpstreamError::Timeout(_) => oci_error(StatusCode::GATEWAY_TIMEOUT, ErrorCode::Unavailable, message, upstream),
-        UpstreamError::Connect(_) | UpstreamError::Protocol(_) => {
+        UpstreamError::Connect(_) | UpstreamError::Protocol(_) | UpstreamError::TooLarge(_) => {
             oci_error(StatusCode::BAD_GATEWAY, ErrorCode::Unavailable, message, upstream)
         }
     }

@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::oci::{AcceptList, ErrorCode, RepositoryName};
 use crate::store::Store;
-use crate::upstream::Upstream;
+use crate::upstream::{content_length, Upstream};
 use error::{oci_error, rescue, route_error, Resource};
 pub use range::parse_range;
 pub use route::{query, route, Query, RepoRoute, Route, RouteError};
@@ -145,11 +145,7 @@ impl Registry {
         let route = resp.extensions().get::<RouteLabel>().map_or("other", |r| r.0);
         let status = resp.status();
         let metrics = self.metrics.clone();
-        let expected = if method == Method::HEAD {
-            Some(0)
-        } else {
-            resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
-        };
+        let expected = if method == Method::HEAD { Some(0) } else { content_length(resp.headers()) };
         Ok(resp.map(|body| {
             logged(body, expected, move |bytes, complete| {
                 let cache_outcome = match outcome {

@@ -65,18 +65,21 @@ impl Digest {
         &self.hex
     }
 
-    /// The SHA-256 digest of `bytes`.
-    pub fn sha256_of(bytes: &[u8]) -> Digest {
-        let mut h = Hasher::new(Algorithm::Sha256);
+    /// The digest of `bytes` under `algorithm`.
+    pub fn of(algorithm: Algorithm, bytes: &[u8]) -> Digest {
+        let mut h = Hasher::new(algorithm);
         h.update(bytes);
         h.finish()
     }
 
+    /// The SHA-256 digest of `bytes`.
+    pub fn sha256_of(bytes: &[u8]) -> Digest {
+        Digest::of(Algorithm::Sha256, bytes)
+    }
+
     /// Whether `bytes` hash to this digest.
     pub fn matches(&self, bytes: &[u8]) -> bool {
-        let mut h = Hasher::new(self.algorithm);
-        h.update(bytes);
-        h.finish() == *self
+        Digest::of(self.algorithm, bytes) == *self
     }
 }
 

@@ -220,7 +220,7 @@ async fn request_token(
     transport.count_token_fetch();
     let resp = transport.send(Method::GET, &url, headers).await?;
     let status = resp.status();
-    let body = transport.read_body(resp.into_body(), MAX_TOKEN_RESPONSE).await?;
+    let body = transport.read_body(resp, MAX_TOKEN_RESPONSE).await?;
     if !status.is_success() {
         return Err(UpstreamError::Status {
             status: if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {

@@ -52,6 +52,9 @@ pub enum UpstreamError {
     /// The upstream answered something regcache can't use.
     #[error("upstream misbehaved: {0}")]
     Protocol(String),
+    /// A body larger than regcache accepts for it.
+    #[error("upstream sent a body larger than {0} bytes")]
+    TooLarge(usize),
 }
 
 impl UpstreamError {
@@ -62,7 +65,10 @@ impl UpstreamError {
             UpstreamError::Status { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
-            UpstreamError::Timeout(_) | UpstreamError::Connect(_) | UpstreamError::Protocol(_) => true,
+            UpstreamError::Timeout(_)
+            | UpstreamError::Connect(_)
+            | UpstreamError::Protocol(_)
+            | UpstreamError::TooLarge(_) => true,
         }
     }
 
@@ -179,17 +185,27 @@ impl Transport {
         }
     }
 
-    /// A whole body of at most `limit` bytes.
-    pub async fn read_body(&self, mut body: Incoming, limit: usize) -> Result<Bytes, UpstreamError> {
+    /// The whole body of `resp`, refused (before reading, when it says its length) if it is larger
+    /// than `limit` bytes.
+    pub async fn read_body(&self, resp: Response<Incoming>, limit: usize) -> Result<Bytes, UpstreamError> {
+        if content_length(resp.headers()).is_some_and(|n| n > limit as u64) {
+            return Err(UpstreamError::TooLarge(limit));
+        }
+        let mut body = resp.into_body();
         let mut buf = BytesMut::new();
         while let Some(chunk) = self.next_chunk(&mut body).await? {
             if buf.len() + chunk.len() > limit {
-                return Err(UpstreamError::Protocol(format!("body larger than {limit} bytes")));
+                return Err(UpstreamError::TooLarge(limit));
             }
             buf.extend_from_slice(&chunk);
         }
         Ok(buf.freeze())
     }
+}
+
+/// The `Content-Length` of a message, if valid.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 /// A URL for logs: no query (signed CDN URLs carry credentials there), no userinfo.
@@ -322,7 +338,7 @@ impl Upstream {
             return Ok(resp);
         }
         let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
-        let body = self.transport.read_body(resp.into_body(), MAX_ERROR_BODY).await.unwrap_or_default();
+        let body = self.transport.read_body(resp, MAX_ERROR_BODY).await.unwrap_or_default();
         let code = first_code(&body);
         let message = match code {
             Some(c) => format!("{} ({})", status, c.as_str()),
