@@ -280,7 +280,7 @@ impl Cache {
             Ok(Some(h)) => {
                 if let Some(m) = self.cached_manifest(&h.digest)? {
                     if accept.allows(&m.media_type) {
-                        self.remember_tag(&name, &key_repo, tag, &h.digest, &m.media_type)?;
+                        self.remember_tag(&name, &key_repo, tag, &h.digest)?;
                         return Ok(answer(h.digest, m, Outcome::Hit));
                     }
                 }
@@ -290,12 +290,12 @@ impl Cache {
                     }
                 }
                 let a = self.fetch_manifest(up, repo, &Reference::Digest(h.digest), accept).await?;
-                self.remember_tag(&name, &key_repo, tag, &a.digest, &a.media_type)?;
+                self.remember_tag(&name, &key_repo, tag, &a.digest)?;
                 Ok(a)
             }
             Ok(None) => {
                 let a = self.fetch_manifest(up, repo, &reference, accept).await?;
-                self.remember_tag(&name, &key_repo, tag, &a.digest, &a.media_type)?;
+                self.remember_tag(&name, &key_repo, tag, &a.digest)?;
                 Ok(a)
             }
             Err(e) if e.is_unavailable() => {
@@ -334,8 +334,8 @@ impl Cache {
         Ok(Some(answer(digest, m, outcome)))
     }
 
-    fn remember_tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, digest: &Digest, media_type: &str) -> Result<(), CacheError> {
-        let entry = TagEntry { digest: digest.to_string(), media_type: media_type.to_owned(), checked_at: now_secs() };
+    fn remember_tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, digest: &Digest) -> Result<(), CacheError> {
+        let entry = TagEntry { digest: digest.to_string(), checked_at: now_secs() };
         self.store.index.put_tag(upstream, repo, tag, &entry)?;
         Ok(())
     }
@@ -386,13 +386,11 @@ impl Cache {
             // A range needs the size: wait for the end of a fill whose upstream didn't announce one.
             total = Some(fill.finished().await?);
         }
-        let (start, end, served) = match (range, total) {
-            (Some(r), Some(size)) => {
-                let (s, e) = r.resolve(size).ok_or(CacheError::RangeNotSatisfiable { size })?;
-                (s, Some(e), Some((s, e)))
-            }
-            _ => (0, total, None),
+        let served = match total {
+            Some(size) => resolve_range(range, size)?,
+            None => None,
         };
+        let (start, end) = served.map_or((0, total), |(s, e)| (s, Some(e)));
         Ok(BlobAnswer { size: total, range: served, body: Some(BlobReader::filling(&self.store, fill, start, end)), outcome: Outcome::Miss })
     }
 
@@ -408,30 +406,28 @@ impl Cache {
     ) -> Result<ReferrerList, CacheError> {
         let name = up.config().name.clone();
         let key_repo = up.upstream_name(repo);
-        let mut accept = HeaderMap::new();
-        accept.insert(header::ACCEPT, HeaderValue::from_static(OCI_INDEX));
+        let accept = AcceptList::only(OCI_INDEX);
         let fetched = async {
-            let resp = up.request(Method::GET, repo, &format!("referrers/{digest}"), accept).await?;
+            let resp = up.request(Method::GET, repo, &format!("referrers/{digest}"), accept_headers(&accept)).await?;
             up.transport().read_body(resp, MAX_MANIFEST).await
         };
-        let (body, outcome) = match fetched.await {
-            Ok(body) => {
+        let fetched = fetched.await;
+        let remembered = match &fetched {
+            Err(e) if e.is_unavailable() => self.store.index.referrers(&name, &key_repo, digest)?,
+            _ => None,
+        };
+        let (body, outcome) = match (fetched, remembered) {
+            (Ok(body), _) => {
                 self.store.index.put_referrers(&name, &key_repo, digest, &body)?;
                 (body, Outcome::Pass)
             }
-            Err(e) if e.is_unavailable() && self.store.index.referrers(&name, &key_repo, digest)?.is_some() => {
-                let body = self.store.index.referrers(&name, &key_repo, digest)?.unwrap_or_default();
-                (body, Outcome::Stale)
-            }
-            Err(e) if e.is_not_found() || e.is_unavailable() => {
+            (Err(_), Some(body)) => (body, Outcome::Stale),
+            (Err(e), None) if e.is_not_found() || e.is_unavailable() => {
                 // No referrers API (or no answer): the fallback tag schema, which is served stale
                 // like any tag while upstream is unavailable.
                 let tag: Tag = format!("{}-{}", digest.algorithm().as_str(), digest.hex())
                     .parse()
                     .map_err(|_| CacheError::Corrupt("unusable referrers tag".into()))?;
-                let mut h = HeaderMap::new();
-                h.insert(header::ACCEPT, HeaderValue::from_static(OCI_INDEX));
-                let accept = AcceptList::from_headers(&h);
                 match self.manifest_by_tag(up, repo, &tag, &accept, false).await {
                     Ok(a) => (a.bytes.unwrap_or_default(), a.outcome),
                     Err(CacheError::Upstream(u)) if u.is_not_found() => (empty_index(), Outcome::Pass),
@@ -439,7 +435,7 @@ impl Cache {
                     Err(other) => return Err(other),
                 }
             }
-            Err(e) => return Err(e.into()),
+            (Err(e), None) => return Err(e.into()),
         };
         Ok(match artifact_type {
             None => ReferrerList { body, filtered: false, outcome },
@@ -548,6 +544,11 @@ fn filter_referrers(body: &[u8], artifact_type: &str) -> Bytes {
     serde_json::to_vec(&v).map(Bytes::from).unwrap_or_else(|_| empty_index())
 }
 
+/// The `[start, end)` a range asks of a blob of `size` bytes (`None`: no range, the whole blob).
+fn resolve_range(range: Option<RangeRequest>, size: u64) -> Result<Option<(u64, u64)>, CacheError> {
+    range.map(|r| r.resolve(size).ok_or(CacheError::RangeNotSatisfiable { size })).transpose()
+}
+
 fn serve_stored(
     store: &Store,
     digest: &Digest,
@@ -556,13 +557,8 @@ fn serve_stored(
     range: Option<RangeRequest>,
     head: bool,
 ) -> Result<BlobAnswer, CacheError> {
-    let (start, end, served) = match range {
-        Some(r) => {
-            let (s, e) = r.resolve(size).ok_or(CacheError::RangeNotSatisfiable { size })?;
-            (s, e, Some((s, e)))
-        }
-        None => (0, size, None),
-    };
+    let served = resolve_range(range, size)?;
+    let (start, end) = served.unwrap_or((0, size));
     let body = (!head).then(|| BlobReader::stored(store, digest, file, start, end));
     Ok(BlobAnswer { size: Some(size), range: served, body, outcome: Outcome::Hit })
 }

@@ -37,6 +37,11 @@ impl AcceptList {
         AcceptList(types)
     }
 
+    /// A list of exactly one type (regcache's own requests, such as referrers).
+    pub fn only(media_type: &str) -> AcceptList {
+        AcceptList(vec![media_type.to_ascii_lowercase()])
+    }
+
     /// What to send upstream: the client's list, or every manifest type when it named none.
     pub fn for_upstream(&self) -> Vec<String> {
         if self.0.is_empty() {

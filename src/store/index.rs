@@ -38,10 +38,8 @@ pub struct StoredManifest {
 /// What a tag pointed at when last seen upstream.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TagEntry {
-    /// The manifest digest.
+    /// The manifest digest (the manifest itself, with its media type, is stored by digest).
     pub digest: String,
-    /// The manifest's media type.
-    pub media_type: String,
     /// Unix seconds when upstream last confirmed it.
     pub checked_at: u64,
 }
@@ -269,7 +267,7 @@ mod tests {
 
         let repo: RepositoryName = "library/alpine".parse().unwrap();
         let tag: Tag = "3".parse().unwrap();
-        let e = TagEntry { digest: d.to_string(), media_type: "x".into(), checked_at: 1 };
+        let e = TagEntry { digest: d.to_string(), checked_at: 1 };
         idx.put_tag("docker.io", &repo, &tag, &e).unwrap();
         assert_eq!(idx.tag("docker.io", &repo, &tag).unwrap(), Some(e.clone()));
         assert_eq!(idx.tag("ghcr.io", &repo, &tag).unwrap(), None);
