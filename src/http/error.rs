@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::route::RouteError;
 use super::{full, Outcome, Resp};
+use crate::access::Refusal;
 use crate::cache::CacheError;
 use crate::oci::{ErrorBody, ErrorCode};
 use crate::upstream::UpstreamError;
@@ -29,6 +30,21 @@ pub fn oci_error(status: StatusCode, code: ErrorCode, message: &str, detail: ser
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp.extensions_mut().insert(Outcome::Error);
     resp
+}
+
+/// The response for a request the access policy refuses: 403 for the address, 401 with a Basic
+/// challenge for missing or wrong credentials (so `docker login` asks for them).
+pub fn refused(refusal: Refusal) -> Resp {
+    match refusal {
+        Refusal::Forbidden => {
+            oci_error(StatusCode::FORBIDDEN, ErrorCode::Denied, "this address may not use the mirror", serde_json::Value::Null)
+        }
+        Refusal::Unauthorized => {
+            let mut r = oci_error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "credentials required", serde_json::Value::Null);
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"regcache\""));
+            r
+        }
+    }
 }
 
 /// The response for a routing error.

@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::oci::{AcceptList, ErrorCode, RepositoryName};
 use crate::store::Store;
 use crate::upstream::{content_length, Upstream};
-use error::{oci_error, rescue, route_error, Resource};
+use error::{oci_error, refused, rescue, route_error, Resource};
 pub use range::parse_range;
 pub use route::{query, route, Query, RepoRoute, Route, RouteError};
 pub use server::{serve, serve_admin};
@@ -162,8 +162,10 @@ impl Registry {
     }
 
     async fn respond(&self, req: Request<Incoming>, peer: SocketAddr, surface: Surface) -> Resp {
-        if surface == Surface::Main && self.gate.allows(peer.ip()).is_err() {
-            return oci_error(StatusCode::FORBIDDEN, ErrorCode::Denied, "this address may not use the mirror", serde_json::Value::Null);
+        if surface == Surface::Main {
+            if let Err(refusal) = self.gate.allows(peer.ip()) {
+                return refused(refusal);
+            }
         }
         let route = match route(req.method(), req.uri().path()) {
             Ok(r) => r,
@@ -178,11 +180,7 @@ impl Registry {
             }
             (Surface::Main, _) => match self.gate.authenticates(req.headers().get(header::AUTHORIZATION)) {
                 Ok(()) => self.respond_to(req, route).await,
-                Err(_) => {
-                    let mut r = oci_error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "credentials required", serde_json::Value::Null);
-                    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"regcache\""));
-                    r
-                }
+                Err(refusal) => refused(refusal),
             },
         };
         resp.extensions_mut().insert(label);
@@ -301,15 +299,31 @@ fn next_page_link(upstream: &HeaderValue, client_path: &str, ns: Option<&str>) -
     HeaderValue::from_str(&format!("<{client_path}?{}>; rel=\"next\"", params.finish())).ok()
 }
 
-/// A generated JSON answer (tag list, referrers), marked stale when it came from the cache.
+/// A generated JSON answer (tag list, referrers).
 fn json_response(body: Bytes, outcome: crate::cache::Outcome, content_type: &'static str) -> Resp {
     let mut r = Response::new(full(body));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    with_outcome(r, outcome)
+}
+
+/// Record how a response was answered; a stale answer also tells the client with `Warning`.
+fn with_outcome(mut r: Resp, outcome: crate::cache::Outcome) -> Resp {
     if outcome == crate::cache::Outcome::Stale {
         r.headers_mut().insert(header::WARNING, HeaderValue::from_static("110 - \"Response is Stale\""));
     }
     r.extensions_mut().insert(Outcome::Cache(outcome));
     r
+}
+
+/// `Docker-Content-Digest` and the `ETag` made from it.
+fn digest_headers(h: &mut http::HeaderMap, digest: &crate::oci::Digest) {
+    let digest = digest.to_string();
+    if let Ok(v) = HeaderValue::from_str(&digest) {
+        h.insert("docker-content-digest", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+        h.insert(header::ETAG, v);
+    }
 }
 
 fn base() -> Resp {
@@ -333,19 +347,9 @@ fn manifest_response(a: ManifestAnswer, head: bool) -> Resp {
     if let Ok(v) = HeaderValue::from_str(&a.media_type) {
         h.insert(header::CONTENT_TYPE, v);
     }
-    let digest = a.digest.to_string();
-    if let Ok(v) = HeaderValue::from_str(&digest) {
-        h.insert("docker-content-digest", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
-        h.insert(header::ETAG, v);
-    }
+    digest_headers(h, &a.digest);
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(a.size));
-    r.extensions_mut().insert(Outcome::Cache(a.outcome));
-    if a.outcome == crate::cache::Outcome::Stale {
-        r.headers_mut().insert(header::WARNING, HeaderValue::from_static("110 - \"Response is Stale\""));
-    }
-    r
+    with_outcome(r, a.outcome)
 }
 
 fn blob_response(a: BlobAnswer, digest: &crate::oci::Digest) -> Resp {
@@ -359,12 +363,7 @@ fn blob_response(a: BlobAnswer, digest: &crate::oci::Digest) -> Resp {
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
-        h.insert("docker-content-digest", v.clone());
-        if let Ok(etag) = HeaderValue::from_str(&format!("\"{digest}\"")) {
-            h.insert(header::ETAG, etag);
-        }
-    }
+    digest_headers(h, digest);
     match (a.range, a.size) {
         (Some((start, end)), Some(size)) => {
             *r.status_mut() = StatusCode::PARTIAL_CONTENT;
@@ -379,8 +378,7 @@ fn blob_response(a: BlobAnswer, digest: &crate::oci::Digest) -> Resp {
         }
         _ => {}
     }
-    r.extensions_mut().insert(Outcome::Cache(a.outcome));
-    r
+    with_outcome(r, a.outcome)
 }
 
 /// A body that counts what it sends and calls `done(bytes, complete)` once, when it ends or is
