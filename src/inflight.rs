@@ -551,15 +551,22 @@ pub struct BlobReader {
     file: Arc<File>,
     pos: u64,
     end: Option<u64>,
-    fill: Option<(Arc<Fill>, watch::Receiver<FillState>)>,
-    /// This reader's position, published to the fill it follows.
-    published: Option<Arc<AtomicU64>>,
+    /// The fill this reader follows, while it runs.
+    fill: Option<Following>,
     /// How much to read at once.
     chunk: usize,
     /// Recycled buffers the bytes are read into.
     pool: BufPool,
     /// Keeps the blob from being evicted while it is read.
     _in_use: InUse,
+}
+
+/// A reader's link to the fill it follows: the fill, its state, and the reader's position as the
+/// fill sees it.
+struct Following {
+    fill: Arc<Fill>,
+    state: watch::Receiver<FillState>,
+    position: Arc<AtomicU64>,
 }
 
 impl BlobReader {
@@ -572,7 +579,6 @@ impl BlobReader {
             pos: start,
             end: Some(end),
             fill: None,
-            published: None,
             chunk: HIT_CHUNK,
             pool: BufPool::default(),
             _in_use: in_use,
@@ -582,15 +588,14 @@ impl BlobReader {
     /// A reader of `[start, end)` of a running fill (`end` = `None`: to the end, whatever it is).
     pub fn filling(store: &Store, fill: Arc<Fill>, start: u64, end: Option<u64>) -> BlobReader {
         let in_use = store.usage.hold(&fill.digest);
-        let rx = fill.state.subscribe();
-        let published = Arc::new(AtomicU64::new(start));
-        fill.readers.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&published));
+        let state = fill.state.subscribe();
+        let position = Arc::new(AtomicU64::new(start));
+        fill.readers.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&position));
         BlobReader {
             file: fill.file.clone(),
             pos: start,
             end,
-            fill: Some((fill, rx)),
-            published: Some(published),
+            fill: Some(Following { fill, state, position }),
             chunk: FOLLOW_CHUNK,
             pool: BufPool::default(),
             _in_use: in_use,
@@ -603,14 +608,14 @@ impl BlobReader {
             if self.end.is_some_and(|e| self.pos >= e) {
                 return None;
             }
-            let Some((fill, rx)) = &mut self.fill else {
+            let Some(following) = &mut self.fill else {
                 break self.end.unwrap_or(self.pos);
             };
-            let state = rx.borrow_and_update().clone();
+            let state = following.state.borrow_and_update().clone();
             let limit = match state {
                 FillState::Done { size } => {
                     self.end = Some(self.end.map_or(size, |e| e.min(size)));
-                    if !fill.disk_failed() {
+                    if !following.fill.disk_failed() {
                         self.fill = None;
                         continue;
                     }
@@ -625,14 +630,14 @@ impl BlobReader {
             if limit > self.pos {
                 break limit;
             }
-            if rx.changed().await.is_err() {
+            if following.state.changed().await.is_err() {
                 return Some(Err(io::Error::other("blob fill ended without a result")));
             }
         };
         if available <= self.pos {
             return None;
         }
-        let available = match self.fill.as_ref().map(|(f, _)| f.locate(self.pos, available)) {
+        let available = match self.fill.as_ref().map(|f| f.fill.locate(self.pos, available)) {
             None => available,
             Some(Located::File(limit)) => limit,
             Some(Located::Memory(bytes)) => {
@@ -654,10 +659,10 @@ impl BlobReader {
 
     fn advance(&mut self, n: u64) {
         self.pos += n;
-        if let (Some(p), Some((fill, _))) = (&self.published, &self.fill) {
-            p.store(self.pos, Ordering::Release);
-            if fill.disk_failed() {
-                fill.advanced.notify_waiters();
+        if let Some(f) = &self.fill {
+            f.position.store(self.pos, Ordering::Release);
+            if f.fill.disk_failed() {
+                f.fill.advanced.notify_waiters();
             }
         }
     }
