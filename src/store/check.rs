@@ -135,12 +135,7 @@ mod tests {
     use std::os::unix::fs::FileExt;
 
     fn put(store: &Store, bytes: &[u8]) -> Digest {
-        let d = Digest::sha256_of(bytes);
-        let t = store.blobs.begin().unwrap();
-        t.file().write_all_at(bytes, 0).unwrap();
-        store.blobs.commit(t, &d).unwrap();
-        store.index.put_blob(&d, bytes.len() as u64).unwrap();
-        d
+        store.put_test_blob(bytes)
     }
 
     #[test]

@@ -133,14 +133,9 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::FileExt;
 
     fn put(store: &Store, bytes: &[u8], at: u64) -> Digest {
-        let d = Digest::sha256_of(bytes);
-        let t = store.blobs.begin().unwrap();
-        t.file().write_all_at(bytes, 0).unwrap();
-        store.blobs.commit(t, &d).unwrap();
-        store.index.put_blob(&d, bytes.len() as u64).unwrap();
+        let d = store.put_test_blob(bytes);
         store.index.put_access([(d.clone(), at)].into_iter().collect()).unwrap();
         d
     }

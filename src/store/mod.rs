@@ -89,6 +89,18 @@ impl Store {
         Ok(store)
     }
 
+    /// Store `bytes` as a verified, indexed blob, the way a fill does (for tests of the store).
+    #[cfg(test)]
+    pub(crate) fn put_test_blob(&self, bytes: &[u8]) -> crate::oci::Digest {
+        use std::os::unix::fs::FileExt;
+        let d = crate::oci::Digest::sha256_of(bytes);
+        let t = self.blobs.begin().expect("temp file");
+        t.file().write_all_at(bytes, 0).expect("write");
+        self.blobs.commit(t, &d).expect("commit");
+        self.index.put_blob(&d, bytes.len() as u64).expect("index");
+        d
+    }
+
     /// Note content just stored: record its access and signal the evictor if over the limit.
     pub fn stored(&self, digest: &crate::oci::Digest) {
         self.usage.touch(digest);
