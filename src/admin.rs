@@ -5,7 +5,7 @@ use std::io::{self, IsTerminal, Write};
 use std::time::Duration;
 
 use crate::config::is_docker_hub_name;
-use crate::oci::{references, Digest, RepositoryName};
+use crate::oci::{is_registry_host, references, Digest, RepositoryName};
 use crate::store::{now_secs, Store, TagEntry};
 
 /// `regcache ls [REPO]`: cached repositories and tags, when each was last revalidated, and sizes.
@@ -44,7 +44,7 @@ pub fn ls(store: &Store, filter: Option<&str>, out: &mut dyn Write) -> io::Resul
 /// `host/name` or `name` → (host, name as stored upstream).
 fn parse_filter(f: &str) -> Result<(Option<String>, String), String> {
     let (host, name) = match f.split_once('/') {
-        Some((h, n)) if h.contains('.') || h.contains(':') || h == "localhost" => (Some(h.to_owned()), n),
+        Some((h, n)) if is_registry_host(h) => (Some(h.to_owned()), n),
         _ => (None, f),
     };
     let name: RepositoryName = name.parse().map_err(|e| format!("{e}"))?;
@@ -56,10 +56,10 @@ fn image_size(store: &Store, entry: &TagEntry) -> Option<u64> {
     let digest: Digest = entry.digest.parse().ok()?;
     let m = store.index.manifest(&digest).ok()??;
     let refs = references(&m.bytes)?;
-    let mut total: u64 = refs.blobs.iter().filter_map(|(_, s)| *s).sum();
+    let mut total = refs.blob_bytes();
     for child in refs.children {
         if let Some(c) = store.index.manifest(&child.digest).ok().flatten() {
-            total += references(&c.bytes).map_or(0, |r| r.blobs.iter().filter_map(|(_, s)| *s).sum());
+            total += references(&c.bytes).map_or(0, |r| r.blob_bytes());
         }
     }
     Some(total)

@@ -120,9 +120,8 @@ impl Warmer {
                 images.push(references(&bytes).ok_or("a child manifest is not one regcache can read")?);
             }
         }
-        let blobs: Vec<(Digest, Option<u64>)> = images.into_iter().flat_map(|r| r.blobs).collect();
-        progress.grow(blobs.iter().filter_map(|(_, s)| *s).sum());
-        for (digest, _) in blobs {
+        progress.grow(images.iter().map(|r| r.blob_bytes()).sum());
+        for (digest, _) in images.into_iter().flat_map(|r| r.blobs) {
             w.bytes += self.blob(image, &digest, progress).await?;
             w.blobs += 1;
         }

@@ -23,7 +23,7 @@ use crate::cache::{BlobAnswer, Cache, ManifestAnswer};
 use crate::access::Gate;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::oci::{AcceptList, ErrorCode, RepositoryName};
+use crate::oci::{is_registry_host, AcceptList, ErrorCode, RepositoryName};
 use crate::store::Store;
 use crate::upstream::{content_length, Upstream};
 use error::{oci_error, refused, rescue, route_error, Resource};
@@ -212,7 +212,7 @@ impl Registry {
             return self.cache.upstream(Some(ns)).map(|u| (u.clone(), name)).ok_or_else(|| unknown(ns));
         }
         let (first, rest) = name.as_str().split_once('/').unwrap_or((name.as_str(), ""));
-        if first.contains('.') || first == "localhost" {
+        if is_registry_host(first) {
             let up = self.cache.upstream(Some(first)).ok_or_else(|| unknown(first))?;
             return Ok((up.clone(), rest.parse()?));
         }

@@ -54,6 +54,13 @@ struct RawFsLayer {
     blob_sum: String,
 }
 
+impl Refs {
+    /// The bytes of the blobs whose sizes the manifest gives.
+    pub fn blob_bytes(&self) -> u64 {
+        self.blobs.iter().filter_map(|(_, s)| *s).sum()
+    }
+}
+
 /// The references of a manifest; `None` if it isn't JSON of a known shape or names an invalid digest.
 pub fn references(bytes: &[u8]) -> Option<Refs> {
     let raw: Raw = serde_json::from_slice(bytes).ok()?;

@@ -11,4 +11,4 @@ pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::{first_code, ErrorBody, ErrorCode};
 pub use media::{AcceptList, MANIFEST_MEDIA_TYPES, SCHEMA1_SIGNED};
 pub use manifest::{references, Child, Refs};
-pub use name::{ImageRef, NameError, Reference, RepositoryName, Tag};
+pub use name::{is_registry_host, ImageRef, NameError, Reference, RepositoryName, Tag};

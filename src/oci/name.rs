@@ -167,6 +167,12 @@ impl fmt::Display for Reference {
     }
 }
 
+/// Whether the first component of an image or repository path names a registry host rather than
+/// a namespace: it has a `.` or a port, or is `localhost` (Docker's rule).
+pub fn is_registry_host(component: &str) -> bool {
+    component.contains('.') || component.contains(':') || component == "localhost"
+}
+
 /// An image as people write it: `alpine:3`, `library/alpine`, `ghcr.io/org/app@sha256:…`,
 /// `localhost:5000/app:1`. Without a registry host it names Docker Hub; without a tag, `latest`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,7 +195,7 @@ impl FromStr for ImageRef {
         };
         // The first component is a registry host if it looks like one (has `.` or `:`, or is localhost).
         let (registry, path) = match rest.split_once('/') {
-            Some((first, path)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            Some((first, path)) if is_registry_host(first) => {
                 (first.to_ascii_lowercase(), path)
             }
             _ => ("docker.io".to_owned(), rest),
