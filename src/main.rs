@@ -238,10 +238,13 @@ async fn reload_on_sighup(registry: std::sync::Arc<Registry>) {
 }
 
 /// Warm through the running server if one holds the data directory, else through a temporary one.
+/// The temporary one listens on loopback only for this process, so it serves plain HTTP without the
+/// mirror's access control.
 fn warm(config: Config, images: &[ImageRef], platform: Option<&str>) -> anyhow::Result<bool> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let private = Config { tls: None, access: Default::default(), ..config.clone() };
     runtime.block_on(async {
-        match Registry::open(&config) {
+        match Registry::open(&private) {
             Ok(registry) => {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a local port")?;
                 let base = format!("http://{}", listener.local_addr()?);
