@@ -281,13 +281,7 @@ def build_catalog(cache_dir):
     imgs["private"] = _single("private", "private/app", "1", store, "private", True,
                               [_rootfs_entries("private", "amd64"),
                                [("app", None, 0o755), ("app/secret.txt", b"only regcache may fetch this\n", 0o600)]])
-    # every blob must belong to exactly one image, so per-image request counts are unambiguous
-    seen = {}
-    for k, img in imgs.items():
-        for d in img.blobs:
-            assert d not in seen, f"blob {d} shared by {seen[d]} and {k}"
-            seen[d] = k
-    return imgs
+    return _distinct_blobs(imgs)
 
 
 def build_second_catalog(cache_dir, registry="ghcr.io"):
@@ -310,6 +304,11 @@ def build_second_catalog(cache_dir, registry="ghcr.io"):
     imgs["hub-app"] = _single("hub-app", "org/app", "1.0", store, "docker.io-app", True,
                               [_rootfs_entries("docker.io-app", "amd64")])
     imgs["alpine"].registry = imgs["app"].registry = registry
+    return _distinct_blobs(imgs)
+
+
+def _distinct_blobs(imgs):
+    """Check every blob belongs to exactly one image, so per-image request counts are unambiguous."""
     seen = {}
     for k, img in imgs.items():
         for d in img.blobs:
