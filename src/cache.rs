@@ -366,6 +366,8 @@ impl Cache {
         range: Option<RangeRequest>,
         head: bool,
     ) -> Result<BlobAnswer, CacheError> {
+        // Hits skip the fills lock; a miss checks the store once more under it (join_or_start), so a
+        // fill that just finished is never started again.
         if let Some((file, size)) = inflight::stored(&self.store, digest)? {
             return serve_stored(&self.store, digest, file, size, range, head);
         }
