@@ -77,6 +77,12 @@ impl From<FillError> for CacheError {
     }
 }
 
+impl From<crate::singleflight::CallDied> for CacheError {
+    fn from(e: crate::singleflight::CallDied) -> Self {
+        CacheError::Upstream(e.into())
+    }
+}
+
 impl From<io::Error> for CacheError {
     fn from(e: io::Error) -> Self {
         CacheError::Storage(e.to_string())
