@@ -378,7 +378,7 @@ impl Cache {
             return serve_stored(&self.store, digest, file, size, range, head);
         }
         if head {
-            if let Some(size) = self.fills.get(up, digest).and_then(|f| f.total()) {
+            if let Some(size) = self.fills.get(&up.config().name, digest).and_then(|f| f.total()) {
                 return Ok(BlobAnswer { size: Some(size), range: None, body: None, outcome: Outcome::Miss });
             }
             let resp = up.request(Method::HEAD, repo, &format!("blobs/{digest}"), HeaderMap::new()).await?;

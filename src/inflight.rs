@@ -275,9 +275,9 @@ enum Injected {
 }
 
 impl Fills {
-    /// The running fill of `digest` from `upstream`, if any.
-    pub fn get(&self, upstream: &Upstream, digest: &Digest) -> Option<Arc<Fill>> {
-        let key = (upstream.config().name.clone(), digest.clone());
+    /// The running fill of `digest` from the upstream named `upstream`, if any.
+    pub fn get(&self, upstream: &str, digest: &Digest) -> Option<Arc<Fill>> {
+        let key = (upstream.to_owned(), digest.clone());
         self.running.lock().unwrap_or_else(|p| p.into_inner()).get(&key).and_then(|f| f.first().cloned())
     }
 
