@@ -3,7 +3,13 @@
 //! reading the temporary file up to what has been written, so every waiter gets bytes as they arrive.
 //!
 //! The fill runs as its own task: a reader that goes away does not disturb it or the other readers.
-//! A failed fill fails every reader (their responses are cut) and stores nothing.
+//! A failed fill fails every reader (their responses are cut) and stores nothing. The task owns a
+//! `FillGuard`: however the fill ends (also by a panic or by its task being cancelled) the fill
+//! leaves the map and its readers are told, so no later request waits for a fetch that is gone.
+//!
+//! Fills are shared per upstream and digest, never across upstreams, so a hostile or stalled upstream
+//! hurts only its own requests. Within an upstream a request may join a fill for another repository;
+//! if that repository is refused, the request starts its own ([`Join::OwnRepository`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
