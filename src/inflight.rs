@@ -502,7 +502,7 @@ impl FillJob {
                     }
                 }
             }
-            written += len as u64;
+            written = written.saturating_add(len as u64);
             self.fill.state.send_modify(|s| {
                 if let FillState::Running { written: w, .. } = s {
                     *w = written;
