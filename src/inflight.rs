@@ -256,7 +256,8 @@ pub enum Join {
 #[derive(Default)]
 pub struct Fills {
     // A std Mutex: held to look up, insert or remove, and to check the store once, never across an
-    // await, so "stored or being filled" is decided atomically and a digest is fetched only once.
+    // await, so "stored or being filled" is decided atomically and a digest is fetched only once
+    // per upstream.
     // Bounded: at most MAX_SHARED_FILLS fills in all; each is removed by its FillGuard however the
     // fill ends. A key holds more than one fill only while a request refetches a blob another
     // repository was refused (each request does so at most once).
