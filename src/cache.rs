@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method};
 
-use crate::inflight::{self, BlobReader, FillError, Fills, Source};
+use crate::inflight::{self, BlobReader, FillError, Fills, Join, Source};
 use crate::oci::{AcceptList, Digest, Reference, RepositoryName, Tag, SCHEMA1_SIGNED};
 use crate::store::{now_secs, Store, StoredManifest, TagEntry};
 use crate::singleflight::Singleflight;
@@ -74,6 +74,12 @@ impl From<FillError> for CacheError {
             FillError::Corrupt(m) => CacheError::Corrupt(m),
             FillError::Disk(m) => CacheError::Storage(m),
         }
+    }
+}
+
+impl From<crate::singleflight::CallDied> for CacheError {
+    fn from(e: crate::singleflight::CallDied) -> Self {
+        CacheError::Upstream(e.into())
     }
 }
 
@@ -372,18 +378,30 @@ impl Cache {
             return serve_stored(&self.store, digest, file, size, range, head);
         }
         if head {
-            if let Some(size) = self.fills.get(digest).and_then(|f| f.total()) {
+            if let Some(size) = self.fills.get(&up.config().name, digest).and_then(|f| f.total()) {
                 return Ok(BlobAnswer { size: Some(size), range: None, body: None, outcome: Outcome::Miss });
             }
             let resp = up.request(Method::HEAD, repo, &format!("blobs/{digest}"), HeaderMap::new()).await?;
             let size = content_length(resp.headers());
             return Ok(BlobAnswer { size, range: None, body: None, outcome: Outcome::Pass });
         }
-        let fill = match self.fills.join_or_start(&self.store, up, repo, digest)? {
-            Source::Stored(file, size) => return serve_stored(&self.store, digest, file, size, range, head),
-            Source::Filling(fill) => fill,
+        let mut join = Join::Any;
+        let (fill, mut total) = loop {
+            let fill = match self.fills.join_or_start(&self.store, up, repo, digest, join)? {
+                Source::Stored(file, size) => return serve_stored(&self.store, digest, file, size, range, head),
+                Source::Filling(fill) => fill,
+            };
+            match fill.started().await {
+                Ok(total) => break (fill, total),
+                // The upstream refused the repository of the fill this request joined: an answer
+                // about that repository, not ours. Fetch from ours (once).
+                Err(e) if e.is_refusal() && !fill.fetches_from(up, repo) && join == Join::Any => {
+                    tracing::debug!(%digest, joined = %fill.repository(), %repo, error = %e, "joined fill refused; fetching from this request's repository");
+                    join = Join::OwnRepository;
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
-        let mut total = fill.started().await?;
         if range.is_some() && total.is_none() {
             // A range needs the size: wait for the end of a fill whose upstream didn't announce one.
             total = Some(fill.finished().await?);

@@ -3,7 +3,13 @@
 //! reading the temporary file up to what has been written, so every waiter gets bytes as they arrive.
 //!
 //! The fill runs as its own task: a reader that goes away does not disturb it or the other readers.
-//! A failed fill fails every reader (their responses are cut) and stores nothing.
+//! A failed fill fails every reader (their responses are cut) and stores nothing. The task owns a
+//! `FillGuard`: however the fill ends (also by a panic or by its task being cancelled) the fill
+//! leaves the map and its readers are told, so no later request waits for a fetch that is gone.
+//!
+//! Fills are shared per upstream and digest, never across upstreams, so a hostile or stalled upstream
+//! hurts only its own requests. Within an upstream a request may join a fill for another repository;
+//! if that repository is refused, the request starts its own ([`Join::OwnRepository`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -18,6 +24,7 @@ use http::{HeaderMap, Method};
 use tokio::sync::{watch, Notify};
 
 use crate::oci::{Digest, Hasher, RepositoryName};
+use crate::singleflight::CallDied;
 use crate::store::{InUse, Store, TempBlob};
 use crate::upstream::{content_length, Upstream, UpstreamError};
 
@@ -54,7 +61,8 @@ pub enum FillState {
     Failed(FillError),
 }
 
-/// Why a fill failed.
+/// Why a fill failed. A fill that died without a result (it panicked or its task was cancelled)
+/// fails with `Upstream(UpstreamError::Interrupted(_))`, like any shared call.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum FillError {
     /// The upstream refused or failed.
@@ -68,9 +76,20 @@ pub enum FillError {
     Disk(String),
 }
 
+impl FillError {
+    /// Whether the upstream refused this fill's repository (404, 401, 403): an answer about that
+    /// repository, which says nothing about the same blob in another repository.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, FillError::Upstream(UpstreamError::Status { status, .. }) if matches!(status.as_u16(), 401 | 403 | 404))
+    }
+}
+
 /// One running fill.
 pub struct Fill {
     digest: Digest,
+    /// The repository it fetches from, as the upstream names it (on the upstream of its
+    /// [`FillKey`]).
+    repo: RepositoryName,
     file: Arc<File>,
     state: watch::Sender<FillState>,
     /// The newest bytes, in memory, for the readers close behind the fill.
@@ -182,6 +201,22 @@ impl Fill {
         readers.iter().filter_map(Weak::upgrade).map(|p| p.load(Ordering::Acquire)).min()
     }
 
+    /// The repository this fill fetches from, as its upstream names it.
+    pub fn repository(&self) -> &RepositoryName {
+        &self.repo
+    }
+
+    /// Whether this fill fetches from `repo` on `upstream` (`alpine` is `library/alpine` on Docker
+    /// Hub). Fills are shared per upstream, so only the repository can differ.
+    pub fn fetches_from(&self, upstream: &Upstream, repo: &RepositoryName) -> bool {
+        self.repo == upstream.upstream_name(repo)
+    }
+
+    /// How many requests are waiting for this fill to start or reading from it.
+    pub fn waiters(&self) -> usize {
+        self.state.receiver_count()
+    }
+
     /// The size, if known yet.
     pub fn total(&self) -> Option<u64> {
         match &*self.state.borrow() {
@@ -200,33 +235,76 @@ pub enum Source {
     Filling(Arc<Fill>),
 }
 
-/// The running fills, by digest.
+/// How many fills the map holds at most. Its keys are digests clients choose, so it is capped: past
+/// this many, a fill runs unshared (its one request still gets the blob).
+const MAX_SHARED_FILLS: usize = 4096;
+
+/// Fills are shared per upstream (its name) and digest. Never across upstreams: a fill from a
+/// hostile or stalled upstream must not hold up or fail a request for another one.
+type FillKey = (String, Digest);
+
+/// Which running fill a request may join.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Join {
+    /// Any fill of the blob from the request's upstream, whatever its repository.
+    Any,
+    /// Only a fill from the request's own repository: a fill from another one was refused.
+    OwnRepository,
+}
+
+/// The running fills, by upstream and digest.
 #[derive(Default)]
 pub struct Fills {
     // A std Mutex: held to look up, insert or remove, and to check the store once, never across an
-    // await, so "stored or being filled" is decided atomically and a digest is fetched only once.
-    running: Mutex<HashMap<Digest, Arc<Fill>>>,
+    // await, so "stored or being filled" is decided atomically and a digest is fetched only once
+    // per upstream.
+    // Bounded: at most MAX_SHARED_FILLS fills in all; each is removed by its FillGuard however the
+    // fill ends. A key holds more than one fill only while a request refetches a blob another
+    // repository was refused (each request does so at most once).
+    running: Mutex<HashMap<FillKey, Vec<Arc<Fill>>>>,
+    /// Fills running outside the map (it was full).
+    unshared: AtomicU64,
     /// Signalled whenever a fill ends.
     ended: Notify,
+    /// A failure to inject into the next fills, for tests.
+    #[cfg(test)]
+    injected: Mutex<Option<Injected>>,
+}
+
+/// What a test makes a fill do.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug)]
+enum Injected {
+    /// Panic before the request.
+    Panic,
+    /// Never get anywhere.
+    Hang,
 }
 
 impl Fills {
-    /// The running fill for `digest`, if any.
-    pub fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
-        self.running.lock().unwrap_or_else(|p| p.into_inner()).get(digest).cloned()
+    /// The running fill of `digest` from the upstream named `upstream`, if any.
+    pub fn get(&self, upstream: &str, digest: &Digest) -> Option<Arc<Fill>> {
+        let key = (upstream.to_owned(), digest.clone());
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).get(&key).and_then(|f| f.first().cloned())
     }
 
-    /// The stored blob, the running fill, or a new fill fetching `digest` from `upstream`.
+    /// The stored blob, a running fill `join` allows, or a new fill fetching `digest` from
+    /// `repo` on `upstream`.
     pub fn join_or_start(
         self: &Arc<Self>,
         store: &Arc<Store>,
         upstream: &Arc<Upstream>,
         repo: &RepositoryName,
         digest: &Digest,
+        join: Join,
     ) -> io::Result<Source> {
+        let key = (upstream.config().name.clone(), digest.clone());
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(fill) = running.get(digest) {
-            return Ok(Source::Filling(fill.clone()));
+        let joinable = running.get(&key).and_then(|fills| {
+            fills.iter().find(|f| join == Join::Any || f.fetches_from(upstream, repo)).cloned()
+        });
+        if let Some(fill) = joinable {
+            return Ok(Source::Filling(fill));
         }
         if let Some((file, len)) = stored(store, digest)? {
             return Ok(Source::Stored(file, len));
@@ -235,28 +313,37 @@ impl Fills {
         let (state, _) = watch::channel(FillState::Connecting);
         let fill = Arc::new(Fill {
             digest: digest.clone(),
+            repo: upstream.upstream_name(repo),
             file: temp.file().clone(),
             state,
             recent: Mutex::new(Recent::default()),
             readers: Mutex::new(Vec::new()),
             advanced: Notify::new(),
         });
-        running.insert(digest.clone(), fill.clone());
+        let shared = running.values().map(Vec::len).sum::<usize>() < MAX_SHARED_FILLS;
+        if shared {
+            running.entry(key.clone()).or_default().push(fill.clone());
+        } else {
+            self.unshared.fetch_add(1, Ordering::Relaxed);
+        }
+        let guard = FillGuard { fills: Arc::clone(self), key, fill: fill.clone(), shared, failure: None };
         let job = FillJob {
-            fills: Arc::clone(self),
             fill: fill.clone(),
             store: Arc::clone(store),
             upstream: Arc::clone(upstream),
             repo: repo.clone(),
             digest: digest.clone(),
+            #[cfg(test)]
+            injected: *self.injected.lock().unwrap_or_else(|p| p.into_inner()),
         };
-        tokio::spawn(job.run(temp));
+        tokio::spawn(job.run(temp, guard));
         Ok(Source::Filling(fill))
     }
 
     /// How many fills are running.
     pub fn len(&self) -> usize {
-        self.running.lock().unwrap_or_else(|p| p.into_inner()).len()
+        let shared: usize = self.running.lock().unwrap_or_else(|p| p.into_inner()).values().map(Vec::len).sum();
+        shared.saturating_add(usize::try_from(self.unshared.load(Ordering::Relaxed)).unwrap_or(usize::MAX))
     }
 
     /// Whether no fill is running.
@@ -278,6 +365,49 @@ impl Fills {
     }
 }
 
+/// The one fetcher's hold on a fill (pingora's write permit), owned by the fill's task. However the
+/// task ends (returned, panicked, cancelled), dropping it takes the fill out of the map and, unless
+/// the fill already has its result, fails it, so no request waits for a fetch that is gone.
+struct FillGuard {
+    fills: Arc<Fills>,
+    key: FillKey,
+    fill: Arc<Fill>,
+    /// Whether the fill is in the map (else it is counted in `unshared`).
+    shared: bool,
+    /// Why the fill failed, when it ended with an error; `None` when it died.
+    failure: Option<FillError>,
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        // Out of the map before the failure is told, so a request that retries after it never
+        // finds this fill again.
+        if self.shared {
+            let mut running = self.fills.running.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(fills) = running.get_mut(&self.key) {
+                fills.retain(|f| !Arc::ptr_eq(f, &self.fill));
+                if fills.is_empty() {
+                    running.remove(&self.key);
+                }
+            }
+        } else {
+            self.fills.unshared.fetch_sub(1, Ordering::Relaxed);
+        }
+        let failure = self.failure.take();
+        self.fill.state.send_if_modified(|s| match s {
+            FillState::Done { .. } | FillState::Failed(_) => false,
+            _ => {
+                if failure.is_none() {
+                    tracing::error!(digest = %self.fill.digest, "a blob fill died without a result; its readers get an error");
+                }
+                *s = FillState::Failed(failure.unwrap_or_else(|| UpstreamError::from(CallDied).into()));
+                true
+            }
+        });
+        self.fills.ended.notify_waiters();
+    }
+}
+
 /// The stored blob for `digest`, if the index and the file agree. A file the index doesn't vouch
 /// for is treated as absent (a fill will replace it).
 pub fn stored(store: &Store, digest: &Digest) -> io::Result<Option<(File, u64)>> {
@@ -293,37 +423,38 @@ pub fn stored(store: &Store, digest: &Digest) -> io::Result<Option<(File, u64)>>
 }
 
 struct FillJob {
-    fills: Arc<Fills>,
     fill: Arc<Fill>,
     store: Arc<Store>,
     upstream: Arc<Upstream>,
     repo: RepositoryName,
     digest: Digest,
+    #[cfg(test)]
+    injected: Option<Injected>,
 }
 
 impl FillJob {
-    async fn run(self, temp: TempBlob) {
-        let result = self.download(temp).await;
-        let remove = || {
-            self.fills.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.digest);
-            self.fills.ended.notify_waiters();
-        };
-        match result {
+    /// Run the fill to its end; `guard` is dropped with it, however it ends.
+    async fn run(self, temp: TempBlob, mut guard: FillGuard) {
+        match self.download(temp).await {
             Ok((size, stored)) => {
                 tracing::info!(digest = %self.digest, size, stored, "blob fetched and verified");
                 self.fill.state.send_replace(FillState::Done { size });
-                remove();
             }
             Err(e) => {
                 tracing::warn!(digest = %self.digest, error = %e, "blob fill failed; nothing stored");
-                remove();
-                self.fill.state.send_replace(FillState::Failed(e));
+                guard.failure = Some(e);
             }
         }
     }
 
     /// Fetch, verify and (when it can) store the blob: its size, and whether it was stored.
     async fn download(&self, temp: TempBlob) -> Result<(u64, bool), FillError> {
+        #[cfg(test)]
+        match self.injected {
+            Some(Injected::Panic) => panic!("injected panic inside a blob fill"),
+            Some(Injected::Hang) => std::future::pending::<()>().await,
+            None => {}
+        }
         let resp = self
             .upstream
             .request(Method::GET, &self.repo, &format!("blobs/{}", self.digest), HeaderMap::new())
@@ -348,7 +479,7 @@ impl FillJob {
                     Some(Err(e)) => return Err(e.into()),
                 }
             }
-            if total.is_some_and(|t| written + len as u64 > t) {
+            if total.is_some_and(|t| written.saturating_add(len as u64) > t) {
                 return Err(FillError::Corrupt(format!("upstream sent more than the {} bytes it announced", total.unwrap_or(0))));
             }
             if self.fill.disk_failed() {
@@ -372,7 +503,7 @@ impl FillJob {
                     }
                 }
             }
-            written += len as u64;
+            written = written.saturating_add(len as u64);
             self.fill.state.send_modify(|s| {
                 if let FillState::Running { written: w, .. } = s {
                     *w = written;
@@ -665,5 +796,91 @@ impl BlobReader {
                 f.fill.advanced.notify_waiters();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Overrides};
+    use crate::metrics::Metrics;
+
+    /// A store, an upstream that is never contacted (every fill here gets `injected` before its
+    /// request), and the fills.
+    fn setup(injected: Injected) -> (tempfile::TempDir, Arc<Store>, Arc<Upstream>, Arc<Fills>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let toml = "[[upstream]]\nname = \"x.io\"\nurl = \"http://127.0.0.1:9\"\n";
+        let config = Config::from_toml(toml, &Overrides::default(), std::path::Path::new(".")).unwrap();
+        let up = Arc::new(Upstream::new(config.upstreams[0].clone(), Arc::new(Metrics::new())).unwrap());
+        let fills = Arc::new(Fills::default());
+        fills.inject(Some(injected));
+        (dir, store, up, fills)
+    }
+
+    impl Fills {
+        fn inject(&self, what: Option<Injected>) {
+            *self.injected.lock().unwrap() = what;
+        }
+    }
+
+    fn start(fills: &Arc<Fills>, store: &Arc<Store>, up: &Arc<Upstream>, digest: &Digest) -> Arc<Fill> {
+        let repo: RepositoryName = "library/alpine".parse().unwrap();
+        match fills.join_or_start(store, up, &repo, digest, Join::Any).unwrap() {
+            Source::Filling(fill) => fill,
+            Source::Stored(..) => panic!("nothing is stored"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_inside_a_fill_fails_its_waiters_and_is_not_kept() {
+        let (dir, store, up, fills) = setup(Injected::Panic);
+        let digest = Digest::sha256_of(b"never fetched");
+        let fill = start(&fills, &store, &up, &digest);
+        // Bounded: before the guard, the waiters of a panicked fill waited forever.
+        let started = tokio::time::timeout(std::time::Duration::from_secs(10), fill.started()).await;
+        let err = started.expect("the waiter is told").expect_err("the fill failed");
+        assert!(matches!(err, FillError::Upstream(UpstreamError::Interrupted(_))), "{err:?}");
+        assert!(fills.is_empty(), "the panicked fill left the map");
+        tokio::time::timeout(std::time::Duration::from_secs(10), fills.idle()).await.expect("idle");
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "its temporary file is gone");
+        // The next request for the digest starts a new fill.
+        fills.inject(Some(Injected::Hang));
+        let again = start(&fills, &store, &up, &digest);
+        assert!(!Arc::ptr_eq(&fill, &again));
+        assert_eq!(fills.len(), 1);
+    }
+
+    #[test]
+    fn a_cancelled_fill_fails_its_waiters_and_is_not_kept() {
+        let (_dir, store, up, fills) = setup(Injected::Hang);
+        let digest = Digest::sha256_of(b"never fetched");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let fill = rt.block_on(async { start(&fills, &store, &up, &digest) });
+        assert_eq!(fills.len(), 1);
+        // Shutting the runtime down cancels the fill's task.
+        drop(rt);
+        assert!(fills.is_empty(), "the cancelled fill left the map");
+        assert!(matches!(&*fill.state.borrow(), FillState::Failed(FillError::Upstream(UpstreamError::Interrupted(_)))));
+    }
+
+    #[tokio::test]
+    async fn a_request_joins_another_repository_only_when_it_may() {
+        let (_dir, store, up, fills) = setup(Injected::Hang);
+        let digest = Digest::sha256_of(b"shared layer");
+        let first = start(&fills, &store, &up, &digest);
+        let other: RepositoryName = "org/app".parse().unwrap();
+        let joined = |join| match fills.join_or_start(&store, &up, &other, &digest, join).unwrap() {
+            Source::Filling(fill) => fill,
+            Source::Stored(..) => panic!("nothing is stored"),
+        };
+        assert!(Arc::ptr_eq(&joined(Join::Any), &first));
+        let own = joined(Join::OwnRepository);
+        assert!(!Arc::ptr_eq(&own, &first), "a fill of its own repository");
+        assert!(Arc::ptr_eq(&joined(Join::OwnRepository), &own));
+        assert_eq!(fills.len(), 2);
+        let alpine: RepositoryName = "alpine".parse().unwrap();
+        assert!(first.fetches_from(&up, &"library/alpine".parse().unwrap()));
+        assert!(!first.fetches_from(&up, &alpine), "x.io is not Docker Hub: no library/ prefix");
     }
 }

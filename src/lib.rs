@@ -8,7 +8,7 @@
 //! - [`oci`]: the registry domain, pure: `Digest`, `RepositoryName`, `Reference`, media types, error codes.
 //! - [`upstream`]: the client for one upstream registry: pooled hyper + rustls, token auth, redirects.
 //! - [`store`]: blob files (temp → verify → fsync → rename) and the sled index.
-//! - [`inflight`]: one upstream download per blob, followed by any number of readers.
+//! - [`inflight`]: one upstream download per blob and upstream, followed by any number of readers.
 //! - [`singleflight`]: one call per key at a time (manifest fetches, tag revalidations, tokens).
 //! - [`cache`]: the policy: hit, miss, revalidate, stale.
 //! - [`http`]: accept loop, routing, handlers, the one error mapping.
@@ -18,7 +18,8 @@
 //! `http::server` accepts a connection; `http::Registry::handle` routes it (`http::route`, which makes
 //! the typed name and reference), picks the upstream, and asks [`cache::Cache`]. A manifest by tag is
 //! revalidated with an upstream `HEAD` and served from the index when its digest is known; a blob is
-//! served from its file, or joins (or starts) the fill for its digest and streams what arrives. Errors
+//! served from its file, or joins (or starts) the fill for its digest from its upstream and streams
+//! what arrives (fetching from its own repository if the fill it joined was refused for another). Errors
 //! from any layer become one OCI error response in `http::error`.
 
 pub mod access;

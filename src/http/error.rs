@@ -106,5 +106,9 @@ fn upstream_error(u: &UpstreamError, what: Resource, message: &str) -> Resp {
         UpstreamError::Connect(_) | UpstreamError::Protocol(_) | UpstreamError::TooLarge(_) => {
             oci_error(StatusCode::BAD_GATEWAY, ErrorCode::Unavailable, message, upstream)
         }
+        UpstreamError::Interrupted(_) => {
+            tracing::error!(error = %message, "a shared upstream call died");
+            oci_error(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unavailable, message, json!({"blame": "regcache"}))
+        }
     }
 }

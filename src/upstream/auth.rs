@@ -16,8 +16,13 @@ use super::{Transport, UpstreamError};
 use crate::config::{Credentials, UpstreamConfig};
 use crate::singleflight::Singleflight;
 
-/// How long a token lives when the token server doesn't say.
+/// How long a token lives when the token server doesn't say (or says nothing usable).
 const DEFAULT_TOKEN_LIFETIME: u64 = 60;
+/// The longest a token is kept, whatever the token server says.
+const MAX_TOKEN_LIFETIME: u64 = 24 * 60 * 60;
+/// How many tokens are kept. Scopes name repositories clients choose, so the map is capped: expired
+/// tokens go first, then the ones that expire soonest.
+const MAX_TOKENS: usize = 1024;
 /// The largest token response regcache reads.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 
@@ -46,10 +51,12 @@ pub enum Authorization {
 pub struct Auth {
     upstream: UpstreamConfig,
     // std Mutexes: held only for map lookups and inserts, never across an await.
+    /// Tokens by scope, until when they may be used. Bounded: at most MAX_TOKENS (see `remember`).
     tokens: Mutex<HashMap<String, (Token, Instant)>>,
     /// The last Bearer challenge seen, so later scopes fetch a token before their first request.
     bearer: Mutex<Option<(String, Option<String>)>>,
     basic: Mutex<bool>,
+    /// Token requests by scope; bounded by the singleflight's own cap.
     fetches: Singleflight<String, Result<(Token, Duration), UpstreamError>>,
 }
 
@@ -57,7 +64,8 @@ pub struct Auth {
 struct TokenResponse {
     token: Option<String>,
     access_token: Option<String>,
-    expires_in: Option<u64>,
+    /// Any JSON: token servers send integers, floats, strings, negatives; see [`token_lifetime`].
+    expires_in: Option<serde_json::Value>,
 }
 
 impl Auth {
@@ -133,8 +141,15 @@ impl Auth {
     }
 
     fn cached(&self, scope: &str) -> Option<Token> {
-        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens.get(scope).filter(|(_, until)| Instant::now() < *until).map(|(t, _)| t.clone())
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        match tokens.get(scope) {
+            Some((token, until)) if Instant::now() < *until => Some(token.clone()),
+            Some(_) => {
+                tokens.remove(scope);
+                None
+            }
+            None => None,
+        }
     }
 
     async fn fetch(
@@ -170,11 +185,23 @@ impl Auth {
         Ok(token)
     }
 
-    /// Store a token fetched for `scope` that lives `lifetime`.
+    /// Store a token fetched for `scope` that lives `lifetime`, to be used until shortly before it
+    /// expires. A full map first drops expired tokens, then the one that expires soonest.
     fn remember(&self, scope: &str, token: &Token, lifetime: Duration) {
         let margin = (lifetime / 10).max(Duration::from_secs(5)).min(lifetime / 2);
-        let until = Instant::now() + lifetime - margin;
-        self.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(scope.to_owned(), (token.clone(), until));
+        let now = Instant::now();
+        let until = now.checked_add(lifetime.saturating_sub(margin)).unwrap_or(now);
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if tokens.len() >= MAX_TOKENS && !tokens.contains_key(scope) {
+            tokens.retain(|_, (_, until)| now < *until);
+            if tokens.len() >= MAX_TOKENS {
+                let soonest = tokens.iter().min_by_key(|(_, (_, until))| *until).map(|(s, _)| s.clone());
+                if let Some(s) = soonest {
+                    tokens.remove(&s);
+                }
+            }
+        }
+        tokens.insert(scope.to_owned(), (token.clone(), until));
     }
 
     /// Whether the configured credentials may go to `realm`: the upstream's own host, its registrable
@@ -240,8 +267,23 @@ async fn request_token(
         .or(parsed.access_token)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| UpstreamError::Protocol("token response has no token".into()))?;
-    let lifetime = Duration::from_secs(parsed.expires_in.filter(|s| *s > 0).unwrap_or(DEFAULT_TOKEN_LIFETIME));
-    Ok((Token(text.into()), lifetime))
+    Ok((Token(text.into()), token_lifetime(parsed.expires_in.as_ref())))
+}
+
+/// How long a token lives, from the token server's `expires_in` (seconds): a positive number
+/// (integer, float, or a string of digits), at most [`MAX_TOKEN_LIFETIME`]; anything else (missing,
+/// zero, negative, not a number) is [`DEFAULT_TOKEN_LIFETIME`].
+fn token_lifetime(expires_in: Option<&serde_json::Value>) -> Duration {
+    use serde_json::Value;
+    let secs = match expires_in {
+        Some(Value::Number(n)) => n.as_u64().or_else(|| {
+            // Float to integer casts saturate: no overflow, whatever the float.
+            n.as_f64().filter(|f| f.is_finite() && *f >= 1.0).map(|f| f as u64)
+        }),
+        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    Duration::from_secs(secs.filter(|s| *s > 0).unwrap_or(DEFAULT_TOKEN_LIFETIME).min(MAX_TOKEN_LIFETIME))
 }
 
 #[cfg(test)]
@@ -276,6 +318,67 @@ mod tests {
         let ip = auth("http://127.0.0.1:5000", "");
         assert!(ip.may_receive_credentials(&Url::parse("http://127.0.0.1:5001/token").unwrap()), "same host, other port");
         assert!(!ip.may_receive_credentials(&Url::parse("http://127.0.0.2/token").unwrap()));
+    }
+
+    #[test]
+    fn token_lifetimes_are_clamped() {
+        use serde_json::json;
+        let day = Duration::from_secs(MAX_TOKEN_LIFETIME);
+        let default = Duration::from_secs(DEFAULT_TOKEN_LIFETIME);
+        let cases = [
+            (Some(json!(300)), Duration::from_secs(300)),
+            (Some(json!(u64::MAX)), day),
+            (Some(json!(18_446_744_073_709_551_616.0)), day),
+            (Some(json!(1e300)), day),
+            (Some(json!(86_401)), day),
+            (Some(json!(-1)), default),
+            (Some(json!(i64::MIN)), default),
+            (Some(json!(0)), default),
+            (Some(json!(0.5)), default),
+            (Some(json!(1.5)), Duration::from_secs(1)),
+            (Some(json!("300")), Duration::from_secs(300)),
+            (Some(json!("soon")), default),
+            (Some(json!(null)), default),
+            (Some(json!({"s": 1})), default),
+            (None, default),
+        ];
+        for (expires_in, want) in cases {
+            assert_eq!(token_lifetime(expires_in.as_ref()), want, "{expires_in:?}");
+        }
+    }
+
+    #[test]
+    fn every_lifetime_can_be_remembered() {
+        let a = auth("https://registry.example.com", "");
+        let t = Token("t".into());
+        for secs in [0, 1, 5, 60, MAX_TOKEN_LIFETIME, u64::MAX] {
+            a.remember("repository:x:pull", &t, Duration::from_secs(secs));
+        }
+        a.remember("repository:x:pull", &t, Duration::MAX);
+    }
+
+    #[test]
+    fn the_token_map_drops_expired_tokens_and_is_capped() {
+        let a = auth("https://registry.example.com", "");
+        let t = Token("t".into());
+        let len = || a.tokens.lock().unwrap().len();
+        // Full of expired tokens (a lifetime of zero is over at once): they make room.
+        for i in 0..MAX_TOKENS {
+            a.remember(&format!("repository:gone{i}:pull"), &t, Duration::ZERO);
+        }
+        assert!(a.cached("repository:gone0:pull").is_none());
+        assert_eq!(len(), MAX_TOKENS - 1, "an expired token found on lookup is dropped");
+        a.remember("repository:gone0:pull", &t, Duration::ZERO);
+        a.remember("repository:live:pull", &t, Duration::from_secs(300));
+        assert_eq!(len(), 1, "expired tokens were dropped");
+        // Full of live tokens: the one that expires soonest goes.
+        a.remember("repository:soon:pull", &t, Duration::from_secs(60));
+        for i in 0..MAX_TOKENS {
+            a.remember(&format!("repository:r{i}:pull"), &t, Duration::from_secs(300));
+        }
+        assert_eq!(len(), MAX_TOKENS);
+        assert!(a.cached("repository:soon:pull").is_none(), "the soonest to expire made room");
+        assert!(a.cached(&format!("repository:r{}:pull", MAX_TOKENS - 1)).is_some());
     }
 
     #[test]

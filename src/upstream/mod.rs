@@ -20,6 +20,7 @@ use url::Url;
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
 use crate::oci::{first_code, ErrorCode, RepositoryName};
+use crate::singleflight::CallDied;
 pub use auth::Auth;
 pub use challenge::{parse_challenges, Challenge};
 
@@ -55,6 +56,10 @@ pub enum UpstreamError {
     /// A body larger than regcache accepts for it.
     #[error("upstream sent a body larger than {0} bytes")]
     TooLarge(usize),
+    /// regcache's own work on the request died (a shared call panicked or was cancelled): no
+    /// answer, and not the upstream's fault.
+    #[error("{0}")]
+    Interrupted(#[from] CallDied),
 }
 
 impl UpstreamError {
@@ -68,7 +73,9 @@ impl UpstreamError {
             UpstreamError::Timeout(_)
             | UpstreamError::Connect(_)
             | UpstreamError::Protocol(_)
-            | UpstreamError::TooLarge(_) => true,
+            | UpstreamError::TooLarge(_)
+            // Not an answer: content regcache has may be served, as in an outage.
+            | UpstreamError::Interrupted(_) => true,
         }
     }
 

@@ -1,6 +1,7 @@
-//! Concurrent requests for the same missing blob share one upstream fetch.
+//! Concurrent requests for the same missing blob share one upstream fetch, and one fill never hurts
+//! another: a refusal for one repository or a stall of another upstream stays with its own requests.
 
-use crate::it::mirror::{eventually, spawn_get, Mirror};
+use crate::it::mirror::{error_code, eventually, spawn_get, Mirror, Options};
 use crate::support::fake_registry::{Fault, FakeRegistry};
 use crate::support::images;
 
@@ -153,4 +154,57 @@ async fn concurrent_manifest_requests_share_revalidation_fetch_and_token() {
         assert_eq!(t.await.unwrap(), 200);
     }
     assert_eq!(reg.count("HEAD", "/manifests/"), 1, "{:?}", reg.requests());
+}
+
+/// How long a test waits for something that happens at once when regcache is right.
+const PROMPTLY: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_refused_for_one_repository_does_not_fail_another_that_joined_it() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 100_000);
+    let layer = image.layers[0].clone();
+    let m = Mirror::start(&reg).await;
+    // A repository that does not exist: its blob request is held, then refused.
+    let refused = "/v2/nope/missing/blobs/";
+    reg.set_fault(Fault::Hold { path_contains: refused.into() });
+    reg.set_fault(Fault::Status { code: 404, retry_after: None, path_contains: refused.into() });
+    let missing_url = format!("{}/v2/nope/missing/blobs/{}", m.url, layer.digest);
+    let missing = tokio::spawn(async move { error_code(Mirror::client().get(missing_url).send().await.unwrap()).await });
+    tokio::time::timeout(PROMPTLY, reg.wait_held(1)).await.expect("the fill for nope/missing started");
+    let legit = spawn_get(&format!("{}/v2/alpine/blobs/{}", m.url, layer.digest));
+    eventually("the request for alpine joined the fill for nope/missing", || m.fill_waiters("docker.io", &layer.digest) == 2).await;
+    reg.release_held();
+    let (status, code) = missing.await.unwrap();
+    assert_eq!((status.as_u16(), code.as_str()), (404, "NAME_UNKNOWN"));
+    assert!(legit.await.unwrap() == layer.bytes, "the request for alpine fetched the blob from alpine");
+    assert_eq!(reg.count("GET", refused), 1);
+    assert_eq!(reg.cdn_count(&layer.digest), 1);
+    m.wait_stored(&layer.digest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_from_another_upstream_never_holds_up_a_request() {
+    let hub = FakeRegistry::start().await;
+    let ghcr = FakeRegistry::start().await;
+    let image = images::schema2_image(&hub, "org/app", "1", 1, 100_000);
+    let layer = image.layers[0].clone();
+    let tail = format!("[[upstream]]\nname = \"ghcr.io\"\nurl = \"{}\"\n", ghcr.url());
+    let m = Mirror::start_with(&hub, Options { credentials: true, tail, ..Default::default() }).await;
+    // ghcr.io stalls on every blob (and does not have this one).
+    ghcr.set_fault(Fault::Hold { path_contains: "/blobs/".into() });
+    let stalled_url = format!("{}/v2/ghcr.io/org/app/blobs/{}", m.url, layer.digest);
+    let stalled = tokio::spawn(async move { error_code(Mirror::client().get(stalled_url).send().await.unwrap()).await });
+    tokio::time::timeout(PROMPTLY, ghcr.wait_held(1)).await.expect("the fill from ghcr.io started");
+    let (status, bytes) = tokio::time::timeout(PROMPTLY, m.blob("org/app", &layer.digest))
+        .await
+        .expect("not held up by the fill from ghcr.io")
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(bytes == layer.bytes);
+    ghcr.release_held();
+    let (status, code) = stalled.await.unwrap();
+    assert_eq!((status.as_u16(), code.as_str()), (404, "BLOB_UNKNOWN"));
+    assert_eq!(hub.cdn_count(&layer.digest), 1);
+    assert_eq!(ghcr.cdn_count(&layer.digest), 0);
 }

@@ -183,3 +183,26 @@ async fn manifests_over_4_mib_are_refused() {
     let (status, _) = error_code(m.get_manifest("huge", &digest).await).await;
     assert_eq!(status.as_u16(), 502, "nothing was stored");
 }
+
+#[tokio::test]
+async fn any_token_lifetime_is_survived_and_the_token_reused() {
+    let cases = [
+        (Some("18446744073709551615"), "2^64-1"),
+        (Some("-1"), "negative"),
+        (Some("1e300"), "a huge float"),
+        (Some("\"300\""), "a string"),
+        (None, "missing"),
+    ];
+    for (raw, what) in cases {
+        let reg = FakeRegistry::start().await;
+        let image = images::schema2_image(&reg, "library/alpine", "3", 2, 1000);
+        let m = Mirror::start(&reg).await;
+        reg.set_fault(Fault::TokenExpiresIn(raw.map(str::to_owned)));
+        for layer in &image.layers {
+            let (status, bytes) = m.blob("alpine", &layer.digest).await.expect(what);
+            assert_eq!(status, 200, "expires_in {what}");
+            assert!(bytes == layer.bytes, "expires_in {what}");
+        }
+        assert_eq!(reg.token_requests().len(), 1, "expires_in {what}: the token was kept and reused");
+    }
+}

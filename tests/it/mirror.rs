@@ -1,9 +1,11 @@
 //! regcache started in-process on a free port, with its own data directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use regcache::config::{Config, Overrides};
 use regcache::http::Registry;
+use regcache::inflight::Fills;
 use tokio::sync::oneshot;
 
 use crate::support::fake_registry::FakeRegistry;
@@ -20,6 +22,8 @@ pub const DOCKER_ACCEPT: [&str; 4] = [
 pub struct Mirror {
     pub url: String,
     pub data_dir: PathBuf,
+    /// Its running fills, to see who waits on them.
+    pub fills: Arc<Fills>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _tmp: Option<tempfile::TempDir>,
@@ -64,13 +68,14 @@ impl Mirror {
         );
         let config = Config::from_toml(&toml, &Overrides::default(), Path::new(".")).expect("config");
         let registry = Registry::open(&config).expect("open registry");
+        let fills = registry.cache().fills().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(regcache::http::serve(listener, registry.clone(), async {
             let _ = stopped.await;
         }));
-        Mirror { url, data_dir, stop: Some(stop), task: Some(task), _tmp: tmp }
+        Mirror { url, data_dir, fills, stop: Some(stop), task: Some(task), _tmp: tmp }
     }
 
     /// regcache with extra top-level configuration.
@@ -164,6 +169,12 @@ impl Mirror {
     pub async fn wait_stored(&self, digest: &str) {
         eventually(&format!("{digest} stored"), || self.has_blob(digest)).await;
         self.metrics_with("regcache_fills_in_progress 0\n").await;
+    }
+
+    /// How many requests wait on (or read) the fill of `digest` from `upstream`.
+    pub fn fill_waiters(&self, upstream: &str, digest: &str) -> usize {
+        let digest = digest.parse().expect("a digest");
+        self.fills.get(upstream, &digest).map_or(0, |f| f.waiters())
     }
 
     pub fn has_blob(&self, digest: &str) -> bool {

@@ -81,6 +81,14 @@ pub enum Fault {
     DelayHeaders { path_contains: String, delay_ms: u64 },
     /// Blob redirects name the CDN as `localhost:PORT` instead of `127.0.0.1:PORT`.
     RedirectToOtherHost,
+    /// The registry holds requests whose path and query contain `path_contains` (counted on
+    /// arrival, see [`FakeRegistry::wait_held`]) until [`FakeRegistry::release_held`]; then they
+    /// are answered as usual (other faults included). Lets a test act while a request is in flight
+    /// without guessing how long it takes.
+    Hold { path_contains: String },
+    /// The token endpoint answers `expires_in` as this raw JSON text (`None`: the field is left
+    /// out), e.g. `"18446744073709551615"`, `"-1"`, `"1.5"`, `"\"300\""`.
+    TokenExpiresIn(Option<String>),
 }
 
 /// Handle to a running fake registry + CDN pair; clones share the same servers.
@@ -101,6 +109,8 @@ struct Shared {
     running: Mutex<Option<Running>>,
     /// Woken whenever either server logs a request (see `wait_until`).
     logged: Notify,
+    /// Opened by `release_held`: held requests ([`Fault::Hold`]) go on.
+    release: tokio::sync::watch::Sender<bool>,
 }
 
 struct State {
@@ -116,6 +126,8 @@ struct State {
     cdn_log: Vec<Seen>,
     token_log: Vec<Seen>,
     faults: Vec<Fault>,
+    /// How many requests [`Fault::Hold`] has held so far.
+    held: usize,
 }
 
 #[derive(Default)]
@@ -181,6 +193,7 @@ impl FakeRegistry {
             cdn_log: Vec::new(),
             token_log: Vec::new(),
             faults: Vec::new(),
+            held: 0,
         };
         let shared = Arc::new(Shared {
             reg_addr,
@@ -189,6 +202,7 @@ impl FakeRegistry {
             state: Mutex::new(state),
             running: Mutex::new(None),
             logged: Notify::new(),
+            release: tokio::sync::watch::Sender::new(false),
         });
         let this = FakeRegistry { shared };
         this.launch(reg, cdn);
@@ -357,6 +371,16 @@ impl FakeRegistry {
         }
     }
 
+    /// Waits until [`Fault::Hold`] has held `n` requests in all; wrap in a timeout.
+    pub async fn wait_held(&self, n: usize) {
+        self.wait_until(|| self.state().held >= n).await
+    }
+
+    /// Lets every request held by [`Fault::Hold`] go on, and those that arrive later too.
+    pub fn release_held(&self) {
+        self.shared.release.send_replace(true);
+    }
+
     /// Turns a fault on (in addition to those already on).
     pub fn set_fault(&self, f: Fault) {
         self.state().faults.push(f);
@@ -490,6 +514,9 @@ async fn accept_loop(
             let cut = svc_cut.clone();
             async move {
                 if side == Side::Registry {
+                    if hold(&shared, &req) {
+                        let _ = shared.release.subscribe().wait_for(|open| *open).await;
+                    }
                     if let Some(delay) = header_delay(&shared, &req) {
                         tokio::time::sleep(delay).await;
                     }
@@ -731,6 +758,23 @@ fn header_delay(shared: &Shared, req: &Request<Incoming>) -> Option<std::time::D
     })
 }
 
+/// Whether a registry request is to be held (Fault::Hold); counts it if so.
+fn hold(shared: &Shared, req: &Request<Incoming>) -> bool {
+    let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("");
+    let held = {
+        let mut st = lock(&shared.state);
+        let held = st.faults.iter().any(|f| matches!(f, Fault::Hold { path_contains } if pq.contains(path_contains.as_str())));
+        if held {
+            st.held += 1;
+        }
+        held
+    };
+    if held {
+        shared.logged.notify_waiters();
+    }
+    held
+}
+
 /// Answers a registry request; `None` means "never answer" (Fault::HangHeaders).
 fn registry(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Body>> {
     let seen = Seen::from_request(req);
@@ -853,11 +897,21 @@ fn token_endpoint(shared: &Shared, req: &Request<Incoming>, head: bool) -> Respo
     )))[..32]
         .to_string();
     st.tokens.insert(token.clone(), granted);
-    drop(st);
-    let body = serde_json::json!({
-        "token": token, "access_token": token, "expires_in": 300, "issued_at": rfc3339_now(),
+    let expires_in = st.faults.iter().find_map(|f| match f {
+        Fault::TokenExpiresIn(raw) => Some(raw.clone()),
+        _ => None,
     });
-    json(200, body.to_string(), head)
+    drop(st);
+    let expires_in = match expires_in {
+        None => ",\"expires_in\":300".to_owned(),
+        Some(None) => String::new(),
+        Some(Some(raw)) => format!(",\"expires_in\":{raw}"),
+    };
+    let body = format!(
+        "{{\"token\":\"{token}\",\"access_token\":\"{token}\"{expires_in},\"issued_at\":\"{}\"}}",
+        rfc3339_now()
+    );
+    json(200, body, head)
 }
 
 /// Whether any Accept line (comma-separated, parameters ignored) names `media_type`;

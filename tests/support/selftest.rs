@@ -589,6 +589,52 @@ async fn registry_faults_status_and_hang() {
 }
 
 #[tokio::test]
+async fn hold_keeps_requests_until_released_and_token_lifetimes_are_as_set() {
+    let reg = FakeRegistry::start().await;
+    images::schema2_image(&reg, "library/alpine", "latest", 1, 10);
+    let auth = bearer(&reg, "library/alpine", None).await;
+    let manifest_url = format!("{}/v2/library/alpine/manifests/latest", reg.url());
+    reg.set_fault(Fault::Hold {
+        path_contains: "/manifests/".into(),
+    });
+    let held = {
+        let (url, auth) = (manifest_url.clone(), auth.clone());
+        tokio::spawn(async move { get(&url, &[("authorization", &auth)]).await })
+    };
+    tokio::time::timeout(PROMPTLY, reg.wait_held(1))
+        .await
+        .expect("the request is counted on arrival");
+    assert!(!held.is_finished(), "a held request is not answered");
+    assert_eq!(reg.count("GET", "/manifests/"), 0, "nor logged yet");
+    assert_eq!(
+        get(&format!("{}/v2/", reg.url()), &[("authorization", &auth)])
+            .await
+            .status,
+        200,
+        "other paths are not held"
+    );
+    reg.release_held();
+    assert_eq!(held.await.unwrap().status, 200);
+    reg.clear_faults();
+
+    for (raw, want) in [
+        (Some("18446744073709551615"), Some("18446744073709551615")),
+        (Some("-1"), Some("-1")),
+        (None, None),
+    ] {
+        reg.set_fault(Fault::TokenExpiresIn(raw.map(str::to_owned)));
+        let resp = token_request(&reg, "library/alpine", None).await;
+        let text = String::from_utf8_lossy(resp.bytes()).into_owned();
+        match want {
+            Some(w) => assert!(text.contains(&format!("\"expires_in\":{w}")), "{text}"),
+            None => assert!(!text.contains("expires_in"), "{text}"),
+        }
+        assert!(resp.json()["token"].is_string(), "{text}");
+        reg.clear_faults();
+    }
+}
+
+#[tokio::test]
 async fn stop_refuses_connections_and_restart_reuses_ports() {
     let reg = FakeRegistry::start().await;
     let image = images::schema2_image(&reg, "library/alpine", "latest", 1, 10);
