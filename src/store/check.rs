@@ -115,8 +115,9 @@ impl Store {
         for digest in manifests {
             if let Some(m) = self.index.manifest(&digest).map_err(io::Error::other)? {
                 v.bytes += m.bytes.len() as u64;
-                // Signed schema1 manifests are keyed by upstream's digest of their payload, not their bytes.
-                let ok = m.media_type == crate::oci::SCHEMA1_SIGNED || digest.matches(&m.bytes);
+                // The same check as on the way in: the digest of the bytes (of the JWS payload for
+                // signed schema1), and a media type the manifest itself agrees with.
+                let ok = crate::oci::verify_manifest(&m.bytes, std::slice::from_ref(&digest), Some(&m.media_type)).is_ok();
                 if !ok {
                     self.index.remove_manifest(&digest).map_err(io::Error::other)?;
                     v.corrupt.push((format!("manifest {digest}"), None));
