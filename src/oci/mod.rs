@@ -17,3 +17,5 @@ pub use media::{
 pub use manifest::{references, Child, Refs};
 pub use name::{is_registry_host, ImageRef, NameError, Reference, RepositoryName, Tag};
 pub use verify::{verify_manifest, ManifestError, VerifiedManifest};
+#[cfg(test)]
+pub(crate) use verify::signed_schema1;

@@ -150,14 +150,10 @@ pub fn schema1_payload(bytes: &[u8], doc: &Map<String, Value>) -> Result<Vec<u8>
     Ok(payload)
 }
 
+/// A schema1 manifest in libtrust's pretty-signature layout around `payload` (the signature value
+/// itself is not checked by regcache, so a placeholder stands in). For tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::oci::media::{DOCKER_LIST, DOCKER_MANIFEST};
-
-    /// A schema1 manifest in libtrust's pretty-signature layout (the signature value itself is
-    /// not checked by regcache, so a placeholder stands in).
-    fn signed_schema1(payload: &str) -> Vec<u8> {
+pub(crate) fn signed_schema1(payload: &str) -> Vec<u8> {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let close = payload.rfind('}').unwrap();
         let length = payload[..close].trim_end().len();
@@ -165,7 +161,12 @@ mod tests {
         let protected = b64.encode(format!(r#"{{"formatLength":{length},"formatTail":"{}","time":"2024-01-01T00:00:00Z"}}"#, b64.encode(tail)));
         let sigs = format!(",\n   \"signatures\": [{{\"header\": {{\"alg\": \"ES256\"}}, \"signature\": \"c2ln\", \"protected\": \"{protected}\"}}]");
         format!("{}{sigs}{tail}", &payload[..length]).into_bytes()
-    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::media::{DOCKER_LIST, DOCKER_MANIFEST};
 
     const S1_PAYLOAD: &str = "{\n   \"schemaVersion\": 1,\n   \"name\": \"library/old\",\n   \"tag\": \"1\",\n   \"fsLayers\": []\n}";
 
