@@ -184,7 +184,8 @@ mod tests {
         let mismatch = |bytes: &[u8], expected: &Digest| ManifestError::DigestMismatch { expected: expected.clone(), computed: sha(bytes) };
         let contradicts = |upstream: &str, body: &str| ManifestError::ContentTypeContradicts { upstream: upstream.into(), body: body.into() };
         let ok = |d: Digest, m: &str| Ok(VerifiedManifest { digest: d, media_type: m.into() });
-        let cases: Vec<(&str, &[u8], Vec<Digest>, Option<&str>, Result<VerifiedManifest, ManifestError>)> = vec![
+        type Case<'a> = (&'a str, &'a [u8], Vec<Digest>, Option<&'a str>, Result<VerifiedManifest, ManifestError>);
+        let cases: Vec<Case> = vec![
             ("image by tag", &image, vec![], Some(DOCKER_MANIFEST), ok(sha(&image), DOCKER_MANIFEST)),
             ("image asked by digest", &image, vec![sha(&image)], None, ok(sha(&image), DOCKER_MANIFEST)),
             ("parameters and case ignored", &image, vec![], Some("Application/VND.docker.distribution.manifest.v2+json; charset=utf-8"), ok(sha(&image), DOCKER_MANIFEST)),
@@ -210,7 +211,7 @@ mod tests {
             assert_eq!(verify_manifest(bytes, &expected, ct), want, "{what}");
         }
         let sha512 = Digest::of(Algorithm::Sha512, &image);
-        assert_eq!(verify_manifest(&image, &[sha512.clone()], None).unwrap().digest, sha512, "sha512 asked");
+        assert_eq!(verify_manifest(&image, std::slice::from_ref(&sha512), None).unwrap().digest, sha512, "sha512 asked");
     }
 
     #[test]
