@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::config::is_docker_hub_name;
 use crate::oci::{is_registry_host, references, Digest, RepositoryName};
-use crate::store::{now_secs, Store, TagEntry};
+use crate::store::{now_secs, Store};
 
 /// `regcache ls [REPO]`: cached repositories and tags, when each was last revalidated, and sizes.
 /// `filter` is `name`, `library/name` or `host/name`.
@@ -28,7 +28,9 @@ pub fn ls(store: &Store, filter: Option<&str>, out: &mut dyn Write) -> io::Resul
             writeln!(out, "{heading}")?;
             current = heading;
         }
-        let size = image_size(store, &entry).map_or_else(|| "?".to_owned(), human_bytes);
+        // The answer confirmed last (a tag has one per kind of answer: index, image, schema1).
+        let Some(entry) = entry.latest() else { continue };
+        let size = image_size(store, &entry.digest).map_or_else(|| "?".to_owned(), human_bytes);
         let short = entry.digest.get(..19).unwrap_or(&entry.digest);
         let age = humantime::format_duration(Duration::from_secs(now_secs().saturating_sub(entry.checked_at)));
         writeln!(out, "  {tag:<24} {short}…  {size:>10}  revalidated {age} ago")?;
@@ -52,8 +54,8 @@ fn parse_filter(f: &str) -> Result<(Option<String>, String), String> {
 }
 
 /// The bytes an image's manifests say it has (an index: its cached children).
-fn image_size(store: &Store, entry: &TagEntry) -> Option<u64> {
-    let digest: Digest = entry.digest.parse().ok()?;
+fn image_size(store: &Store, digest: &str) -> Option<u64> {
+    let digest: Digest = digest.parse().ok()?;
     let m = store.index.manifest(&digest).ok()??;
     let refs = references(&m.bytes)?;
     let mut total = refs.blob_bytes();

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::inflight::{self, BlobReader, FillError, Fills, Join, Source};
-use crate::oci::{AcceptList, Digest, Reference, RepositoryName, Tag, SCHEMA1_SIGNED};
-use crate::store::{now_secs, Store, StoredManifest, TagEntry};
+use crate::oci::{verify_manifest, AcceptList, Digest, ManifestError, ManifestKind, Reference, RepositoryName, Tag};
+use crate::store::{now_secs, Store, StoredManifest, TagAnswer};
 use crate::singleflight::Singleflight;
 use crate::upstream::{content_length, Upstream, UpstreamError};
 
@@ -53,6 +53,9 @@ pub enum CacheError {
     /// Upstream sent content that doesn't match its digest or size.
     #[error("upstream sent corrupt content: {0}")]
     Corrupt(String),
+    /// Upstream sent a manifest that fails verification: nothing was stored.
+    #[error("upstream sent an invalid manifest: {0}")]
+    ManifestInvalid(#[from] ManifestError),
     /// A manifest over the size limit.
     #[error("manifest larger than {MAX_MANIFEST} bytes")]
     ManifestTooLarge,
@@ -167,7 +170,8 @@ pub struct TagList {
 }
 
 type TagKey = (String, RepositoryName, Tag, String);
-type ManifestKey = (String, RepositoryName, String, String);
+/// Upstream, repository, reference, Accept key, and the digest a `HEAD` announced for a tag.
+type ManifestKey = (String, RepositoryName, String, String, Option<Digest>);
 
 /// The cache: store, upstreams, and the calls in flight.
 pub struct Cache {
@@ -253,7 +257,7 @@ impl Cache {
                 return Ok(a);
             }
         }
-        self.fetch_manifest(up, repo, &Reference::Digest(digest.clone()), accept).await
+        self.fetch_manifest(up, repo, &Reference::Digest(digest.clone()), accept, None).await
     }
 
     async fn manifest_by_tag(
@@ -267,10 +271,13 @@ impl Cache {
         let name = up.config().name.clone();
         // Tags are kept under the name upstream knows, so `alpine` and `library/alpine` are one tag.
         let key_repo = up.upstream_name(repo);
-        let cached = self.store.index.tag(&name, &key_repo, tag)?;
-        let age = |e: &TagEntry| Duration::from_secs(now_secs().saturating_sub(e.checked_at));
-        if let Some(entry) = cached.as_ref().filter(|e| age(e) < up.config().tag_ttl) {
-            if let Some(a) = self.tag_answer(entry, accept, Outcome::Hit)? {
+        // A tag is remembered per kind of answer: this client is only answered from the cache with
+        // what a client asking for the same kind was given.
+        let kind = accept.asks_for();
+        let remembered = self.store.index.tag(&name, &key_repo, tag)?.and_then(|e| e.answer(kind).cloned());
+        let age = |a: &TagAnswer| Duration::from_secs(now_secs().saturating_sub(a.checked_at));
+        if let Some(known) = remembered.as_ref().filter(|a| age(a) < up.config().tag_ttl) {
+            if let Some(a) = self.tag_answer(known, accept, Outcome::Hit)? {
                 return Ok(a);
             }
         }
@@ -282,11 +289,11 @@ impl Cache {
                 .run(key, move || async move { head_manifest_upstream(&up, &repo, &reference, &accept).await })
                 .await
         };
-        match revalidated {
+        let fetched = match revalidated {
             Ok(Some(h)) => {
                 if let Some(m) = self.cached_manifest(&h.digest)? {
                     if accept.allows(&m.media_type) {
-                        self.remember_tag(&name, &key_repo, tag, &h.digest)?;
+                        self.remember_tag(&name, &key_repo, tag, kind, &h.digest)?;
                         return Ok(answer(h.digest, m, Outcome::Hit));
                     }
                 }
@@ -295,18 +302,23 @@ impl Cache {
                         return Ok(a);
                     }
                 }
-                let a = self.fetch_manifest(up, repo, &Reference::Digest(h.digest), accept).await?;
-                self.remember_tag(&name, &key_repo, tag, &a.digest)?;
+                // By the tag, not by the digest: an upstream that converts on the fly (schema1 for
+                // a client without v2 types) can't serve the converted manifest by digest. The
+                // bytes must still have the digest the HEAD announced.
+                self.fetch_manifest(up, repo, &reference, accept, Some(h.digest)).await
+            }
+            // No digest from a HEAD (or no HEAD at all at this upstream): GET by the tag.
+            Ok(None) => self.fetch_manifest(up, repo, &reference, accept, None).await,
+            Err(e) => Err(e.into()),
+        };
+        match fetched {
+            Ok(a) => {
+                self.remember_tag(&name, &key_repo, tag, kind, &a.digest)?;
                 Ok(a)
             }
-            Ok(None) => {
-                let a = self.fetch_manifest(up, repo, &reference, accept).await?;
-                self.remember_tag(&name, &key_repo, tag, &a.digest)?;
-                Ok(a)
-            }
-            Err(e) if e.is_unavailable() => {
-                let stale = match cached.as_ref().filter(|c| age(c) < up.config().stale_max) {
-                    Some(entry) => self.tag_answer(entry, accept, Outcome::Stale)?,
+            Err(CacheError::Upstream(e)) if e.is_unavailable() => {
+                let stale = match remembered.as_ref().filter(|a| age(a) < up.config().stale_max) {
+                    Some(known) => self.tag_answer(known, accept, Outcome::Stale)?,
                     None => None,
                 };
                 match stale {
@@ -317,7 +329,7 @@ impl Cache {
                     None => Err(e.into()),
                 }
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         }
     }
 
@@ -330,9 +342,9 @@ impl Cache {
         Ok(m)
     }
 
-    /// The cached manifest a tag entry points at, if stored and acceptable to the client.
-    fn tag_answer(&self, entry: &TagEntry, accept: &AcceptList, outcome: Outcome) -> Result<Option<ManifestAnswer>, CacheError> {
-        let Ok(digest) = entry.digest.parse::<Digest>() else { return Ok(None) };
+    /// The cached manifest a remembered tag answer points at, if stored and acceptable to the client.
+    fn tag_answer(&self, known: &TagAnswer, accept: &AcceptList, outcome: Outcome) -> Result<Option<ManifestAnswer>, CacheError> {
+        let Ok(digest) = known.digest.parse::<Digest>() else { return Ok(None) };
         let Some(m) = self.cached_manifest(&digest)? else { return Ok(None) };
         if !accept.allows(&m.media_type) {
             return Ok(None);
@@ -340,26 +352,37 @@ impl Cache {
         Ok(Some(answer(digest, m, outcome)))
     }
 
-    fn remember_tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, digest: &Digest) -> Result<(), CacheError> {
-        let entry = TagEntry { digest: digest.to_string(), checked_at: now_secs() };
-        self.store.index.put_tag(upstream, repo, tag, &entry)?;
+    fn remember_tag(
+        &self,
+        upstream: &str,
+        repo: &RepositoryName,
+        tag: &Tag,
+        kind: ManifestKind,
+        digest: &Digest,
+    ) -> Result<(), CacheError> {
+        let known = TagAnswer { digest: digest.to_string(), checked_at: now_secs() };
+        self.store.index.put_tag(upstream, repo, tag, kind, &known)?;
         Ok(())
     }
 
-    /// GET a manifest from upstream (one call per upstream, repository, reference and Accept at a
-    /// time), verify it, store it.
+    /// GET a manifest from upstream (one call per upstream, repository, reference, Accept and
+    /// expected digest at a time), verify it, store it. `announced` is the digest an earlier `HEAD`
+    /// gave for a tag.
     async fn fetch_manifest(
         &self,
         up: &Arc<Upstream>,
         repo: &RepositoryName,
         reference: &Reference,
         accept: &AcceptList,
+        announced: Option<Digest>,
     ) -> Result<ManifestAnswer, CacheError> {
-        let key = (up.config().name.clone(), repo.clone(), reference.to_string(), accept.key());
+        let key = (up.config().name.clone(), repo.clone(), reference.to_string(), accept.key(), announced.clone());
         let (up, repo, reference, accept, store) =
             (up.clone(), repo.clone(), reference.clone(), accept.clone(), self.store.clone());
         self.manifest_fetches
-            .run(key, move || async move { get_manifest_upstream(&up, &repo, &reference, &accept, &store).await })
+            .run(key, move || async move {
+                get_manifest_upstream(&up, &repo, &reference, &accept, announced, &store).await
+            })
             .await
     }
 
@@ -614,22 +637,41 @@ fn docker_digest(headers: &HeaderMap) -> Option<Digest> {
     headers.get("docker-content-digest")?.to_str().ok()?.trim().parse().ok()
 }
 
+/// A `HEAD` of a manifest; `None` when it gave no digest, or when this upstream doesn't answer
+/// manifest `HEAD`s (405 or 501, remembered per upstream): the caller then GETs.
 async fn head_manifest_upstream(
     up: &Upstream,
     repo: &RepositoryName,
     reference: &Reference,
     accept: &AcceptList,
 ) -> Result<Option<HeadAnswer>, UpstreamError> {
-    let resp = up.request(Method::HEAD, repo, &format!("manifests/{reference}"), accept_headers(accept)).await?;
+    if !up.answers_manifest_head() {
+        return Ok(None);
+    }
+    let resp = match up.request(Method::HEAD, repo, &format!("manifests/{reference}"), accept_headers(accept)).await {
+        Ok(resp) => resp,
+        Err(UpstreamError::Status { status, .. })
+            if status == StatusCode::METHOD_NOT_ALLOWED || status == StatusCode::NOT_IMPLEMENTED =>
+        {
+            tracing::info!(upstream = %up.config().name, %status, "upstream answers no manifest HEAD; using GET from now on");
+            up.note_no_manifest_head();
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
     let h = resp.headers();
     Ok(docker_digest(h).map(|digest| HeadAnswer { digest, media_type: media_type_of(h), size: content_length(h) }))
 }
 
+/// GET a manifest and verify it ([`verify_manifest`]): its digest is computed here and must match
+/// the digest asked for, the one the `HEAD` announced, and the one this answer announces; its media
+/// type comes from the manifest. Only then is it stored, and never over bytes already stored.
 async fn get_manifest_upstream(
     up: &Upstream,
     repo: &RepositoryName,
     reference: &Reference,
     accept: &AcceptList,
+    announced: Option<Digest>,
     store: &Store,
 ) -> Result<ManifestAnswer, CacheError> {
     let resp = up.request(Method::GET, repo, &format!("manifests/{reference}"), accept_headers(accept)).await?;
@@ -638,44 +680,18 @@ async fn get_manifest_upstream(
         UpstreamError::TooLarge(_) => CacheError::ManifestTooLarge,
         e => e.into(),
     })?;
-    let media_type = media_type_of(&headers)
-        .or_else(|| sniff_media_type(&bytes))
-        .unwrap_or_else(|| "application/json".to_owned());
-    let announced = docker_digest(&headers);
-    let algorithm = match reference {
-        Reference::Digest(d) => d.algorithm(),
-        Reference::Tag(_) => crate::oci::Algorithm::Sha256,
+    let asked = match reference {
+        Reference::Digest(d) => Some(d.clone()),
+        Reference::Tag(_) => None,
     };
-    let computed = Digest::of(algorithm, &bytes);
-    let schema1 = media_type == SCHEMA1_SIGNED;
-    let digest = match reference {
-        Reference::Digest(want) if computed == *want => computed,
-        // Signed schema1: the digest covers the payload without signatures; trust upstream's word.
-        Reference::Digest(want) if schema1 && announced.as_ref() == Some(want) => want.clone(),
-        Reference::Digest(want) => {
-            return Err(CacheError::Corrupt(format!("manifest {want} has digest {computed}")));
-        }
-        Reference::Tag(_) if schema1 => announced.unwrap_or(computed),
-        Reference::Tag(_) => {
-            if let Some(a) = announced.filter(|a| *a != computed && a.algorithm() == computed.algorithm()) {
-                return Err(CacheError::Corrupt(format!("manifest announced as {a} has digest {computed}")));
-            }
-            computed
-        }
-    };
-    let m = StoredManifest { media_type, bytes };
-    store.index.put_manifest(&digest, &m)?;
-    store.stored(&digest);
-    Ok(answer(digest, m, Outcome::Miss))
-}
-
-fn sniff_media_type(bytes: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Probe {
-        #[serde(rename = "mediaType")]
-        media_type: Option<String>,
-    }
-    serde_json::from_slice::<Probe>(bytes).ok()?.media_type
+    let expected: Vec<Digest> = asked.into_iter().chain(announced).chain(docker_digest(&headers)).collect();
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let verified = verify_manifest(&bytes, &expected, content_type).inspect_err(|e| {
+        tracing::warn!(upstream = %up.config().name, %repo, %reference, error = %e, "refused a manifest from upstream");
+    })?;
+    let m = store.index.put_manifest(&verified.digest, &StoredManifest { media_type: verified.media_type, bytes })?;
+    store.stored(&verified.digest);
+    Ok(answer(verified.digest, m, Outcome::Miss))
 }
 
 #[cfg(test)]

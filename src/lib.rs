@@ -17,9 +17,11 @@
 //! # The path of one request
 //! `http::server` accepts a connection; `http::Registry::handle` routes it (`http::route`, which makes
 //! the typed name and reference), picks the upstream, and asks [`cache::Cache`]. A manifest by tag is
-//! revalidated with an upstream `HEAD` and served from the index when its digest is known; a blob is
-//! served from its file, or joins (or starts) the fill for its digest from its upstream and streams
-//! what arrives (fetching from its own repository if the fill it joined was refused for another). Errors
+//! looked up under the kind of answer the client's `Accept` asks for, revalidated with an upstream
+//! `HEAD` and served from the index when its digest is known; a manifest from upstream is verified by
+//! `oci::verify_manifest` before it is stored; a blob is served from its file, or joins (or starts)
+//! the fill for its digest from its upstream and streams what arrives (fetching from its own
+//! repository if the fill it joined was refused for another). Errors
 //! from any layer become one OCI error response in `http::error`.
 
 pub mod access;

@@ -5,6 +5,8 @@
 //! - `it::faults`: wrong bytes, cuts, outages, timeouts, 429: nothing bad is stored or served as good.
 //! - `it::api`: the API's edges: validation, errors, ranges, tag lists, writes.
 //! - `it::coalescing`: concurrent requests share one upstream fetch.
+//! - `it::trust`: manifests verified by regcache: digests, schema1 payloads, types, poisoning.
+//! - `it::tags`: a tag per kind of answer; upstreams without HEAD or converting on the fly.
 
 mod it;
 mod support;

@@ -58,6 +58,9 @@ pub fn rescue(e: &CacheError, what: Resource) -> Resp {
     match e {
         CacheError::Upstream(u) => upstream_error(u, what, &message),
         CacheError::Corrupt(_) => oci_error(StatusCode::BAD_GATEWAY, ErrorCode::Unavailable, &message, json!({"blame": "upstream"})),
+        CacheError::ManifestInvalid(_) => {
+            oci_error(StatusCode::BAD_GATEWAY, ErrorCode::ManifestInvalid, &message, json!({"blame": "upstream"}))
+        }
         CacheError::ManifestTooLarge => {
             oci_error(StatusCode::BAD_GATEWAY, ErrorCode::ManifestInvalid, &message, json!({"blame": "upstream"}))
         }

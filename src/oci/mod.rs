@@ -1,14 +1,21 @@
 //! The registry domain, pure and without I/O: typed digests, repository names, references, manifest
-//! media types and the OCI error codes a client sees.
+//! media types, manifest verification and the OCI error codes a client sees.
 
 mod digest;
 mod error;
 mod manifest;
 mod media;
 mod name;
+mod verify;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::{first_code, ErrorBody, ErrorCode};
-pub use media::{AcceptList, MANIFEST_MEDIA_TYPES, SCHEMA1_SIGNED};
+pub use media::{
+    AcceptList, ManifestKind, DOCKER_LIST, DOCKER_MANIFEST, MANIFEST_MEDIA_TYPES, OCI_INDEX, OCI_MANIFEST, SCHEMA1,
+    SCHEMA1_SIGNED,
+};
 pub use manifest::{references, Child, Refs};
 pub use name::{is_registry_host, ImageRef, NameError, Reference, RepositoryName, Tag};
+pub use verify::{verify_manifest, ManifestError, VerifiedManifest};
+#[cfg(test)]
+pub(crate) use verify::signed_schema1;

@@ -115,8 +115,9 @@ impl Store {
         for digest in manifests {
             if let Some(m) = self.index.manifest(&digest).map_err(io::Error::other)? {
                 v.bytes += m.bytes.len() as u64;
-                // Signed schema1 manifests are keyed by upstream's digest of their payload, not their bytes.
-                let ok = m.media_type == crate::oci::SCHEMA1_SIGNED || digest.matches(&m.bytes);
+                // The same check as on the way in: the digest of the bytes (of the JWS payload for
+                // signed schema1), and a media type the manifest itself agrees with.
+                let ok = crate::oci::verify_manifest(&m.bytes, std::slice::from_ref(&digest), Some(&m.media_type)).is_ok();
                 if !ok {
                     self.index.remove_manifest(&digest).map_err(io::Error::other)?;
                     v.corrupt.push((format!("manifest {digest}"), None));
@@ -182,5 +183,36 @@ mod tests {
         assert_eq!(store.index.blob_size(&flipped).unwrap(), None);
         assert_eq!(store.index.blob_size(&good).unwrap(), Some(12));
         assert!(store.verify(|_, _| {}).unwrap().corrupt.is_empty());
+    }
+
+    #[test]
+    fn verify_checks_manifests_schema1_by_its_payload() {
+        use crate::oci::{SCHEMA1_SIGNED, DOCKER_MANIFEST};
+        use crate::store::StoredManifest;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let payload = "{\n   \"schemaVersion\": 1,\n   \"name\": \"library/old\",\n   \"fsLayers\": []\n}";
+        let signed = bytes::Bytes::from(crate::oci::signed_schema1(payload));
+        let image = bytes::Bytes::from_static(br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{},"layers":[]}"#);
+        let put = |digest: &Digest, media_type: &str, bytes: &bytes::Bytes| {
+            store.index.put_manifest(digest, &StoredManifest { media_type: media_type.into(), bytes: bytes.clone() }).unwrap();
+        };
+        let good_schema1 = Digest::sha256_of(payload.as_bytes());
+        put(&good_schema1, SCHEMA1_SIGNED, &signed);
+        put(&Digest::sha256_of(&image), DOCKER_MANIFEST, &image);
+        // What an older regcache stored on an upstream's word: another digest, or another type.
+        let poisoned = Digest::sha256_of(b"someone else's index");
+        put(&poisoned, SCHEMA1_SIGNED, &signed);
+        let mistyped_bytes = bytes::Bytes::from_static(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#);
+        let mistyped = Digest::sha256_of(&mistyped_bytes);
+        put(&mistyped, "text/html", &mistyped_bytes);
+        let v = store.verify(|_, _| {}).unwrap();
+        let mut corrupt: Vec<String> = v.corrupt.iter().map(|(what, _)| what.clone()).collect();
+        corrupt.sort();
+        let mut want = vec![format!("manifest {poisoned}"), format!("manifest {mistyped}")];
+        want.sort();
+        assert_eq!(corrupt, want);
+        assert!(store.index.manifest(&good_schema1).unwrap().is_some());
+        assert!(store.index.manifest(&poisoned).unwrap().is_none());
     }
 }

@@ -1,9 +1,11 @@
 //! The sled index: which blobs are stored (and their sizes), manifests by digest (their exact bytes
-//! and media type), and tags (upstream, repository, tag → digest, with when it was learnt).
+//! and media type), and tags (upstream, repository, tag → one digest per kind of answer, with when
+//! each was learnt).
 //!
 //! Everything here can be rebuilt from the blob directory except manifests and tags, which live only
 //! here; sled makes each insert atomic.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,7 +14,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use crate::oci::{Digest, RepositoryName, Tag};
+use crate::oci::{Digest, ManifestKind, RepositoryName, Tag};
 
 /// The index database.
 pub struct Index {
@@ -35,13 +37,53 @@ pub struct StoredManifest {
     pub bytes: Bytes,
 }
 
-/// What a tag pointed at when last seen upstream.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// What a tag pointed at when last seen upstream, once per kind of answer: clients asking for an
+/// index, for a single image, and for schema1 may each be given another manifest for one tag.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TagEntry {
+    /// The answer for clients asking for each kind ([`crate::oci::AcceptList::asks_for`]).
+    pub answers: BTreeMap<ManifestKind, TagAnswer>,
+    /// An answer of unknown kind, written by a regcache that kept one digest per tag: listed, never
+    /// served (the next request revalidates).
+    pub unknown: Option<TagAnswer>,
+}
+
+/// One answer upstream gave for a tag.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TagAnswer {
     /// The manifest digest (the manifest itself, with its media type, is stored by digest).
     pub digest: String,
     /// Unix seconds when upstream last confirmed it.
     pub checked_at: u64,
+}
+
+impl TagEntry {
+    /// The answer for clients asking for `kind`.
+    pub fn answer(&self, kind: ManifestKind) -> Option<&TagAnswer> {
+        self.answers.get(&kind)
+    }
+
+    /// The answer upstream confirmed last, whatever its kind.
+    pub fn latest(&self) -> Option<&TagAnswer> {
+        self.answers.values().chain(&self.unknown).max_by_key(|a| a.checked_at)
+    }
+}
+
+/// A tag entry as the index holds it.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum StoredTag {
+    /// Per kind of answer.
+    PerKind { answers: BTreeMap<ManifestKind, TagAnswer> },
+    /// One digest for every client (an index written before tags were kept per kind).
+    Legacy(TagAnswer),
+}
+
+fn parse_tag(v: &[u8]) -> Option<TagEntry> {
+    Some(match serde_json::from_slice(v).ok()? {
+        StoredTag::PerKind { answers } => TagEntry { answers, unknown: None },
+        StoredTag::Legacy(a) => TagEntry { answers: BTreeMap::new(), unknown: Some(a) },
+    })
 }
 
 /// Unix seconds now.
@@ -171,28 +213,38 @@ impl Index {
         Ok(Some(StoredManifest { media_type, bytes: Bytes::from_owner(v).slice(split + 1..) }))
     }
 
-    /// Store a verified manifest.
-    pub fn put_manifest(&self, digest: &Digest, m: &StoredManifest) -> sled::Result<()> {
+    /// Store a verified manifest unless one is stored under `digest` already; returns the manifest
+    /// now stored. Stored bytes are never replaced: a signed schema1 manifest re-signed by another
+    /// upstream has the same digest and other bytes, and the first verified copy stays.
+    pub fn put_manifest(&self, digest: &Digest, m: &StoredManifest) -> sled::Result<StoredManifest> {
         let mut v = Vec::with_capacity(m.media_type.len() + 1 + m.bytes.len());
         v.extend_from_slice(m.media_type.as_bytes());
         v.push(0);
         v.extend_from_slice(&m.bytes);
         let size = v.len() as u64;
-        let old = self.manifests.insert(digest.to_string(), v)?;
-        self.account(old.map(|o| o.len() as u64), size);
-        Ok(())
+        match self.manifests.compare_and_swap(digest.to_string(), None as Option<&[u8]>, Some(v))? {
+            Ok(()) => {
+                self.account(None, size);
+                Ok(m.clone())
+            }
+            Err(_) => Ok(self.manifest(digest)?.unwrap_or_else(|| m.clone())),
+        }
     }
 
     /// What a tag pointed at when last seen.
     pub fn tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag) -> sled::Result<Option<TagEntry>> {
         let v = self.tags.get(tag_key(upstream, repo, tag))?;
-        Ok(v.and_then(|v| serde_json::from_slice(&v).ok()))
+        Ok(v.and_then(|v| parse_tag(&v)))
     }
 
-    /// Record what a tag points at.
-    pub fn put_tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, entry: &TagEntry) -> sled::Result<()> {
-        let v = serde_json::to_vec(entry).unwrap_or_default();
-        self.tags.insert(tag_key(upstream, repo, tag), v)?;
+    /// Record the answer for clients asking for `kind`, keeping the other kinds' answers.
+    pub fn put_tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind, answer: &TagAnswer) -> sled::Result<()> {
+        self.tags.fetch_and_update(tag_key(upstream, repo, tag), |old| {
+            let mut answers = old.and_then(parse_tag).map(|e| e.answers).unwrap_or_default();
+            answers.insert(kind, answer.clone());
+            // Serialising a map of strings and integers cannot fail.
+            serde_json::to_vec(&StoredTag::PerKind { answers }).ok()
+        })?;
         Ok(())
     }
 
@@ -216,7 +268,7 @@ impl Index {
             let key = String::from_utf8_lossy(&k).into_owned();
             let mut parts = key.splitn(3, '\0');
             let (Some(u), Some(r), Some(t)) = (parts.next(), parts.next(), parts.next()) else { continue };
-            if let Ok(entry) = serde_json::from_slice(&v) {
+            if let Some(entry) = parse_tag(&v) {
                 out.push((u.to_owned(), r.to_owned(), t.to_owned(), entry));
             }
         }
@@ -264,16 +316,49 @@ mod tests {
         let back = idx.manifest(&d).unwrap().unwrap();
         assert_eq!(back.media_type, "application/x");
         assert_eq!(back.bytes, m.bytes);
+        let used = idx.used_bytes();
+        let other_bytes = StoredManifest { media_type: "application/y".into(), bytes: Bytes::from_static(b"{}") };
+        let kept = idx.put_manifest(&d, &other_bytes).unwrap();
+        assert_eq!((kept.media_type.as_str(), &kept.bytes), ("application/x", &m.bytes), "stored bytes are never replaced");
+        assert_eq!(idx.manifest(&d).unwrap().unwrap().bytes, m.bytes);
+        assert_eq!(idx.used_bytes(), used);
 
         let repo: RepositoryName = "library/alpine".parse().unwrap();
         let tag: Tag = "3".parse().unwrap();
-        let e = TagEntry { digest: d.to_string(), checked_at: 1 };
-        idx.put_tag("docker.io", &repo, &tag, &e).unwrap();
-        assert_eq!(idx.tag("docker.io", &repo, &tag).unwrap(), Some(e.clone()));
+        let a = TagAnswer { digest: d.to_string(), checked_at: 1 };
+        let b = TagAnswer { digest: Digest::sha256_of(b"n").to_string(), checked_at: 2 };
+        idx.put_tag("docker.io", &repo, &tag, ManifestKind::Index, &a).unwrap();
+        idx.put_tag("docker.io", &repo, &tag, ManifestKind::Image, &b).unwrap();
+        let e = idx.tag("docker.io", &repo, &tag).unwrap().unwrap();
+        assert_eq!(e.answer(ManifestKind::Index), Some(&a));
+        assert_eq!(e.answer(ManifestKind::Image), Some(&b));
+        assert_eq!(e.answer(ManifestKind::Schema1), None);
+        assert_eq!(e.latest(), Some(&b));
         assert_eq!(idx.tag("ghcr.io", &repo, &tag).unwrap(), None);
         let other: RepositoryName = "library/alpine2".parse().unwrap();
-        idx.put_tag("docker.io", &other, &tag, &e).unwrap();
-        idx.put_tag("docker.io", &repo, &"edge".parse().unwrap(), &e).unwrap();
+        idx.put_tag("docker.io", &other, &tag, ManifestKind::Index, &a).unwrap();
+        idx.put_tag("docker.io", &repo, &"edge".parse().unwrap(), ManifestKind::Index, &a).unwrap();
         assert_eq!(idx.tags_of("docker.io", &repo).unwrap(), vec!["3".to_owned(), "edge".to_owned()]);
+    }
+
+    #[test]
+    fn tags_written_by_the_previous_version_are_of_unknown_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("index")).unwrap();
+        let repo: RepositoryName = "library/alpine".parse().unwrap();
+        let tag: Tag = "3".parse().unwrap();
+        let d = Digest::sha256_of(b"m").to_string();
+        // The previous layout: one digest per tag.
+        idx.tags.insert(tag_key("docker.io", &repo, &tag), format!(r#"{{"digest":"{d}","checked_at":7}}"#).as_bytes()).unwrap();
+        let old = TagAnswer { digest: d.clone(), checked_at: 7 };
+        let e = idx.tag("docker.io", &repo, &tag).unwrap().unwrap();
+        assert_eq!(e, TagEntry { answers: BTreeMap::new(), unknown: Some(old.clone()) });
+        assert_eq!(e.latest(), Some(&old), "still listed");
+        assert_eq!(idx.all_tags().unwrap().len(), 1);
+        let new = TagAnswer { digest: d, checked_at: 8 };
+        idx.put_tag("docker.io", &repo, &tag, ManifestKind::Image, &new).unwrap();
+        let e = idx.tag("docker.io", &repo, &tag).unwrap().unwrap();
+        assert_eq!(e.answer(ManifestKind::Image), Some(&new));
+        assert_eq!(e.unknown, None, "a new answer replaces the one of unknown kind");
     }
 }

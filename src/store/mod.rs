@@ -9,7 +9,7 @@ mod index;
 pub use blobs::{BlobFiles, TempBlob};
 pub use check::{Reconciled, Verified};
 pub use evict::{Evicted, InUse, Usage, LOW_WATER};
-pub use index::{now_secs, Index, StoredManifest, TagEntry};
+pub use index::{now_secs, Index, StoredManifest, TagAnswer, TagEntry};
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -4,6 +4,7 @@
 mod auth;
 mod challenge;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -236,18 +237,30 @@ pub struct Upstream {
     config: UpstreamConfig,
     transport: Transport,
     auth: Auth,
+    /// Cleared once the upstream answers a manifest `HEAD` with 405 or 501: GET from then on.
+    manifest_head: AtomicBool,
 }
 
 impl Upstream {
     /// The client for `config`.
     pub fn new(config: UpstreamConfig, metrics: Arc<Metrics>) -> Result<Upstream, String> {
         let transport = Transport::new(&config, metrics)?;
-        Ok(Upstream { auth: Auth::new(config.clone()), config, transport })
+        Ok(Upstream { auth: Auth::new(config.clone()), config, transport, manifest_head: AtomicBool::new(true) })
     }
 
     /// Its configuration.
     pub fn config(&self) -> &UpstreamConfig {
         &self.config
+    }
+
+    /// Whether to revalidate tags with a manifest `HEAD` (true until the upstream refused one).
+    pub fn answers_manifest_head(&self) -> bool {
+        self.manifest_head.load(Ordering::Relaxed)
+    }
+
+    /// Remember that this upstream answers no manifest `HEAD` (405 or 501).
+    pub fn note_no_manifest_head(&self) {
+        self.manifest_head.store(false, Ordering::Relaxed);
     }
 
     /// Its transport, for reading bodies.

@@ -9,3 +9,5 @@ pub mod freshness;
 pub mod mirror;
 pub mod pull;
 pub mod routing;
+pub mod tags;
+pub mod trust;

@@ -89,6 +89,17 @@ pub enum Fault {
     /// The token endpoint answers `expires_in` as this raw JSON text (`None`: the field is left
     /// out), e.g. `"18446744073709551615"`, `"-1"`, `"1.5"`, `"\"300\""`.
     TokenExpiresIn(Option<String>),
+    /// Manifest answers carry this `Content-Type` instead of the manifest's own type.
+    ManifestContentType(String),
+    /// Manifest `HEAD`s are answered 405, as some registries do.
+    NoManifestHead,
+    /// Like distribution and Docker Hub: a tag that is a manifest list or index answers a client
+    /// that doesn't accept its type with its linux/amd64 image.
+    PlatformFallback,
+    /// Like distribution 2.x: a tag that is a Docker schema2 image answers a client that accepts
+    /// no v2 type but signed schema1 with a schema1 conversion, signed afresh on every answer
+    /// (so only its payload digest is stable) and not retrievable by that digest.
+    Schema1OnTheFly,
 }
 
 /// Handle to a running fake registry + CDN pair; clones share the same servers.
@@ -285,6 +296,27 @@ impl FakeRegistry {
             entry.tags.insert(tag.to_string(), digest.clone());
         }
         digest
+    }
+
+    /// Stores `bytes` under `digest` whatever they hash to (a hostile or schema1 upstream), and
+    /// under `tag` if given.
+    pub fn put_manifest_as(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        media_type: &str,
+        bytes: Vec<u8>,
+        digest: &str,
+    ) {
+        let mut st = self.state();
+        let entry = st.repos.entry(repo.to_string()).or_default();
+        entry.manifests.insert(
+            digest.to_string(),
+            (media_type.to_string(), Bytes::from(bytes)),
+        );
+        if let Some(tag) = tag {
+            entry.tags.insert(tag.to_string(), digest.to_string());
+        }
     }
 
     /// Removes a tag; the manifest stays reachable by digest.
@@ -937,7 +969,8 @@ fn manifest(
     accept: &[String],
     head: bool,
 ) -> Response<Body> {
-    let found = {
+    let by_tag = !reference.contains(':');
+    let (found, faults) = {
         let st = lock(&shared.state);
         let Some(repo) = st.repos.get(name) else {
             return oci_error(
@@ -947,27 +980,69 @@ fn manifest(
                 head,
             );
         };
-        let digest = if reference.contains(':') {
-            Some(reference.to_string())
-        } else {
+        let digest = if by_tag {
             repo.tags.get(reference).cloned()
+        } else {
+            Some(reference.to_string())
         };
-        digest.and_then(|d| {
+        let mut found = digest.and_then(|d| {
             repo.manifests
                 .get(&d)
                 .map(|(mt, bytes)| (d, mt.clone(), bytes.clone()))
-        })
+        });
+        let fallback = by_tag && st.faults.contains(&Fault::PlatformFallback);
+        if let Some((_, mt, bytes)) = found.clone().filter(|(_, mt, _)| fallback && !accepts(accept, mt)) {
+            let is_list = mt == super::images::DOCKER_LIST || mt == super::images::OCI_INDEX;
+            let amd64 = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| {
+                v["manifests"].as_array()?.iter().find_map(|m| {
+                    let p = &m["platform"];
+                    (p["os"] == "linux" && p["architecture"] == "amd64")
+                        .then(|| m["digest"].as_str().map(String::from))
+                        .flatten()
+                })
+            });
+            if let Some(child) = amd64.filter(|_| is_list) {
+                found = repo
+                    .manifests
+                    .get(&child)
+                    .map(|(mt, bytes)| (child.clone(), mt.clone(), bytes.clone()));
+            }
+        }
+        (found, st.faults.clone())
     };
-    let Some((digest, media_type, bytes)) = found else {
+    if head && faults.contains(&Fault::NoManifestHead) {
+        return oci_error(405, "UNSUPPORTED", "HEAD is not supported here", head);
+    }
+    let Some((mut digest, mut media_type, mut bytes)) = found else {
         return oci_error(404, "MANIFEST_UNKNOWN", "manifest unknown", head);
     };
+    let convert = by_tag
+        && faults.contains(&Fault::Schema1OnTheFly)
+        && media_type == super::images::DOCKER_MANIFEST
+        && !accepts(accept, &media_type)
+        && accepts(accept, super::schema1::SCHEMA1_SIGNED);
+    if convert {
+        let Some(payload) = super::schema1::converted_payload(name, reference, &bytes) else {
+            return oci_error(500, "UNKNOWN", "cannot convert", head);
+        };
+        digest = super::schema1::digest(&payload);
+        media_type = super::schema1::SCHEMA1_SIGNED.to_string();
+        bytes = Bytes::from(super::schema1::sign(&payload));
+    }
     if !accepts(accept, &media_type) {
         let message = format!("manifest of type {media_type} not in the Accept header");
         return oci_error(404, "MANIFEST_UNKNOWN", &message, head);
     }
+    let content_type = faults
+        .iter()
+        .find_map(|f| match f {
+            Fault::ManifestContentType(ct) => Some(ct.clone()),
+            _ => None,
+        })
+        .unwrap_or(media_type);
     let (len, etag) = (bytes.len().to_string(), format!("\"{digest}\""));
     let headers = [
-        ("content-type", media_type.as_str()),
+        ("content-type", content_type.as_str()),
         ("content-length", len.as_str()),
         ("docker-content-digest", digest.as_str()),
         ("etag", etag.as_str()),

@@ -389,3 +389,32 @@ pub fn oci_index_with_attestations(reg: &FakeRegistry, repo: &str, tag: &str) ->
         vec![image, attestation],
     )
 }
+
+/// A signed schema1 image: its manifest's digest is the sha256 of the signed payload.
+#[derive(Debug, Clone)]
+pub struct Schema1Image {
+    /// The signed manifest as the registry stores it; `digest` is the payload's digest.
+    pub manifest: Content,
+    /// The JWS payload (the manifest without its signatures).
+    pub payload: Vec<u8>,
+    /// Layer blobs, newest first as schema1 lists them.
+    pub layers: Vec<Content>,
+}
+
+/// Pushes a signed schema1 image (two 1 KiB layers, signed with a fresh EC P-256 key) under
+/// `repo:tag`, stored under its payload digest as distribution does.
+pub fn schema1_image(reg: &FakeRegistry, repo: &str, tag: &str) -> Schema1Image {
+    let layers: Vec<Content> = (0..2)
+        .map(|i| Content::new(DOCKER_LAYER, pseudo_random_bytes(&format!("{repo}:{tag}/s1/{i}"), 1024)))
+        .collect();
+    for l in &layers {
+        reg.add_blob(l.bytes.clone());
+    }
+    let digests: Vec<String> = layers.iter().map(|l| l.digest.clone()).collect();
+    let payload = super::schema1::payload(repo, tag, &digests);
+    let digest = super::schema1::digest(&payload);
+    let signed = super::schema1::sign(&payload);
+    reg.put_manifest_as(repo, Some(tag), super::schema1::SCHEMA1_SIGNED, signed.clone(), &digest);
+    let manifest = Content { digest, media_type: super::schema1::SCHEMA1_SIGNED.into(), bytes: signed };
+    Schema1Image { manifest, payload, layers }
+}

@@ -793,3 +793,46 @@ async fn image_builders_push_consistent_content() {
     .await;
     assert_eq!(oci.bytes(), index.manifest.bytes.as_slice());
 }
+
+#[tokio::test]
+async fn manifest_faults_fallback_conversion_head_and_content_type() {
+    use super::schema1;
+    let reg = FakeRegistry::start().await;
+    let list = images::manifest_list(&reg, "library/multi", "1");
+    let image = images::schema2_image(&reg, "library/app", "1", 1, 10);
+    let multi = bearer(&reg, "library/multi", None).await;
+    let app = bearer(&reg, "library/app", None).await;
+    let list_url = format!("{}/v2/library/multi/manifests/1", reg.url());
+    let app_url = format!("{}/v2/library/app/manifests/1", reg.url());
+    let v2_only = ("accept", images::DOCKER_MANIFEST);
+    let s1_only = ("accept", schema1::SCHEMA1_SIGNED);
+
+    // Without switches: a list isn't served to a schema2-only client, nor schema1 to a schema1 one.
+    assert_eq!(get(&list_url, &[("authorization", &multi), v2_only]).await.status, 404);
+    assert_eq!(get(&app_url, &[("authorization", &app), s1_only]).await.status, 404);
+
+    reg.set_fault(Fault::PlatformFallback);
+    let r = get(&list_url, &[("authorization", &multi), v2_only]).await;
+    assert_eq!(r.header("docker-content-digest"), Some(list.children[0].manifest.digest.as_str()), "the linux/amd64 image");
+    let by_digest = format!("{}/v2/library/multi/manifests/{}", reg.url(), list.manifest.digest);
+    assert_eq!(get(&by_digest, &[("authorization", &multi), v2_only]).await.status, 404, "only tags fall back");
+
+    reg.set_fault(Fault::Schema1OnTheFly);
+    let payload = schema1::converted_payload("library/app", "1", &image.manifest.bytes).expect("schema2");
+    let (a, b) = (get(&app_url, &[("authorization", &app), s1_only]).await, get(&app_url, &[("authorization", &app), s1_only]).await);
+    for r in [&a, &b] {
+        assert_eq!(r.header("content-type"), Some(schema1::SCHEMA1_SIGNED));
+        assert_eq!(r.header("docker-content-digest"), Some(schema1::digest(&payload).as_str()));
+        assert_eq!(schema1::open(r.bytes()), (payload.clone(), true), "a valid signature over the payload");
+    }
+    assert_ne!(a.bytes(), b.bytes(), "signed afresh each time");
+    let converted = format!("{}/v2/library/app/manifests/{}", reg.url(), schema1::digest(&payload));
+    assert_eq!(get(&converted, &[("authorization", &app), s1_only]).await.status, 404, "not by its digest");
+
+    reg.set_fault(Fault::NoManifestHead);
+    assert_eq!(send("HEAD", &app_url, &[("authorization", &app)]).await.status, 405);
+    reg.set_fault(Fault::ManifestContentType("text/html".into()));
+    let r = get(&app_url, &[("authorization", &app), v2_only]).await;
+    assert_eq!((r.status, r.header("content-type")), (200, Some("text/html")));
+    assert_eq!(r.bytes(), image.manifest.bytes.as_slice());
+}
