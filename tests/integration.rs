@@ -5,6 +5,7 @@
 //! - `it::faults`: wrong bytes, cuts, outages, timeouts, 429: nothing bad is stored or served as good.
 //! - `it::api`: the API's edges: validation, errors, ranges, tag lists, writes.
 //! - `it::coalescing`: concurrent requests share one upstream fetch.
+//! - `it::redirects`: redirects of a public upstream stay out of the operator's network.
 
 mod it;
 mod support;

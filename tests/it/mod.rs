@@ -8,4 +8,5 @@ pub mod faults;
 pub mod freshness;
 pub mod mirror;
 pub mod pull;
+pub mod redirects;
 pub mod routing;
