@@ -63,6 +63,8 @@ struct RawUpstream {
     ca_file: Option<PathBuf>,
     #[serde(default)]
     auth_hosts: Vec<String>,
+    #[serde(default)]
+    redirect_hosts: Vec<String>,
     connect_timeout: Option<u64>,
     response_timeout: Option<u64>,
     idle_timeout: Option<u64>,
@@ -138,6 +140,13 @@ pub struct UpstreamConfig {
     pub ca_pem: Option<Vec<u8>>,
     /// Hosts besides the upstream's own domain that may receive the credentials.
     pub auth_hosts: Vec<String>,
+    /// Hosts the upstream may redirect to (or name as token realm) although they resolve to
+    /// loopback, link-local, private or CGNAT addresses.
+    pub redirect_hosts: Vec<String>,
+    /// Whether this is a private registry, whose redirects may lead into private networks.
+    /// `None` (what a file gives): decided from the addresses its host resolves to. Code embedding
+    /// regcache may decide it, e.g. tests whose servers are all on loopback.
+    pub private_network: Option<bool>,
     /// Limit for establishing a connection.
     pub connect_timeout: Duration,
     /// Limit for the response headers after the request is sent.
@@ -173,6 +182,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("credentials", &self.credentials)
             .field("ca_file", &self.ca_pem.is_some())
             .field("auth_hosts", &self.auth_hosts)
+            .field("redirect_hosts", &self.redirect_hosts)
             .field("tag_ttl", &self.tag_ttl)
             .field("stale_max", &self.stale_max)
             .finish()
@@ -227,6 +237,9 @@ impl Config {
             s.push_str(&format!("  ca_file = {}\n", if u.ca_pem.is_some() { "loaded" } else { "system roots only" }));
             if !u.auth_hosts.is_empty() {
                 s.push_str(&format!("  auth_hosts = {}\n", u.auth_hosts.join(", ")));
+            }
+            if !u.redirect_hosts.is_empty() {
+                s.push_str(&format!("  redirect_hosts = {}\n", u.redirect_hosts.join(", ")));
             }
             s.push_str(&format!(
                 "  tag_ttl = {}\n  stale_max = {}\n  timeouts: connect {:?}, response {:?}, idle {:?}\n",
@@ -299,6 +312,7 @@ fn resolve(raw: RawConfig, over: &Overrides, base: &Path) -> Result<Config, Conf
             password_file: None,
             ca_file: None,
             auth_hosts: Vec::new(),
+            redirect_hosts: Vec::new(),
             connect_timeout: None,
             response_timeout: None,
             idle_timeout: None,
@@ -386,7 +400,14 @@ fn resolve_upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, Con
     if name.is_empty() || name.contains('/') || name.contains(char::is_whitespace) {
         return Err(ConfigError(format!("upstream name {:?} must be a registry host such as docker.io", raw.name)));
     }
-    let url = Url::parse(&raw.url).map_err(|e| ConfigError(format!("upstream {name}: url {:?}: {e}", raw.url)))?;
+    let url = Url::parse(&raw.url)
+        .map_err(|e| ConfigError(format!("upstream {name}: url {:?}: {e}", mask_userinfo(&raw.url))))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError(format!(
+            "upstream {name}: url must not contain credentials (user:password@); \
+             give username and password_file (or password) instead"
+        )));
+    }
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(ConfigError(format!("upstream {name}: url {:?} must be http:// or https:// with a host", raw.url)));
     }
@@ -425,6 +446,15 @@ fn resolve_upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, Con
             Some(pem)
         }
     };
+    let redirect_hosts = raw
+        .redirect_hosts
+        .iter()
+        .map(|h| {
+            url::Host::parse(h.trim()).map(|host| host.to_string()).map_err(|e| {
+                ConfigError(format!("upstream {name}: redirect_hosts entry {h:?} must be a host name or IP address: {e}"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let secs = |v: Option<u64>, default: u64| Duration::from_secs(v.unwrap_or(default));
     let duration = |key: &str, v: Option<String>, default: &str| {
         let text = v.unwrap_or_else(|| default.to_owned());
@@ -438,12 +468,25 @@ fn resolve_upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, Con
         credentials,
         ca_pem,
         auth_hosts: raw.auth_hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect(),
+        redirect_hosts,
+        private_network: None,
         connect_timeout: secs(raw.connect_timeout, 10),
         response_timeout: secs(raw.response_timeout, 30),
         idle_timeout: secs(raw.idle_timeout, 60),
         tag_ttl,
         stale_max,
     })
+}
+
+/// A URL as written, for a message: anything between `://` and an `@` before the path is masked,
+/// as it may hold a password.
+fn mask_userinfo(raw: &str) -> String {
+    let Some((scheme, rest)) = raw.split_once("://") else { return raw.to_owned() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => raw.to_owned(),
+    }
 }
 
 /// A size in human form: `"50GiB"`, `"500MB"`, `"1048576"`.
@@ -524,6 +567,43 @@ password = "s3cret"
         for (text, want) in cases {
             let err = load(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_refused_without_repeating_them() {
+        let cases = [
+            "https://ci:hunter2pw@registry.example",
+            "https://ci:hunter2pw@registry.example/",
+            "https://:hunter2pw@registry.example",
+            "https://ci@registry.example",
+            "https://ci:hunter2pw@registry.example:99999",
+            "https://ci:hunter2pw@registry.example/v2/",
+        ];
+        for url in cases {
+            let err = load(&format!("[[upstream]]\nname = \"x\"\nurl = \"{url}\"")).unwrap_err().to_string();
+            assert!(!err.contains("hunter2pw"), "{url}: the password is repeated: {err}");
+            if !url.contains("99999") {
+                assert!(err.contains("password_file") && err.contains("username"), "{url}: {err}");
+            }
+        }
+        let over = Overrides { upstream_url: Some("https://ci:hunter2pw@registry.example".into()), ..Default::default() };
+        let err = Config::from_toml("", &over, Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains("password_file") && !err.contains("hunter2pw"), "--upstream: {err}");
+    }
+
+    #[test]
+    fn redirect_hosts_are_hosts() {
+        let c = load("[[upstream]]\nname = \"x\"\nurl = \"https://x\"\nredirect_hosts = [\"Minio.Corp\", \"10.0.0.7\", \"[FD00::5]\"]")
+            .unwrap();
+        assert_eq!(c.upstreams[0].redirect_hosts, ["minio.corp", "10.0.0.7", "[fd00::5]"]);
+        assert_eq!(c.upstreams[0].private_network, None, "a file never decides it");
+        assert!(c.describe().contains("redirect_hosts = minio.corp, 10.0.0.7, [fd00::5]"));
+        for bad in ["https://minio.corp", "minio.corp:9000", "", "a b"] {
+            let err = load(&format!("[[upstream]]\nname = \"x\"\nurl = \"https://x\"\nredirect_hosts = [\"{bad}\"]"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("redirect_hosts"), "{bad:?}: {err}");
         }
     }
 

@@ -6,7 +6,8 @@
 //! - [`warm`]: `warm`: pull images through a server ahead of a rush.
 //! - [`config`]: the TOML file as written → a validated [`config::Config`].
 //! - [`oci`]: the registry domain, pure: `Digest`, `RepositoryName`, `Reference`, media types, error codes.
-//! - [`upstream`]: the client for one upstream registry: pooled hyper + rustls, token auth, redirects.
+//! - [`upstream`]: the client for one upstream registry: pooled hyper + rustls, token auth, redirects
+//!   (kept out of the operator's private networks by `upstream::guard`).
 //! - [`store`]: blob files (temp → verify → fsync → rename) and the sled index.
 //! - [`inflight`]: one upstream download per blob and upstream, followed by any number of readers.
 //! - [`singleflight`]: one call per key at a time (manifest fetches, tag revalidations, tokens).

@@ -7,6 +7,7 @@
 //! - `it::coalescing`: concurrent requests share one upstream fetch.
 //! - `it::trust`: manifests verified by regcache: digests, schema1 payloads, types, poisoning.
 //! - `it::tags`: a tag per kind of answer; upstreams without HEAD or converting on the fly.
+//! - `it::redirects`: redirects of a public upstream stay out of the operator's network.
 
 mod it;
 mod support;

@@ -1,7 +1,7 @@
 //! Token auth for one upstream: tokens cached per scope until shortly before they expire, one token
 //! request per scope at a time, and credentials sent only to hosts they are meant for.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,6 +25,9 @@ const MAX_TOKEN_LIFETIME: u64 = 24 * 60 * 60;
 const MAX_TOKENS: usize = 1024;
 /// The largest token response regcache reads.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
+/// How many token realm hosts the "credentials withheld" warning is logged for (the realm comes from
+/// the upstream, so the set of hosts is bounded).
+const MAX_WITHHELD_WARNINGS: usize = 16;
 
 /// A bearer token. `Debug` never shows it.
 #[derive(Clone)]
@@ -56,6 +59,9 @@ pub struct Auth {
     /// The last Bearer challenge seen, so later scopes fetch a token before their first request.
     bearer: Mutex<Option<(String, Option<String>)>>,
     basic: Mutex<bool>,
+    /// Realm hosts already warned about withholding the credentials from, at most
+    /// [`MAX_WITHHELD_WARNINGS`].
+    withheld: Mutex<HashSet<String>>,
     /// Token requests by scope; bounded by the singleflight's own cap.
     fetches: Singleflight<String, Result<(Token, Duration), UpstreamError>>,
 }
@@ -76,6 +82,7 @@ impl Auth {
             tokens: Mutex::new(HashMap::new()),
             bearer: Mutex::new(None),
             basic: Mutex::new(false),
+            withheld: Mutex::new(HashSet::new()),
             fetches: Singleflight::default(),
         }
     }
@@ -173,8 +180,8 @@ impl Auth {
             }
             q.append_pair("scope", scope);
         }
-        let credentials = self.upstream.credentials.as_ref().filter(|_| self.may_receive_credentials(&url));
-        let basic = credentials.and_then(|c| HeaderValue::from_str(&basic_value(c)).ok());
+        let basic = self
+            .credentials_for(&url).and_then(|c| HeaderValue::from_str(&basic_value(c)).ok());
         let transport = transport.clone();
         let key = scope.to_owned();
         let (token, lifetime) = self
@@ -202,6 +209,28 @@ impl Auth {
             }
         }
         tokens.insert(scope.to_owned(), (token.clone(), until));
+    }
+
+    /// The credentials to send to the token realm `realm`, if any are configured and may go there.
+    /// Withholding them is logged once per realm host, so an operator knows why pulls are anonymous.
+    fn credentials_for(&self, realm: &Url) -> Option<&Credentials> {
+        let credentials = self.upstream.credentials.as_ref()?;
+        if self.may_receive_credentials(realm) {
+            return Some(credentials);
+        }
+        let host = realm.host_str().unwrap_or_default().to_ascii_lowercase();
+        let first = {
+            let mut warned = self.withheld.lock().unwrap_or_else(|p| p.into_inner());
+            warned.len() < MAX_WITHHELD_WARNINGS && warned.insert(host.clone())
+        };
+        if first {
+            tracing::warn!(
+                upstream = %self.upstream.name, realm_host = %host, scheme = realm.scheme(),
+                "credentials withheld from the token realm (not the upstream's domain, or plain HTTP): \
+                 token requests are anonymous; add the host to the upstream's auth_hosts if it should receive them"
+            );
+        }
+        None
     }
 
     /// Whether the configured credentials may go to `realm`: the upstream's own host, its registrable
@@ -318,6 +347,52 @@ mod tests {
         let ip = auth("http://127.0.0.1:5000", "");
         assert!(ip.may_receive_credentials(&Url::parse("http://127.0.0.1:5001/token").unwrap()), "same host, other port");
         assert!(!ip.may_receive_credentials(&Url::parse("http://127.0.0.2/token").unwrap()));
+    }
+
+    /// Everything `f` logs, as text.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || sink.clone()).finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn withheld_credentials_are_logged_once_per_realm_host() {
+        let hub = auth("https://registry-1.docker.io", "");
+        let url = |s: &str| Url::parse(s).unwrap();
+        let log = logged(|| {
+            for _ in 0..3 {
+                assert!(hub.credentials_for(&url("https://evil.example/token?scope=a")).is_none());
+            }
+            assert!(hub.credentials_for(&url("https://auth.docker.io/token")).is_some());
+            assert!(hub.credentials_for(&url("http://auth.docker.io/token")).is_none(), "plain HTTP");
+            for i in 0..3 * MAX_WITHHELD_WARNINGS {
+                assert!(hub.credentials_for(&url(&format!("https://h{i}.example/token"))).is_none());
+            }
+        });
+        let warnings: Vec<&str> = log.lines().filter(|l| l.contains("credentials withheld")).collect();
+        assert_eq!(warnings.len(), MAX_WITHHELD_WARNINGS, "bounded:\n{log}");
+        assert_eq!(warnings.iter().filter(|l| l.contains("realm_host=evil.example")).count(), 1, "{log}");
+        assert_eq!(warnings.iter().filter(|l| l.contains("realm_host=auth.docker.io")).count(), 1, "{log}");
+        assert!(warnings.iter().all(|l| l.contains("auth_hosts")), "{log}");
+
+        let anonymous = Auth::new(Config::from_toml("", &Overrides::default(), std::path::Path::new(".")).unwrap().upstreams[0].clone());
+        let log = logged(|| assert!(anonymous.credentials_for(&url("https://evil.example/token")).is_none()));
+        assert!(log.is_empty(), "nothing withheld without credentials: {log}");
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! The upstream registry client: a pooled hyper client over rustls, token auth, redirects, timeouts,
-//! and upstream failures as typed [`UpstreamError`]s.
+//! The upstream registry client: a pooled hyper client over rustls, token auth, redirects (kept out
+//! of the operator's network by [`guard`]), timeouts, and upstream failures as typed
+//! [`UpstreamError`]s whose messages are fit for clients (addresses and OS errors go to the log).
 
 mod auth;
 mod challenge;
+pub mod guard;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,7 +15,6 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use url::Url;
@@ -24,6 +25,7 @@ use crate::oci::{first_code, ErrorCode, RepositoryName};
 use crate::singleflight::CallDied;
 pub use auth::Auth;
 pub use challenge::{parse_challenges, Challenge};
+use guard::GuardedConnector;
 
 /// How many redirects regcache follows for one request.
 const MAX_REDIRECTS: usize = 5;
@@ -86,12 +88,14 @@ impl UpstreamError {
     }
 }
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpsClient = Client<HttpsConnector<GuardedConnector>, Empty<Bytes>>;
 
 /// The pooled HTTP client of one upstream, with its timeouts. Cheap to clone.
 #[derive(Clone)]
 pub struct Transport {
     name: Arc<str>,
+    /// The configured upstream's host, to say in messages whether it or another host failed.
+    host: Arc<str>,
     metrics: Arc<Metrics>,
     client: HttpsClient,
     response_timeout: Duration,
@@ -99,7 +103,8 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// A client trusting webpki roots plus the upstream's `ca_file`; HTTP/1.1 and HTTP/2 by ALPN.
+    /// A client trusting webpki roots plus the upstream's `ca_file`; HTTP/1.1 and HTTP/2 by ALPN;
+    /// connecting only where [`guard`] allows.
     pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<Transport, String> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -115,10 +120,11 @@ impl Transport {
             .map_err(|e| format!("TLS setup: {e}"))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
+        let http = GuardedConnector::new(cfg, |http| {
+            http.enforce_http(false);
+            http.set_nodelay(true);
+            http.set_connect_timeout(Some(cfg.connect_timeout));
+        });
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -128,6 +134,7 @@ impl Transport {
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(https);
         Ok(Transport {
             name: cfg.name.as_str().into(),
+            host: cfg.url.host_str().unwrap_or_default().into(),
             metrics,
             client,
             response_timeout: cfg.response_timeout,
@@ -135,13 +142,14 @@ impl Transport {
         })
     }
 
-    /// Send one request (no redirects followed) and wait for the response headers.
+    /// Send one request (no redirects followed) and wait for the response headers. A failure is
+    /// logged with its address and cause; the error says in words what failed.
     pub async fn send(&self, method: Method, url: &Url, headers: HeaderMap) -> Result<Response<Incoming>, UpstreamError> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(url.as_str())
-            .body(Empty::new())
-            .map_err(|e| UpstreamError::Protocol(format!("cannot build request for {}: {e}", redact(url))))?;
+        let what = if url.host_str() == Some(&*self.host) { "the upstream" } else { "the host the upstream sent regcache to" };
+        let mut req = Request::builder().method(method).uri(url.as_str()).body(Empty::new()).map_err(|e| {
+            tracing::warn!(upstream = %self.name, url = %redact(url), error = %e, "cannot build an upstream request");
+            UpstreamError::Protocol(format!("cannot build a request for {what}"))
+        })?;
         *req.headers_mut() = headers;
         req.headers_mut().insert(header::USER_AGENT, HeaderValue::from_static(concat!("regcache/", env!("CARGO_PKG_VERSION"))));
         let start = std::time::Instant::now();
@@ -152,20 +160,32 @@ impl Transport {
             Err(_) => "timeout".to_owned(),
         };
         self.metrics.upstream_request(&self.name, &status, start.elapsed());
-        match result {
-            Err(_) => Err(UpstreamError::Timeout(format!("no response from {} within {:?}", redact(url), self.response_timeout))),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => {
-                let cause = error_chain(&e);
-                if cause.contains("timed out") {
-                    Err(UpstreamError::Timeout(format!("{}: {cause}", redact(url))))
-                } else if e.is_connect() {
-                    Err(UpstreamError::Connect(format!("{}: {cause}", redact(url))))
-                } else {
-                    Err(UpstreamError::Protocol(format!("{}: {cause}", redact(url))))
-                }
+        let e = match result {
+            Ok(Ok(resp)) => return Ok(resp),
+            Err(_) => {
+                tracing::warn!(upstream = %self.name, url = %redact(url), timeout = ?self.response_timeout, "no upstream response in time");
+                return Err(UpstreamError::Timeout(format!("no response from {what} within {:?}", self.response_timeout)));
             }
+            Ok(Err(e)) => e,
+        };
+        let cause = error_chain(&e);
+        if let Some(refused) = guard::refusal(&e) {
+            tracing::warn!(
+                upstream = %self.name, url = %redact(url), reason = %refused,
+                "refused to connect: add the host to the upstream's redirect_hosts if it is meant to be reached"
+            );
+            return Err(UpstreamError::Connect(
+                "the upstream sent regcache to an address in a private network, which it does not connect to".into(),
+            ));
         }
+        tracing::warn!(upstream = %self.name, url = %redact(url), error = %cause, "upstream request failed");
+        Err(if cause.contains("timed out") {
+            UpstreamError::Timeout(format!("connecting to {what} timed out"))
+        } else if e.is_connect() {
+            UpstreamError::Connect(format!("could not connect to {what}"))
+        } else {
+            UpstreamError::Protocol(format!("the connection to {what} failed"))
+        })
     }
 
     /// Count a token fetch for this upstream.
@@ -181,7 +201,10 @@ impl Transport {
                 .map_err(|_| UpstreamError::Timeout(format!("body idle for {:?}", self.idle_timeout)))?;
             match frame {
                 None => return Ok(None),
-                Some(Err(e)) => return Err(UpstreamError::Protocol(format!("body cut: {}", error_chain(&e)))),
+                Some(Err(e)) => {
+                    tracing::warn!(upstream = %self.name, error = %error_chain(&e), "upstream body failed");
+                    return Err(UpstreamError::Protocol("the upstream's response body broke off".into()));
+                }
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         if !data.is_empty() {
@@ -335,9 +358,13 @@ impl Upstream {
             let redirect = matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308);
             match (redirect, location) {
                 (true, Some(loc)) => {
-                    let next = url.join(&loc).map_err(|e| UpstreamError::Protocol(format!("bad redirect {loc:?}: {e}")))?;
+                    let next = url.join(&loc).map_err(|e| {
+                        tracing::warn!(upstream = %self.config.name, from = %redact(&url), error = %e, "unusable redirect");
+                        UpstreamError::Protocol("the upstream sent an unusable redirect".into())
+                    })?;
                     if !matches!(next.scheme(), "http" | "https") {
-                        return Err(UpstreamError::Protocol(format!("redirect to a non-HTTP URL {}", redact(&next))));
+                        tracing::warn!(upstream = %self.config.name, to = %redact(&next), "redirect to a non-HTTP URL");
+                        return Err(UpstreamError::Protocol("the upstream redirected to a non-HTTP URL".into()));
                     }
                     tracing::debug!(from = %redact(&url), to = %redact(&next), %status, "following redirect");
                     if status == StatusCode::SEE_OTHER && method != Method::HEAD {

@@ -1,5 +1,6 @@
 """deploy/: the systemd unit verifies and is hardened, the example configuration passes
-`regcache check-config` without printing a secret, and every client / Kubernetes example
+`regcache check-config` exactly as shipped (its optional file-naming parts commented out) and, with
+those parts switched on, without printing a secret; and every client / Kubernetes example
 parses and points at regcache the way its routing expects.  No servers are started."""
 import json
 import os
@@ -19,7 +20,8 @@ REGISTRIES = ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"]
 MIRROR = "regcache.internal:5000"        # the address every client example names
 EXEC_START = "/usr/local/bin/regcache serve --config /etc/regcache/regcache.toml"
 
-# file paths of deploy/regcache.toml the check-config test points at files it creates
+# file paths of deploy/regcache.toml (commented out as shipped) the check-config test switches on
+# and points at files it creates
 FILE_KEYS = {
     "password_file": "/etc/regcache/dockerhub-password",
     "ca_file": "/etc/regcache/ca.pem",
@@ -41,6 +43,20 @@ def load_toml(rel):
         return tomllib.loads(read(rel))
     except tomllib.TOMLDecodeError as e:
         pytest.fail(f"deploy/{rel} is not valid TOML: {e}", pytrace=False)
+
+
+# a commented-out setting: "#" directly followed by a key or a [section] (explanations are "# ...")
+COMMENTED_SETTING = re.compile(r"^#(?=\[|[a-z_]+ = )", re.M)
+
+
+def example_with_optional_parts():
+    """deploy/regcache.toml with every commented-out setting switched on."""
+    text = COMMENTED_SETTING.sub("", read("regcache.toml"))
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        pytest.fail(f"deploy/regcache.toml with its optional parts switched on is not TOML: {e}", pytrace=False)
+    return text
 
 
 def load_yaml_docs(rel):
@@ -152,7 +168,12 @@ def test_systemd_analyze_verify(workdir):
 # ------------------------------------------------------------------------------ check-config
 
 def test_example_config_covers_every_key():
-    cfg = load_toml("regcache.toml")
+    shipped = load_toml("regcache.toml")
+    assert set(shipped) == {"listen", "data_dir", "max_size", "admin_listen", "upstream"}, \
+        "as shipped, the parts that name files are commented out"
+    assert not {"username", "password_file", "ca_file"} & set(shipped["upstream"][0])
+    assert shipped["upstream"][0]["redirect_hosts"] == []
+    cfg = tomllib.loads(example_with_optional_parts())
     assert set(cfg) == {"listen", "data_dir", "max_size", "admin_listen", "tls", "access", "upstream"}
     assert set(cfg["tls"]) == {"cert", "key"}
     assert set(cfg["access"]) == {"htpasswd", "allow"}
@@ -160,13 +181,13 @@ def test_example_config_covers_every_key():
     names = [u["name"] for u in cfg["upstream"]]
     assert names == REGISTRIES, f"upstreams {names}, want {REGISTRIES} (docker.io first)"
     assert set(cfg["upstream"][0]) == {
-        "name", "url", "username", "password_file", "ca_file", "auth_hosts", "tag_ttl", "stale_max",
-        "connect_timeout", "response_timeout", "idle_timeout"}
+        "name", "url", "username", "password_file", "ca_file", "auth_hosts", "redirect_hosts", "tag_ttl",
+        "stale_max", "connect_timeout", "response_timeout", "idle_timeout"}
     for u in cfg["upstream"]:
         assert u["url"].startswith("https://"), u
     text = read("regcache.toml")
     for key, path in FILE_KEYS.items():
-        assert re.search(rf'^{key} = "{re.escape(path)}"', text, re.M), f"expected {key} = \"{path}\""
+        assert re.search(rf'^#{key} = "{re.escape(path)}"', text, re.M), f"expected #{key} = \"{path}\""
     assert "password =" in text, "the example should mention the inline password alternative"
 
 
@@ -196,6 +217,20 @@ def _run_check_config(path):
 
 
 @pytest.mark.needs_regcache
+def test_check_config_accepts_the_example_as_shipped():
+    # no optional file is named, so this holds on a machine without any of them
+    shipped = read("regcache.toml")
+    for key, path in FILE_KEYS.items():
+        assert path not in "".join(ln for ln in shipped.splitlines(True) if not ln.startswith("#")), \
+            f"deploy/regcache.toml names {path} ({key}) outside a comment"
+    res = _run_check_config(os.path.join(DEPLOY, "regcache.toml"))
+    output = res.out + res.err
+    for name in REGISTRIES:
+        assert f"[[upstream]] {name}" in output, f"check-config doesn't show upstream {name}:\n{res!r}"
+    assert "tls = none" in output and "access.htpasswd = none" in output, res
+
+
+@pytest.mark.needs_regcache
 @pytest.mark.parametrize("password_form", ["password_file", "inline password"])
 def test_check_config_accepts_example_without_leaking_secrets(workdir, password_form):
     openssl = require_tool("openssl", "openssl")
@@ -217,7 +252,7 @@ def test_check_config_accepts_example_without_leaking_secrets(workdir, password_
         key_pem = f.read()
     key_body = "".join(ln for ln in key_pem.splitlines() if not ln.startswith("-----"))
 
-    text = read("regcache.toml")
+    text = example_with_optional_parts()
     for key, path in FILE_KEYS.items():
         assert text.count(f'"{path}"') == 1, f"{path} should appear once in deploy/regcache.toml"
         text = text.replace(f'{key} = "{path}"', f'{key} = "{files[key]}"')

@@ -34,6 +34,31 @@ fn bad_configurations_stop_with_one_line_and_exit_2() {
 }
 
 #[test]
+fn a_password_in_the_upstream_url_is_refused_without_printing_it() {
+    let config = "[[upstream]]\nname = \"docker.io\"\nurl = \"https://ci:hunter2pw@registry.example\"\n";
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(config.as_bytes()).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let runs = [
+        Command::new(BIN).args(["serve", "--config"]).arg(f.path()).arg("--data-dir").arg(data.path()).output().unwrap(),
+        Command::new(BIN).arg("check-config").arg(f.path()).output().unwrap(),
+        Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--upstream", "https://ci:hunter2pw@registry.example"])
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .unwrap(),
+    ];
+    for out in runs {
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains("username") && stderr.contains("password_file"), "{stderr}");
+        assert!(!stdout.contains("hunter2pw") && !stderr.contains("hunter2pw"), "{stdout}{stderr}");
+    }
+}
+
+#[test]
 fn serves_then_exits_0_on_sigterm() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let data = tempfile::tempdir().unwrap();

@@ -40,6 +40,11 @@ pub struct Options {
     /// More tables after the first upstream (`[[upstream]]` entries, `[access]`).
     pub tail: String,
     pub data_dir: Option<PathBuf>,
+    /// The upstream's URL instead of `reg.url()` (e.g. naming it `localhost`).
+    pub url: Option<String>,
+    /// Decide whether the upstream is a private registry instead of resolving its host (every
+    /// test server is on loopback, so without this every upstream is private).
+    pub private_network: Option<bool>,
 }
 
 impl Mirror {
@@ -62,11 +67,12 @@ impl Mirror {
             "data_dir = {:?}\n{}\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n{creds}{}\n{}\n",
             data_dir.display().to_string(),
             opts.top,
-            reg.url(),
+            opts.url.unwrap_or_else(|| reg.url()),
             opts.extra,
             opts.tail
         );
-        let config = Config::from_toml(&toml, &Overrides::default(), Path::new(".")).expect("config");
+        let mut config = Config::from_toml(&toml, &Overrides::default(), Path::new(".")).expect("config");
+        config.upstreams[0].private_network = opts.private_network;
         let registry = Registry::open(&config).expect("open registry");
         let fills = registry.cache().fills().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

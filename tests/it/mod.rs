@@ -8,6 +8,7 @@ pub mod faults;
 pub mod freshness;
 pub mod mirror;
 pub mod pull;
+pub mod redirects;
 pub mod routing;
 pub mod tags;
 pub mod trust;

@@ -100,6 +100,11 @@ pub enum Fault {
     /// no v2 type but signed schema1 with a schema1 conversion, signed afresh on every answer
     /// (so only its payload digest is stable) and not retrievable by that digest.
     Schema1OnTheFly,
+    /// Blob redirects go to `base` (e.g. `http://169.254.169.254`) + `/blobs/<digest>?sig=…`.
+    RedirectBlobsTo(String),
+    /// The token realm names the host the client addressed (its `Host` header) instead of
+    /// `127.0.0.1:PORT`, as a registry reached by a DNS name does.
+    RealmFromHost,
 }
 
 /// Handle to a running fake registry + CDN pair; clones share the same servers.
@@ -752,20 +757,25 @@ fn route(path: &str) -> Route<'_> {
     }
 }
 
-fn challenge(shared: &Shared, name: Option<&str>) -> String {
-    let mut value = format!(
-        "Bearer realm=\"http://{}/token\",service=\"{SERVICE}\"",
-        shared.reg_addr
-    );
+fn challenge(shared: &Shared, req: &Request<Incoming>, name: Option<&str>) -> String {
+    let from_host = lock(&shared.state).faults.contains(&Fault::RealmFromHost);
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|_| from_host)
+        .map(str::to_string)
+        .unwrap_or_else(|| shared.reg_addr.to_string());
+    let mut value = format!("Bearer realm=\"http://{host}/token\",service=\"{SERVICE}\"");
     if let Some(name) = name {
         value.push_str(&format!(",scope=\"repository:{name}:pull\""));
     }
     value
 }
 
-fn unauthorized(shared: &Shared, name: Option<&str>, head: bool) -> Response<Body> {
+fn unauthorized(shared: &Shared, req: &Request<Incoming>, name: Option<&str>, head: bool) -> Response<Body> {
     let resp = oci_error(401, "UNAUTHORIZED", "authentication required", head);
-    with_header(resp, "www-authenticate", &challenge(shared, name))
+    with_header(resp, "www-authenticate", &challenge(shared, req, name))
 }
 
 fn status_code_name(code: u16) -> &'static str {
@@ -864,7 +874,7 @@ fn route_registry(
             if valid {
                 json(200, "{}".into(), head)
             } else {
-                unauthorized(shared, None, head)
+                unauthorized(shared, req, None, head)
             }
         }
         Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::Tags { name }
@@ -875,7 +885,7 @@ fn route_registry(
                     .is_some_and(|granted| granted.contains(name))
             }) =>
         {
-            unauthorized(shared, Some(name), head)
+            unauthorized(shared, req, Some(name), head)
         }
         Route::Manifest { name, reference } if get_or_head => {
             manifest(shared, name, reference, &seen.accept, head)
@@ -1051,11 +1061,16 @@ fn manifest(
 }
 
 fn blob(shared: &Shared, digest: &str, head: bool) -> Response<Body> {
-    let (size, other_host) = {
+    let (size, other_host, base) = {
         let st = lock(&shared.state);
+        let base = st.faults.iter().find_map(|f| match f {
+            Fault::RedirectBlobsTo(base) => Some(base.clone()),
+            _ => None,
+        });
         (
             st.blobs.get(digest).map(Bytes::len),
             st.faults.contains(&Fault::RedirectToOtherHost),
+            base,
         )
     };
     let Some(size) = size else {
@@ -1071,11 +1086,8 @@ fn blob(shared: &Shared, digest: &str, head: bool) -> Response<Body> {
         return respond(200, &headers, empty());
     }
     let host = if other_host { "localhost" } else { "127.0.0.1" };
-    let location = format!(
-        "http://{host}:{}/blobs/{digest}?sig={}",
-        shared.cdn_addr.port(),
-        sign(&shared.secret, digest)
-    );
+    let base = base.unwrap_or_else(|| format!("http://{host}:{}", shared.cdn_addr.port()));
+    let location = format!("{base}/blobs/{digest}?sig={}", sign(&shared.secret, digest));
     respond(
         307,
         &[

@@ -173,6 +173,13 @@ async fn token_flow_like_docker_hub() {
     let scoped = format!("{realm},scope=\"repository:library/alpine:pull\"");
     assert_eq!(denied.header("www-authenticate"), Some(scoped.as_str()));
 
+    reg.set_fault(Fault::RealmFromHost);
+    let port = reg.url().rsplit(':').next().expect("port").to_string();
+    let by_name = get(&format!("http://localhost:{port}/v2/"), &[]).await;
+    let want = format!("Bearer realm=\"http://localhost:{port}/token\",service=\"fake-registry\"");
+    assert_eq!(by_name.header("www-authenticate"), Some(want.as_str()));
+    reg.clear_faults();
+
     let auth = bearer(&reg, "library/alpine", None).await;
     let ping = get(&format!("{}/v2/", reg.url()), &[("authorization", &auth)]).await;
     assert_eq!((ping.status, ping.bytes()), (200, &b"{}"[..]));
@@ -397,6 +404,10 @@ async fn blobs_redirect_to_a_cdn_that_rejects_authorization() {
         "{location}"
     );
     assert_eq!(get(&location, &[]).await.bytes(), bytes.as_slice());
+    reg.clear_faults();
+    reg.set_fault(Fault::RedirectBlobsTo("http://169.254.169.254".into()));
+    let location = blob_location(&reg, "library/x", &digest, &auth).await;
+    assert!(location.starts_with(&format!("http://169.254.169.254/blobs/{digest}?sig=")), "{location}");
 
     reg.clear_log();
     assert_eq!(
