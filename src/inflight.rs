@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -19,7 +19,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::oci::{Digest, Hasher, RepositoryName};
 use crate::store::{InUse, Store, TempBlob};
-use crate::upstream::{content_length, Upstream, UpstreamError};
+use crate::upstream::{content_length, RateLimit, Upstream, UpstreamError};
 
 /// How many bytes of a fill are gathered before one write to disk.
 const WRITE_BATCH: usize = 512 * 1024;
@@ -80,6 +80,8 @@ pub struct Fill {
     readers: Mutex<Vec<Weak<AtomicU64>>>,
     /// Signalled whenever a reader moves on.
     advanced: Notify,
+    /// The rate-limit headers of the upstream response, set before the fill starts running.
+    rate_limit: OnceLock<RateLimit>,
 }
 
 /// The newest bytes of a fill, as they came from upstream: `chunks` start at offset `base`. Readers
@@ -182,6 +184,11 @@ impl Fill {
         readers.iter().filter_map(Weak::upgrade).map(|p| p.load(Ordering::Acquire)).min()
     }
 
+    /// The rate-limit headers of the upstream response (none until it has answered).
+    pub fn rate_limit(&self) -> RateLimit {
+        self.rate_limit.get().cloned().unwrap_or_default()
+    }
+
     /// The size, if known yet.
     pub fn total(&self) -> Option<u64> {
         match &*self.state.borrow() {
@@ -240,6 +247,7 @@ impl Fills {
             recent: Mutex::new(Recent::default()),
             readers: Mutex::new(Vec::new()),
             advanced: Notify::new(),
+            rate_limit: OnceLock::new(),
         });
         running.insert(digest.clone(), fill.clone());
         let job = FillJob {
@@ -329,6 +337,7 @@ impl FillJob {
             .request(Method::GET, &self.repo, &format!("blobs/{}", self.digest), HeaderMap::new())
             .await?;
         let total = content_length(resp.headers());
+        let _ = self.fill.rate_limit.set(RateLimit::from_headers(resp.headers()));
         self.fill.state.send_replace(FillState::Running { total, written: 0 });
         let transport = self.upstream.transport();
         let mut body = resp.into_body();

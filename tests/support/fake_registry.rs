@@ -81,7 +81,16 @@ pub enum Fault {
     DelayHeaders { path_contains: String, delay_ms: u64 },
     /// Blob redirects name the CDN as `localhost:PORT` instead of `127.0.0.1:PORT`.
     RedirectToOtherHost,
+    /// `tags/list` ignores `n` and `last`: every tag, newest first (reverse order), no `Link`.
+    TagsUnpaged,
+    /// Every registry and CDN response carries Docker Hub's rate-limit headers
+    /// (`ratelimit-limit: 100;w=21600`, `ratelimit-remaining: <remaining>;w=21600`,
+    /// `docker-ratelimit-source: 192.0.2.7`).
+    RateLimitHeaders { remaining: u32 },
 }
+
+/// Docker Hub's message in a 429 body.
+pub const RATE_LIMIT_MESSAGE: &str = "You have reached your pull rate limit. You may increase the limit by authenticating and upgrading: https://www.docker.com/increase-rate-limit";
 
 /// Handle to a running fake registry + CDN pair; clones share the same servers.
 #[derive(Clone)]
@@ -499,7 +508,7 @@ async fn accept_loop(
                         Some(resp) => resp,
                         None => std::future::pending().await, // Fault::HangHeaders
                     },
-                    Side::Cdn => cdn(&shared, &req, &cut),
+                    Side::Cdn => with_rate_limit(&shared, cdn(&shared, &req, &cut)),
                 };
                 Ok::<_, Infallible>(resp)
             }
@@ -758,7 +767,8 @@ fn registry(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Body>> 
         Some(Fault::Status {
             code, retry_after, ..
         }) => {
-            let resp = oci_error(code, status_code_name(code), "injected fault", head);
+            let message = if code == 429 { RATE_LIMIT_MESSAGE } else { "injected fault" };
+            let resp = oci_error(code, status_code_name(code), message, head);
             match retry_after {
                 Some(secs) => with_header(resp, "retry-after", &secs.to_string()),
                 None => resp,
@@ -766,11 +776,28 @@ fn registry(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Body>> 
         }
         _ => route_registry(shared, req, &seen, head),
     };
+    let resp = with_rate_limit(shared, resp);
     Some(with_header(
         resp,
         "docker-distribution-api-version",
         "registry/2.0",
     ))
+}
+
+/// Adds Docker Hub's rate-limit headers while [`Fault::RateLimitHeaders`] is on.
+fn with_rate_limit(shared: &Shared, resp: Response<Body>) -> Response<Body> {
+    let remaining = lock(&shared.state).faults.iter().find_map(|f| match f {
+        Fault::RateLimitHeaders { remaining } => Some(*remaining),
+        _ => None,
+    });
+    match remaining {
+        Some(r) => {
+            let resp = with_header(resp, "ratelimit-limit", "100;w=21600");
+            let resp = with_header(resp, "ratelimit-remaining", &format!("{r};w=21600"));
+            with_header(resp, "docker-ratelimit-source", "192.0.2.7")
+        }
+        None => resp,
+    }
 }
 
 fn route_registry(
@@ -969,6 +996,11 @@ fn tags(shared: &Shared, name: &str, query: &[(String, String)], head: bool) -> 
             )
         }
     };
+    if lock(&shared.state).faults.contains(&Fault::TagsUnpaged) {
+        let reversed: Vec<String> = all.into_iter().rev().collect();
+        let body = serde_json::json!({"name": name, "tags": reversed}).to_string();
+        return json(200, body, head);
+    }
     let last = query_param(query, "last");
     let n = query_param(query, "n").and_then(|n| n.parse::<usize>().ok());
     let mut page: Vec<String> = all
