@@ -5,6 +5,7 @@
 //! - `it::faults`: wrong bytes, cuts, outages, timeouts, 429: nothing bad is stored or served as good.
 //! - `it::api`: the API's edges: validation, errors, ranges, tag lists, writes.
 //! - `it::coalescing`: concurrent requests share one upstream fetch.
+//! - `it::head`: `HEAD` on every route and error, over HTTP/2 and HTTP/1.1: headers only.
 
 mod it;
 mod support;
