@@ -728,7 +728,9 @@ mod tests {
     fn tag_pages() {
         let repo: RepositoryName = "org/app".parse().unwrap();
         let all = || ["d", "b", "a", "c", "b"].map(String::from).to_vec();
-        let cases: &[(Option<u32>, Option<&str>, bool, &[&str], Option<&str>)] = &[
+        /// n, last, upstream had more, the page, the next page's `last`.
+        type Case<'a> = (Option<u32>, Option<&'a str>, bool, &'a [&'a str], Option<&'a str>);
+        let cases: &[Case] = &[
             (None, None, false, &["a", "b", "c", "d"], None),
             (Some(2), None, false, &["a", "b"], Some("b")),
             (Some(2), Some("b"), false, &["c", "d"], None),

@@ -126,7 +126,9 @@ async fn range_edges_saturate_and_unsatisfiable_ranges_are_416() {
     cached.wait_stored(&layer.digest).await;
     cached.wait_stored(&empty).await;
     let max = u64::MAX;
-    let cases: Vec<(&str, String, u16, Option<String>, Vec<u8>)> = vec![
+    /// Blob, `Range`, status, `Content-Range`, body.
+    type Case<'a> = (&'a str, String, u16, Option<String>, Vec<u8>);
+    let cases: Vec<Case> = vec![
         (&layer.digest, format!("bytes=0-{max}"), 206, Some("bytes 0-9/10".into()), layer.bytes.clone()),
         (&layer.digest, format!("bytes=5-{max}"), 206, Some("bytes 5-9/10".into()), layer.bytes[5..].to_vec()),
         (&layer.digest, "bytes=0-99999999999999999999999".into(), 206, Some("bytes 0-9/10".into()), layer.bytes.clone()),
