@@ -350,8 +350,7 @@ impl Upstream {
         let message = match (code, upstream_message) {
             // The upstream's own words say which limit was hit and how to lift it.
             (_, Some(m)) if status == StatusCode::TOO_MANY_REQUESTS => {
-                let m: String = m.chars().filter(|c| !c.is_control()).take(MAX_ERROR_MESSAGE).collect();
-                format!("{status}: {m}")
+                m.chars().filter(|c| !c.is_control()).take(MAX_ERROR_MESSAGE).collect()
             }
             (Some(c), _) => format!("{} ({})", status, c.as_str()),
             (None, _) => status.to_string(),
