@@ -12,12 +12,14 @@ use crate::inflight::{self, BlobReader, FillError, Fills, Join, Source};
 use crate::oci::{verify_manifest, AcceptList, Digest, ManifestError, ManifestKind, Reference, RepositoryName, Tag};
 use crate::store::{now_secs, Store, StoredManifest, TagAnswer};
 use crate::singleflight::Singleflight;
-use crate::upstream::{content_length, Upstream, UpstreamError};
+use crate::upstream::{content_length, RateLimit, Upstream, UpstreamError};
 
 /// The largest manifest regcache accepts.
 pub const MAX_MANIFEST: usize = 4 * 1024 * 1024;
 /// The largest tag list regcache passes on.
 const MAX_TAG_LIST: usize = 16 * 1024 * 1024;
+/// The most tags one page lists: a larger `n` is lowered to this.
+pub const MAX_TAGS_PAGE: u32 = 10_000;
 
 /// How a request was answered, for logs and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +113,8 @@ pub struct ManifestAnswer {
     pub bytes: Option<Bytes>,
     /// How it was answered.
     pub outcome: Outcome,
+    /// The rate-limit headers of the upstream response that answered (none for a hit).
+    pub rate_limit: RateLimit,
 }
 
 /// A byte range asked for, before it is checked against the blob's size.
@@ -123,14 +127,15 @@ pub enum RangeRequest {
 }
 
 impl RangeRequest {
-    /// The `[start, end)` this range covers in a blob of `size` bytes; `None` if unsatisfiable.
+    /// The `[start, end)` this range covers in a blob of `size` bytes, with `start < end <= size`;
+    /// `None` if unsatisfiable (RFC 9110 14.1.1: it starts at or past the end, or asks for the last
+    /// zero bytes, or the blob is empty).
     pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
-        match self {
-            RangeRequest::From(start, _) if start >= size => None,
-            RangeRequest::From(start, end) => Some((start, end.map_or(size, |e| (e + 1).min(size)))),
-            RangeRequest::Suffix(0) => None,
-            RangeRequest::Suffix(n) => Some((size.saturating_sub(n), size)),
-        }
+        let (start, end) = match self {
+            RangeRequest::From(start, last) => (start, last.map_or(size, |l| l.saturating_add(1).min(size))),
+            RangeRequest::Suffix(n) => (size.saturating_sub(n), size),
+        };
+        (start < end).then_some((start, end))
     }
 }
 
@@ -144,6 +149,8 @@ pub struct BlobAnswer {
     pub body: Option<BlobReader>,
     /// How it was answered.
     pub outcome: Outcome,
+    /// The rate-limit headers of the upstream response that answered (none for a hit).
+    pub rate_limit: RateLimit,
 }
 
 /// A referrers list (an OCI image index).
@@ -159,14 +166,16 @@ pub struct ReferrerList {
 /// The media type of a referrers list.
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
-/// A tag list page from upstream.
+/// One page of a repository's tags, sorted.
 pub struct TagList {
-    /// The JSON body as upstream sent it.
+    /// `{"name": …, "tags": […]}`.
     pub body: Bytes,
-    /// Upstream's `Link` header for the next page.
-    pub link: Option<HeaderValue>,
+    /// When more tags follow: the last tag of this page, where the next page starts.
+    pub next: Option<String>,
     /// Whether it came from upstream or from what regcache knows.
     pub outcome: Outcome,
+    /// The rate-limit headers of the upstream response that answered.
+    pub rate_limit: RateLimit,
 }
 
 type TagKey = (String, RepositoryName, Tag, String);
@@ -188,6 +197,7 @@ struct HeadAnswer {
     digest: Digest,
     media_type: Option<String>,
     size: Option<u64>,
+    rate_limit: RateLimit,
 }
 
 impl Cache {
@@ -401,12 +411,16 @@ impl Cache {
             return serve_stored(&self.store, digest, file, size, range, head);
         }
         if head {
-            if let Some(size) = self.fills.get(&up.config().name, digest).and_then(|f| f.total()) {
-                return Ok(BlobAnswer { size: Some(size), range: None, body: None, outcome: Outcome::Miss });
+            if let Some(fill) = self.fills.get(&up.config().name, digest) {
+                if let Some(size) = fill.total() {
+                    let rate_limit = fill.rate_limit();
+                    return Ok(BlobAnswer { size: Some(size), range: None, body: None, outcome: Outcome::Miss, rate_limit });
+                }
             }
             let resp = up.request(Method::HEAD, repo, &format!("blobs/{digest}"), HeaderMap::new()).await?;
             let size = content_length(resp.headers());
-            return Ok(BlobAnswer { size, range: None, body: None, outcome: Outcome::Pass });
+            let rate_limit = RateLimit::from_headers(resp.headers());
+            return Ok(BlobAnswer { size, range: None, body: None, outcome: Outcome::Pass, rate_limit });
         }
         let mut join = Join::Any;
         let (fill, mut total) = loop {
@@ -434,7 +448,9 @@ impl Cache {
             None => None,
         };
         let (start, end) = served.map_or((0, total), |(s, e)| (s, Some(e)));
-        Ok(BlobAnswer { size: total, range: served, body: Some(BlobReader::filling(&self.store, fill, start, end)), outcome: Outcome::Miss })
+        let rate_limit = fill.rate_limit();
+        let body = Some(BlobReader::filling(&self.store, fill, start, end));
+        Ok(BlobAnswer { size: total, range: served, body, outcome: Outcome::Miss, rate_limit })
     }
 
     /// The referrers of a manifest (signatures, attestations): from upstream's referrers API, else
@@ -486,8 +502,9 @@ impl Cache {
         })
     }
 
-    /// One page of a repository's tags: from upstream, or from the tags regcache knows when upstream
-    /// is unavailable.
+    /// One page of a repository's tags, at most `n` of them after `last` in lexical order: from
+    /// upstream, or from the tags regcache knows when upstream is unavailable. The page is cut here
+    /// whatever the upstream did with `n` and `last`.
     pub async fn tags(
         &self,
         up: &Arc<Upstream>,
@@ -495,10 +512,12 @@ impl Cache {
         n: Option<u32>,
         last: Option<&str>,
     ) -> Result<TagList, CacheError> {
+        let n = n.map(|n| n.min(MAX_TAGS_PAGE));
         let query = {
             let mut params = url::form_urlencoded::Serializer::new(String::new());
             if let Some(n) = n {
-                params.append_pair("n", &n.to_string());
+                // Upstream is asked for at least one tag, so it still says whether the repository exists.
+                params.append_pair("n", &n.max(1).to_string());
             }
             if let Some(last) = last {
                 params.append_pair("last", last);
@@ -508,30 +527,58 @@ impl Cache {
         let rest = if query.is_empty() { "tags/list".to_owned() } else { format!("tags/list?{query}") };
         let fetched = async {
             let resp = up.request(Method::GET, repo, &rest, HeaderMap::new()).await?;
-            let link = resp.headers().get(header::LINK).cloned();
+            let more = resp.headers().contains_key(header::LINK);
+            let rate_limit = RateLimit::from_headers(resp.headers());
             let body = up.transport().read_body(resp, MAX_TAG_LIST).await?;
-            Ok::<_, UpstreamError>(TagList { body, link, outcome: Outcome::Pass })
+            let tags = parse_tag_list(&body)?;
+            Ok::<_, UpstreamError>((tags, more, rate_limit))
         };
         match fetched.await {
-            Ok(list) => Ok(list),
+            Ok((tags, more, rate_limit)) => Ok(tag_page(repo, tags, n, last, more, Outcome::Pass, rate_limit)),
             Err(e) if e.is_unavailable() => {
                 let known = self.store.index.tags_of(&up.config().name, &up.upstream_name(repo))?;
                 if known.is_empty() {
                     return Err(e.into());
                 }
                 tracing::warn!(upstream = %up.config().name, %repo, error = %e, "upstream unavailable; listing the tags regcache knows");
-                let page: Vec<&String> = known
-                    .iter()
-                    .filter(|t| last.is_none_or(|l| t.as_str() > l))
-                    .take(n.map_or(usize::MAX, |n| n as usize))
-                    .collect();
-                let body = serde_json::to_vec(&serde_json::json!({"name": repo.as_str(), "tags": page}))
-                    .unwrap_or_default();
-                Ok(TagList { body: body.into(), link: None, outcome: Outcome::Stale })
+                Ok(tag_page(repo, known, n, last, false, Outcome::Stale, RateLimit::default()))
             }
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The tags of an upstream's `tags/list` body.
+fn parse_tag_list(body: &[u8]) -> Result<Vec<String>, UpstreamError> {
+    #[derive(serde::Deserialize)]
+    struct List {
+        tags: Option<Vec<String>>,
+    }
+    let list: List = serde_json::from_slice(body).map_err(|e| UpstreamError::Protocol(format!("unreadable tag list: {e}")))?;
+    Ok(list.tags.unwrap_or_default())
+}
+
+/// The page of `tags` after `last` with at most `n` of them (all when `None`), sorted; it has a next
+/// page when tags were left out or `upstream_more` (upstream cut its own page shorter).
+fn tag_page(
+    repo: &RepositoryName,
+    mut tags: Vec<String>,
+    n: Option<u32>,
+    last: Option<&str>,
+    upstream_more: bool,
+    outcome: Outcome,
+    rate_limit: RateLimit,
+) -> TagList {
+    tags.sort_unstable();
+    tags.dedup();
+    tags.retain(|t| last.is_none_or(|l| t.as_str() > l));
+    let limit = n.map_or(usize::MAX, |n| n as usize);
+    let cut = tags.len() > limit;
+    tags.truncate(limit);
+    let next = if cut || upstream_more { tags.last().cloned() } else { None };
+    // Serialising strings cannot fail.
+    let body = serde_json::to_vec(&serde_json::json!({"name": repo.as_str(), "tags": tags})).unwrap_or_default();
+    TagList { body: body.into(), next, outcome, rate_limit }
 }
 
 /// How often batched access times are written to the index.
@@ -603,17 +650,25 @@ fn serve_stored(
     let served = resolve_range(range, size)?;
     let (start, end) = served.unwrap_or((0, size));
     let body = (!head).then(|| BlobReader::stored(store, digest, file, start, end));
-    Ok(BlobAnswer { size: Some(size), range: served, body, outcome: Outcome::Hit })
+    Ok(BlobAnswer { size: Some(size), range: served, body, outcome: Outcome::Hit, rate_limit: RateLimit::default() })
 }
 
 fn answer(digest: Digest, m: StoredManifest, outcome: Outcome) -> ManifestAnswer {
-    ManifestAnswer { digest, size: m.bytes.len() as u64, media_type: m.media_type, bytes: Some(m.bytes), outcome }
+    ManifestAnswer {
+        digest,
+        size: m.bytes.len() as u64,
+        media_type: m.media_type,
+        bytes: Some(m.bytes),
+        outcome,
+        rate_limit: RateLimit::default(),
+    }
 }
 
 /// A HEAD answer built from upstream headers alone, if they said everything and the client accepts it.
 fn head_only(h: HeadAnswer, accept: &AcceptList) -> Option<ManifestAnswer> {
     let media_type = h.media_type.filter(|m| accept.allows(m))?;
-    Some(ManifestAnswer { digest: h.digest, media_type, size: h.size?, bytes: None, outcome: Outcome::Pass })
+    let size = h.size?;
+    Some(ManifestAnswer { digest: h.digest, media_type, size, bytes: None, outcome: Outcome::Pass, rate_limit: h.rate_limit })
 }
 
 fn accept_headers(accept: &AcceptList) -> HeaderMap {
@@ -660,7 +715,12 @@ async fn head_manifest_upstream(
         Err(e) => return Err(e),
     };
     let h = resp.headers();
-    Ok(docker_digest(h).map(|digest| HeadAnswer { digest, media_type: media_type_of(h), size: content_length(h) }))
+    Ok(docker_digest(h).map(|digest| HeadAnswer {
+        digest,
+        media_type: media_type_of(h),
+        size: content_length(h),
+        rate_limit: RateLimit::from_headers(h),
+    }))
 }
 
 /// GET a manifest and verify it ([`verify_manifest`]): its digest is computed here and must match
@@ -691,12 +751,47 @@ async fn get_manifest_upstream(
     })?;
     let m = store.index.put_manifest(&verified.digest, &StoredManifest { media_type: verified.media_type, bytes })?;
     store.stored(&verified.digest);
-    Ok(answer(verified.digest, m, Outcome::Miss))
+    Ok(ManifestAnswer { rate_limit: RateLimit::from_headers(&headers), ..answer(verified.digest, m, Outcome::Miss) })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tag_pages() {
+        let repo: RepositoryName = "org/app".parse().unwrap();
+        let all = || ["d", "b", "a", "c", "b"].map(String::from).to_vec();
+        /// n, last, upstream had more, the page, the next page's `last`.
+        type Case<'a> = (Option<u32>, Option<&'a str>, bool, &'a [&'a str], Option<&'a str>);
+        let cases: &[Case] = &[
+            (None, None, false, &["a", "b", "c", "d"], None),
+            (Some(2), None, false, &["a", "b"], Some("b")),
+            (Some(2), Some("b"), false, &["c", "d"], None),
+            (Some(4), None, false, &["a", "b", "c", "d"], None),
+            (Some(0), None, false, &[], None),
+            (Some(0), None, true, &[], None),
+            (None, Some("d"), false, &[], None),
+            (None, Some("bb"), false, &["c", "d"], None),
+            (None, None, true, &["a", "b", "c", "d"], Some("d")),
+            (Some(10), Some("a"), true, &["b", "c", "d"], Some("d")),
+        ];
+        for (n, last, more, want, next) in cases {
+            let page = tag_page(&repo, all(), *n, *last, *more, Outcome::Pass, RateLimit::default());
+            let v: serde_json::Value = serde_json::from_slice(&page.body).unwrap();
+            assert_eq!(v, serde_json::json!({"name": "org/app", "tags": want}), "{n:?} {last:?} {more}");
+            assert_eq!(page.next.as_deref(), *next, "{n:?} {last:?} {more}");
+        }
+    }
+
+    #[test]
+    fn tag_list_bodies() {
+        assert_eq!(parse_tag_list(br#"{"name":"a","tags":["x","y"]}"#).unwrap(), ["x", "y"]);
+        assert!(parse_tag_list(br#"{"name":"a","tags":null}"#).unwrap().is_empty());
+        assert!(parse_tag_list(br#"{"name":"a"}"#).unwrap().is_empty());
+        assert!(parse_tag_list(b"<html>").is_err());
+        assert!(parse_tag_list(br#"{"tags":[1]}"#).is_err());
+    }
 
     #[test]
     fn ranges_resolve() {
@@ -708,6 +803,16 @@ mod tests {
             (RangeRequest::Suffix(3), 10, Some((7, 10))),
             (RangeRequest::Suffix(30), 10, Some((0, 10))),
             (RangeRequest::Suffix(0), 10, None),
+            (RangeRequest::From(0, Some(u64::MAX)), 10, Some((0, 10))),
+            (RangeRequest::From(5, Some(u64::MAX)), 10, Some((5, 10))),
+            (RangeRequest::From(u64::MAX, None), 10, None),
+            (RangeRequest::From(u64::MAX, Some(u64::MAX)), u64::MAX, None),
+            (RangeRequest::From(0, Some(u64::MAX)), u64::MAX, Some((0, u64::MAX))),
+            (RangeRequest::Suffix(u64::MAX), 10, Some((0, 10))),
+            (RangeRequest::Suffix(5), 0, None),
+            (RangeRequest::From(0, None), 0, None),
+            (RangeRequest::From(0, Some(u64::MAX)), 0, None),
+            (RangeRequest::From(9, Some(9)), 10, Some((9, 10))),
         ];
         for (r, size, want) in cases {
             assert_eq!(r.resolve(size), want, "{r:?} of {size}");

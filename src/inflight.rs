@@ -16,7 +16,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -26,7 +26,7 @@ use tokio::sync::{watch, Notify};
 use crate::oci::{Digest, Hasher, RepositoryName};
 use crate::singleflight::CallDied;
 use crate::store::{InUse, Store, TempBlob};
-use crate::upstream::{content_length, Upstream, UpstreamError};
+use crate::upstream::{content_length, RateLimit, Upstream, UpstreamError};
 
 /// How many bytes of a fill are gathered before one write to disk.
 const WRITE_BATCH: usize = 512 * 1024;
@@ -99,6 +99,8 @@ pub struct Fill {
     readers: Mutex<Vec<Weak<AtomicU64>>>,
     /// Signalled whenever a reader moves on.
     advanced: Notify,
+    /// The rate-limit headers of the upstream response, set before the fill starts running.
+    rate_limit: OnceLock<RateLimit>,
 }
 
 /// The newest bytes of a fill, as they came from upstream: `chunks` start at offset `base`. Readers
@@ -217,6 +219,11 @@ impl Fill {
         self.state.receiver_count()
     }
 
+    /// The rate-limit headers of the upstream response (none until it has answered).
+    pub fn rate_limit(&self) -> RateLimit {
+        self.rate_limit.get().cloned().unwrap_or_default()
+    }
+
     /// The size, if known yet.
     pub fn total(&self) -> Option<u64> {
         match &*self.state.borrow() {
@@ -319,6 +326,7 @@ impl Fills {
             recent: Mutex::new(Recent::default()),
             readers: Mutex::new(Vec::new()),
             advanced: Notify::new(),
+            rate_limit: OnceLock::new(),
         });
         let shared = running.values().map(Vec::len).sum::<usize>() < MAX_SHARED_FILLS;
         if shared {
@@ -460,6 +468,7 @@ impl FillJob {
             .request(Method::GET, &self.repo, &format!("blobs/{}", self.digest), HeaderMap::new())
             .await?;
         let total = content_length(resp.headers());
+        let _ = self.fill.rate_limit.set(RateLimit::from_headers(resp.headers()));
         self.fill.state.send_replace(FillState::Running { total, written: 0 });
         let transport = self.upstream.transport();
         let mut body = resp.into_body();

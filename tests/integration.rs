@@ -8,6 +8,7 @@
 //! - `it::trust`: manifests verified by regcache: digests, schema1 payloads, types, poisoning.
 //! - `it::tags`: a tag per kind of answer; upstreams without HEAD or converting on the fly.
 //! - `it::redirects`: redirects of a public upstream stay out of the operator's network.
+//! - `it::head`: `HEAD` on every route and error, over HTTP/2 and HTTP/1.1: headers only.
 
 mod it;
 mod support;

@@ -81,7 +81,7 @@ pub fn rescue(e: &CacheError, what: Resource) -> Resp {
 fn upstream_error(u: &UpstreamError, what: Resource, message: &str) -> Resp {
     let upstream = json!({"blame": "upstream"});
     match u {
-        UpstreamError::Status { status, code, retry_after, .. } => match status.as_u16() {
+        UpstreamError::Status { status, code, retry_after, rate_limit, .. } => match status.as_u16() {
             404 => {
                 let code = match code {
                     Some(c @ (ErrorCode::ManifestUnknown | ErrorCode::BlobUnknown | ErrorCode::NameUnknown)) => *c,
@@ -101,6 +101,7 @@ fn upstream_error(u: &UpstreamError, what: Resource, message: &str) -> Resp {
                 if let Some(v) = retry_after {
                     r.headers_mut().insert(header::RETRY_AFTER, v.clone());
                 }
+                rate_limit.apply(r.headers_mut());
                 r
             }
             _ => oci_error(StatusCode::BAD_GATEWAY, ErrorCode::Unavailable, message, upstream),

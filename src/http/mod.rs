@@ -63,6 +63,19 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }
 
+/// The answer to a `HEAD`: the headers `GET` would send, with the `Content-Length` of the body it
+/// would send, and no body. hyper leaves out the body of a `HEAD` answer over HTTP/1.1 but not over
+/// HTTP/2, where DATA frames on a `HEAD` are a protocol error that loses the whole answer.
+fn headers_only(resp: Resp) -> Resp {
+    let (mut parts, body) = resp.into_parts();
+    if !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        if let Some(len) = hyper::body::Body::size_hint(&body).exact() {
+            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+    }
+    Response::from_parts(parts, full(Bytes::new()))
+}
+
 /// The registry regcache serves: configuration resolved into a store, upstream clients and a cache.
 pub struct Registry {
     cache: Cache,
@@ -140,6 +153,9 @@ impl Registry {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let mut resp = self.respond(req, peer, surface).await;
+        if method == Method::HEAD {
+            resp = headers_only(resp);
+        }
         resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
         let outcome = resp.extensions().get::<Outcome>().copied().unwrap_or(Outcome::Local);
         let route = resp.extensions().get::<RouteLabel>().map_or("other", |r| r.0);
@@ -252,9 +268,10 @@ impl Registry {
             RepoRoute::Tags => match self.cache.tags(&up, &name, q.n, q.last.as_deref()).await {
                 Ok(t) => {
                     let mut r = json_response(t.body, t.outcome, "application/json");
-                    if let Some(link) = t.link.as_ref().and_then(|l| next_page_link(l, req.uri().path(), q.ns.as_deref())) {
+                    if let Some(link) = t.next.as_deref().and_then(|last| next_page_link(req.uri().path(), q.n, last, q.ns.as_deref())) {
                         r.headers_mut().insert(header::LINK, link);
                     }
+                    t.rate_limit.apply(r.headers_mut());
                     r
                 }
                 Err(e) => rescue(&e, Resource::Repository),
@@ -281,17 +298,13 @@ impl Registry {
     }
 }
 
-/// Upstream's `Link: </v2/<its name>/tags/list?last=…&n=…>; rel="next"` pointed back at the path
-/// the client asked (which may carry a registry prefix or `ns`), keeping only the page parameters.
-fn next_page_link(upstream: &HeaderValue, client_path: &str, ns: Option<&str>) -> Option<HeaderValue> {
-    let text = upstream.to_str().ok()?;
-    let target = text.split('<').nth(1)?.split('>').next()?;
-    let query = target.split_once('?').map_or("", |(_, q)| q);
+/// `Link: <…/tags/list?last=…&n=…>; rel="next"` for the page after `last`, on the path the client
+/// asked (which may carry a registry prefix or `ns`).
+fn next_page_link(client_path: &str, n: Option<u32>, last: &str, ns: Option<&str>) -> Option<HeaderValue> {
     let mut params = url::form_urlencoded::Serializer::new(String::new());
-    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-        if k == "n" || k == "last" {
-            params.append_pair(&k, &v);
-        }
+    params.append_pair("last", last);
+    if let Some(n) = n {
+        params.append_pair("n", &n.to_string());
     }
     if let Some(ns) = ns {
         params.append_pair("ns", ns);
@@ -349,6 +362,7 @@ fn manifest_response(a: ManifestAnswer, head: bool) -> Resp {
     }
     digest_headers(h, &a.digest);
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(a.size));
+    a.rate_limit.apply(h);
     with_outcome(r, a.outcome)
 }
 
@@ -364,7 +378,9 @@ fn blob_response(a: BlobAnswer, digest: &crate::oci::Digest) -> Resp {
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     digest_headers(h, digest);
+    a.rate_limit.apply(h);
     match (a.range, a.size) {
+        // `RangeRequest::resolve` made it: start < end <= size.
         (Some((start, end)), Some(size)) => {
             *r.status_mut() = StatusCode::PARTIAL_CONTENT;
             let h = r.headers_mut();

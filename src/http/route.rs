@@ -122,7 +122,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, RouteError> {
     let name: RepositoryName = rest[..i].parse()?;
     let last = &rest[i + sep.len()..];
     match sep {
-        "/manifests/" => Ok(Route::Repo(name, RepoRoute::Manifest(last.parse()?))),
+        "/manifests/" => Ok(Route::Repo(name, RepoRoute::Manifest(manifest_reference(last)?))),
         "/referrers/" => Ok(Route::Repo(name, RepoRoute::Referrers(last.parse().map_err(NameError::from)?))),
         _ if last.starts_with("uploads") => Err(RouteError::new(
             http::StatusCode::METHOD_NOT_ALLOWED,
@@ -131,6 +131,16 @@ pub fn route(method: &Method, path: &str) -> Result<Route, RouteError> {
         )),
         _ => Ok(Route::Repo(name, RepoRoute::Blob(last.parse().map_err(NameError::from)?))),
     }
+}
+
+/// A manifest reference. A malformed digest is the client's mistake (400 `DIGEST_INVALID`); a
+/// reference that is not a valid tag names no manifest there can be (404 `MANIFEST_UNKNOWN`, as the
+/// conformance suite expects), so nothing is asked upstream.
+fn manifest_reference(s: &str) -> Result<Reference, RouteError> {
+    s.parse().map_err(|e| match e {
+        NameError::Tag(_) => RouteError::new(http::StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown, format!("manifest unknown: {e}")),
+        e => e.into(),
+    })
 }
 
 /// Parse the query string; unknown parameters are ignored, malformed known ones are a 400.
@@ -186,8 +196,11 @@ mod tests {
             (&get, "/v2/Alpine/manifests/3", StatusCode::BAD_REQUEST, ErrorCode::NameInvalid),
             (&get, "/v2/../etc/manifests/3", StatusCode::BAD_REQUEST, ErrorCode::NameInvalid),
             (&get, "/v2/a%2fb/manifests/3", StatusCode::BAD_REQUEST, ErrorCode::NameInvalid),
-            (&get, "/v2/alpine/manifests/bad%20tag", StatusCode::BAD_REQUEST, ErrorCode::TagInvalid),
-            (&get, "/v2/alpine/manifests/", StatusCode::BAD_REQUEST, ErrorCode::TagInvalid),
+            (&get, "/v2/alpine/manifests/bad%20tag", StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown),
+            (&get, "/v2/alpine/manifests/", StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown),
+            (&get, "/v2/alpine/manifests/.INVALID_MANIFEST_NAME", StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown),
+            (&Method::HEAD, "/v2/alpine/manifests/-x", StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown),
+            (&get, "/v2/alpine/manifests/sha256:totallywrong", StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
             (&get, "/v2/alpine/manifests/sha256:abc", StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
             (&get, "/v2/alpine/blobs/latest", StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
             (&get, "/v2/alpine/blobs/sha256:../../x", StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
@@ -205,6 +218,8 @@ mod tests {
             let e = route(m, p).unwrap_err();
             assert_eq!((e.status, e.code), (*status, *code), "{m} {p}");
         }
+        let too_long = format!("/v2/alpine/manifests/{}", "t".repeat(129));
+        assert_eq!(route(&get, &too_long).unwrap_err().code, ErrorCode::ManifestUnknown);
     }
 
     #[test]

@@ -99,8 +99,9 @@ impl ErrorBody {
     }
 }
 
-/// The first error code in an upstream's error body, if it has one.
-pub fn first_code(body: &[u8]) -> Option<ErrorCode> {
+/// The code (if regcache knows it) and message of the first error in an upstream's error body,
+/// if it is one.
+pub fn first_error(body: &[u8]) -> Option<(Option<ErrorCode>, Option<String>)> {
     #[derive(serde::Deserialize)]
     struct Body {
         errors: Vec<Entry>,
@@ -108,9 +109,11 @@ pub fn first_code(body: &[u8]) -> Option<ErrorCode> {
     #[derive(serde::Deserialize)]
     struct Entry {
         code: String,
+        message: Option<String>,
     }
     let parsed: Body = serde_json::from_slice(body).ok()?;
-    ErrorCode::parse(&parsed.errors.first()?.code)
+    let first = parsed.errors.into_iter().next()?;
+    Some((ErrorCode::parse(&first.code), first.message.filter(|m| !m.is_empty())))
 }
 
 #[cfg(test)]
@@ -129,8 +132,11 @@ mod tests {
     #[test]
     fn reads_upstream_codes() {
         let docker_hub = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{"Tag":"nope"}}]}"#;
-        assert_eq!(first_code(docker_hub), Some(ErrorCode::ManifestUnknown));
-        assert_eq!(first_code(b"<html>"), None);
-        assert_eq!(first_code(br#"{"errors":[]}"#), None);
+        assert_eq!(first_error(docker_hub), Some((Some(ErrorCode::ManifestUnknown), Some("manifest unknown".into()))));
+        assert_eq!(first_error(br#"{"errors":[]}"#), None);
+        let hub = br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your pull rate limit."}]}"#;
+        assert_eq!(first_error(hub), Some((Some(ErrorCode::TooManyRequests), Some("You have reached your pull rate limit.".into()))));
+        assert_eq!(first_error(br#"{"errors":[{"code":"X","message":""}]}"#), Some((None, None)));
+        assert_eq!(first_error(b"<html>"), None);
     }
 }

@@ -9,7 +9,7 @@ mod name;
 mod verify;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
-pub use error::{first_code, ErrorBody, ErrorCode};
+pub use error::{first_error, ErrorBody, ErrorCode};
 pub use media::{
     AcceptList, ManifestKind, DOCKER_LIST, DOCKER_MANIFEST, MANIFEST_MEDIA_TYPES, OCI_INDEX, OCI_MANIFEST, SCHEMA1,
     SCHEMA1_SIGNED,

@@ -286,6 +286,7 @@ async fn request_token(
             },
             code: None,
             retry_after: None,
+            rate_limit: super::RateLimit::default(),
             message: format!("token server answered {status}"),
         });
     }

@@ -5,6 +5,7 @@
 mod auth;
 mod challenge;
 pub mod guard;
+mod ratelimit;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,16 +22,19 @@ use url::Url;
 
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
-use crate::oci::{first_code, ErrorCode, RepositoryName};
+use crate::oci::{first_error, ErrorCode, RepositoryName};
 use crate::singleflight::CallDied;
 pub use auth::Auth;
 pub use challenge::{parse_challenges, Challenge};
 use guard::GuardedConnector;
+pub use ratelimit::RateLimit;
 
 /// How many redirects regcache follows for one request.
 const MAX_REDIRECTS: usize = 5;
 /// The most of an upstream error body regcache reads.
 const MAX_ERROR_BODY: usize = 64 * 1024;
+/// The most of an upstream's own error message regcache passes on.
+const MAX_ERROR_MESSAGE: usize = 1024;
 
 /// Why an upstream request failed. Cloneable so one failure can be shared by every waiter.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -44,6 +48,8 @@ pub enum UpstreamError {
         code: Option<ErrorCode>,
         /// Its `Retry-After`, passed on with 429.
         retry_after: Option<HeaderValue>,
+        /// Its rate-limit headers, passed on with 429.
+        rate_limit: RateLimit,
         /// Its message, or a description.
         message: String,
     },
@@ -385,12 +391,17 @@ impl Upstream {
             return Ok(resp);
         }
         let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
+        let rate_limit = RateLimit::from_headers(resp.headers());
         let body = self.transport.read_body(resp, MAX_ERROR_BODY).await.unwrap_or_default();
-        let code = first_code(&body);
-        let message = match code {
-            Some(c) => format!("{} ({})", status, c.as_str()),
-            None => status.to_string(),
+        let (code, upstream_message) = first_error(&body).unwrap_or((None, None));
+        let message = match (code, upstream_message) {
+            // The upstream's own words say which limit was hit and how to lift it.
+            (_, Some(m)) if status == StatusCode::TOO_MANY_REQUESTS => {
+                m.chars().filter(|c| !c.is_control()).take(MAX_ERROR_MESSAGE).collect()
+            }
+            (Some(c), _) => format!("{} ({})", status, c.as_str()),
+            (None, _) => status.to_string(),
         };
-        Err(UpstreamError::Status { status, code, retry_after, message })
+        Err(UpstreamError::Status { status, code, retry_after, rate_limit, message })
     }
 }

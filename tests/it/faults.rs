@@ -1,7 +1,7 @@
 //! Faults a real registry can't produce on demand: wrong bytes, cuts, outages, hangs, 429.
 
 use crate::it::mirror::{error_code, Mirror, Options};
-use crate::support::fake_registry::{Fault, FakeRegistry};
+use crate::support::fake_registry::{Fault, FakeRegistry, RATE_LIMIT_MESSAGE};
 use crate::support::images;
 
 #[tokio::test]
@@ -205,4 +205,55 @@ async fn any_token_lifetime_is_survived_and_the_token_reused() {
         }
         assert_eq!(reg.token_requests().len(), 1, "expires_in {what}: the token was kept and reused");
     }
+}
+
+#[tokio::test]
+async fn rate_limit_headers_come_from_the_upstream_response_that_served_the_request() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 1000);
+    images::schema2_image(&reg, "library/busybox", "1", 1, 1000);
+    images::schema2_image(&reg, "library/limited", "1", 1, 10);
+    let m = Mirror::start(&reg).await;
+    reg.set_fault(Fault::RateLimitHeaders { remaining: 76 });
+    let layer = format!("/v2/alpine/blobs/{}", image.layers[0].digest);
+    let limits = |resp: &reqwest::Response| {
+        ["ratelimit-limit", "ratelimit-remaining", "docker-ratelimit-source"]
+            .map(|h| resp.headers().get(h).map(|v| v.to_str().unwrap().to_owned()))
+    };
+    let from_upstream = [Some("100;w=21600".to_owned()), Some("76;w=21600".to_owned()), Some("192.0.2.7".to_owned())];
+    let none = [None, None, None];
+
+    // From upstream: a manifest GET, a manifest HEAD answered from upstream's headers, a blob HEAD
+    // and GET of a blob not cached, the tag list.
+    let resp = m.get_manifest("alpine", "3").await;
+    assert_eq!((resp.status().as_u16(), limits(&resp)), (200, from_upstream.clone()), "manifest GET (miss)");
+    let resp = m.manifest_request(reqwest::Method::HEAD, "busybox", "1").send().await.unwrap();
+    assert_eq!((resp.status().as_u16(), limits(&resp)), (200, from_upstream.clone()), "manifest HEAD (from upstream)");
+    let resp = m.head(&layer).await;
+    assert_eq!((resp.status().as_u16(), limits(&resp)), (200, from_upstream.clone()), "blob HEAD (not cached)");
+    let resp = m.get(&layer).await;
+    assert_eq!((resp.status().as_u16(), limits(&resp)), (200, from_upstream.clone()), "blob GET (miss)");
+    assert!(resp.bytes().await.unwrap() == image.layers[0].bytes);
+    m.wait_stored(&image.layers[0].digest).await;
+    let resp = m.get("/v2/alpine/tags/list").await;
+    assert_eq!((resp.status().as_u16(), limits(&resp)), (200, from_upstream.clone()), "tag list");
+
+    // Hits had no upstream response: nothing is stored or made up.
+    let resp = m.get(&layer).await;
+    assert_eq!((resp.status().as_u16(), limits(&resp)), (200, none.clone()), "blob GET (hit)");
+    let resp = m.get_manifest("alpine", &image.manifest.digest).await;
+    assert_eq!((resp.status().as_u16(), limits(&resp)), (200, none.clone()), "manifest GET by digest (hit)");
+    let resp = m.get_manifest("alpine", "3").await;
+    assert_eq!((resp.status().as_u16(), limits(&resp)), (200, none.clone()), "manifest GET by tag (hit)");
+
+    // A 429 keeps the upstream's own message, and says where the limit stands. Like Docker Hub, the
+    // tag's HEAD is answered and the manifest's GET is refused.
+    reg.set_fault(Fault::GetStatus { code: 429, path_contains: "library/limited/manifests/".into() });
+    let resp = m.get_manifest("limited", "1").await;
+    assert_eq!((resp.status().as_u16(), limits(&resp)), (429, from_upstream.clone()), "429");
+    assert_eq!(resp.headers()["retry-after"], "60");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "TOOMANYREQUESTS");
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains(RATE_LIMIT_MESSAGE), "{message}");
 }

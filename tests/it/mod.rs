@@ -6,6 +6,7 @@ pub mod commands;
 pub mod eviction;
 pub mod faults;
 pub mod freshness;
+pub mod head;
 pub mod mirror;
 pub mod pull;
 pub mod redirects;

@@ -74,6 +74,8 @@ pub enum Fault {
         retry_after: Option<u32>,
         path_contains: String,
     },
+    /// Like `Status`, for `GET`s only (Docker Hub counts and refuses `GET`s, never `HEAD`s).
+    GetStatus { code: u16, path_contains: String },
     /// The registry never answers requests whose path and query contain `path_contains`.
     HangHeaders { path_contains: String },
     /// The registry answers requests whose path and query contain `path_contains` only after
@@ -105,7 +107,16 @@ pub enum Fault {
     /// The token realm names the host the client addressed (its `Host` header) instead of
     /// `127.0.0.1:PORT`, as a registry reached by a DNS name does.
     RealmFromHost,
+    /// `tags/list` ignores `n` and `last`: every tag, newest first (reverse order), no `Link`.
+    TagsUnpaged,
+    /// Every registry and CDN response carries Docker Hub's rate-limit headers
+    /// (`ratelimit-limit: 100;w=21600`, `ratelimit-remaining: <remaining>;w=21600`,
+    /// `docker-ratelimit-source: 192.0.2.7`).
+    RateLimitHeaders { remaining: u32 },
 }
+
+/// Docker Hub's message in a 429 body.
+pub const RATE_LIMIT_MESSAGE: &str = "You have reached your pull rate limit. You may increase the limit by authenticating and upgrading: https://www.docker.com/increase-rate-limit";
 
 /// Handle to a running fake registry + CDN pair; clones share the same servers.
 #[derive(Clone)]
@@ -563,7 +574,7 @@ async fn accept_loop(
                         Some(resp) => resp,
                         None => std::future::pending().await, // Fault::HangHeaders
                     },
-                    Side::Cdn => cdn(&shared, &req, &cut),
+                    Side::Cdn => with_rate_limit(&shared, cdn(&shared, &req, &cut)),
                 };
                 Ok::<_, Infallible>(resp)
             }
@@ -834,6 +845,7 @@ fn registry(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Body>> 
                 Fault::Status { path_contains, .. } | Fault::HangHeaders { path_contains } => {
                     seen.path_and_query.contains(path_contains.as_str())
                 }
+                Fault::GetStatus { path_contains, .. } => !head && seen.path_and_query.contains(path_contains.as_str()),
                 _ => false,
             })
             .cloned()
@@ -841,10 +853,16 @@ fn registry(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Body>> 
     shared.logged.notify_waiters();
     let resp = match fault {
         Some(Fault::HangHeaders { .. }) => return None,
+        Some(Fault::GetStatus { code, .. }) => with_header(
+            oci_error(code, status_code_name(code), if code == 429 { RATE_LIMIT_MESSAGE } else { "injected fault" }, head),
+            "retry-after",
+            "60",
+        ),
         Some(Fault::Status {
             code, retry_after, ..
         }) => {
-            let resp = oci_error(code, status_code_name(code), "injected fault", head);
+            let message = if code == 429 { RATE_LIMIT_MESSAGE } else { "injected fault" };
+            let resp = oci_error(code, status_code_name(code), message, head);
             match retry_after {
                 Some(secs) => with_header(resp, "retry-after", &secs.to_string()),
                 None => resp,
@@ -852,11 +870,28 @@ fn registry(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Body>> 
         }
         _ => route_registry(shared, req, &seen, head),
     };
+    let resp = with_rate_limit(shared, resp);
     Some(with_header(
         resp,
         "docker-distribution-api-version",
         "registry/2.0",
     ))
+}
+
+/// Adds Docker Hub's rate-limit headers while [`Fault::RateLimitHeaders`] is on.
+fn with_rate_limit(shared: &Shared, resp: Response<Body>) -> Response<Body> {
+    let remaining = lock(&shared.state).faults.iter().find_map(|f| match f {
+        Fault::RateLimitHeaders { remaining } => Some(*remaining),
+        _ => None,
+    });
+    match remaining {
+        Some(r) => {
+            let resp = with_header(resp, "ratelimit-limit", "100;w=21600");
+            let resp = with_header(resp, "ratelimit-remaining", &format!("{r};w=21600"));
+            with_header(resp, "docker-ratelimit-source", "192.0.2.7")
+        }
+        None => resp,
+    }
 }
 
 fn route_registry(
@@ -1110,6 +1145,11 @@ fn tags(shared: &Shared, name: &str, query: &[(String, String)], head: bool) -> 
             )
         }
     };
+    if lock(&shared.state).faults.contains(&Fault::TagsUnpaged) {
+        let reversed: Vec<String> = all.into_iter().rev().collect();
+        let body = serde_json::json!({"name": name, "tags": reversed}).to_string();
+        return json(200, body, head);
+    }
     let last = query_param(query, "last");
     let n = query_param(query, "n").and_then(|n| n.parse::<usize>().ok());
     let mut page: Vec<String> = all

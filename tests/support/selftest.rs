@@ -464,6 +464,39 @@ async fn tags_list_paginates_with_link_headers() {
 }
 
 #[tokio::test]
+async fn tags_unpaged_ignores_n_and_last() {
+    let reg = FakeRegistry::start().await;
+    for tag in ["c", "a", "b"] {
+        reg.put_manifest("org/app", Some(tag), images::DOCKER_MANIFEST, format!("{{\"t\":\"{tag}\"}}").into_bytes());
+    }
+    reg.set_fault(Fault::TagsUnpaged);
+    let auth = bearer(&reg, "org/app", None).await;
+    let page = get(&format!("{}/v2/org/app/tags/list?n=1&last=a", reg.url()), &[("authorization", &auth)]).await;
+    assert_eq!(page.json(), serde_json::json!({"name": "org/app", "tags": ["c", "b", "a"]}));
+    assert_eq!(page.header("link"), None);
+}
+
+#[tokio::test]
+async fn rate_limit_headers_on_registry_and_cdn_responses() {
+    let reg = FakeRegistry::start().await;
+    let digest = reg.add_blob(b"rate limited".to_vec());
+    let auth = bearer(&reg, "library/x", None).await;
+    let blob_url = format!("{}/v2/library/x/blobs/{digest}", reg.url());
+    assert_eq!(send("HEAD", &blob_url, &[("authorization", &auth)]).await.header("ratelimit-remaining"), None);
+    reg.set_fault(Fault::RateLimitHeaders { remaining: 9 });
+    let head = send("HEAD", &blob_url, &[("authorization", &auth)]).await;
+    assert_eq!(head.header("ratelimit-limit"), Some("100;w=21600"));
+    assert_eq!(head.header("ratelimit-remaining"), Some("9;w=21600"));
+    assert_eq!(head.header("docker-ratelimit-source"), Some("192.0.2.7"));
+    let cdn = get(&blob_location(&reg, "library/x", &digest, &auth).await, &[]).await;
+    assert_eq!((cdn.status, cdn.header("ratelimit-remaining")), (200, Some("9;w=21600")));
+    reg.set_fault(Fault::Status { code: 429, retry_after: None, path_contains: "/blobs/".into() });
+    let limited = get(&blob_url, &[("authorization", &auth)]).await;
+    assert_eq!((limited.status, limited.header("ratelimit-remaining")), (429, Some("9;w=21600")));
+    assert_eq!(limited.json()["errors"][0]["message"], super::fake_registry::RATE_LIMIT_MESSAGE);
+}
+
+#[tokio::test]
 async fn cdn_faults_corrupt_cut_and_slow() {
     let reg = FakeRegistry::start().await;
     let bytes = pseudo_random_bytes("faults", 10_000);

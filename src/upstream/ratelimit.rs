@@ -1,0 +1,56 @@
+//! Docker Hub's pull rate-limit headers, passed from the upstream response that served a request to
+//! the client that made it (never stored: a cached answer has no upstream response).
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// The rate-limit headers regcache passes on.
+const NAMES: [&str; 3] = ["ratelimit-limit", "ratelimit-remaining", "docker-ratelimit-source"];
+
+/// The rate-limit headers of one upstream response (empty when it had none).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RateLimit(Vec<(HeaderName, HeaderValue)>);
+
+impl RateLimit {
+    /// The rate-limit headers among `headers` (the first value of each).
+    pub fn from_headers(headers: &HeaderMap) -> RateLimit {
+        RateLimit(
+            NAMES
+                .iter()
+                .filter_map(|name| headers.get(*name).map(|v| (HeaderName::from_static(name), v.clone())))
+                .collect(),
+        )
+    }
+
+    /// Add them to a response's headers.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.0 {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+
+    /// Whether the response had none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_only_the_rate_limit_headers() {
+        let mut upstream = HeaderMap::new();
+        upstream.insert("ratelimit-limit", HeaderValue::from_static("100;w=21600"));
+        upstream.insert("ratelimit-remaining", HeaderValue::from_static("76;w=21600"));
+        upstream.insert("docker-ratelimit-source", HeaderValue::from_static("192.0.2.1"));
+        upstream.insert("set-cookie", HeaderValue::from_static("session=secret"));
+        let rl = RateLimit::from_headers(&upstream);
+        let mut out = HeaderMap::new();
+        rl.apply(&mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out["ratelimit-remaining"], "76;w=21600");
+        assert!(out.get("set-cookie").is_none());
+        assert!(RateLimit::from_headers(&HeaderMap::new()).is_empty());
+    }
+}
