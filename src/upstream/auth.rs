@@ -169,9 +169,14 @@ impl Auth {
         if let Some(token) = self.cached(scope) {
             return Ok(token);
         }
-        let mut url = Url::parse(realm).map_err(|e| UpstreamError::Protocol(format!("token realm {realm:?}: {e}")))?;
+        // The realm is the upstream's text: it goes to the log, the client is told in words.
+        let unusable = |why: &str| {
+            tracing::warn!(upstream = %self.upstream.name, realm, why, "unusable token realm in the upstream's challenge");
+            UpstreamError::Protocol("the upstream's token realm is not a usable http(s) URL".into())
+        };
+        let mut url = Url::parse(realm).map_err(|e| unusable(&e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(UpstreamError::Protocol(format!("token realm {realm:?} is not http(s)")));
+            return Err(unusable("not http(s)"));
         }
         {
             let mut q = url.query_pairs_mut();

@@ -123,3 +123,20 @@ async fn a_registry_on_a_private_network_may_redirect_within_it() {
     assert!(bytes == layer.bytes);
     assert_eq!(reg.cdn_count(&layer.digest), 1);
 }
+
+#[tokio::test]
+async fn an_unusable_token_realm_is_told_in_words() {
+    let reg = FakeRegistry::start().await;
+    images::schema2_image(&reg, "library/alpine", "3", 1, 100);
+    let m = Mirror::start(&reg).await;
+    for realm in ["ftp://10.1.2.3:2121/token", "http://[10.1.2.3:99/token"] {
+        reg.set_fault(Fault::Realm(realm.into()));
+        let resp = m.get_manifest("alpine", "3").await;
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap();
+        assert_eq!(status, 502, "{realm}: {body}");
+        assert!(body.contains("token realm"), "{realm}: {body}");
+        assert!(!body.contains("10.1.2.3"), "{realm}: the upstream's realm is not repeated: {body}");
+        reg.clear_faults();
+    }
+}

@@ -107,6 +107,8 @@ pub enum Fault {
     /// The token realm names the host the client addressed (its `Host` header) instead of
     /// `127.0.0.1:PORT`, as a registry reached by a DNS name does.
     RealmFromHost,
+    /// The bearer challenge names this realm, verbatim (e.g. `ftp://10.1.2.3:2121/token`).
+    Realm(String),
     /// `tags/list` ignores `n` and `last`: every tag, newest first (reverse order), no `Link`.
     TagsUnpaged,
     /// Every registry and CDN response carries Docker Hub's rate-limit headers
@@ -777,7 +779,12 @@ fn challenge(shared: &Shared, req: &Request<Incoming>, name: Option<&str>) -> St
         .filter(|_| from_host)
         .map(str::to_string)
         .unwrap_or_else(|| shared.reg_addr.to_string());
-    let mut value = format!("Bearer realm=\"http://{host}/token\",service=\"{SERVICE}\"");
+    let realm = lock(&shared.state).faults.iter().find_map(|f| match f {
+        Fault::Realm(r) => Some(r.clone()),
+        _ => None,
+    });
+    let realm = realm.unwrap_or_else(|| format!("http://{host}/token"));
+    let mut value = format!("Bearer realm=\"{realm}\",service=\"{SERVICE}\"");
     if let Some(name) = name {
         value.push_str(&format!(",scope=\"repository:{name}:pull\""));
     }
