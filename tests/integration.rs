@@ -5,6 +5,7 @@
 //! - `it::faults`: wrong bytes, cuts, outages, timeouts, 429: nothing bad is stored or served as good.
 //! - `it::api`: the API's edges: validation, errors, ranges, tag lists, writes.
 //! - `it::coalescing`: concurrent requests share one upstream fetch.
+//! - `it::budgets`: fills keep to their disk and time budgets; referrers lists count in `max_size`.
 
 mod it;
 mod support;

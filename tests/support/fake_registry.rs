@@ -86,6 +86,13 @@ pub enum Fault {
     /// are answered as usual (other faults included). Lets a test act while a request is in flight
     /// without guessing how long it takes.
     Hold { path_contains: String },
+    /// The CDN serves blobs without a `Content-Length`, repeating their bytes forever: a body
+    /// that never ends.
+    EndlessBlobs,
+    /// The CDN sends the first `bytes` of blobs whose path contains `path_contains`, then holds
+    /// the rest of the body until [`FakeRegistry::release_held`]. Lets a test act while a blob
+    /// is half transferred.
+    HoldBlobsAfter { bytes: usize, path_contains: String },
     /// The token endpoint answers `expires_in` as this raw JSON text (`None`: the field is left
     /// out), e.g. `"18446744073709551615"`, `"-1"`, `"1.5"`, `"\"300\""`.
     TokenExpiresIn(Option<String>),
@@ -1166,6 +1173,19 @@ fn cdn(shared: &Shared, req: &Request<Incoming>, cut: &Arc<CutSwitch>) -> Respon
     if head {
         return respond(status, &headers, empty());
     }
+    if faults.contains(&Fault::EndlessBlobs) {
+        // Chunked: no Content-Length, and no end.
+        let piece = if data.is_empty() { Bytes::from_static(b"\0") } else { data.slice(..data.len().min(64 * 1024)) };
+        let stream = futures_util::stream::repeat_with(move || Ok::<_, io::Error>(Frame::data(piece.clone())));
+        return respond(200, &[("content-type", "application/octet-stream")], BodyExt::boxed_unsync(StreamBody::new(stream)));
+    }
+    let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("");
+    let hold_at = faults.iter().find_map(|f| match f {
+        Fault::HoldBlobsAfter { bytes, path_contains } if path_and_query.contains(path_contains.as_str()) => {
+            Some((*bytes, shared.release.subscribe()))
+        }
+        _ => None,
+    });
     let slow = faults.iter().find_map(|f| match f {
         Fault::SlowBlobs { chunk, delay_ms } => {
             Some(((*chunk).max(1), Duration::from_millis(*delay_ms)))
@@ -1179,16 +1199,18 @@ fn cdn(shared: &Shared, req: &Request<Incoming>, cut: &Arc<CutSwitch>) -> Respon
     respond(
         status,
         &headers,
-        blob_body(data, slow, cut_after.map(|n| (n, cut.clone()))),
+        blob_body(data, slow, cut_after.map(|n| (n, cut.clone())), hold_at),
     )
 }
 
 /// Streams `data` (in 64 KiB chunks, or as `slow` says), optionally stopping
-/// after `cut.0` bytes and then having the connection dropped.
+/// after `cut.0` bytes and then having the connection dropped, or holding the rest
+/// after `hold.0` bytes until `hold.1` opens.
 fn blob_body(
     data: Bytes,
     slow: Option<(usize, Duration)>,
     cut: Option<(usize, Arc<CutSwitch>)>,
+    hold: Option<(usize, tokio::sync::watch::Receiver<bool>)>,
 ) -> Body {
     struct St {
         data: Bytes,
@@ -1197,6 +1219,7 @@ fn blob_body(
         chunk: usize,
         delay: Option<Duration>,
         cut: Option<Arc<CutSwitch>>,
+        hold: Option<(usize, tokio::sync::watch::Receiver<bool>)>,
     }
     let st = St {
         limit: cut.as_ref().map_or(data.len(), |(n, _)| *n),
@@ -1205,6 +1228,7 @@ fn blob_body(
         chunk: slow.map_or(64 * 1024, |(c, _)| c),
         delay: slow.map(|(_, d)| d),
         cut: cut.map(|(_, c)| c),
+        hold,
     };
     let stream = futures_util::stream::unfold(st, |mut st| async move {
         if st.pos >= st.limit {
@@ -1220,7 +1244,15 @@ fn blob_body(
         if let (Some(delay), true) = (st.delay, st.pos > 0) {
             tokio::time::sleep(delay).await;
         }
-        let end = (st.pos + st.chunk).min(st.limit);
+        let mut end = (st.pos + st.chunk).min(st.limit);
+        if let Some((at, release)) = &mut st.hold {
+            if st.pos >= *at {
+                let _ = release.wait_for(|open| *open).await;
+                st.hold = None;
+            } else {
+                end = end.min(*at);
+            }
+        }
         let frame = Frame::data(st.data.slice(st.pos..end));
         st.pos = end;
         Some((Ok::<_, io::Error>(frame), st))
