@@ -11,7 +11,7 @@ pub use blobs::{BlobFiles, TempBlob};
 pub use budget::{Refused, Reservation, TempBudget};
 pub use check::{Reconciled, Verified};
 pub use evict::{Evicted, InUse, Usage, LOW_WATER};
-pub use index::{now_secs, Index, StoredManifest, TagEntry};
+pub use index::{now_secs, Index, ReferrersKey, StoredManifest, TagEntry};
 
 use std::io;
 use std::path::{Path, PathBuf};

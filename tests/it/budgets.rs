@@ -121,3 +121,31 @@ async fn shutdown_does_not_wait_for_a_slow_drip_nobody_reads() {
     assert_eq!(m.tmp_files(), 0);
     assert!(!m.has_blob(&digest));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referrers_lists_count_in_max_size_and_are_evicted() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/big", "1", 2, 100_000);
+    let subject = image.manifest.digest.clone();
+    let pad = "x".repeat(60_000);
+    let list = format!(r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[],"annotations":{{"pad":"{pad}"}}}}"#);
+    reg.put_referrers("library/big", &subject, list.clone().into_bytes());
+    let m = Mirror::start_with_top(&reg, "max_size = \"250kB\"").await;
+    let path = format!("/v2/big/referrers/{subject}");
+    let resp = m.get(&path).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), list);
+    m.metrics_with(&format!("regcache_disk_bytes {}\n", list.len())).await;
+    // 60 kB of referrers + 2 × 100 kB of blobs > 250 kB: the least recently used goes, the list
+    // (its subject manifest was never asked for).
+    for layer in &image.layers {
+        m.blob("big", &layer.digest).await.unwrap();
+        m.wait_stored(&layer.digest).await;
+    }
+    m.metrics_with("regcache_evictions_total 1\n").await;
+    m.metrics_with("regcache_disk_bytes 200000\n").await;
+    assert!(image.layers.iter().all(|l| m.has_blob(&l.digest)), "the blobs stay");
+    // Evicted: with upstream down it is no longer served from what regcache remembered.
+    reg.stop().await;
+    assert_eq!(m.get(&path).await.status(), 502);
+}

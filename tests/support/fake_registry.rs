@@ -128,6 +128,8 @@ struct State {
     private: HashSet<String>,
     /// Issued bearer token -> repository names it may pull.
     tokens: HashMap<String, HashSet<String>>,
+    /// (repository, subject digest) -> referrers list served by the referrers API.
+    referrers: HashMap<(String, String), Bytes>,
     issued: u64,
     log: Vec<Seen>,
     cdn_log: Vec<Seen>,
@@ -195,6 +197,7 @@ impl FakeRegistry {
             repos: HashMap::new(),
             private: HashSet::new(),
             tokens: HashMap::new(),
+            referrers: HashMap::new(),
             issued: 0,
             log: Vec::new(),
             cdn_log: Vec::new(),
@@ -292,6 +295,12 @@ impl FakeRegistry {
             entry.tags.insert(tag.to_string(), digest.clone());
         }
         digest
+    }
+
+    /// Serves `list` (an OCI image index) as the referrers of `subject` in `repo`; without one the
+    /// referrers API answers 404, like a registry without it.
+    pub fn put_referrers(&self, repo: &str, subject: &str, list: Vec<u8>) {
+        self.state().referrers.insert((repo.to_string(), subject.to_string()), Bytes::from(list));
     }
 
     /// Removes a tag; the manifest stays reachable by digest.
@@ -684,6 +693,7 @@ enum Route<'a> {
     Manifest { name: &'a str, reference: &'a str },
     Blob { name: &'a str, digest: &'a str },
     Tags { name: &'a str },
+    Referrers { name: &'a str, digest: &'a str },
     Other,
 }
 
@@ -698,6 +708,11 @@ fn route(path: &str) -> Route<'_> {
     let Some(rest) = path.strip_prefix("/v2/") else {
         return Route::Other;
     };
+    if let Some((name, digest)) = rest.rsplit_once("/referrers/") {
+        if !name.is_empty() && !digest.is_empty() && !digest.contains('/') {
+            return Route::Referrers { name, digest };
+        }
+    }
     if let Some(name) = rest.strip_suffix("/tags/list") {
         return if name.is_empty() {
             Route::Other
@@ -842,7 +857,10 @@ fn route_registry(
                 unauthorized(shared, None, head)
             }
         }
-        Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::Tags { name }
+        Route::Manifest { name, .. }
+        | Route::Blob { name, .. }
+        | Route::Tags { name }
+        | Route::Referrers { name, .. }
             if !bearer(req.headers()).is_some_and(|t| {
                 lock(&shared.state)
                     .tokens
@@ -857,6 +875,20 @@ fn route_registry(
         }
         Route::Blob { digest, .. } if get_or_head => blob(shared, digest, head),
         Route::Tags { name } if get_or_head => tags(shared, name, &query_pairs(req), head),
+        Route::Referrers { name, digest } if get_or_head => {
+            let list = lock(&shared.state).referrers.get(&(name.to_string(), digest.to_string())).cloned();
+            match list {
+                Some(list) => {
+                    let len = list.len().to_string();
+                    let headers = [
+                        ("content-type", "application/vnd.oci.image.index.v1+json"),
+                        ("content-length", len.as_str()),
+                    ];
+                    respond(200, &headers, if head { empty() } else { full(list) })
+                }
+                None => oci_error(404, "NOT_FOUND", "no such route", head),
+            }
+        }
         Route::Other => oci_error(404, "NOT_FOUND", "no such route", head),
         _ => oci_error(405, "UNSUPPORTED", "the operation is unsupported", head),
     }
