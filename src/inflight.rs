@@ -572,6 +572,7 @@ impl FillJob {
             if total.is_some_and(|t| written.saturating_add(len as u64) > t) {
                 return Err(FillError::Corrupt(format!("upstream sent more than the {} bytes it announced", total.unwrap_or(0))));
             }
+            // A body without a length that is still being stored: reserve room for this batch.
             if let (None, false, Some(r)) = (total, self.fill.passing_through(), reservation.as_mut()) {
                 if !self.grow(r, written, len as u64) {
                     self.fill.stop_storing(written);
@@ -1117,7 +1118,8 @@ mod tests {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         // Steps of (ms, read, bytes arrived); Some(n): given up at step n, None: never.
-        let cases: [(&str, &[(u64, bool, u64)], Option<usize>); 7] = [
+        type Steps = &'static [(u64, bool, u64)];
+        let cases: [(&str, Steps, Option<usize>); 7] = [
             ("read, however slow", &[(1000, true, 1), (60_000, true, 1)], None),
             ("unread, a window at the rate", &[(0, false, 0), (1000, false, 100), (2000, false, 100)], None),
             ("unread, a window below the rate", &[(0, false, 0), (1000, false, 100), (2000, false, 99)], Some(2)),

@@ -19,7 +19,8 @@
 //! the typed name and reference), picks the upstream, and asks [`cache::Cache`]. A manifest by tag is
 //! revalidated with an upstream `HEAD` and served from the index when its digest is known; a blob is
 //! served from its file, or joins (or starts) the fill for its digest from its upstream and streams
-//! what arrives (fetching from its own repository if the fill it joined was refused for another). Errors
+//! what arrives (fetching from its own repository if the fill it joined was refused for another); the
+//! fill stores the blob if it fits the disk budget and passes it through otherwise. Errors
 //! from any layer become one OCI error response in `http::error`.
 
 pub mod access;

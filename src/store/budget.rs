@@ -149,7 +149,7 @@ mod tests {
     #[test]
     fn reservations_fit_max_temp_and_leave_min_free() {
         // (max_temp, min_free, free, already reserved and written, already reserved unwritten, asked, granted)
-        let cases: [(Option<u64>, u64, u64, u64, u64, u64, bool); 10] = [
+        let cases = [
             (None, 0, 1000, 0, 0, 1000, true),
             (None, 0, 1000, 0, 0, 1001, false),
             (None, 100, 1000, 0, 0, 900, true),
