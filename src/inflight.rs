@@ -1148,6 +1148,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_pass_through_fill_is_joined_only_while_it_holds_the_first_byte() {
+        let (_dir, store, up, fills) = setup(Injected::Hang);
+        let digest = Digest::sha256_of(b"too large to store");
+        let first = start(&fills, &store, &up, &digest);
+        first.stop_storing(0);
+        first.recent.lock().unwrap().push(vec![Bytes::from_static(b"abc"), Bytes::from_static(b"def")], 6);
+        assert!(Arc::ptr_eq(&start(&fills, &store, &up, &digest), &first), "every byte is still in memory");
+        // Its readers have passed the first chunk, which is gone: a new request gets its own fill.
+        first.recent.lock().unwrap().trim(0, |end| end <= 3);
+        let second = start(&fills, &store, &up, &digest);
+        assert!(!Arc::ptr_eq(&second, &first), "a joiner would have fallen behind at once");
+        assert!(Arc::ptr_eq(&start(&fills, &store, &up, &digest), &second));
+        assert_eq!(fills.len(), 2);
+        // A fill that stores keeps its first bytes in its file.
+        let stored = Digest::sha256_of(b"stored");
+        let filling = start(&fills, &store, &up, &stored);
+        filling.recent.lock().unwrap().push(vec![Bytes::from_static(b"abc"), Bytes::from_static(b"def")], 6);
+        filling.recent.lock().unwrap().trim(0, |_| true);
+        assert!(Arc::ptr_eq(&start(&fills, &store, &up, &stored), &filling));
+    }
+
+    #[tokio::test]
     async fn a_request_joins_another_repository_only_when_it_may() {
         let (_dir, store, up, fills) = setup(Injected::Hang);
         let digest = Digest::sha256_of(b"shared layer");
