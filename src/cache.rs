@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
+use crate::config::FillBudget;
 use crate::inflight::{self, BlobReader, FillError, Fills, Join, Source};
 use crate::oci::{verify_manifest, AcceptList, Digest, ManifestError, ManifestKind, Reference, RepositoryName, Tag};
 use crate::store::{now_secs, Store, StoredManifest, TagAnswer};
@@ -201,12 +202,13 @@ struct HeadAnswer {
 }
 
 impl Cache {
-    /// A cache over `store` fetching from `upstreams` (the first is the default).
-    pub fn new(store: Arc<Store>, upstreams: Vec<Arc<Upstream>>) -> Cache {
+    /// A cache over `store` fetching from `upstreams` (the first is the default), its fills
+    /// within `budget`.
+    pub fn new(store: Arc<Store>, upstreams: Vec<Arc<Upstream>>, budget: FillBudget) -> Cache {
         Cache {
             store,
             upstreams,
-            fills: Arc::new(Fills::default()),
+            fills: Arc::new(Fills::new(budget)),
             revalidations: Singleflight::default(),
             manifest_fetches: Singleflight::default(),
         }
@@ -423,13 +425,16 @@ impl Cache {
             return Ok(BlobAnswer { size, range: None, body: None, outcome: Outcome::Pass, rate_limit });
         }
         let mut join = Join::Any;
-        let (fill, mut total) = loop {
+        let (mut reader, fill, mut total) = loop {
             let fill = match self.fills.join_or_start(&self.store, up, repo, digest, join)? {
                 Source::Stored(file, size) => return serve_stored(&self.store, digest, file, size, range, head),
                 Source::Filling(fill) => fill,
             };
+            // A reader from the first byte while the fill connects: a fill that passes its bytes
+            // through without storing them keeps them for the readers it has, and only for them.
+            let reader = BlobReader::filling(&self.store, fill.clone(), 0, None);
             match fill.started().await {
-                Ok(total) => break (fill, total),
+                Ok(total) => break (reader, fill, total),
                 // The upstream refused the repository of the fill this request joined: an answer
                 // about that repository, not ours. Fetch from ours (once).
                 Err(e) if e.is_refusal() && !fill.fetches_from(up, repo) && join == Join::Any => {
@@ -448,9 +453,9 @@ impl Cache {
             None => None,
         };
         let (start, end) = served.map_or((0, total), |(s, e)| (s, Some(e)));
+        reader.narrow(start, end);
         let rate_limit = fill.rate_limit();
-        let body = Some(BlobReader::filling(&self.store, fill, start, end));
-        Ok(BlobAnswer { size: total, range: served, body, outcome: Outcome::Miss, rate_limit })
+        Ok(BlobAnswer { size: total, range: served, body: Some(reader), outcome: Outcome::Miss, rate_limit })
     }
 
     /// The referrers of a manifest (signatures, attestations): from upstream's referrers API, else

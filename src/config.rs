@@ -33,8 +33,19 @@ struct RawConfig {
     admin_listen: Option<String>,
     tls: Option<RawTls>,
     access: Option<RawAccess>,
+    fills: Option<RawFills>,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFills {
+    min_free: Option<String>,
+    max_temp: Option<String>,
+    unread_max: Option<String>,
+    unread_min_rate: Option<String>,
+    rate_window: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,9 +109,36 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Who may use the mirror.
     pub access: Access,
+    /// Disk and time budgets of blob fills.
+    pub fills: FillBudget,
     /// The upstream registries; the first serves plain `/v2/<name>/…` requests.
     pub upstreams: Vec<UpstreamConfig>,
 }
+
+/// Disk and time budgets of blob fills (`[fills]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FillBudget {
+    /// Free bytes fills always leave on the data directory's file system.
+    pub min_free: u64,
+    /// The most bytes the temporary files of all running fills hold together; `None`: only free
+    /// space limits them.
+    pub max_temp: Option<u64>,
+    /// How long a fill nobody reads any more may go on at most.
+    pub unread_max: Duration,
+    /// The fewest bytes per second a fill nobody reads must get (measured over `rate_window`).
+    pub unread_min_rate: u64,
+    /// The window the rate of a fill nobody reads is measured over.
+    pub rate_window: Duration,
+}
+
+/// `min_free` when not set.
+pub const DEFAULT_MIN_FREE: &str = "1GiB";
+/// `unread_max` when not set.
+pub const DEFAULT_UNREAD_MAX: &str = "15m";
+/// `unread_min_rate` when not set.
+pub const DEFAULT_UNREAD_MIN_RATE: &str = "64KiB";
+/// `rate_window` when not set.
+pub const DEFAULT_RATE_WINDOW: &str = "30s";
 
 /// The certificate and key files regcache serves HTTPS with (read again on SIGHUP).
 #[derive(Debug, Clone)]
@@ -228,6 +266,15 @@ impl Config {
             Some(m) => s.push_str(&format!("max_size = {m} bytes\n")),
             None => s.push_str("max_size = unlimited\n"),
         }
+        let f = &self.fills;
+        s.push_str(&format!(
+            "fills: min_free {} bytes, max_temp {}, unread_max {}, unread_min_rate {} bytes/s over {}\n",
+            f.min_free,
+            f.max_temp.map_or("unlimited".to_owned(), |m| format!("{m} bytes")),
+            humantime::format_duration(f.unread_max),
+            f.unread_min_rate,
+            humantime::format_duration(f.rate_window),
+        ));
         for u in &self.upstreams {
             s.push_str(&format!("[[upstream]] {}\n  url = {}\n", u.name, u.url));
             match &u.credentials {
@@ -301,6 +348,7 @@ fn resolve(raw: RawConfig, over: &Overrides, base: &Path) -> Result<Config, Conf
         None => Access::default(),
         Some(a) => resolve_access(a, base)?,
     };
+    let fills = resolve_fills(raw.fills.unwrap_or_default(), max_size)?;
 
     let mut raws = raw.upstream;
     if raws.is_empty() {
@@ -329,7 +377,34 @@ fn resolve(raw: RawConfig, over: &Overrides, base: &Path) -> Result<Config, Conf
             return Err(ConfigError(format!("upstream {:?} is configured twice", u.name)));
         }
     }
-    Ok(Config { listen, data_dir, max_size, admin_listen, tls, access, upstreams })
+    Ok(Config { listen, data_dir, max_size, admin_listen, tls, access, fills, upstreams })
+}
+
+fn resolve_fills(raw: RawFills, max_size: Option<u64>) -> Result<FillBudget, ConfigError> {
+    let size = |key: &str, v: Option<String>, default: &str| {
+        let text = v.unwrap_or_else(|| default.to_owned());
+        parse_size(&text).map_err(|e| ConfigError(format!("fills: {key}: {e}")))
+    };
+    let duration = |key: &str, v: Option<String>, default: &str| {
+        let text = v.unwrap_or_else(|| default.to_owned());
+        match parse_duration(&text) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => Err(ConfigError(format!("fills: {key} = {text:?} must be longer than zero"))),
+            Err(e) => Err(ConfigError(format!("fills: {key} = {text:?}: {e}"))),
+        }
+    };
+    let max_temp = match raw.max_temp {
+        Some(text) => Some(size("max_temp", Some(text), "")?),
+        // Fills never hold more than the cache may keep.
+        None => max_size,
+    };
+    Ok(FillBudget {
+        min_free: size("min_free", raw.min_free, DEFAULT_MIN_FREE)?,
+        max_temp,
+        unread_max: duration("unread_max", raw.unread_max, DEFAULT_UNREAD_MAX)?,
+        unread_min_rate: size("unread_min_rate", raw.unread_min_rate, DEFAULT_UNREAD_MIN_RATE)?,
+        rate_window: duration("rate_window", raw.rate_window, DEFAULT_RATE_WINDOW)?,
+    })
 }
 
 fn resolve_tls(raw: RawTls, base: &Path) -> Result<TlsFiles, ConfigError> {
@@ -632,6 +707,48 @@ password = "s3cret"
         assert_eq!(load("max_size = \"50GiB\"").unwrap().max_size, Some(50 << 30));
         assert_eq!(load("max_size = \"1 MB\"").unwrap().max_size, Some(1_000_000));
         assert!(load("max_size = \"lots\"").unwrap_err().to_string().contains("lots"));
+    }
+
+    #[test]
+    fn fill_budgets() {
+        let d = load("").unwrap().fills;
+        assert_eq!(d.min_free, 1 << 30);
+        assert_eq!(d.max_temp, None, "without max_size only free space limits temporaries");
+        assert_eq!(d.unread_max, Duration::from_secs(15 * 60));
+        assert_eq!(d.unread_min_rate, 64 << 10);
+        assert_eq!(d.rate_window, Duration::from_secs(30));
+        assert_eq!(load("max_size = \"50GiB\"").unwrap().fills.max_temp, Some(50 << 30), "max_temp follows max_size");
+        let ok = [
+            ("[fills]\nmin_free = \"5%\"", None),
+            ("[fills]\nmax_temp = \"2GiB\"", Some(FillBudget { max_temp: Some(2 << 30), ..d.clone() })),
+            ("max_size = \"9GB\"\n[fills]\nmax_temp = \"1GB\"", Some(FillBudget { max_temp: Some(1_000_000_000), ..d.clone() })),
+            (
+                "[fills]\nmin_free = \"0\"\nunread_max = \"2s\"\nunread_min_rate = \"1KiB\"\nrate_window = \"200ms\"",
+                Some(FillBudget {
+                    min_free: 0,
+                    unread_max: Duration::from_secs(2),
+                    unread_min_rate: 1024,
+                    rate_window: Duration::from_millis(200),
+                    ..d.clone()
+                }),
+            ),
+        ];
+        for (text, want) in ok {
+            match want {
+                Some(want) => assert_eq!(load(text).unwrap().fills, want, "{text:?}"),
+                None => assert!(load(text).unwrap_err().to_string().contains("min_free"), "{text:?}"),
+            }
+        }
+        let bad = [
+            ("[fills]\nunread_max = \"0s\"", "unread_max"),
+            ("[fills]\nrate_window = \"soon\"", "rate_window"),
+            ("[fills]\nunread_min_rate = \"fast\"", "unread_min_rate"),
+            ("[fills]\nbogus = 1", "bogus"),
+        ];
+        for (text, want) in bad {
+            let err = load(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
     }
 
     #[test]

@@ -7,6 +7,14 @@
 //! `FillGuard`: however the fill ends (also by a panic or by its task being cancelled) the fill
 //! leaves the map and its readers are told, so no later request waits for a fetch that is gone.
 //!
+//! Fills keep to a disk budget and a time budget. Whether a blob can be stored is decided up front
+//! from its announced size (`max_size`, and room among all temporaries and in free space, see
+//! [`crate::store::TempBudget`]); a body without a length is stored batch by batch until the budget
+//! runs out. A blob that can't be stored is passed through to its readers from memory and ends
+//! when they do. A fill nobody reads any more goes on only while it gets a minimum rate over a
+//! window, and for a limited time ([`FillBudget`]); at shutdown it is abandoned once the drain time
+//! is over ([`Fills::drain`]).
+//!
 //! Fills are shared per upstream and digest, never across upstreams, so a hostile or stalled upstream
 //! hurts only its own requests. Within an upstream a request may join a fill for another repository;
 //! if that repository is refused, the request starts its own ([`Join::OwnRepository`]).
@@ -22,10 +30,13 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{HeaderMap, Method};
 use tokio::sync::{watch, Notify};
+use tokio::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
+use crate::config::FillBudget;
 use crate::oci::{Digest, Hasher, RepositoryName};
 use crate::singleflight::CallDied;
-use crate::store::{InUse, Store, TempBlob};
+use crate::store::{InUse, Reservation, Store, TempBlob};
 use crate::upstream::{content_length, RateLimit, Upstream, UpstreamError};
 
 /// How many bytes of a fill are gathered before one write to disk.
@@ -37,7 +48,8 @@ const HIT_CHUNK: usize = 512 * 1024;
 const FOLLOW_CHUNK: usize = 64 * 1024;
 /// How many of the newest bytes of a fill stay in memory for the readers close behind it.
 const RECENT_WINDOW: u64 = 1024 * 1024;
-/// How many bytes a fill whose disk failed keeps in memory for readers that are behind.
+/// How many bytes a fill that passes its bytes through without storing keeps in memory for readers
+/// that are behind.
 const RELAY_WINDOW: u64 = 8 * 1024 * 1024;
 
 /// Where a fill stands. Readers watch it.
@@ -105,9 +117,10 @@ pub struct Fill {
 
 /// The newest bytes of a fill, as they came from upstream: `chunks` start at offset `base`. Readers
 /// close behind the fill take their bytes from here without touching the disk; normally only the
-/// last [`RECENT_WINDOW`] bytes are kept and a reader further behind reads the file. Once the disk
-/// fails (full, quota, I/O error) the file ends at `disk_end`, nothing will be stored, and the window
-/// keeps whatever the slowest reader still needs, the fill waiting for it.
+/// last [`RECENT_WINDOW`] bytes are kept and a reader further behind reads the file. Once storing
+/// stops (the disk failed, or the blob doesn't fit the budget) the file ends at `disk_end`, nothing
+/// will be stored, and the window keeps whatever the slowest reader still needs, the fill waiting
+/// for it.
 #[derive(Default)]
 struct Recent {
     disk_end: Option<u64>,
@@ -142,7 +155,7 @@ enum Located {
     File(u64),
     /// In memory.
     Memory(Bytes),
-    /// Nowhere any more: the disk failed and this reader fell too far behind.
+    /// Nowhere any more: nothing is stored and this reader fell too far behind.
     Behind,
 }
 
@@ -192,8 +205,21 @@ impl Fill {
         }
     }
 
-    fn disk_failed(&self) -> bool {
+    /// Whether the fill passes its bytes through without storing them.
+    fn passing_through(&self) -> bool {
         self.recent.lock().unwrap_or_else(|p| p.into_inner()).disk_end.is_some()
+    }
+
+    /// Stop storing: the file ends at `at`, the rest goes to the readers through memory only.
+    fn stop_storing(&self, at: u64) {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).disk_end = Some(at);
+    }
+
+    /// Whether a new reader can still get every byte from the first: not once a fill that passes
+    /// its bytes through has let go of bytes its file doesn't hold.
+    fn serves_from_start(&self) -> bool {
+        let r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        r.disk_end.is_none_or(|end| r.base <= end)
     }
 
     /// The lowest position among readers still following, or `None` if none is left.
@@ -260,19 +286,23 @@ pub enum Join {
 }
 
 /// The running fills, by upstream and digest.
-#[derive(Default)]
 pub struct Fills {
     // A std Mutex: held to look up, insert or remove, and to check the store once, never across an
     // await, so "stored or being filled" is decided atomically and a digest is fetched only once
     // per upstream.
     // Bounded: at most MAX_SHARED_FILLS fills in all; each is removed by its FillGuard however the
     // fill ends. A key holds more than one fill only while a request refetches a blob another
-    // repository was refused (each request does so at most once).
+    // repository was refused, or a fill passing its bytes through has let go of its first ones
+    // (each request starts at most two fills).
     running: Mutex<HashMap<FillKey, Vec<Arc<Fill>>>>,
     /// Fills running outside the map (it was full).
     unshared: AtomicU64,
     /// Signalled whenever a fill ends.
     ended: Notify,
+    /// The time budget of fills nobody reads.
+    budget: FillBudget,
+    /// Cancelled when the drain time at shutdown is over: every fill still running is abandoned.
+    stop: CancellationToken,
     /// A failure to inject into the next fills, for tests.
     #[cfg(test)]
     injected: Mutex<Option<Injected>>,
@@ -289,6 +319,19 @@ enum Injected {
 }
 
 impl Fills {
+    /// No fills yet; those to come keep to `budget`.
+    pub fn new(budget: FillBudget) -> Fills {
+        Fills {
+            running: Mutex::default(),
+            unshared: AtomicU64::default(),
+            ended: Notify::new(),
+            budget,
+            stop: CancellationToken::new(),
+            #[cfg(test)]
+            injected: Mutex::default(),
+        }
+    }
+
     /// The running fill of `digest` from the upstream named `upstream`, if any.
     pub fn get(&self, upstream: &str, digest: &Digest) -> Option<Arc<Fill>> {
         let key = (upstream.to_owned(), digest.clone());
@@ -308,7 +351,10 @@ impl Fills {
         let key = (upstream.config().name.clone(), digest.clone());
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let joinable = running.get(&key).and_then(|fills| {
-            fills.iter().find(|f| join == Join::Any || f.fetches_from(upstream, repo)).cloned()
+            fills
+                .iter()
+                .find(|f| (join == Join::Any || f.fetches_from(upstream, repo)) && f.serves_from_start())
+                .cloned()
         });
         if let Some(fill) = joinable {
             return Ok(Source::Filling(fill));
@@ -341,6 +387,8 @@ impl Fills {
             upstream: Arc::clone(upstream),
             repo: repo.clone(),
             digest: digest.clone(),
+            budget: self.budget.clone(),
+            stop: self.stop.clone(),
             #[cfg(test)]
             injected: *self.injected.lock().unwrap_or_else(|p| p.into_inner()),
         };
@@ -370,6 +418,18 @@ impl Fills {
             }
             ended.await;
         }
+    }
+
+    /// At shutdown: let running fills finish (and be stored) until `deadline`, then abandon the
+    /// rest. Returns once no fill runs: whether all of them finished in time.
+    pub async fn drain(&self, deadline: Instant) -> bool {
+        if tokio::time::timeout_at(deadline, self.idle()).await.is_ok() {
+            return true;
+        }
+        self.stop.cancel();
+        // Each abandoned fill ends (and removes its temporary file) at its task's next poll.
+        self.idle().await;
+        false
     }
 }
 
@@ -436,6 +496,8 @@ struct FillJob {
     upstream: Arc<Upstream>,
     repo: RepositoryName,
     digest: Digest,
+    budget: FillBudget,
+    stop: CancellationToken,
     #[cfg(test)]
     injected: Option<Injected>,
 }
@@ -443,7 +505,12 @@ struct FillJob {
 impl FillJob {
     /// Run the fill to its end; `guard` is dropped with it, however it ends.
     async fn run(self, temp: TempBlob, mut guard: FillGuard) {
-        match self.download(temp).await {
+        let result = tokio::select! {
+            result = self.download(temp) => result,
+            // The drain time at shutdown is over: the download (and its temporary file) goes.
+            () = self.stop.cancelled() => Err(UpstreamError::from(CallDied).into()),
+        };
+        match result {
             Ok((size, stored)) => {
                 tracing::info!(digest = %self.digest, size, stored, "blob fetched and verified");
                 self.fill.state.send_replace(FillState::Done { size });
@@ -469,12 +536,35 @@ impl FillJob {
             .await?;
         let total = content_length(resp.headers());
         let _ = self.fill.rate_limit.set(RateLimit::from_headers(resp.headers()));
+        // Decide up front whether the blob can be stored: an announced size is reserved whole now,
+        // a body without a length batch by batch.
+        let mut reservation = self.reserve(total);
+        if reservation.is_none() {
+            self.fill.stop_storing(0);
+        }
         self.fill.state.send_replace(FillState::Running { total, written: 0 });
         let transport = self.upstream.transport();
         let mut body = resp.into_body();
         let mut hasher = Hasher::new(self.digest.algorithm());
         let mut written: u64 = 0;
-        while let Some(first) = transport.next_chunk(&mut body).await? {
+        let mut pace = Pace::new(&self.budget, Instant::now());
+        loop {
+            let deadline = pace.deadline();
+            let first = tokio::select! {
+                chunk = transport.next_chunk(&mut body) => match chunk? {
+                    Some(chunk) => chunk,
+                    None => break,
+                },
+                // The last reader left: from now on the fill must keep its pace.
+                () = self.fill.state.closed(), if self.fill.waiters() > 0 => {
+                    pace.check(false, 0, Instant::now()).map_err(abandoned)?;
+                    continue;
+                }
+                () = sleep_until(deadline) => {
+                    pace.check(self.fill.waiters() > 0, 0, Instant::now()).map_err(abandoned)?;
+                    continue;
+                }
+            };
             let mut batch = vec![first];
             let mut len = batch[0].len();
             // Take whatever else has already arrived, up to one batch, for a single write.
@@ -491,13 +581,22 @@ impl FillJob {
             if total.is_some_and(|t| written.saturating_add(len as u64) > t) {
                 return Err(FillError::Corrupt(format!("upstream sent more than the {} bytes it announced", total.unwrap_or(0))));
             }
-            if self.fill.disk_failed() {
+            // A body without a length that is still being stored: reserve room for this batch.
+            if let (None, false, Some(r)) = (total, self.fill.passing_through(), reservation.as_mut()) {
+                if !self.grow(r, written, len as u64) {
+                    self.fill.stop_storing(written);
+                }
+            }
+            if self.fill.passing_through() {
                 hasher = hash_batch(&batch, hasher).await?;
                 self.relay(batch, len as u64).await?;
             } else {
                 match write_batch(temp.file().clone(), written, batch.clone(), hasher).await? {
                     Ok(h) => {
                         hasher = h;
+                        if let Some(r) = reservation.as_mut() {
+                            r.wrote(len as u64);
+                        }
                         let mut recent = self.fill.recent.lock().unwrap_or_else(|p| p.into_inner());
                         recent.push(batch, len as u64);
                         // Everything is on disk too: keep only the newest bytes in memory.
@@ -506,7 +605,7 @@ impl FillJob {
                     Err(failed) => {
                         let WriteFailed(h, batch, e) = *failed;
                         tracing::warn!(digest = %self.digest, error = %e, "writing the blob failed; passing it through without storing");
-                        self.fill.recent.lock().unwrap_or_else(|p| p.into_inner()).disk_end = Some(written);
+                        self.fill.stop_storing(written);
                         hasher = hash_batch(&batch, h).await?;
                         self.relay(batch, len as u64).await?;
                     }
@@ -518,6 +617,7 @@ impl FillJob {
                     *w = written;
                 }
             });
+            pace.check(self.fill.waiters() > 0, len as u64, Instant::now()).map_err(abandoned)?;
         }
         if let Some(t) = total.filter(|t| *t != written) {
             return Err(FillError::Corrupt(format!("upstream sent {written} of {t} bytes")));
@@ -528,12 +628,7 @@ impl FillJob {
         }
         // Verified: the readers may have the last byte now; making it durable is the store's business.
         self.fill.state.send_replace(FillState::Done { size: written });
-        if self.fill.disk_failed() {
-            return Ok((written, false));
-        }
-        if let Some(max) = self.store.max_size.filter(|max| written > *max) {
-            // Served to everyone who asked, but never kept: it alone would pass the limit.
-            tracing::warn!(digest = %self.digest, size = written, max_size = max, "blob larger than max_size; streamed without storing");
+        if self.fill.passing_through() {
             return Ok((written, false));
         }
         // The content is verified: whatever happens to storing it, the readers get it.
@@ -556,7 +651,42 @@ impl FillJob {
         }
     }
 
-    /// After a disk failure, hand `batch` to the readers through memory only. Chunks every reader
+    /// Room for the blob: its whole announced size, or nothing yet for a body without a length.
+    /// `None`: it can't be stored (larger than `max_size`, or no room among the temporaries or on
+    /// the disk); it is passed through to the readers.
+    fn reserve(&self, total: Option<u64>) -> Option<Reservation> {
+        let size = total.unwrap_or(0);
+        if let Some(max) = self.store.max_size.filter(|max| size > *max) {
+            tracing::warn!(digest = %self.digest, size, max_size = max, "blob larger than max_size; passing it through without storing");
+            return None;
+        }
+        match self.store.temp.reserve(size) {
+            Ok(r) => Some(r),
+            Err(why) => {
+                tracing::warn!(digest = %self.digest, size, reason = %why, "no room to store the blob; passing it through without storing");
+                None
+            }
+        }
+    }
+
+    /// Room for `len` more bytes of a body without a length, `written` already stored; false: the
+    /// budget is spent, stop storing.
+    fn grow(&self, r: &mut Reservation, written: u64, len: u64) -> bool {
+        let size = written.saturating_add(len);
+        if let Some(max) = self.store.max_size.filter(|max| size > *max) {
+            tracing::warn!(digest = %self.digest, size, max_size = max, "blob grew larger than max_size; passing the rest through without storing");
+            return false;
+        }
+        match self.store.temp.grow(r, len) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(digest = %self.digest, size, reason = %why, "no room to store more of the blob; passing the rest through without storing");
+                false
+            }
+        }
+    }
+
+    /// Once nothing is stored, hand `batch` to the readers through memory only. Chunks every reader
     /// has passed (or that the file still holds) are dropped; while more than [`RELAY_WINDOW`] bytes
     /// remain, the fill waits for the slowest reader.
     async fn relay(&self, batch: Vec<Bytes>, len: u64) -> Result<(), FillError> {
@@ -566,7 +696,7 @@ impl FillJob {
             tokio::pin!(advanced);
             advanced.as_mut().enable();
             let Some(slowest) = self.fill.slowest_reader() else {
-                return Err(FillError::Disk("the disk failed and no client is left to pass the blob to".into()));
+                return Err(FillError::Disk("the blob is not stored and no client is left to pass it to".into()));
             };
             {
                 let mut r = self.fill.recent.lock().unwrap_or_else(|p| p.into_inner());
@@ -580,6 +710,86 @@ impl FillJob {
             if tokio::time::timeout(self.upstream.config().idle_timeout, advanced).await.is_err() {
                 return Err(FillError::Disk("a client stalled while the blob was passed through".into()));
             }
+        }
+    }
+}
+
+/// Sleep until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The error of a fill given up on because nobody reads it and it is too slow or too long.
+fn abandoned(why: String) -> FillError {
+    FillError::Upstream(UpstreamError::Timeout(why))
+}
+
+/// Whether a fill nobody reads is still worth finishing: from the moment its last reader leaves
+/// it must get `unread_min_rate` bytes per second, measured over each `rate_window`, and end within
+/// `unread_max`. A reader coming back lifts both.
+struct Pace {
+    min_rate: u64,
+    window: Duration,
+    unread_max: Duration,
+    /// Since when nobody reads the fill.
+    unread_since: Option<Instant>,
+    /// Where the current window began, and the bytes that arrived in it.
+    window_start: Instant,
+    window_bytes: u64,
+}
+
+impl Pace {
+    fn new(budget: &FillBudget, now: Instant) -> Pace {
+        Pace {
+            min_rate: budget.unread_min_rate,
+            window: budget.rate_window,
+            unread_max: budget.unread_max,
+            unread_since: None,
+            window_start: now,
+            window_bytes: 0,
+        }
+    }
+
+    /// Note `bytes` that arrived at `now`, `read` or not: why to give up, if it is time to.
+    fn check(&mut self, read: bool, bytes: u64, now: Instant) -> Result<(), String> {
+        let Some(since) = self.unread_since.filter(|_| !read) else {
+            // Read, or just left unread: a new window starts.
+            self.unread_since = (!read).then_some(now);
+            self.window_start = now;
+            self.window_bytes = 0;
+            return Ok(());
+        };
+        self.window_bytes = self.window_bytes.saturating_add(bytes);
+        if now.saturating_duration_since(since) >= self.unread_max {
+            return Err(format!("nobody has read the blob for {:?} (unread_max); given up", self.unread_max));
+        }
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= self.window {
+            // Float to integer saturates: a huge rate just can't be met.
+            let needed = (self.min_rate as f64 * elapsed.as_secs_f64()) as u64;
+            if self.window_bytes < needed {
+                return Err(format!(
+                    "nobody reads the blob and only {} bytes arrived in {elapsed:?} (unread_min_rate {} bytes/s); given up",
+                    self.window_bytes, self.min_rate
+                ));
+            }
+            self.window_start = now;
+            self.window_bytes = 0;
+        }
+        Ok(())
+    }
+
+    /// When to check again without new bytes: the end of the window or of `unread_max`, while
+    /// nobody reads the fill.
+    fn deadline(&self) -> Option<Instant> {
+        let since = self.unread_since?;
+        let window_end = self.window_start.checked_add(self.window);
+        match (since.checked_add(self.unread_max), window_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 }
@@ -709,6 +919,15 @@ struct Following {
     position: Arc<AtomicU64>,
 }
 
+impl Drop for Following {
+    fn drop(&mut self) {
+        // Gone before the fill is told: a fill passing its bytes through that waits for its
+        // slowest reader finds this one left, instead of waiting for it until `idle_timeout`.
+        self.position = Arc::new(AtomicU64::new(u64::MAX));
+        self.fill.advanced.notify_waiters();
+    }
+}
+
 impl BlobReader {
     /// A reader of `[start, end)` of a stored file.
     pub fn stored(store: &Store, digest: &Digest, file: File, start: u64, end: u64) -> BlobReader {
@@ -742,6 +961,16 @@ impl BlobReader {
         }
     }
 
+    /// Read only `[start, end)`: a reader that followed a fill from its first byte while it
+    /// connected, once the size is known.
+    pub fn narrow(&mut self, start: u64, end: Option<u64>) {
+        self.pos = start;
+        self.end = end;
+        if let Some(f) = &self.fill {
+            f.position.store(start, Ordering::Release);
+        }
+    }
+
     /// The next chunk; `None` at the end. An error means the body must be cut.
     pub async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
         let available = loop {
@@ -755,7 +984,7 @@ impl BlobReader {
             let limit = match state {
                 FillState::Done { size } => {
                     self.end = Some(self.end.map_or(size, |e| e.min(size)));
-                    if !following.fill.disk_failed() {
+                    if !following.fill.passing_through() {
                         self.fill = None;
                         continue;
                     }
@@ -801,7 +1030,7 @@ impl BlobReader {
         self.pos += n;
         if let Some(f) = &self.fill {
             f.position.store(self.pos, Ordering::Release);
-            if f.fill.disk_failed() {
+            if f.fill.passing_through() {
                 f.fill.advanced.notify_waiters();
             }
         }
@@ -822,7 +1051,7 @@ mod tests {
         let toml = "[[upstream]]\nname = \"x.io\"\nurl = \"http://127.0.0.1:9\"\n";
         let config = Config::from_toml(toml, &Overrides::default(), std::path::Path::new(".")).unwrap();
         let up = Arc::new(Upstream::new(config.upstreams[0].clone(), Arc::new(Metrics::new())).unwrap());
-        let fills = Arc::new(Fills::default());
+        let fills = Arc::new(Fills::new(config.fills.clone()));
         fills.inject(Some(injected));
         (dir, store, up, fills)
     }
@@ -871,6 +1100,82 @@ mod tests {
         drop(rt);
         assert!(fills.is_empty(), "the cancelled fill left the map");
         assert!(matches!(&*fill.state.borrow(), FillState::Failed(FillError::Upstream(UpstreamError::Interrupted(_)))));
+    }
+
+    #[tokio::test]
+    async fn at_the_end_of_the_drain_time_fills_are_abandoned() {
+        let (dir, store, up, fills) = setup(Injected::Hang);
+        let fill = start(&fills, &store, &up, &Digest::sha256_of(b"never arrives"));
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 1);
+        // Bounded: before, a fill that never ended kept running after the drain time.
+        let drained = tokio::time::timeout(std::time::Duration::from_secs(10), fills.drain(Instant::now())).await;
+        assert!(!drained.expect("drain returns once the fills are gone"), "the fill did not finish, it was abandoned");
+        assert!(fills.is_empty());
+        assert!(matches!(&*fill.state.borrow(), FillState::Failed(FillError::Upstream(UpstreamError::Interrupted(_)))));
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "its temporary file is gone");
+    }
+
+    #[test]
+    fn a_fill_nobody_reads_keeps_its_pace_or_is_given_up() {
+        let budget = FillBudget {
+            min_free: 0,
+            max_temp: None,
+            unread_max: Duration::from_secs(10),
+            unread_min_rate: 100,
+            rate_window: Duration::from_secs(2),
+        };
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Steps of (ms, read, bytes arrived); Some(n): given up at step n, None: never.
+        type Steps = &'static [(u64, bool, u64)];
+        let cases: [(&str, Steps, Option<usize>); 7] = [
+            ("read, however slow", &[(1000, true, 1), (60_000, true, 1)], None),
+            ("unread, a window at the rate", &[(0, false, 0), (1000, false, 100), (2000, false, 100)], None),
+            ("unread, a window below the rate", &[(0, false, 0), (1000, false, 100), (2000, false, 99)], Some(2)),
+            ("a drip: 1 byte every 2 s", &[(0, false, 0), (2000, false, 1)], Some(1)),
+            ("nothing at all by the window's end", &[(0, false, 0), (2000, false, 0)], Some(1)),
+            ("a reader came back", &[(0, false, 0), (1900, true, 0), (3000, false, 0), (4000, false, 10_000)], None),
+            ("fast but unread too long", &[(0, false, 0), (5000, false, 100_000), (9999, false, 100_000), (10_000, false, 100_000)], Some(3)),
+        ];
+        for (what, steps, given_up) in cases {
+            let mut pace = Pace::new(&budget, t0);
+            let got = steps.iter().position(|(ms, read, bytes)| pace.check(*read, *bytes, at(*ms)).is_err());
+            assert_eq!(got, given_up, "{what}");
+        }
+        let mut pace = Pace::new(&budget, t0);
+        assert_eq!(pace.deadline(), None, "no deadline while read");
+        pace.check(false, 0, at(500)).unwrap();
+        assert_eq!(pace.deadline(), Some(at(2500)), "the end of the first window");
+        let budget = FillBudget { unread_max: Duration::from_secs(1), ..budget };
+        let mut pace = Pace::new(&budget, t0);
+        pace.check(false, 0, at(500)).unwrap();
+        assert_eq!(pace.deadline(), Some(at(1500)), "unread_max comes first");
+        let budget = FillBudget { unread_max: Duration::MAX, rate_window: Duration::MAX, ..budget };
+        let mut pace = Pace::new(&budget, t0);
+        pace.check(false, 0, at(500)).unwrap();
+        assert_eq!(pace.deadline(), None, "limits past the end of time never fire");
+    }
+
+    #[tokio::test]
+    async fn a_pass_through_fill_is_joined_only_while_it_holds_the_first_byte() {
+        let (_dir, store, up, fills) = setup(Injected::Hang);
+        let digest = Digest::sha256_of(b"too large to store");
+        let first = start(&fills, &store, &up, &digest);
+        first.stop_storing(0);
+        first.recent.lock().unwrap().push(vec![Bytes::from_static(b"abc"), Bytes::from_static(b"def")], 6);
+        assert!(Arc::ptr_eq(&start(&fills, &store, &up, &digest), &first), "every byte is still in memory");
+        // Its readers have passed the first chunk, which is gone: a new request gets its own fill.
+        first.recent.lock().unwrap().trim(0, |end| end <= 3);
+        let second = start(&fills, &store, &up, &digest);
+        assert!(!Arc::ptr_eq(&second, &first), "a joiner would have fallen behind at once");
+        assert!(Arc::ptr_eq(&start(&fills, &store, &up, &digest), &second));
+        assert_eq!(fills.len(), 2);
+        // A fill that stores keeps its first bytes in its file.
+        let stored = Digest::sha256_of(b"stored");
+        let filling = start(&fills, &store, &up, &stored);
+        filling.recent.lock().unwrap().push(vec![Bytes::from_static(b"abc"), Bytes::from_static(b"def")], 6);
+        filling.recent.lock().unwrap().trim(0, |_| true);
+        assert!(Arc::ptr_eq(&start(&fills, &store, &up, &stored), &filling));
     }
 
     #[tokio::test]

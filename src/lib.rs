@@ -22,7 +22,8 @@
 //! `HEAD` and served from the index when its digest is known; a manifest from upstream is verified by
 //! `oci::verify_manifest` before it is stored; a blob is served from its file, or joins (or starts)
 //! the fill for its digest from its upstream and streams what arrives (fetching from its own
-//! repository if the fill it joined was refused for another). Errors
+//! repository if the fill it joined was refused for another); the fill stores the blob if it fits
+//! the disk budget and passes it through otherwise. Errors
 //! from any layer become one OCI error response in `http::error`.
 
 pub mod access;

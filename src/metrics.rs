@@ -80,7 +80,7 @@ impl Metrics {
         let fills = Gauge::default();
         registry.register("fills_in_progress", "Blob downloads from upstream running now", fills.clone());
         let disk_bytes = Gauge::default();
-        registry.register("disk_bytes", "Bytes of blobs and manifests stored", disk_bytes.clone());
+        registry.register("disk_bytes", "Bytes of blobs, manifests and referrers lists stored", disk_bytes.clone());
         let evictions = Counter::default();
         registry.register("evictions", "Blobs and manifests evicted to stay under max_size", evictions.clone());
         let evicted_bytes = Counter::default();

@@ -9,6 +9,7 @@
 //! - `it::tags`: a tag per kind of answer; upstreams without HEAD or converting on the fly.
 //! - `it::redirects`: redirects of a public upstream stay out of the operator's network.
 //! - `it::head`: `HEAD` on every route and error, over HTTP/2 and HTTP/1.1: headers only.
+//! - `it::budgets`: fills keep to their disk and time budgets; referrers lists count in `max_size`.
 
 mod it;
 mod support;

@@ -118,6 +118,7 @@ impl Registry {
     pub fn open(config: &Config) -> Result<Arc<Registry>, StartError> {
         let mut store = Store::open(&config.data_dir)?;
         store.max_size = config.max_size;
+        store.temp = crate::store::TempBudget::new(store.blobs.tmp_dir().to_owned(), config.fills.max_temp, config.fills.min_free);
         let store = Arc::new(store);
         let metrics = Arc::new(Metrics::new());
         crate::cache::spawn_housekeeping(&store, metrics.clone());
@@ -129,7 +130,7 @@ impl Registry {
             .map_err(StartError::Upstream)?;
         let tls = config.tls.clone().map(Tls::new).transpose().map_err(StartError::Tls)?;
         Ok(Arc::new(Registry {
-            cache: Cache::new(store, upstreams),
+            cache: Cache::new(store, upstreams, config.fills.clone()),
             metrics,
             gate: Gate::new(config.access.clone()),
             tls,

@@ -23,9 +23,10 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 /// Serve the registry API on `listener` until `shutdown` resolves, then drain and flush the index.
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: impl Future<Output = ()>) {
     let deadline = accept_loop(listener, registry.clone(), Surface::Main, shutdown).await;
-    // Downloads still running (their clients may be gone) finish and are stored, within the drain time.
-    if tokio::time::timeout_at(deadline, registry.cache().fills().idle()).await.is_err() {
-        tracing::warn!("blob downloads still running at the end of the drain time; they will be fetched again");
+    // Downloads still running (their clients may be gone) finish and are stored, within the drain
+    // time; those still running then are abandoned.
+    if !registry.cache().fills().drain(deadline).await {
+        tracing::warn!("blob downloads still running at the end of the drain time were abandoned; they will be fetched again");
     }
     let store = registry.cache().store();
     if let Err(e) = store.flush_access().and_then(|_| store.index.flush()) {

@@ -75,6 +75,11 @@ impl BlobFiles {
         }
     }
 
+    /// The directory of temporary files.
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
     /// A new temporary file.
     pub fn begin(&self) -> io::Result<TempBlob> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);

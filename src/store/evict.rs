@@ -1,11 +1,12 @@
 //! Staying under `max_size`: last access recorded in memory and written to the index in batches,
-//! content in use protected, least-recently-used content evicted down to a low-water mark.
+//! content in use protected, least-recently-used content evicted down to a low-water mark. A
+//! referrers list is as recently used as its subject manifest.
 
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use super::Store;
+use super::{ReferrersKey, Store};
 use crate::oci::Digest;
 
 /// Eviction stops once the cache is at or under this share of `max_size`.
@@ -40,9 +41,9 @@ impl Drop for InUse {
 /// One thing eviction removed, or would remove.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Evicted {
-    /// `blob` or `manifest`.
+    /// `blob`, `manifest` or `referrers`.
     pub kind: &'static str,
-    /// Its digest.
+    /// Its digest (of a referrers list: its subject's).
     pub digest: Digest,
     /// Its size.
     pub size: u64,
@@ -96,17 +97,22 @@ impl Store {
         for digest in self.index.blob_digests().map_err(io::Error::other)? {
             let size = self.index.blob_size(&digest).map_err(io::Error::other)?.unwrap_or(0);
             let last_access = self.index.access(&digest).map_err(io::Error::other)?;
-            candidates.push(Evicted { kind: "blob", digest, size, last_access });
+            candidates.push((Evicted { kind: "blob", digest, size, last_access }, None));
         }
         for digest in self.index.manifest_digests().map_err(io::Error::other)? {
             let size = self.index.manifest(&digest).map_err(io::Error::other)?.map_or(0, |m| m.bytes.len() as u64);
             let last_access = self.index.access(&digest).map_err(io::Error::other)?;
-            candidates.push(Evicted { kind: "manifest", digest, size, last_access });
+            candidates.push((Evicted { kind: "manifest", digest, size, last_access }, None));
         }
-        candidates.sort_by_key(|c| c.last_access);
+        for (key, digest, size) in self.index.referrers_lists().map_err(io::Error::other)? {
+            let last_access = self.index.access(&digest).map_err(io::Error::other)?;
+            candidates.push((Evicted { kind: "referrers", digest, size, last_access }, Some(key)));
+        }
+        // Stable: of equal age, blobs go before manifests before referrers lists.
+        candidates.sort_by_key(|(c, _)| c.last_access);
         let mut used = self.index.used_bytes();
         let mut out = Vec::new();
-        for c in candidates {
+        for (c, referrers) in candidates {
             if used <= target {
                 break;
             }
@@ -114,19 +120,28 @@ impl Store {
                 continue;
             }
             if !dry_run {
-                // Index first: a crash between the two leaves a verified file, which start-up re-indexes.
-                if c.kind == "blob" {
-                    self.index.remove_blob(&c.digest).map_err(io::Error::other)?;
-                    self.blobs.remove(&c.digest)?;
-                } else {
-                    self.index.remove_manifest(&c.digest).map_err(io::Error::other)?;
-                }
-                self.index.remove_access(&c.digest).map_err(io::Error::other)?;
+                self.remove(&c, referrers.as_ref())?;
             }
             used = used.saturating_sub(c.size);
             out.push(c);
         }
         Ok(out)
+    }
+
+    /// Remove one eviction candidate (`referrers`: the key of a referrers list).
+    fn remove(&self, c: &Evicted, referrers: Option<&ReferrersKey>) -> io::Result<()> {
+        if let Some(key) = referrers {
+            // The subject's access time stays: it is the manifest's, or its other lists'.
+            return self.index.remove_referrers(key).map_err(io::Error::other);
+        }
+        // Index first: a crash between the two leaves a verified file, which start-up re-indexes.
+        if c.kind == "blob" {
+            self.index.remove_blob(&c.digest).map_err(io::Error::other)?;
+            self.blobs.remove(&c.digest)?;
+        } else {
+            self.index.remove_manifest(&c.digest).map_err(io::Error::other)?;
+        }
+        self.index.remove_access(&c.digest).map_err(io::Error::other)
     }
 }
 
@@ -166,5 +181,26 @@ mod tests {
         store.usage.touch(&busy);
         let gone = store.evict(100, false).unwrap();
         assert_eq!(gone.iter().map(|e| e.digest.clone()).collect::<Vec<_>>(), vec![newest], "a fresh touch keeps busy");
+    }
+
+    #[test]
+    fn referrers_lists_are_evicted_with_their_subject_s_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let repo: crate::oci::RepositoryName = "library/alpine".parse().unwrap();
+        let old_subject = Digest::sha256_of(b"old manifest");
+        let new_subject = Digest::sha256_of(b"new manifest");
+        store.index.put_access([(old_subject.clone(), 10), (new_subject.clone(), 30)].into_iter().collect()).unwrap();
+        store.index.put_referrers("docker.io", &repo, &old_subject, &[b'r'; 100]).unwrap();
+        let blob = put(&store, &[1u8; 100], 20);
+        store.index.put_referrers("docker.io", &repo, &new_subject, &[b'r'; 100]).unwrap();
+        assert_eq!(store.index.used_bytes(), 300, "referrers lists count");
+
+        let gone = store.evict(150, false).unwrap();
+        let kinds: Vec<_> = gone.iter().map(|e| (e.kind, e.digest.clone())).collect();
+        assert_eq!(kinds, vec![("referrers", old_subject.clone()), ("blob", blob)]);
+        assert_eq!(store.index.used_bytes(), 100);
+        assert_eq!(store.index.referrers("docker.io", &repo, &old_subject).unwrap(), None);
+        assert!(store.index.referrers("docker.io", &repo, &new_subject).unwrap().is_some());
     }
 }

@@ -1,6 +1,7 @@
 //! The sled index: which blobs are stored (and their sizes), manifests by digest (their exact bytes
-//! and media type), and tags (upstream, repository, tag → one digest per kind of answer, with when
-//! each was learnt).
+//! and media type), tags (upstream, repository, tag → one digest per kind of answer, with when
+//! each was learnt), and the last referrers list seen per upstream, repository and subject manifest.
+//! Blobs, manifests and referrers lists count towards `max_size`.
 //!
 //! Everything here can be rebuilt from the blob directory except manifests and tags, which live only
 //! here; sled makes each insert atomic.
@@ -24,7 +25,8 @@ pub struct Index {
     tags: sled::Tree,
     access: sled::Tree,
     referrers: sled::Tree,
-    /// Bytes of blobs and manifests indexed, kept up to date by every insert and removal.
+    /// Bytes of blobs, manifests and referrers lists indexed, kept up to date by every insert and
+    /// removal.
     used: AtomicU64,
 }
 
@@ -86,6 +88,10 @@ fn parse_tag(v: &[u8]) -> Option<TagEntry> {
     })
 }
 
+/// Where a referrers list is kept (upstream, repository and subject).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReferrersKey(sled::IVec);
+
 /// Unix seconds now.
 pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -126,9 +132,11 @@ impl Index {
             let (_, v) = kv.map_err(err)?;
             used += blob_size_of(&v);
         }
-        for kv in manifests.iter() {
-            let (_, v) = kv.map_err(err)?;
-            used += v.len() as u64;
+        for tree in [&manifests, &referrers] {
+            for kv in tree.iter() {
+                let (_, v) = kv.map_err(err)?;
+                used += v.len() as u64;
+            }
         }
         Ok(Index { db, blobs, manifests, tags, access, referrers, used: AtomicU64::new(used) })
     }
@@ -189,7 +197,7 @@ impl Index {
         Ok(())
     }
 
-    /// Bytes of blobs and manifests indexed.
+    /// Bytes of blobs, manifests and referrers lists indexed.
     pub fn used_bytes(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
     }
@@ -256,7 +264,29 @@ impl Index {
 
     /// Remember a referrers list.
     pub fn put_referrers(&self, upstream: &str, repo: &RepositoryName, digest: &Digest, body: &[u8]) -> sled::Result<()> {
-        self.referrers.insert(format!("{upstream}\0{repo}\0{digest}"), body)?;
+        let old = self.referrers.insert(format!("{upstream}\0{repo}\0{digest}"), body)?;
+        self.account(old.map(|o| o.len() as u64), body.len() as u64);
+        Ok(())
+    }
+
+    /// Every remembered referrers list: its key, its subject manifest, its size.
+    pub fn referrers_lists(&self) -> sled::Result<Vec<(ReferrersKey, Digest, u64)>> {
+        let mut out = Vec::new();
+        for kv in self.referrers.iter() {
+            let (k, v) = kv?;
+            // The subject is the last of the three NUL-separated parts.
+            let subject = k.rsplit(|b| *b == 0).next().and_then(|d| std::str::from_utf8(d).ok()?.parse().ok());
+            if let Some(subject) = subject {
+                out.push((ReferrersKey(k), subject, v.len() as u64));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forget a referrers list.
+    pub fn remove_referrers(&self, key: &ReferrersKey) -> sled::Result<()> {
+        let old = self.referrers.remove(&key.0)?;
+        self.account(old.map(|o| o.len() as u64), 0);
         Ok(())
     }
 
@@ -360,5 +390,29 @@ mod tests {
         let e = idx.tag("docker.io", &repo, &tag).unwrap().unwrap();
         assert_eq!(e.answer(ManifestKind::Image), Some(&new));
         assert_eq!(e.unknown, None, "a new answer replaces the one of unknown kind");
+    }
+
+    #[test]
+    fn referrers_lists_count_in_used_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index");
+        let subject = Digest::sha256_of(b"subject");
+        let repo: RepositoryName = "library/alpine".parse().unwrap();
+        {
+            let idx = Index::open(&path).unwrap();
+            idx.put_referrers("docker.io", &repo, &subject, &[b'x'; 100]).unwrap();
+            idx.put_referrers("docker.io", &repo, &subject, &[b'x'; 40]).unwrap();
+            idx.put_referrers("ghcr.io", &repo, &subject, &[b'y'; 10]).unwrap();
+            assert_eq!(idx.used_bytes(), 50, "a list replaced counts once");
+            idx.flush().unwrap();
+        }
+        let idx = Index::open(&path).unwrap();
+        assert_eq!(idx.used_bytes(), 50, "counted again on open");
+        let lists = idx.referrers_lists().unwrap();
+        assert_eq!(lists.iter().map(|(_, d, n)| (d.clone(), *n)).collect::<Vec<_>>(), vec![(subject.clone(), 40), (subject.clone(), 10)]);
+        idx.remove_referrers(&lists[0].0).unwrap();
+        assert_eq!(idx.used_bytes(), 10);
+        assert_eq!(idx.referrers("docker.io", &repo, &subject).unwrap(), None);
+        assert!(idx.referrers("ghcr.io", &repo, &subject).unwrap().is_some());
     }
 }

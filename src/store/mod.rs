@@ -2,14 +2,16 @@
 //! content-addressed path) and the sled index of blobs, manifests and tags.
 
 mod blobs;
+mod budget;
 mod check;
 mod evict;
 mod index;
 
 pub use blobs::{BlobFiles, TempBlob};
+pub use budget::{Refused, Reservation, TempBudget};
 pub use check::{Reconciled, Verified};
 pub use evict::{Evicted, InUse, Usage, LOW_WATER};
-pub use index::{now_secs, Index, StoredManifest, TagAnswer, TagEntry};
+pub use index::{now_secs, Index, ReferrersKey, StoredManifest, TagAnswer, TagEntry};
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -24,6 +26,8 @@ pub struct Store {
     pub usage: Usage,
     /// The most bytes to keep, if limited.
     pub max_size: Option<u64>,
+    /// What the temporary files of running fills may take.
+    pub temp: TempBudget,
     /// Signalled when an insert takes the store over `max_size`.
     pub pressure: std::sync::Arc<tokio::sync::Notify>,
 }
@@ -73,6 +77,7 @@ impl Store {
         let index = Index::open(&data_dir.join("index"))?;
         let blobs = BlobFiles::open(data_dir)?;
         let store = Store {
+            temp: TempBudget::new(blobs.tmp_dir().to_owned(), None, 0),
             blobs,
             index,
             usage: Usage::default(),

@@ -50,12 +50,6 @@ async fn a_failed_fill_fails_every_waiter() {
 }
 
 /// Bytes written so far to the fill's temporary file.
-fn tmp_bytes(m: &Mirror) -> u64 {
-    std::fs::read_dir(m.data_dir.join("tmp"))
-        .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|md| md.len()).sum())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_joiner_gets_the_whole_blob_from_the_same_fill() {
     let reg = FakeRegistry::start().await;
@@ -65,7 +59,7 @@ async fn a_late_joiner_gets_the_whole_blob_from_the_same_fill() {
     reg.set_fault(Fault::SlowBlobs { chunk: 100_000, delay_ms: 20 });
     let url = format!("{}/v2/alpine/blobs/{}", m.url, layer.digest);
     let first = spawn_get(&url);
-    eventually("the fill is under way", || tmp_bytes(&m) >= 500_000).await;
+    eventually("the fill is under way", || m.tmp_bytes() >= 500_000).await;
     let late = Mirror::client().get(&url).send().await.unwrap().bytes().await.unwrap().to_vec();
     assert!(late == layer.bytes, "the late joiner gets every byte");
     assert!(first.await.unwrap() == layer.bytes);
@@ -81,7 +75,7 @@ async fn a_range_inside_a_running_fill_is_answered_before_it_ends() {
     reg.set_fault(Fault::SlowBlobs { chunk: 100_000, delay_ms: 50 });
     let url = format!("{}/v2/alpine/blobs/{}", m.url, layer.digest);
     let full = spawn_get(&url);
-    eventually("the fill is under way", || tmp_bytes(&m) >= 300_000).await;
+    eventually("the fill is under way", || m.tmp_bytes() >= 300_000).await;
     let resp = Mirror::client().get(&url).header("range", "bytes=100000-199999").send().await.unwrap();
     assert_eq!(resp.status(), 206);
     assert_eq!(resp.headers()["content-range"], "bytes 100000-199999/2000000");
@@ -103,7 +97,7 @@ async fn a_waiter_that_disconnects_does_not_disturb_the_others() {
     let url = format!("{}/v2/alpine/blobs/{}", m.url, layer.digest);
     let quitter = Mirror::client().get(&url).send().await.unwrap();
     let stayer = spawn_get(&url);
-    eventually("the fill is under way", || tmp_bytes(&m) >= 300_000).await;
+    eventually("the fill is under way", || m.tmp_bytes() >= 300_000).await;
     drop(quitter);
     assert!(stayer.await.unwrap() == layer.bytes);
     m.wait_stored(&layer.digest).await;

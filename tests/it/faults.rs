@@ -1,6 +1,6 @@
 //! Faults a real registry can't produce on demand: wrong bytes, cuts, outages, hangs, 429.
 
-use crate::it::mirror::{error_code, Mirror, Options};
+use crate::it::mirror::{error_code, eventually, spawn_get, Mirror, Options};
 use crate::support::fake_registry::{Fault, FakeRegistry, RATE_LIMIT_MESSAGE};
 use crate::support::images;
 
@@ -150,18 +150,31 @@ impl Drop for Tmpfs {
 async fn disk_full_during_a_fill_still_delivers_and_keeps_nothing() {
     let disk = Tmpfs::mount("3m");
     let reg = FakeRegistry::start().await;
-    let big = images::schema2_image(&reg, "library/big", "1", 1, 8_000_000);
+    // 2 MB fit on the empty 3 MB disk: the fill starts storing.
+    let big = images::schema2_image(&reg, "library/big", "1", 1, 2_000_000);
     let small = images::schema2_image(&reg, "library/small", "1", 1, 10_000);
     let data = disk.dir.path().join("data");
-    let m = Mirror::start_with(&reg, Options { credentials: true, data_dir: Some(data), ..Default::default() }).await;
-
-    let (status, bytes) = m.blob("big", &big.layers[0].digest).await.expect("the client still gets its bytes");
-    assert_eq!(status, 200);
-    assert!(bytes == big.layers[0].bytes);
-    assert!(!m.has_blob(&big.layers[0].digest));
+    let top = "[fills]\nmin_free = \"0\"".to_owned();
+    let m = Mirror::start_with(&reg, Options { credentials: true, data_dir: Some(data), top, ..Default::default() }).await;
+    let digest = &big.layers[0].digest;
+    reg.set_fault(Fault::HoldBlobsAfter { bytes: 600_000, path_contains: digest.clone() });
+    let got = spawn_get(&format!("{}/v2/big/blobs/{digest}", m.url));
+    eventually("the fill is under way", || m.tmp_bytes() >= 600_000).await;
+    // Another writer takes the rest of the disk while the fill is under way.
+    let filler = disk.dir.path().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        while f.write_all(&[0u8; 64 * 1024]).is_ok() {}
+    }
+    reg.release_held();
+    assert!(got.await.expect("the client still gets its bytes") == big.layers[0].bytes);
+    eventually("the fill ended", || m.fills.is_empty()).await;
+    assert!(!m.has_blob(digest));
     assert_eq!(m.tmp_files(), 0, "nothing half-written is kept");
 
     // regcache keeps running and stores what fits.
+    std::fs::remove_file(&filler).unwrap();
     let (_, bytes) = m.blob("small", &small.layers[0].digest).await.unwrap();
     assert!(bytes == small.layers[0].bytes);
     m.wait_stored(&small.layers[0].digest).await;

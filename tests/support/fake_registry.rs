@@ -88,6 +88,13 @@ pub enum Fault {
     /// are answered as usual (other faults included). Lets a test act while a request is in flight
     /// without guessing how long it takes.
     Hold { path_contains: String },
+    /// The CDN serves blobs without a `Content-Length`, repeating their bytes forever: a body
+    /// that never ends.
+    EndlessBlobs,
+    /// The CDN sends the first `bytes` of blobs whose path contains `path_contains`, then holds
+    /// the rest of the body until [`FakeRegistry::release_held`]. Lets a test act while a blob
+    /// is half transferred.
+    HoldBlobsAfter { bytes: usize, path_contains: String },
     /// The token endpoint answers `expires_in` as this raw JSON text (`None`: the field is left
     /// out), e.g. `"18446744073709551615"`, `"-1"`, `"1.5"`, `"\"300\""`.
     TokenExpiresIn(Option<String>),
@@ -150,6 +157,8 @@ struct State {
     private: HashSet<String>,
     /// Issued bearer token -> repository names it may pull.
     tokens: HashMap<String, HashSet<String>>,
+    /// (repository, subject digest) -> referrers list served by the referrers API.
+    referrers: HashMap<(String, String), Bytes>,
     issued: u64,
     log: Vec<Seen>,
     cdn_log: Vec<Seen>,
@@ -217,6 +226,7 @@ impl FakeRegistry {
             repos: HashMap::new(),
             private: HashSet::new(),
             tokens: HashMap::new(),
+            referrers: HashMap::new(),
             issued: 0,
             log: Vec::new(),
             cdn_log: Vec::new(),
@@ -335,6 +345,12 @@ impl FakeRegistry {
         if let Some(tag) = tag {
             entry.tags.insert(tag.to_string(), digest.to_string());
         }
+    }
+
+    /// Serves `list` (an OCI image index) as the referrers of `subject` in `repo`; without one the
+    /// referrers API answers 404, like a registry without it.
+    pub fn put_referrers(&self, repo: &str, subject: &str, list: Vec<u8>) {
+        self.state().referrers.insert((repo.to_string(), subject.to_string()), Bytes::from(list));
     }
 
     /// Removes a tag; the manifest stays reachable by digest.
@@ -727,6 +743,7 @@ enum Route<'a> {
     Manifest { name: &'a str, reference: &'a str },
     Blob { name: &'a str, digest: &'a str },
     Tags { name: &'a str },
+    Referrers { name: &'a str, digest: &'a str },
     Other,
 }
 
@@ -741,6 +758,11 @@ fn route(path: &str) -> Route<'_> {
     let Some(rest) = path.strip_prefix("/v2/") else {
         return Route::Other;
     };
+    if let Some((name, digest)) = rest.rsplit_once("/referrers/") {
+        if !name.is_empty() && !digest.is_empty() && !digest.contains('/') {
+            return Route::Referrers { name, digest };
+        }
+    }
     if let Some(name) = rest.strip_suffix("/tags/list") {
         return if name.is_empty() {
             Route::Other
@@ -919,7 +941,10 @@ fn route_registry(
                 unauthorized(shared, req, None, head)
             }
         }
-        Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::Tags { name }
+        Route::Manifest { name, .. }
+        | Route::Blob { name, .. }
+        | Route::Tags { name }
+        | Route::Referrers { name, .. }
             if !bearer(req.headers()).is_some_and(|t| {
                 lock(&shared.state)
                     .tokens
@@ -934,6 +959,20 @@ fn route_registry(
         }
         Route::Blob { digest, .. } if get_or_head => blob(shared, digest, head),
         Route::Tags { name } if get_or_head => tags(shared, name, &query_pairs(req), head),
+        Route::Referrers { name, digest } if get_or_head => {
+            let list = lock(&shared.state).referrers.get(&(name.to_string(), digest.to_string())).cloned();
+            match list {
+                Some(list) => {
+                    let len = list.len().to_string();
+                    let headers = [
+                        ("content-type", "application/vnd.oci.image.index.v1+json"),
+                        ("content-length", len.as_str()),
+                    ];
+                    respond(200, &headers, if head { empty() } else { full(list) })
+                }
+                None => oci_error(404, "NOT_FOUND", "no such route", head),
+            }
+        }
         Route::Other => oci_error(404, "NOT_FOUND", "no such route", head),
         _ => oci_error(405, "UNSUPPORTED", "the operation is unsupported", head),
     }
@@ -1300,6 +1339,19 @@ fn cdn(shared: &Shared, req: &Request<Incoming>, cut: &Arc<CutSwitch>) -> Respon
     if head {
         return respond(status, &headers, empty());
     }
+    if faults.contains(&Fault::EndlessBlobs) {
+        // Chunked: no Content-Length, and no end.
+        let piece = if data.is_empty() { Bytes::from_static(b"\0") } else { data.slice(..data.len().min(64 * 1024)) };
+        let stream = futures_util::stream::repeat_with(move || Ok::<_, io::Error>(Frame::data(piece.clone())));
+        return respond(200, &[("content-type", "application/octet-stream")], BodyExt::boxed_unsync(StreamBody::new(stream)));
+    }
+    let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("");
+    let hold_at = faults.iter().find_map(|f| match f {
+        Fault::HoldBlobsAfter { bytes, path_contains } if path_and_query.contains(path_contains.as_str()) => {
+            Some((*bytes, shared.release.subscribe()))
+        }
+        _ => None,
+    });
     let slow = faults.iter().find_map(|f| match f {
         Fault::SlowBlobs { chunk, delay_ms } => {
             Some(((*chunk).max(1), Duration::from_millis(*delay_ms)))
@@ -1313,16 +1365,18 @@ fn cdn(shared: &Shared, req: &Request<Incoming>, cut: &Arc<CutSwitch>) -> Respon
     respond(
         status,
         &headers,
-        blob_body(data, slow, cut_after.map(|n| (n, cut.clone()))),
+        blob_body(data, slow, cut_after.map(|n| (n, cut.clone())), hold_at),
     )
 }
 
 /// Streams `data` (in 64 KiB chunks, or as `slow` says), optionally stopping
-/// after `cut.0` bytes and then having the connection dropped.
+/// after `cut.0` bytes and then having the connection dropped, or holding the rest
+/// after `hold.0` bytes until `hold.1` opens.
 fn blob_body(
     data: Bytes,
     slow: Option<(usize, Duration)>,
     cut: Option<(usize, Arc<CutSwitch>)>,
+    hold: Option<(usize, tokio::sync::watch::Receiver<bool>)>,
 ) -> Body {
     struct St {
         data: Bytes,
@@ -1331,6 +1385,7 @@ fn blob_body(
         chunk: usize,
         delay: Option<Duration>,
         cut: Option<Arc<CutSwitch>>,
+        hold: Option<(usize, tokio::sync::watch::Receiver<bool>)>,
     }
     let st = St {
         limit: cut.as_ref().map_or(data.len(), |(n, _)| *n),
@@ -1339,6 +1394,7 @@ fn blob_body(
         chunk: slow.map_or(64 * 1024, |(c, _)| c),
         delay: slow.map(|(_, d)| d),
         cut: cut.map(|(_, c)| c),
+        hold,
     };
     let stream = futures_util::stream::unfold(st, |mut st| async move {
         if st.pos >= st.limit {
@@ -1354,7 +1410,15 @@ fn blob_body(
         if let (Some(delay), true) = (st.delay, st.pos > 0) {
             tokio::time::sleep(delay).await;
         }
-        let end = (st.pos + st.chunk).min(st.limit);
+        let mut end = (st.pos + st.chunk).min(st.limit);
+        if let Some((at, release)) = &mut st.hold {
+            if st.pos >= *at {
+                let _ = release.wait_for(|open| *open).await;
+                st.hold = None;
+            } else {
+                end = end.min(*at);
+            }
+        }
         let frame = Frame::data(st.data.slice(st.pos..end));
         st.pos = end;
         Some((Ok::<_, io::Error>(frame), st))
