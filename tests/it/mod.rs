@@ -3,6 +3,7 @@ pub mod api;
 pub mod cli;
 pub mod coalescing;
 pub mod commands;
+pub mod connections;
 pub mod eviction;
 pub mod faults;
 pub mod freshness;
