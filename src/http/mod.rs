@@ -30,7 +30,7 @@ use crate::upstream::{content_length, Upstream};
 use error::{oci_error, refused, rescue, route_error, Resource};
 pub use range::parse_range;
 pub use route::{query, route, Query, RepoRoute, Route, RouteError};
-pub use server::{serve, serve_admin};
+pub use server::{bind_local, serve, serve_admin, serve_local};
 pub use tls::Tls;
 
 /// The response body type.

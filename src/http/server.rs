@@ -34,21 +34,68 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 /// Serve the registry API on `listener`, and on the local socket in the data directory, until
 /// `shutdown` resolves; then drain and flush the index.
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: impl Future<Output = ()>) {
+    let local = match bind_local(registry.local_socket()) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            let path = registry.local_socket().display();
+            tracing::warn!(%path, error = %e, "no local socket; `regcache warm` can't reach this server");
+            None
+        }
+    };
+    serve_on(Some(listener), local, registry, shutdown).await
+}
+
+/// Serve the registry API on the local socket `local` only (the temporary server of
+/// `regcache warm`) until `shutdown` resolves; then drain and flush the index.
+pub async fn serve_local(local: UnixListener, registry: Arc<Registry>, shutdown: impl Future<Output = ()>) {
+    serve_on(None, Some(local), registry, shutdown).await
+}
+
+/// Bind the local socket: the registry API for the host's administrator (`regcache warm`), without
+/// TLS or access control. Who may connect is decided by the file's permissions (owner only) and
+/// the data directory's. Call only while holding the data directory (an open store): a socket file
+/// found there is then stale and is replaced.
+pub fn bind_local(path: &Path) -> io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+async fn serve_on(
+    main: Option<TcpListener>,
+    local: Option<UnixListener>,
+    registry: Arc<Registry>,
+    shutdown: impl Future<Output = ()>,
+) {
     let stop = CancellationToken::new();
-    let local = bind_local(registry.local_socket())
-        .map(|l| tokio::spawn(accept_loop(l, registry.clone(), Surface::Local, stop.clone().cancelled_owned())));
-    let main_stopped = {
+    let local = local.map(|l| tokio::spawn(accept_loop(l, registry.clone(), Surface::Local, stop.clone().cancelled_owned())));
+    let stopped = {
         let stop = stop.clone();
         async move {
             shutdown.await;
             stop.cancel();
         }
     };
-    let deadline = accept_loop(listener, registry.clone(), Surface::Main, main_stopped).await;
-    if let Some(local) = local {
-        let _ = local.await;
-        let _ = std::fs::remove_file(registry.local_socket());
-    }
+    let main_deadline = match main {
+        Some(listener) => Some(accept_loop(listener, registry.clone(), Surface::Main, stopped).await),
+        None => {
+            stopped.await;
+            None
+        }
+    };
+    let local_deadline = match local {
+        Some(task) => {
+            let deadline = task.await.ok();
+            let _ = std::fs::remove_file(registry.local_socket());
+            deadline
+        }
+        None => None,
+    };
+    let deadline = main_deadline.or(local_deadline).unwrap_or_else(tokio::time::Instant::now);
     // Downloads still running (their clients may be gone) finish and are stored, within the drain time.
     if tokio::time::timeout_at(deadline, registry.cache().fills().idle()).await.is_err() {
         tracing::warn!("blob downloads still running at the end of the drain time; they will be fetched again");
@@ -62,25 +109,6 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: imp
 /// Serve only `/metrics` and `/healthz` on `listener` until `shutdown` resolves.
 pub async fn serve_admin(listener: TcpListener, registry: Arc<Registry>, shutdown: impl Future<Output = ()>) {
     let _ = accept_loop(listener, registry, Surface::Admin, shutdown).await;
-}
-
-/// The local socket: the registry API for the host's administrator (`regcache warm`), without TLS
-/// or access control; who may connect is decided by the file's permissions (owner only) and the
-/// data directory's. `None` (with a warning) when it can't be made.
-fn bind_local(path: &Path) -> Option<UnixListener> {
-    // Only a server holding the data directory's lock gets here, so a socket file left there is stale.
-    let _ = std::fs::remove_file(path);
-    let bound = UnixListener::bind(path).and_then(|l| {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(l)
-    });
-    match bound {
-        Ok(l) => Some(l),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "no local socket; `regcache warm` can't reach this server");
-            None
-        }
-    }
 }
 
 /// Something connections are accepted from.
