@@ -26,8 +26,10 @@ use super::{Body, Registry, Surface};
 
 /// How long running transfers may go on after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(30);
-/// The most a connection queues before hyper stops asking the body for more.
-const MAX_QUEUED: usize = 128 * 1024;
+/// The most a connection queues before hyper stops asking the body for more (also the limit of a
+/// request head). With the blob reader's small chunks, a client that stops reading holds at most
+/// about twice this in regcache's memory, the rest waits in the kernel's socket buffers.
+const MAX_QUEUED: usize = 16 * 1024;
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
@@ -177,7 +179,7 @@ async fn accept_loop<L: Listener>(
         };
         // Before a byte is read or a TLS handshake started.
         if surface == Surface::Main && !registry.gate().allows(peer.ip()) {
-            tracing::debug!(%peer, "address not allowed; connection closed");
+            tracing::info!(%peer, "address not allowed: connection closed");
             continue;
         }
         let busy = Arc::new(Busy::default());
