@@ -3,7 +3,7 @@
 //! works).
 //!
 //! bcrypt is slow on purpose, so checking a password must not be a way to stall the server: it runs
-//! on the blocking pool, at most [`BCRYPT_AT_ONCE`] at a time; an unknown user costs the same bcrypt
+//! on the blocking pool, on at most half the cores at a time; an unknown user costs the same bcrypt
 //! as a known one (no username oracle); verified credentials are remembered, so a correct client
 //! pays once; and an address that sends [`Access::max_failures`] wrong credentials within a minute
 //! gets 429 until the minute is over, without any bcrypt.
@@ -24,8 +24,11 @@ use crate::config::Access;
 /// How many verified credentials are remembered before the memory is cleared. Only correct
 /// credentials are remembered, so clients that don't know a password can't fill it.
 const REMEMBERED: usize = 10_000;
-/// How many bcrypt verifications run at once (each occupies a blocking-pool thread and a core).
-pub const BCRYPT_AT_ONCE: usize = 2;
+/// How many bcrypt verifications run at once (each occupies a blocking-pool thread and a core):
+/// half the cores, at least one, so that the other half keeps serving while a crowd sends passwords.
+fn bcrypt_at_once() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
 /// The window wrong credentials are counted in.
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// How many client addresses the failure counts keep; past it, new addresses share one count.
@@ -67,7 +70,7 @@ impl Gate {
             policy,
             verified: Mutex::new(HashSet::new()),
             failures: Mutex::new(Failures::default()),
-            bcrypt: Semaphore::new(BCRYPT_AT_ONCE),
+            bcrypt: Semaphore::new(bcrypt_at_once()),
             verify,
             verifications: AtomicU64::new(0),
         }
