@@ -3,7 +3,8 @@
 //! works).
 //!
 //! bcrypt is slow on purpose, so checking a password must not be a way to stall the server: it runs
-//! on the blocking pool, on at most half the cores at a time; an unknown user costs the same bcrypt
+//! on threads of its own, on at most half the cores and at a lower scheduling priority than the
+//! async workers (which serve transfers and `/healthz` first); an unknown user costs the same bcrypt
 //! as a known one (no username oracle); verified credentials are remembered, so a correct client
 //! pays once; and an address that sends [`Access::max_failures`] wrong credentials within a minute
 //! gets 429 until the minute is over, without any bcrypt.
@@ -11,24 +12,26 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use http::HeaderValue;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::Semaphore;
 
 use crate::config::Access;
 
 /// How many verified credentials are remembered before the memory is cleared. Only correct
 /// credentials are remembered, so clients that don't know a password can't fill it.
 const REMEMBERED: usize = 10_000;
-/// How many bcrypt verifications run at once (each occupies a blocking-pool thread and a core):
-/// half the cores, at least one, so that the other half keeps serving while a crowd sends passwords.
+/// How many bcrypt verifications run at once (each occupies a thread and a core): half the cores,
+/// at least one, so that the other half keeps serving while a crowd sends passwords.
 fn bcrypt_at_once() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
+
+/// The `nice` of the password-checking threads: the scheduler runs the async workers first.
+const CHECKER_NICE: i32 = 10;
 /// The window wrong credentials are counted in.
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// How many client addresses the failure counts keep; past it, new addresses share one count.
@@ -50,7 +53,8 @@ pub struct Gate {
     /// `sha256(user \0 password)` of credentials that verified.
     verified: Mutex<HashSet<[u8; 32]>>,
     failures: Mutex<Failures>,
-    bcrypt: Semaphore,
+    /// Jobs for the password-checking threads, which end when this is dropped.
+    checkers: mpsc::Sender<Job>,
     /// `verify(password, hash)`: bcrypt, or a stand-in in tests.
     verify: Verifier,
     verifications: AtomicU64,
@@ -58,6 +62,35 @@ pub struct Gate {
 
 /// Checks a password against a stored hash.
 type Verifier = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
+/// One password check for a checker thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Start `n` password-checking threads (none when no htpasswd is configured) at a lower priority.
+fn start_checkers(n: usize) -> mpsc::Sender<Job> {
+    let (jobs, queue) = mpsc::channel::<Job>();
+    let queue = Arc::new(Mutex::new(queue));
+    for i in 0..n {
+        let queue = queue.clone();
+        let spawned = std::thread::Builder::new().name(format!("regcache-bcrypt-{i}")).spawn(move || {
+            // On Linux a thread id names just this thread to setpriority. Failing to lower the
+            // priority (some sandboxes forbid it) leaves the thread at the normal one.
+            let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), CHECKER_NICE);
+            loop {
+                // The lock is held only while waiting for the next job, never while checking.
+                let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                match job {
+                    Ok(job) => job(),
+                    Err(_) => return, // the gate is gone
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a password-checking thread");
+        }
+    }
+    jobs
+}
 
 impl Gate {
     /// A gate for `policy`.
@@ -67,12 +100,12 @@ impl Gate {
 
     fn with_verifier(policy: Access, verify: Verifier) -> Gate {
         Gate {
-            policy,
             verified: Mutex::new(HashSet::new()),
+            checkers: start_checkers(if policy.users.is_empty() { 0 } else { bcrypt_at_once() }),
             failures: Mutex::new(Failures::default()),
-            bcrypt: Semaphore::new(bcrypt_at_once()),
             verify,
             verifications: AtomicU64::new(0),
+            policy,
         }
     }
 
@@ -110,13 +143,15 @@ impl Gate {
         // An unknown user is checked against the first user's hash (and fails whatever the result):
         // the same work, so the time of the answer doesn't tell whether the user exists.
         let hash = known.map_or(first_hash, |(_, h)| h).clone();
-        let matched = {
-            // The semaphore is never closed, so acquiring only waits.
-            let _permit = self.bcrypt.acquire().await;
-            self.verifications.fetch_add(1, Ordering::Relaxed);
-            let verify = self.verify.clone();
-            tokio::task::spawn_blocking(move || verify(&password, &hash)).await.unwrap_or(false)
-        };
+        self.verifications.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let verify = self.verify.clone();
+        // Jobs queue while every checker is busy; the queue is bounded by the requests in progress
+        // (max_connections) and each address's failure limit. No checker thread: refused.
+        let sent = self.checkers.send(Box::new(move || {
+            let _ = tx.send(verify(&password, &hash));
+        }));
+        let matched = sent.is_ok() && rx.await.unwrap_or(false);
         if !(matched && known.is_some()) {
             return Err(Refusal::Unauthorized);
         }
