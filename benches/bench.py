@@ -13,11 +13,14 @@ tag, 4 32 clients on one cold blob, 5 cold skopeo pulls, 6 peak RSS during 4, 7 
 crossings per blob during 5.  The table goes to stdout and to benches/last-run.md.
 """
 import datetime
+import http.client
+import json
 import os
 import platform
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +47,10 @@ BIG_MIB = int(os.environ.get("BENCH_BIG_MIB", "256"))
 N_CLIENTS = int(os.environ.get("BENCH_CLIENTS", "32"))
 LOAD_SECS = int(os.environ.get("BENCH_LOAD_SECS", "10"))
 COLD_REPS = int(os.environ.get("BENCH_COLD_REPS", "2"))
+STALLED = int(os.environ.get("BENCH_STALLED", "1000"))
+FLOODERS = int(os.environ.get("BENCH_FLOODERS", "32"))
+# Only these figures ("8,9"): a reduced run for working on one scenario.
+ONLY = [f for f in os.environ.get("BENCH_ONLY", "").split(",") if f]
 DEADLINE = float(os.environ.get("BENCH_DEADLINE") or (time.time() + 840))
 T_START = time.time()
 
@@ -255,6 +262,45 @@ def wait_quiet(paths, quiet=1.0, limit=60):
     return False
 
 
+# The wrong-password flood of figure 9: argv port, clients; each client on its own loopback address
+# sends wrong credentials on a kept-alive connection as fast as it gets answers. Prints "started"
+# once each has had an answer, runs until stdin closes, then prints the answers by status (JSON).
+FLOOD_SCRIPT = r"""
+import base64, http.client, json, sys, threading
+port, n = int(sys.argv[1]), int(sys.argv[2])
+stop, lock, counts, first = threading.Event(), threading.Lock(), {}, threading.Barrier(n + 1)
+def flood(i):
+    bad = "Basic " + base64.b64encode(f"bench:wrong{i}".encode()).decode()
+    started = False
+    while not stop.is_set():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(f"127.0.1.{i + 1}", 0))
+        try:
+            while not stop.is_set():
+                conn.request("GET", "/v2/", headers={"Authorization": bad})
+                r = conn.getresponse()
+                r.read()
+                with lock:
+                    counts[r.status] = counts.get(r.status, 0) + 1
+                if not started:
+                    started = True
+                    first.wait()
+        except OSError:
+            pass
+        finally:
+            conn.close()
+threads = [threading.Thread(target=flood, args=(i,), daemon=True) for i in range(n)]
+for t in threads:
+    t.start()
+first.wait()
+print("started", flush=True)
+sys.stdin.read()
+stop.set()
+for t in threads:
+    t.join(timeout=30)
+print(json.dumps(counts), flush=True)
+"""
+
+
 # ---------------------------------------------------------------- images
 
 def chacha(label, n):
@@ -279,7 +325,12 @@ def build_images(cache_dir):
     del payload
     bench256 = e2eimg._single("bench256", "library/bench256", "1", store, "bench256", False,
                               [e2eimg._rootfs_entries("bench256", "amd64"), big_layer])
-    return {"bench30": bench30, "bench256": bench256}
+    small = chacha("bench32", 32 * MIB)
+    layer32 = e2eimg._layer(store, [("data", None, 0o755), ("data/random.bin", small, 0o644)], level=0)
+    del small
+    bench32 = e2eimg._single("bench32", "library/bench32", "1", store, "bench32", False,
+                             [e2eimg._rootfs_entries("bench32", "amd64"), layer32])
+    return {"bench30": bench30, "bench256": bench256, "bench32": bench32}
 
 
 def big_blob_of(img):
@@ -619,6 +670,145 @@ http {{
                         note(f"figure {fig} {method} {kind}: {r['non2xx']} non-2xx responses, "
                              f"{r['errors']} socket errors")
 
+    # ------------------------------------------------------------ figures 8 + 9
+    def healthz_p99(self, port, n=500):
+        """p99 latency (ms) of n sequential /healthz requests on one kept-alive connection."""
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        lat = []
+        try:
+            for _ in range(n):
+                t0 = time.perf_counter()
+                conn.request("GET", "/healthz")
+                r = conn.getresponse()
+                r.read()
+                lat.append(time.perf_counter() - t0)
+                if r.status != 200:
+                    raise RuntimeError(f"/healthz -> {r.status}")
+        finally:
+            conn.close()
+        lat.sort()
+        return 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+
+    def fig8_stalled_readers(self):
+        """STALLED clients ask for a cached 32 MiB blob and never read: the RSS they add, and
+        /healthz p99 meanwhile against the same server idle just before."""
+        need(90, "figure 8")
+        inst = self.fresh("regcache", "stall")
+        blob = big_blob_of(self.imgs["bench32"])
+        path = f"/v2/library/bench32/blobs/{blob.digest}"
+        for _ in range(2):   # the fill, then a hit: cached
+            st, _h, body = http_request("127.0.0.1", inst.port, "GET", path, timeout=120)
+            if st != 200 or len(body) != blob.size:
+                raise RuntimeError(f"figure 8: GET {path} -> {st}, {len(body)} bytes")
+        del body
+        wait_quiet(self.upstream_logs())
+        pid = inst.proc.pid
+        idle_p99 = self.healthz_p99(inst.port)
+        rss0 = proc_status_kib(pid, "VmRSS")
+        request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+        socks = []
+        try:
+            for _ in range(STALLED):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                # a small receive window keeps the kernel's share per connection small, so the
+                # machine (shared) doesn't lend gigabytes of socket buffers to the test
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+                s.connect(("127.0.0.1", inst.port))
+                s.sendall(request)
+                socks.append(s)
+            # the server has written what the sockets take when its RSS stops changing
+            last, stable_since, t_end = None, time.monotonic(), time.monotonic() + 20
+            while time.monotonic() < t_end:
+                now = proc_status_kib(pid, "VmRSS")
+                if now != last:
+                    last, stable_since = now, time.monotonic()
+                elif time.monotonic() - stable_since >= 1.0:
+                    break
+                time.sleep(0.1)
+            rss1 = proc_status_kib(pid, "VmRSS")
+            busy_p99 = self.healthz_p99(inst.port)
+            rss2 = proc_status_kib(pid, "VmRSS")
+        finally:
+            for s in socks:
+                s.close()
+        added = (max(rss1, rss2) - rss0) / 1024
+        RESULTS["8.rss_added_mib"] = added
+        RESULTS["8.rss"] = (rss0, rss1, rss2)
+        RESULTS["8.p99"] = (busy_p99, idle_p99)
+        log(f"fig8: {STALLED} stalled readers added {added:.1f} MiB RSS ({rss0} -> {rss1}/{rss2} KiB); "
+            f"/healthz p99 {busy_p99:.2f} ms (idle {idle_p99:.2f} ms)")
+        self.discard(inst)
+
+    def pull_bench30(self, port, auth):
+        """Manifest and every blob of bench30:1 on one connection with credentials; seconds."""
+        img = self.imgs["bench30"]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        t0 = time.perf_counter()
+        try:
+            paths = ["/v2/library/bench30/manifests/1"] + [f"/v2/library/bench30/blobs/{d}" for d in img.blobs]
+            for p in paths:
+                conn.request("GET", p, headers={"Authorization": auth, "Accept": MT_OCI_MANIFEST})
+                r = conn.getresponse()
+                r.read()
+                if r.status != 200:
+                    raise RuntimeError(f"figure 9: GET {p} -> {r.status}")
+        finally:
+            conn.close()
+        return time.perf_counter() - t0
+
+    def fig9_password_flood(self):
+        """FLOODERS clients, each from its own loopback address, send wrong passwords as fast as
+        they get answers while a cached pull runs: the pull's time and /healthz p99 against the
+        same server idle just before."""
+        import base64
+
+        import bcrypt
+        need(90, "figure 9")
+        d = os.path.join(self.workdir, "fig9")
+        os.makedirs(d, exist_ok=True)
+        htpasswd = os.path.join(d, "htpasswd")
+        with open(htpasswd, "w") as f:   # cost 12: the bcrypt crate's default, ~0.3 s a check
+            f.write("bench:" + bcrypt.hashpw(b"right", bcrypt.gensalt(12)).decode() + "\n")
+        self.counter += 1
+        # admin=True: the readiness probe then asks /healthz, which needs no credentials
+        inst = RegcacheMirror(f"rc-flood-{self.counter}", self.workdir, self.up, self.pki, htpasswd=htpasswd, admin=True)
+        inst.start()
+        self.live.append(inst)
+        good = "Basic " + base64.b64encode(b"bench:right").decode()
+        self.pull_bench30(inst.port, good)       # fill the cache, and the credentials are remembered
+        wait_quiet(self.upstream_logs())
+
+        def measure():
+            pulls = sorted(self.pull_bench30(inst.port, good) for _ in range(5))
+            return pulls[len(pulls) // 2], self.healthz_p99(inst.port)
+
+        idle_pull, idle_p99 = measure()
+        # The flooders run in their own process, so that they don't compete with the measuring
+        # thread for this interpreter's lock; it stops when its stdin closes and prints the counts.
+        flooder = subprocess.Popen([sys.executable, "-c", FLOOD_SCRIPT, str(inst.port), str(FLOODERS)],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        _LIVE_CHILDREN.add(flooder)
+        cpu0 = cpu_secs(inst.proc.pid)
+        t0 = time.monotonic()
+        try:
+            flooder.stdout.readline()    # "started": every flooder has sent its first password
+            flood_pull, flood_p99 = measure()
+        finally:
+            flooder.stdin.close()
+            out = flooder.stdout.read()
+            flooder.wait(timeout=30)
+            _LIVE_CHILDREN.discard(flooder)
+        cpu = (cpu_secs(inst.proc.pid) - cpu0) / (time.monotonic() - t0)
+        statuses = json.loads(out or "{}")
+        RESULTS["9.pull"] = (flood_pull, idle_pull)
+        RESULTS["9.p99"] = (flood_p99, idle_p99)
+        RESULTS["9.statuses"] = dict(sorted(statuses.items()))
+        RESULTS["9.cpu"] = cpu
+        log(f"fig9: pull {flood_pull:.3f} s under the flood (idle {idle_pull:.3f} s); /healthz p99 "
+            f"{flood_p99:.2f} ms (idle {idle_p99:.2f} ms); flood answers {RESULTS['9.statuses']}; "
+            f"mirror CPU {100 * cpu:.0f}%")
+        self.discard(inst)
+
     # ------------------------------------------------------------ all
     def build_loadgen(self):
         self.loadgen = os.path.join(self.workdir, "loadgen")
@@ -649,6 +839,13 @@ http {{
     def run(self):
         self.build_loadgen()
         self.setup()
+        if ONLY:
+            note(f"reduced run: only figures {', '.join(ONLY)} (BENCH_ONLY)")
+            if "8" in ONLY:
+                self.figure("8", self.fig8_stalled_readers)
+            if "9" in ONLY:
+                self.figure("9", self.fig9_password_flood)
+            return
         self.figure("5+7", self.fig5_cold_pulls)
         hot = {}
         for kind in ("regcache", "distribution"):
@@ -660,6 +857,8 @@ http {{
             self.figure("2+3", self.fig23_manifests, hot["regcache"], hot["distribution"])
         else:
             note("figures 1-3 skipped: they use the mirrors that figure 4 filled")
+        self.figure("8", self.fig8_stalled_readers)
+        self.figure("9", self.fig9_password_flood)
 
 
 # ---------------------------------------------------------------- table
@@ -773,6 +972,27 @@ def table():
             None if not a else (a[1] == 1 and a[2] == 1),
             "CDN bytes / image bytes: " + " / ".join(fmt(v and v[3], "{:.2f}") for v in vals.values())
             + " (regcache / distribution / direct)")
+    # 8
+    added, p99 = R("8.rss_added_mib"), R("8.p99")
+    if added is not None:
+        rss = R("8.rss")
+        row("8", f"{STALLED} clients that stop reading a cached 32 MiB blob: RSS added, MiB", fmt(added, "{:.1f}"),
+            "–", "–", "–", "< 64 MiB", added < 64,
+            f"VmRSS before / after / during the p99 run: {' / '.join(f'{k / 1024:.1f}' for k in rss)} MiB; "
+            f"{1024 * added / STALLED:.1f} KiB per connection")
+        row("8", "  /healthz p99 meanwhile, ms", fmt(p99[0], "{:.2f}"), "–", fmt(p99[1], "{:.2f}") + " (idle)",
+            fmt(ratio(*p99), "{:.2f}×") + " idle", "< 10 ms", p99[0] < 10, "500 sequential requests, one connection")
+    # 9
+    pull, p99 = R("9.pull"), R("9.p99")
+    if pull is not None:
+        q = ratio(*pull)
+        row("9", f"cached pull (30-layer image) while {FLOODERS} clients flood wrong passwords, s", fmt(pull[0], "{:.3f}"),
+            "–", fmt(pull[1], "{:.3f}") + " (idle)", fmt(q, "{:.2f}×") + " idle", "≤ 2× idle", None if q is None else q <= 2,
+            f"median of 5; flood answers by status {R('9.statuses')}; mirror CPU {100 * R('9.cpu'):.0f}%; "
+            "each flooder from its own address, bcrypt cost 12")
+        q = ratio(*p99)
+        row("9", "  /healthz p99 meanwhile, ms", fmt(p99[0], "{:.2f}"), "–", fmt(p99[1], "{:.2f}") + " (idle)",
+            fmt(q, "{:.2f}×") + " idle", "≤ 2× idle", None if q is None else q <= 2, "500 sequential requests, one connection")
     head = ("| # | figure | regcache | distribution proxy | nginx / direct | ratio | target | result | notes |\n"
             "|---|---|---|---|---|---|---|---|---|")
     return head + "\n" + "\n".join(rows)

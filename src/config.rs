@@ -13,6 +13,8 @@ use url::Url;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
 /// Where regcache keeps its data when nothing says otherwise.
 pub const DEFAULT_DATA_DIR: &str = "./regcache-data";
+/// The name of the local socket in the data directory.
+pub const LOCAL_SOCKET: &str = "regcache.sock";
 /// The registry a configuration without upstreams mirrors.
 pub const DOCKER_HUB_NAME: &str = "docker.io";
 /// Docker Hub's registry endpoint.
@@ -31,6 +33,10 @@ struct RawConfig {
     data_dir: Option<PathBuf>,
     max_size: Option<String>,
     admin_listen: Option<String>,
+    header_timeout: Option<String>,
+    keepalive_timeout: Option<String>,
+    client_idle_timeout: Option<String>,
+    max_connections: Option<usize>,
     tls: Option<RawTls>,
     access: Option<RawAccess>,
     fills: Option<RawFills>,
@@ -61,6 +67,7 @@ struct RawAccess {
     htpasswd: Option<PathBuf>,
     #[serde(default)]
     allow: Vec<String>,
+    max_failures: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +112,8 @@ pub struct Config {
     pub max_size: Option<u64>,
     /// Where `/metrics` and `/healthz` are served instead of `listen`, if set.
     pub admin_listen: Option<SocketAddr>,
+    /// Limits on client connections.
+    pub connections: Connections,
     /// HTTPS for clients, if configured.
     pub tls: Option<TlsFiles>,
     /// Who may use the mirror.
@@ -149,19 +158,58 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// Limits on client connections, so that clients that stall can't hold the server's resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connections {
+    /// How long a client has to send a complete request head (and, on a new connection, to start).
+    pub header_timeout: Duration,
+    /// How long a connection with no request in progress is kept open.
+    pub keepalive_timeout: Duration,
+    /// How long a response may make no progress (the client doesn't read) before it is dropped.
+    pub client_idle_timeout: Duration,
+    /// The most client connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            header_timeout: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(120),
+            client_idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
+}
+
 /// Access control for the mirror itself.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Access {
     /// `user → bcrypt hash`, from the htpasswd file; empty: no credentials needed.
     pub users: Vec<(String, String)>,
     /// Client networks served; empty: all.
     pub allow: Vec<ipnet::IpNet>,
+    /// Wrong credentials an address may send per minute before it gets 429.
+    pub max_failures: u32,
+}
+
+/// Wrong credentials per address per minute when the configuration doesn't say.
+pub const DEFAULT_MAX_FAILURES: u32 = 10;
+
+impl Default for Access {
+    fn default() -> Self {
+        Access { users: Vec::new(), allow: Vec::new(), max_failures: DEFAULT_MAX_FAILURES }
+    }
 }
 
 impl fmt::Debug for Access {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let users: Vec<&str> = self.users.iter().map(|(u, _)| u.as_str()).collect();
-        f.debug_struct("Access").field("users", &users).field("allow", &self.allow).finish()
+        f.debug_struct("Access")
+            .field("users", &users)
+            .field("allow", &self.allow)
+            .field("max_failures", &self.max_failures)
+            .finish()
     }
 }
 
@@ -256,12 +304,23 @@ impl Config {
             let users: Vec<&str> = self.access.users.iter().map(|(u, _)| u.as_str()).collect();
             s.push_str(&format!("access.htpasswd = users {} (hashes not shown)\n", users.join(", ")));
         }
+        if !self.access.users.is_empty() {
+            s.push_str(&format!("access.max_failures = {} per address per minute\n", self.access.max_failures));
+        }
         if self.access.allow.is_empty() {
             s.push_str("access.allow = any address\n");
         } else {
             let nets: Vec<String> = self.access.allow.iter().map(|n| n.to_string()).collect();
             s.push_str(&format!("access.allow = {}\n", nets.join(", ")));
         }
+        let c = &self.connections;
+        s.push_str(&format!(
+            "header_timeout = {}\nkeepalive_timeout = {}\nclient_idle_timeout = {}\nmax_connections = {}\n",
+            humantime::format_duration(c.header_timeout),
+            humantime::format_duration(c.keepalive_timeout),
+            humantime::format_duration(c.client_idle_timeout),
+            c.max_connections
+        ));
         match self.max_size {
             Some(m) => s.push_str(&format!("max_size = {m} bytes\n")),
             None => s.push_str("max_size = unlimited\n"),
@@ -300,6 +359,12 @@ impl Config {
         s
     }
 
+    /// The local socket in the data directory, through which the host's administrator reaches a
+    /// running server whatever its TLS and access settings (`regcache warm`).
+    pub fn local_socket(&self) -> PathBuf {
+        self.data_dir.join(LOCAL_SOCKET)
+    }
+
     /// Read and resolve the configuration: `file` if given, else the embedded defaults.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         let raw = match file {
@@ -333,6 +398,7 @@ fn parse_toml(text: &str) -> Result<RawConfig, String> {
 }
 
 fn resolve(raw: RawConfig, over: &Overrides, base: &Path) -> Result<Config, ConfigError> {
+    let connections = resolve_connections(&raw)?;
     let listen_s = over.listen.clone().or(raw.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
     let listen = listen_s
         .parse::<SocketAddr>()
@@ -377,7 +443,7 @@ fn resolve(raw: RawConfig, over: &Overrides, base: &Path) -> Result<Config, Conf
             return Err(ConfigError(format!("upstream {:?} is configured twice", u.name)));
         }
     }
-    Ok(Config { listen, data_dir, max_size, admin_listen, tls, access, fills, upstreams })
+    Ok(Config { listen, data_dir, max_size, admin_listen, connections, tls, access, fills, upstreams })
 }
 
 fn resolve_fills(raw: RawFills, max_size: Option<u64>) -> Result<FillBudget, ConfigError> {
@@ -404,6 +470,29 @@ fn resolve_fills(raw: RawFills, max_size: Option<u64>) -> Result<FillBudget, Con
         unread_max: duration("unread_max", raw.unread_max, DEFAULT_UNREAD_MAX)?,
         unread_min_rate: size("unread_min_rate", raw.unread_min_rate, DEFAULT_UNREAD_MIN_RATE)?,
         rate_window: duration("rate_window", raw.rate_window, DEFAULT_RATE_WINDOW)?,
+    })
+}
+
+fn resolve_connections(raw: &RawConfig) -> Result<Connections, ConfigError> {
+    let defaults = Connections::default();
+    let duration = |key: &str, v: &Option<String>, default: Duration| match v {
+        None => Ok(default),
+        Some(text) => match parse_duration(text) {
+            Ok(d) if d.is_zero() => Err(ConfigError(format!("{key} = {text:?}: must be more than 0"))),
+            Ok(d) => Ok(d),
+            Err(e) => Err(ConfigError(format!("{key} = {text:?}: {e}"))),
+        },
+    };
+    let max_connections = match raw.max_connections {
+        None => defaults.max_connections,
+        Some(0) => return Err(ConfigError("max_connections = 0: must be at least 1".into())),
+        Some(n) => n,
+    };
+    Ok(Connections {
+        header_timeout: duration("header_timeout", &raw.header_timeout, defaults.header_timeout)?,
+        keepalive_timeout: duration("keepalive_timeout", &raw.keepalive_timeout, defaults.keepalive_timeout)?,
+        client_idle_timeout: duration("client_idle_timeout", &raw.client_idle_timeout, defaults.client_idle_timeout)?,
+        max_connections,
     })
 }
 
@@ -467,7 +556,11 @@ fn resolve_access(raw: RawAccess, base: &Path) -> Result<Access, ConfigError> {
                 .map_err(|e| ConfigError(format!("access: allow {a:?}: {e}")))
         })
         .collect::<Result<_, _>>()?;
-    Ok(Access { users, allow })
+    let max_failures = match raw.max_failures {
+        Some(0) => return Err(ConfigError("access: max_failures = 0: must be at least 1".into())),
+        other => other.unwrap_or(DEFAULT_MAX_FAILURES),
+    };
+    Ok(Access { users, allow, max_failures })
 }
 
 fn resolve_upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, ConfigError> {
@@ -699,6 +792,37 @@ password = "s3cret"
         assert!(err.contains("allow"), "{err}");
         let err = load("[tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"").unwrap_err().to_string();
         assert!(err.contains("tls cert"), "{err}");
+    }
+
+    #[test]
+    fn connection_limits() {
+        assert_eq!(load("").unwrap().connections, Connections::default());
+        let c = load("header_timeout = \"5s\"\nkeepalive_timeout = \"1m\"\nclient_idle_timeout = \"90s\"\nmax_connections = 7")
+            .unwrap()
+            .connections;
+        assert_eq!(
+            c,
+            Connections {
+                header_timeout: Duration::from_secs(5),
+                keepalive_timeout: Duration::from_secs(60),
+                client_idle_timeout: Duration::from_secs(90),
+                max_connections: 7
+            }
+        );
+        let cases = [
+            ("header_timeout = \"0s\"", "header_timeout"),
+            ("keepalive_timeout = \"soon\"", "keepalive_timeout"),
+            ("client_idle_timeout = \"0\"", "client_idle_timeout"),
+            ("max_connections = 0", "max_connections"),
+            ("max_connections = -1", "line 1"),
+            ("[access]\nmax_failures = 0", "max_failures"),
+        ];
+        for (text, want) in cases {
+            let err = load(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+        assert_eq!(load("").unwrap().access.max_failures, DEFAULT_MAX_FAILURES);
+        assert_eq!(load("[access]\nmax_failures = 3").unwrap().access.max_failures, 3);
     }
 
     #[test]

@@ -41,8 +41,10 @@ use crate::upstream::{content_length, RateLimit, Upstream, UpstreamError};
 
 /// How many bytes of a fill are gathered before one write to disk.
 const WRITE_BATCH: usize = 512 * 1024;
-/// How many bytes a reader of a stored blob reads at once: large, for few system calls per blob.
-const HIT_CHUNK: usize = 512 * 1024;
+/// How many bytes a reader of a stored blob reads at once: small, because a client that stops
+/// reading keeps what hyper holds of its response (up to two chunks) until it is dropped, and a
+/// crowd of such clients must not add up (see also `http::server`'s queue limit).
+const HIT_CHUNK: usize = 16 * 1024;
 /// How many bytes a reader that fell behind a fill reads at once: small, because a crowd of clients
 /// follows one fill, and each holds a couple of chunks.
 const FOLLOW_CHUNK: usize = 64 * 1024;
@@ -837,15 +839,26 @@ async fn write_batch(
 
 /// Buffers one reader recycles: a chunk handed to hyper comes back when hyper is done with it, so a
 /// long transfer allocates a few buffers, not one per chunk.
-#[derive(Clone, Default)]
-pub struct BufPool(Arc<Mutex<Vec<Vec<u8>>>>);
+#[derive(Clone)]
+pub struct BufPool {
+    free: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// How many idle buffers it keeps.
+    keep: usize,
+}
 
-/// How many idle buffers a pool keeps.
+/// How many idle buffers the pool of a reader that follows a fill keeps.
 const POOL_MAX: usize = 2;
 
 impl BufPool {
+    /// A pool that keeps up to `keep` idle buffers. A reader of a stored blob keeps none: idle
+    /// buffers would add to what a client that stops reading holds; its small chunks come from
+    /// (and go back to) the allocator instead.
+    fn keeping(keep: usize) -> BufPool {
+        BufPool { free: Arc::default(), keep }
+    }
+
     fn take(&self, n: usize) -> Vec<u8> {
-        let mut buf = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
+        let mut buf = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
         buf.resize(n, 0);
         buf
     }
@@ -866,8 +879,8 @@ impl AsRef<[u8]> for Pooled {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        let mut pool = self.pool.0.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < POOL_MAX {
+        let mut pool = self.pool.free.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < self.pool.keep {
             pool.push(std::mem::take(&mut self.buf));
         }
     }
@@ -939,7 +952,7 @@ impl BlobReader {
             end: Some(end),
             fill: None,
             chunk: HIT_CHUNK,
-            pool: BufPool::default(),
+            pool: BufPool::keeping(0),
             _in_use: in_use,
         }
     }
@@ -956,7 +969,7 @@ impl BlobReader {
             end,
             fill: Some(Following { fill, state, position }),
             chunk: FOLLOW_CHUNK,
-            pool: BufPool::default(),
+            pool: BufPool::keeping(POOL_MAX),
             _in_use: in_use,
         }
     }

@@ -237,33 +237,30 @@ async fn reload_on_sighup(registry: std::sync::Arc<Registry>) {
     }
 }
 
-/// Warm through the running server if one holds the data directory, else through a temporary one.
-/// The temporary one listens on loopback only for this process, so it serves plain HTTP without the
-/// mirror's access control.
+/// Warm through the running server if one holds the data directory, else through a temporary
+/// one; either way over the local socket in the data directory, which needs neither TLS nor
+/// credentials (only the data directory's owner can open it).
 fn warm(config: Config, images: &[ImageRef], platform: Option<&str>) -> anyhow::Result<bool> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-    let private = Config { tls: None, access: Default::default(), ..config.clone() };
+    let socket = config.local_socket();
+    let warmer = regcache::warm::Warmer::new(&socket);
     runtime.block_on(async {
-        match Registry::open(&private) {
+        match Registry::open(&config) {
             Ok(registry) => {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a local port")?;
-                let base = format!("http://{}", listener.local_addr()?);
+                let local = regcache::http::bind_local(&socket)
+                    .with_context(|| format!("binding the local socket {}", socket.display()))?;
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                let server = tokio::spawn(regcache::http::serve(listener, registry, async {
+                let server = tokio::spawn(regcache::http::serve_local(local, registry, async {
                     let _ = stopped.await;
                 }));
-                let ok = regcache::warm::Warmer::new(&base).warm_all(images, platform).await;
+                let ok = warmer.warm_all(images, platform).await;
                 let _ = stop.send(());
                 server.await.context("stopping the temporary server")?;
                 Ok(ok)
             }
             Err(regcache::http::StartError::Store(e)) if e.is_locked() => {
-                let mut addr = config.listen;
-                if addr.ip().is_unspecified() {
-                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-                }
-                tracing::info!(%addr, "a server holds the cache; warming through it");
-                Ok(regcache::warm::Warmer::new(&format!("http://{addr}")).warm_all(images, platform).await)
+                tracing::info!(socket = %socket.display(), "a server holds the cache; warming through it");
+                Ok(warmer.warm_all(images, platform).await)
             }
             Err(e) => Err(anyhow::Error::new(e).context("opening the cache")),
         }

@@ -1,15 +1,18 @@
 //! `regcache warm IMAGE…`: fetch manifests (every platform, or one) and every blob into the cache
 //! ahead of a CI rush, by pulling through a regcache server like any client would — the running
-//! one, or a temporary one when none runs.
+//! one, or a temporary one when none runs — over the server's local socket in the data directory.
+//! That socket needs neither TLS nor credentials whatever the configuration says, because only
+//! the host's administrator (the owner of the data directory) can open it.
 
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::sync::Mutex;
 
 use crate::oci::{references, Digest, ImageRef, Reference, MANIFEST_MEDIA_TYPES};
 
@@ -24,10 +27,12 @@ pub struct Warmed {
     pub bytes: u64,
 }
 
-/// Pulls images through the regcache at `base` (`http://127.0.0.1:5000`).
+/// Pulls images through the regcache listening on a local socket.
 pub struct Warmer {
-    base: String,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    socket: PathBuf,
+    /// One HTTP/1.1 connection, opened on first use and again when the server closed it; requests
+    /// go one at a time.
+    conn: Mutex<Option<SendRequest<Empty<Bytes>>>>,
 }
 
 /// Progress of one image: total bytes when known, bytes done.
@@ -50,9 +55,9 @@ impl Progress for Option<indicatif::ProgressBar> {
 }
 
 impl Warmer {
-    /// A warmer pulling through `base`.
-    pub fn new(base: &str) -> Warmer {
-        Warmer { base: base.trim_end_matches('/').to_owned(), client: Client::builder(TokioExecutor::new()).build_http() }
+    /// A warmer pulling through the server on the local socket `socket`.
+    pub fn new(socket: &Path) -> Warmer {
+        Warmer { socket: socket.to_owned(), conn: Mutex::new(None) }
     }
 
     /// Warm every image; one progress bar per image on a terminal, plain lines otherwise.
@@ -129,22 +134,46 @@ impl Warmer {
     }
 
     fn url(&self, image: &ImageRef, rest: &str) -> String {
-        format!("{}/v2/{}/{rest}?ns={}", self.base, image.name, image.registry)
+        format!("/v2/{}/{rest}?ns={}", image.name, image.registry)
     }
 
     async fn get(&self, url: &str, accept: &[&str]) -> Result<hyper::Response<hyper::body::Incoming>, String> {
-        let mut req = Request::get(url);
+        let mut req = Request::get(url).header(header::HOST, "localhost");
         for a in accept {
             req = req.header(header::ACCEPT, *a);
         }
         let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
-        let resp = self.client.request(req).await.map_err(|e| format!("{url}: {e}"))?;
+        let resp = self.send(req).await.map_err(|e| format!("{url}: {e}"))?;
         if resp.status() != StatusCode::OK {
             let status = resp.status();
             let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             return Err(format!("{status}: {}", String::from_utf8_lossy(&body).trim()));
         }
         Ok(resp)
+    }
+
+    /// Send `req` on the connection, opening it first if needed.
+    async fn send(&self, req: Request<Empty<Bytes>>) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+        let mut conn = self.conn.lock().await;
+        let mut open = conn.take();
+        if let Some(s) = &mut open {
+            if s.ready().await.is_err() {
+                open = None;
+            }
+        }
+        let sender = match open {
+            Some(s) => conn.insert(s),
+            None => {
+                let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|e| {
+                    format!("cannot reach the server's local socket {}: {e}", self.socket.display())
+                })?;
+                let (sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+                tokio::spawn(connection);
+                conn.insert(sender)
+            }
+        };
+        sender.send_request(req).await.map_err(|e| e.to_string())
     }
 
     async fn manifest(&self, image: &ImageRef, reference: &Reference) -> Result<Bytes, String> {

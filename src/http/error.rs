@@ -32,16 +32,21 @@ pub fn oci_error(status: StatusCode, code: ErrorCode, message: &str, detail: ser
     resp
 }
 
-/// The response for a request the access policy refuses: 403 for the address, 401 with a Basic
-/// challenge for missing or wrong credentials (so `docker login` asks for them).
+/// The response for a request the access policy refuses: 401 with a Basic challenge for missing or
+/// wrong credentials (so `docker login` asks for them), 429 with `Retry-After` for an address that
+/// sent too many wrong ones lately.
 pub fn refused(refusal: Refusal) -> Resp {
     match refusal {
-        Refusal::Forbidden => {
-            oci_error(StatusCode::FORBIDDEN, ErrorCode::Denied, "this address may not use the mirror", serde_json::Value::Null)
-        }
         Refusal::Unauthorized => {
             let mut r = oci_error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "credentials required", serde_json::Value::Null);
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"regcache\""));
+            r
+        }
+        Refusal::TooManyFailures(wait) => {
+            let secs = wait.as_secs().max(1);
+            let message = format!("too many wrong credentials from this address; try again in {secs} s");
+            let mut r = oci_error(StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests, &message, serde_json::Value::Null);
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
             r
         }
     }

@@ -6,6 +6,7 @@ mod range;
 mod route;
 mod server;
 mod tls;
+mod watch;
 
 use std::convert::Infallible;
 use std::io;
@@ -29,7 +30,7 @@ use crate::upstream::{content_length, Upstream};
 use error::{oci_error, refused, rescue, route_error, Resource};
 pub use range::parse_range;
 pub use route::{query, route, Query, RepoRoute, Route, RouteError};
-pub use server::{serve, serve_admin};
+pub use server::{bind_local, serve, serve_admin, serve_local};
 pub use tls::Tls;
 
 /// The response body type.
@@ -84,6 +85,8 @@ pub struct Registry {
     tls: Option<Tls>,
     /// Whether `/metrics` lives on a separate admin listener.
     admin_separate: bool,
+    connections: crate::config::Connections,
+    local_socket: std::path::PathBuf,
 }
 
 /// Which listener a request came in on.
@@ -93,6 +96,9 @@ pub enum Surface {
     Main,
     /// `admin_listen`: `/metrics` and `/healthz` only.
     Admin,
+    /// The local socket in the data directory: everything, without access control (who may
+    /// connect is decided by the file's permissions).
+    Local,
 }
 
 /// The route of a request, for metrics.
@@ -135,12 +141,29 @@ impl Registry {
             gate: Gate::new(config.access.clone()),
             tls,
             admin_separate: config.admin_listen.is_some(),
+            connections: config.connections,
+            local_socket: config.local_socket(),
         }))
     }
 
     /// TLS for the client listener, if configured.
     pub fn tls(&self) -> Option<&Tls> {
         self.tls.as_ref()
+    }
+
+    /// The limits on client connections.
+    pub fn connections(&self) -> &crate::config::Connections {
+        &self.connections
+    }
+
+    /// The path of the local socket (see [`Surface::Local`]).
+    pub fn local_socket(&self) -> &std::path::Path {
+        &self.local_socket
+    }
+
+    /// Who may use the mirror.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
     }
 
     /// The cache.
@@ -179,23 +202,21 @@ impl Registry {
     }
 
     async fn respond(&self, req: Request<Incoming>, peer: SocketAddr, surface: Surface) -> Resp {
-        if surface == Surface::Main {
-            if let Err(refusal) = self.gate.allows(peer.ip()) {
-                return refused(refusal);
-            }
-        }
         let route = match route(req.method(), req.uri().path()) {
             Ok(r) => r,
             Err(e) => return route_error(&e),
         };
         let label = RouteLabel(route.label());
         let mut resp = match (surface, &route) {
-            (Surface::Admin, Route::Metrics | Route::Healthz) | (Surface::Main, Route::Healthz) => self.local(&route),
+            (Surface::Admin | Surface::Local, Route::Metrics | Route::Healthz) | (Surface::Main, Route::Healthz) => {
+                self.local(&route)
+            }
+            (Surface::Local, _) => self.respond_to(req, route).await,
             (Surface::Main, Route::Metrics) if !self.admin_separate => self.local(&route),
             (Surface::Admin, _) | (Surface::Main, Route::Metrics) => {
                 oci_error(StatusCode::NOT_FOUND, ErrorCode::NameUnknown, "not served on this address", serde_json::Value::Null)
             }
-            (Surface::Main, _) => match self.gate.authenticates(req.headers().get(header::AUTHORIZATION)) {
+            (Surface::Main, _) => match self.gate.authenticates(peer.ip(), req.headers().get(header::AUTHORIZATION)).await {
                 Ok(()) => self.respond_to(req, route).await,
                 Err(refusal) => refused(refusal),
             },

@@ -45,14 +45,41 @@ async fn clients_need_htpasswd_credentials() {
 }
 
 #[tokio::test]
-async fn addresses_outside_the_allow_list_get_403() {
+async fn addresses_outside_the_allow_list_are_closed_before_a_byte_is_read() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let reg = FakeRegistry::start().await;
     images::schema2_image(&reg, "library/alpine", "3", 1, 100);
     let denied = Mirror::start_with(&reg, Options { credentials: true, tail: "[access]\nallow = [\"10.0.0.0/8\"]\n".into(), ..Default::default() }).await;
-    let (status, code) = error_code(denied.get_manifest("alpine", "3").await).await;
-    assert_eq!((status.as_u16(), code.as_str()), (403, "DENIED"));
-    assert_eq!(denied.get("/v2/").await.status(), 403);
+    let mut conn = tokio::net::TcpStream::connect(denied.url.trim_start_matches("http://")).await.unwrap();
+    // The request may or may not be written before the close arrives; either way no answer comes.
+    let _ = conn.write_all(b"GET /v2/ HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+    let mut got = Vec::new();
+    let _ = conn.read_to_end(&mut got).await;
+    assert!(got.is_empty(), "no HTTP answer to a refused address: {:?}", String::from_utf8_lossy(&got));
     assert!(reg.requests().is_empty());
     let allowed = Mirror::start_with(&reg, Options { credentials: true, tail: "[access]\nallow = [\"127.0.0.0/8\"]\n".into(), ..Default::default() }).await;
     assert_eq!(allowed.get_manifest("alpine", "3").await.status(), 200);
+}
+
+#[tokio::test]
+async fn an_address_sending_wrong_passwords_gets_429_and_a_known_client_goes_on() {
+    let reg = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hash = bcrypt::hash("letmein", 4).unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(&htpasswd, format!("dev:{hash}\n")).unwrap();
+    let tail = format!("[access]\nhtpasswd = {:?}\nmax_failures = 3\n", htpasswd.display().to_string());
+    let m = Mirror::start_with(&reg, Options { credentials: true, tail, ..Default::default() }).await;
+    let get = |auth: String| Mirror::client().get(format!("{}/v2/", m.url)).header("authorization", auth).send();
+
+    assert_eq!(get(basic("dev", "letmein")).await.unwrap().status(), 200, "remembered from now on");
+    for _ in 0..3 {
+        assert_eq!(get(basic("dev", "nope")).await.unwrap().status(), 401);
+    }
+    let resp = get(basic("mallory", "guess")).await.unwrap();
+    let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let (status, code) = error_code(resp).await;
+    assert_eq!((status.as_u16(), code.as_str()), (429, "TOOMANYREQUESTS"));
+    assert_eq!(get(basic("dev", "letmein")).await.unwrap().status(), 200, "a client that already proved itself goes on");
 }

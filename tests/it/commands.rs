@@ -17,13 +17,19 @@ struct Setup {
 }
 
 fn setup(reg: &FakeRegistry, listen: &str) -> Setup {
+    setup_with(reg, listen, |_| String::new())
+}
+
+/// As [`setup`], with more configuration (`[tls]`, `[access]`) made by `tail` from the directory.
+fn setup_with(reg: &FakeRegistry, listen: &str, tail: impl FnOnce(&Path) -> String) -> Setup {
     let dir = tempfile::tempdir().unwrap();
+    let tail = tail(dir.path());
     let data = dir.path().join("data");
     let config = dir.path().join("regcache.toml");
     let mut f = std::fs::File::create(&config).unwrap();
     write!(
         f,
-        "listen = \"{listen}\"\ndata_dir = {:?}\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\nusername = \"ci\"\npassword = \"s3cret\"\n",
+        "listen = \"{listen}\"\ndata_dir = {:?}\n{tail}\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\nusername = \"ci\"\npassword = \"s3cret\"\n",
         data.display().to_string(),
         reg.url()
     )
@@ -122,6 +128,66 @@ async fn with_a_server_running_warm_goes_through_it_and_the_rest_refuse_clearly(
     }
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// `[tls]` with a fresh self-signed certificate in `dir`.
+fn tls(dir: &Path) -> String {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made));
+    format!("[tls]\ncert = {:?}\nkey = {:?}\n", cert.display().to_string(), key.display().to_string())
+}
+
+/// `[access]` that requires credentials and refuses loopback addresses altogether.
+fn access(dir: &Path) -> String {
+    let htpasswd = dir.join("htpasswd");
+    std::fs::write(&htpasswd, format!("dev:{}\n", bcrypt::hash("letmein", 4).unwrap())).unwrap();
+    format!("[access]\nhtpasswd = {:?}\nallow = [\"10.0.0.0/8\"]\n", htpasswd.display().to_string())
+}
+
+/// Start `regcache serve` with the configuration `tail` makes, warm an image, and check that the
+/// running server fetched it.
+async fn warm_through_a_running_server(tail: impl FnOnce(&Path) -> String) {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 1000);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let s = setup_with(&reg, &format!("127.0.0.1:{port}"), tail);
+    let mut server = Command::new(BIN).arg("serve").arg("--config").arg(&s.config).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !s.data.join("regcache.sock").exists() {
+        assert!(std::time::Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(s.data.join("regcache.sock")).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "only the owner may use the local socket");
+    let o = regcache(&s.config, &["warm", "docker.io/library/alpine:3"]).await;
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("warmed docker.io/library/alpine:3: 1 manifests, 2 blobs"), "{}", text(&o));
+    assert_eq!(reg.cdn_count(&image.layers[0].digest), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_goes_through_a_running_server_with_tls() {
+    warm_through_a_running_server(tls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_goes_through_a_running_server_with_access_control() {
+    warm_through_a_running_server(access).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_goes_through_a_running_server_with_tls_and_access_control() {
+    warm_through_a_running_server(|dir| format!("{}{}", tls(dir), access(dir))).await;
 }
 
 #[tokio::test]

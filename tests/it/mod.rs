@@ -4,6 +4,7 @@ pub mod budgets;
 pub mod cli;
 pub mod coalescing;
 pub mod commands;
+pub mod connections;
 pub mod eviction;
 pub mod faults;
 pub mod freshness;

@@ -34,11 +34,12 @@ class Regcache:
       tls        (cert, key) paths: serve HTTPS ([tls])
       htpasswd   path of a bcrypt htpasswd file ([access] htpasswd)
       allow      ["CIDR", ...] ([access] allow)
+      max_failures  wrong credentials per address per minute before 429 ([access] max_failures)
       admin      True: admin_listen on another free port (self.admin_port)
     """
 
     def __init__(self, name, workdir, upstream, pki, *, upstreams=None, tls=None, htpasswd=None,
-                 allow=None, admin=False):
+                 allow=None, max_failures=None, admin=False):
         self.name = name
         self.pki = pki
         self.dir = os.path.join(workdir, name)
@@ -63,6 +64,8 @@ data_dir = "{self.data_dir}"
                 text += f'htpasswd = "{htpasswd}"\n'
             if allow:
                 text += "allow = [" + ", ".join(f'"{a}"' for a in allow) + "]\n"
+            if max_failures:
+                text += f"max_failures = {max_failures}\n"
         for up_name, up in (upstreams or [("docker.io", upstream)]):
             text += f"""
 [[upstream]]
