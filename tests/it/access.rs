@@ -2,7 +2,7 @@
 
 use base64::Engine as _;
 
-use crate::it::mirror::{error_code, Mirror, Options};
+use crate::it::mirror::{error_code, htpasswd_access, Mirror, Options};
 use crate::support::fake_registry::FakeRegistry;
 use crate::support::images;
 
@@ -15,10 +15,7 @@ async fn clients_need_htpasswd_credentials() {
     let reg = FakeRegistry::start().await;
     let image = images::schema2_image(&reg, "library/alpine", "3", 1, 100);
     let dir = tempfile::tempdir().unwrap();
-    let hash = bcrypt::hash("letmein", 4).unwrap().replacen("$2b$", "$2y$", 1);
-    let htpasswd = dir.path().join("htpasswd");
-    std::fs::write(&htpasswd, format!("dev:{hash}\n")).unwrap();
-    let tail = format!("[access]\nhtpasswd = {:?}\n", htpasswd.display().to_string());
+    let tail = htpasswd_access(dir.path());
     let m = Mirror::start_with(&reg, Options { credentials: true, tail, ..Default::default() }).await;
 
     let resp = m.get("/v2/").await;
@@ -65,10 +62,7 @@ async fn addresses_outside_the_allow_list_are_closed_before_a_byte_is_read() {
 async fn an_address_sending_wrong_passwords_gets_429_and_a_known_client_goes_on() {
     let reg = FakeRegistry::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let hash = bcrypt::hash("letmein", 4).unwrap();
-    let htpasswd = dir.path().join("htpasswd");
-    std::fs::write(&htpasswd, format!("dev:{hash}\n")).unwrap();
-    let tail = format!("[access]\nhtpasswd = {:?}\nmax_failures = 3\n", htpasswd.display().to_string());
+    let tail = htpasswd_access(dir.path()) + "max_failures = 3\n";
     let m = Mirror::start_with(&reg, Options { credentials: true, tail, ..Default::default() }).await;
     let get = |auth: String| Mirror::client().get(format!("{}/v2/", m.url)).header("authorization", auth).send();
 

@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::it::mirror::{Mirror, Options};
+use crate::it::mirror::{htpasswd_access, Mirror, Options};
 use crate::support::fake_registry::FakeRegistry;
 use crate::support::images;
 
@@ -108,10 +108,7 @@ async fn the_401_challenge_reaches_a_head_over_http2() {
     let reg = FakeRegistry::start().await;
     images::schema2_image(&reg, "library/alpine", "3", 1, 100);
     let dir = tempfile::tempdir().unwrap();
-    let hash = bcrypt::hash("letmein", 4).unwrap().replacen("$2b$", "$2y$", 1);
-    let htpasswd = dir.path().join("htpasswd");
-    std::fs::write(&htpasswd, format!("dev:{hash}\n")).unwrap();
-    let tail = format!("[access]\nhtpasswd = {:?}\n", htpasswd.display().to_string());
+    let tail = htpasswd_access(dir.path());
     let m = Mirror::start_with(&reg, Options { credentials: true, tail, ..Default::default() }).await;
 
     let url = format!("{}/v2/alpine/manifests/3", m.url);

@@ -217,3 +217,12 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
+
+/// An `[access]` table (without its closing keys, so a test may add some) whose htpasswd file in
+/// `dir` has the one user `dev` with password `letmein`, as `htpasswd -B` writes it (`$2y$`).
+pub fn htpasswd_access(dir: &Path) -> String {
+    let hash = bcrypt::hash("letmein", 4).expect("bcrypt").replacen("$2b$", "$2y$", 1);
+    let htpasswd = dir.join("htpasswd");
+    std::fs::write(&htpasswd, format!("dev:{hash}\n")).expect("write htpasswd");
+    format!("[access]\nhtpasswd = {:?}\n", htpasswd.display().to_string())
+}

@@ -3,6 +3,7 @@ redirect middleware), the token server and the nginx "CDN" on 127.0.0.2."""
 import json
 import os
 import re
+import socket
 import sys
 
 from .procs import ManagedProcess
@@ -177,8 +178,11 @@ http {{
         ready("cdn", CDN_HOST, self.cdn_port, "/healthz", 200)
 
     def stop(self):
+        """Stop every server and wait until none of their ports accepts a connection."""
         for p in self.procs.values():
             p.stop()
+        wait_until(lambda: _refused("127.0.0.1", self.reg_port) and _refused("127.0.0.1", self.token_port)
+                   and _refused(CDN_HOST, self.cdn_port), 30, "upstream ports to close")
 
     def running(self):
         return any(p.alive() for p in self.procs.values())
@@ -297,3 +301,11 @@ class Delta:
                 f"registry manifest requests ({len(self.registry_manifest)}):\n"
                 f"{fmt(self.registry_manifest, ['method', 'repo', 'ref', 'status'])}\n"
                 f"CDN requests ({len(self.cdn)}):\n{fmt(self.cdn, ['method', 'uri', 'status', 'bytes', 'auth'])}")
+
+
+def _refused(host, port):
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return False
+    except OSError:
+        return True
