@@ -16,7 +16,11 @@ pub const LOW_WATER: f64 = 0.9;
 #[derive(Default)]
 pub struct Usage {
     // std Mutexes: held for a map operation only, never across an await or I/O.
+    // Bounded by what is stored: only content found in the store is touched, and the map is
+    // emptied into the index every 30 s.
     touched: Mutex<HashMap<Digest, u64>>,
+    // Bounded by the requests and fills running (max_connections): a digest leaves when its last
+    // InUse guard drops.
     in_use: Arc<Mutex<HashMap<Digest, usize>>>,
 }
 
