@@ -841,6 +841,11 @@ http {{
         self.setup()
         if ONLY:
             note(f"reduced run: only figures {', '.join(ONLY)} (BENCH_ONLY)")
+            if "1" in ONLY:
+                hot = {kind: self.figure(f"4+6 ({kind})", self.fig4_concurrent_cold, kind)
+                       for kind in ("regcache", "distribution")}
+                if None not in hot.values():
+                    self.figure("1", self.fig1_single_stream, hot["regcache"], hot["distribution"])
             if "8" in ONLY:
                 self.figure("8", self.fig8_stalled_readers)
             if "9" in ONLY:

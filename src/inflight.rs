@@ -23,7 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
@@ -41,10 +41,19 @@ use crate::upstream::{content_length, RateLimit, Upstream, UpstreamError};
 
 /// How many bytes of a fill are gathered before one write to disk.
 const WRITE_BATCH: usize = 512 * 1024;
-/// How many bytes a reader of a stored blob reads at once: small, because a client that stops
-/// reading keeps what hyper holds of its response (up to two chunks) until it is dropped, and a
-/// crowd of such clients must not add up (see also `http::server`'s queue limit).
-const HIT_CHUNK: usize = 16 * 1024;
+/// How many bytes a reader of a stored blob reads at once while [`LARGE_BUDGET`] allows: large, for
+/// few system calls per blob.
+const HIT_CHUNK: usize = 512 * 1024;
+/// What it reads at once when the budget is spent: small. A client that stops reading keeps what
+/// hyper holds of its response (one chunk) until it is dropped, so a crowd of such clients holds
+/// large chunks only up to the budget, and small ones beyond it (see also `http::server`'s queue
+/// limit).
+const HIT_CHUNK_SMALL: usize = 16 * 1024;
+/// The most memory the large buffers of stored-blob readers take together, process-wide: lent to
+/// hyper or idle in a reader's pool.
+const LARGE_BUDGET: usize = 16 * 1024 * 1024;
+/// Bytes of large buffers allocated now (at most [`LARGE_BUDGET`]).
+static LARGE_OUT: AtomicUsize = AtomicUsize::new(0);
 /// How many bytes a reader that fell behind a fill reads at once: small, because a crowd of clients
 /// follows one fill, and each holds a couple of chunks.
 const FOLLOW_CHUNK: usize = 64 * 1024;
@@ -841,39 +850,78 @@ async fn write_batch(
 /// long transfer allocates a few buffers, not one per chunk.
 #[derive(Clone)]
 pub struct BufPool {
-    free: Arc<Mutex<Vec<Vec<u8>>>>,
+    free: Arc<Mutex<Vec<Buf>>>,
     /// How many idle buffers it keeps.
     keep: usize,
+    /// Whether it serves a stored blob: its buffers are large while [`LARGE_BUDGET`] allows.
+    hits: bool,
 }
 
 /// How many idle buffers the pool of a reader that follows a fill keeps.
 const POOL_MAX: usize = 2;
 
 impl BufPool {
-    /// A pool that keeps up to `keep` idle buffers. A reader of a stored blob keeps none: idle
-    /// buffers would add to what a client that stops reading holds; its small chunks come from
-    /// (and go back to) the allocator instead.
-    fn keeping(keep: usize) -> BufPool {
-        BufPool { free: Arc::default(), keep }
+    /// The pool of a reader that follows a fill: buffers of the size asked for.
+    fn following() -> BufPool {
+        BufPool { free: Arc::default(), keep: POOL_MAX, hits: false }
     }
 
-    fn take(&self, n: usize) -> Vec<u8> {
-        let mut buf = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
-        buf.resize(n, 0);
-        buf
+    /// The pool of a reader of a stored blob: one large buffer while the budget allows, else small
+    /// ones. It keeps one idle buffer (counted in the budget if large).
+    fn hits() -> BufPool {
+        BufPool { free: Arc::default(), keep: 1, hits: true }
+    }
+
+    /// A buffer for up to `n` bytes: shorter when this pool's buffers are (read less then).
+    fn take(&self, n: usize) -> Buf {
+        let free = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        if !self.hits {
+            return free.filter(|b| b.data.len() >= n).unwrap_or_else(|| Buf { data: vec![0; n], counted: 0 });
+        }
+        match free {
+            Some(b) if b.counted > 0 || n <= b.data.len() => b,
+            // Small (the budget was spent when it was made): large again as soon as it allows.
+            small => match n > HIT_CHUNK_SMALL && reserve_large() {
+                true => Buf { data: vec![0; HIT_CHUNK], counted: HIT_CHUNK },
+                false => small.unwrap_or_else(|| Buf { data: vec![0; HIT_CHUNK_SMALL], counted: 0 }),
+            },
+        }
+    }
+}
+
+/// Count one more large buffer in [`LARGE_OUT`], if [`LARGE_BUDGET`] allows.
+fn reserve_large() -> bool {
+    LARGE_OUT
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |out| {
+            out.checked_add(HIT_CHUNK).filter(|total| *total <= LARGE_BUDGET)
+        })
+        .is_ok()
+}
+
+/// A reader's buffer; a large one counts in [`LARGE_OUT`] until it is freed.
+struct Buf {
+    data: Vec<u8>,
+    counted: usize,
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        if self.counted > 0 {
+            LARGE_OUT.fetch_sub(self.counted, Ordering::AcqRel);
+        }
     }
 }
 
 /// A pooled buffer lent to hyper as the bytes of one chunk.
 struct Pooled {
-    buf: Vec<u8>,
+    buf: Option<Buf>,
     len: usize,
     pool: BufPool,
 }
 
 impl AsRef<[u8]> for Pooled {
     fn as_ref(&self) -> &[u8] {
-        &self.buf[..self.len]
+        self.buf.as_ref().map_or(&[], |b| &b.data[..self.len])
     }
 }
 
@@ -881,7 +929,7 @@ impl Drop for Pooled {
     fn drop(&mut self) {
         let mut pool = self.pool.free.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < self.pool.keep {
-            pool.push(std::mem::take(&mut self.buf));
+            pool.extend(self.buf.take());
         }
     }
 }
@@ -891,20 +939,21 @@ impl Drop for Pooled {
 /// wait for the disk goes to the blocking pool.
 async fn read_range(file: &Arc<File>, pos: u64, n: usize, pool: &BufPool) -> io::Result<Bytes> {
     let mut buf = pool.take(n);
+    let n = n.min(buf.data.len());
     let cached = rustix::io::preadv2(
         &**file,
-        &mut [std::io::IoSliceMut::new(&mut buf[..n])],
+        &mut [std::io::IoSliceMut::new(&mut buf.data[..n])],
         pos,
         rustix::io::ReadWriteFlags::NOWAIT,
     );
     if let Ok(got @ 1..) = cached {
-        return Ok(Bytes::from_owner(Pooled { buf, len: got, pool: pool.clone() }));
+        return Ok(Bytes::from_owner(Pooled { buf: Some(buf), len: got, pool: pool.clone() }));
     }
     let file = file.clone();
-    let buf = tokio::task::spawn_blocking(move || file.read_exact_at(&mut buf[..n], pos).map(|_| buf))
+    let buf = tokio::task::spawn_blocking(move || file.read_exact_at(&mut buf.data[..n], pos).map(|_| buf))
         .await
         .map_err(io::Error::other)??;
-    Ok(Bytes::from_owner(Pooled { buf, len: n, pool: pool.clone() }))
+    Ok(Bytes::from_owner(Pooled { buf: Some(buf), len: n, pool: pool.clone() }))
 }
 
 /// Reads `[pos, end)` of a blob that is stored or being filled. While a fill runs it reads only what is
@@ -952,7 +1001,7 @@ impl BlobReader {
             end: Some(end),
             fill: None,
             chunk: HIT_CHUNK,
-            pool: BufPool::keeping(0),
+            pool: BufPool::hits(),
             _in_use: in_use,
         }
     }
@@ -969,7 +1018,7 @@ impl BlobReader {
             end,
             fill: Some(Following { fill, state, position }),
             chunk: FOLLOW_CHUNK,
-            pool: BufPool::keeping(POOL_MAX),
+            pool: BufPool::following(),
             _in_use: in_use,
         }
     }
@@ -1055,6 +1104,25 @@ mod tests {
     use super::*;
     use crate::config::{Config, Overrides};
     use crate::metrics::Metrics;
+
+    #[test]
+    fn large_hit_buffers_keep_to_their_budget() {
+        // Pools of as many readers as the budget has large buffers for, and one more.
+        let pools: Vec<BufPool> = (0..=LARGE_BUDGET / HIT_CHUNK).map(|_| BufPool::hits()).collect();
+        let held: Vec<Buf> = pools.iter().map(|p| p.take(HIT_CHUNK)).collect();
+        let large = held.iter().filter(|b| b.counted > 0).count();
+        assert!(large <= LARGE_BUDGET / HIT_CHUNK, "{large} large buffers");
+        assert!(held.iter().any(|b| b.data.len() == HIT_CHUNK_SMALL), "past the budget, buffers are small");
+        assert!(held.iter().all(|b| b.data.len() == HIT_CHUNK || b.data.len() == HIT_CHUNK_SMALL));
+        assert!(LARGE_OUT.load(Ordering::Acquire) <= LARGE_BUDGET);
+        let small_pool = pools.iter().zip(&held).find(|(_, b)| b.counted == 0).map(|(p, _)| p.clone()).unwrap();
+        drop(held);
+        // Freed buffers give the budget back, and a reader that was small gets large ones again.
+        let again = small_pool.take(HIT_CHUNK);
+        assert_eq!((again.data.len(), again.counted), (HIT_CHUNK, HIT_CHUNK));
+        // A small read never takes a large buffer.
+        assert_eq!(BufPool::hits().take(100).counted, 0);
+    }
 
     /// A store, an upstream that is never contacted (every fill here gets `injected` before its
     /// request), and the fills.
