@@ -111,6 +111,9 @@ pub enum Fault {
     Realm(String),
     /// `tags/list` ignores `n` and `last`: every tag, newest first (reverse order), no `Link`.
     TagsUnpaged,
+    /// No referrers API, like registries older than OCI distribution 1.1: `referrers/<digest>`
+    /// is an unknown route (404), so clients fall back to the `sha256-<hex>` tag schema.
+    NoReferrersApi,
     /// Every registry and CDN response carries Docker Hub's rate-limit headers
     /// (`ratelimit-limit: 100;w=21600`, `ratelimit-remaining: <remaining>;w=21600`,
     /// `docker-ratelimit-source: 192.0.2.7`).
@@ -727,6 +730,7 @@ enum Route<'a> {
     Manifest { name: &'a str, reference: &'a str },
     Blob { name: &'a str, digest: &'a str },
     Tags { name: &'a str },
+    Referrers { name: &'a str, digest: &'a str },
     Other,
 }
 
@@ -741,6 +745,13 @@ fn route(path: &str) -> Route<'_> {
     let Some(rest) = path.strip_prefix("/v2/") else {
         return Route::Other;
     };
+    if let Some((name, digest)) = rest.rsplit_once("/referrers/") {
+        return if name.is_empty() || digest.is_empty() || digest.contains('/') {
+            Route::Other
+        } else {
+            Route::Referrers { name, digest }
+        };
+    }
     if let Some(name) = rest.strip_suffix("/tags/list") {
         return if name.is_empty() {
             Route::Other
@@ -919,7 +930,13 @@ fn route_registry(
                 unauthorized(shared, req, None, head)
             }
         }
-        Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::Tags { name }
+        Route::Referrers { .. } if lock(&shared.state).faults.contains(&Fault::NoReferrersApi) => {
+            oci_error(404, "NOT_FOUND", "no such route", head)
+        }
+        Route::Manifest { name, .. }
+        | Route::Blob { name, .. }
+        | Route::Tags { name }
+        | Route::Referrers { name, .. }
             if !bearer(req.headers()).is_some_and(|t| {
                 lock(&shared.state)
                     .tokens
@@ -934,6 +951,9 @@ fn route_registry(
         }
         Route::Blob { digest, .. } if get_or_head => blob(shared, digest, head),
         Route::Tags { name } if get_or_head => tags(shared, name, &query_pairs(req), head),
+        Route::Referrers { name, digest } if get_or_head => {
+            referrers(shared, name, digest, &query_pairs(req), head)
+        }
         Route::Other => oci_error(404, "NOT_FOUND", "no such route", head),
         _ => oci_error(405, "UNSUPPORTED", "the operation is unsupported", head),
     }
@@ -1100,6 +1120,67 @@ fn manifest(
         ("etag", etag.as_str()),
     ];
     respond(200, &headers, if head { empty() } else { full(bytes) })
+}
+
+/// The referrers API (OCI distribution 1.1): an image index of the manifests in `name` whose
+/// `subject` is `digest`, each described with its `artifactType` (else its config's media type)
+/// and annotations; `?artifactType=` filters, as `OCI-Filters-Applied` then says.
+fn referrers(
+    shared: &Shared,
+    name: &str,
+    digest: &str,
+    query: &[(String, String)],
+    head: bool,
+) -> Response<Body> {
+    let wanted = query_param(query, "artifactType");
+    let mut found: Vec<(String, serde_json::Value)> = {
+        let st = lock(&shared.state);
+        let Some(repo) = st.repos.get(name) else {
+            return oci_error(404, "NAME_UNKNOWN", "repository name not known to registry", head);
+        };
+        repo.manifests
+            .iter()
+            .filter_map(|(d, (mt, bytes))| {
+                let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+                if v["subject"]["digest"].as_str() != Some(digest) {
+                    return None;
+                }
+                let artifact_type = v["artifactType"]
+                    .as_str()
+                    .or_else(|| v["config"]["mediaType"].as_str())
+                    .unwrap_or_default();
+                if wanted.as_deref().is_some_and(|w| w != artifact_type) {
+                    return None;
+                }
+                let mut desc = serde_json::json!({
+                    "mediaType": mt,
+                    "digest": d,
+                    "size": bytes.len(),
+                    "artifactType": artifact_type,
+                });
+                if let Some(a) = v.get("annotations") {
+                    desc["annotations"] = a.clone();
+                }
+                Some((d.clone(), desc))
+            })
+            .collect()
+    };
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": super::images::OCI_INDEX,
+        "manifests": found.into_iter().map(|(_, d)| d).collect::<Vec<_>>(),
+    });
+    let body = index.to_string();
+    let len = body.len().to_string();
+    let mut headers = vec![
+        ("content-type", super::images::OCI_INDEX),
+        ("content-length", len.as_str()),
+    ];
+    if wanted.is_some() {
+        headers.push(("oci-filters-applied", "artifactType"));
+    }
+    respond(200, &headers, if head { empty() } else { full(body) })
 }
 
 fn blob(shared: &Shared, digest: &str, head: bool) -> Response<Body> {
