@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -89,7 +89,8 @@ pub enum Fault {
     /// without guessing how long it takes.
     Hold { path_contains: String },
     /// The token endpoint answers `expires_in` as this raw JSON text (`None`: the field is left
-    /// out), e.g. `"18446744073709551615"`, `"-1"`, `"1.5"`, `"\"300\""`.
+    /// out), e.g. `"18446744073709551615"`, `"-1"`, `"1.5"`, `"\"300\""`. A whole number of
+    /// seconds is also enforced: the token is refused (401) from then on (default: 300 s).
     TokenExpiresIn(Option<String>),
     /// Manifest answers carry this `Content-Type` instead of the manifest's own type.
     ManifestContentType(String),
@@ -153,6 +154,9 @@ struct State {
     private: HashSet<String>,
     /// Issued bearer token -> repository names it may pull.
     tokens: HashMap<String, HashSet<String>>,
+    /// Issued bearer token -> when it stops working: its `expires_in` from issue, when that is a
+    /// whole number of seconds (other `expires_in` texts, see [`Fault::TokenExpiresIn`], never expire).
+    expiry: HashMap<String, Instant>,
     issued: u64,
     log: Vec<Seen>,
     cdn_log: Vec<Seen>,
@@ -220,6 +224,7 @@ impl FakeRegistry {
             repos: HashMap::new(),
             private: HashSet::new(),
             tokens: HashMap::new(),
+            expiry: HashMap::new(),
             issued: 0,
             log: Vec::new(),
             cdn_log: Vec::new(),
@@ -354,7 +359,18 @@ impl FakeRegistry {
 
     /// Forgets every issued token, as if they had all expired.
     pub fn revoke_tokens(&self) {
-        self.state().tokens.clear();
+        let mut st = self.state();
+        st.tokens.clear();
+        st.expiry.clear();
+    }
+
+    /// Waits until every token issued so far is past its `expires_in` (the registry refuses it from
+    /// then on). A deadline set by the token endpoint, not a guess; returns at once if none expires.
+    pub async fn wait_tokens_expired(&self) {
+        let last = self.state().expiry.values().max().copied();
+        if let Some(last) = last {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(last)).await;
+        }
     }
 
     /// Everything the registry host saw (token requests included), in order.
@@ -923,7 +939,7 @@ fn route_registry(
         Route::Token if get_or_head => token_endpoint(shared, req, head),
         Route::Base if get_or_head => {
             let valid =
-                bearer(req.headers()).is_some_and(|t| lock(&shared.state).tokens.contains_key(t));
+                bearer(req.headers()).is_some_and(|t| granted(&lock(&shared.state), t).is_some());
             if valid {
                 json(200, "{}".into(), head)
             } else {
@@ -938,10 +954,7 @@ fn route_registry(
         | Route::Tags { name }
         | Route::Referrers { name, .. }
             if !bearer(req.headers()).is_some_and(|t| {
-                lock(&shared.state)
-                    .tokens
-                    .get(t)
-                    .is_some_and(|granted| granted.contains(name))
+                granted(&lock(&shared.state), t).is_some_and(|repos| repos.contains(name))
             }) =>
         {
             unauthorized(shared, req, Some(name), head)
@@ -957,6 +970,12 @@ fn route_registry(
         Route::Other => oci_error(404, "NOT_FOUND", "no such route", head),
         _ => oci_error(405, "UNSUPPORTED", "the operation is unsupported", head),
     }
+}
+
+/// The repositories `token` may pull, if it was issued, not revoked and not expired.
+fn granted<'a>(st: &'a State, token: &str) -> Option<&'a HashSet<String>> {
+    let expired = st.expiry.get(token).is_some_and(|until| Instant::now() >= *until);
+    st.tokens.get(token).filter(|_| !expired)
 }
 
 fn token_endpoint(shared: &Shared, req: &Request<Incoming>, head: bool) -> Response<Body> {
@@ -1005,6 +1024,13 @@ fn token_endpoint(shared: &Shared, req: &Request<Incoming>, head: bool) -> Respo
         Fault::TokenExpiresIn(raw) => Some(raw.clone()),
         _ => None,
     });
+    let lifetime = match &expires_in {
+        None => Some(300),
+        Some(raw) => raw.as_deref().and_then(|r| r.parse::<u64>().ok()),
+    };
+    if let Some(until) = lifetime.and_then(|secs| Instant::now().checked_add(Duration::from_secs(secs))) {
+        st.expiry.insert(token.clone(), until);
+    }
     drop(st);
     let expires_in = match expires_in {
         None => ",\"expires_in\":300".to_owned(),
