@@ -43,6 +43,13 @@ struct Calls<K, V: Clone> {
     next_id: u64,
 }
 
+/// Another handle on the same calls.
+impl<K, V: Clone> Clone for Singleflight<K, V> {
+    fn clone(&self) -> Self {
+        Singleflight { calls: Arc::clone(&self.calls) }
+    }
+}
+
 impl<K, V: Clone> Default for Singleflight<K, V> {
     fn default() -> Self {
         Singleflight { calls: Arc::new(Mutex::new(Calls { running: HashMap::new(), next_id: 0 })) }
@@ -110,6 +117,14 @@ where
         shared.await
     }
 
+    /// How many callers are waiting on the running calls, all keys together: lets a test that
+    /// holds the upstream know that every request has joined before it lets the call go on.
+    pub fn waiters(&self) -> usize {
+        let calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        // Each waiter holds a clone of the call's `Shared`; the map holds one more.
+        calls.running.values().map(|(_, s)| s.strong_count().unwrap_or(1).saturating_sub(1)).sum()
+    }
+
     /// How many calls are shared now.
     #[cfg(test)]
     fn len(&self) -> usize {
@@ -141,15 +156,20 @@ mod tests {
                 .await
             }));
         }
-        // Wait until the one call has started, then let it finish.
-        while calls.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
+        // Wait until all ten wait on the one call, then let it finish.
+        let joined = async {
+            while sf.waiters() < 10 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), joined).await.expect("all ten wait on the call");
+        assert_eq!(sf.waiters(), 10);
         release_tx.send(true).unwrap();
         for t in tasks {
             assert_eq!(t.await.unwrap(), Ok(7));
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(sf.waiters(), 0, "nobody waits on a finished call");
         // Finished calls are forgotten: the next caller makes a new call.
         let again = sf.run("k", || async { Ok(8) }).await;
         assert_eq!(again, Ok(8));

@@ -84,9 +84,9 @@ pub enum Fault {
     /// Blob redirects name the CDN as `localhost:PORT` instead of `127.0.0.1:PORT`.
     RedirectToOtherHost,
     /// The registry holds requests whose path and query contain `path_contains` (counted on
-    /// arrival, see [`FakeRegistry::wait_held`]) until [`FakeRegistry::release_held`]; then they
-    /// are answered as usual (other faults included). Lets a test act while a request is in flight
-    /// without guessing how long it takes.
+    /// arrival, see [`FakeRegistry::wait_held`]) until [`FakeRegistry::release_held`] (or
+    /// [`FakeRegistry::pass_held`]); then they are answered as usual (other faults included). Lets
+    /// a test act while a request is in flight without guessing how long it takes.
     Hold { path_contains: String },
     /// The token endpoint answers `expires_in` as this raw JSON text (`None`: the field is left
     /// out), e.g. `"18446744073709551615"`, `"-1"`, `"1.5"`, `"\"300\""`. A whole number of
@@ -142,8 +142,9 @@ struct Shared {
     running: Mutex<Option<Running>>,
     /// Woken whenever either server logs a request (see `wait_until`).
     logged: Notify,
-    /// Opened by `release_held`: held requests ([`Fault::Hold`]) go on.
-    release: tokio::sync::watch::Sender<bool>,
+    /// The gate of [`Fault::Hold`]: a request held while the gate's generation is `g` goes on once
+    /// this is above `g` (`release_held`, `pass_held`). Only grows, so no release is missed.
+    release: tokio::sync::watch::Sender<u64>,
 }
 
 struct State {
@@ -162,8 +163,10 @@ struct State {
     cdn_log: Vec<Seen>,
     token_log: Vec<Seen>,
     faults: Vec<Fault>,
-    /// How many requests [`Fault::Hold`] has held so far.
+    /// How many requests [`Fault::Hold`] has held since the gate last closed.
     held: usize,
+    /// The generation of the gate: requests held now wait until `Shared::release` is above it.
+    gate: u64,
 }
 
 #[derive(Default)]
@@ -231,6 +234,7 @@ impl FakeRegistry {
             token_log: Vec::new(),
             faults: Vec::new(),
             held: 0,
+            gate: 0,
         };
         let shared = Arc::new(Shared {
             reg_addr,
@@ -239,7 +243,7 @@ impl FakeRegistry {
             state: Mutex::new(state),
             running: Mutex::new(None),
             logged: Notify::new(),
-            release: tokio::sync::watch::Sender::new(false),
+            release: tokio::sync::watch::Sender::new(0),
         });
         let this = FakeRegistry { shared };
         this.launch(reg, cdn);
@@ -440,14 +444,26 @@ impl FakeRegistry {
         }
     }
 
-    /// Waits until [`Fault::Hold`] has held `n` requests in all; wrap in a timeout.
+    /// Waits until [`Fault::Hold`] has held `n` requests since the gate last closed (start, or
+    /// [`pass_held`](Self::pass_held)); wrap in a timeout.
     pub async fn wait_held(&self, n: usize) {
         self.wait_until(|| self.state().held >= n).await
     }
 
     /// Lets every request held by [`Fault::Hold`] go on, and those that arrive later too.
     pub fn release_held(&self) {
-        self.shared.release.send_replace(true);
+        let gate = self.state().gate;
+        self.shared.release.send_replace(gate + 1);
+    }
+
+    /// Lets the requests held by [`Fault::Hold`] so far go on, and closes the gate again: later
+    /// ones are held (and counted from zero) until the next `pass_held` or `release_held`. Steps a
+    /// test through a sequence of upstream requests one at a time.
+    pub fn pass_held(&self) {
+        let mut st = self.state();
+        st.gate += 1;
+        st.held = 0;
+        self.shared.release.send_replace(st.gate);
     }
 
     /// Turns a fault on (in addition to those already on).
@@ -583,8 +599,8 @@ async fn accept_loop(
             let cut = svc_cut.clone();
             async move {
                 if side == Side::Registry {
-                    if hold(&shared, &req) {
-                        let _ = shared.release.subscribe().wait_for(|open| *open).await;
+                    if let Some(gate) = hold(&shared, &req) {
+                        let _ = shared.release.subscribe().wait_for(|released| *released > gate).await;
                     }
                     if let Some(delay) = header_delay(&shared, &req) {
                         tokio::time::sleep(delay).await;
@@ -845,21 +861,21 @@ fn header_delay(shared: &Shared, req: &Request<Incoming>) -> Option<std::time::D
     })
 }
 
-/// Whether a registry request is to be held (Fault::Hold); counts it if so.
-fn hold(shared: &Shared, req: &Request<Incoming>) -> bool {
+/// The gate generation a registry request is held at (Fault::Hold), if it is to be held; counts it.
+fn hold(shared: &Shared, req: &Request<Incoming>) -> Option<u64> {
     let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("");
-    let held = {
+    let gate = {
         let mut st = lock(&shared.state);
         let held = st.faults.iter().any(|f| matches!(f, Fault::Hold { path_contains } if pq.contains(path_contains.as_str())));
         if held {
             st.held += 1;
         }
-        held
+        held.then_some(st.gate)
     };
-    if held {
+    if gate.is_some() {
         shared.logged.notify_waiters();
     }
-    held
+    gate
 }
 
 /// Answers a registry request; `None` means "never answer" (Fault::HangHeaders).
