@@ -11,6 +11,7 @@ use http::HeaderValue;
 use sha2::{Digest as _, Sha256};
 
 use crate::config::Access;
+use crate::sync::lock;
 
 /// How many verified credentials are remembered before the memory is cleared.
 const REMEMBERED: usize = 10_000;
@@ -60,7 +61,7 @@ impl Gate {
             .and_then(parse_basic)
             .ok_or(Refusal::Unauthorized)?;
         let key: [u8; 32] = Sha256::digest(format!("{user}\0{password}").as_bytes()).into();
-        if let Some(ok) = self.verified.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(ok) = lock(&self.verified).get(&key) {
             return if *ok { Ok(()) } else { Err(Refusal::Unauthorized) };
         }
         let ok = self
@@ -68,7 +69,7 @@ impl Gate {
             .users
             .iter()
             .any(|(u, hash)| *u == user && bcrypt::verify(&password, hash).unwrap_or(false));
-        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        let mut verified = lock(&self.verified);
         if verified.len() >= REMEMBERED {
             verified.clear();
         }

@@ -26,6 +26,7 @@ use tokio::sync::{watch, Notify};
 use crate::oci::{Digest, Hasher, RepositoryName};
 use crate::singleflight::CallDied;
 use crate::store::{InUse, Store, TempBlob};
+use crate::sync::lock;
 use crate::upstream::{content_length, RateLimit, Upstream, UpstreamError};
 
 /// How many bytes of a fill are gathered before one write to disk.
@@ -172,7 +173,7 @@ impl Fill {
 
     /// Where the bytes from `pos` (up to `limit`) are.
     fn locate(&self, pos: u64, limit: u64) -> Located {
-        let r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let r = lock(&self.recent);
         if pos >= r.base {
             let mut off = r.base;
             for chunk in &r.chunks {
@@ -193,12 +194,12 @@ impl Fill {
     }
 
     fn disk_failed(&self) -> bool {
-        self.recent.lock().unwrap_or_else(|p| p.into_inner()).disk_end.is_some()
+        lock(&self.recent).disk_end.is_some()
     }
 
     /// The lowest position among readers still following, or `None` if none is left.
     fn slowest_reader(&self) -> Option<u64> {
-        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut readers = lock(&self.readers);
         readers.retain(|r| r.strong_count() > 0);
         readers.iter().filter_map(Weak::upgrade).map(|p| p.load(Ordering::Acquire)).min()
     }
@@ -292,7 +293,7 @@ impl Fills {
     /// The running fill of `digest` from the upstream named `upstream`, if any.
     pub fn get(&self, upstream: &str, digest: &Digest) -> Option<Arc<Fill>> {
         let key = (upstream.to_owned(), digest.clone());
-        self.running.lock().unwrap_or_else(|p| p.into_inner()).get(&key).and_then(|f| f.first().cloned())
+        lock(&self.running).get(&key).and_then(|f| f.first().cloned())
     }
 
     /// The stored blob, a running fill `join` allows, or a new fill fetching `digest` from
@@ -306,7 +307,14 @@ impl Fills {
         join: Join,
     ) -> io::Result<Source> {
         let key = (upstream.config().name.clone(), digest.clone());
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        // The lock is held across the store lookup below (a sled read and a file open) and the
+        // temporary file's creation: a fill commits its blob (rename, index insert) before its
+        // guard takes it out of `running` under this lock, so under the lock a request sees either
+        // the running fill or the stored blob, never neither, and never starts a second download
+        // of a blob that was just stored. The cost is a few non-blocking-in-practice syscalls under
+        // a std mutex, with no `.await`, and only on misses: hits never take this lock
+        // (`Cache::blob` looks the store up first).
+        let mut running = lock(&self.running);
         let joinable = running.get(&key).and_then(|fills| {
             fills.iter().find(|f| join == Join::Any || f.fetches_from(upstream, repo)).cloned()
         });
@@ -342,7 +350,7 @@ impl Fills {
             repo: repo.clone(),
             digest: digest.clone(),
             #[cfg(test)]
-            injected: *self.injected.lock().unwrap_or_else(|p| p.into_inner()),
+            injected: *lock(&self.injected),
         };
         tokio::spawn(job.run(temp, guard));
         Ok(Source::Filling(fill))
@@ -350,7 +358,7 @@ impl Fills {
 
     /// How many fills are running.
     pub fn len(&self) -> usize {
-        let shared: usize = self.running.lock().unwrap_or_else(|p| p.into_inner()).values().map(Vec::len).sum();
+        let shared: usize = lock(&self.running).values().map(Vec::len).sum();
         shared.saturating_add(usize::try_from(self.unshared.load(Ordering::Relaxed)).unwrap_or(usize::MAX))
     }
 
@@ -391,7 +399,7 @@ impl Drop for FillGuard {
         // Out of the map before the failure is told, so a request that retries after it never
         // finds this fill again.
         if self.shared {
-            let mut running = self.fills.running.lock().unwrap_or_else(|p| p.into_inner());
+            let mut running = lock(&self.fills.running);
             if let Some(fills) = running.get_mut(&self.key) {
                 fills.retain(|f| !Arc::ptr_eq(f, &self.fill));
                 if fills.is_empty() {
@@ -498,7 +506,7 @@ impl FillJob {
                 match write_batch(temp.file().clone(), written, batch.clone(), hasher).await? {
                     Ok(h) => {
                         hasher = h;
-                        let mut recent = self.fill.recent.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut recent = lock(&self.fill.recent);
                         recent.push(batch, len as u64);
                         // Everything is on disk too: keep only the newest bytes in memory.
                         recent.trim(RECENT_WINDOW, |_| true);
@@ -506,7 +514,7 @@ impl FillJob {
                     Err(failed) => {
                         let WriteFailed(h, batch, e) = *failed;
                         tracing::warn!(digest = %self.digest, error = %e, "writing the blob failed; passing it through without storing");
-                        self.fill.recent.lock().unwrap_or_else(|p| p.into_inner()).disk_end = Some(written);
+                        lock(&self.fill.recent).disk_end = Some(written);
                         hasher = hash_batch(&batch, h).await?;
                         self.relay(batch, len as u64).await?;
                     }
@@ -560,7 +568,7 @@ impl FillJob {
     /// has passed (or that the file still holds) are dropped; while more than [`RELAY_WINDOW`] bytes
     /// remain, the fill waits for the slowest reader.
     async fn relay(&self, batch: Vec<Bytes>, len: u64) -> Result<(), FillError> {
-        self.fill.recent.lock().unwrap_or_else(|p| p.into_inner()).push(batch, len);
+        lock(&self.fill.recent).push(batch, len);
         loop {
             let advanced = self.fill.advanced.notified();
             tokio::pin!(advanced);
@@ -569,7 +577,7 @@ impl FillJob {
                 return Err(FillError::Disk("the disk failed and no client is left to pass the blob to".into()));
             };
             {
-                let mut r = self.fill.recent.lock().unwrap_or_else(|p| p.into_inner());
+                let mut r = lock(&self.fill.recent);
                 let disk_end = r.disk_end.unwrap_or(0);
                 r.trim(0, |end| end <= slowest || end <= disk_end);
                 if r.len <= RELAY_WINDOW {
@@ -635,7 +643,7 @@ const POOL_MAX: usize = 2;
 
 impl BufPool {
     fn take(&self, n: usize) -> Vec<u8> {
-        let mut buf = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
+        let mut buf = lock(&self.0).pop().unwrap_or_default();
         buf.resize(n, 0);
         buf
     }
@@ -656,7 +664,7 @@ impl AsRef<[u8]> for Pooled {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        let mut pool = self.pool.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pool = lock(&self.pool.0);
         if pool.len() < POOL_MAX {
             pool.push(std::mem::take(&mut self.buf));
         }
@@ -730,7 +738,7 @@ impl BlobReader {
         let in_use = store.usage.hold(&fill.digest);
         let state = fill.state.subscribe();
         let position = Arc::new(AtomicU64::new(start));
-        fill.readers.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&position));
+        lock(&fill.readers).push(Arc::downgrade(&position));
         BlobReader {
             file: fill.file.clone(),
             pos: start,

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
+use crate::sync::lock;
+
 /// How many calls may be shared at once. Keys are chosen by clients (repository names, tags), so the
 /// map is capped: past this many, a call runs unshared (its caller still gets its result).
 const MAX_SHARED_CALLS: usize = 4096;
@@ -66,7 +68,7 @@ struct EntryGuard<K: Hash + Eq, V: Clone> {
 
 impl<K: Hash + Eq, V: Clone> Drop for EntryGuard<K, V> {
     fn drop(&mut self) {
-        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        let mut calls = lock(&self.calls);
         // Only this call's own entry: a later call for the key may have replaced it already.
         if calls.running.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
             calls.running.remove(&self.key);
@@ -86,7 +88,7 @@ where
         F: Future<Output = V> + Send + 'static,
     {
         let shared = {
-            let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+            let mut calls = lock(&self.calls);
             if let Some((_, running)) = calls.running.get(&key) {
                 running.clone()
             } else {
@@ -120,7 +122,7 @@ where
     /// How many callers are waiting on the running calls, all keys together: lets a test that
     /// holds the upstream know that every request has joined before it lets the call go on.
     pub fn waiters(&self) -> usize {
-        let calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        let calls = lock(&self.calls);
         // Each waiter holds a clone of the call's `Shared`; the map holds one more.
         calls.running.values().map(|(_, s)| s.strong_count().unwrap_or(1).saturating_sub(1)).sum()
     }
@@ -128,7 +130,7 @@ where
     /// How many calls are shared now.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).running.len()
+        lock(&self.calls).running.len()
     }
 }
 
