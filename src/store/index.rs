@@ -2,8 +2,17 @@
 //! and media type), and tags (upstream, repository, tag → one digest per kind of answer, with when
 //! each was learnt).
 //!
-//! Everything here can be rebuilt from the blob directory except manifests and tags, which live only
-//! here; sled makes each insert atomic.
+//! What can be rebuilt and what can't:
+//! - `blobs` (digest → size): rebuilt from the blob directory, whose files are named by their
+//!   digest (the start-up repair in `store::check` re-indexes a file whose hash checks out). The
+//!   bytes-used total is summed afresh at every open.
+//! - `access` (last use, for eviction): only an ordering hint; losing it makes eviction order
+//!   arbitrary once, nothing more.
+//! - `manifests`, `tags` and `referrers` live only here: manifests are not in the blob directory,
+//!   and which digest a tag named (and when it was checked) or what a referrers answer said can only
+//!   be learnt again from upstream. Losing them loses what is served while upstream is down.
+//!
+//! sled makes each insert atomic.
 
 use std::collections::BTreeMap;
 use std::path::Path;
