@@ -76,12 +76,15 @@ async fn a_late_joiner_gets_the_whole_blob_from_the_same_fill() {
     let image = images::schema2_image(&reg, "library/alpine", "3", 1, 2_000_000);
     let layer = image.layers[0].clone();
     let m = Mirror::start(&reg).await;
-    reg.set_fault(Fault::SlowBlobs { chunk: 100_000, delay_ms: 20 });
+    // The CDN stops after 500 kB until released: the fill is under way and can't end early.
+    reg.set_fault(Fault::HoldBlobsAfter(500_000));
     let url = format!("{}/v2/alpine/blobs/{}", m.url, layer.digest);
     let first = spawn_get(&url);
     eventually("the fill is under way", || tmp_bytes(&m) >= 500_000).await;
-    let late = Mirror::client().get(&url).send().await.unwrap().bytes().await.unwrap().to_vec();
-    assert!(late == layer.bytes, "the late joiner gets every byte");
+    let late = spawn_get(&url);
+    eventually("the late request joined the fill", || m.fill_waiters("docker.io", &layer.digest) == 2).await;
+    reg.release_held();
+    assert!(late.await.unwrap() == layer.bytes, "the late joiner gets every byte");
     assert!(first.await.unwrap() == layer.bytes);
     assert_eq!(reg.cdn_count(&layer.digest), 1);
 }
@@ -92,17 +95,24 @@ async fn a_range_inside_a_running_fill_is_answered_before_it_ends() {
     let image = images::schema2_image(&reg, "library/alpine", "3", 1, 2_000_000);
     let layer = image.layers[0].clone();
     let m = Mirror::start(&reg).await;
-    reg.set_fault(Fault::SlowBlobs { chunk: 100_000, delay_ms: 50 });
+    // The CDN stops after 300 kB until released: the fill can't end before the range is answered.
+    reg.set_fault(Fault::HoldBlobsAfter(300_000));
     let url = format!("{}/v2/alpine/blobs/{}", m.url, layer.digest);
     let full = spawn_get(&url);
     eventually("the fill is under way", || tmp_bytes(&m) >= 300_000).await;
-    let resp = Mirror::client().get(&url).header("range", "bytes=100000-199999").send().await.unwrap();
-    assert_eq!(resp.status(), 206);
-    assert_eq!(resp.headers()["content-range"], "bytes 100000-199999/2000000");
-    let part = resp.bytes().await.unwrap();
+    let range = async {
+        let resp = Mirror::client().get(&url).header("range", "bytes=100000-199999").send().await.unwrap();
+        let (status, content_range) = (resp.status(), resp.headers()["content-range"].clone());
+        (status, content_range, resp.bytes().await.unwrap())
+    };
+    let (status, content_range, part) =
+        tokio::time::timeout(PROMPTLY, range).await.expect("the range is answered while the fill is held");
+    assert_eq!(status, 206);
+    assert_eq!(content_range, "bytes 100000-199999/2000000");
     assert_eq!(part.as_ref(), &layer.bytes[100_000..200_000]);
     let metrics = m.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("regcache_fills_in_progress 1"), "the range was answered while the fill ran");
+    reg.release_held();
     assert!(full.await.unwrap() == layer.bytes);
     assert_eq!(reg.cdn_count(&layer.digest), 1);
 }
@@ -113,12 +123,15 @@ async fn a_waiter_that_disconnects_does_not_disturb_the_others() {
     let image = images::schema2_image(&reg, "library/alpine", "3", 1, 2_000_000);
     let layer = image.layers[0].clone();
     let m = Mirror::start(&reg).await;
-    reg.set_fault(Fault::SlowBlobs { chunk: 100_000, delay_ms: 10 });
+    reg.set_fault(Fault::HoldBlobsAfter(300_000));
     let url = format!("{}/v2/alpine/blobs/{}", m.url, layer.digest);
     let quitter = Mirror::client().get(&url).send().await.unwrap();
     let stayer = spawn_get(&url);
     eventually("the fill is under way", || tmp_bytes(&m) >= 300_000).await;
+    eventually("both follow the fill", || m.fill_waiters("docker.io", &layer.digest) == 2).await;
     drop(quitter);
+    eventually("the quitter is gone", || m.fill_waiters("docker.io", &layer.digest) == 1).await;
+    reg.release_held();
     assert!(stayer.await.unwrap() == layer.bytes);
     m.wait_stored(&layer.digest).await;
     assert_eq!(reg.cdn_count(&layer.digest), 1);

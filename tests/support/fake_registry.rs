@@ -67,6 +67,10 @@ pub enum Fault {
     CutBlobsAfter(usize),
     /// The CDN sends the body in `chunk`-byte pieces, `delay_ms` apart.
     SlowBlobs { chunk: usize, delay_ms: u64 },
+    /// The CDN sends this many body bytes of a blob, then holds the rest like [`Fault::Hold`]
+    /// (counted when it pauses) until [`FakeRegistry::release_held`]: a fill that is surely under
+    /// way and surely not finished.
+    HoldBlobsAfter(usize),
     /// The registry answers `code` (with an OCI error body and optional
     /// `Retry-After`) to requests whose path and query contain `path_contains`.
     Status {
@@ -1358,7 +1362,7 @@ fn parse_range(value: Option<&str>, total: usize) -> ByteRange {
     }
 }
 
-fn cdn(shared: &Shared, req: &Request<Incoming>, cut: &Arc<CutSwitch>) -> Response<Body> {
+fn cdn(shared: &Arc<Shared>, req: &Request<Incoming>, cut: &Arc<CutSwitch>) -> Response<Body> {
     let head = req.method() == Method::HEAD;
     let digest = req
         .uri()
@@ -1433,19 +1437,36 @@ fn cdn(shared: &Shared, req: &Request<Incoming>, cut: &Arc<CutSwitch>) -> Respon
         Fault::CutBlobsAfter(n) if *n < data.len() => Some(*n),
         _ => None,
     });
+    let pause = faults.iter().find_map(|f| match f {
+        Fault::HoldBlobsAfter(n) if *n < data.len() => Some((*n, shared.clone())),
+        _ => None,
+    });
     respond(
         status,
         &headers,
-        blob_body(data, slow, cut_after.map(|n| (n, cut.clone()))),
+        blob_body(data, slow, cut_after.map(|n| (n, cut.clone())), pause),
     )
 }
 
+/// Holds a blob body (Fault::HoldBlobsAfter) at the gate of [`Fault::Hold`], counted as held.
+async fn pause_body(shared: &Shared) {
+    let gate = {
+        let mut st = lock(&shared.state);
+        st.held += 1;
+        st.gate
+    };
+    shared.logged.notify_waiters();
+    let _ = shared.release.subscribe().wait_for(|released| *released > gate).await;
+}
+
 /// Streams `data` (in 64 KiB chunks, or as `slow` says), optionally stopping
-/// after `cut.0` bytes and then having the connection dropped.
+/// after `cut.0` bytes and then having the connection dropped, optionally held
+/// after `pause.0` bytes until the gate of [`Fault::Hold`] opens.
 fn blob_body(
     data: Bytes,
     slow: Option<(usize, Duration)>,
     cut: Option<(usize, Arc<CutSwitch>)>,
+    pause: Option<(usize, Arc<Shared>)>,
 ) -> Body {
     struct St {
         data: Bytes,
@@ -1454,6 +1475,7 @@ fn blob_body(
         chunk: usize,
         delay: Option<Duration>,
         cut: Option<Arc<CutSwitch>>,
+        pause: Option<(usize, Arc<Shared>)>,
     }
     let st = St {
         limit: cut.as_ref().map_or(data.len(), |(n, _)| *n),
@@ -1462,6 +1484,7 @@ fn blob_body(
         chunk: slow.map_or(64 * 1024, |(c, _)| c),
         delay: slow.map(|(_, d)| d),
         cut: cut.map(|(_, c)| c),
+        pause,
     };
     let stream = futures_util::stream::unfold(st, |mut st| async move {
         if st.pos >= st.limit {
@@ -1477,7 +1500,12 @@ fn blob_body(
         if let (Some(delay), true) = (st.delay, st.pos > 0) {
             tokio::time::sleep(delay).await;
         }
-        let end = (st.pos + st.chunk).min(st.limit);
+        if let Some((at, shared)) = st.pause.take_if(|(at, _)| st.pos >= *at) {
+            debug_assert_eq!(st.pos, at);
+            pause_body(&shared).await;
+        }
+        let stop = st.pause.as_ref().map_or(st.limit, |(at, _)| (*at).min(st.limit));
+        let end = (st.pos + st.chunk).min(stop);
         let frame = Frame::data(st.data.slice(st.pos..end));
         st.pos = end;
         Some((Ok::<_, io::Error>(frame), st))

@@ -567,6 +567,29 @@ async fn cdn_faults_corrupt_cut_and_slow() {
 }
 
 #[tokio::test]
+async fn hold_blobs_after_sends_a_prefix_then_holds_the_rest_until_released() {
+    let reg = FakeRegistry::start().await;
+    let bytes = pseudo_random_bytes("held", 300_000);
+    let digest = reg.add_blob(bytes.clone());
+    let auth = bearer(&reg, "library/x", None).await;
+    let location = blob_location(&reg, "library/x", &digest, &auth).await;
+    reg.set_fault(Fault::HoldBlobsAfter(100_000));
+    let url = location.clone();
+    let held = tokio::spawn(async move { try_send("GET", &url, &[]).await });
+    tokio::time::timeout(PROMPTLY, reg.wait_held(1))
+        .await
+        .expect("the body pauses after the prefix");
+    assert!(!held.is_finished(), "the rest is held");
+    reg.release_held();
+    let resp = tokio::time::timeout(PROMPTLY, held)
+        .await
+        .expect("released")
+        .unwrap()
+        .expect("a response");
+    assert_eq!(resp.bytes(), bytes.as_slice(), "every byte, in order");
+}
+
+#[tokio::test]
 async fn registry_faults_status_and_hang() {
     let reg = FakeRegistry::start().await;
     images::schema2_image(&reg, "library/alpine", "latest", 1, 10);
