@@ -170,6 +170,13 @@ impl Mirror {
         }
     }
 
+    /// Bytes in the temporary files of running fills.
+    pub fn tmp_bytes(&self) -> u64 {
+        std::fs::read_dir(self.data_dir.join("tmp"))
+            .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|md| md.len()).sum())
+            .unwrap_or(0)
+    }
+
     pub fn tmp_files(&self) -> usize {
         std::fs::read_dir(self.data_dir.join("tmp")).map(|d| d.count()).unwrap_or(0)
     }

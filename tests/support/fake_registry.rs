@@ -67,10 +67,6 @@ pub enum Fault {
     CutBlobsAfter(usize),
     /// The CDN sends the body in `chunk`-byte pieces, `delay_ms` apart.
     SlowBlobs { chunk: usize, delay_ms: u64 },
-    /// The CDN sends this many body bytes of a blob, then holds the rest like [`Fault::Hold`]
-    /// (counted when it pauses) until [`FakeRegistry::release_held`]: a fill that is surely under
-    /// way and surely not finished.
-    HoldBlobsAfter(usize),
     /// The registry answers `code` (with an OCI error body and optional
     /// `Retry-After`) to requests whose path and query contain `path_contains`.
     Status {
@@ -92,6 +88,13 @@ pub enum Fault {
     /// [`FakeRegistry::pass_held`]); then they are answered as usual (other faults included). Lets
     /// a test act while a request is in flight without guessing how long it takes.
     Hold { path_contains: String },
+    /// The CDN serves blobs without a `Content-Length`, repeating their bytes forever: a body
+    /// that never ends.
+    EndlessBlobs,
+    /// The CDN sends the first `bytes` of blobs whose path contains `path_contains`, then holds
+    /// the rest of the body until [`FakeRegistry::release_held`]. Lets a test act while a blob
+    /// is half transferred.
+    HoldBlobsAfter { bytes: usize, path_contains: String },
     /// The token endpoint answers `expires_in` as this raw JSON text (`None`: the field is left
     /// out), e.g. `"18446744073709551615"`, `"-1"`, `"1.5"`, `"\"300\""`. A whole number of
     /// seconds is also enforced: the token is refused (401) from then on (default: 300 s).
@@ -116,9 +119,6 @@ pub enum Fault {
     Realm(String),
     /// `tags/list` ignores `n` and `last`: every tag, newest first (reverse order), no `Link`.
     TagsUnpaged,
-    /// No referrers API, like registries older than OCI distribution 1.1: `referrers/<digest>`
-    /// is an unknown route (404), so clients fall back to the `sha256-<hex>` tag schema.
-    NoReferrersApi,
     /// Every registry and CDN response carries Docker Hub's rate-limit headers
     /// (`ratelimit-limit: 100;w=21600`, `ratelimit-remaining: <remaining>;w=21600`,
     /// `docker-ratelimit-source: 192.0.2.7`).
@@ -146,9 +146,11 @@ struct Shared {
     running: Mutex<Option<Running>>,
     /// Woken whenever either server logs a request (see `wait_until`).
     logged: Notify,
-    /// The gate of [`Fault::Hold`]: a request held while the gate's generation is `g` goes on once
-    /// this is above `g` (`release_held`, `pass_held`). Only grows, so no release is missed.
-    release: tokio::sync::watch::Sender<u64>,
+    /// Opened by `release_held`: held requests ([`Fault::Hold`]) go on.
+    release: tokio::sync::watch::Sender<bool>,
+    /// Raised by `pass_held` to the gate generation it closed: a request held at generation `g`
+    /// also goes on once this is above `g`. Only grows, so no pass is missed.
+    passed: tokio::sync::watch::Sender<u64>,
 }
 
 struct State {
@@ -159,17 +161,20 @@ struct State {
     private: HashSet<String>,
     /// Issued bearer token -> repository names it may pull.
     tokens: HashMap<String, HashSet<String>>,
-    /// Issued bearer token -> when it stops working: its `expires_in` from issue, when that is a
-    /// whole number of seconds (other `expires_in` texts, see [`Fault::TokenExpiresIn`], never expire).
-    expiry: HashMap<String, Instant>,
+    /// (repository, subject digest) -> referrers list served by the referrers API.
+    referrers: HashMap<(String, String), Bytes>,
     issued: u64,
     log: Vec<Seen>,
     cdn_log: Vec<Seen>,
     token_log: Vec<Seen>,
+    /// Issued bearer token -> when it stops working: its `expires_in` from issue, when that is a
+    /// whole number of seconds (other `expires_in` texts, see [`Fault::TokenExpiresIn`], never expire).
+    expiry: HashMap<String, Instant>,
     faults: Vec<Fault>,
-    /// How many requests [`Fault::Hold`] has held since the gate last closed.
+    /// How many requests [`Fault::Hold`] has held since the gate last closed (start or `pass_held`).
     held: usize,
-    /// The generation of the gate: requests held now wait until `Shared::release` is above it.
+    /// The generation of the gate of [`Fault::Hold`]: `pass_held` lets the requests held at this
+    /// generation go on and holds later ones at the next.
     gate: u64,
 }
 
@@ -231,11 +236,12 @@ impl FakeRegistry {
             repos: HashMap::new(),
             private: HashSet::new(),
             tokens: HashMap::new(),
-            expiry: HashMap::new(),
+            referrers: HashMap::new(),
             issued: 0,
             log: Vec::new(),
             cdn_log: Vec::new(),
             token_log: Vec::new(),
+            expiry: HashMap::new(),
             faults: Vec::new(),
             held: 0,
             gate: 0,
@@ -247,7 +253,8 @@ impl FakeRegistry {
             state: Mutex::new(state),
             running: Mutex::new(None),
             logged: Notify::new(),
-            release: tokio::sync::watch::Sender::new(0),
+            release: tokio::sync::watch::Sender::new(false),
+            passed: tokio::sync::watch::Sender::new(0),
         });
         let this = FakeRegistry { shared };
         this.launch(reg, cdn);
@@ -353,6 +360,12 @@ impl FakeRegistry {
         }
     }
 
+    /// Serves `list` (an OCI image index) as the referrers of `subject` in `repo`; without one the
+    /// referrers API answers 404, like a registry without it.
+    pub fn put_referrers(&self, repo: &str, subject: &str, list: Vec<u8>) {
+        self.state().referrers.insert((repo.to_string(), subject.to_string()), Bytes::from(list));
+    }
+
     /// Removes a tag; the manifest stays reachable by digest.
     pub fn delete_tag(&self, repo: &str, tag: &str) {
         if let Some(r) = self.state().repos.get_mut(repo) {
@@ -456,18 +469,18 @@ impl FakeRegistry {
 
     /// Lets every request held by [`Fault::Hold`] go on, and those that arrive later too.
     pub fn release_held(&self) {
-        let gate = self.state().gate;
-        self.shared.release.send_replace(gate + 1);
+        self.shared.release.send_replace(true);
     }
 
-    /// Lets the requests held by [`Fault::Hold`] so far go on, and closes the gate again: later
-    /// ones are held (and counted from zero) until the next `pass_held` or `release_held`. Steps a
-    /// test through a sequence of upstream requests one at a time.
+    /// Lets the requests held by [`Fault::Hold`] so far go on, and keeps holding later ones
+    /// (counted from zero) until the next `pass_held` or `release_held`: steps a test through a
+    /// sequence of upstream requests one at a time.
     pub fn pass_held(&self) {
         let mut st = self.state();
+        let passed = st.gate;
         st.gate += 1;
         st.held = 0;
-        self.shared.release.send_replace(st.gate);
+        self.shared.passed.send_replace(passed + 1);
     }
 
     /// Turns a fault on (in addition to those already on).
@@ -604,7 +617,11 @@ async fn accept_loop(
             async move {
                 if side == Side::Registry {
                     if let Some(gate) = hold(&shared, &req) {
-                        let _ = shared.release.subscribe().wait_for(|released| *released > gate).await;
+                        let (mut open, mut passed) = (shared.release.subscribe(), shared.passed.subscribe());
+                        tokio::select! {
+                            _ = open.wait_for(|open| *open) => {}
+                            _ = passed.wait_for(|passed| *passed > gate) => {}
+                        }
                     }
                     if let Some(delay) = header_delay(&shared, &req) {
                         tokio::time::sleep(delay).await;
@@ -782,11 +799,9 @@ fn route(path: &str) -> Route<'_> {
         return Route::Other;
     };
     if let Some((name, digest)) = rest.rsplit_once("/referrers/") {
-        return if name.is_empty() || digest.is_empty() || digest.contains('/') {
-            Route::Other
-        } else {
-            Route::Referrers { name, digest }
-        };
+        if !name.is_empty() && !digest.is_empty() && !digest.contains('/') {
+            return Route::Referrers { name, digest };
+        }
     }
     if let Some(name) = rest.strip_suffix("/tags/list") {
         return if name.is_empty() {
@@ -882,6 +897,16 @@ fn hold(shared: &Shared, req: &Request<Incoming>) -> Option<u64> {
     gate
 }
 
+/// Forgets the tokens past their `expires_in`, so the registry refuses them.
+fn forget_expired_tokens(st: &mut State) {
+    let now = Instant::now();
+    let expired: Vec<String> = st.expiry.iter().filter(|(_, until)| now >= **until).map(|(t, _)| t.clone()).collect();
+    for token in expired {
+        st.tokens.remove(&token);
+        st.expiry.remove(&token);
+    }
+}
+
 /// Answers a registry request; `None` means "never answer" (Fault::HangHeaders).
 fn registry(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Body>> {
     let seen = Seen::from_request(req);
@@ -889,6 +914,7 @@ fn registry(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Body>> 
     let path = req.uri().path();
     let fault = {
         let mut st = lock(&shared.state);
+        forget_expired_tokens(&mut st);
         st.log.push(seen.clone());
         if path == "/token" {
             st.token_log.push(seen.clone());
@@ -959,22 +985,22 @@ fn route_registry(
         Route::Token if get_or_head => token_endpoint(shared, req, head),
         Route::Base if get_or_head => {
             let valid =
-                bearer(req.headers()).is_some_and(|t| granted(&lock(&shared.state), t).is_some());
+                bearer(req.headers()).is_some_and(|t| lock(&shared.state).tokens.contains_key(t));
             if valid {
                 json(200, "{}".into(), head)
             } else {
                 unauthorized(shared, req, None, head)
             }
         }
-        Route::Referrers { .. } if lock(&shared.state).faults.contains(&Fault::NoReferrersApi) => {
-            oci_error(404, "NOT_FOUND", "no such route", head)
-        }
         Route::Manifest { name, .. }
         | Route::Blob { name, .. }
         | Route::Tags { name }
         | Route::Referrers { name, .. }
             if !bearer(req.headers()).is_some_and(|t| {
-                granted(&lock(&shared.state), t).is_some_and(|repos| repos.contains(name))
+                lock(&shared.state)
+                    .tokens
+                    .get(t)
+                    .is_some_and(|granted| granted.contains(name))
             }) =>
         {
             unauthorized(shared, req, Some(name), head)
@@ -985,17 +1011,22 @@ fn route_registry(
         Route::Blob { digest, .. } if get_or_head => blob(shared, digest, head),
         Route::Tags { name } if get_or_head => tags(shared, name, &query_pairs(req), head),
         Route::Referrers { name, digest } if get_or_head => {
-            referrers(shared, name, digest, &query_pairs(req), head)
+            let list = lock(&shared.state).referrers.get(&(name.to_string(), digest.to_string())).cloned();
+            match list {
+                Some(list) => {
+                    let len = list.len().to_string();
+                    let headers = [
+                        ("content-type", "application/vnd.oci.image.index.v1+json"),
+                        ("content-length", len.as_str()),
+                    ];
+                    respond(200, &headers, if head { empty() } else { full(list) })
+                }
+                None => oci_error(404, "NOT_FOUND", "no such route", head),
+            }
         }
         Route::Other => oci_error(404, "NOT_FOUND", "no such route", head),
         _ => oci_error(405, "UNSUPPORTED", "the operation is unsupported", head),
     }
-}
-
-/// The repositories `token` may pull, if it was issued, not revoked and not expired.
-fn granted<'a>(st: &'a State, token: &str) -> Option<&'a HashSet<String>> {
-    let expired = st.expiry.get(token).is_some_and(|until| Instant::now() >= *until);
-    st.tokens.get(token).filter(|_| !expired)
 }
 
 fn token_endpoint(shared: &Shared, req: &Request<Incoming>, head: bool) -> Response<Body> {
@@ -1168,67 +1199,6 @@ fn manifest(
     respond(200, &headers, if head { empty() } else { full(bytes) })
 }
 
-/// The referrers API (OCI distribution 1.1): an image index of the manifests in `name` whose
-/// `subject` is `digest`, each described with its `artifactType` (else its config's media type)
-/// and annotations; `?artifactType=` filters, as `OCI-Filters-Applied` then says.
-fn referrers(
-    shared: &Shared,
-    name: &str,
-    digest: &str,
-    query: &[(String, String)],
-    head: bool,
-) -> Response<Body> {
-    let wanted = query_param(query, "artifactType");
-    let mut found: Vec<(String, serde_json::Value)> = {
-        let st = lock(&shared.state);
-        let Some(repo) = st.repos.get(name) else {
-            return oci_error(404, "NAME_UNKNOWN", "repository name not known to registry", head);
-        };
-        repo.manifests
-            .iter()
-            .filter_map(|(d, (mt, bytes))| {
-                let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-                if v["subject"]["digest"].as_str() != Some(digest) {
-                    return None;
-                }
-                let artifact_type = v["artifactType"]
-                    .as_str()
-                    .or_else(|| v["config"]["mediaType"].as_str())
-                    .unwrap_or_default();
-                if wanted.as_deref().is_some_and(|w| w != artifact_type) {
-                    return None;
-                }
-                let mut desc = serde_json::json!({
-                    "mediaType": mt,
-                    "digest": d,
-                    "size": bytes.len(),
-                    "artifactType": artifact_type,
-                });
-                if let Some(a) = v.get("annotations") {
-                    desc["annotations"] = a.clone();
-                }
-                Some((d.clone(), desc))
-            })
-            .collect()
-    };
-    found.sort_by(|a, b| a.0.cmp(&b.0));
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": super::images::OCI_INDEX,
-        "manifests": found.into_iter().map(|(_, d)| d).collect::<Vec<_>>(),
-    });
-    let body = index.to_string();
-    let len = body.len().to_string();
-    let mut headers = vec![
-        ("content-type", super::images::OCI_INDEX),
-        ("content-length", len.as_str()),
-    ];
-    if wanted.is_some() {
-        headers.push(("oci-filters-applied", "artifactType"));
-    }
-    respond(200, &headers, if head { empty() } else { full(body) })
-}
-
 fn blob(shared: &Shared, digest: &str, head: bool) -> Response<Body> {
     let (size, other_host, base) = {
         let st = lock(&shared.state);
@@ -1362,7 +1332,7 @@ fn parse_range(value: Option<&str>, total: usize) -> ByteRange {
     }
 }
 
-fn cdn(shared: &Arc<Shared>, req: &Request<Incoming>, cut: &Arc<CutSwitch>) -> Response<Body> {
+fn cdn(shared: &Shared, req: &Request<Incoming>, cut: &Arc<CutSwitch>) -> Response<Body> {
     let head = req.method() == Method::HEAD;
     let digest = req
         .uri()
@@ -1427,6 +1397,19 @@ fn cdn(shared: &Arc<Shared>, req: &Request<Incoming>, cut: &Arc<CutSwitch>) -> R
     if head {
         return respond(status, &headers, empty());
     }
+    if faults.contains(&Fault::EndlessBlobs) {
+        // Chunked: no Content-Length, and no end.
+        let piece = if data.is_empty() { Bytes::from_static(b"\0") } else { data.slice(..data.len().min(64 * 1024)) };
+        let stream = futures_util::stream::repeat_with(move || Ok::<_, io::Error>(Frame::data(piece.clone())));
+        return respond(200, &[("content-type", "application/octet-stream")], BodyExt::boxed_unsync(StreamBody::new(stream)));
+    }
+    let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("");
+    let hold_at = faults.iter().find_map(|f| match f {
+        Fault::HoldBlobsAfter { bytes, path_contains } if path_and_query.contains(path_contains.as_str()) => {
+            Some((*bytes, shared.release.subscribe()))
+        }
+        _ => None,
+    });
     let slow = faults.iter().find_map(|f| match f {
         Fault::SlowBlobs { chunk, delay_ms } => {
             Some(((*chunk).max(1), Duration::from_millis(*delay_ms)))
@@ -1437,36 +1420,21 @@ fn cdn(shared: &Arc<Shared>, req: &Request<Incoming>, cut: &Arc<CutSwitch>) -> R
         Fault::CutBlobsAfter(n) if *n < data.len() => Some(*n),
         _ => None,
     });
-    let pause = faults.iter().find_map(|f| match f {
-        Fault::HoldBlobsAfter(n) if *n < data.len() => Some((*n, shared.clone())),
-        _ => None,
-    });
     respond(
         status,
         &headers,
-        blob_body(data, slow, cut_after.map(|n| (n, cut.clone())), pause),
+        blob_body(data, slow, cut_after.map(|n| (n, cut.clone())), hold_at),
     )
 }
 
-/// Holds a blob body (Fault::HoldBlobsAfter) at the gate of [`Fault::Hold`], counted as held.
-async fn pause_body(shared: &Shared) {
-    let gate = {
-        let mut st = lock(&shared.state);
-        st.held += 1;
-        st.gate
-    };
-    shared.logged.notify_waiters();
-    let _ = shared.release.subscribe().wait_for(|released| *released > gate).await;
-}
-
 /// Streams `data` (in 64 KiB chunks, or as `slow` says), optionally stopping
-/// after `cut.0` bytes and then having the connection dropped, optionally held
-/// after `pause.0` bytes until the gate of [`Fault::Hold`] opens.
+/// after `cut.0` bytes and then having the connection dropped, or holding the rest
+/// after `hold.0` bytes until `hold.1` opens.
 fn blob_body(
     data: Bytes,
     slow: Option<(usize, Duration)>,
     cut: Option<(usize, Arc<CutSwitch>)>,
-    pause: Option<(usize, Arc<Shared>)>,
+    hold: Option<(usize, tokio::sync::watch::Receiver<bool>)>,
 ) -> Body {
     struct St {
         data: Bytes,
@@ -1475,7 +1443,7 @@ fn blob_body(
         chunk: usize,
         delay: Option<Duration>,
         cut: Option<Arc<CutSwitch>>,
-        pause: Option<(usize, Arc<Shared>)>,
+        hold: Option<(usize, tokio::sync::watch::Receiver<bool>)>,
     }
     let st = St {
         limit: cut.as_ref().map_or(data.len(), |(n, _)| *n),
@@ -1484,7 +1452,7 @@ fn blob_body(
         chunk: slow.map_or(64 * 1024, |(c, _)| c),
         delay: slow.map(|(_, d)| d),
         cut: cut.map(|(_, c)| c),
-        pause,
+        hold,
     };
     let stream = futures_util::stream::unfold(st, |mut st| async move {
         if st.pos >= st.limit {
@@ -1500,12 +1468,15 @@ fn blob_body(
         if let (Some(delay), true) = (st.delay, st.pos > 0) {
             tokio::time::sleep(delay).await;
         }
-        if let Some((at, shared)) = st.pause.take_if(|(at, _)| st.pos >= *at) {
-            debug_assert_eq!(st.pos, at);
-            pause_body(&shared).await;
+        let mut end = (st.pos + st.chunk).min(st.limit);
+        if let Some((at, release)) = &mut st.hold {
+            if st.pos >= *at {
+                let _ = release.wait_for(|open| *open).await;
+                st.hold = None;
+            } else {
+                end = end.min(*at);
+            }
         }
-        let stop = st.pause.as_ref().map_or(st.limit, |(at, _)| (*at).min(st.limit));
-        let end = (st.pos + st.chunk).min(stop);
         let frame = Frame::data(st.data.slice(st.pos..end));
         st.pos = end;
         Some((Ok::<_, io::Error>(frame), st))

@@ -567,26 +567,36 @@ async fn cdn_faults_corrupt_cut_and_slow() {
 }
 
 #[tokio::test]
-async fn hold_blobs_after_sends_a_prefix_then_holds_the_rest_until_released() {
+async fn cdn_faults_endless_and_held() {
     let reg = FakeRegistry::start().await;
-    let bytes = pseudo_random_bytes("held", 300_000);
+    let bytes = pseudo_random_bytes("endless", 1000);
     let digest = reg.add_blob(bytes.clone());
     let auth = bearer(&reg, "library/x", None).await;
     let location = blob_location(&reg, "library/x", &digest, &auth).await;
-    reg.set_fault(Fault::HoldBlobsAfter(100_000));
-    let url = location.clone();
-    let held = tokio::spawn(async move { try_send("GET", &url, &[]).await });
-    tokio::time::timeout(PROMPTLY, reg.wait_held(1))
-        .await
-        .expect("the body pauses after the prefix");
-    assert!(!held.is_finished(), "the rest is held");
+
+    reg.set_fault(Fault::EndlessBlobs);
+    let mut resp = reqwest::get(&location).await.expect("endless response");
+    assert!(resp.headers().get("content-length").is_none(), "no length: chunked");
+    let mut got = Vec::new();
+    while got.len() < 10_000 {
+        let chunk = tokio::time::timeout(PROMPTLY, resp.chunk()).await.expect("bytes keep coming");
+        got.extend_from_slice(&chunk.expect("a chunk").expect("the body never ends"));
+    }
+    assert!(got[..3000] == bytes.repeat(3)[..], "the blob's bytes, over and over");
+    drop(resp);
+    reg.clear_faults();
+
+    reg.set_fault(Fault::HoldBlobsAfter { bytes: 400, path_contains: digest.clone() });
+    let mut resp = reqwest::get(&location).await.expect("held response");
+    let mut got = Vec::new();
+    while got.len() < 400 {
+        let chunk = tokio::time::timeout(PROMPTLY, resp.chunk()).await.expect("the first bytes come");
+        got.extend_from_slice(&chunk.expect("a chunk").expect("not the end yet"));
+    }
+    assert!(got == bytes[..400], "exactly the bytes before the hold");
     reg.release_held();
-    let resp = tokio::time::timeout(PROMPTLY, held)
-        .await
-        .expect("released")
-        .unwrap()
-        .expect("a response");
-    assert_eq!(resp.bytes(), bytes.as_slice(), "every byte, in order");
+    let rest = tokio::time::timeout(PROMPTLY, resp.bytes()).await.expect("released").expect("the rest");
+    assert!(rest == bytes[400..]);
 }
 
 #[tokio::test]
