@@ -20,6 +20,7 @@ use http::HeaderValue;
 use sha2::{Digest as _, Sha256};
 
 use crate::config::Access;
+use crate::sync::lock;
 
 /// How many verified credentials are remembered before the memory is cleared. Only correct
 /// credentials are remembered, so clients that don't know a password can't fill it.
@@ -78,7 +79,7 @@ fn start_checkers(n: usize) -> mpsc::Sender<Job> {
             let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), CHECKER_NICE);
             loop {
                 // The lock is held only while waiting for the next job, never while checking.
-                let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                let job = lock(&queue).recv();
                 match job {
                     Ok(job) => job(),
                     Err(_) => return, // the gate is gone
@@ -130,11 +131,11 @@ impl Gate {
             .and_then(parse_basic)
             .ok_or(Refusal::Unauthorized)?;
         let key: [u8; 32] = Sha256::digest(format!("{user}\0{password}").as_bytes()).into();
-        if self.verified.lock().unwrap_or_else(|p| p.into_inner()).contains(&key) {
+        if lock(&self.verified).contains(&key) {
             return Ok(());
         }
         // Counted as a failure before verifying, so that concurrent attempts can't exceed the limit.
-        let bucket = self.failures.lock().unwrap_or_else(|p| p.into_inner()).attempt(
+        let bucket = lock(&self.failures).attempt(
             peer,
             Instant::now(),
             self.policy.max_failures,
@@ -155,8 +156,8 @@ impl Gate {
         if !(matched && known.is_some()) {
             return Err(Refusal::Unauthorized);
         }
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).forgive(bucket);
-        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        lock(&self.failures).forgive(bucket);
+        let mut verified = lock(&self.verified);
         if verified.len() >= REMEMBERED {
             verified.clear();
         }

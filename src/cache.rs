@@ -192,6 +192,26 @@ pub struct Cache {
     manifest_fetches: Singleflight<ManifestKey, Result<ManifestAnswer, CacheError>>,
 }
 
+/// Counts the requests waiting on the cache's shared upstream calls (see [`Cache::shared_calls`]),
+/// so a test that holds the upstream knows when every request has joined.
+#[derive(Clone)]
+pub struct SharedCalls {
+    revalidations: Singleflight<TagKey, Result<Option<HeadAnswer>, UpstreamError>>,
+    manifest_fetches: Singleflight<ManifestKey, Result<ManifestAnswer, CacheError>>,
+}
+
+impl SharedCalls {
+    /// Requests waiting on a tag revalidation (a manifest `HEAD` upstream) now.
+    pub fn revalidation_waiters(&self) -> usize {
+        self.revalidations.waiters()
+    }
+
+    /// Requests waiting on a manifest `GET` upstream now.
+    pub fn manifest_fetch_waiters(&self) -> usize {
+        self.manifest_fetches.waiters()
+    }
+}
+
 /// What an upstream `HEAD` of a manifest said.
 #[derive(Clone, Debug)]
 struct HeadAnswer {
@@ -222,6 +242,11 @@ impl Cache {
     /// The running fills.
     pub fn fills(&self) -> &Arc<Fills> {
         &self.fills
+    }
+
+    /// A handle counting the requests that wait on shared upstream calls.
+    pub fn shared_calls(&self) -> SharedCalls {
+        SharedCalls { revalidations: self.revalidations.clone(), manifest_fetches: self.manifest_fetches.clone() }
     }
 
     /// The upstream a request is for: the one named by `ns` (containerd's `?ns=`), else the first.

@@ -37,6 +37,7 @@ use crate::config::FillBudget;
 use crate::oci::{Digest, Hasher, RepositoryName};
 use crate::singleflight::CallDied;
 use crate::store::{InUse, Reservation, Store, TempBlob};
+use crate::sync::lock;
 use crate::upstream::{content_length, RateLimit, Upstream, UpstreamError};
 
 /// How many bytes of a fill are gathered before one write to disk.
@@ -196,7 +197,7 @@ impl Fill {
 
     /// Where the bytes from `pos` (up to `limit`) are.
     fn locate(&self, pos: u64, limit: u64) -> Located {
-        let r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let r = lock(&self.recent);
         if pos >= r.base {
             let mut off = r.base;
             for chunk in &r.chunks {
@@ -218,24 +219,24 @@ impl Fill {
 
     /// Whether the fill passes its bytes through without storing them.
     fn passing_through(&self) -> bool {
-        self.recent.lock().unwrap_or_else(|p| p.into_inner()).disk_end.is_some()
+        lock(&self.recent).disk_end.is_some()
     }
 
     /// Stop storing: the file ends at `at`, the rest goes to the readers through memory only.
     fn stop_storing(&self, at: u64) {
-        self.recent.lock().unwrap_or_else(|p| p.into_inner()).disk_end = Some(at);
+        lock(&self.recent).disk_end = Some(at);
     }
 
     /// Whether a new reader can still get every byte from the first: not once a fill that passes
     /// its bytes through has let go of bytes its file doesn't hold.
     fn serves_from_start(&self) -> bool {
-        let r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let r = lock(&self.recent);
         r.disk_end.is_none_or(|end| r.base <= end)
     }
 
     /// The lowest position among readers still following, or `None` if none is left.
     fn slowest_reader(&self) -> Option<u64> {
-        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut readers = lock(&self.readers);
         readers.retain(|r| r.strong_count() > 0);
         readers.iter().filter_map(Weak::upgrade).map(|p| p.load(Ordering::Acquire)).min()
     }
@@ -251,9 +252,14 @@ impl Fill {
         self.repo == upstream.upstream_name(repo)
     }
 
-    /// How many requests are waiting for this fill to start or reading from it.
+    /// Whether anything still watches this fill (a request waiting for it to start, or a reader).
     pub fn waiters(&self) -> usize {
         self.state.receiver_count()
+    }
+
+    /// How many readers follow this fill (each request that joined it has one).
+    pub fn readers(&self) -> usize {
+        lock(&self.readers).iter().filter(|r| r.strong_count() > 0).count()
     }
 
     /// The rate-limit headers of the upstream response (none until it has answered).
@@ -346,7 +352,7 @@ impl Fills {
     /// The running fill of `digest` from the upstream named `upstream`, if any.
     pub fn get(&self, upstream: &str, digest: &Digest) -> Option<Arc<Fill>> {
         let key = (upstream.to_owned(), digest.clone());
-        self.running.lock().unwrap_or_else(|p| p.into_inner()).get(&key).and_then(|f| f.first().cloned())
+        lock(&self.running).get(&key).and_then(|f| f.first().cloned())
     }
 
     /// The stored blob, a running fill `join` allows, or a new fill fetching `digest` from
@@ -360,7 +366,14 @@ impl Fills {
         join: Join,
     ) -> io::Result<Source> {
         let key = (upstream.config().name.clone(), digest.clone());
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        // The lock is held across the store lookup below (a sled read and a file open) and the
+        // temporary file's creation: a fill commits its blob (rename, index insert) before its
+        // guard takes it out of `running` under this lock, so under the lock a request sees either
+        // the running fill or the stored blob, never neither, and never starts a second download
+        // of a blob that was just stored. The cost is a few non-blocking-in-practice syscalls under
+        // a std mutex, with no `.await`, and only on misses: hits never take this lock
+        // (`Cache::blob` looks the store up first).
+        let mut running = lock(&self.running);
         let joinable = running.get(&key).and_then(|fills| {
             fills
                 .iter()
@@ -401,7 +414,7 @@ impl Fills {
             budget: self.budget.clone(),
             stop: self.stop.clone(),
             #[cfg(test)]
-            injected: *self.injected.lock().unwrap_or_else(|p| p.into_inner()),
+            injected: *lock(&self.injected),
         };
         tokio::spawn(job.run(temp, guard));
         Ok(Source::Filling(fill))
@@ -409,7 +422,7 @@ impl Fills {
 
     /// How many fills are running.
     pub fn len(&self) -> usize {
-        let shared: usize = self.running.lock().unwrap_or_else(|p| p.into_inner()).values().map(Vec::len).sum();
+        let shared: usize = lock(&self.running).values().map(Vec::len).sum();
         shared.saturating_add(usize::try_from(self.unshared.load(Ordering::Relaxed)).unwrap_or(usize::MAX))
     }
 
@@ -462,7 +475,7 @@ impl Drop for FillGuard {
         // Out of the map before the failure is told, so a request that retries after it never
         // finds this fill again.
         if self.shared {
-            let mut running = self.fills.running.lock().unwrap_or_else(|p| p.into_inner());
+            let mut running = lock(&self.fills.running);
             if let Some(fills) = running.get_mut(&self.key) {
                 fills.retain(|f| !Arc::ptr_eq(f, &self.fill));
                 if fills.is_empty() {
@@ -608,7 +621,7 @@ impl FillJob {
                         if let Some(r) = reservation.as_mut() {
                             r.wrote(len as u64);
                         }
-                        let mut recent = self.fill.recent.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut recent = lock(&self.fill.recent);
                         recent.push(batch, len as u64);
                         // Everything is on disk too: keep only the newest bytes in memory.
                         recent.trim(RECENT_WINDOW, |_| true);
@@ -701,7 +714,7 @@ impl FillJob {
     /// has passed (or that the file still holds) are dropped; while more than [`RELAY_WINDOW`] bytes
     /// remain, the fill waits for the slowest reader.
     async fn relay(&self, batch: Vec<Bytes>, len: u64) -> Result<(), FillError> {
-        self.fill.recent.lock().unwrap_or_else(|p| p.into_inner()).push(batch, len);
+        lock(&self.fill.recent).push(batch, len);
         loop {
             let advanced = self.fill.advanced.notified();
             tokio::pin!(advanced);
@@ -710,7 +723,7 @@ impl FillJob {
                 return Err(FillError::Disk("the blob is not stored and no client is left to pass it to".into()));
             };
             {
-                let mut r = self.fill.recent.lock().unwrap_or_else(|p| p.into_inner());
+                let mut r = lock(&self.fill.recent);
                 let disk_end = r.disk_end.unwrap_or(0);
                 r.trim(0, |end| end <= slowest || end <= disk_end);
                 if r.len <= RELAY_WINDOW {
@@ -874,7 +887,7 @@ impl BufPool {
 
     /// A buffer for up to `n` bytes: shorter when this pool's buffers are (read less then).
     fn take(&self, n: usize) -> Buf {
-        let free = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let free = lock(&self.free).pop();
         if !self.hits {
             return free.filter(|b| b.data.len() >= n).unwrap_or_else(|| Buf { data: vec![0; n], counted: 0 });
         }
@@ -927,7 +940,7 @@ impl AsRef<[u8]> for Pooled {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        let mut pool = self.pool.free.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pool = lock(&self.pool.free);
         if pool.len() < self.pool.keep {
             pool.extend(self.buf.take());
         }
@@ -1011,7 +1024,7 @@ impl BlobReader {
         let in_use = store.usage.hold(&fill.digest);
         let state = fill.state.subscribe();
         let position = Arc::new(AtomicU64::new(start));
-        fill.readers.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&position));
+        lock(&fill.readers).push(Arc::downgrade(&position));
         BlobReader {
             file: fill.file.clone(),
             pos: start,

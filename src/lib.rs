@@ -11,6 +11,7 @@
 //! - [`store`]: blob files (temp → verify → fsync → rename) and the sled index.
 //! - [`inflight`]: one upstream download per blob and upstream, followed by any number of readers.
 //! - [`singleflight`]: one call per key at a time (manifest fetches, tag revalidations, tokens).
+//! - [`sync`]: taking a lock whether or not a panic poisoned it, and why that is sound here.
 //! - [`cache`]: the policy: hit, miss, revalidate, stale.
 //! - [`http`]: accept loop, routing, handlers, the one error mapping.
 //! - [`metrics`]: Prometheus counters, gauges and histograms.
@@ -36,5 +37,6 @@ pub mod metrics;
 pub mod oci;
 pub mod singleflight;
 pub mod store;
+pub mod sync;
 pub mod upstream;
 pub mod warm;

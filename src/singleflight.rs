@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
+use crate::sync::lock;
+
 /// How many calls may be shared at once. Keys are chosen by clients (repository names, tags), so the
 /// map is capped: past this many, a call runs unshared (its caller still gets its result).
 const MAX_SHARED_CALLS: usize = 4096;
@@ -43,6 +45,13 @@ struct Calls<K, V: Clone> {
     next_id: u64,
 }
 
+/// Another handle on the same calls.
+impl<K, V: Clone> Clone for Singleflight<K, V> {
+    fn clone(&self) -> Self {
+        Singleflight { calls: Arc::clone(&self.calls) }
+    }
+}
+
 impl<K, V: Clone> Default for Singleflight<K, V> {
     fn default() -> Self {
         Singleflight { calls: Arc::new(Mutex::new(Calls { running: HashMap::new(), next_id: 0 })) }
@@ -59,7 +68,7 @@ struct EntryGuard<K: Hash + Eq, V: Clone> {
 
 impl<K: Hash + Eq, V: Clone> Drop for EntryGuard<K, V> {
     fn drop(&mut self) {
-        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        let mut calls = lock(&self.calls);
         // Only this call's own entry: a later call for the key may have replaced it already.
         if calls.running.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
             calls.running.remove(&self.key);
@@ -79,7 +88,7 @@ where
         F: Future<Output = V> + Send + 'static,
     {
         let shared = {
-            let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+            let mut calls = lock(&self.calls);
             if let Some((_, running)) = calls.running.get(&key) {
                 running.clone()
             } else {
@@ -110,10 +119,18 @@ where
         shared.await
     }
 
+    /// How many callers are waiting on the running calls, all keys together: lets a test that
+    /// holds the upstream know that every request has joined before it lets the call go on.
+    pub fn waiters(&self) -> usize {
+        let calls = lock(&self.calls);
+        // Each waiter holds a clone of the call's `Shared`; the map holds one more.
+        calls.running.values().map(|(_, s)| s.strong_count().unwrap_or(1).saturating_sub(1)).sum()
+    }
+
     /// How many calls are shared now.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).running.len()
+        lock(&self.calls).running.len()
     }
 }
 
@@ -141,15 +158,20 @@ mod tests {
                 .await
             }));
         }
-        // Wait until the one call has started, then let it finish.
-        while calls.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
+        // Wait until all ten wait on the one call, then let it finish.
+        let joined = async {
+            while sf.waiters() < 10 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), joined).await.expect("all ten wait on the call");
+        assert_eq!(sf.waiters(), 10);
         release_tx.send(true).unwrap();
         for t in tasks {
             assert_eq!(t.await.unwrap(), Ok(7));
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(sf.waiters(), 0, "nobody waits on a finished call");
         // Finished calls are forgotten: the next caller makes a new call.
         let again = sf.run("k", || async { Ok(8) }).await;
         assert_eq!(again, Ok(8));

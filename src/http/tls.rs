@@ -8,6 +8,7 @@ use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{load_certified_key, TlsFiles};
+use crate::sync::{read, write};
 
 /// The serving certificate, swappable.
 #[derive(Debug)]
@@ -15,7 +16,7 @@ struct Reloadable(RwLock<Arc<CertifiedKey>>);
 
 impl ResolvesServerCert for Reloadable {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+        Some(read(&self.0).clone())
     }
 }
 
@@ -48,7 +49,7 @@ impl Tls {
     /// Read the certificate and key again; on failure the old ones stay in use.
     pub fn reload(&self) -> Result<(), String> {
         let fresh = load_certified_key(&self.files)?;
-        *self.current.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+        *write(&self.current.0) = Arc::new(fresh);
         Ok(())
     }
 }

@@ -11,6 +11,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::sync::lock;
+
 /// How many bytes the file system holding `dir` has free for unprivileged writers.
 fn free_bytes(dir: &Path) -> io::Result<u64> {
     let s = rustix::fs::statvfs(dir)?;
@@ -102,7 +104,7 @@ impl TempBudget {
     /// Reserve `n` more bytes for the temporary file of `r`.
     pub fn grow(&self, r: &mut Reservation, n: u64) -> Result<(), Refused> {
         let free = (self.free)().map_err(|e| Refused::Unmeasurable(e.to_string()))?;
-        let mut totals = self.totals.lock().unwrap_or_else(|p| p.into_inner());
+        let mut totals = lock(&self.totals);
         if let Some(max_temp) = self.max_temp.filter(|max| totals.held.saturating_add(n) > *max) {
             return Err(Refused::MaxTemp { max_temp, held: totals.held });
         }
@@ -119,7 +121,7 @@ impl TempBudget {
 
     /// Bytes all running fills hold reserved.
     pub fn held(&self) -> u64 {
-        self.totals.lock().unwrap_or_else(|p| p.into_inner()).held
+        lock(&self.totals).held
     }
 }
 
@@ -128,14 +130,14 @@ impl Reservation {
     pub fn wrote(&mut self, n: u64) {
         let n = n.min(self.mine.unwritten);
         self.mine.unwritten -= n;
-        let mut totals = self.totals.lock().unwrap_or_else(|p| p.into_inner());
+        let mut totals = lock(&self.totals);
         totals.unwritten = totals.unwritten.saturating_sub(n);
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let mut totals = self.totals.lock().unwrap_or_else(|p| p.into_inner());
+        let mut totals = lock(&self.totals);
         totals.held = totals.held.saturating_sub(self.mine.held);
         totals.unwritten = totals.unwritten.saturating_sub(self.mine.unwritten);
     }

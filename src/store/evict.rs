@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{ReferrersKey, Store};
 use crate::oci::Digest;
+use crate::sync::lock;
 
 /// Eviction stops once the cache is at or under this share of `max_size`.
 pub const LOW_WATER: f64 = 0.9;
@@ -32,7 +33,7 @@ pub struct InUse {
 
 impl Drop for InUse {
     fn drop(&mut self) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = lock(&self.map);
         if let Some(n) = map.get_mut(&self.digest) {
             *n -= 1;
             if *n == 0 {
@@ -63,21 +64,21 @@ fn now_millis() -> u64 {
 impl Usage {
     /// Record an access now, in memory.
     pub fn touch(&self, digest: &Digest) {
-        self.touched.lock().unwrap_or_else(|p| p.into_inner()).insert(digest.clone(), now_millis());
+        lock(&self.touched).insert(digest.clone(), now_millis());
     }
 
     /// Mark `digest` in use until the guard drops.
     pub fn hold(&self, digest: &Digest) -> InUse {
-        *self.in_use.lock().unwrap_or_else(|p| p.into_inner()).entry(digest.clone()).or_insert(0) += 1;
+        *lock(&self.in_use).entry(digest.clone()).or_insert(0) += 1;
         InUse { map: self.in_use.clone(), digest: digest.clone() }
     }
 
     fn is_in_use(&self, digest: &Digest) -> bool {
-        self.in_use.lock().unwrap_or_else(|p| p.into_inner()).contains_key(digest)
+        lock(&self.in_use).contains_key(digest)
     }
 
     fn take_touched(&self) -> HashMap<Digest, u64> {
-        std::mem::take(&mut *self.touched.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *lock(&self.touched))
     }
 }
 

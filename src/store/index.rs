@@ -3,8 +3,17 @@
 //! each was learnt), and the last referrers list seen per upstream, repository and subject manifest.
 //! Blobs, manifests and referrers lists count towards `max_size`.
 //!
-//! Everything here can be rebuilt from the blob directory except manifests and tags, which live only
-//! here; sled makes each insert atomic.
+//! What can be rebuilt and what can't:
+//! - `blobs` (digest → size): rebuilt from the blob directory, whose files are named by their
+//!   digest (the start-up repair in `store::check` re-indexes a file whose hash checks out). The
+//!   bytes-used total is summed afresh at every open.
+//! - `access` (last use, for eviction): only an ordering hint; losing it makes eviction order
+//!   arbitrary once, nothing more.
+//! - `manifests`, `tags` and `referrers` live only here: manifests are not in the blob directory,
+//!   and which digest a tag named (and when it was checked) or what a referrers answer said can only
+//!   be learnt again from upstream. Losing them loses what is served while upstream is down.
+//!
+//! sled makes each insert atomic.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -117,11 +126,29 @@ fn tag_key(upstream: &str, repo: &RepositoryName, tag: &Tag) -> Vec<u8> {
     format!("{upstream}\0{repo}\0{tag}").into_bytes()
 }
 
+/// How long opening waits for a lock that is being let go.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Open sled's database. A store closed a moment ago (a restart in the same process, a server that
+/// is just exiting) may still hold its file lock until sled's background flusher has stopped, so
+/// a lock failure is retried for [`LOCK_GRACE`]; a lock held longer (a running server) is an error.
+fn open_db(path: &Path) -> sled::Result<sled::Db> {
+    let start = std::time::Instant::now();
+    loop {
+        match sled::Config::new().path(path).flush_every_ms(Some(1000)).open() {
+            Err(e) if start.elapsed() < LOCK_GRACE && e.to_string().contains("lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Index {
     /// Open or create the index at `path`.
     pub fn open(path: &Path) -> Result<Index, StoreError> {
         let err = |source| StoreError::Index { path: path.to_owned(), source };
-        let db = sled::Config::new().path(path).flush_every_ms(Some(1000)).open().map_err(err)?;
+        let db = open_db(path).map_err(err)?;
         let blobs = db.open_tree("blobs").map_err(err)?;
         let manifests = db.open_tree("manifests").map_err(err)?;
         let tags = db.open_tree("tags").map_err(err)?;

@@ -58,6 +58,11 @@ impl StoreError {
     pub fn is_locked(&self) -> bool {
         match self {
             StoreError::Index { source, .. } => {
+                // sled (pinned at 0.34.7) has no error variant for this: a failed `try_lock_exclusive`
+                // on its `db` file becomes `Error::Io(io::Error::new(ErrorKind::Other, "could not
+                // acquire lock on …: <the OS error>"))` (sled's `config.rs`), so the original
+                // `WouldBlock` kind survives only as text. Hence the message match; a sled upgrade
+                // must recheck it (`it::commands` runs the commands beside a running server).
                 let msg = source.to_string();
                 msg.contains("lock") || msg.contains("Resource temporarily unavailable")
             }

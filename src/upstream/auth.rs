@@ -15,6 +15,7 @@ use super::challenge::Challenge;
 use super::{Transport, UpstreamError};
 use crate::config::{Credentials, UpstreamConfig};
 use crate::singleflight::Singleflight;
+use crate::sync::lock;
 
 /// How long a token lives when the token server doesn't say (or says nothing usable).
 const DEFAULT_TOKEN_LIFETIME: u64 = 60;
@@ -97,12 +98,12 @@ impl Auth {
         if let Some(token) = self.cached(scope) {
             return Ok(Authorization::Bearer(token));
         }
-        let known = self.bearer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let known = lock(&self.bearer).clone();
         if let Some((realm, service)) = known {
             let token = self.fetch(transport, &realm, service.as_deref(), scope).await?;
             return Ok(Authorization::Bearer(token));
         }
-        if *self.basic.lock().unwrap_or_else(|p| p.into_inner()) && self.upstream.credentials.is_some() {
+        if *lock(&self.basic) && self.upstream.credentials.is_some() {
             return Ok(Authorization::Basic);
         }
         Ok(Authorization::None)
@@ -118,9 +119,9 @@ impl Auth {
     ) -> Result<Option<Authorization>, UpstreamError> {
         match challenge {
             Challenge::Bearer { realm, service, scope: asked } => {
-                *self.bearer.lock().unwrap_or_else(|p| p.into_inner()) = Some((realm.clone(), service.clone()));
+                *lock(&self.bearer) = Some((realm.clone(), service.clone()));
                 // A cached token that was just refused is stale.
-                self.tokens.lock().unwrap_or_else(|p| p.into_inner()).remove(scope);
+                lock(&self.tokens).remove(scope);
                 let scope = asked.as_deref().unwrap_or(scope);
                 let token = self.fetch(transport, &realm, service.as_deref(), scope).await?;
                 Ok(Some(Authorization::Bearer(token)))
@@ -129,7 +130,7 @@ impl Auth {
                 if self.upstream.credentials.is_none() {
                     return Ok(None);
                 }
-                *self.basic.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                *lock(&self.basic) = true;
                 Ok(Some(Authorization::Basic))
             }
         }
@@ -148,7 +149,7 @@ impl Auth {
     }
 
     fn cached(&self, scope: &str) -> Option<Token> {
-        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tokens = lock(&self.tokens);
         match tokens.get(scope) {
             Some((token, until)) if Instant::now() < *until => Some(token.clone()),
             Some(_) => {
@@ -203,7 +204,7 @@ impl Auth {
         let margin = (lifetime / 10).max(Duration::from_secs(5)).min(lifetime / 2);
         let now = Instant::now();
         let until = now.checked_add(lifetime.saturating_sub(margin)).unwrap_or(now);
-        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tokens = lock(&self.tokens);
         if tokens.len() >= MAX_TOKENS && !tokens.contains_key(scope) {
             tokens.retain(|_, (_, until)| now < *until);
             if tokens.len() >= MAX_TOKENS {
@@ -225,7 +226,7 @@ impl Auth {
         }
         let host = realm.host_str().unwrap_or_default().to_ascii_lowercase();
         let first = {
-            let mut warned = self.withheld.lock().unwrap_or_else(|p| p.into_inner());
+            let mut warned = lock(&self.withheld);
             warned.len() < MAX_WITHHELD_WARNINGS && warned.insert(host.clone())
         };
         if first {

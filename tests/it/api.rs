@@ -51,6 +51,8 @@ async fn unknown_things_are_404_with_the_right_code() {
     let d = format!("sha256:{}", "b".repeat(64));
     let (s, c) = error_code(m.get_manifest("alpine", "nope").await).await;
     assert_eq!((s.as_u16(), c.as_str()), (404, "MANIFEST_UNKNOWN"));
+    let (s, c) = error_code(m.get_manifest("alpine", &d).await).await;
+    assert_eq!((s.as_u16(), c.as_str()), (404, "MANIFEST_UNKNOWN"), "a digest upstream doesn't have");
     let (s, c) = error_code(m.get(&format!("/v2/alpine/blobs/{d}")).await).await;
     assert_eq!((s.as_u16(), c.as_str()), (404, "BLOB_UNKNOWN"));
     let (s, c) = error_code(m.get("/v2/nosuch/repo/tags/list").await).await;

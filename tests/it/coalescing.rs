@@ -1,9 +1,15 @@
-//! Concurrent requests for the same missing blob share one upstream fetch, and one fill never hurts
-//! another: a refusal for one repository or a stall of another upstream stays with its own requests.
+//! Concurrent requests for the same missing blob share one upstream fetch, concurrent requests for a
+//! tag share one revalidation and one manifest fetch, and one fill never hurts another: a refusal
+//! for one repository or a stall of another upstream stays with its own requests. Where a count
+//! depends on requests overlapping, the fake upstream holds its answer (`Fault::Hold`) until every
+//! request has joined, so the counts are exact without timing.
 
 use crate::it::mirror::{error_code, eventually, spawn_get, Mirror, Options};
 use crate::support::fake_registry::{Fault, FakeRegistry};
 use crate::support::images;
+
+/// How long a test waits for something that happens at once when regcache is right.
+const PROMPTLY: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_cold_requests_make_one_upstream_fetch() {
@@ -11,7 +17,8 @@ async fn concurrent_cold_requests_make_one_upstream_fetch() {
     let image = images::schema2_image(&reg, "library/alpine", "3", 1, 2_000_000);
     let layer = image.layers[0].clone();
     let m = Mirror::start(&reg).await;
-    reg.set_fault(Fault::SlowBlobs { chunk: 64 * 1024, delay_ms: 5 });
+    // The fill's upstream request is held until all 16 clients follow it.
+    reg.set_fault(Fault::Hold { path_contains: "/blobs/".into() });
     let mut tasks = Vec::new();
     for _ in 0..16 {
         let (url, digest) = (m.url.clone(), layer.digest.clone());
@@ -20,6 +27,9 @@ async fn concurrent_cold_requests_make_one_upstream_fetch() {
             resp.bytes().await.unwrap().to_vec()
         }));
     }
+    tokio::time::timeout(PROMPTLY, reg.wait_held(1)).await.expect("the fill started");
+    eventually("all 16 follow the fill", || m.fill_waiters("docker.io", &layer.digest) == 16).await;
+    reg.release_held();
     for t in tasks {
         assert!(t.await.unwrap() == layer.bytes);
     }
@@ -32,7 +42,7 @@ async fn a_failed_fill_fails_every_waiter() {
     let image = images::schema2_image(&reg, "library/alpine", "3", 1, 1_000_000);
     let layer = image.layers[0].clone();
     let m = Mirror::start(&reg).await;
-    reg.set_fault(Fault::SlowBlobs { chunk: 64 * 1024, delay_ms: 5 });
+    reg.set_fault(Fault::Hold { path_contains: "/blobs/".into() });
     reg.set_fault(Fault::CorruptBlobs);
     let mut tasks = Vec::new();
     for _ in 0..4 {
@@ -42,26 +52,32 @@ async fn a_failed_fill_fails_every_waiter() {
             resp.bytes().await.map(|b| b.len())
         }));
     }
+    tokio::time::timeout(PROMPTLY, reg.wait_held(1)).await.expect("the fill started");
+    eventually("all 4 follow the fill", || m.fill_waiters("docker.io", &layer.digest) == 4).await;
+    reg.release_held();
     for t in tasks {
         assert!(t.await.unwrap().is_err(), "every waiter's body is cut");
     }
+    assert_eq!(reg.cdn_count(&layer.digest), 1, "one fill, failed for all");
     assert!(!m.has_blob(&layer.digest));
     eventually("temporary file removed", || m.tmp_files() == 0).await;
 }
 
-/// Bytes written so far to the fill's temporary file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_joiner_gets_the_whole_blob_from_the_same_fill() {
     let reg = FakeRegistry::start().await;
     let image = images::schema2_image(&reg, "library/alpine", "3", 1, 2_000_000);
     let layer = image.layers[0].clone();
     let m = Mirror::start(&reg).await;
-    reg.set_fault(Fault::SlowBlobs { chunk: 100_000, delay_ms: 20 });
+    // The CDN stops after 500 kB until released: the fill is under way and can't end early.
+    reg.set_fault(Fault::HoldBlobsAfter { bytes: 500_000, path_contains: layer.digest.clone() });
     let url = format!("{}/v2/alpine/blobs/{}", m.url, layer.digest);
     let first = spawn_get(&url);
     eventually("the fill is under way", || m.tmp_bytes() >= 500_000).await;
-    let late = Mirror::client().get(&url).send().await.unwrap().bytes().await.unwrap().to_vec();
-    assert!(late == layer.bytes, "the late joiner gets every byte");
+    let late = spawn_get(&url);
+    eventually("the late request joined the fill", || m.fill_waiters("docker.io", &layer.digest) == 2).await;
+    reg.release_held();
+    assert!(late.await.unwrap() == layer.bytes, "the late joiner gets every byte");
     assert!(first.await.unwrap() == layer.bytes);
     assert_eq!(reg.cdn_count(&layer.digest), 1);
 }
@@ -72,17 +88,24 @@ async fn a_range_inside_a_running_fill_is_answered_before_it_ends() {
     let image = images::schema2_image(&reg, "library/alpine", "3", 1, 2_000_000);
     let layer = image.layers[0].clone();
     let m = Mirror::start(&reg).await;
-    reg.set_fault(Fault::SlowBlobs { chunk: 100_000, delay_ms: 50 });
+    // The CDN stops after 300 kB until released: the fill can't end before the range is answered.
+    reg.set_fault(Fault::HoldBlobsAfter { bytes: 300_000, path_contains: layer.digest.clone() });
     let url = format!("{}/v2/alpine/blobs/{}", m.url, layer.digest);
     let full = spawn_get(&url);
     eventually("the fill is under way", || m.tmp_bytes() >= 300_000).await;
-    let resp = Mirror::client().get(&url).header("range", "bytes=100000-199999").send().await.unwrap();
-    assert_eq!(resp.status(), 206);
-    assert_eq!(resp.headers()["content-range"], "bytes 100000-199999/2000000");
-    let part = resp.bytes().await.unwrap();
+    let range = async {
+        let resp = Mirror::client().get(&url).header("range", "bytes=100000-199999").send().await.unwrap();
+        let (status, content_range) = (resp.status(), resp.headers()["content-range"].clone());
+        (status, content_range, resp.bytes().await.unwrap())
+    };
+    let (status, content_range, part) =
+        tokio::time::timeout(PROMPTLY, range).await.expect("the range is answered while the fill is held");
+    assert_eq!(status, 206);
+    assert_eq!(content_range, "bytes 100000-199999/2000000");
     assert_eq!(part.as_ref(), &layer.bytes[100_000..200_000]);
     let metrics = m.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("regcache_fills_in_progress 1"), "the range was answered while the fill ran");
+    reg.release_held();
     assert!(full.await.unwrap() == layer.bytes);
     assert_eq!(reg.cdn_count(&layer.digest), 1);
 }
@@ -93,12 +116,15 @@ async fn a_waiter_that_disconnects_does_not_disturb_the_others() {
     let image = images::schema2_image(&reg, "library/alpine", "3", 1, 2_000_000);
     let layer = image.layers[0].clone();
     let m = Mirror::start(&reg).await;
-    reg.set_fault(Fault::SlowBlobs { chunk: 100_000, delay_ms: 10 });
+    reg.set_fault(Fault::HoldBlobsAfter { bytes: 300_000, path_contains: layer.digest.clone() });
     let url = format!("{}/v2/alpine/blobs/{}", m.url, layer.digest);
     let quitter = Mirror::client().get(&url).send().await.unwrap();
     let stayer = spawn_get(&url);
     eventually("the fill is under way", || m.tmp_bytes() >= 300_000).await;
+    eventually("both follow the fill", || m.fill_waiters("docker.io", &layer.digest) == 2).await;
     drop(quitter);
+    eventually("the quitter is gone", || m.fill_waiters("docker.io", &layer.digest) == 1).await;
+    reg.release_held();
     assert!(stayer.await.unwrap() == layer.bytes);
     m.wait_stored(&layer.digest).await;
     assert_eq!(reg.cdn_count(&layer.digest), 1);
@@ -109,9 +135,8 @@ async fn concurrent_manifest_requests_share_revalidation_fetch_and_token() {
     let reg = FakeRegistry::start().await;
     let image = images::schema2_image(&reg, "library/alpine", "3", 1, 10);
     let m = Mirror::start(&reg).await;
-    // A slow upstream, so that every request arrives while the first is still in flight.
-    reg.set_fault(Fault::DelayHeaders { path_contains: "/manifests/".into(), delay_ms: 300 });
-    reg.set_fault(Fault::DelayHeaders { path_contains: "/token".into(), delay_ms: 300 });
+    // Every manifest request upstream is held, and let go one at a time once all 32 clients wait on it.
+    reg.set_fault(Fault::Hold { path_contains: "/manifests/".into() });
     let mut tasks = Vec::new();
     for _ in 0..32 {
         let url = m.url.clone();
@@ -125,17 +150,27 @@ async fn concurrent_manifest_requests_share_revalidation_fetch_and_token() {
             (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
         }));
     }
+    let calls = m.shared_calls.clone();
+    // The HEAD without a token (answered 401), then the HEAD with the token: one revalidation.
+    for step in ["HEAD without a token", "HEAD with the token"] {
+        tokio::time::timeout(PROMPTLY, reg.wait_held(1)).await.expect(step);
+        eventually("all 32 wait on the revalidation", || calls.revalidation_waiters() == 32).await;
+        reg.pass_held();
+    }
+    tokio::time::timeout(PROMPTLY, reg.wait_held(1)).await.expect("the manifest GET");
+    eventually("all 32 wait on the manifest GET", || calls.manifest_fetch_waiters() == 32).await;
+    reg.pass_held();
     for t in tasks {
-        let (status, body) = t.await.unwrap();
+        let answered = tokio::time::timeout(PROMPTLY, t).await;
+        let (status, body) = answered.expect("answered (one still held made an upstream GET of its own)").unwrap();
         assert_eq!(status, 200);
         assert!(body == image.manifest.bytes);
     }
     assert_eq!(reg.token_requests().len(), 1, "one token fetch for the scope");
     assert_eq!(reg.count("GET", "/manifests/"), 1, "one manifest GET");
-    // One HEAD answered 401 (no token yet), then the one that revalidates.
     assert_eq!(reg.count("HEAD", "/manifests/"), 2, "{:?}", reg.requests());
 
-    // Warm: 64 concurrent tag requests while the revalidation is slow cost one HEAD.
+    // Warm: 64 concurrent tag requests cost one HEAD (the revalidation), held until all joined it.
     reg.clear_log();
     let mut tasks = Vec::new();
     for _ in 0..64 {
@@ -144,14 +179,15 @@ async fn concurrent_manifest_requests_share_revalidation_fetch_and_token() {
             Mirror::client().head(format!("{url}/v2/alpine/manifests/3")).send().await.unwrap().status().as_u16()
         }));
     }
+    tokio::time::timeout(PROMPTLY, reg.wait_held(1)).await.expect("the revalidation HEAD");
+    eventually("all 64 wait on the revalidation", || calls.revalidation_waiters() == 64).await;
+    reg.release_held();
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
     assert_eq!(reg.count("HEAD", "/manifests/"), 1, "{:?}", reg.requests());
+    assert_eq!(reg.count("GET", "/manifests/"), 0, "{:?}", reg.requests());
 }
-
-/// How long a test waits for something that happens at once when regcache is right.
-const PROMPTLY: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_refused_for_one_repository_does_not_fail_another_that_joined_it() {

@@ -42,19 +42,6 @@ async fn a_cut_mid_blob_stores_nothing_and_the_next_request_succeeds() {
 }
 
 #[tokio::test]
-async fn wrong_manifest_bytes_for_a_digest_are_refused() {
-    let reg = FakeRegistry::start().await;
-    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 10);
-    // Serve other bytes under the image's digest by pushing them as a tag and asking by digest of another.
-    let m = Mirror::start(&reg).await;
-    let bogus = format!("sha256:{}", "0".repeat(64));
-    let (status, code) = error_code(m.get_manifest("alpine", &bogus).await).await;
-    assert_eq!((status.as_u16(), code.as_str()), (404, "MANIFEST_UNKNOWN"));
-    let resp = m.get_manifest("alpine", &image.manifest.digest).await;
-    assert_eq!(resp.status(), 200);
-}
-
-#[tokio::test]
 async fn upstream_down_cached_tags_and_digests_still_answer() {
     let reg = FakeRegistry::start().await;
     let image = images::schema2_image(&reg, "library/alpine", "3", 1, 1000);
@@ -218,6 +205,52 @@ async fn any_token_lifetime_is_survived_and_the_token_reused() {
         }
         assert_eq!(reg.token_requests().len(), 1, "expires_in {what}: the token was kept and reused");
     }
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_replaced_and_the_client_never_sees_the_401() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 2, 1000);
+    let m = Mirror::start(&reg).await;
+    let (status, _) = m.blob("alpine", &image.layers[0].digest).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(reg.token_requests().len(), 1);
+
+    reg.revoke_tokens();
+    reg.clear_log();
+    let (status, bytes) = m.blob("alpine", &image.layers[1].digest).await.unwrap();
+    assert_eq!(status, 200, "the client never sees the upstream's 401");
+    assert!(bytes == image.layers[1].bytes);
+    let resp = m.get_manifest("alpine", "3").await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.unwrap() == image.manifest.bytes);
+    assert_eq!(reg.token_requests().len(), 1, "one new token, then reused: {:?}", reg.requests());
+    let log = reg.requests();
+    let (refused, retried) = (&log[0], &log[2]);
+    assert!(log[1].path_and_query.starts_with("/token"), "{log:?}");
+    assert_eq!(refused.path_and_query, retried.path_and_query, "the refused request is sent again");
+    assert!(refused.authorization.is_some() && retried.authorization.is_some());
+    assert_ne!(refused.authorization, retried.authorization, "with the new token");
+}
+
+#[tokio::test]
+async fn a_token_past_its_lifetime_is_refreshed_before_it_is_used() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 1000);
+    reg.set_fault(Fault::TokenExpiresIn(Some("1".into())));
+    let m = Mirror::start(&reg).await;
+    assert_eq!(m.get_manifest("alpine", "3").await.status(), 200);
+    assert_eq!(reg.token_requests().len(), 1);
+
+    reg.wait_tokens_expired().await;
+    reg.clear_log();
+    let (status, bytes) = m.blob("alpine", &image.layers[0].digest).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(bytes == image.layers[0].bytes);
+    let log = reg.requests();
+    assert_eq!(reg.token_requests().len(), 1, "a new token: {log:?}");
+    assert!(log[0].path_and_query.starts_with("/token"), "fetched before the expired one was sent: {log:?}");
+    assert_eq!(log.len(), 2, "then the blob, once, with the new token: {log:?}");
 }
 
 #[tokio::test]

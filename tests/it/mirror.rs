@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use regcache::cache::SharedCalls;
 use regcache::config::{Config, Overrides};
 use regcache::http::Registry;
 use regcache::inflight::Fills;
@@ -24,6 +25,8 @@ pub struct Mirror {
     pub data_dir: PathBuf,
     /// Its running fills, to see who waits on them.
     pub fills: Arc<Fills>,
+    /// Its shared upstream calls (tag revalidations, manifest fetches), to see who waits on them.
+    pub shared_calls: SharedCalls,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _tmp: Option<tempfile::TempDir>,
@@ -75,13 +78,14 @@ impl Mirror {
         config.upstreams[0].private_network = opts.private_network;
         let registry = Registry::open(&config).expect("open registry");
         let fills = registry.cache().fills().clone();
+        let shared_calls = registry.cache().shared_calls();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(regcache::http::serve(listener, registry.clone(), async {
             let _ = stopped.await;
         }));
-        Mirror { url, data_dir, fills, stop: Some(stop), task: Some(task), _tmp: tmp }
+        Mirror { url, data_dir, fills, shared_calls, stop: Some(stop), task: Some(task), _tmp: tmp }
     }
 
     /// regcache with extra top-level configuration.
@@ -187,7 +191,7 @@ impl Mirror {
     /// How many requests wait on (or read) the fill of `digest` from `upstream`.
     pub fn fill_waiters(&self, upstream: &str, digest: &str) -> usize {
         let digest = digest.parse().expect("a digest");
-        self.fills.get(upstream, &digest).map_or(0, |f| f.waiters())
+        self.fills.get(upstream, &digest).map_or(0, |f| f.readers())
     }
 
     pub fn has_blob(&self, digest: &str) -> bool {

@@ -109,3 +109,44 @@ async fn referrers_fall_back_to_the_tag_schema() {
     let v: serde_json::Value = m.get(&path).await.json().await.unwrap();
     assert_eq!(v["manifests"].as_array().unwrap().len(), 2, "served from the cache while upstream is down");
 }
+
+#[tokio::test]
+async fn referrers_come_from_the_upstreams_referrers_api_and_filter_by_artifact_type() {
+    const SIG: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
+    const SBOM: &str = "application/spdx+json";
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 100);
+    let (sig, sbom) = (format!("sha256:{}", "1".repeat(64)), format!("sha256:{}", "2".repeat(64)));
+    let list = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": images::OCI_INDEX,
+        "manifests": [
+            {"mediaType": images::OCI_MANIFEST, "digest": sig, "size": 10, "artifactType": SIG},
+            {"mediaType": images::OCI_MANIFEST, "digest": sbom, "size": 10, "artifactType": SBOM,
+             "annotations": {"org.opencontainers.image.created": "2026-01-01T00:00:00Z"}}
+        ]
+    });
+    reg.put_referrers("library/alpine", &image.manifest.digest, serde_json::to_vec(&list).unwrap());
+    let m = Mirror::start(&reg).await;
+    let path = format!("/v2/alpine/referrers/{}", image.manifest.digest);
+
+    let resp = m.get(&path).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], images::OCI_INDEX);
+    assert!(resp.headers().get("oci-filters-applied").is_none(), "nothing filtered");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v, list, "the upstream's list as it sent it");
+    let asked = reg.requests().into_iter().filter(|s| s.path_and_query.contains("/referrers/") && s.authorization.is_some());
+    assert_eq!(asked.count(), 1, "asked upstream's referrers API once (after its 401 without a token)");
+    assert_eq!(reg.count("GET", "/manifests/sha256-"), 0, "no fallback to the tag schema: {:?}", reg.requests());
+
+    let resp = m.get(&format!("{path}?artifactType=application%2Fspdx%2Bjson")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["oci-filters-applied"], "artifactType");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["manifests"], serde_json::json!([list["manifests"][1]]), "only the SBOM, annotations kept");
+
+    reg.stop().await;
+    let v: serde_json::Value = m.get(&path).await.json().await.unwrap();
+    assert_eq!(v, list, "the last answer is served while upstream is down");
+}

@@ -68,6 +68,31 @@ async fn a_hostile_upstream_cannot_poison_another_upstreams_digest() {
 }
 
 #[tokio::test]
+async fn manifest_bytes_that_do_not_match_the_digest_asked_for_are_refused_and_nothing_stored() {
+    let reg = FakeRegistry::start().await;
+    let wanted = images::schema2_image(&reg, "library/alpine", "3", 1, 10);
+    let other = images::schema2_image(&reg, "library/alpine", "other", 1, 10);
+    let digest = wanted.manifest.digest.clone();
+    // The upstream answers the digest (and the tag pointing at it) with another manifest's bytes:
+    // well-formed, of the right type, but not what the digest names.
+    reg.put_manifest_as("library/alpine", Some("3"), images::DOCKER_MANIFEST, other.manifest.bytes.clone(), &digest);
+    let mut m = Mirror::start(&reg).await;
+    for reference in [digest.as_str(), "3"] {
+        let (status, code) = error_code(m.get_manifest("alpine", reference).await).await;
+        assert_eq!((status.as_u16(), code.as_str()), (502, "MANIFEST_INVALID"), "{reference}");
+    }
+    assert!(reg.count("GET", &format!("/manifests/{digest}")) >= 1, "the bytes were fetched and looked at");
+    reg.stop().await;
+    let resp = m.get_manifest("alpine", &digest).await;
+    assert_ne!(resp.status(), 200, "nothing was stored to serve while upstream is down");
+    m.shutdown().await;
+    let store = Store::open(&m.data_dir).unwrap();
+    for d in [&digest, &other.manifest.digest] {
+        assert!(store.index.manifest(&d.parse().unwrap()).unwrap().is_none(), "{d} not in the index");
+    }
+}
+
+#[tokio::test]
 async fn a_content_type_that_contradicts_the_manifest_is_refused_and_nothing_stored() {
     let reg = FakeRegistry::start().await;
     let index = images::oci_index_with_attestations(&reg, "library/app", "1");

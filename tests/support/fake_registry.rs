@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -84,9 +84,9 @@ pub enum Fault {
     /// Blob redirects name the CDN as `localhost:PORT` instead of `127.0.0.1:PORT`.
     RedirectToOtherHost,
     /// The registry holds requests whose path and query contain `path_contains` (counted on
-    /// arrival, see [`FakeRegistry::wait_held`]) until [`FakeRegistry::release_held`]; then they
-    /// are answered as usual (other faults included). Lets a test act while a request is in flight
-    /// without guessing how long it takes.
+    /// arrival, see [`FakeRegistry::wait_held`]) until [`FakeRegistry::release_held`] (or
+    /// [`FakeRegistry::pass_held`]); then they are answered as usual (other faults included). Lets
+    /// a test act while a request is in flight without guessing how long it takes.
     Hold { path_contains: String },
     /// The CDN serves blobs without a `Content-Length`, repeating their bytes forever: a body
     /// that never ends.
@@ -96,7 +96,8 @@ pub enum Fault {
     /// is half transferred.
     HoldBlobsAfter { bytes: usize, path_contains: String },
     /// The token endpoint answers `expires_in` as this raw JSON text (`None`: the field is left
-    /// out), e.g. `"18446744073709551615"`, `"-1"`, `"1.5"`, `"\"300\""`.
+    /// out), e.g. `"18446744073709551615"`, `"-1"`, `"1.5"`, `"\"300\""`. A whole number of
+    /// seconds is also enforced: the token is refused (401) from then on (default: 300 s).
     TokenExpiresIn(Option<String>),
     /// Manifest answers carry this `Content-Type` instead of the manifest's own type.
     ManifestContentType(String),
@@ -147,6 +148,9 @@ struct Shared {
     logged: Notify,
     /// Opened by `release_held`: held requests ([`Fault::Hold`]) go on.
     release: tokio::sync::watch::Sender<bool>,
+    /// Raised by `pass_held` to the gate generation it closed: a request held at generation `g`
+    /// also goes on once this is above `g`. Only grows, so no pass is missed.
+    passed: tokio::sync::watch::Sender<u64>,
 }
 
 struct State {
@@ -163,9 +167,15 @@ struct State {
     log: Vec<Seen>,
     cdn_log: Vec<Seen>,
     token_log: Vec<Seen>,
+    /// Issued bearer token -> when it stops working: its `expires_in` from issue, when that is a
+    /// whole number of seconds (other `expires_in` texts, see [`Fault::TokenExpiresIn`], never expire).
+    expiry: HashMap<String, Instant>,
     faults: Vec<Fault>,
-    /// How many requests [`Fault::Hold`] has held so far.
+    /// How many requests [`Fault::Hold`] has held since the gate last closed (start or `pass_held`).
     held: usize,
+    /// The generation of the gate of [`Fault::Hold`]: `pass_held` lets the requests held at this
+    /// generation go on and holds later ones at the next.
+    gate: u64,
 }
 
 #[derive(Default)]
@@ -231,8 +241,10 @@ impl FakeRegistry {
             log: Vec::new(),
             cdn_log: Vec::new(),
             token_log: Vec::new(),
+            expiry: HashMap::new(),
             faults: Vec::new(),
             held: 0,
+            gate: 0,
         };
         let shared = Arc::new(Shared {
             reg_addr,
@@ -242,6 +254,7 @@ impl FakeRegistry {
             running: Mutex::new(None),
             logged: Notify::new(),
             release: tokio::sync::watch::Sender::new(false),
+            passed: tokio::sync::watch::Sender::new(0),
         });
         let this = FakeRegistry { shared };
         this.launch(reg, cdn);
@@ -367,7 +380,18 @@ impl FakeRegistry {
 
     /// Forgets every issued token, as if they had all expired.
     pub fn revoke_tokens(&self) {
-        self.state().tokens.clear();
+        let mut st = self.state();
+        st.tokens.clear();
+        st.expiry.clear();
+    }
+
+    /// Waits until every token issued so far is past its `expires_in` (the registry refuses it from
+    /// then on). A deadline set by the token endpoint, not a guess; returns at once if none expires.
+    pub async fn wait_tokens_expired(&self) {
+        let last = self.state().expiry.values().max().copied();
+        if let Some(last) = last {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(last)).await;
+        }
     }
 
     /// Everything the registry host saw (token requests included), in order.
@@ -437,7 +461,8 @@ impl FakeRegistry {
         }
     }
 
-    /// Waits until [`Fault::Hold`] has held `n` requests in all; wrap in a timeout.
+    /// Waits until [`Fault::Hold`] has held `n` requests since the gate last closed (start, or
+    /// [`pass_held`](Self::pass_held)); wrap in a timeout.
     pub async fn wait_held(&self, n: usize) {
         self.wait_until(|| self.state().held >= n).await
     }
@@ -445,6 +470,17 @@ impl FakeRegistry {
     /// Lets every request held by [`Fault::Hold`] go on, and those that arrive later too.
     pub fn release_held(&self) {
         self.shared.release.send_replace(true);
+    }
+
+    /// Lets the requests held by [`Fault::Hold`] so far go on, and keeps holding later ones
+    /// (counted from zero) until the next `pass_held` or `release_held`: steps a test through a
+    /// sequence of upstream requests one at a time.
+    pub fn pass_held(&self) {
+        let mut st = self.state();
+        let passed = st.gate;
+        st.gate += 1;
+        st.held = 0;
+        self.shared.passed.send_replace(passed + 1);
     }
 
     /// Turns a fault on (in addition to those already on).
@@ -580,8 +616,12 @@ async fn accept_loop(
             let cut = svc_cut.clone();
             async move {
                 if side == Side::Registry {
-                    if hold(&shared, &req) {
-                        let _ = shared.release.subscribe().wait_for(|open| *open).await;
+                    if let Some(gate) = hold(&shared, &req) {
+                        let (mut open, mut passed) = (shared.release.subscribe(), shared.passed.subscribe());
+                        tokio::select! {
+                            _ = open.wait_for(|open| *open) => {}
+                            _ = passed.wait_for(|passed| *passed > gate) => {}
+                        }
                     }
                     if let Some(delay) = header_delay(&shared, &req) {
                         tokio::time::sleep(delay).await;
@@ -840,21 +880,31 @@ fn header_delay(shared: &Shared, req: &Request<Incoming>) -> Option<std::time::D
     })
 }
 
-/// Whether a registry request is to be held (Fault::Hold); counts it if so.
-fn hold(shared: &Shared, req: &Request<Incoming>) -> bool {
+/// The gate generation a registry request is held at (Fault::Hold), if it is to be held; counts it.
+fn hold(shared: &Shared, req: &Request<Incoming>) -> Option<u64> {
     let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("");
-    let held = {
+    let gate = {
         let mut st = lock(&shared.state);
         let held = st.faults.iter().any(|f| matches!(f, Fault::Hold { path_contains } if pq.contains(path_contains.as_str())));
         if held {
             st.held += 1;
         }
-        held
+        held.then_some(st.gate)
     };
-    if held {
+    if gate.is_some() {
         shared.logged.notify_waiters();
     }
-    held
+    gate
+}
+
+/// Forgets the tokens past their `expires_in`, so the registry refuses them.
+fn forget_expired_tokens(st: &mut State) {
+    let now = Instant::now();
+    let expired: Vec<String> = st.expiry.iter().filter(|(_, until)| now >= **until).map(|(t, _)| t.clone()).collect();
+    for token in expired {
+        st.tokens.remove(&token);
+        st.expiry.remove(&token);
+    }
 }
 
 /// Answers a registry request; `None` means "never answer" (Fault::HangHeaders).
@@ -864,6 +914,7 @@ fn registry(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Body>> 
     let path = req.uri().path();
     let fault = {
         let mut st = lock(&shared.state);
+        forget_expired_tokens(&mut st);
         st.log.push(seen.clone());
         if path == "/token" {
             st.token_log.push(seen.clone());
@@ -1024,6 +1075,13 @@ fn token_endpoint(shared: &Shared, req: &Request<Incoming>, head: bool) -> Respo
         Fault::TokenExpiresIn(raw) => Some(raw.clone()),
         _ => None,
     });
+    let lifetime = match &expires_in {
+        None => Some(300),
+        Some(raw) => raw.as_deref().and_then(|r| r.parse::<u64>().ok()),
+    };
+    if let Some(until) = lifetime.and_then(|secs| Instant::now().checked_add(Duration::from_secs(secs))) {
+        st.expiry.insert(token.clone(), until);
+    }
     drop(st);
     let expires_in = match expires_in {
         None => ",\"expires_in\":300".to_owned(),

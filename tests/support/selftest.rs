@@ -666,6 +666,35 @@ async fn registry_faults_status_and_hang() {
 }
 
 #[tokio::test]
+async fn pass_held_lets_only_the_requests_held_so_far_go_on() {
+    let reg = FakeRegistry::start().await;
+    images::schema2_image(&reg, "library/alpine", "latest", 1, 10);
+    let auth = bearer(&reg, "library/alpine", None).await;
+    let manifest_url = format!("{}/v2/library/alpine/manifests/latest", reg.url());
+    reg.set_fault(Fault::Hold {
+        path_contains: "/manifests/".into(),
+    });
+    let spawn = || {
+        let (url, auth) = (manifest_url.clone(), auth.clone());
+        tokio::spawn(async move { get(&url, &[("authorization", &auth)]).await })
+    };
+    let first = spawn();
+    tokio::time::timeout(PROMPTLY, reg.wait_held(1))
+        .await
+        .expect("the first request is held");
+    reg.pass_held();
+    assert_eq!(first.await.unwrap().status, 200, "passed");
+    let second = spawn();
+    tokio::time::timeout(PROMPTLY, reg.wait_held(1))
+        .await
+        .expect("the next request is held again, counted from zero");
+    assert!(!second.is_finished(), "held until the gate opens again");
+    assert_eq!(reg.count("GET", "/manifests/"), 1, "only the first was answered");
+    reg.release_held();
+    assert_eq!(second.await.unwrap().status, 200);
+}
+
+#[tokio::test]
 async fn hold_keeps_requests_until_released_and_token_lifetimes_are_as_set() {
     let reg = FakeRegistry::start().await;
     images::schema2_image(&reg, "library/alpine", "latest", 1, 10);
