@@ -440,14 +440,16 @@ impl Cache {
         if head {
             if let Some(fill) = self.fills.get(&up.config().name, digest) {
                 if let Some(size) = fill.total() {
-                    let rate_limit = fill.rate_limit();
-                    return Ok(BlobAnswer { size: Some(size), range: None, body: None, outcome: Outcome::Miss, rate_limit });
+                    let (rate_limit, range) = (fill.rate_limit(), resolve_range(range, size)?);
+                    return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Outcome::Miss, rate_limit });
                 }
             }
             let resp = up.request(Method::HEAD, repo, &format!("blobs/{digest}"), HeaderMap::new()).await?;
             let size = content_length(resp.headers());
             let rate_limit = RateLimit::from_headers(resp.headers());
-            return Ok(BlobAnswer { size, range: None, body: None, outcome: Outcome::Pass, rate_limit });
+            // The same headers a GET would get: a range is checked against the size upstream gave.
+            let range = size.map(|size| resolve_range(range, size)).transpose()?.flatten();
+            return Ok(BlobAnswer { size, range, body: None, outcome: Outcome::Pass, rate_limit });
         }
         let mut join = Join::Any;
         let (mut reader, fill, mut total) = loop {

@@ -120,3 +120,21 @@ async fn the_401_challenge_reaches_a_head_over_http2() {
     let good = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("dev:letmein"));
     assert_heads(&m, &[("/v2/", 200, true), ("/v2/alpine/manifests/3", 200, true)], Some(&good)).await;
 }
+
+#[tokio::test]
+async fn a_head_with_a_range_of_a_blob_not_cached_gets_the_headers_a_get_would() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 3000);
+    let m = Mirror::start(&reg).await;
+    let url = format!("{}/v2/alpine/blobs/{}", m.url, image.layers[0].digest);
+    let head = |range: &'static str| Mirror::client().head(&url).header("range", range).send();
+
+    let resp = head("bytes=0-9").await.unwrap();
+    assert_eq!(resp.status(), 206);
+    assert_eq!(resp.headers()["content-length"], "10");
+    assert_eq!(resp.headers()["content-range"], "bytes 0-9/3000");
+    let resp = head("bytes=5000-").await.unwrap();
+    assert_eq!(resp.status(), 416);
+    assert_eq!(resp.headers()["content-range"], "bytes */3000");
+    assert_eq!(reg.cdn_count(&image.layers[0].digest), 0, "a HEAD fetches nothing");
+}
