@@ -383,7 +383,7 @@ impl Fills {
         if let Some(fill) = joinable {
             return Ok(Source::Filling(fill));
         }
-        if let Some((file, len)) = stored(store, digest)? {
+        if let Some((file, len)) = open_stored(store, digest)? {
             return Ok(Source::Stored(file, len));
         }
         let temp = store.blobs.begin()?;
@@ -502,7 +502,7 @@ impl Drop for FillGuard {
 
 /// The stored blob for `digest`, if the index and the file agree. A file the index doesn't vouch
 /// for is treated as absent (a fill will replace it).
-pub fn stored(store: &Store, digest: &Digest) -> io::Result<Option<(File, u64)>> {
+pub fn open_stored(store: &Store, digest: &Digest) -> io::Result<Option<(File, u64)>> {
     let Some(size) = store.index.blob_size(digest).map_err(io::Error::other)? else { return Ok(None) };
     match store.blobs.open_blob(digest)? {
         Some((file, len)) if len == size => Ok(Some((file, len))),
@@ -665,7 +665,7 @@ impl FillJob {
             .and_then(|_| self.store.index.put_blob(&self.digest, written).map_err(io::Error::other));
         match committed {
             Ok(()) => {
-                self.store.stored(&self.digest);
+                self.store.note_stored(&self.digest);
                 Ok((written, true))
             }
             Err(e) => {
@@ -1005,7 +1005,7 @@ impl Drop for Following {
 
 impl BlobReader {
     /// A reader of `[start, end)` of a stored file.
-    pub fn stored(store: &Store, digest: &Digest, file: File, start: u64, end: u64) -> BlobReader {
+    pub fn of_stored(store: &Store, digest: &Digest, file: File, start: u64, end: u64) -> BlobReader {
         let in_use = store.usage.hold(digest);
         store.usage.touch(digest);
         BlobReader {

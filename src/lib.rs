@@ -17,7 +17,7 @@
 //! - [`metrics`]: Prometheus counters, gauges and histograms.
 //!
 //! # The path of one request
-//! `http::server` accepts a connection; `http::Registry::handle` routes it (`http::route`, which makes
+//! `http::server` accepts a connection; `http::App::handle` routes it (`http::route`, which makes
 //! the typed name and reference), picks the upstream, and asks [`cache::Cache`]. A manifest by tag is
 //! looked up under the kind of answer the client's `Accept` asks for, revalidated with an upstream
 //! `HEAD` and served from the index when its digest is known; a manifest from upstream is verified by

@@ -112,7 +112,7 @@ impl Store {
     }
 
     /// Note content just stored: record its access and signal the evictor if over the limit.
-    pub fn stored(&self, digest: &crate::oci::Digest) {
+    pub fn note_stored(&self, digest: &crate::oci::Digest) {
         self.usage.touch(digest);
         if self.max_size.is_some_and(|max| self.over_limit(max)) {
             self.pressure.notify_one();
