@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::config::FillBudget;
+use crate::metrics::Answered;
 use crate::inflight::{self, BlobReader, FillError, Fills, Join, Source};
 use crate::oci::{verify_manifest, AcceptList, Digest, ManifestError, ManifestKind, Reference, RepositoryName, Tag};
 use crate::store::{now_secs, Store, StoredManifest, TagAnswer};
@@ -21,31 +22,6 @@ pub const MAX_MANIFEST: usize = 4 * 1024 * 1024;
 const MAX_TAG_LIST: usize = 16 * 1024 * 1024;
 /// The most tags one page lists: a larger `n` is lowered to this.
 pub const MAX_TAGS_PAGE: u32 = 10_000;
-
-/// How a request was answered, for logs and metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Answered {
-    /// From the cache, upstream not asked (or only asked to revalidate).
-    Hit,
-    /// Fetched from upstream.
-    Miss,
-    /// From the cache because upstream was unavailable.
-    Stale,
-    /// Passed through from upstream, nothing cached.
-    Pass,
-}
-
-impl Answered {
-    /// The word used in logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Answered::Hit => "hit",
-            Answered::Miss => "miss",
-            Answered::Stale => "stale",
-            Answered::Pass => "pass",
-        }
-    }
-}
 
 /// Why the cache could not answer. Cloneable so one failure can be shared by every waiter.
 #[derive(Clone, Debug, thiserror::Error)]

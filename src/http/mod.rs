@@ -23,7 +23,7 @@ use hyper::body::{Frame, Incoming};
 use crate::cache::{BlobAnswer, Cache, ManifestAnswer};
 use crate::access::Gate;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteLabel};
 use crate::oci::{is_registry_host, AcceptList, ErrorCode, RepositoryName};
 use crate::store::Store;
 use crate::upstream::{content_length, Upstream};
@@ -42,7 +42,7 @@ pub type Resp = Response<Body>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogOutcome {
     /// A cache outcome.
-    Cache(crate::cache::Answered),
+    Cache(crate::metrics::Answered),
     /// No cache involved (`/v2/`).
     Local,
     /// An error response.
@@ -101,10 +101,6 @@ pub enum Surface {
     /// connect is decided by the file's permissions).
     Local,
 }
-
-/// The route of a request, for metrics.
-#[derive(Clone, Copy)]
-struct RouteLabel(&'static str);
 
 /// Why the application can't start.
 #[derive(Debug, thiserror::Error)]
@@ -183,14 +179,14 @@ impl App {
         }
         resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
         let outcome = resp.extensions().get::<LogOutcome>().copied().unwrap_or(LogOutcome::Local);
-        let route = resp.extensions().get::<RouteLabel>().map_or("other", |r| r.0);
+        let route = resp.extensions().get::<RouteLabel>().copied().unwrap_or(RouteLabel::Other);
         let status = resp.status();
         let metrics = self.metrics.clone();
         let expected = if method == Method::HEAD { Some(0) } else { content_length(resp.headers()) };
         Ok(resp.map(|body| {
             logged(body, expected, move |bytes, complete| {
                 let cache_outcome = match outcome {
-                    LogOutcome::Cache(o) => Some(o.as_str()),
+                    LogOutcome::Cache(o) => Some(o),
                     _ => None,
                 };
                 metrics.request(route, status.as_u16(), cache_outcome, bytes);
@@ -207,7 +203,7 @@ impl App {
             Ok(r) => r,
             Err(e) => return route_error(&e),
         };
-        let label = RouteLabel(route.label());
+        let label = route.label();
         let mut resp = match (surface, &route) {
             (Surface::Admin | Surface::Local, Route::Metrics | Route::Healthz) | (Surface::Main, Route::Healthz) => {
                 self.local(&route)
@@ -336,15 +332,15 @@ fn next_page_link(client_path: &str, n: Option<u32>, last: &str, ns: Option<&str
 }
 
 /// A generated JSON answer (tag list, referrers).
-fn json_response(body: Bytes, outcome: crate::cache::Answered, content_type: &'static str) -> Resp {
+fn json_response(body: Bytes, outcome: crate::metrics::Answered, content_type: &'static str) -> Resp {
     let mut r = Response::new(full(body));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     with_outcome(r, outcome)
 }
 
 /// Record how a response was answered; a stale answer also tells the client with `Warning`.
-fn with_outcome(mut r: Resp, outcome: crate::cache::Answered) -> Resp {
-    if outcome == crate::cache::Answered::Stale {
+fn with_outcome(mut r: Resp, outcome: crate::metrics::Answered) -> Resp {
+    if outcome == crate::metrics::Answered::Stale {
         r.headers_mut().insert(header::WARNING, HeaderValue::from_static("110 - \"Response is Stale\""));
     }
     r.extensions_mut().insert(LogOutcome::Cache(outcome));
