@@ -10,7 +10,7 @@ mod index;
 pub use blobs::{BlobFiles, TempBlob};
 pub use budget::{Refused, Reservation, TempBudget};
 pub use check::{Reconciled, Verified};
-pub use evict::{Evicted, InUse, Usage, LOW_WATER};
+pub use evict::{Evicted, EvictedKind, InUse, Usage, LOW_WATER};
 pub use index::{now_secs, Index, ReferrersKey, StoredManifest, TagAnswer, TagEntry};
 
 use std::io;
