@@ -4,8 +4,7 @@
 use std::io::{self, IsTerminal, Write};
 use std::time::Duration;
 
-use crate::config::is_docker_hub_name;
-use crate::oci::{is_registry_host, references, Digest, RepositoryName};
+use crate::oci::{is_registry_host, RegistryHost, references, Digest, RepositoryName};
 use crate::store::{now_secs, Store};
 
 /// `regcache ls [REPO]`: cached repositories and tags, when each was last revalidated, and sizes.
@@ -17,8 +16,9 @@ pub fn ls(store: &Store, filter: Option<&str>, out: &mut dyn Write) -> io::Resul
     let mut shown = 0;
     for (upstream, repo, tag, entry) in tags {
         if let Some((host, name)) = &wanted {
-            let same_host = host.as_deref().is_none_or(|h| h == upstream || (is_docker_hub_name(h) && is_docker_hub_name(&upstream)));
-            let short = repo.strip_prefix("library/").filter(|_| is_docker_hub_name(&upstream));
+            let stored_under = RegistryHost::new(&upstream);
+            let same_host = host.as_deref().is_none_or(|h| h == upstream || RegistryHost::new(h).same_registry(&stored_under));
+            let short = stored_under.short_name(&repo);
             if !same_host || (repo != *name && short != Some(name.as_str())) {
                 continue;
             }

@@ -11,7 +11,7 @@ use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use crate::config::FillBudget;
 use crate::metrics::Answered;
 use crate::inflight::{self, BlobReader, FillError, Fills, Join, Source};
-use crate::oci::{verify_manifest, AcceptList, Digest, ManifestError, ManifestKind, Reference, RepositoryName, Tag};
+use crate::oci::{verify_manifest, RegistryHost, AcceptList, Digest, ManifestError, ManifestKind, Reference, RepositoryName, Tag};
 use crate::store::{now_secs, Store, StoredManifest, TagAnswer};
 use crate::singleflight::Singleflight;
 use crate::upstream::{content_length, RateLimit, Upstream, UpstreamError};
@@ -232,9 +232,8 @@ impl Cache {
         match host {
             None => self.upstreams.first(),
             Some(host) => {
-                let host = host.to_ascii_lowercase();
-                let hub = crate::config::is_docker_hub_name(&host);
-                self.upstreams.iter().find(|u| u.config().name == host || (hub && u.config().is_docker_hub()))
+                let host = RegistryHost::new(host);
+                self.upstreams.iter().find(|u| u.config().name.same_registry(&host))
             }
         }
     }
@@ -282,7 +281,7 @@ impl Cache {
         accept: &AcceptList,
         head: bool,
     ) -> Result<ManifestAnswer, CacheError> {
-        let name = up.config().name.clone();
+        let name = up.config().name.to_string();
         // Tags are kept under the name upstream knows, so `alpine` and `library/alpine` are one tag.
         let key_repo = up.upstream_name(repo);
         // A tag is remembered per kind of answer: this client is only answered from the cache with
@@ -390,7 +389,7 @@ impl Cache {
         accept: &AcceptList,
         announced: Option<Digest>,
     ) -> Result<ManifestAnswer, CacheError> {
-        let key = (up.config().name.clone(), repo.clone(), reference.to_string(), accept.key(), announced.clone());
+        let key = (up.config().name.to_string(), repo.clone(), reference.to_string(), accept.key(), announced.clone());
         let (up, repo, reference, accept, store) =
             (up.clone(), repo.clone(), reference.clone(), accept.clone(), self.store.clone());
         self.manifest_fetches
@@ -415,7 +414,7 @@ impl Cache {
             return serve_stored(&self.store, digest, file, size, range, head);
         }
         if head {
-            if let Some(fill) = self.fills.get(&up.config().name, digest) {
+            if let Some(fill) = self.fills.get(up.config().name.as_str(), digest) {
                 if let Some(size) = fill.total() {
                     let (rate_limit, range) = (fill.rate_limit(), resolve_range(range, size)?);
                     return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Miss, rate_limit });
@@ -472,7 +471,7 @@ impl Cache {
         digest: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<ReferrerList, CacheError> {
-        let name = up.config().name.clone();
+        let name = up.config().name.to_string();
         let key_repo = up.upstream_name(repo);
         let accept = AcceptList::only(OCI_INDEX);
         let fetched = async {
@@ -545,7 +544,7 @@ impl Cache {
         match fetched.await {
             Ok((tags, more, rate_limit)) => Ok(tag_page(repo, tags, n, last, more, Answered::Pass, rate_limit)),
             Err(e) if e.is_unavailable() => {
-                let known = self.store.index.tags_of(&up.config().name, &up.upstream_name(repo))?;
+                let known = self.store.index.tags_of(up.config().name.as_str(), &up.upstream_name(repo))?;
                 if known.is_empty() {
                     return Err(e.into());
                 }

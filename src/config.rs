@@ -9,14 +9,14 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use crate::oci::RegistryHost;
+
 /// Where regcache listens when nothing says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
 /// Where regcache keeps its data when nothing says otherwise.
 pub const DEFAULT_DATA_DIR: &str = "./regcache-data";
 /// The name of the local socket in the data directory.
 pub const LOCAL_SOCKET: &str = "regcache.sock";
-/// The registry a configuration without upstreams mirrors.
-pub const DOCKER_HUB_NAME: &str = "docker.io";
 /// Docker Hub's registry endpoint.
 pub const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
 
@@ -217,7 +217,7 @@ impl fmt::Debug for Access {
 #[derive(Clone)]
 pub struct UpstreamConfig {
     /// The registry host as clients name it (`docker.io`, `ghcr.io`).
-    pub name: String,
+    pub name: RegistryHost,
     /// Where to reach it.
     pub url: Url,
     /// Credentials for token and Basic auth.
@@ -273,18 +273,6 @@ impl fmt::Debug for UpstreamConfig {
             .field("stale_max", &self.stale_max)
             .finish()
     }
-}
-
-impl UpstreamConfig {
-    /// Whether this upstream is Docker Hub, whose one-component names live under `library/`.
-    pub fn is_docker_hub(&self) -> bool {
-        is_docker_hub_name(&self.name)
-    }
-}
-
-/// Whether a registry host names Docker Hub.
-pub fn is_docker_hub_name(name: &str) -> bool {
-    matches!(name, "docker.io" | "registry-1.docker.io" | "index.docker.io")
 }
 
 impl Config {
@@ -419,7 +407,7 @@ fn resolve(raw: RawConfig, over: &Overrides, base: &Path) -> Result<Config, Conf
     let mut raws = raw.upstream;
     if raws.is_empty() {
         raws.push(RawUpstream {
-            name: DOCKER_HUB_NAME.to_owned(),
+            name: crate::oci::DOCKER_HUB.to_owned(),
             url: DOCKER_HUB_URL.to_owned(),
             username: None,
             password: None,
@@ -564,8 +552,8 @@ fn resolve_access(raw: RawAccess, base: &Path) -> Result<Access, ConfigError> {
 }
 
 fn resolve_upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, ConfigError> {
-    let name = raw.name.trim().to_ascii_lowercase();
-    if name.is_empty() || name.contains('/') || name.contains(char::is_whitespace) {
+    let name = RegistryHost::new(raw.name.trim());
+    if name.as_str().is_empty() || name.as_str().contains('/') || name.as_str().contains(char::is_whitespace) {
         return Err(ConfigError(format!("upstream name {:?} must be a registry host such as docker.io", raw.name)));
     }
     let url = Url::parse(&raw.url)
@@ -689,7 +677,7 @@ mod tests {
         assert_eq!(c.upstreams.len(), 1);
         assert_eq!(c.upstreams[0].name, "docker.io");
         assert_eq!(c.upstreams[0].url.as_str(), "https://registry-1.docker.io/");
-        assert!(c.upstreams[0].is_docker_hub());
+        assert!(c.upstreams[0].name.is_docker_hub());
     }
 
     #[test]

@@ -365,7 +365,7 @@ impl Fills {
         digest: &Digest,
         join: Join,
     ) -> io::Result<Source> {
-        let key = (upstream.config().name.clone(), digest.clone());
+        let key = (upstream.config().name.to_string(), digest.clone());
         // The lock is held across the store lookup below (a sled read and a file open) and the
         // temporary file's creation: a fill commits its blob (rename, index insert) before its
         // guard takes it out of `running` under this lock, so under the lock a request sees either

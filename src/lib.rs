@@ -5,7 +5,8 @@
 //! - [`admin`]: `ls`, `gc`, `verify` on the data directory.
 //! - [`warm`]: `warm`: pull images through a server ahead of a rush.
 //! - [`config`]: the TOML file as written → a validated [`config::Config`].
-//! - [`oci`]: the registry domain, pure: `Digest`, `RepositoryName`, `Reference`, media types, error codes.
+//! - [`oci`]: the registry domain, pure: `Digest`, `RepositoryName`, `Reference`, `RegistryHost`
+//!   (Docker Hub's aliases and `library/`), media types, error codes.
 //! - [`upstream`]: the client for one upstream registry: pooled hyper + rustls, token auth, redirects
 //!   (kept out of the operator's private networks by `upstream::guard`).
 //! - [`store`]: blob files (temp → verify → fsync → rename) and the sled index.

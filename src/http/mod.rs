@@ -309,7 +309,7 @@ impl App {
             }
         };
         if q.ns.is_some() {
-            if let Ok(v) = HeaderValue::from_str(&up.config().name) {
+            if let Ok(v) = HeaderValue::from_str(up.config().name.as_str()) {
                 resp.headers_mut().insert("oci-namespace", v);
             }
         }

@@ -297,13 +297,9 @@ impl Upstream {
         &self.transport
     }
 
-    /// The name regcache asks the upstream for: Docker Hub's official images live under `library/`.
+    /// The name regcache asks the upstream for (see [`RegistryHost::upstream_name`]).
     pub fn upstream_name(&self, repo: &RepositoryName) -> RepositoryName {
-        if self.config.is_docker_hub() && repo.components() == 1 {
-            repo.with_prefix("library").unwrap_or_else(|_| repo.clone())
-        } else {
-            repo.clone()
-        }
+        self.config.name.upstream_name(repo)
     }
 
     /// `method /v2/<repo>/<rest>` with auth and redirects; `Ok` only for a 2xx answer.
