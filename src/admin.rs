@@ -31,7 +31,8 @@ pub fn ls(store: &Store, filter: Option<&str>, out: &mut dyn Write) -> io::Resul
         // The answer confirmed last (a tag has one per kind of answer: index, image, schema1).
         let Some(entry) = entry.latest() else { continue };
         let size = image_size(store, &entry.digest).map_or_else(|| "?".to_owned(), human_bytes);
-        let short = entry.digest.get(..19).unwrap_or(&entry.digest);
+        let digest = entry.digest.to_string();
+        let short = digest.get(..19).unwrap_or(&digest);
         let age = humantime::format_duration(Duration::from_secs(now_secs().saturating_sub(entry.checked_at)));
         writeln!(out, "  {tag:<24} {short}…  {size:>10}  revalidated {age} ago")?;
         shown += 1;
@@ -54,9 +55,8 @@ fn parse_filter(f: &str) -> Result<(Option<String>, String), String> {
 }
 
 /// The bytes an image's manifests say it has (an index: its cached children).
-fn image_size(store: &Store, digest: &str) -> Option<u64> {
-    let digest: Digest = digest.parse().ok()?;
-    let m = store.index.manifest(&digest).ok()??;
+fn image_size(store: &Store, digest: &Digest) -> Option<u64> {
+    let m = store.index.manifest(digest).ok()??;
     let refs = references(&m.bytes)?;
     let mut total = refs.blob_bytes();
     for child in refs.children {

@@ -155,9 +155,29 @@ pub struct TagList {
     pub rate_limit: RateLimit,
 }
 
-type TagKey = (String, RepositoryName, Tag, String);
-/// Upstream, repository, reference, Accept key, and the digest a `HEAD` announced for a tag.
-type ManifestKey = (String, RepositoryName, String, String, Option<Digest>);
+/// What one tag revalidation is shared by: requests for the same tag, from the same upstream,
+/// accepting the same kinds of manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct TagKey {
+    upstream: RegistryHost,
+    /// The name upstream knows (`library/alpine`, not `alpine`).
+    repo: RepositoryName,
+    tag: Tag,
+    /// [`AcceptList::key`].
+    accept: String,
+}
+
+/// What one manifest fetch is shared by: requests for the same reference, from the same upstream,
+/// accepting the same kinds of manifest, after the same digest announced by a tag's `HEAD`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ManifestKey {
+    upstream: RegistryHost,
+    repo: RepositoryName,
+    reference: Reference,
+    /// [`AcceptList::key`].
+    accept: String,
+    announced: Option<Digest>,
+}
 
 /// The cache: store, upstreams, and the calls in flight.
 pub struct Cache {
@@ -295,7 +315,7 @@ impl Cache {
             }
         }
         let reference = Reference::Tag(tag.clone());
-        let key = (name.clone(), key_repo.clone(), tag.clone(), accept.key());
+        let key = TagKey { upstream: up.config().name.clone(), repo: key_repo.clone(), tag: tag.clone(), accept: accept.key() };
         let revalidated = {
             let (up, repo, reference, accept) = (up.clone(), repo.clone(), reference.clone(), accept.clone());
             self.revalidations
@@ -357,12 +377,11 @@ impl Cache {
 
     /// The cached manifest a remembered tag answer points at, if stored and acceptable to the client.
     fn tag_answer(&self, known: &TagAnswer, accept: &AcceptList, outcome: Answered) -> Result<Option<ManifestAnswer>, CacheError> {
-        let Ok(digest) = known.digest.parse::<Digest>() else { return Ok(None) };
-        let Some(m) = self.cached_manifest(&digest)? else { return Ok(None) };
+        let Some(m) = self.cached_manifest(&known.digest)? else { return Ok(None) };
         if !accept.allows(&m.media_type) {
             return Ok(None);
         }
-        Ok(Some(answer(digest, m, outcome)))
+        Ok(Some(answer(known.digest.clone(), m, outcome)))
     }
 
     fn remember_tag(
@@ -373,7 +392,7 @@ impl Cache {
         kind: ManifestKind,
         digest: &Digest,
     ) -> Result<(), CacheError> {
-        let known = TagAnswer { digest: digest.to_string(), checked_at: now_secs() };
+        let known = TagAnswer { digest: digest.clone(), checked_at: now_secs() };
         self.store.index.put_tag(upstream, repo, tag, kind, &known)?;
         Ok(())
     }
@@ -389,7 +408,13 @@ impl Cache {
         accept: &AcceptList,
         announced: Option<Digest>,
     ) -> Result<ManifestAnswer, CacheError> {
-        let key = (up.config().name.to_string(), repo.clone(), reference.to_string(), accept.key(), announced.clone());
+        let key = ManifestKey {
+            upstream: up.config().name.clone(),
+            repo: repo.clone(),
+            reference: reference.clone(),
+            accept: accept.key(),
+            announced: announced.clone(),
+        };
         let (up, repo, reference, accept, store) =
             (up.clone(), repo.clone(), reference.clone(), accept.clone(), self.store.clone());
         self.manifest_fetches
