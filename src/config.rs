@@ -486,29 +486,91 @@ fn resolve_connections(raw: &RawConfig) -> Result<Connections, ConfigError> {
 
 fn resolve_tls(raw: RawTls, base: &Path) -> Result<TlsFiles, ConfigError> {
     let files = TlsFiles { cert: base.join(raw.cert), key: base.join(raw.key) };
-    load_certified_key(&files).map_err(ConfigError)?;
+    load_certified_key(&files).map_err(|e| ConfigError(e.to_string()))?;
     Ok(files)
 }
 
+/// Why a TLS certificate and key can't be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The certificate file can't be read or isn't PEM.
+    #[error("tls cert {}: {error}", .path.display())]
+    ReadCert {
+        /// The certificate file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The certificate file holds no certificate.
+    #[error("tls cert {} holds no PEM certificate", .path.display())]
+    NoCert {
+        /// The certificate file.
+        path: PathBuf,
+    },
+    /// The key file can't be read or isn't PEM.
+    #[error("tls key {}: {error}", .path.display())]
+    ReadKey {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The key file holds no private key.
+    #[error("tls key {} holds no PEM private key", .path.display())]
+    NoKey {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// rustls can't sign with the key.
+    #[error("tls key {}: {error}", .path.display())]
+    UnusableKey {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        error: rustls::Error,
+    },
+    /// The certificate isn't valid.
+    #[error("tls cert {}: not a valid certificate: {error}", .path.display())]
+    InvalidCert {
+        /// The certificate file.
+        path: PathBuf,
+        /// Why.
+        error: rustls::Error,
+    },
+    /// The certificate is not the key's.
+    #[error("tls cert {} and key {} don't match: {error}", .cert.display(), .key.display())]
+    Mismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// Why.
+        error: rustls::Error,
+    },
+    /// rustls refused its own setup.
+    #[error("TLS setup: {0}")]
+    Setup(rustls::Error),
+}
+
 /// The certificate chain and key of `files`, ready for rustls.
-pub fn load_certified_key(files: &TlsFiles) -> Result<rustls::sign::CertifiedKey, String> {
-    let cert_pem = std::fs::read(&files.cert).map_err(|e| format!("tls cert {}: {e}", files.cert.display()))?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("tls cert {}: {e}", files.cert.display()))?;
+pub fn load_certified_key(files: &TlsFiles) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    let cert_error = |error| TlsError::ReadCert { path: files.cert.clone(), error };
+    let key_error = |error| TlsError::ReadKey { path: files.key.clone(), error };
+    let cert_pem = std::fs::read(&files.cert).map_err(cert_error)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice()).collect::<Result<_, _>>().map_err(cert_error)?;
     if certs.is_empty() {
-        return Err(format!("tls cert {} holds no PEM certificate", files.cert.display()));
+        return Err(TlsError::NoCert { path: files.cert.clone() });
     }
-    let key_pem = std::fs::read(&files.key).map_err(|e| format!("tls key {}: {e}", files.key.display()))?;
+    let key_pem = std::fs::read(&files.key).map_err(key_error)?;
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| format!("tls key {}: {e}", files.key.display()))?
-        .ok_or_else(|| format!("tls key {} holds no PEM private key", files.key.display()))?;
+        .map_err(key_error)?
+        .ok_or_else(|| TlsError::NoKey { path: files.key.clone() })?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| format!("tls key {}: {e}", files.key.display()))?;
+        .map_err(|error| TlsError::UnusableKey { path: files.key.clone(), error })?;
     let ck = rustls::sign::CertifiedKey::new(certs, signing);
-    ck.keys_match().map_err(|e| match e {
-        rustls::Error::InvalidCertificate(_) => format!("tls cert {}: not a valid certificate: {e}", files.cert.display()),
-        _ => format!("tls cert {} and key {} don't match: {e}", files.cert.display(), files.key.display()),
+    ck.keys_match().map_err(|error| match error {
+        rustls::Error::InvalidCertificate(_) => TlsError::InvalidCert { path: files.cert.clone(), error },
+        _ => TlsError::Mismatch { cert: files.cert.clone(), key: files.key.clone(), error },
     })?;
     Ok(ck)
 }
@@ -780,6 +842,23 @@ password = "s3cret"
         assert!(err.contains("allow"), "{err}");
         let err = load("[tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"").unwrap_err().to_string();
         assert!(err.contains("tls cert"), "{err}");
+    }
+
+    #[test]
+    fn unusable_tls_files_are_named_in_typed_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        let files = |cert: &str, key: &str| TlsFiles { cert: dir.path().join(cert), key: dir.path().join(key) };
+        let cases: [(TlsFiles, fn(&TlsError) -> bool, &str); 2] = [
+            (files("missing.pem", "k.pem"), |e| matches!(e, TlsError::ReadCert { .. }), "tls cert "),
+            (files("empty.pem", "k.pem"), |e| matches!(e, TlsError::NoCert { .. }), "holds no PEM certificate"),
+        ];
+        for (files, kind, words) in cases {
+            let err = load_certified_key(&files).unwrap_err();
+            assert!(kind(&err), "{files:?}: {err:?}");
+            let text = err.to_string();
+            assert!(text.contains(words) && text.contains(&files.cert.display().to_string()), "{text}");
+        }
     }
 
     #[test]

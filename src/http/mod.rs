@@ -113,7 +113,7 @@ pub enum StartError {
     Upstream(String),
     /// The TLS certificate or key.
     #[error("{0}")]
-    Tls(String),
+    Tls(crate::config::TlsError),
 }
 
 impl App {
