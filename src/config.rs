@@ -369,19 +369,24 @@ impl Config {
 
     /// Resolve a configuration from TOML text; relative paths are taken from `base`.
     pub fn from_toml(text: &str, overrides: &Overrides, base: &Path) -> Result<Config, ConfigError> {
-        resolve(parse_toml(text).map_err(ConfigError)?, overrides, base)
+        resolve(parse_toml(text).map_err(|e| ConfigError(e.to_string()))?, overrides, base)
     }
 }
 
-/// Parse TOML, turning serde's message into one line that names the line number.
-fn parse_toml(text: &str) -> Result<RawConfig, String> {
-    toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        let msg = e.message().replace('\n', " ");
-        match line {
-            Some(n) => format!("line {n}: {msg}"),
-            None => msg,
-        }
+/// A file that isn't the TOML regcache reads: serde's message on one line, with its line number
+/// when known.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{message}", .line.map(|n| format!("line {n}: ")).unwrap_or_default())]
+struct TomlError {
+    line: Option<usize>,
+    message: String,
+}
+
+/// Parse TOML.
+fn parse_toml(text: &str) -> Result<RawConfig, TomlError> {
+    toml::from_str(text).map_err(|e| TomlError {
+        line: e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1),
+        message: e.message().replace('\n', " "),
     })
 }
 
@@ -716,11 +721,11 @@ pub fn parse_size(text: &str) -> Result<u64, ConfigError> {
 }
 
 /// A duration in human form: `"0s"`, `"90s"`, `"5m"`, `"7d"`, `"1h 30m"`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
     if text.trim() == "0" {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(text.trim()).map_err(|e| e.to_string())
+    humantime::parse_duration(text.trim())
 }
 
 #[cfg(test)]
@@ -859,6 +864,16 @@ password = "s3cret"
             let text = err.to_string();
             assert!(text.contains(words) && text.contains(&files.cert.display().to_string()), "{text}");
         }
+    }
+
+    #[test]
+    fn toml_and_duration_errors_are_typed_and_read_as_before() {
+        let err = parse_toml("listen = \"x\"\nbogus = 1\n").unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+        assert!(err.to_string().starts_with("line 2: unknown field `bogus`"), "{err}");
+        assert_eq!(parse_duration(" 0 ").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("soon").is_err());
     }
 
     #[test]
