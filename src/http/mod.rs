@@ -110,7 +110,7 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     /// An upstream client.
     #[error("{0}")]
-    Upstream(String),
+    Upstream(crate::upstream::ClientError),
     /// The TLS certificate or key.
     #[error("{0}")]
     Tls(crate::config::TlsError),
