@@ -854,7 +854,8 @@ password = "s3cret"
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("empty.pem"), "").unwrap();
         let files = |cert: &str, key: &str| TlsFiles { cert: dir.path().join(cert), key: dir.path().join(key) };
-        let cases: [(TlsFiles, fn(&TlsError) -> bool, &str); 2] = [
+        type IsKind = fn(&TlsError) -> bool;
+        let cases: [(TlsFiles, IsKind, &str); 2] = [
             (files("missing.pem", "k.pem"), |e| matches!(e, TlsError::ReadCert { .. }), "tls cert "),
             (files("empty.pem", "k.pem"), |e| matches!(e, TlsError::NoCert { .. }), "holds no PEM certificate"),
         ];
