@@ -4,8 +4,7 @@
 use std::io::{self, IsTerminal, Write};
 use std::time::Duration;
 
-use crate::config::is_docker_hub_name;
-use crate::oci::{is_registry_host, references, Digest, RepositoryName};
+use crate::oci::{is_registry_host, NameError, RegistryHost, references, Digest, RepositoryName};
 use crate::store::{now_secs, Store};
 
 /// `regcache ls [REPO]`: cached repositories and tags, when each was last revalidated, and sizes.
@@ -17,9 +16,10 @@ pub fn ls(store: &Store, filter: Option<&str>, out: &mut dyn Write) -> io::Resul
     let mut shown = 0;
     for (upstream, repo, tag, entry) in tags {
         if let Some((host, name)) = &wanted {
-            let same_host = host.as_deref().is_none_or(|h| h == upstream || (is_docker_hub_name(h) && is_docker_hub_name(&upstream)));
-            let short = repo.strip_prefix("library/").filter(|_| is_docker_hub_name(&upstream));
-            if !same_host || (repo != *name && short != Some(name.as_str())) {
+            let stored_under = RegistryHost::new(&upstream);
+            let same_host = host.as_ref().is_none_or(|h| h.same_registry(&stored_under));
+            let short = stored_under.short_name(&repo);
+            if !same_host || (repo != name.as_str() && short != Some(name.as_str())) {
                 continue;
             }
         }
@@ -31,7 +31,8 @@ pub fn ls(store: &Store, filter: Option<&str>, out: &mut dyn Write) -> io::Resul
         // The answer confirmed last (a tag has one per kind of answer: index, image, schema1).
         let Some(entry) = entry.latest() else { continue };
         let size = image_size(store, &entry.digest).map_or_else(|| "?".to_owned(), human_bytes);
-        let short = entry.digest.get(..19).unwrap_or(&entry.digest);
+        let digest = entry.digest.to_string();
+        let short = digest.get(..19).unwrap_or(&digest);
         let age = humantime::format_duration(Duration::from_secs(now_secs().saturating_sub(entry.checked_at)));
         writeln!(out, "  {tag:<24} {short}…  {size:>10}  revalidated {age} ago")?;
         shown += 1;
@@ -44,19 +45,18 @@ pub fn ls(store: &Store, filter: Option<&str>, out: &mut dyn Write) -> io::Resul
 }
 
 /// `host/name` or `name` → (host, name as stored upstream).
-fn parse_filter(f: &str) -> Result<(Option<String>, String), String> {
+/// The registry host (if written) and repository an `ls` filter names.
+fn parse_filter(f: &str) -> Result<(Option<RegistryHost>, RepositoryName), NameError> {
     let (host, name) = match f.split_once('/') {
-        Some((h, n)) if is_registry_host(h) => (Some(h.to_owned()), n),
+        Some((h, n)) if is_registry_host(h) => (Some(RegistryHost::new(h)), n),
         _ => (None, f),
     };
-    let name: RepositoryName = name.parse().map_err(|e| format!("{e}"))?;
-    Ok((host, name.to_string()))
+    Ok((host, name.parse()?))
 }
 
 /// The bytes an image's manifests say it has (an index: its cached children).
-fn image_size(store: &Store, digest: &str) -> Option<u64> {
-    let digest: Digest = digest.parse().ok()?;
-    let m = store.index.manifest(&digest).ok()??;
+fn image_size(store: &Store, digest: &Digest) -> Option<u64> {
+    let m = store.index.manifest(digest).ok()??;
     let refs = references(&m.bytes)?;
     let mut total = refs.blob_bytes();
     for child in refs.children {
@@ -126,4 +126,30 @@ pub fn verify(store: &Store, out: &mut dyn Write) -> io::Result<bool> {
         report.corrupt.len()
     )?;
     Ok(report.corrupt.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ls_filters_parse_into_a_host_and_a_repository() {
+        let cases = [
+            ("alpine", None, Some("alpine")),
+            ("library/alpine", None, Some("library/alpine")),
+            ("GHCR.io/org/app", Some("ghcr.io"), Some("org/app")),
+            ("localhost:5000/app", Some("localhost:5000"), Some("app")),
+            ("ghcr.io/Bad Name", Some("ghcr.io"), None),
+        ];
+        for (filter, host, name) in cases {
+            match (parse_filter(filter), name) {
+                (Ok((h, n)), Some(name)) => {
+                    assert_eq!(h.as_ref().map(RegistryHost::as_str), host, "{filter}");
+                    assert_eq!(n.as_str(), name, "{filter}");
+                }
+                (Err(_), None) => {}
+                (got, _) => panic!("{filter}: {got:?}"),
+            }
+        }
+    }
 }

@@ -9,8 +9,9 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::config::FillBudget;
+use crate::metrics::Answered;
 use crate::inflight::{self, BlobReader, FillError, Fills, Join, Source};
-use crate::oci::{verify_manifest, AcceptList, Digest, ManifestError, ManifestKind, Reference, RepositoryName, Tag};
+use crate::oci::{verify_manifest, RegistryHost, AcceptList, Digest, ManifestError, ManifestKind, Reference, RepositoryName, Tag};
 use crate::store::{now_secs, Store, StoredManifest, TagAnswer};
 use crate::singleflight::Singleflight;
 use crate::upstream::{content_length, RateLimit, Upstream, UpstreamError};
@@ -21,31 +22,6 @@ pub const MAX_MANIFEST: usize = 4 * 1024 * 1024;
 const MAX_TAG_LIST: usize = 16 * 1024 * 1024;
 /// The most tags one page lists: a larger `n` is lowered to this.
 pub const MAX_TAGS_PAGE: u32 = 10_000;
-
-/// How a request was answered, for logs and metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// From the cache, upstream not asked (or only asked to revalidate).
-    Hit,
-    /// Fetched from upstream.
-    Miss,
-    /// From the cache because upstream was unavailable.
-    Stale,
-    /// Passed through from upstream, nothing cached.
-    Pass,
-}
-
-impl Outcome {
-    /// The word used in logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Hit => "hit",
-            Outcome::Miss => "miss",
-            Outcome::Stale => "stale",
-            Outcome::Pass => "pass",
-        }
-    }
-}
 
 /// Why the cache could not answer. Cloneable so one failure can be shared by every waiter.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -113,7 +89,7 @@ pub struct ManifestAnswer {
     /// Its bytes, when known.
     pub bytes: Option<Bytes>,
     /// How it was answered.
-    pub outcome: Outcome,
+    pub outcome: Answered,
     /// The rate-limit headers of the upstream response that answered (none for a hit).
     pub rate_limit: RateLimit,
 }
@@ -149,7 +125,7 @@ pub struct BlobAnswer {
     /// The bytes, `None` for `HEAD`.
     pub body: Option<BlobReader>,
     /// How it was answered.
-    pub outcome: Outcome,
+    pub outcome: Answered,
     /// The rate-limit headers of the upstream response that answered (none for a hit).
     pub rate_limit: RateLimit,
 }
@@ -161,7 +137,7 @@ pub struct ReferrerList {
     /// Whether the `artifactType` filter was applied.
     pub filtered: bool,
     /// Where it came from.
-    pub outcome: Outcome,
+    pub outcome: Answered,
 }
 
 /// The media type of a referrers list.
@@ -174,14 +150,34 @@ pub struct TagList {
     /// When more tags follow: the last tag of this page, where the next page starts.
     pub next: Option<String>,
     /// Whether it came from upstream or from what regcache knows.
-    pub outcome: Outcome,
+    pub outcome: Answered,
     /// The rate-limit headers of the upstream response that answered.
     pub rate_limit: RateLimit,
 }
 
-type TagKey = (String, RepositoryName, Tag, String);
-/// Upstream, repository, reference, Accept key, and the digest a `HEAD` announced for a tag.
-type ManifestKey = (String, RepositoryName, String, String, Option<Digest>);
+/// What one tag revalidation is shared by: requests for the same tag, from the same upstream,
+/// accepting the same kinds of manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct TagKey {
+    upstream: RegistryHost,
+    /// The name upstream knows (`library/alpine`, not `alpine`).
+    repo: RepositoryName,
+    tag: Tag,
+    /// [`AcceptList::key`].
+    accept: String,
+}
+
+/// What one manifest fetch is shared by: requests for the same reference, from the same upstream,
+/// accepting the same kinds of manifest, after the same digest announced by a tag's `HEAD`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ManifestKey {
+    upstream: RegistryHost,
+    repo: RepositoryName,
+    reference: Reference,
+    /// [`AcceptList::key`].
+    accept: String,
+    announced: Option<Digest>,
+}
 
 /// The cache: store, upstreams, and the calls in flight.
 pub struct Cache {
@@ -249,15 +245,15 @@ impl Cache {
         SharedCalls { revalidations: self.revalidations.clone(), manifest_fetches: self.manifest_fetches.clone() }
     }
 
-    /// The upstream a request is for: the one named by `ns` (containerd's `?ns=`), else the first.
-    /// `None` when `ns` names a registry that isn't configured: nothing may be contacted then.
-    pub fn upstream(&self, ns: Option<&str>) -> Option<&Arc<Upstream>> {
-        match ns {
+    /// The upstream for a registry host (`ghcr.io`, `docker.io`, … as containerd's `?ns=` or the
+    /// first path component names it), or the first upstream when no host is given. `None` when
+    /// `host` names a registry that isn't configured: nothing may be contacted then.
+    pub fn upstream_for(&self, host: Option<&str>) -> Option<&Arc<Upstream>> {
+        match host {
             None => self.upstreams.first(),
-            Some(ns) => {
-                let ns = ns.to_ascii_lowercase();
-                let hub = crate::config::is_docker_hub_name(&ns);
-                self.upstreams.iter().find(|u| u.config().name == ns || (hub && u.config().is_docker_hub()))
+            Some(host) => {
+                let host = RegistryHost::new(host);
+                self.upstreams.iter().find(|u| u.config().name.same_registry(&host))
             }
         }
     }
@@ -286,7 +282,7 @@ impl Cache {
         head: bool,
     ) -> Result<ManifestAnswer, CacheError> {
         if let Some(m) = self.cached_manifest(digest)? {
-            return Ok(answer(digest.clone(), m, Outcome::Hit));
+            return Ok(answer(digest.clone(), m, Answered::Hit));
         }
         if head {
             let h = head_manifest_upstream(up, repo, &Reference::Digest(digest.clone()), accept).await?;
@@ -305,7 +301,7 @@ impl Cache {
         accept: &AcceptList,
         head: bool,
     ) -> Result<ManifestAnswer, CacheError> {
-        let name = up.config().name.clone();
+        let name = up.config().name.to_string();
         // Tags are kept under the name upstream knows, so `alpine` and `library/alpine` are one tag.
         let key_repo = up.upstream_name(repo);
         // A tag is remembered per kind of answer: this client is only answered from the cache with
@@ -314,12 +310,12 @@ impl Cache {
         let remembered = self.store.index.tag(&name, &key_repo, tag)?.and_then(|e| e.answer(kind).cloned());
         let age = |a: &TagAnswer| Duration::from_secs(now_secs().saturating_sub(a.checked_at));
         if let Some(known) = remembered.as_ref().filter(|a| age(a) < up.config().tag_ttl) {
-            if let Some(a) = self.tag_answer(known, accept, Outcome::Hit)? {
+            if let Some(a) = self.tag_answer(known, accept, Answered::Hit)? {
                 return Ok(a);
             }
         }
         let reference = Reference::Tag(tag.clone());
-        let key = (name.clone(), key_repo.clone(), tag.clone(), accept.key());
+        let key = TagKey { upstream: up.config().name.clone(), repo: key_repo.clone(), tag: tag.clone(), accept: accept.key() };
         let revalidated = {
             let (up, repo, reference, accept) = (up.clone(), repo.clone(), reference.clone(), accept.clone());
             self.revalidations
@@ -331,7 +327,7 @@ impl Cache {
                 if let Some(m) = self.cached_manifest(&h.digest)? {
                     if accept.allows(&m.media_type) {
                         self.remember_tag(&name, &key_repo, tag, kind, &h.digest)?;
-                        return Ok(answer(h.digest, m, Outcome::Hit));
+                        return Ok(answer(h.digest, m, Answered::Hit));
                     }
                 }
                 if head {
@@ -355,7 +351,7 @@ impl Cache {
             }
             Err(CacheError::Upstream(e)) if e.is_unavailable() => {
                 let stale = match remembered.as_ref().filter(|a| age(a) < up.config().stale_max) {
-                    Some(known) => self.tag_answer(known, accept, Outcome::Stale)?,
+                    Some(known) => self.tag_answer(known, accept, Answered::Stale)?,
                     None => None,
                 };
                 match stale {
@@ -380,13 +376,12 @@ impl Cache {
     }
 
     /// The cached manifest a remembered tag answer points at, if stored and acceptable to the client.
-    fn tag_answer(&self, known: &TagAnswer, accept: &AcceptList, outcome: Outcome) -> Result<Option<ManifestAnswer>, CacheError> {
-        let Ok(digest) = known.digest.parse::<Digest>() else { return Ok(None) };
-        let Some(m) = self.cached_manifest(&digest)? else { return Ok(None) };
+    fn tag_answer(&self, known: &TagAnswer, accept: &AcceptList, outcome: Answered) -> Result<Option<ManifestAnswer>, CacheError> {
+        let Some(m) = self.cached_manifest(&known.digest)? else { return Ok(None) };
         if !accept.allows(&m.media_type) {
             return Ok(None);
         }
-        Ok(Some(answer(digest, m, outcome)))
+        Ok(Some(answer(known.digest.clone(), m, outcome)))
     }
 
     fn remember_tag(
@@ -397,7 +392,7 @@ impl Cache {
         kind: ManifestKind,
         digest: &Digest,
     ) -> Result<(), CacheError> {
-        let known = TagAnswer { digest: digest.to_string(), checked_at: now_secs() };
+        let known = TagAnswer { digest: digest.clone(), checked_at: now_secs() };
         self.store.index.put_tag(upstream, repo, tag, kind, &known)?;
         Ok(())
     }
@@ -413,7 +408,13 @@ impl Cache {
         accept: &AcceptList,
         announced: Option<Digest>,
     ) -> Result<ManifestAnswer, CacheError> {
-        let key = (up.config().name.clone(), repo.clone(), reference.to_string(), accept.key(), announced.clone());
+        let key = ManifestKey {
+            upstream: up.config().name.clone(),
+            repo: repo.clone(),
+            reference: reference.clone(),
+            accept: accept.key(),
+            announced: announced.clone(),
+        };
         let (up, repo, reference, accept, store) =
             (up.clone(), repo.clone(), reference.clone(), accept.clone(), self.store.clone());
         self.manifest_fetches
@@ -434,14 +435,14 @@ impl Cache {
     ) -> Result<BlobAnswer, CacheError> {
         // Hits skip the fills lock; a miss checks the store once more under it (join_or_start), so a
         // fill that just finished is never started again.
-        if let Some((file, size)) = inflight::stored(&self.store, digest)? {
+        if let Some((file, size)) = inflight::open_stored(&self.store, digest)? {
             return serve_stored(&self.store, digest, file, size, range, head);
         }
         if head {
-            if let Some(fill) = self.fills.get(&up.config().name, digest) {
+            if let Some(fill) = self.fills.get(up.config().name.as_str(), digest) {
                 if let Some(size) = fill.total() {
                     let (rate_limit, range) = (fill.rate_limit(), resolve_range(range, size)?);
-                    return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Outcome::Miss, rate_limit });
+                    return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Miss, rate_limit });
                 }
             }
             let resp = up.request(Method::HEAD, repo, &format!("blobs/{digest}"), HeaderMap::new()).await?;
@@ -449,7 +450,7 @@ impl Cache {
             let rate_limit = RateLimit::from_headers(resp.headers());
             // The same headers a GET would get: a range is checked against the size upstream gave.
             let range = size.map(|size| resolve_range(range, size)).transpose()?.flatten();
-            return Ok(BlobAnswer { size, range, body: None, outcome: Outcome::Pass, rate_limit });
+            return Ok(BlobAnswer { size, range, body: None, outcome: Answered::Pass, rate_limit });
         }
         let mut join = Join::Any;
         let (mut reader, fill, mut total) = loop {
@@ -482,7 +483,7 @@ impl Cache {
         let (start, end) = served.map_or((0, total), |(s, e)| (s, Some(e)));
         reader.narrow(start, end);
         let rate_limit = fill.rate_limit();
-        Ok(BlobAnswer { size: total, range: served, body: Some(reader), outcome: Outcome::Miss, rate_limit })
+        Ok(BlobAnswer { size: total, range: served, body: Some(reader), outcome: Answered::Miss, rate_limit })
     }
 
     /// The referrers of a manifest (signatures, attestations): from upstream's referrers API, else
@@ -495,7 +496,7 @@ impl Cache {
         digest: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<ReferrerList, CacheError> {
-        let name = up.config().name.clone();
+        let name = up.config().name.to_string();
         let key_repo = up.upstream_name(repo);
         let accept = AcceptList::only(OCI_INDEX);
         let fetched = async {
@@ -510,9 +511,9 @@ impl Cache {
         let (body, outcome) = match (fetched, remembered) {
             (Ok(body), _) => {
                 self.store.index.put_referrers(&name, &key_repo, digest, &body)?;
-                (body, Outcome::Pass)
+                (body, Answered::Pass)
             }
-            (Err(_), Some(body)) => (body, Outcome::Stale),
+            (Err(_), Some(body)) => (body, Answered::Stale),
             (Err(e), None) if e.is_not_found() || e.is_unavailable() => {
                 // No referrers API (or no answer): the fallback tag schema, which is served stale
                 // like any tag while upstream is unavailable.
@@ -521,7 +522,7 @@ impl Cache {
                     .map_err(|_| CacheError::Corrupt("unusable referrers tag".into()))?;
                 match self.manifest_by_tag(up, repo, &tag, &accept, false).await {
                     Ok(a) => (a.bytes.unwrap_or_default(), a.outcome),
-                    Err(CacheError::Upstream(u)) if u.is_not_found() => (empty_index(), Outcome::Pass),
+                    Err(CacheError::Upstream(u)) if u.is_not_found() => (empty_index(), Answered::Pass),
                     Err(_) if e.is_unavailable() => return Err(e.into()),
                     Err(other) => return Err(other),
                 }
@@ -566,14 +567,14 @@ impl Cache {
             Ok::<_, UpstreamError>((tags, more, rate_limit))
         };
         match fetched.await {
-            Ok((tags, more, rate_limit)) => Ok(tag_page(repo, tags, n, last, more, Outcome::Pass, rate_limit)),
+            Ok((tags, more, rate_limit)) => Ok(tag_page(repo, tags, n, last, more, Answered::Pass, rate_limit)),
             Err(e) if e.is_unavailable() => {
-                let known = self.store.index.tags_of(&up.config().name, &up.upstream_name(repo))?;
+                let known = self.store.index.tags_of(up.config().name.as_str(), &up.upstream_name(repo))?;
                 if known.is_empty() {
                     return Err(e.into());
                 }
                 tracing::warn!(upstream = %up.config().name, %repo, error = %e, "upstream unavailable; listing the tags regcache knows");
-                Ok(tag_page(repo, known, n, last, false, Outcome::Stale, RateLimit::default()))
+                Ok(tag_page(repo, known, n, last, false, Answered::Stale, RateLimit::default()))
             }
             Err(e) => Err(e.into()),
         }
@@ -598,7 +599,7 @@ fn tag_page(
     n: Option<u32>,
     last: Option<&str>,
     upstream_more: bool,
-    outcome: Outcome,
+    outcome: Answered,
     rate_limit: RateLimit,
 ) -> TagList {
     tags.sort_unstable();
@@ -681,11 +682,11 @@ fn serve_stored(
 ) -> Result<BlobAnswer, CacheError> {
     let served = resolve_range(range, size)?;
     let (start, end) = served.unwrap_or((0, size));
-    let body = (!head).then(|| BlobReader::stored(store, digest, file, start, end));
-    Ok(BlobAnswer { size: Some(size), range: served, body, outcome: Outcome::Hit, rate_limit: RateLimit::default() })
+    let body = (!head).then(|| BlobReader::of_stored(store, digest, file, start, end));
+    Ok(BlobAnswer { size: Some(size), range: served, body, outcome: Answered::Hit, rate_limit: RateLimit::default() })
 }
 
-fn answer(digest: Digest, m: StoredManifest, outcome: Outcome) -> ManifestAnswer {
+fn answer(digest: Digest, m: StoredManifest, outcome: Answered) -> ManifestAnswer {
     ManifestAnswer {
         digest,
         size: m.bytes.len() as u64,
@@ -700,7 +701,7 @@ fn answer(digest: Digest, m: StoredManifest, outcome: Outcome) -> ManifestAnswer
 fn head_only(h: HeadAnswer, accept: &AcceptList) -> Option<ManifestAnswer> {
     let media_type = h.media_type.filter(|m| accept.allows(m))?;
     let size = h.size?;
-    Some(ManifestAnswer { digest: h.digest, media_type, size, bytes: None, outcome: Outcome::Pass, rate_limit: h.rate_limit })
+    Some(ManifestAnswer { digest: h.digest, media_type, size, bytes: None, outcome: Answered::Pass, rate_limit: h.rate_limit })
 }
 
 fn accept_headers(accept: &AcceptList) -> HeaderMap {
@@ -782,8 +783,8 @@ async fn get_manifest_upstream(
         tracing::warn!(upstream = %up.config().name, %repo, %reference, error = %e, "refused a manifest from upstream");
     })?;
     let m = store.index.put_manifest(&verified.digest, &StoredManifest { media_type: verified.media_type, bytes })?;
-    store.stored(&verified.digest);
-    Ok(ManifestAnswer { rate_limit: RateLimit::from_headers(&headers), ..answer(verified.digest, m, Outcome::Miss) })
+    store.note_stored(&verified.digest);
+    Ok(ManifestAnswer { rate_limit: RateLimit::from_headers(&headers), ..answer(verified.digest, m, Answered::Miss) })
 }
 
 #[cfg(test)]
@@ -809,7 +810,7 @@ mod tests {
             (Some(10), Some("a"), true, &["b", "c", "d"], Some("d")),
         ];
         for (n, last, more, want, next) in cases {
-            let page = tag_page(&repo, all(), *n, *last, *more, Outcome::Pass, RateLimit::default());
+            let page = tag_page(&repo, all(), *n, *last, *more, Answered::Pass, RateLimit::default());
             let v: serde_json::Value = serde_json::from_slice(&page.body).unwrap();
             assert_eq!(v, serde_json::json!({"name": "org/app", "tags": want}), "{n:?} {last:?} {more}");
             assert_eq!(page.next.as_deref(), *next, "{n:?} {last:?} {more}");

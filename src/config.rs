@@ -9,14 +9,14 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use crate::oci::RegistryHost;
+
 /// Where regcache listens when nothing says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
 /// Where regcache keeps its data when nothing says otherwise.
 pub const DEFAULT_DATA_DIR: &str = "./regcache-data";
 /// The name of the local socket in the data directory.
 pub const LOCAL_SOCKET: &str = "regcache.sock";
-/// The registry a configuration without upstreams mirrors.
-pub const DOCKER_HUB_NAME: &str = "docker.io";
 /// Docker Hub's registry endpoint.
 pub const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
 
@@ -217,7 +217,7 @@ impl fmt::Debug for Access {
 #[derive(Clone)]
 pub struct UpstreamConfig {
     /// The registry host as clients name it (`docker.io`, `ghcr.io`).
-    pub name: String,
+    pub name: RegistryHost,
     /// Where to reach it.
     pub url: Url,
     /// Credentials for token and Basic auth.
@@ -273,18 +273,6 @@ impl fmt::Debug for UpstreamConfig {
             .field("stale_max", &self.stale_max)
             .finish()
     }
-}
-
-impl UpstreamConfig {
-    /// Whether this upstream is Docker Hub, whose one-component names live under `library/`.
-    pub fn is_docker_hub(&self) -> bool {
-        is_docker_hub_name(&self.name)
-    }
-}
-
-/// Whether a registry host names Docker Hub.
-pub fn is_docker_hub_name(name: &str) -> bool {
-    matches!(name, "docker.io" | "registry-1.docker.io" | "index.docker.io")
 }
 
 impl Config {
@@ -381,19 +369,24 @@ impl Config {
 
     /// Resolve a configuration from TOML text; relative paths are taken from `base`.
     pub fn from_toml(text: &str, overrides: &Overrides, base: &Path) -> Result<Config, ConfigError> {
-        resolve(parse_toml(text).map_err(ConfigError)?, overrides, base)
+        resolve(parse_toml(text).map_err(|e| ConfigError(e.to_string()))?, overrides, base)
     }
 }
 
-/// Parse TOML, turning serde's message into one line that names the line number.
-fn parse_toml(text: &str) -> Result<RawConfig, String> {
-    toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        let msg = e.message().replace('\n', " ");
-        match line {
-            Some(n) => format!("line {n}: {msg}"),
-            None => msg,
-        }
+/// A file that isn't the TOML regcache reads: serde's message on one line, with its line number
+/// when known.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{message}", .line.map(|n| format!("line {n}: ")).unwrap_or_default())]
+struct TomlError {
+    line: Option<usize>,
+    message: String,
+}
+
+/// Parse TOML.
+fn parse_toml(text: &str) -> Result<RawConfig, TomlError> {
+    toml::from_str(text).map_err(|e| TomlError {
+        line: e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1),
+        message: e.message().replace('\n', " "),
     })
 }
 
@@ -419,7 +412,7 @@ fn resolve(raw: RawConfig, over: &Overrides, base: &Path) -> Result<Config, Conf
     let mut raws = raw.upstream;
     if raws.is_empty() {
         raws.push(RawUpstream {
-            name: DOCKER_HUB_NAME.to_owned(),
+            name: crate::oci::DOCKER_HUB.to_owned(),
             url: DOCKER_HUB_URL.to_owned(),
             username: None,
             password: None,
@@ -498,29 +491,91 @@ fn resolve_connections(raw: &RawConfig) -> Result<Connections, ConfigError> {
 
 fn resolve_tls(raw: RawTls, base: &Path) -> Result<TlsFiles, ConfigError> {
     let files = TlsFiles { cert: base.join(raw.cert), key: base.join(raw.key) };
-    load_certified_key(&files).map_err(ConfigError)?;
+    load_certified_key(&files).map_err(|e| ConfigError(e.to_string()))?;
     Ok(files)
 }
 
+/// Why a TLS certificate and key can't be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The certificate file can't be read or isn't PEM.
+    #[error("tls cert {}: {error}", .path.display())]
+    ReadCert {
+        /// The certificate file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The certificate file holds no certificate.
+    #[error("tls cert {} holds no PEM certificate", .path.display())]
+    NoCert {
+        /// The certificate file.
+        path: PathBuf,
+    },
+    /// The key file can't be read or isn't PEM.
+    #[error("tls key {}: {error}", .path.display())]
+    ReadKey {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The key file holds no private key.
+    #[error("tls key {} holds no PEM private key", .path.display())]
+    NoKey {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// rustls can't sign with the key.
+    #[error("tls key {}: {error}", .path.display())]
+    UnusableKey {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        error: rustls::Error,
+    },
+    /// The certificate isn't valid.
+    #[error("tls cert {}: not a valid certificate: {error}", .path.display())]
+    InvalidCert {
+        /// The certificate file.
+        path: PathBuf,
+        /// Why.
+        error: rustls::Error,
+    },
+    /// The certificate is not the key's.
+    #[error("tls cert {} and key {} don't match: {error}", .cert.display(), .key.display())]
+    Mismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// Why.
+        error: rustls::Error,
+    },
+    /// rustls refused its own setup.
+    #[error("TLS setup: {0}")]
+    Setup(rustls::Error),
+}
+
 /// The certificate chain and key of `files`, ready for rustls.
-pub fn load_certified_key(files: &TlsFiles) -> Result<rustls::sign::CertifiedKey, String> {
-    let cert_pem = std::fs::read(&files.cert).map_err(|e| format!("tls cert {}: {e}", files.cert.display()))?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("tls cert {}: {e}", files.cert.display()))?;
+pub fn load_certified_key(files: &TlsFiles) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    let cert_error = |error| TlsError::ReadCert { path: files.cert.clone(), error };
+    let key_error = |error| TlsError::ReadKey { path: files.key.clone(), error };
+    let cert_pem = std::fs::read(&files.cert).map_err(cert_error)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice()).collect::<Result<_, _>>().map_err(cert_error)?;
     if certs.is_empty() {
-        return Err(format!("tls cert {} holds no PEM certificate", files.cert.display()));
+        return Err(TlsError::NoCert { path: files.cert.clone() });
     }
-    let key_pem = std::fs::read(&files.key).map_err(|e| format!("tls key {}: {e}", files.key.display()))?;
+    let key_pem = std::fs::read(&files.key).map_err(key_error)?;
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| format!("tls key {}: {e}", files.key.display()))?
-        .ok_or_else(|| format!("tls key {} holds no PEM private key", files.key.display()))?;
+        .map_err(key_error)?
+        .ok_or_else(|| TlsError::NoKey { path: files.key.clone() })?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| format!("tls key {}: {e}", files.key.display()))?;
+        .map_err(|error| TlsError::UnusableKey { path: files.key.clone(), error })?;
     let ck = rustls::sign::CertifiedKey::new(certs, signing);
-    ck.keys_match().map_err(|e| match e {
-        rustls::Error::InvalidCertificate(_) => format!("tls cert {}: not a valid certificate: {e}", files.cert.display()),
-        _ => format!("tls cert {} and key {} don't match: {e}", files.cert.display(), files.key.display()),
+    ck.keys_match().map_err(|error| match error {
+        rustls::Error::InvalidCertificate(_) => TlsError::InvalidCert { path: files.cert.clone(), error },
+        _ => TlsError::Mismatch { cert: files.cert.clone(), key: files.key.clone(), error },
     })?;
     Ok(ck)
 }
@@ -564,8 +619,8 @@ fn resolve_access(raw: RawAccess, base: &Path) -> Result<Access, ConfigError> {
 }
 
 fn resolve_upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, ConfigError> {
-    let name = raw.name.trim().to_ascii_lowercase();
-    if name.is_empty() || name.contains('/') || name.contains(char::is_whitespace) {
+    let name = RegistryHost::new(raw.name.trim());
+    if name.as_str().is_empty() || name.as_str().contains('/') || name.as_str().contains(char::is_whitespace) {
         return Err(ConfigError(format!("upstream name {:?} must be a registry host such as docker.io", raw.name)));
     }
     let url = Url::parse(&raw.url)
@@ -666,11 +721,11 @@ pub fn parse_size(text: &str) -> Result<u64, ConfigError> {
 }
 
 /// A duration in human form: `"0s"`, `"90s"`, `"5m"`, `"7d"`, `"1h 30m"`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
     if text.trim() == "0" {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(text.trim()).map_err(|e| e.to_string())
+    humantime::parse_duration(text.trim())
 }
 
 #[cfg(test)]
@@ -689,7 +744,7 @@ mod tests {
         assert_eq!(c.upstreams.len(), 1);
         assert_eq!(c.upstreams[0].name, "docker.io");
         assert_eq!(c.upstreams[0].url.as_str(), "https://registry-1.docker.io/");
-        assert!(c.upstreams[0].is_docker_hub());
+        assert!(c.upstreams[0].name.is_docker_hub());
     }
 
     #[test]
@@ -792,6 +847,34 @@ password = "s3cret"
         assert!(err.contains("allow"), "{err}");
         let err = load("[tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"").unwrap_err().to_string();
         assert!(err.contains("tls cert"), "{err}");
+    }
+
+    #[test]
+    fn unusable_tls_files_are_named_in_typed_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        let files = |cert: &str, key: &str| TlsFiles { cert: dir.path().join(cert), key: dir.path().join(key) };
+        type IsKind = fn(&TlsError) -> bool;
+        let cases: [(TlsFiles, IsKind, &str); 2] = [
+            (files("missing.pem", "k.pem"), |e| matches!(e, TlsError::ReadCert { .. }), "tls cert "),
+            (files("empty.pem", "k.pem"), |e| matches!(e, TlsError::NoCert { .. }), "holds no PEM certificate"),
+        ];
+        for (files, kind, words) in cases {
+            let err = load_certified_key(&files).unwrap_err();
+            assert!(kind(&err), "{files:?}: {err:?}");
+            let text = err.to_string();
+            assert!(text.contains(words) && text.contains(&files.cert.display().to_string()), "{text}");
+        }
+    }
+
+    #[test]
+    fn toml_and_duration_errors_are_typed_and_read_as_before() {
+        let err = parse_toml("listen = \"x\"\nbogus = 1\n").unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+        assert!(err.to_string().starts_with("line 2: unknown field `bogus`"), "{err}");
+        assert_eq!(parse_duration(" 0 ").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("soon").is_err());
     }
 
     #[test]

@@ -365,7 +365,7 @@ impl Fills {
         digest: &Digest,
         join: Join,
     ) -> io::Result<Source> {
-        let key = (upstream.config().name.clone(), digest.clone());
+        let key = (upstream.config().name.to_string(), digest.clone());
         // The lock is held across the store lookup below (a sled read and a file open) and the
         // temporary file's creation: a fill commits its blob (rename, index insert) before its
         // guard takes it out of `running` under this lock, so under the lock a request sees either
@@ -383,7 +383,7 @@ impl Fills {
         if let Some(fill) = joinable {
             return Ok(Source::Filling(fill));
         }
-        if let Some((file, len)) = stored(store, digest)? {
+        if let Some((file, len)) = open_stored(store, digest)? {
             return Ok(Source::Stored(file, len));
         }
         let temp = store.blobs.begin()?;
@@ -502,7 +502,7 @@ impl Drop for FillGuard {
 
 /// The stored blob for `digest`, if the index and the file agree. A file the index doesn't vouch
 /// for is treated as absent (a fill will replace it).
-pub fn stored(store: &Store, digest: &Digest) -> io::Result<Option<(File, u64)>> {
+pub fn open_stored(store: &Store, digest: &Digest) -> io::Result<Option<(File, u64)>> {
     let Some(size) = store.index.blob_size(digest).map_err(io::Error::other)? else { return Ok(None) };
     match store.blobs.open_blob(digest)? {
         Some((file, len)) if len == size => Ok(Some((file, len))),
@@ -665,7 +665,7 @@ impl FillJob {
             .and_then(|_| self.store.index.put_blob(&self.digest, written).map_err(io::Error::other));
         match committed {
             Ok(()) => {
-                self.store.stored(&self.digest);
+                self.store.note_stored(&self.digest);
                 Ok((written, true))
             }
             Err(e) => {
@@ -747,8 +747,19 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// The error of a fill given up on because nobody reads it and it is too slow or too long.
-fn abandoned(why: String) -> FillError {
-    FillError::Upstream(UpstreamError::Timeout(why))
+fn abandoned(why: GiveUp) -> FillError {
+    FillError::Upstream(UpstreamError::Timeout(why.to_string()))
+}
+
+/// Why a fill nobody reads is given up ([`Pace`]).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum GiveUp {
+    /// Unread for `unread_max`.
+    #[error("nobody has read the blob for {unread_max:?} (unread_max); given up")]
+    Unread { unread_max: Duration },
+    /// Unread, and slower than `unread_min_rate` over a window.
+    #[error("nobody reads the blob and only {bytes} bytes arrived in {elapsed:?} (unread_min_rate {min_rate} bytes/s); given up")]
+    TooSlow { bytes: u64, elapsed: Duration, min_rate: u64 },
 }
 
 /// Whether a fill nobody reads is still worth finishing: from the moment its last reader leaves
@@ -778,7 +789,7 @@ impl Pace {
     }
 
     /// Note `bytes` that arrived at `now`, `read` or not: why to give up, if it is time to.
-    fn check(&mut self, read: bool, bytes: u64, now: Instant) -> Result<(), String> {
+    fn check(&mut self, read: bool, bytes: u64, now: Instant) -> Result<(), GiveUp> {
         let Some(since) = self.unread_since.filter(|_| !read) else {
             // Read, or just left unread: a new window starts.
             self.unread_since = (!read).then_some(now);
@@ -788,17 +799,14 @@ impl Pace {
         };
         self.window_bytes = self.window_bytes.saturating_add(bytes);
         if now.saturating_duration_since(since) >= self.unread_max {
-            return Err(format!("nobody has read the blob for {:?} (unread_max); given up", self.unread_max));
+            return Err(GiveUp::Unread { unread_max: self.unread_max });
         }
         let elapsed = now.saturating_duration_since(self.window_start);
         if elapsed >= self.window {
             // Float to integer saturates: a huge rate just can't be met.
             let needed = (self.min_rate as f64 * elapsed.as_secs_f64()) as u64;
             if self.window_bytes < needed {
-                return Err(format!(
-                    "nobody reads the blob and only {} bytes arrived in {elapsed:?} (unread_min_rate {} bytes/s); given up",
-                    self.window_bytes, self.min_rate
-                ));
+                return Err(GiveUp::TooSlow { bytes: self.window_bytes, elapsed, min_rate: self.min_rate });
             }
             self.window_start = now;
             self.window_bytes = 0;
@@ -1005,7 +1013,7 @@ impl Drop for Following {
 
 impl BlobReader {
     /// A reader of `[start, end)` of a stored file.
-    pub fn stored(store: &Store, digest: &Digest, file: File, start: u64, end: u64) -> BlobReader {
+    pub fn of_stored(store: &Store, digest: &Digest, file: File, start: u64, end: u64) -> BlobReader {
         let in_use = store.usage.hold(digest);
         store.usage.touch(digest);
         BlobReader {
@@ -1248,6 +1256,29 @@ mod tests {
         let mut pace = Pace::new(&budget, t0);
         pace.check(false, 0, at(500)).unwrap();
         assert_eq!(pace.deadline(), None, "limits past the end of time never fire");
+    }
+
+    #[test]
+    fn a_fill_is_given_up_for_a_typed_reason() {
+        let budget = FillBudget {
+            min_free: 0,
+            max_temp: None,
+            unread_max: Duration::from_secs(10),
+            unread_min_rate: 100,
+            rate_window: Duration::from_secs(2),
+        };
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut pace = Pace::new(&budget, t0);
+        pace.check(false, 0, at(0)).unwrap();
+        let slow = pace.check(false, 99, at(2000)).unwrap_err();
+        assert_eq!(slow, GiveUp::TooSlow { bytes: 99, elapsed: Duration::from_secs(2), min_rate: 100 });
+        assert!(slow.to_string().contains("only 99 bytes arrived in 2s (unread_min_rate 100 bytes/s)"), "{slow}");
+        let mut pace = Pace::new(&budget, t0);
+        pace.check(false, 0, at(0)).unwrap();
+        let unread = pace.check(false, 1_000_000, at(10_000)).unwrap_err();
+        assert_eq!(unread, GiveUp::Unread { unread_max: Duration::from_secs(10) });
+        assert!(unread.to_string().contains("nobody has read the blob for 10s (unread_max)"), "{unread}");
     }
 
     #[tokio::test]

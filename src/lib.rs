@@ -5,7 +5,8 @@
 //! - [`admin`]: `ls`, `gc`, `verify` on the data directory.
 //! - [`warm`]: `warm`: pull images through a server ahead of a rush.
 //! - [`config`]: the TOML file as written → a validated [`config::Config`].
-//! - [`oci`]: the registry domain, pure: `Digest`, `RepositoryName`, `Reference`, media types, error codes.
+//! - [`oci`]: the registry domain, pure: `Digest`, `RepositoryName`, `Reference`, `RegistryHost`
+//!   (Docker Hub's aliases and `library/`), media types, error codes.
 //! - [`upstream`]: the client for one upstream registry: pooled hyper + rustls, token auth, redirects
 //!   (kept out of the operator's private networks by `upstream::guard`).
 //! - [`store`]: blob files (temp → verify → fsync → rename) and the sled index.
@@ -17,7 +18,7 @@
 //! - [`metrics`]: Prometheus counters, gauges and histograms.
 //!
 //! # The path of one request
-//! `http::server` accepts a connection; `http::Registry::handle` routes it (`http::route`, which makes
+//! `http::server` accepts a connection; `http::App::handle` routes it (`http::route`, which makes
 //! the typed name and reference), picks the upstream, and asks [`cache::Cache`]. A manifest by tag is
 //! looked up under the kind of answer the client's `Accept` asks for, revalidated with an upstream
 //! `HEAD` and served from the index when its digest is known; a manifest from upstream is verified by

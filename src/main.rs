@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use regcache::config::{Config, Overrides};
-use regcache::http::Registry;
+use regcache::http::App;
 use regcache::oci::ImageRef;
 use regcache::store::{Store, StoreError};
 
@@ -187,7 +187,7 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
 fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
-        let registry = Registry::open(&config).context("opening the cache")?;
+        let app = App::open(&config).context("opening the cache")?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
@@ -196,11 +196,11 @@ fn serve(config: Config) -> anyhow::Result<()> {
             Some(addr) => {
                 let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
                 let stopped = stop.clone().cancelled_owned();
-                Some(tokio::spawn(regcache::http::serve_admin(l, registry.clone(), stopped)))
+                Some(tokio::spawn(regcache::http::serve_admin(l, app.clone(), stopped)))
             }
             None => None,
         };
-        tokio::spawn(reload_on_sighup(registry.clone()));
+        tokio::spawn(reload_on_sighup(app.clone()));
         let upstreams: Vec<String> = config.upstreams.iter().map(|u| format!("{}={}", u.name, u.url)).collect();
         tracing::info!(
             listen = %config.listen, tls = config.tls.is_some(), admin_listen = ?config.admin_listen,
@@ -213,7 +213,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 stop.cancel();
             }
         };
-        regcache::http::serve(listener, registry, signalled).await;
+        regcache::http::serve(listener, app, signalled).await;
         if let Some(admin) = admin {
             let _ = admin.await;
         }
@@ -223,11 +223,11 @@ fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 /// SIGHUP: read the TLS certificate and key again; connections keep running.
-async fn reload_on_sighup(registry: std::sync::Arc<Registry>) {
+async fn reload_on_sighup(app: std::sync::Arc<App>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
     while hup.recv().await.is_some() {
-        match registry.tls() {
+        match app.tls() {
             Some(tls) => match tls.reload() {
                 Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
                 Err(e) => tracing::error!(error = %e, "SIGHUP: reloading the TLS certificate failed; keeping the old one"),
@@ -245,12 +245,12 @@ fn warm(config: Config, images: &[ImageRef], platform: Option<&str>) -> anyhow::
     let socket = config.local_socket();
     let warmer = regcache::warm::Warmer::new(&socket);
     runtime.block_on(async {
-        match Registry::open(&config) {
-            Ok(registry) => {
+        match App::open(&config) {
+            Ok(app) => {
                 let local = regcache::http::bind_local(&socket)
                     .with_context(|| format!("binding the local socket {}", socket.display()))?;
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                let server = tokio::spawn(regcache::http::serve_local(local, registry, async {
+                let server = tokio::spawn(regcache::http::serve_local(local, app, async {
                     let _ = stopped.await;
                 }));
                 let ok = warmer.warm_all(images, platform).await;

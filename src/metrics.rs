@@ -2,29 +2,128 @@
 //! upstream (requests, latency, token fetches), and what it holds (fills running, bytes on disk,
 //! evictions). One [`Metrics`] per server, shared by its parts.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// How the cache answered a request: the `outcome` label, and the word in the request log.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Answered {
+    /// From the cache, upstream not asked (or only asked to revalidate).
+    Hit,
+    /// Fetched from upstream.
+    Miss,
+    /// From the cache because upstream was unavailable.
+    Stale,
+    /// Passed through from upstream, nothing cached.
+    Pass,
+}
+
+impl Answered {
+    /// The word used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Answered::Hit => "hit",
+            Answered::Miss => "miss",
+            Answered::Stale => "stale",
+            Answered::Pass => "pass",
+        }
+    }
+
+    /// Where the body came from.
+    fn source(self) -> Source {
+        match self {
+            Answered::Hit | Answered::Stale => Source::Cache,
+            Answered::Miss | Answered::Pass => Source::Upstream,
+        }
+    }
+}
+
+/// Which route a request took: the `route` label.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum RouteLabel {
+    /// `/v2/`.
+    Base,
+    /// A manifest.
+    Manifest,
+    /// A blob.
+    Blob,
+    /// A tag list.
+    Tags,
+    /// A referrers list.
+    Referrers,
+    /// `/metrics`.
+    Metrics,
+    /// `/healthz`.
+    Healthz,
+    /// Anything not routed (errors before routing).
+    Other,
+}
+
+impl RouteLabel {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteLabel::Base => "base",
+            RouteLabel::Manifest => "manifest",
+            RouteLabel::Blob => "blob",
+            RouteLabel::Tags => "tags",
+            RouteLabel::Referrers => "referrers",
+            RouteLabel::Metrics => "metrics",
+            RouteLabel::Healthz => "healthz",
+            RouteLabel::Other => "other",
+        }
+    }
+}
+
+/// Where the bytes served came from: the `source` label.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum Source {
+    Cache,
+    Upstream,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Source::Cache => "cache",
+            Source::Upstream => "upstream",
+        }
+    }
+}
+
+/// Label values are the enums' words.
+macro_rules! label_value {
+    ($($t:ty),*) => {$(
+        impl EncodeLabelValue for $t {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                encoder.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+label_value!(Answered, RouteLabel, Source);
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: &'static str,
+    route: RouteLabel,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
-    outcome: &'static str,
+    outcome: Answered,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
-    source: &'static str,
+    source: Source,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -101,12 +200,11 @@ impl Metrics {
     }
 
     /// One answered request.
-    pub fn request(&self, route: &'static str, status: u16, outcome: Option<&'static str>, bytes: u64) {
+    pub fn request(&self, route: RouteLabel, status: u16, outcome: Option<Answered>, bytes: u64) {
         self.requests.get_or_create(&RequestLabels { route, status }).inc();
         if let Some(outcome) = outcome {
             self.outcomes.get_or_create(&OutcomeLabels { outcome }).inc();
-            let source = if outcome == "hit" || outcome == "stale" { "cache" } else { "upstream" };
-            self.bytes_served.get_or_create(&SourceLabels { source }).inc_by(bytes);
+            self.bytes_served.get_or_create(&SourceLabels { source: outcome.source() }).inc_by(bytes);
         }
     }
 
@@ -136,5 +234,33 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_under_the_words_of_their_labels() {
+        let cases = [
+            (RouteLabel::Blob, Some(Answered::Hit), r#"regcache_served_bytes_total{source="cache"} 10"#),
+            (RouteLabel::Manifest, Some(Answered::Stale), r#"regcache_served_bytes_total{source="cache"} 10"#),
+            (RouteLabel::Tags, Some(Answered::Miss), r#"regcache_served_bytes_total{source="upstream"} 10"#),
+            (RouteLabel::Referrers, Some(Answered::Pass), r#"regcache_served_bytes_total{source="upstream"} 10"#),
+            (RouteLabel::Other, None, r#"regcache_http_requests_total{route="other",status="200"} 1"#),
+        ];
+        for (route, outcome, line) in cases {
+            let metrics = Metrics::new();
+            metrics.request(route, 200, outcome, 10);
+            let text = metrics.render(0, 0);
+            assert!(text.contains(line), "{route:?} {outcome:?}: {text}");
+            let route_line = format!(r#"regcache_http_requests_total{{route="{}",status="200"}} 1"#, route.as_str());
+            assert!(text.contains(&route_line), "{text}");
+            if let Some(o) = outcome {
+                let outcome_line = format!(r#"regcache_cache_requests_total{{outcome="{}"}} 1"#, o.as_str());
+                assert!(text.contains(&outcome_line), "{text}");
+            }
+        }
     }
 }

@@ -5,7 +5,7 @@ use http::{header, HeaderValue, StatusCode};
 use serde_json::json;
 
 use super::route::RouteError;
-use super::{full, Outcome, Resp};
+use super::{full, LogOutcome, Resp};
 use crate::access::Refusal;
 use crate::cache::CacheError;
 use crate::oci::{ErrorBody, ErrorCode};
@@ -28,7 +28,7 @@ pub fn oci_error(status: StatusCode, code: ErrorCode, message: &str, detail: ser
     let mut resp = http::Response::new(full(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.extensions_mut().insert(Outcome::Error);
+    resp.extensions_mut().insert(LogOutcome::Error);
     resp
 }
 

@@ -23,7 +23,7 @@ use hyper::body::{Frame, Incoming};
 use crate::cache::{BlobAnswer, Cache, ManifestAnswer};
 use crate::access::Gate;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteLabel};
 use crate::oci::{is_registry_host, AcceptList, ErrorCode, RepositoryName};
 use crate::store::Store;
 use crate::upstream::{content_length, Upstream};
@@ -40,21 +40,21 @@ pub type Resp = Response<Body>;
 
 /// How a request was answered, as recorded for the request log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum LogOutcome {
     /// A cache outcome.
-    Cache(crate::cache::Outcome),
+    Cache(crate::metrics::Answered),
     /// No cache involved (`/v2/`).
     Local,
     /// An error response.
     Error,
 }
 
-impl Outcome {
+impl LogOutcome {
     fn as_str(self) -> &'static str {
         match self {
-            Outcome::Cache(o) => o.as_str(),
-            Outcome::Local => "local",
-            Outcome::Error => "error",
+            LogOutcome::Cache(o) => o.as_str(),
+            LogOutcome::Local => "local",
+            LogOutcome::Error => "error",
         }
     }
 }
@@ -77,8 +77,9 @@ fn headers_only(resp: Resp) -> Resp {
     Response::from_parts(parts, full(Bytes::new()))
 }
 
-/// The registry regcache serves: configuration resolved into a store, upstream clients and a cache.
-pub struct Registry {
+/// The whole application: configuration resolved into a store (with its eviction running), upstream
+/// clients, a cache and the access gate; [`App::handle`] answers one request.
+pub struct App {
     cache: Cache,
     metrics: Arc<Metrics>,
     gate: Gate,
@@ -101,11 +102,7 @@ pub enum Surface {
     Local,
 }
 
-/// The route of a request, for metrics.
-#[derive(Clone, Copy)]
-struct RouteLabel(&'static str);
-
-/// Why the registry can't start.
+/// Why the application can't start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The data directory or index.
@@ -113,15 +110,15 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     /// An upstream client.
     #[error("{0}")]
-    Upstream(String),
+    Upstream(crate::upstream::ClientError),
     /// The TLS certificate or key.
     #[error("{0}")]
-    Tls(String),
+    Tls(crate::config::TlsError),
 }
 
-impl Registry {
+impl App {
     /// Open the store and build the upstream clients.
-    pub fn open(config: &Config) -> Result<Arc<Registry>, StartError> {
+    pub fn open(config: &Config) -> Result<Arc<App>, StartError> {
         let mut store = Store::open(&config.data_dir)?;
         store.max_size = config.max_size;
         store.temp = crate::store::TempBudget::new(store.blobs.tmp_dir().to_owned(), config.fills.max_temp, config.fills.min_free);
@@ -135,7 +132,7 @@ impl Registry {
             .collect::<Result<Vec<_>, _>>()
             .map_err(StartError::Upstream)?;
         let tls = config.tls.clone().map(Tls::new).transpose().map_err(StartError::Tls)?;
-        Ok(Arc::new(Registry {
+        Ok(Arc::new(App {
             cache: Cache::new(store, upstreams, config.fills.clone()),
             metrics,
             gate: Gate::new(config.access.clone()),
@@ -181,15 +178,15 @@ impl Registry {
             resp = headers_only(resp);
         }
         resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
-        let outcome = resp.extensions().get::<Outcome>().copied().unwrap_or(Outcome::Local);
-        let route = resp.extensions().get::<RouteLabel>().map_or("other", |r| r.0);
+        let outcome = resp.extensions().get::<LogOutcome>().copied().unwrap_or(LogOutcome::Local);
+        let route = resp.extensions().get::<RouteLabel>().copied().unwrap_or(RouteLabel::Other);
         let status = resp.status();
         let metrics = self.metrics.clone();
         let expected = if method == Method::HEAD { Some(0) } else { content_length(resp.headers()) };
         Ok(resp.map(|body| {
             logged(body, expected, move |bytes, complete| {
                 let cache_outcome = match outcome {
-                    Outcome::Cache(o) => Some(o.as_str()),
+                    LogOutcome::Cache(o) => Some(o),
                     _ => None,
                 };
                 metrics.request(route, status.as_u16(), cache_outcome, bytes);
@@ -206,7 +203,7 @@ impl Registry {
             Ok(r) => r,
             Err(e) => return route_error(&e),
         };
-        let label = RouteLabel(route.label());
+        let label = route.label();
         let mut resp = match (surface, &route) {
             (Surface::Admin | Surface::Local, Route::Metrics | Route::Healthz) | (Surface::Main, Route::Healthz) => {
                 self.local(&route)
@@ -247,14 +244,14 @@ impl Registry {
             message: format!("registry {host:?} is not mirrored here"),
         };
         if let Some(ns) = ns {
-            return self.cache.upstream(Some(ns)).map(|u| (u.clone(), name)).ok_or_else(|| unknown(ns));
+            return self.cache.upstream_for(Some(ns)).map(|u| (u.clone(), name)).ok_or_else(|| unknown(ns));
         }
         let (first, rest) = name.as_str().split_once('/').unwrap_or((name.as_str(), ""));
         if is_registry_host(first) {
-            let up = self.cache.upstream(Some(first)).ok_or_else(|| unknown(first))?;
+            let up = self.cache.upstream_for(Some(first)).ok_or_else(|| unknown(first))?;
             return Ok((up.clone(), rest.parse()?));
         }
-        let up = self.cache.upstream(None).ok_or_else(|| unknown("(none configured)"))?;
+        let up = self.cache.upstream_for(None).ok_or_else(|| unknown("(none configured)"))?;
         Ok((up.clone(), name))
     }
 
@@ -312,7 +309,7 @@ impl Registry {
             }
         };
         if q.ns.is_some() {
-            if let Ok(v) = HeaderValue::from_str(&up.config().name) {
+            if let Ok(v) = HeaderValue::from_str(up.config().name.as_str()) {
                 resp.headers_mut().insert("oci-namespace", v);
             }
         }
@@ -335,18 +332,18 @@ fn next_page_link(client_path: &str, n: Option<u32>, last: &str, ns: Option<&str
 }
 
 /// A generated JSON answer (tag list, referrers).
-fn json_response(body: Bytes, outcome: crate::cache::Outcome, content_type: &'static str) -> Resp {
+fn json_response(body: Bytes, outcome: crate::metrics::Answered, content_type: &'static str) -> Resp {
     let mut r = Response::new(full(body));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     with_outcome(r, outcome)
 }
 
 /// Record how a response was answered; a stale answer also tells the client with `Warning`.
-fn with_outcome(mut r: Resp, outcome: crate::cache::Outcome) -> Resp {
-    if outcome == crate::cache::Outcome::Stale {
+fn with_outcome(mut r: Resp, outcome: crate::metrics::Answered) -> Resp {
+    if outcome == crate::metrics::Answered::Stale {
         r.headers_mut().insert(header::WARNING, HeaderValue::from_static("110 - \"Response is Stale\""));
     }
-    r.extensions_mut().insert(Outcome::Cache(outcome));
+    r.extensions_mut().insert(LogOutcome::Cache(outcome));
     r
 }
 
@@ -368,7 +365,7 @@ fn base() -> Resp {
 fn text(body: impl Into<Bytes>, content_type: &'static str) -> Resp {
     let mut r = Response::new(full(body));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r.extensions_mut().insert(Outcome::Local);
+    r.extensions_mut().insert(LogOutcome::Local);
     r
 }
 

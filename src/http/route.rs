@@ -7,6 +7,7 @@
 use http::Method;
 
 use crate::oci::{Digest, ErrorCode, NameError, Reference, RepositoryName};
+use crate::metrics::RouteLabel;
 
 /// A request regcache serves.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,16 +36,16 @@ pub enum RepoRoute {
 }
 
 impl Route {
-    /// A short name for metrics.
-    pub fn label(&self) -> &'static str {
+    /// The route's label in metrics.
+    pub fn label(&self) -> RouteLabel {
         match self {
-            Route::Base => "base",
-            Route::Repo(_, RepoRoute::Manifest(_)) => "manifest",
-            Route::Repo(_, RepoRoute::Blob(_)) => "blob",
-            Route::Repo(_, RepoRoute::Tags) => "tags",
-            Route::Repo(_, RepoRoute::Referrers(_)) => "referrers",
-            Route::Metrics => "metrics",
-            Route::Healthz => "healthz",
+            Route::Base => RouteLabel::Base,
+            Route::Repo(_, RepoRoute::Manifest(_)) => RouteLabel::Manifest,
+            Route::Repo(_, RepoRoute::Blob(_)) => RouteLabel::Blob,
+            Route::Repo(_, RepoRoute::Tags) => RouteLabel::Tags,
+            Route::Repo(_, RepoRoute::Referrers(_)) => RouteLabel::Referrers,
+            Route::Metrics => RouteLabel::Metrics,
+            Route::Healthz => RouteLabel::Healthz,
         }
     }
 }

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::watch::{Busy, BusyGuard, Watched};
-use super::{Body, Registry, Surface};
+use super::{Body, App, Surface};
 
 /// How long running transfers may go on after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -35,22 +35,22 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// Serve the registry API on `listener`, and on the local socket in the data directory, until
 /// `shutdown` resolves; then drain and flush the index.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: impl Future<Output = ()>) {
-    let local = match bind_local(registry.local_socket()) {
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let local = match bind_local(app.local_socket()) {
         Ok(l) => Some(l),
         Err(e) => {
-            let path = registry.local_socket().display();
+            let path = app.local_socket().display();
             tracing::warn!(%path, error = %e, "no local socket; `regcache warm` can't reach this server");
             None
         }
     };
-    serve_on(Some(listener), local, registry, shutdown).await
+    serve_on(Some(listener), local, app, shutdown).await
 }
 
 /// Serve the registry API on the local socket `local` only (the temporary server of
 /// `regcache warm`) until `shutdown` resolves; then drain and flush the index.
-pub async fn serve_local(local: UnixListener, registry: Arc<Registry>, shutdown: impl Future<Output = ()>) {
-    serve_on(None, Some(local), registry, shutdown).await
+pub async fn serve_local(local: UnixListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    serve_on(None, Some(local), app, shutdown).await
 }
 
 /// Bind the local socket: the registry API for the host's administrator (`regcache warm`), without
@@ -70,11 +70,11 @@ pub fn bind_local(path: &Path) -> io::Result<UnixListener> {
 async fn serve_on(
     main: Option<TcpListener>,
     local: Option<UnixListener>,
-    registry: Arc<Registry>,
+    app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) {
     let stop = CancellationToken::new();
-    let local = local.map(|l| tokio::spawn(accept_loop(l, registry.clone(), Surface::Local, stop.clone().cancelled_owned())));
+    let local = local.map(|l| tokio::spawn(accept_loop(l, app.clone(), Surface::Local, stop.clone().cancelled_owned())));
     let stopped = {
         let stop = stop.clone();
         async move {
@@ -83,7 +83,7 @@ async fn serve_on(
         }
     };
     let main_deadline = match main {
-        Some(listener) => Some(accept_loop(listener, registry.clone(), Surface::Main, stopped).await),
+        Some(listener) => Some(accept_loop(listener, app.clone(), Surface::Main, stopped).await),
         None => {
             stopped.await;
             None
@@ -92,7 +92,7 @@ async fn serve_on(
     let local_deadline = match local {
         Some(task) => {
             let deadline = task.await.ok();
-            let _ = std::fs::remove_file(registry.local_socket());
+            let _ = std::fs::remove_file(app.local_socket());
             deadline
         }
         None => None,
@@ -100,18 +100,18 @@ async fn serve_on(
     let deadline = main_deadline.or(local_deadline).unwrap_or_else(tokio::time::Instant::now);
     // Downloads still running (their clients may be gone) finish and are stored, within the drain
     // time; those still running then are abandoned.
-    if !registry.cache().fills().drain(deadline).await {
+    if !app.cache().fills().drain(deadline).await {
         tracing::warn!("blob downloads still running at the end of the drain time were abandoned; they will be fetched again");
     }
-    let store = registry.cache().store();
+    let store = app.cache().store();
     if let Err(e) = store.flush_access().and_then(|_| store.index.flush()) {
         tracing::error!(error = %e, "flushing the index failed");
     }
 }
 
 /// Serve only `/metrics` and `/healthz` on `listener` until `shutdown` resolves.
-pub async fn serve_admin(listener: TcpListener, registry: Arc<Registry>, shutdown: impl Future<Output = ()>) {
-    let _ = accept_loop(listener, registry, Surface::Admin, shutdown).await;
+pub async fn serve_admin(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let _ = accept_loop(listener, app, Surface::Admin, shutdown).await;
 }
 
 /// Something connections are accepted from.
@@ -143,18 +143,18 @@ impl Listener for UnixListener {
 /// Accept until `shutdown`, then drain connections; returns when the drain time ends.
 async fn accept_loop<L: Listener>(
     listener: L,
-    registry: Arc<Registry>,
+    app: Arc<App>,
     surface: Surface,
     shutdown: impl Future<Output = ()>,
 ) -> tokio::time::Instant {
-    let limits = *registry.connections();
+    let limits = *app.connections();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper keeps polling a body while less than this is queued for a connection: a small queue
     // keeps memory per connection flat however many clients download at once.
     builder.http1().max_buf_size(MAX_QUEUED).timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
-    let tls = if surface == Surface::Main { registry.tls().map(|t| t.acceptor().clone()) } else { None };
+    let tls = if surface == Surface::Main { app.tls().map(|t| t.acceptor().clone()) } else { None };
     // Over the limit, connections wait in the kernel's listen backlog until a running one ends.
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
@@ -179,18 +179,18 @@ async fn accept_loop<L: Listener>(
             (Err(_), _) => continue,
         };
         // Before a byte is read or a TLS handshake started.
-        if surface == Surface::Main && !registry.gate().allows(peer.ip()) {
+        if surface == Surface::Main && !app.gate().allows(peer.ip()) {
             tracing::info!(%peer, "address not allowed: connection closed");
             continue;
         }
         let busy = Arc::new(Busy::default());
         let stream = Watched::new(stream, limits, busy.clone());
-        let registry = registry.clone();
+        let app = app.clone();
         let svc = service_fn(move |req| {
             let guard = busy.start();
-            let registry = registry.clone();
+            let app = app.clone();
             async move {
-                let resp = registry.handle(req, peer, surface).await?;
+                let resp = app.handle(req, peer, surface).await?;
                 Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _guard: guard }))
             }
         });

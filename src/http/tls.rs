@@ -7,7 +7,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{load_certified_key, TlsFiles};
+use crate::config::{load_certified_key, TlsError, TlsFiles};
 use crate::sync::{read, write};
 
 /// The serving certificate, swappable.
@@ -29,12 +29,12 @@ pub struct Tls {
 
 impl Tls {
     /// Load the certificate and key.
-    pub fn new(files: TlsFiles) -> Result<Tls, String> {
+    pub fn new(files: TlsFiles) -> Result<Tls, TlsError> {
         let current = Arc::new(Reloadable(RwLock::new(Arc::new(load_certified_key(&files)?))));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS setup: {e}"))?
+            .map_err(TlsError::Setup)?
             .with_no_client_auth()
             .with_cert_resolver(current.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -47,7 +47,7 @@ impl Tls {
     }
 
     /// Read the certificate and key again; on failure the old ones stay in use.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), TlsError> {
         let fresh = load_certified_key(&self.files)?;
         *write(&self.current.0) = Arc::new(fresh);
         Ok(())

@@ -3,6 +3,7 @@
 
 mod digest;
 mod error;
+mod host;
 mod manifest;
 mod media;
 mod name;
@@ -10,6 +11,7 @@ mod verify;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::{first_error, ErrorBody, ErrorCode};
+pub use host::{RegistryHost, DOCKER_HUB};
 pub use media::{
     AcceptList, ManifestKind, DOCKER_LIST, DOCKER_MANIFEST, MANIFEST_MEDIA_TYPES, OCI_INDEX, OCI_MANIFEST, SCHEMA1,
     SCHEMA1_SIGNED,

@@ -198,7 +198,7 @@ impl FromStr for ImageRef {
             Some((first, path)) if is_registry_host(first) => {
                 (first.to_ascii_lowercase(), path)
             }
-            _ => ("docker.io".to_owned(), rest),
+            _ => (super::DOCKER_HUB.to_owned(), rest),
         };
         // A tag is after the last `:` of the last component.
         let last_slash = path.rfind('/').map_or(0, |i| i + 1);

@@ -43,11 +43,32 @@ impl Drop for InUse {
     }
 }
 
+/// What kind of content eviction removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictedKind {
+    /// A blob: its file and index entry.
+    Blob,
+    /// A manifest's index entry.
+    Manifest,
+    /// A referrers list's index entry.
+    Referrers,
+}
+
+impl std::fmt::Display for EvictedKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EvictedKind::Blob => "blob",
+            EvictedKind::Manifest => "manifest",
+            EvictedKind::Referrers => "referrers",
+        })
+    }
+}
+
 /// One thing eviction removed, or would remove.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Evicted {
-    /// `blob`, `manifest` or `referrers`.
-    pub kind: &'static str,
+    /// What it is.
+    pub kind: EvictedKind,
     /// Its digest (of a referrers list: its subject's).
     pub digest: Digest,
     /// Its size.
@@ -102,16 +123,16 @@ impl Store {
         for digest in self.index.blob_digests().map_err(io::Error::other)? {
             let size = self.index.blob_size(&digest).map_err(io::Error::other)?.unwrap_or(0);
             let last_access = self.index.access(&digest).map_err(io::Error::other)?;
-            candidates.push((Evicted { kind: "blob", digest, size, last_access }, None));
+            candidates.push((Evicted { kind: EvictedKind::Blob, digest, size, last_access }, None));
         }
         for digest in self.index.manifest_digests().map_err(io::Error::other)? {
             let size = self.index.manifest(&digest).map_err(io::Error::other)?.map_or(0, |m| m.bytes.len() as u64);
             let last_access = self.index.access(&digest).map_err(io::Error::other)?;
-            candidates.push((Evicted { kind: "manifest", digest, size, last_access }, None));
+            candidates.push((Evicted { kind: EvictedKind::Manifest, digest, size, last_access }, None));
         }
         for (key, digest, size) in self.index.referrers_lists().map_err(io::Error::other)? {
             let last_access = self.index.access(&digest).map_err(io::Error::other)?;
-            candidates.push((Evicted { kind: "referrers", digest, size, last_access }, Some(key)));
+            candidates.push((Evicted { kind: EvictedKind::Referrers, digest, size, last_access }, Some(key)));
         }
         // Stable: of equal age, blobs go before manifests before referrers lists.
         candidates.sort_by_key(|(c, _)| c.last_access);
@@ -140,11 +161,15 @@ impl Store {
             return self.index.remove_referrers(key).map_err(io::Error::other);
         }
         // Index first: a crash between the two leaves a verified file, which start-up re-indexes.
-        if c.kind == "blob" {
-            self.index.remove_blob(&c.digest).map_err(io::Error::other)?;
-            self.blobs.remove(&c.digest)?;
-        } else {
-            self.index.remove_manifest(&c.digest).map_err(io::Error::other)?;
+        match c.kind {
+            EvictedKind::Blob => {
+                self.index.remove_blob(&c.digest).map_err(io::Error::other)?;
+                self.blobs.remove(&c.digest)?;
+            }
+            // A referrers list came with its key and was removed above.
+            EvictedKind::Manifest | EvictedKind::Referrers => {
+                self.index.remove_manifest(&c.digest).map_err(io::Error::other)?;
+            }
         }
         self.index.remove_access(&c.digest).map_err(io::Error::other)
     }
@@ -203,7 +228,7 @@ mod tests {
 
         let gone = store.evict(150, false).unwrap();
         let kinds: Vec<_> = gone.iter().map(|e| (e.kind, e.digest.clone())).collect();
-        assert_eq!(kinds, vec![("referrers", old_subject.clone()), ("blob", blob)]);
+        assert_eq!(kinds, vec![(EvictedKind::Referrers, old_subject.clone()), (EvictedKind::Blob, blob)]);
         assert_eq!(store.index.used_bytes(), 100);
         assert_eq!(store.index.referrers("docker.io", &repo, &old_subject).unwrap(), None);
         assert!(store.index.referrers("docker.io", &repo, &new_subject).unwrap().is_some());

@@ -62,8 +62,9 @@ pub struct TagEntry {
 /// One answer upstream gave for a tag.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TagAnswer {
-    /// The manifest digest (the manifest itself, with its media type, is stored by digest).
-    pub digest: String,
+    /// The manifest digest (the manifest itself, with its media type, is stored by digest);
+    /// stored as its string.
+    pub digest: Digest,
     /// Unix seconds when upstream last confirmed it.
     pub checked_at: u64,
 }
@@ -382,8 +383,8 @@ mod tests {
 
         let repo: RepositoryName = "library/alpine".parse().unwrap();
         let tag: Tag = "3".parse().unwrap();
-        let a = TagAnswer { digest: d.to_string(), checked_at: 1 };
-        let b = TagAnswer { digest: Digest::sha256_of(b"n").to_string(), checked_at: 2 };
+        let a = TagAnswer { digest: d.clone(), checked_at: 1 };
+        let b = TagAnswer { digest: Digest::sha256_of(b"n"), checked_at: 2 };
         idx.put_tag("docker.io", &repo, &tag, ManifestKind::Index, &a).unwrap();
         idx.put_tag("docker.io", &repo, &tag, ManifestKind::Image, &b).unwrap();
         let e = idx.tag("docker.io", &repo, &tag).unwrap().unwrap();
@@ -399,12 +400,22 @@ mod tests {
     }
 
     #[test]
+    fn a_tag_answer_is_stored_with_its_digest_as_a_string() {
+        let d = Digest::sha256_of(b"m");
+        let a = TagAnswer { digest: d.clone(), checked_at: 7 };
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(json, format!(r#"{{"digest":"{d}","checked_at":7}}"#));
+        assert_eq!(serde_json::from_str::<TagAnswer>(&json).unwrap(), a);
+        assert!(serde_json::from_str::<TagAnswer>(r#"{"digest":"md5:00","checked_at":7}"#).is_err());
+    }
+
+    #[test]
     fn tags_written_by_the_previous_version_are_of_unknown_kind() {
         let dir = tempfile::tempdir().unwrap();
         let idx = Index::open(&dir.path().join("index")).unwrap();
         let repo: RepositoryName = "library/alpine".parse().unwrap();
         let tag: Tag = "3".parse().unwrap();
-        let d = Digest::sha256_of(b"m").to_string();
+        let d = Digest::sha256_of(b"m");
         // The previous layout: one digest per tag.
         idx.tags.insert(tag_key("docker.io", &repo, &tag), format!(r#"{{"digest":"{d}","checked_at":7}}"#).as_bytes()).unwrap();
         let old = TagAnswer { digest: d.clone(), checked_at: 7 };

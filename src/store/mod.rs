@@ -10,7 +10,7 @@ mod index;
 pub use blobs::{BlobFiles, TempBlob};
 pub use budget::{Refused, Reservation, TempBudget};
 pub use check::{Reconciled, Verified};
-pub use evict::{Evicted, InUse, Usage, LOW_WATER};
+pub use evict::{Evicted, EvictedKind, InUse, Usage, LOW_WATER};
 pub use index::{now_secs, Index, ReferrersKey, StoredManifest, TagAnswer, TagEntry};
 
 use std::io;
@@ -112,7 +112,7 @@ impl Store {
     }
 
     /// Note content just stored: record its access and signal the evictor if over the limit.
-    pub fn stored(&self, digest: &crate::oci::Digest) {
+    pub fn note_stored(&self, digest: &crate::oci::Digest) {
         self.usage.touch(digest);
         if self.max_size.is_some_and(|max| self.over_limit(max)) {
             self.pressure.notify_one();

@@ -22,7 +22,7 @@ use url::Url;
 
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
-use crate::oci::{first_error, ErrorCode, RepositoryName};
+use crate::oci::{first_error, ErrorCode, RegistryHost, RepositoryName};
 use crate::singleflight::CallDied;
 pub use auth::Auth;
 pub use challenge::{parse_challenges, Challenge};
@@ -108,22 +108,46 @@ pub struct Transport {
     idle_timeout: Duration,
 }
 
+/// Why an upstream client can't be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The upstream's `ca_file` isn't readable PEM.
+    #[error("upstream {upstream}: ca_file: {error}")]
+    CaPem {
+        /// The upstream.
+        upstream: RegistryHost,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// A certificate in the upstream's `ca_file` can't be trusted as a root.
+    #[error("upstream {upstream}: ca_file: {error}")]
+    CaCert {
+        /// The upstream.
+        upstream: RegistryHost,
+        /// Why.
+        error: rustls::Error,
+    },
+    /// rustls refused its own setup.
+    #[error("TLS setup: {0}")]
+    Setup(rustls::Error),
+}
+
 impl Transport {
     /// A client trusting webpki roots plus the upstream's `ca_file`; HTTP/1.1 and HTTP/2 by ALPN;
     /// connecting only where [`guard`] allows.
-    pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<Transport, String> {
+    pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<Transport, ClientError> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(pem) = &cfg.ca_pem {
             for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert = cert.map_err(|e| format!("upstream {}: ca_file: {e}", cfg.name))?;
-                roots.add(cert).map_err(|e| format!("upstream {}: ca_file: {e}", cfg.name))?;
+                let cert = cert.map_err(|error| ClientError::CaPem { upstream: cfg.name.clone(), error })?;
+                roots.add(cert).map_err(|error| ClientError::CaCert { upstream: cfg.name.clone(), error })?;
             }
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS setup: {e}"))?
+            .map_err(ClientError::Setup)?
             .with_root_certificates(roots)
             .with_no_client_auth();
         let http = GuardedConnector::new(cfg, |http| {
@@ -272,7 +296,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// The client for `config`.
-    pub fn new(config: UpstreamConfig, metrics: Arc<Metrics>) -> Result<Upstream, String> {
+    pub fn new(config: UpstreamConfig, metrics: Arc<Metrics>) -> Result<Upstream, ClientError> {
         let transport = Transport::new(&config, metrics)?;
         Ok(Upstream { auth: Auth::new(config.clone()), config, transport, manifest_head: AtomicBool::new(true) })
     }
@@ -297,13 +321,9 @@ impl Upstream {
         &self.transport
     }
 
-    /// The name regcache asks the upstream for: Docker Hub's official images live under `library/`.
+    /// The name regcache asks the upstream for (see [`RegistryHost::upstream_name`]).
     pub fn upstream_name(&self, repo: &RepositoryName) -> RepositoryName {
-        if self.config.is_docker_hub() && repo.components() == 1 {
-            repo.with_prefix("library").unwrap_or_else(|_| repo.clone())
-        } else {
-            repo.clone()
-        }
+        self.config.name.upstream_name(repo)
     }
 
     /// `method /v2/<repo>/<rest>` with auth and redirects; `Ok` only for a 2xx answer.
@@ -403,5 +423,22 @@ impl Upstream {
             (None, _) => status.to_string(),
         };
         Err(UpstreamError::Status { status, code, retry_after, rate_limit, message })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_file_that_holds_no_usable_certificate_is_a_typed_error_naming_the_upstream() {
+        let dir = tempfile::tempdir().unwrap();
+        // PEM framing around bytes that are no certificate ("hello").
+        std::fs::write(dir.path().join("ca.pem"), "-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n").unwrap();
+        let text = "[[upstream]]\nname = \"Corp.Example\"\nurl = \"https://corp.example\"\nca_file = \"ca.pem\"\n";
+        let config = crate::config::Config::from_toml(text, &Default::default(), dir.path()).unwrap();
+        let err = Upstream::new(config.upstreams[0].clone(), Arc::new(Metrics::new())).err().expect("refused");
+        assert!(matches!(&err, ClientError::CaCert { upstream, .. } if upstream == "corp.example"), "{err:?}");
+        assert!(err.to_string().starts_with("upstream corp.example: ca_file: "), "{err}");
     }
 }

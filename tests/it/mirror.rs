@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use regcache::cache::SharedCalls;
 use regcache::config::{Config, Overrides};
-use regcache::http::Registry;
+use regcache::http::App;
 use regcache::inflight::Fills;
 use tokio::sync::oneshot;
 
@@ -76,7 +76,7 @@ impl Mirror {
         );
         let mut config = Config::from_toml(&toml, &Overrides::default(), Path::new(".")).expect("config");
         config.upstreams[0].private_network = opts.private_network;
-        let registry = Registry::open(&config).expect("open registry");
+        let registry = App::open(&config).expect("open registry");
         let fills = registry.cache().fills().clone();
         let shared_calls = registry.cache().shared_calls();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
