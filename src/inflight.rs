@@ -1217,15 +1217,20 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "its temporary file is gone");
     }
 
-    #[test]
-    fn a_fill_nobody_reads_keeps_its_pace_or_is_given_up() {
-        let budget = FillBudget {
+    /// A fill budget for pace tests: at least 100 bytes a 2 s window while unread, for at most 10 s.
+    fn pace_budget() -> FillBudget {
+        FillBudget {
             min_free: 0,
             max_temp: None,
             unread_max: Duration::from_secs(10),
             unread_min_rate: 100,
             rate_window: Duration::from_secs(2),
-        };
+        }
+    }
+
+    #[test]
+    fn a_fill_nobody_reads_keeps_its_pace_or_is_given_up() {
+        let budget = pace_budget();
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         // Steps of (ms, read, bytes arrived); Some(n): given up at step n, None: never.
@@ -1260,13 +1265,7 @@ mod tests {
 
     #[test]
     fn a_fill_is_given_up_for_a_typed_reason() {
-        let budget = FillBudget {
-            min_free: 0,
-            max_temp: None,
-            unread_max: Duration::from_secs(10),
-            unread_min_rate: 100,
-            rate_window: Duration::from_secs(2),
-        };
+        let budget = pace_budget();
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut pace = Pace::new(&budget, t0);
