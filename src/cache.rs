@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::config::FillBudget;
 use crate::metrics::Answered;
@@ -14,12 +13,8 @@ use crate::inflight::{self, BlobReader, FillError, Fills, Join, Source};
 use crate::oci::{verify_manifest, RegistryHost, AcceptList, Digest, ManifestError, ManifestKind, Reference, RepositoryName, Tag};
 use crate::store::{now_secs, Store, StoredManifest, TagAnswer};
 use crate::singleflight::Singleflight;
-use crate::upstream::{content_length, RateLimit, Upstream, UpstreamError};
+use crate::upstream::{ManifestHead, RateLimit, Upstream, UpstreamError, MAX_MANIFEST};
 
-/// The largest manifest regcache accepts.
-pub const MAX_MANIFEST: usize = 4 * 1024 * 1024;
-/// The largest tag list regcache passes on.
-const MAX_TAG_LIST: usize = 16 * 1024 * 1024;
 /// The most tags one page lists: a larger `n` is lowered to this.
 pub const MAX_TAGS_PAGE: u32 = 10_000;
 
@@ -184,7 +179,7 @@ pub struct Cache {
     store: Arc<Store>,
     upstreams: Vec<Arc<Upstream>>,
     fills: Arc<Fills>,
-    revalidations: Singleflight<TagKey, Result<Option<HeadAnswer>, UpstreamError>>,
+    revalidations: Singleflight<TagKey, Result<Option<ManifestHead>, UpstreamError>>,
     manifest_fetches: Singleflight<ManifestKey, Result<ManifestAnswer, CacheError>>,
 }
 
@@ -192,7 +187,7 @@ pub struct Cache {
 /// so a test that holds the upstream knows when every request has joined.
 #[derive(Clone)]
 pub struct SharedCalls {
-    revalidations: Singleflight<TagKey, Result<Option<HeadAnswer>, UpstreamError>>,
+    revalidations: Singleflight<TagKey, Result<Option<ManifestHead>, UpstreamError>>,
     manifest_fetches: Singleflight<ManifestKey, Result<ManifestAnswer, CacheError>>,
 }
 
@@ -206,15 +201,6 @@ impl SharedCalls {
     pub fn manifest_fetch_waiters(&self) -> usize {
         self.manifest_fetches.waiters()
     }
-}
-
-/// What an upstream `HEAD` of a manifest said.
-#[derive(Clone, Debug)]
-struct HeadAnswer {
-    digest: Digest,
-    media_type: Option<String>,
-    size: Option<u64>,
-    rate_limit: RateLimit,
 }
 
 impl Cache {
@@ -285,7 +271,7 @@ impl Cache {
             return Ok(answer(digest.clone(), m, Answered::Hit));
         }
         if head {
-            let h = head_manifest_upstream(up, repo, &Reference::Digest(digest.clone()), accept).await?;
+            let h = up.head_manifest(repo, &Reference::Digest(digest.clone()), accept).await?;
             if let Some(a) = h.filter(|h| h.digest == *digest).and_then(|h| head_only(h, accept)) {
                 return Ok(a);
             }
@@ -319,7 +305,7 @@ impl Cache {
         let revalidated = {
             let (up, repo, reference, accept) = (up.clone(), repo.clone(), reference.clone(), accept.clone());
             self.revalidations
-                .run(key, move || async move { head_manifest_upstream(&up, &repo, &reference, &accept).await })
+                .run(key, move || async move { up.head_manifest(&repo, &reference, &accept).await })
                 .await
         };
         let fetched = match revalidated {
@@ -445,12 +431,10 @@ impl Cache {
                     return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Miss, rate_limit });
                 }
             }
-            let resp = up.request(Method::HEAD, repo, &format!("blobs/{digest}"), HeaderMap::new()).await?;
-            let size = content_length(resp.headers());
-            let rate_limit = RateLimit::from_headers(resp.headers());
+            let h = up.head_blob(repo, digest).await?;
             // The same headers a GET would get: a range is checked against the size upstream gave.
-            let range = size.map(|size| resolve_range(range, size)).transpose()?.flatten();
-            return Ok(BlobAnswer { size, range, body: None, outcome: Answered::Pass, rate_limit });
+            let range = h.size.map(|size| resolve_range(range, size)).transpose()?.flatten();
+            return Ok(BlobAnswer { size: h.size, range, body: None, outcome: Answered::Pass, rate_limit: h.rate_limit });
         }
         let mut join = Join::Any;
         let (mut reader, fill, mut total) = loop {
@@ -499,11 +483,7 @@ impl Cache {
         let name = up.config().name.to_string();
         let key_repo = up.upstream_name(repo);
         let accept = AcceptList::only(OCI_INDEX);
-        let fetched = async {
-            let resp = up.request(Method::GET, repo, &format!("referrers/{digest}"), accept_headers(&accept)).await?;
-            up.transport().read_body(resp, MAX_MANIFEST).await
-        };
-        let fetched = fetched.await;
+        let fetched = up.referrers(repo, digest).await;
         let remembered = match &fetched {
             Err(e) if e.is_unavailable() => self.store.index.referrers(&name, &key_repo, digest)?,
             _ => None,
@@ -546,28 +526,8 @@ impl Cache {
         last: Option<&str>,
     ) -> Result<TagList, CacheError> {
         let n = n.map(|n| n.min(MAX_TAGS_PAGE));
-        let query = {
-            let mut params = url::form_urlencoded::Serializer::new(String::new());
-            if let Some(n) = n {
-                // Upstream is asked for at least one tag, so it still says whether the repository exists.
-                params.append_pair("n", &n.max(1).to_string());
-            }
-            if let Some(last) = last {
-                params.append_pair("last", last);
-            }
-            params.finish()
-        };
-        let rest = if query.is_empty() { "tags/list".to_owned() } else { format!("tags/list?{query}") };
-        let fetched = async {
-            let resp = up.request(Method::GET, repo, &rest, HeaderMap::new()).await?;
-            let more = resp.headers().contains_key(header::LINK);
-            let rate_limit = RateLimit::from_headers(resp.headers());
-            let body = up.transport().read_body(resp, MAX_TAG_LIST).await?;
-            let tags = parse_tag_list(&body)?;
-            Ok::<_, UpstreamError>((tags, more, rate_limit))
-        };
-        match fetched.await {
-            Ok((tags, more, rate_limit)) => Ok(tag_page(repo, tags, n, last, more, Answered::Pass, rate_limit)),
+        match up.tags(repo, n, last).await {
+            Ok(page) => Ok(tag_page(repo, page.tags, n, last, page.more, Answered::Pass, page.rate_limit)),
             Err(e) if e.is_unavailable() => {
                 let known = self.store.index.tags_of(up.config().name.as_str(), &up.upstream_name(repo))?;
                 if known.is_empty() {
@@ -579,16 +539,6 @@ impl Cache {
             Err(e) => Err(e.into()),
         }
     }
-}
-
-/// The tags of an upstream's `tags/list` body.
-fn parse_tag_list(body: &[u8]) -> Result<Vec<String>, UpstreamError> {
-    #[derive(serde::Deserialize)]
-    struct List {
-        tags: Option<Vec<String>>,
-    }
-    let list: List = serde_json::from_slice(body).map_err(|e| UpstreamError::Protocol(format!("unreadable tag list: {e}")))?;
-    Ok(list.tags.unwrap_or_default())
 }
 
 /// The page of `tags` after `last` with at most `n` of them (all when `None`), sorted; it has a next
@@ -698,62 +648,10 @@ fn answer(digest: Digest, m: StoredManifest, outcome: Answered) -> ManifestAnswe
 }
 
 /// A HEAD answer built from upstream headers alone, if they said everything and the client accepts it.
-fn head_only(h: HeadAnswer, accept: &AcceptList) -> Option<ManifestAnswer> {
+fn head_only(h: ManifestHead, accept: &AcceptList) -> Option<ManifestAnswer> {
     let media_type = h.media_type.filter(|m| accept.allows(m))?;
     let size = h.size?;
     Some(ManifestAnswer { digest: h.digest, media_type, size, bytes: None, outcome: Answered::Pass, rate_limit: h.rate_limit })
-}
-
-fn accept_headers(accept: &AcceptList) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    // One line per type, as Docker sends them: some registries read only part of a joined list.
-    for t in accept.for_upstream() {
-        if let Ok(v) = HeaderValue::from_str(&t) {
-            h.append(header::ACCEPT, v);
-        }
-    }
-    h
-}
-
-fn media_type_of(headers: &HeaderMap) -> Option<String> {
-    let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    let m = ct.split(';').next()?.trim();
-    (!m.is_empty()).then(|| m.to_ascii_lowercase())
-}
-
-fn docker_digest(headers: &HeaderMap) -> Option<Digest> {
-    headers.get("docker-content-digest")?.to_str().ok()?.trim().parse().ok()
-}
-
-/// A `HEAD` of a manifest; `None` when it gave no digest, or when this upstream doesn't answer
-/// manifest `HEAD`s (405 or 501, remembered per upstream): the caller then GETs.
-async fn head_manifest_upstream(
-    up: &Upstream,
-    repo: &RepositoryName,
-    reference: &Reference,
-    accept: &AcceptList,
-) -> Result<Option<HeadAnswer>, UpstreamError> {
-    if !up.answers_manifest_head() {
-        return Ok(None);
-    }
-    let resp = match up.request(Method::HEAD, repo, &format!("manifests/{reference}"), accept_headers(accept)).await {
-        Ok(resp) => resp,
-        Err(UpstreamError::Status { status, .. })
-            if status == StatusCode::METHOD_NOT_ALLOWED || status == StatusCode::NOT_IMPLEMENTED =>
-        {
-            tracing::info!(upstream = %up.config().name, %status, "upstream answers no manifest HEAD; using GET from now on");
-            up.note_no_manifest_head();
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
-    let h = resp.headers();
-    Ok(docker_digest(h).map(|digest| HeadAnswer {
-        digest,
-        media_type: media_type_of(h),
-        size: content_length(h),
-        rate_limit: RateLimit::from_headers(h),
-    }))
 }
 
 /// GET a manifest and verify it ([`verify_manifest`]): its digest is computed here and must match
@@ -767,9 +665,7 @@ async fn get_manifest_upstream(
     announced: Option<Digest>,
     store: &Store,
 ) -> Result<ManifestAnswer, CacheError> {
-    let resp = up.request(Method::GET, repo, &format!("manifests/{reference}"), accept_headers(accept)).await?;
-    let headers = resp.headers().clone();
-    let bytes = up.transport().read_body(resp, MAX_MANIFEST).await.map_err(|e| match e {
+    let fetched = up.get_manifest(repo, reference, accept).await.map_err(|e| match e {
         UpstreamError::TooLarge(_) => CacheError::ManifestTooLarge,
         e => e.into(),
     })?;
@@ -777,14 +673,13 @@ async fn get_manifest_upstream(
         Reference::Digest(d) => Some(d.clone()),
         Reference::Tag(_) => None,
     };
-    let expected: Vec<Digest> = asked.into_iter().chain(announced).chain(docker_digest(&headers)).collect();
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let verified = verify_manifest(&bytes, &expected, content_type).inspect_err(|e| {
+    let expected: Vec<Digest> = asked.into_iter().chain(announced).chain(fetched.digest).collect();
+    let verified = verify_manifest(&fetched.bytes, &expected, fetched.content_type.as_deref()).inspect_err(|e| {
         tracing::warn!(upstream = %up.config().name, %repo, %reference, error = %e, "refused a manifest from upstream");
     })?;
-    let m = store.index.put_manifest(&verified.digest, &StoredManifest { media_type: verified.media_type, bytes })?;
+    let m = store.index.put_manifest(&verified.digest, &StoredManifest { media_type: verified.media_type, bytes: fetched.bytes })?;
     store.note_stored(&verified.digest);
-    Ok(ManifestAnswer { rate_limit: RateLimit::from_headers(&headers), ..answer(verified.digest, m, Answered::Miss) })
+    Ok(ManifestAnswer { rate_limit: fetched.rate_limit, ..answer(verified.digest, m, Answered::Miss) })
 }
 
 #[cfg(test)]
@@ -815,15 +710,6 @@ mod tests {
             assert_eq!(v, serde_json::json!({"name": "org/app", "tags": want}), "{n:?} {last:?} {more}");
             assert_eq!(page.next.as_deref(), *next, "{n:?} {last:?} {more}");
         }
-    }
-
-    #[test]
-    fn tag_list_bodies() {
-        assert_eq!(parse_tag_list(br#"{"name":"a","tags":["x","y"]}"#).unwrap(), ["x", "y"]);
-        assert!(parse_tag_list(br#"{"name":"a","tags":null}"#).unwrap().is_empty());
-        assert!(parse_tag_list(br#"{"name":"a"}"#).unwrap().is_empty());
-        assert!(parse_tag_list(b"<html>").is_err());
-        assert!(parse_tag_list(br#"{"tags":[1]}"#).is_err());
     }
 
     #[test]
