@@ -564,45 +564,6 @@ fn tag_page(
     TagList { body: body.into(), next, outcome, rate_limit }
 }
 
-/// How often batched access times are written to the index.
-const ACCESS_FLUSH: Duration = Duration::from_secs(30);
-
-/// The background work of a cache: evict when an insert passes `max_size`, and write access times
-/// in batches. Holds the store only weakly, so it ends once the server's store is gone.
-pub fn spawn_housekeeping(store: &Arc<Store>, metrics: Arc<crate::metrics::Metrics>) {
-    let weak = Arc::downgrade(store);
-    let pressure = store.pressure.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(ACCESS_FLUSH);
-        loop {
-            let evict = tokio::select! {
-                _ = pressure.notified() => true,
-                _ = tick.tick() => false,
-            };
-            let Some(store) = weak.upgrade() else { return };
-            let metrics = metrics.clone();
-            let work = tokio::task::spawn_blocking(move || {
-                if let Err(e) = store.flush_access() {
-                    tracing::warn!(error = %e, "writing access times failed");
-                }
-                let Some(max) = store.max_size.filter(|max| evict && store.over_limit(*max)) else { return };
-                let target = (max as f64 * crate::store::LOW_WATER) as u64;
-                match store.evict(target, false) {
-                    Ok(gone) => {
-                        let bytes: u64 = gone.iter().map(|e| e.size).sum();
-                        for e in &gone {
-                            metrics.evicted(e.size);
-                        }
-                        tracing::info!(evicted = gone.len(), bytes, used = store.index.used_bytes(), max_size = max, "evicted least-recently-used content");
-                    }
-                    Err(e) => tracing::error!(error = %e, "eviction failed"),
-                }
-            });
-            let _ = work.await;
-        }
-    });
-}
-
 fn empty_index() -> Bytes {
     Bytes::from(format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[]}}"#))
 }

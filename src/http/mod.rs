@@ -124,7 +124,7 @@ impl App {
         store.temp = crate::store::TempBudget::new(store.blobs.tmp_dir().to_owned(), config.fills.max_temp, config.fills.min_free);
         let store = Arc::new(store);
         let metrics = Arc::new(Metrics::new());
-        crate::cache::spawn_housekeeping(&store, metrics.clone());
+        crate::store::spawn_housekeeping(&store, metrics.clone());
         let upstreams = config
             .upstreams
             .iter()
