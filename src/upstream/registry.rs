@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use hyper::body::Incoming;
 
 use super::{content_length, RateLimit, Upstream, UpstreamError};
 use crate::oci::{AcceptList, Digest, Reference, RepositoryName};
@@ -123,6 +124,13 @@ impl Upstream {
         let accept = AcceptList::only(crate::oci::OCI_INDEX);
         let resp = self.request(Method::GET, repo, &format!("referrers/{digest}"), accept_headers(&accept)).await?;
         self.transport().read_body(resp, MAX_MANIFEST).await
+    }
+
+    /// A `GET` of a blob: what its headers said, and the body to stream (verified by the caller).
+    pub async fn get_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<(BlobHead, Incoming), UpstreamError> {
+        let resp = self.request(Method::GET, repo, &format!("blobs/{digest}"), HeaderMap::new()).await?;
+        let head = BlobHead { size: content_length(resp.headers()), rate_limit: RateLimit::from_headers(resp.headers()) };
+        Ok((head, resp.into_body()))
     }
 
     /// A `HEAD` of a blob.
