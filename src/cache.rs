@@ -300,41 +300,7 @@ impl Cache {
                 return Ok(a);
             }
         }
-        let reference = Reference::Tag(tag.clone());
-        let key = TagKey { upstream: up.config().name.clone(), repo: key_repo.clone(), tag: tag.clone(), accept: accept.key() };
-        let revalidated = {
-            let (up, repo, reference, accept) = (up.clone(), repo.clone(), reference.clone(), accept.clone());
-            self.revalidations
-                .run(key, move || async move { up.head_manifest(&repo, &reference, &accept).await })
-                .await
-        };
-        let fetched = match revalidated {
-            Ok(Some(h)) => {
-                if let Some(m) = self.cached_manifest(&h.digest)? {
-                    if accept.allows(&m.media_type) {
-                        self.remember_tag(&name, &key_repo, tag, kind, &h.digest)?;
-                        return Ok(answer(h.digest, m, Answered::Hit));
-                    }
-                }
-                if head {
-                    if let Some(a) = head_only(h.clone(), accept) {
-                        return Ok(a);
-                    }
-                }
-                // By the tag, not by the digest: an upstream that converts on the fly (schema1 for
-                // a client without v2 types) can't serve the converted manifest by digest. The
-                // bytes must still have the digest the HEAD announced.
-                self.fetch_manifest(up, repo, &reference, accept, Some(h.digest)).await
-            }
-            // No digest from a HEAD (or no HEAD at all at this upstream): GET by the tag.
-            Ok(None) => self.fetch_manifest(up, repo, &reference, accept, None).await,
-            Err(e) => Err(e.into()),
-        };
-        match fetched {
-            Ok(a) => {
-                self.remember_tag(&name, &key_repo, tag, kind, &a.digest)?;
-                Ok(a)
-            }
+        match self.revalidate_tag(up, repo, &key_repo, tag, accept, head).await {
             Err(CacheError::Upstream(e)) if e.is_unavailable() => {
                 let stale = match remembered.as_ref().filter(|a| age(a) < up.config().stale_max) {
                     Some(known) => self.tag_answer(known, accept, Answered::Stale)?,
@@ -348,8 +314,56 @@ impl Cache {
                     None => Err(e.into()),
                 }
             }
-            Err(e) => Err(e),
+            other => other,
         }
+    }
+
+    /// Ask upstream what `tag` points at now (a `HEAD`, one per [`TagKey`] at a time) and answer:
+    /// from the cache when that manifest is stored and acceptable, from the `HEAD`'s headers alone
+    /// for a `HEAD` when they say everything, else by a GET. The tag is remembered (under
+    /// `key_repo`, the name upstream knows) for every answer but a headers-only one.
+    async fn revalidate_tag(
+        &self,
+        up: &Arc<Upstream>,
+        repo: &RepositoryName,
+        key_repo: &RepositoryName,
+        tag: &Tag,
+        accept: &AcceptList,
+        head: bool,
+    ) -> Result<ManifestAnswer, CacheError> {
+        let name = up.config().name.to_string();
+        let kind = accept.asks_for();
+        let reference = Reference::Tag(tag.clone());
+        let key = TagKey { upstream: up.config().name.clone(), repo: key_repo.clone(), tag: tag.clone(), accept: accept.key() };
+        let revalidated = {
+            let (up, repo, reference, accept) = (up.clone(), repo.clone(), reference.clone(), accept.clone());
+            self.revalidations
+                .run(key, move || async move { up.head_manifest(&repo, &reference, &accept).await })
+                .await
+        };
+        let fetched = match revalidated? {
+            Some(h) => {
+                if let Some(m) = self.cached_manifest(&h.digest)? {
+                    if accept.allows(&m.media_type) {
+                        self.remember_tag(&name, key_repo, tag, kind, &h.digest)?;
+                        return Ok(answer(h.digest, m, Answered::Hit));
+                    }
+                }
+                if head {
+                    if let Some(a) = head_only(h.clone(), accept) {
+                        return Ok(a);
+                    }
+                }
+                // By the tag, not by the digest: an upstream that converts on the fly (schema1 for
+                // a client without v2 types) can't serve the converted manifest by digest. The
+                // bytes must still have the digest the HEAD announced.
+                self.fetch_manifest(up, repo, &reference, accept, Some(h.digest)).await?
+            }
+            // No digest from a HEAD (or no HEAD at all at this upstream): GET by the tag.
+            None => self.fetch_manifest(up, repo, &reference, accept, None).await?,
+        };
+        self.remember_tag(&name, key_repo, tag, kind, &fetched.digest)?;
+        Ok(fetched)
     }
 
     /// A stored manifest, its access noted.
