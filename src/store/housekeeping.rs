@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 const ACCESS_FLUSH: Duration = Duration::from_secs(30);
 
 /// Start the background work of a store: evict when an insert passes `max_size` (signalled on
-/// [`Store::pressure`]), and write access times every [`ACCESS_FLUSH`]. Holds the store only
+/// [`Store::pressure`]), and write access times every 30 s (`ACCESS_FLUSH`). Holds the store only
 /// weakly, so it ends once the server's store is gone.
 pub fn spawn_housekeeping(store: &Arc<Store>, metrics: Arc<Metrics>) {
     let weak = Arc::downgrade(store);
