@@ -275,6 +275,56 @@ impl fmt::Debug for UpstreamConfig {
     }
 }
 
+impl Access {
+    /// Its effective settings, one per line, hashes not shown.
+    fn describe(&self) -> String {
+        let mut s = String::new();
+        if self.users.is_empty() {
+            s.push_str("access.htpasswd = none (no credentials needed)\n");
+        } else {
+            let users: Vec<&str> = self.users.iter().map(|(u, _)| u.as_str()).collect();
+            s.push_str(&format!("access.htpasswd = users {} (hashes not shown)\n", users.join(", ")));
+        }
+        if !self.users.is_empty() {
+            s.push_str(&format!("access.max_failures = {} per address per minute\n", self.max_failures));
+        }
+        if self.allow.is_empty() {
+            s.push_str("access.allow = any address\n");
+        } else {
+            let nets: Vec<String> = self.allow.iter().map(|n| n.to_string()).collect();
+            s.push_str(&format!("access.allow = {}\n", nets.join(", ")));
+        }
+        s
+    }
+}
+
+impl UpstreamConfig {
+    /// Its effective settings, one per line, the password masked.
+    fn describe(&self) -> String {
+        let mut s = format!("[[upstream]] {}\n  url = {}\n", self.name, self.url);
+        match &self.credentials {
+            Some(c) => s.push_str(&format!("  username = {}\n  password = ********\n", c.username)),
+            None => s.push_str("  credentials = none (anonymous)\n"),
+        }
+        s.push_str(&format!("  ca_file = {}\n", if self.ca_pem.is_some() { "loaded" } else { "system roots only" }));
+        if !self.auth_hosts.is_empty() {
+            s.push_str(&format!("  auth_hosts = {}\n", self.auth_hosts.join(", ")));
+        }
+        if !self.redirect_hosts.is_empty() {
+            s.push_str(&format!("  redirect_hosts = {}\n", self.redirect_hosts.join(", ")));
+        }
+        s.push_str(&format!(
+            "  tag_ttl = {}\n  stale_max = {}\n  timeouts: connect {:?}, response {:?}, idle {:?}\n",
+            humantime::format_duration(self.tag_ttl),
+            humantime::format_duration(self.stale_max),
+            self.connect_timeout,
+            self.response_timeout,
+            self.idle_timeout
+        ));
+        s
+    }
+}
+
 impl Config {
     /// The effective settings, one per line, secrets masked.
     pub fn describe(&self) -> String {
@@ -286,21 +336,7 @@ impl Config {
             Some(t) => s.push_str(&format!("tls = HTTPS with {} (key {})\n", t.cert.display(), t.key.display())),
             None => s.push_str("tls = none (plain HTTP)\n"),
         }
-        if self.access.users.is_empty() {
-            s.push_str("access.htpasswd = none (no credentials needed)\n");
-        } else {
-            let users: Vec<&str> = self.access.users.iter().map(|(u, _)| u.as_str()).collect();
-            s.push_str(&format!("access.htpasswd = users {} (hashes not shown)\n", users.join(", ")));
-        }
-        if !self.access.users.is_empty() {
-            s.push_str(&format!("access.max_failures = {} per address per minute\n", self.access.max_failures));
-        }
-        if self.access.allow.is_empty() {
-            s.push_str("access.allow = any address\n");
-        } else {
-            let nets: Vec<String> = self.access.allow.iter().map(|n| n.to_string()).collect();
-            s.push_str(&format!("access.allow = {}\n", nets.join(", ")));
-        }
+        s.push_str(&self.access.describe());
         let c = &self.connections;
         s.push_str(&format!(
             "header_timeout = {}\nkeepalive_timeout = {}\nclient_idle_timeout = {}\nmax_connections = {}\n",
@@ -323,26 +359,7 @@ impl Config {
             humantime::format_duration(f.rate_window),
         ));
         for u in &self.upstreams {
-            s.push_str(&format!("[[upstream]] {}\n  url = {}\n", u.name, u.url));
-            match &u.credentials {
-                Some(c) => s.push_str(&format!("  username = {}\n  password = ********\n", c.username)),
-                None => s.push_str("  credentials = none (anonymous)\n"),
-            }
-            s.push_str(&format!("  ca_file = {}\n", if u.ca_pem.is_some() { "loaded" } else { "system roots only" }));
-            if !u.auth_hosts.is_empty() {
-                s.push_str(&format!("  auth_hosts = {}\n", u.auth_hosts.join(", ")));
-            }
-            if !u.redirect_hosts.is_empty() {
-                s.push_str(&format!("  redirect_hosts = {}\n", u.redirect_hosts.join(", ")));
-            }
-            s.push_str(&format!(
-                "  tag_ttl = {}\n  stale_max = {}\n  timeouts: connect {:?}, response {:?}, idle {:?}\n",
-                humantime::format_duration(u.tag_ttl),
-                humantime::format_duration(u.stale_max),
-                u.connect_timeout,
-                u.response_timeout,
-                u.idle_timeout
-            ));
+            s.push_str(&u.describe());
         }
         s
     }
