@@ -439,21 +439,45 @@ impl Cache {
             return serve_stored(&self.store, digest, file, size, range, head);
         }
         if head {
-            if let Some(fill) = self.fills.get(up.config().name.as_str(), digest) {
-                if let Some(size) = fill.total() {
-                    let (rate_limit, range) = (fill.rate_limit(), resolve_range(range, size)?);
-                    return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Miss, rate_limit });
-                }
-            }
-            let h = up.head_blob(repo, digest).await?;
-            // The same headers a GET would get: a range is checked against the size upstream gave.
-            let range = h.size.map(|size| resolve_range(range, size)).transpose()?.flatten();
-            return Ok(BlobAnswer { size: h.size, range, body: None, outcome: Answered::Pass, rate_limit: h.rate_limit });
+            return self.blob_head(up, repo, digest, range).await;
         }
+        self.blob_from_fill(up, repo, digest, range).await
+    }
+
+    /// The headers of a blob that isn't stored: from the running fill for it when that knows the
+    /// size, else from upstream's `HEAD`.
+    async fn blob_head(
+        &self,
+        up: &Arc<Upstream>,
+        repo: &RepositoryName,
+        digest: &Digest,
+        range: Option<RangeRequest>,
+    ) -> Result<BlobAnswer, CacheError> {
+        if let Some(fill) = self.fills.get(up.config().name.as_str(), digest) {
+            if let Some(size) = fill.total() {
+                let (rate_limit, range) = (fill.rate_limit(), resolve_range(range, size)?);
+                return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Miss, rate_limit });
+            }
+        }
+        let h = up.head_blob(repo, digest).await?;
+        // The same headers a GET would get: a range is checked against the size upstream gave.
+        let range = h.size.map(|size| resolve_range(range, size)).transpose()?.flatten();
+        Ok(BlobAnswer { size: h.size, range, body: None, outcome: Answered::Pass, rate_limit: h.rate_limit })
+    }
+
+    /// A blob that isn't stored, for a `GET`: join (or start) the fill for its digest and read what
+    /// arrives, from the first byte or the range asked for.
+    async fn blob_from_fill(
+        &self,
+        up: &Arc<Upstream>,
+        repo: &RepositoryName,
+        digest: &Digest,
+        range: Option<RangeRequest>,
+    ) -> Result<BlobAnswer, CacheError> {
         let mut join = Join::Any;
         let (mut reader, fill, mut total) = loop {
             let fill = match self.fills.join_or_start(&self.store, up, repo, digest, join)? {
-                Source::Stored(file, size) => return serve_stored(&self.store, digest, file, size, range, head),
+                Source::Stored(file, size) => return serve_stored(&self.store, digest, file, size, range, false),
                 Source::Filling(fill) => fill,
             };
             // A reader from the first byte while the fill connects: a fill that passes its bytes
