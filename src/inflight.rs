@@ -172,6 +172,22 @@ enum Located {
 }
 
 impl Fill {
+    /// A fill of `digest` from `repo` (as the upstream names it) into the temporary `file`, still
+    /// connecting.
+    fn new(digest: Digest, repo: RepositoryName, file: Arc<File>) -> Arc<Fill> {
+        let (state, _) = watch::channel(FillState::Connecting);
+        Arc::new(Fill {
+            digest,
+            repo,
+            file,
+            state,
+            recent: Mutex::new(Recent::default()),
+            readers: Mutex::new(Vec::new()),
+            advanced: Notify::new(),
+            rate_limit: OnceLock::new(),
+        })
+    }
+
     /// Wait until the upstream has answered: the size it announced, or why it failed.
     pub async fn started(&self) -> Result<Option<u64>, FillError> {
         let mut rx = self.state.subscribe();
@@ -387,17 +403,7 @@ impl Fills {
             return Ok(Source::Stored(file, len));
         }
         let temp = store.blobs.begin()?;
-        let (state, _) = watch::channel(FillState::Connecting);
-        let fill = Arc::new(Fill {
-            digest: digest.clone(),
-            repo: upstream.upstream_name(repo),
-            file: temp.file().clone(),
-            state,
-            recent: Mutex::new(Recent::default()),
-            readers: Mutex::new(Vec::new()),
-            advanced: Notify::new(),
-            rate_limit: OnceLock::new(),
-        });
+        let fill = Fill::new(digest.clone(), upstream.upstream_name(repo), temp.file().clone());
         let shared = running.values().map(Vec::len).sum::<usize>() < MAX_SHARED_FILLS;
         if shared {
             running.entry(key.clone()).or_default().push(fill.clone());
@@ -405,19 +411,24 @@ impl Fills {
             self.unshared.fetch_add(1, Ordering::Relaxed);
         }
         let guard = FillGuard { fills: Arc::clone(self), key, fill: fill.clone(), shared, failure: None };
-        let job = FillJob {
+        tokio::spawn(self.job(&fill, store, upstream, repo).run(temp, guard));
+        Ok(Source::Filling(fill))
+    }
+
+    /// The work of `fill`: fetching its digest from `repo` on `upstream` into `store`, within the
+    /// fills' budget, until the drain at shutdown stops it.
+    fn job(&self, fill: &Arc<Fill>, store: &Arc<Store>, upstream: &Arc<Upstream>, repo: &RepositoryName) -> FillJob {
+        FillJob {
             fill: fill.clone(),
             store: Arc::clone(store),
             upstream: Arc::clone(upstream),
             repo: repo.clone(),
-            digest: digest.clone(),
+            digest: fill.digest.clone(),
             budget: self.budget.clone(),
             stop: self.stop.clone(),
             #[cfg(test)]
             injected: *lock(&self.injected),
-        };
-        tokio::spawn(job.run(temp, guard));
-        Ok(Source::Filling(fill))
+        }
     }
 
     /// How many fills are running.
