@@ -1102,35 +1102,9 @@ impl BlobReader {
 
     /// The next chunk; `None` at the end. An error means the body must be cut.
     pub async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
-        let available = loop {
-            if self.end.is_some_and(|e| self.pos >= e) {
-                return None;
-            }
-            let Some(following) = &mut self.fill else {
-                break self.end.unwrap_or(self.pos);
-            };
-            let state = following.state.borrow_and_update().clone();
-            let limit = match state {
-                FillState::Done { size } => {
-                    self.end = Some(self.end.map_or(size, |e| e.min(size)));
-                    if !following.fill.passing_through() {
-                        self.fill = None;
-                        continue;
-                    }
-                    size
-                }
-                FillState::Failed(e) => return Some(Err(io::Error::other(e.to_string()))),
-                FillState::Connecting => 0,
-                FillState::Running { total: Some(t), written } => written.min(t.saturating_sub(1)),
-                FillState::Running { total: None, written } => written,
-            };
-            let limit = self.end.map_or(limit, |e| limit.min(e));
-            if limit > self.pos {
-                break limit;
-            }
-            if following.state.changed().await.is_err() {
-                return Some(Err(io::Error::other("blob fill ended without a result")));
-            }
+        let available = match self.readable_end().await? {
+            Ok(available) => available,
+            Err(e) => return Some(Err(e)),
         };
         if available <= self.pos {
             return None;
@@ -1153,6 +1127,41 @@ impl BlobReader {
             self.advance(bytes.len() as u64);
         }
         Some(read)
+    }
+
+    /// How far this reader may read now: for a reader following a fill, once the fill got past
+    /// its position (waiting for that); `None` when it has read all it asked for.
+    async fn readable_end(&mut self) -> Option<io::Result<u64>> {
+        loop {
+            if self.end.is_some_and(|e| self.pos >= e) {
+                return None;
+            }
+            let Some(following) = &mut self.fill else {
+                return Some(Ok(self.end.unwrap_or(self.pos)));
+            };
+            let state = following.state.borrow_and_update().clone();
+            let limit = match state {
+                FillState::Done { size } => {
+                    self.end = Some(self.end.map_or(size, |e| e.min(size)));
+                    if !following.fill.passing_through() {
+                        self.fill = None;
+                        continue;
+                    }
+                    size
+                }
+                FillState::Failed(e) => return Some(Err(io::Error::other(e.to_string()))),
+                FillState::Connecting => 0,
+                FillState::Running { total: Some(t), written } => written.min(t.saturating_sub(1)),
+                FillState::Running { total: None, written } => written,
+            };
+            let limit = self.end.map_or(limit, |e| limit.min(e));
+            if limit > self.pos {
+                return Some(Ok(limit));
+            }
+            if following.state.changed().await.is_err() {
+                return Some(Err(io::Error::other("blob fill ended without a result")));
+            }
+        }
     }
 
     fn advance(&mut self, n: u64) {
