@@ -419,7 +419,7 @@ impl Cache {
             (up.clone(), repo.clone(), reference.clone(), accept.clone(), self.store.clone());
         self.manifest_fetches
             .run(key, move || async move {
-                get_manifest_upstream(&up, &repo, &reference, &accept, announced, &store).await
+                get_verify_store_manifest(&up, &repo, &reference, &accept, announced, &store).await
             })
             .await
     }
@@ -653,10 +653,11 @@ fn head_only(h: ManifestHead, accept: &AcceptList) -> Option<ManifestAnswer> {
     Some(ManifestAnswer { digest: h.digest, media_type, size, bytes: None, outcome: Answered::Pass, rate_limit: h.rate_limit })
 }
 
-/// GET a manifest and verify it ([`verify_manifest`]): its digest is computed here and must match
-/// the digest asked for, the one the `HEAD` announced, and the one this answer announces; its media
-/// type comes from the manifest. Only then is it stored, and never over bytes already stored.
-async fn get_manifest_upstream(
+/// GET a manifest ([`Upstream::get_manifest`]) and verify it ([`verify_manifest`]): its digest is
+/// computed here and must match the digest asked for, the one the `HEAD` announced, and the one
+/// this answer announces; its media type comes from the manifest. Only then is it stored, and never
+/// over bytes already stored.
+async fn get_verify_store_manifest(
     up: &Upstream,
     repo: &RepositoryName,
     reference: &Reference,
