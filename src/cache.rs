@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::config::FillBudget;
 use crate::metrics::Answered;
@@ -14,12 +13,8 @@ use crate::inflight::{self, BlobReader, FillError, Fills, Join, Source};
 use crate::oci::{verify_manifest, RegistryHost, AcceptList, Digest, ManifestError, ManifestKind, Reference, RepositoryName, Tag};
 use crate::store::{now_secs, Store, StoredManifest, TagAnswer};
 use crate::singleflight::Singleflight;
-use crate::upstream::{content_length, RateLimit, Upstream, UpstreamError};
+use crate::upstream::{ManifestHead, RateLimit, Upstream, UpstreamError, MAX_MANIFEST};
 
-/// The largest manifest regcache accepts.
-pub const MAX_MANIFEST: usize = 4 * 1024 * 1024;
-/// The largest tag list regcache passes on.
-const MAX_TAG_LIST: usize = 16 * 1024 * 1024;
 /// The most tags one page lists: a larger `n` is lowered to this.
 pub const MAX_TAGS_PAGE: u32 = 10_000;
 
@@ -184,7 +179,7 @@ pub struct Cache {
     store: Arc<Store>,
     upstreams: Vec<Arc<Upstream>>,
     fills: Arc<Fills>,
-    revalidations: Singleflight<TagKey, Result<Option<HeadAnswer>, UpstreamError>>,
+    revalidations: Singleflight<TagKey, Result<Option<ManifestHead>, UpstreamError>>,
     manifest_fetches: Singleflight<ManifestKey, Result<ManifestAnswer, CacheError>>,
 }
 
@@ -192,7 +187,7 @@ pub struct Cache {
 /// so a test that holds the upstream knows when every request has joined.
 #[derive(Clone)]
 pub struct SharedCalls {
-    revalidations: Singleflight<TagKey, Result<Option<HeadAnswer>, UpstreamError>>,
+    revalidations: Singleflight<TagKey, Result<Option<ManifestHead>, UpstreamError>>,
     manifest_fetches: Singleflight<ManifestKey, Result<ManifestAnswer, CacheError>>,
 }
 
@@ -206,15 +201,6 @@ impl SharedCalls {
     pub fn manifest_fetch_waiters(&self) -> usize {
         self.manifest_fetches.waiters()
     }
-}
-
-/// What an upstream `HEAD` of a manifest said.
-#[derive(Clone, Debug)]
-struct HeadAnswer {
-    digest: Digest,
-    media_type: Option<String>,
-    size: Option<u64>,
-    rate_limit: RateLimit,
 }
 
 impl Cache {
@@ -285,7 +271,7 @@ impl Cache {
             return Ok(answer(digest.clone(), m, Answered::Hit));
         }
         if head {
-            let h = head_manifest_upstream(up, repo, &Reference::Digest(digest.clone()), accept).await?;
+            let h = up.head_manifest(repo, &Reference::Digest(digest.clone()), accept).await?;
             if let Some(a) = h.filter(|h| h.digest == *digest).and_then(|h| head_only(h, accept)) {
                 return Ok(a);
             }
@@ -314,41 +300,7 @@ impl Cache {
                 return Ok(a);
             }
         }
-        let reference = Reference::Tag(tag.clone());
-        let key = TagKey { upstream: up.config().name.clone(), repo: key_repo.clone(), tag: tag.clone(), accept: accept.key() };
-        let revalidated = {
-            let (up, repo, reference, accept) = (up.clone(), repo.clone(), reference.clone(), accept.clone());
-            self.revalidations
-                .run(key, move || async move { head_manifest_upstream(&up, &repo, &reference, &accept).await })
-                .await
-        };
-        let fetched = match revalidated {
-            Ok(Some(h)) => {
-                if let Some(m) = self.cached_manifest(&h.digest)? {
-                    if accept.allows(&m.media_type) {
-                        self.remember_tag(&name, &key_repo, tag, kind, &h.digest)?;
-                        return Ok(answer(h.digest, m, Answered::Hit));
-                    }
-                }
-                if head {
-                    if let Some(a) = head_only(h.clone(), accept) {
-                        return Ok(a);
-                    }
-                }
-                // By the tag, not by the digest: an upstream that converts on the fly (schema1 for
-                // a client without v2 types) can't serve the converted manifest by digest. The
-                // bytes must still have the digest the HEAD announced.
-                self.fetch_manifest(up, repo, &reference, accept, Some(h.digest)).await
-            }
-            // No digest from a HEAD (or no HEAD at all at this upstream): GET by the tag.
-            Ok(None) => self.fetch_manifest(up, repo, &reference, accept, None).await,
-            Err(e) => Err(e.into()),
-        };
-        match fetched {
-            Ok(a) => {
-                self.remember_tag(&name, &key_repo, tag, kind, &a.digest)?;
-                Ok(a)
-            }
+        match self.revalidate_tag(up, repo, &key_repo, tag, accept, head).await {
             Err(CacheError::Upstream(e)) if e.is_unavailable() => {
                 let stale = match remembered.as_ref().filter(|a| age(a) < up.config().stale_max) {
                     Some(known) => self.tag_answer(known, accept, Answered::Stale)?,
@@ -362,8 +314,56 @@ impl Cache {
                     None => Err(e.into()),
                 }
             }
-            Err(e) => Err(e),
+            other => other,
         }
+    }
+
+    /// Ask upstream what `tag` points at now (a `HEAD`, one per [`TagKey`] at a time) and answer:
+    /// from the cache when that manifest is stored and acceptable, from the `HEAD`'s headers alone
+    /// for a `HEAD` when they say everything, else by a GET. The tag is remembered (under
+    /// `key_repo`, the name upstream knows) for every answer but a headers-only one.
+    async fn revalidate_tag(
+        &self,
+        up: &Arc<Upstream>,
+        repo: &RepositoryName,
+        key_repo: &RepositoryName,
+        tag: &Tag,
+        accept: &AcceptList,
+        head: bool,
+    ) -> Result<ManifestAnswer, CacheError> {
+        let name = up.config().name.to_string();
+        let kind = accept.asks_for();
+        let reference = Reference::Tag(tag.clone());
+        let key = TagKey { upstream: up.config().name.clone(), repo: key_repo.clone(), tag: tag.clone(), accept: accept.key() };
+        let revalidated = {
+            let (up, repo, reference, accept) = (up.clone(), repo.clone(), reference.clone(), accept.clone());
+            self.revalidations
+                .run(key, move || async move { up.head_manifest(&repo, &reference, &accept).await })
+                .await
+        };
+        let fetched = match revalidated? {
+            Some(h) => {
+                if let Some(m) = self.cached_manifest(&h.digest)? {
+                    if accept.allows(&m.media_type) {
+                        self.remember_tag(&name, key_repo, tag, kind, &h.digest)?;
+                        return Ok(answer(h.digest, m, Answered::Hit));
+                    }
+                }
+                if head {
+                    if let Some(a) = head_only(h.clone(), accept) {
+                        return Ok(a);
+                    }
+                }
+                // By the tag, not by the digest: an upstream that converts on the fly (schema1 for
+                // a client without v2 types) can't serve the converted manifest by digest. The
+                // bytes must still have the digest the HEAD announced.
+                self.fetch_manifest(up, repo, &reference, accept, Some(h.digest)).await?
+            }
+            // No digest from a HEAD (or no HEAD at all at this upstream): GET by the tag.
+            None => self.fetch_manifest(up, repo, &reference, accept, None).await?,
+        };
+        self.remember_tag(&name, key_repo, tag, kind, &fetched.digest)?;
+        Ok(fetched)
     }
 
     /// A stored manifest, its access noted.
@@ -419,7 +419,7 @@ impl Cache {
             (up.clone(), repo.clone(), reference.clone(), accept.clone(), self.store.clone());
         self.manifest_fetches
             .run(key, move || async move {
-                get_manifest_upstream(&up, &repo, &reference, &accept, announced, &store).await
+                get_verify_store_manifest(&up, &repo, &reference, &accept, announced, &store).await
             })
             .await
     }
@@ -439,23 +439,45 @@ impl Cache {
             return serve_stored(&self.store, digest, file, size, range, head);
         }
         if head {
-            if let Some(fill) = self.fills.get(up.config().name.as_str(), digest) {
-                if let Some(size) = fill.total() {
-                    let (rate_limit, range) = (fill.rate_limit(), resolve_range(range, size)?);
-                    return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Miss, rate_limit });
-                }
-            }
-            let resp = up.request(Method::HEAD, repo, &format!("blobs/{digest}"), HeaderMap::new()).await?;
-            let size = content_length(resp.headers());
-            let rate_limit = RateLimit::from_headers(resp.headers());
-            // The same headers a GET would get: a range is checked against the size upstream gave.
-            let range = size.map(|size| resolve_range(range, size)).transpose()?.flatten();
-            return Ok(BlobAnswer { size, range, body: None, outcome: Answered::Pass, rate_limit });
+            return self.blob_head(up, repo, digest, range).await;
         }
+        self.blob_from_fill(up, repo, digest, range).await
+    }
+
+    /// The headers of a blob that isn't stored: from the running fill for it when that knows the
+    /// size, else from upstream's `HEAD`.
+    async fn blob_head(
+        &self,
+        up: &Arc<Upstream>,
+        repo: &RepositoryName,
+        digest: &Digest,
+        range: Option<RangeRequest>,
+    ) -> Result<BlobAnswer, CacheError> {
+        if let Some(fill) = self.fills.get(up.config().name.as_str(), digest) {
+            if let Some(size) = fill.total() {
+                let (rate_limit, range) = (fill.rate_limit(), resolve_range(range, size)?);
+                return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Miss, rate_limit });
+            }
+        }
+        let h = up.head_blob(repo, digest).await?;
+        // The same headers a GET would get: a range is checked against the size upstream gave.
+        let range = h.size.map(|size| resolve_range(range, size)).transpose()?.flatten();
+        Ok(BlobAnswer { size: h.size, range, body: None, outcome: Answered::Pass, rate_limit: h.rate_limit })
+    }
+
+    /// A blob that isn't stored, for a `GET`: join (or start) the fill for its digest and read what
+    /// arrives, from the first byte or the range asked for.
+    async fn blob_from_fill(
+        &self,
+        up: &Arc<Upstream>,
+        repo: &RepositoryName,
+        digest: &Digest,
+        range: Option<RangeRequest>,
+    ) -> Result<BlobAnswer, CacheError> {
         let mut join = Join::Any;
         let (mut reader, fill, mut total) = loop {
             let fill = match self.fills.join_or_start(&self.store, up, repo, digest, join)? {
-                Source::Stored(file, size) => return serve_stored(&self.store, digest, file, size, range, head),
+                Source::Stored(file, size) => return serve_stored(&self.store, digest, file, size, range, false),
                 Source::Filling(fill) => fill,
             };
             // A reader from the first byte while the fill connects: a fill that passes its bytes
@@ -499,11 +521,7 @@ impl Cache {
         let name = up.config().name.to_string();
         let key_repo = up.upstream_name(repo);
         let accept = AcceptList::only(OCI_INDEX);
-        let fetched = async {
-            let resp = up.request(Method::GET, repo, &format!("referrers/{digest}"), accept_headers(&accept)).await?;
-            up.transport().read_body(resp, MAX_MANIFEST).await
-        };
-        let fetched = fetched.await;
+        let fetched = up.referrers(repo, digest).await;
         let remembered = match &fetched {
             Err(e) if e.is_unavailable() => self.store.index.referrers(&name, &key_repo, digest)?,
             _ => None,
@@ -546,28 +564,8 @@ impl Cache {
         last: Option<&str>,
     ) -> Result<TagList, CacheError> {
         let n = n.map(|n| n.min(MAX_TAGS_PAGE));
-        let query = {
-            let mut params = url::form_urlencoded::Serializer::new(String::new());
-            if let Some(n) = n {
-                // Upstream is asked for at least one tag, so it still says whether the repository exists.
-                params.append_pair("n", &n.max(1).to_string());
-            }
-            if let Some(last) = last {
-                params.append_pair("last", last);
-            }
-            params.finish()
-        };
-        let rest = if query.is_empty() { "tags/list".to_owned() } else { format!("tags/list?{query}") };
-        let fetched = async {
-            let resp = up.request(Method::GET, repo, &rest, HeaderMap::new()).await?;
-            let more = resp.headers().contains_key(header::LINK);
-            let rate_limit = RateLimit::from_headers(resp.headers());
-            let body = up.transport().read_body(resp, MAX_TAG_LIST).await?;
-            let tags = parse_tag_list(&body)?;
-            Ok::<_, UpstreamError>((tags, more, rate_limit))
-        };
-        match fetched.await {
-            Ok((tags, more, rate_limit)) => Ok(tag_page(repo, tags, n, last, more, Answered::Pass, rate_limit)),
+        match up.tags(repo, n, last).await {
+            Ok(page) => Ok(tag_page(repo, page.tags, n, last, page.more, Answered::Pass, page.rate_limit)),
             Err(e) if e.is_unavailable() => {
                 let known = self.store.index.tags_of(up.config().name.as_str(), &up.upstream_name(repo))?;
                 if known.is_empty() {
@@ -579,16 +577,6 @@ impl Cache {
             Err(e) => Err(e.into()),
         }
     }
-}
-
-/// The tags of an upstream's `tags/list` body.
-fn parse_tag_list(body: &[u8]) -> Result<Vec<String>, UpstreamError> {
-    #[derive(serde::Deserialize)]
-    struct List {
-        tags: Option<Vec<String>>,
-    }
-    let list: List = serde_json::from_slice(body).map_err(|e| UpstreamError::Protocol(format!("unreadable tag list: {e}")))?;
-    Ok(list.tags.unwrap_or_default())
 }
 
 /// The page of `tags` after `last` with at most `n` of them (all when `None`), sorted; it has a next
@@ -612,45 +600,6 @@ fn tag_page(
     // Serialising strings cannot fail.
     let body = serde_json::to_vec(&serde_json::json!({"name": repo.as_str(), "tags": tags})).unwrap_or_default();
     TagList { body: body.into(), next, outcome, rate_limit }
-}
-
-/// How often batched access times are written to the index.
-const ACCESS_FLUSH: Duration = Duration::from_secs(30);
-
-/// The background work of a cache: evict when an insert passes `max_size`, and write access times
-/// in batches. Holds the store only weakly, so it ends once the server's store is gone.
-pub fn spawn_housekeeping(store: &Arc<Store>, metrics: Arc<crate::metrics::Metrics>) {
-    let weak = Arc::downgrade(store);
-    let pressure = store.pressure.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(ACCESS_FLUSH);
-        loop {
-            let evict = tokio::select! {
-                _ = pressure.notified() => true,
-                _ = tick.tick() => false,
-            };
-            let Some(store) = weak.upgrade() else { return };
-            let metrics = metrics.clone();
-            let work = tokio::task::spawn_blocking(move || {
-                if let Err(e) = store.flush_access() {
-                    tracing::warn!(error = %e, "writing access times failed");
-                }
-                let Some(max) = store.max_size.filter(|max| evict && store.over_limit(*max)) else { return };
-                let target = (max as f64 * crate::store::LOW_WATER) as u64;
-                match store.evict(target, false) {
-                    Ok(gone) => {
-                        let bytes: u64 = gone.iter().map(|e| e.size).sum();
-                        for e in &gone {
-                            metrics.evicted(e.size);
-                        }
-                        tracing::info!(evicted = gone.len(), bytes, used = store.index.used_bytes(), max_size = max, "evicted least-recently-used content");
-                    }
-                    Err(e) => tracing::error!(error = %e, "eviction failed"),
-                }
-            });
-            let _ = work.await;
-        }
-    });
 }
 
 fn empty_index() -> Bytes {
@@ -698,68 +647,17 @@ fn answer(digest: Digest, m: StoredManifest, outcome: Answered) -> ManifestAnswe
 }
 
 /// A HEAD answer built from upstream headers alone, if they said everything and the client accepts it.
-fn head_only(h: HeadAnswer, accept: &AcceptList) -> Option<ManifestAnswer> {
+fn head_only(h: ManifestHead, accept: &AcceptList) -> Option<ManifestAnswer> {
     let media_type = h.media_type.filter(|m| accept.allows(m))?;
     let size = h.size?;
     Some(ManifestAnswer { digest: h.digest, media_type, size, bytes: None, outcome: Answered::Pass, rate_limit: h.rate_limit })
 }
 
-fn accept_headers(accept: &AcceptList) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    // One line per type, as Docker sends them: some registries read only part of a joined list.
-    for t in accept.for_upstream() {
-        if let Ok(v) = HeaderValue::from_str(&t) {
-            h.append(header::ACCEPT, v);
-        }
-    }
-    h
-}
-
-fn media_type_of(headers: &HeaderMap) -> Option<String> {
-    let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    let m = ct.split(';').next()?.trim();
-    (!m.is_empty()).then(|| m.to_ascii_lowercase())
-}
-
-fn docker_digest(headers: &HeaderMap) -> Option<Digest> {
-    headers.get("docker-content-digest")?.to_str().ok()?.trim().parse().ok()
-}
-
-/// A `HEAD` of a manifest; `None` when it gave no digest, or when this upstream doesn't answer
-/// manifest `HEAD`s (405 or 501, remembered per upstream): the caller then GETs.
-async fn head_manifest_upstream(
-    up: &Upstream,
-    repo: &RepositoryName,
-    reference: &Reference,
-    accept: &AcceptList,
-) -> Result<Option<HeadAnswer>, UpstreamError> {
-    if !up.answers_manifest_head() {
-        return Ok(None);
-    }
-    let resp = match up.request(Method::HEAD, repo, &format!("manifests/{reference}"), accept_headers(accept)).await {
-        Ok(resp) => resp,
-        Err(UpstreamError::Status { status, .. })
-            if status == StatusCode::METHOD_NOT_ALLOWED || status == StatusCode::NOT_IMPLEMENTED =>
-        {
-            tracing::info!(upstream = %up.config().name, %status, "upstream answers no manifest HEAD; using GET from now on");
-            up.note_no_manifest_head();
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
-    let h = resp.headers();
-    Ok(docker_digest(h).map(|digest| HeadAnswer {
-        digest,
-        media_type: media_type_of(h),
-        size: content_length(h),
-        rate_limit: RateLimit::from_headers(h),
-    }))
-}
-
-/// GET a manifest and verify it ([`verify_manifest`]): its digest is computed here and must match
-/// the digest asked for, the one the `HEAD` announced, and the one this answer announces; its media
-/// type comes from the manifest. Only then is it stored, and never over bytes already stored.
-async fn get_manifest_upstream(
+/// GET a manifest ([`Upstream::get_manifest`]) and verify it ([`verify_manifest`]): its digest is
+/// computed here and must match the digest asked for, the one the `HEAD` announced, and the one
+/// this answer announces; its media type comes from the manifest. Only then is it stored, and never
+/// over bytes already stored.
+async fn get_verify_store_manifest(
     up: &Upstream,
     repo: &RepositoryName,
     reference: &Reference,
@@ -767,9 +665,7 @@ async fn get_manifest_upstream(
     announced: Option<Digest>,
     store: &Store,
 ) -> Result<ManifestAnswer, CacheError> {
-    let resp = up.request(Method::GET, repo, &format!("manifests/{reference}"), accept_headers(accept)).await?;
-    let headers = resp.headers().clone();
-    let bytes = up.transport().read_body(resp, MAX_MANIFEST).await.map_err(|e| match e {
+    let fetched = up.get_manifest(repo, reference, accept).await.map_err(|e| match e {
         UpstreamError::TooLarge(_) => CacheError::ManifestTooLarge,
         e => e.into(),
     })?;
@@ -777,14 +673,13 @@ async fn get_manifest_upstream(
         Reference::Digest(d) => Some(d.clone()),
         Reference::Tag(_) => None,
     };
-    let expected: Vec<Digest> = asked.into_iter().chain(announced).chain(docker_digest(&headers)).collect();
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let verified = verify_manifest(&bytes, &expected, content_type).inspect_err(|e| {
+    let expected: Vec<Digest> = asked.into_iter().chain(announced).chain(fetched.digest).collect();
+    let verified = verify_manifest(&fetched.bytes, &expected, fetched.content_type.as_deref()).inspect_err(|e| {
         tracing::warn!(upstream = %up.config().name, %repo, %reference, error = %e, "refused a manifest from upstream");
     })?;
-    let m = store.index.put_manifest(&verified.digest, &StoredManifest { media_type: verified.media_type, bytes })?;
+    let m = store.index.put_manifest(&verified.digest, &StoredManifest { media_type: verified.media_type, bytes: fetched.bytes })?;
     store.note_stored(&verified.digest);
-    Ok(ManifestAnswer { rate_limit: RateLimit::from_headers(&headers), ..answer(verified.digest, m, Answered::Miss) })
+    Ok(ManifestAnswer { rate_limit: fetched.rate_limit, ..answer(verified.digest, m, Answered::Miss) })
 }
 
 #[cfg(test)]
@@ -815,15 +710,6 @@ mod tests {
             assert_eq!(v, serde_json::json!({"name": "org/app", "tags": want}), "{n:?} {last:?} {more}");
             assert_eq!(page.next.as_deref(), *next, "{n:?} {last:?} {more}");
         }
-    }
-
-    #[test]
-    fn tag_list_bodies() {
-        assert_eq!(parse_tag_list(br#"{"name":"a","tags":["x","y"]}"#).unwrap(), ["x", "y"]);
-        assert!(parse_tag_list(br#"{"name":"a","tags":null}"#).unwrap().is_empty());
-        assert!(parse_tag_list(br#"{"name":"a"}"#).unwrap().is_empty());
-        assert!(parse_tag_list(b"<html>").is_err());
-        assert!(parse_tag_list(br#"{"tags":[1]}"#).is_err());
     }
 
     #[test]

@@ -275,6 +275,56 @@ impl fmt::Debug for UpstreamConfig {
     }
 }
 
+impl Access {
+    /// Its effective settings, one per line, hashes not shown.
+    fn describe(&self) -> String {
+        let mut s = String::new();
+        if self.users.is_empty() {
+            s.push_str("access.htpasswd = none (no credentials needed)\n");
+        } else {
+            let users: Vec<&str> = self.users.iter().map(|(u, _)| u.as_str()).collect();
+            s.push_str(&format!("access.htpasswd = users {} (hashes not shown)\n", users.join(", ")));
+        }
+        if !self.users.is_empty() {
+            s.push_str(&format!("access.max_failures = {} per address per minute\n", self.max_failures));
+        }
+        if self.allow.is_empty() {
+            s.push_str("access.allow = any address\n");
+        } else {
+            let nets: Vec<String> = self.allow.iter().map(|n| n.to_string()).collect();
+            s.push_str(&format!("access.allow = {}\n", nets.join(", ")));
+        }
+        s
+    }
+}
+
+impl UpstreamConfig {
+    /// Its effective settings, one per line, the password masked.
+    fn describe(&self) -> String {
+        let mut s = format!("[[upstream]] {}\n  url = {}\n", self.name, self.url);
+        match &self.credentials {
+            Some(c) => s.push_str(&format!("  username = {}\n  password = ********\n", c.username)),
+            None => s.push_str("  credentials = none (anonymous)\n"),
+        }
+        s.push_str(&format!("  ca_file = {}\n", if self.ca_pem.is_some() { "loaded" } else { "system roots only" }));
+        if !self.auth_hosts.is_empty() {
+            s.push_str(&format!("  auth_hosts = {}\n", self.auth_hosts.join(", ")));
+        }
+        if !self.redirect_hosts.is_empty() {
+            s.push_str(&format!("  redirect_hosts = {}\n", self.redirect_hosts.join(", ")));
+        }
+        s.push_str(&format!(
+            "  tag_ttl = {}\n  stale_max = {}\n  timeouts: connect {:?}, response {:?}, idle {:?}\n",
+            humantime::format_duration(self.tag_ttl),
+            humantime::format_duration(self.stale_max),
+            self.connect_timeout,
+            self.response_timeout,
+            self.idle_timeout
+        ));
+        s
+    }
+}
+
 impl Config {
     /// The effective settings, one per line, secrets masked.
     pub fn describe(&self) -> String {
@@ -286,21 +336,7 @@ impl Config {
             Some(t) => s.push_str(&format!("tls = HTTPS with {} (key {})\n", t.cert.display(), t.key.display())),
             None => s.push_str("tls = none (plain HTTP)\n"),
         }
-        if self.access.users.is_empty() {
-            s.push_str("access.htpasswd = none (no credentials needed)\n");
-        } else {
-            let users: Vec<&str> = self.access.users.iter().map(|(u, _)| u.as_str()).collect();
-            s.push_str(&format!("access.htpasswd = users {} (hashes not shown)\n", users.join(", ")));
-        }
-        if !self.access.users.is_empty() {
-            s.push_str(&format!("access.max_failures = {} per address per minute\n", self.access.max_failures));
-        }
-        if self.access.allow.is_empty() {
-            s.push_str("access.allow = any address\n");
-        } else {
-            let nets: Vec<String> = self.access.allow.iter().map(|n| n.to_string()).collect();
-            s.push_str(&format!("access.allow = {}\n", nets.join(", ")));
-        }
+        s.push_str(&self.access.describe());
         let c = &self.connections;
         s.push_str(&format!(
             "header_timeout = {}\nkeepalive_timeout = {}\nclient_idle_timeout = {}\nmax_connections = {}\n",
@@ -323,26 +359,7 @@ impl Config {
             humantime::format_duration(f.rate_window),
         ));
         for u in &self.upstreams {
-            s.push_str(&format!("[[upstream]] {}\n  url = {}\n", u.name, u.url));
-            match &u.credentials {
-                Some(c) => s.push_str(&format!("  username = {}\n  password = ********\n", c.username)),
-                None => s.push_str("  credentials = none (anonymous)\n"),
-            }
-            s.push_str(&format!("  ca_file = {}\n", if u.ca_pem.is_some() { "loaded" } else { "system roots only" }));
-            if !u.auth_hosts.is_empty() {
-                s.push_str(&format!("  auth_hosts = {}\n", u.auth_hosts.join(", ")));
-            }
-            if !u.redirect_hosts.is_empty() {
-                s.push_str(&format!("  redirect_hosts = {}\n", u.redirect_hosts.join(", ")));
-            }
-            s.push_str(&format!(
-                "  tag_ttl = {}\n  stale_max = {}\n  timeouts: connect {:?}, response {:?}, idle {:?}\n",
-                humantime::format_duration(u.tag_ttl),
-                humantime::format_duration(u.stale_max),
-                u.connect_timeout,
-                u.response_timeout,
-                u.idle_timeout
-            ));
+            s.push_str(&u.describe());
         }
         s
     }
@@ -623,52 +640,9 @@ fn resolve_upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, Con
     if name.as_str().is_empty() || name.as_str().contains('/') || name.as_str().contains(char::is_whitespace) {
         return Err(ConfigError(format!("upstream name {:?} must be a registry host such as docker.io", raw.name)));
     }
-    let url = Url::parse(&raw.url)
-        .map_err(|e| ConfigError(format!("upstream {name}: url {:?}: {e}", mask_userinfo(&raw.url))))?;
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(ConfigError(format!(
-            "upstream {name}: url must not contain credentials (user:password@); \
-             give username and password_file (or password) instead"
-        )));
-    }
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(ConfigError(format!("upstream {name}: url {:?} must be http:// or https:// with a host", raw.url)));
-    }
-    if url.path() != "/" || url.query().is_some() {
-        return Err(ConfigError(format!("upstream {name}: url {:?} must not have a path or query", raw.url)));
-    }
-    let password = match (raw.password, raw.password_file) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError(format!("upstream {name}: give password or password_file, not both")))
-        }
-        (Some(p), None) => Some(p),
-        (None, Some(file)) => {
-            let path = base.join(file);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                ConfigError(format!("upstream {name}: cannot read password_file {}: {e}", path.display()))
-            })?;
-            Some(text.trim_end_matches(['\r', '\n']).to_owned())
-        }
-        (None, None) => None,
-    };
-    let credentials = match (raw.username, password) {
-        (Some(username), Some(password)) => Some(Credentials { username, password }),
-        (None, None) => None,
-        _ => return Err(ConfigError(format!("upstream {name}: username and password go together"))),
-    };
-    let ca_pem = match raw.ca_file {
-        None => None,
-        Some(file) => {
-            let path = base.join(file);
-            let pem = std::fs::read(&path)
-                .map_err(|e| ConfigError(format!("upstream {name}: cannot read ca_file {}: {e}", path.display())))?;
-            let count = rustls_pemfile::certs(&mut pem.as_slice()).filter(|c| c.is_ok()).count();
-            if count == 0 {
-                return Err(ConfigError(format!("upstream {name}: ca_file {} holds no PEM certificate", path.display())));
-            }
-            Some(pem)
-        }
-    };
+    let url = upstream_url(&name, &raw.url)?;
+    let credentials = upstream_credentials(&name, raw.username, raw.password, raw.password_file, base)?;
+    let ca_pem = raw.ca_file.map(|file| read_ca_file(&name, &base.join(file))).transpose()?;
     let redirect_hosts = raw
         .redirect_hosts
         .iter()
@@ -699,6 +673,65 @@ fn resolve_upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, Con
         tag_ttl,
         stale_max,
     })
+}
+
+/// An upstream's `url`: http or https, a host, no credentials, no path or query.
+fn upstream_url(name: &RegistryHost, raw: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(raw).map_err(|e| ConfigError(format!("upstream {name}: url {:?}: {e}", mask_userinfo(raw))))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError(format!(
+            "upstream {name}: url must not contain credentials (user:password@); \
+             give username and password_file (or password) instead"
+        )));
+    }
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ConfigError(format!("upstream {name}: url {raw:?} must be http:// or https:// with a host")));
+    }
+    if url.path() != "/" || url.query().is_some() {
+        return Err(ConfigError(format!("upstream {name}: url {raw:?} must not have a path or query")));
+    }
+    Ok(url)
+}
+
+/// An upstream's credentials: `username` with `password` or `password_file` (relative to `base`),
+/// or none at all.
+fn upstream_credentials(
+    name: &RegistryHost,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    base: &Path,
+) -> Result<Option<Credentials>, ConfigError> {
+    let password = match (password, password_file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError(format!("upstream {name}: give password or password_file, not both")))
+        }
+        (Some(p), None) => Some(p),
+        (None, Some(file)) => {
+            let path = base.join(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError(format!("upstream {name}: cannot read password_file {}: {e}", path.display()))
+            })?;
+            Some(text.trim_end_matches(['\r', '\n']).to_owned())
+        }
+        (None, None) => None,
+    };
+    match (username, password) {
+        (Some(username), Some(password)) => Ok(Some(Credentials { username, password })),
+        (None, None) => Ok(None),
+        _ => Err(ConfigError(format!("upstream {name}: username and password go together"))),
+    }
+}
+
+/// An upstream's `ca_file` at `path`: PEM holding at least one certificate.
+fn read_ca_file(name: &RegistryHost, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let pem = std::fs::read(path)
+        .map_err(|e| ConfigError(format!("upstream {name}: cannot read ca_file {}: {e}", path.display())))?;
+    let count = rustls_pemfile::certs(&mut pem.as_slice()).filter(|c| c.is_ok()).count();
+    if count == 0 {
+        return Err(ConfigError(format!("upstream {name}: ca_file {} holds no PEM certificate", path.display())));
+    }
+    Ok(pem)
 }
 
 /// A URL as written, for a message: anything between `://` and an `@` before the path is masked,

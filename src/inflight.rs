@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http::{HeaderMap, Method};
+use hyper::body::Incoming;
 use tokio::sync::{watch, Notify};
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -38,7 +38,7 @@ use crate::oci::{Digest, Hasher, RepositoryName};
 use crate::singleflight::CallDied;
 use crate::store::{InUse, Reservation, Store, TempBlob};
 use crate::sync::lock;
-use crate::upstream::{content_length, RateLimit, Upstream, UpstreamError};
+use crate::upstream::{RateLimit, Upstream, UpstreamError};
 
 /// How many bytes of a fill are gathered before one write to disk.
 const WRITE_BATCH: usize = 512 * 1024;
@@ -172,6 +172,22 @@ enum Located {
 }
 
 impl Fill {
+    /// A fill of `digest` from `repo` (as the upstream names it) into the temporary `file`, still
+    /// connecting.
+    fn new(digest: Digest, repo: RepositoryName, file: Arc<File>) -> Arc<Fill> {
+        let (state, _) = watch::channel(FillState::Connecting);
+        Arc::new(Fill {
+            digest,
+            repo,
+            file,
+            state,
+            recent: Mutex::new(Recent::default()),
+            readers: Mutex::new(Vec::new()),
+            advanced: Notify::new(),
+            rate_limit: OnceLock::new(),
+        })
+    }
+
     /// Wait until the upstream has answered: the size it announced, or why it failed.
     pub async fn started(&self) -> Result<Option<u64>, FillError> {
         let mut rx = self.state.subscribe();
@@ -387,17 +403,7 @@ impl Fills {
             return Ok(Source::Stored(file, len));
         }
         let temp = store.blobs.begin()?;
-        let (state, _) = watch::channel(FillState::Connecting);
-        let fill = Arc::new(Fill {
-            digest: digest.clone(),
-            repo: upstream.upstream_name(repo),
-            file: temp.file().clone(),
-            state,
-            recent: Mutex::new(Recent::default()),
-            readers: Mutex::new(Vec::new()),
-            advanced: Notify::new(),
-            rate_limit: OnceLock::new(),
-        });
+        let fill = Fill::new(digest.clone(), upstream.upstream_name(repo), temp.file().clone());
         let shared = running.values().map(Vec::len).sum::<usize>() < MAX_SHARED_FILLS;
         if shared {
             running.entry(key.clone()).or_default().push(fill.clone());
@@ -405,19 +411,24 @@ impl Fills {
             self.unshared.fetch_add(1, Ordering::Relaxed);
         }
         let guard = FillGuard { fills: Arc::clone(self), key, fill: fill.clone(), shared, failure: None };
-        let job = FillJob {
+        tokio::spawn(self.job(&fill, store, upstream, repo).run(temp, guard));
+        Ok(Source::Filling(fill))
+    }
+
+    /// The work of `fill`: fetching its digest from `repo` on `upstream` into `store`, within the
+    /// fills' budget, until the drain at shutdown stops it.
+    fn job(&self, fill: &Arc<Fill>, store: &Arc<Store>, upstream: &Arc<Upstream>, repo: &RepositoryName) -> FillJob {
+        FillJob {
             fill: fill.clone(),
             store: Arc::clone(store),
             upstream: Arc::clone(upstream),
             repo: repo.clone(),
-            digest: digest.clone(),
+            digest: fill.digest.clone(),
             budget: self.budget.clone(),
             stop: self.stop.clone(),
             #[cfg(test)]
             injected: *lock(&self.injected),
-        };
-        tokio::spawn(job.run(temp, guard));
-        Ok(Source::Filling(fill))
+        }
     }
 
     /// How many fills are running.
@@ -554,95 +565,130 @@ impl FillJob {
             Some(Injected::Hang) => std::future::pending::<()>().await,
             None => {}
         }
-        let resp = self
-            .upstream
-            .request(Method::GET, &self.repo, &format!("blobs/{}", self.digest), HeaderMap::new())
-            .await?;
-        let total = content_length(resp.headers());
-        let _ = self.fill.rate_limit.set(RateLimit::from_headers(resp.headers()));
-        // Decide up front whether the blob can be stored: an announced size is reserved whole now,
-        // a body without a length batch by batch.
-        let mut reservation = self.reserve(total);
-        if reservation.is_none() {
-            self.fill.stop_storing(0);
-        }
-        self.fill.state.send_replace(FillState::Running { total, written: 0 });
-        let transport = self.upstream.transport();
-        let mut body = resp.into_body();
+        let (mut body, total, mut reservation) = self.connect().await?;
         let mut hasher = Hasher::new(self.digest.algorithm());
         let mut written: u64 = 0;
         let mut pace = Pace::new(&self.budget, Instant::now());
-        loop {
-            let deadline = pace.deadline();
-            let first = tokio::select! {
-                chunk = transport.next_chunk(&mut body) => match chunk? {
-                    Some(chunk) => chunk,
-                    None => break,
-                },
-                // The last reader left: from now on the fill must keep its pace.
-                () = self.fill.state.closed(), if self.fill.waiters() > 0 => {
-                    pace.check(false, 0, Instant::now()).map_err(abandoned)?;
-                    continue;
-                }
-                () = sleep_until(deadline) => {
-                    pace.check(self.fill.waiters() > 0, 0, Instant::now()).map_err(abandoned)?;
-                    continue;
-                }
-            };
-            let mut batch = vec![first];
-            let mut len = batch[0].len();
-            // Take whatever else has already arrived, up to one batch, for a single write.
-            while len < WRITE_BATCH {
-                match transport.next_chunk(&mut body).now_or_never() {
-                    Some(Ok(Some(more))) => {
-                        len += more.len();
-                        batch.push(more);
-                    }
-                    Some(Ok(None)) | None => break,
-                    Some(Err(e)) => return Err(e.into()),
-                }
-            }
-            if total.is_some_and(|t| written.saturating_add(len as u64) > t) {
+        while let Some((batch, len)) = self.next_batch(&mut body, &mut pace).await? {
+            if total.is_some_and(|t| written.saturating_add(len) > t) {
                 return Err(FillError::Corrupt(format!("upstream sent more than the {} bytes it announced", total.unwrap_or(0))));
             }
             // A body without a length that is still being stored: reserve room for this batch.
             if let (None, false, Some(r)) = (total, self.fill.passing_through(), reservation.as_mut()) {
-                if !self.grow(r, written, len as u64) {
+                if !self.grow(r, written, len) {
                     self.fill.stop_storing(written);
                 }
             }
-            if self.fill.passing_through() {
-                hasher = hash_batch(&batch, hasher).await?;
-                self.relay(batch, len as u64).await?;
-            } else {
-                match write_batch(temp.file().clone(), written, batch.clone(), hasher).await? {
-                    Ok(h) => {
-                        hasher = h;
-                        if let Some(r) = reservation.as_mut() {
-                            r.wrote(len as u64);
-                        }
-                        let mut recent = lock(&self.fill.recent);
-                        recent.push(batch, len as u64);
-                        // Everything is on disk too: keep only the newest bytes in memory.
-                        recent.trim(RECENT_WINDOW, |_| true);
-                    }
-                    Err(failed) => {
-                        let WriteFailed(h, batch, e) = *failed;
-                        tracing::warn!(digest = %self.digest, error = %e, "writing the blob failed; passing it through without storing");
-                        self.fill.stop_storing(written);
-                        hasher = hash_batch(&batch, h).await?;
-                        self.relay(batch, len as u64).await?;
-                    }
-                }
-            }
-            written = written.saturating_add(len as u64);
+            hasher = self.write_or_relay(&temp, written, batch, len, hasher, reservation.as_mut()).await?;
+            written = written.saturating_add(len);
             self.fill.state.send_modify(|s| {
                 if let FillState::Running { written: w, .. } = s {
                     *w = written;
                 }
             });
-            pace.check(self.fill.waiters() > 0, len as u64, Instant::now()).map_err(abandoned)?;
+            pace.check(self.fill.waiters() > 0, len, Instant::now()).map_err(abandoned)?;
         }
+        self.verify(total, written, hasher)?;
+        // Verified: the readers may have the last byte now; making it durable is the store's business.
+        self.fill.state.send_replace(FillState::Done { size: written });
+        if self.fill.passing_through() {
+            return Ok((written, false));
+        }
+        Ok((written, self.commit(temp, written).await))
+    }
+
+    /// GET the blob and decide up front whether it can be stored: an announced size is reserved
+    /// whole now, a body without a length batch by batch. The body, its announced size, and the
+    /// reservation (`None`: the fill passes the blob through).
+    async fn connect(&self) -> Result<(Incoming, Option<u64>, Option<Reservation>), FillError> {
+        let (head, body) = self.upstream.get_blob(&self.repo, &self.digest).await?;
+        let total = head.size;
+        let _ = self.fill.rate_limit.set(head.rate_limit);
+        let reservation = self.reserve(total);
+        if reservation.is_none() {
+            self.fill.stop_storing(0);
+        }
+        self.fill.state.send_replace(FillState::Running { total, written: 0 });
+        Ok((body, total, reservation))
+    }
+
+    /// The next chunk of the body and whatever else has already arrived, up to [`WRITE_BATCH`],
+    /// for a single write, with its length; `None` at the end of the body. While it waits, the
+    /// fill is held to its [`Pace`].
+    async fn next_batch(&self, body: &mut Incoming, pace: &mut Pace) -> Result<Option<(Vec<Bytes>, u64)>, FillError> {
+        let transport = self.upstream.transport();
+        let first = loop {
+            let deadline = pace.deadline();
+            tokio::select! {
+                chunk = transport.next_chunk(body) => match chunk? {
+                    Some(chunk) => break chunk,
+                    None => return Ok(None),
+                },
+                // The last reader left: from now on the fill must keep its pace.
+                () = self.fill.state.closed(), if self.fill.waiters() > 0 => {
+                    pace.check(false, 0, Instant::now()).map_err(abandoned)?;
+                }
+                () = sleep_until(deadline) => {
+                    pace.check(self.fill.waiters() > 0, 0, Instant::now()).map_err(abandoned)?;
+                }
+            }
+        };
+        let mut batch = vec![first];
+        let mut len = batch[0].len();
+        while len < WRITE_BATCH {
+            match transport.next_chunk(body).now_or_never() {
+                Some(Ok(Some(more))) => {
+                    len += more.len();
+                    batch.push(more);
+                }
+                Some(Ok(None)) | None => break,
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
+        Ok(Some((batch, len as u64)))
+    }
+
+    /// Write `batch` (`len` bytes) at `written` to the temporary file and keep its newest bytes in
+    /// memory for the readers; or, once nothing is stored (or when the write fails), relay it to
+    /// the readers through memory only. `hasher` fed with it.
+    async fn write_or_relay(
+        &self,
+        temp: &TempBlob,
+        written: u64,
+        batch: Vec<Bytes>,
+        len: u64,
+        hasher: Hasher,
+        reservation: Option<&mut Reservation>,
+    ) -> Result<Hasher, FillError> {
+        if self.fill.passing_through() {
+            let hasher = hash_batch(&batch, hasher).await?;
+            self.relay(batch, len).await?;
+            return Ok(hasher);
+        }
+        match write_batch(temp.file().clone(), written, batch.clone(), hasher).await? {
+            Ok(hasher) => {
+                if let Some(r) = reservation {
+                    r.wrote(len);
+                }
+                let mut recent = lock(&self.fill.recent);
+                recent.push(batch, len);
+                // Everything is on disk too: keep only the newest bytes in memory.
+                recent.trim(RECENT_WINDOW, |_| true);
+                Ok(hasher)
+            }
+            Err(failed) => {
+                let WriteFailed(hasher, batch, e) = *failed;
+                tracing::warn!(digest = %self.digest, error = %e, "writing the blob failed; passing it through without storing");
+                self.fill.stop_storing(written);
+                let hasher = hash_batch(&batch, hasher).await?;
+                self.relay(batch, len).await?;
+                Ok(hasher)
+            }
+        }
+    }
+
+    /// The whole body arrived: it must have the size upstream announced and the digest asked for.
+    fn verify(&self, total: Option<u64>, written: u64, hasher: Hasher) -> Result<(), FillError> {
         if let Some(t) = total.filter(|t| *t != written) {
             return Err(FillError::Corrupt(format!("upstream sent {written} of {t} bytes")));
         }
@@ -650,12 +696,12 @@ impl FillJob {
         if got != self.digest {
             return Err(FillError::Corrupt(format!("content has digest {got}, not the requested digest")));
         }
-        // Verified: the readers may have the last byte now; making it durable is the store's business.
-        self.fill.state.send_replace(FillState::Done { size: written });
-        if self.fill.passing_through() {
-            return Ok((written, false));
-        }
-        // The content is verified: whatever happens to storing it, the readers get it.
+        Ok(())
+    }
+
+    /// Make the verified blob of `written` bytes durable and index it: whether it was stored. The
+    /// content is verified: whatever happens to storing it, the readers get it.
+    async fn commit(&self, temp: TempBlob, written: u64) -> bool {
         let store = Arc::clone(&self.store);
         let digest = self.digest.clone();
         let committed = tokio::task::spawn_blocking(move || store.blobs.commit(temp, &digest))
@@ -666,11 +712,11 @@ impl FillJob {
         match committed {
             Ok(()) => {
                 self.store.note_stored(&self.digest);
-                Ok((written, true))
+                true
             }
             Err(e) => {
                 tracing::warn!(digest = %self.digest, error = %e, "storing the verified blob failed; served without storing");
-                Ok((written, false))
+                false
             }
         }
     }
@@ -1056,35 +1102,9 @@ impl BlobReader {
 
     /// The next chunk; `None` at the end. An error means the body must be cut.
     pub async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
-        let available = loop {
-            if self.end.is_some_and(|e| self.pos >= e) {
-                return None;
-            }
-            let Some(following) = &mut self.fill else {
-                break self.end.unwrap_or(self.pos);
-            };
-            let state = following.state.borrow_and_update().clone();
-            let limit = match state {
-                FillState::Done { size } => {
-                    self.end = Some(self.end.map_or(size, |e| e.min(size)));
-                    if !following.fill.passing_through() {
-                        self.fill = None;
-                        continue;
-                    }
-                    size
-                }
-                FillState::Failed(e) => return Some(Err(io::Error::other(e.to_string()))),
-                FillState::Connecting => 0,
-                FillState::Running { total: Some(t), written } => written.min(t.saturating_sub(1)),
-                FillState::Running { total: None, written } => written,
-            };
-            let limit = self.end.map_or(limit, |e| limit.min(e));
-            if limit > self.pos {
-                break limit;
-            }
-            if following.state.changed().await.is_err() {
-                return Some(Err(io::Error::other("blob fill ended without a result")));
-            }
+        let available = match self.readable_end().await? {
+            Ok(available) => available,
+            Err(e) => return Some(Err(e)),
         };
         if available <= self.pos {
             return None;
@@ -1107,6 +1127,41 @@ impl BlobReader {
             self.advance(bytes.len() as u64);
         }
         Some(read)
+    }
+
+    /// How far this reader may read now: for a reader following a fill, once the fill got past
+    /// its position (waiting for that); `None` when it has read all it asked for.
+    async fn readable_end(&mut self) -> Option<io::Result<u64>> {
+        loop {
+            if self.end.is_some_and(|e| self.pos >= e) {
+                return None;
+            }
+            let Some(following) = &mut self.fill else {
+                return Some(Ok(self.end.unwrap_or(self.pos)));
+            };
+            let state = following.state.borrow_and_update().clone();
+            let limit = match state {
+                FillState::Done { size } => {
+                    self.end = Some(self.end.map_or(size, |e| e.min(size)));
+                    if !following.fill.passing_through() {
+                        self.fill = None;
+                        continue;
+                    }
+                    size
+                }
+                FillState::Failed(e) => return Some(Err(io::Error::other(e.to_string()))),
+                FillState::Connecting => 0,
+                FillState::Running { total: Some(t), written } => written.min(t.saturating_sub(1)),
+                FillState::Running { total: None, written } => written,
+            };
+            let limit = self.end.map_or(limit, |e| limit.min(e));
+            if limit > self.pos {
+                return Some(Ok(limit));
+            }
+            if following.state.changed().await.is_err() {
+                return Some(Err(io::Error::other("blob fill ended without a result")));
+            }
+        }
     }
 
     fn advance(&mut self, n: u64) {

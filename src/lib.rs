@@ -8,8 +8,10 @@
 //! - [`oci`]: the registry domain, pure: `Digest`, `RepositoryName`, `Reference`, `RegistryHost`
 //!   (Docker Hub's aliases and `library/`), media types, error codes.
 //! - [`upstream`]: the client for one upstream registry: pooled hyper + rustls, token auth, redirects
-//!   (kept out of the operator's private networks by `upstream::guard`).
-//! - [`store`]: blob files (temp → verify → fsync → rename) and the sled index.
+//!   (kept out of the operator's private networks by `upstream::guard`), and the registry protocol
+//!   as typed methods (`head_manifest`, `get_manifest`, `tags`, `referrers`, `head_blob`, `get_blob`).
+//! - [`store`]: blob files (temp → verify → fsync → rename), the sled index, and the housekeeping
+//!   loop (access times, eviction under `max_size`).
 //! - [`inflight`]: one upstream download per blob and upstream, followed by any number of readers.
 //! - [`singleflight`]: one call per key at a time (manifest fetches, tag revalidations, tokens).
 //! - [`sync`]: taking a lock whether or not a panic poisoned it, and why that is sound here.
@@ -20,13 +22,14 @@
 //! # The path of one request
 //! `http::server` accepts a connection; `http::App::handle` routes it (`http::route`, which makes
 //! the typed name and reference), picks the upstream, and asks [`cache::Cache`]. A manifest by tag is
-//! looked up under the kind of answer the client's `Accept` asks for, revalidated with an upstream
-//! `HEAD` and served from the index when its digest is known; a manifest from upstream is verified by
-//! `oci::verify_manifest` before it is stored; a blob is served from its file, or joins (or starts)
-//! the fill for its digest from its upstream and streams what arrives (fetching from its own
-//! repository if the fill it joined was refused for another); the fill stores the blob if it fits
-//! the disk budget and passes it through otherwise. Errors
-//! from any layer become one OCI error response in `http::error`.
+//! looked up under the kind of answer the client's `Accept` asks for, revalidated with
+//! `Upstream::head_manifest` and served from the index when its digest is known; a manifest from
+//! `Upstream::get_manifest` is verified by `oci::verify_manifest` before it is stored; a blob is
+//! served from its file, or joins (or starts) the fill for its digest from its upstream and streams
+//! what arrives (fetching from its own repository if the fill it joined was refused for another);
+//! the fill reads `Upstream::get_blob`, stores the blob if it fits the disk budget and passes it
+//! through otherwise. `store::spawn_housekeeping` writes access times and evicts in the
+//! background. Errors from any layer become one OCI error response in `http::error`.
 
 pub mod access;
 pub mod admin;

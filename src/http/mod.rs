@@ -20,7 +20,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 
-use crate::cache::{BlobAnswer, Cache, ManifestAnswer};
+use crate::cache::{BlobAnswer, Cache, ManifestAnswer, ReferrerList, TagList};
 use crate::access::Gate;
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteLabel};
@@ -124,7 +124,7 @@ impl App {
         store.temp = crate::store::TempBudget::new(store.blobs.tmp_dir().to_owned(), config.fills.max_temp, config.fills.min_free);
         let store = Arc::new(store);
         let metrics = Arc::new(Metrics::new());
-        crate::cache::spawn_housekeeping(&store, metrics.clone());
+        crate::store::spawn_housekeeping(&store, metrics.clone());
         let upstreams = config
             .upstreams
             .iter()
@@ -285,25 +285,12 @@ impl App {
                 }
             }
             RepoRoute::Tags => match self.cache.tags(&up, &name, q.n, q.last.as_deref()).await {
-                Ok(t) => {
-                    let mut r = json_response(t.body, t.outcome, "application/json");
-                    if let Some(link) = t.next.as_deref().and_then(|last| next_page_link(req.uri().path(), q.n, last, q.ns.as_deref())) {
-                        r.headers_mut().insert(header::LINK, link);
-                    }
-                    t.rate_limit.apply(r.headers_mut());
-                    r
-                }
+                Ok(t) => tags_response(t, req.uri().path(), q.n, q.ns.as_deref()),
                 Err(e) => rescue(&e, Resource::Repository),
             },
             RepoRoute::Referrers(digest) => {
                 match self.cache.referrers(&up, &name, &digest, q.artifact_type.as_deref()).await {
-                    Ok(list) => {
-                        let mut r = json_response(list.body, list.outcome, crate::cache::OCI_INDEX);
-                        if list.filtered {
-                            r.headers_mut().insert("oci-filters-applied", HeaderValue::from_static("artifactType"));
-                        }
-                        r
-                    }
+                    Ok(list) => referrers_response(list),
                     Err(e) => rescue(&e, Resource::Manifest),
                 }
             }
@@ -315,6 +302,25 @@ impl App {
         }
         resp
     }
+}
+
+/// A page of tags, with a `Link` to the next page (on the path the client asked, `n` and `ns` kept).
+fn tags_response(t: TagList, client_path: &str, n: Option<u32>, ns: Option<&str>) -> Resp {
+    let mut r = json_response(t.body, t.outcome, "application/json");
+    if let Some(link) = t.next.as_deref().and_then(|last| next_page_link(client_path, n, last, ns)) {
+        r.headers_mut().insert(header::LINK, link);
+    }
+    t.rate_limit.apply(r.headers_mut());
+    r
+}
+
+/// A referrers list, saying when the `artifactType` filter was applied.
+fn referrers_response(list: ReferrerList) -> Resp {
+    let mut r = json_response(list.body, list.outcome, crate::cache::OCI_INDEX);
+    if list.filtered {
+        r.headers_mut().insert("oci-filters-applied", HeaderValue::from_static("artifactType"));
+    }
+    r
 }
 
 /// `Link: <…/tags/list?last=…&n=…>; rel="next"` for the page after `last`, on the path the client

@@ -15,13 +15,15 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::watch::{Busy, BusyGuard, Watched};
+use crate::config::Connections;
 use super::{Body, App, Surface};
 
 /// How long running transfers may go on after shutdown begins.
@@ -148,79 +150,105 @@ async fn accept_loop<L: Listener>(
     shutdown: impl Future<Output = ()>,
 ) -> tokio::time::Instant {
     let limits = *app.connections();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper keeps polling a body while less than this is queued for a connection: a small queue
-    // keeps memory per connection flat however many clients download at once.
-    builder.http1().max_buf_size(MAX_QUEUED).timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
-    builder.http2().timer(TokioTimer::new());
+    let builder = connection_builder(&limits);
     let graceful = GracefulShutdown::new();
     let tls = if surface == Surface::Main { app.tls().map(|t| t.acceptor().clone()) } else { None };
-    // Over the limit, connections wait in the kernel's listen backlog until a running one ends.
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
-            accepted = async {
-                // The semaphore is never closed, so acquiring only waits.
-                let slot = slots.clone().acquire_owned().await;
-                (slot, listener.accept().await)
-            } => accepted,
+            accepted = accept_next(&listener, &slots) => accepted,
             _ = &mut shutdown => break,
         };
         let (slot, stream, peer) = match accepted {
-            (Ok(slot), Ok((stream, peer))) => (slot, stream, peer),
-            (_, Err(e)) => {
+            Ok(accepted) => accepted,
+            Err(e) => {
                 // Out of file descriptors and the like: back off briefly instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            // Not reached: the semaphore is never closed.
-            (Err(_), _) => continue,
         };
         // Before a byte is read or a TLS handshake started.
         if surface == Surface::Main && !app.gate().allows(peer.ip()) {
             tracing::info!(%peer, "address not allowed: connection closed");
             continue;
         }
-        let busy = Arc::new(Busy::default());
-        let stream = Watched::new(stream, limits, busy.clone());
-        let app = app.clone();
-        let svc = service_fn(move |req| {
-            let guard = busy.start();
-            let app = app.clone();
-            async move {
-                let resp = app.handle(req, peer, surface).await?;
-                Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _guard: guard }))
-            }
-        });
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let result = match tls {
-                None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await,
-                Some(acceptor) => match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
-                    Ok(Ok(tls_stream)) => {
-                        watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), svc).into_owned()).await
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                },
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+        serve_connection(&app, surface, &builder, graceful.watcher(), tls.clone(), (slot, stream, peer));
     }
     drop(listener);
+    drain(graceful, surface).await
+}
+
+/// Serve one accepted connection on its own task, holding its `slot` until it ends: the TLS
+/// handshake (within [`HANDSHAKE`]) when there is TLS, then HTTP/1.1 or HTTP/2, each request
+/// counted as in progress (for the idle timeouts of [`Watched`]) until its body is done.
+fn serve_connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    app: &Arc<App>,
+    surface: Surface,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    tls: Option<TlsAcceptor>,
+    (slot, stream, peer): (OwnedSemaphorePermit, I, SocketAddr),
+) {
+    let busy = Arc::new(Busy::default());
+    let stream = Watched::new(stream, *app.connections(), busy.clone());
+    let app = app.clone();
+    let svc = service_fn(move |req| {
+        let guard = busy.start();
+        let app = app.clone();
+        async move {
+            let resp = app.handle(req, peer, surface).await?;
+            Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _guard: guard }))
+        }
+    });
+    let builder = builder.clone();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let result = match tls {
+            None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await,
+            Some(acceptor) => match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => {
+                    watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), svc).into_owned()).await
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            },
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    });
+}
+
+/// The HTTP/1.1 and HTTP/2 connection settings: hyper keeps polling a body while less than
+/// [`MAX_QUEUED`] is queued for a connection, so memory per connection stays flat however many
+/// clients download at once.
+fn connection_builder(limits: &Connections) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(MAX_QUEUED).timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
+/// The next connection, its peer and the slot it holds: over `max_connections`, connections wait
+/// in the kernel's listen backlog until a running one ends and frees its slot.
+async fn accept_next<L: Listener>(listener: &L, slots: &Arc<Semaphore>) -> io::Result<(OwnedSemaphorePermit, L::Io, SocketAddr)> {
+    // Not an error in practice: the semaphore is never closed, so acquiring only waits.
+    let slot = slots.clone().acquire_owned().await.map_err(io::Error::other)?;
+    let (stream, peer) = listener.accept().await?;
+    Ok((slot, stream, peer))
+}
+
+/// After the accept loop stopped: let running connections finish for up to [`DRAIN`]; returns
+/// when the drain time ends.
+async fn drain(graceful: GracefulShutdown, surface: Surface) -> tokio::time::Instant {
     if surface == Surface::Main {
         tracing::info!("shutting down: no new connections; waiting up to {DRAIN:?} for running transfers");
     }

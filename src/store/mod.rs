@@ -1,16 +1,19 @@
 //! Storage: blob files on disk (written to a temporary file, verified, fsynced and renamed into a
-//! content-addressed path) and the sled index of blobs, manifests and tags.
+//! content-addressed path), the sled index of blobs, manifests and tags, and the housekeeping that
+//! writes access times and evicts down to `max_size`.
 
 mod blobs;
 mod budget;
 mod check;
 mod evict;
+mod housekeeping;
 mod index;
 
 pub use blobs::{BlobFiles, TempBlob};
 pub use budget::{Refused, Reservation, TempBudget};
 pub use check::{Reconciled, Verified};
 pub use evict::{Evicted, EvictedKind, InUse, Usage, LOW_WATER};
+pub use housekeeping::spawn_housekeeping;
 pub use index::{now_secs, Index, ReferrersKey, StoredManifest, TagAnswer, TagEntry};
 
 use std::io;

@@ -1,11 +1,14 @@
 //! The upstream registry client: a pooled hyper client over rustls, token auth, redirects (kept out
 //! of the operator's network by [`guard`]), timeouts, and upstream failures as typed
 //! [`UpstreamError`]s whose messages are fit for clients (addresses and OS errors go to the log).
+//! The registry protocol on top of it (manifest, tag, referrers and blob requests as typed
+//! results) is in `registry.rs`.
 
 mod auth;
 mod challenge;
 pub mod guard;
 mod ratelimit;
+mod registry;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,6 +31,7 @@ pub use auth::Auth;
 pub use challenge::{parse_challenges, Challenge};
 use guard::GuardedConnector;
 pub use ratelimit::RateLimit;
+pub use registry::{BlobHead, FetchedManifest, ManifestHead, TagsPage, MAX_MANIFEST};
 
 /// How many redirects regcache follows for one request.
 const MAX_REDIRECTS: usize = 5;
@@ -307,12 +311,12 @@ impl Upstream {
     }
 
     /// Whether to revalidate tags with a manifest `HEAD` (true until the upstream refused one).
-    pub fn answers_manifest_head(&self) -> bool {
+    fn answers_manifest_head(&self) -> bool {
         self.manifest_head.load(Ordering::Relaxed)
     }
 
     /// Remember that this upstream answers no manifest `HEAD` (405 or 501).
-    pub fn note_no_manifest_head(&self) {
+    fn note_no_manifest_head(&self) {
         self.manifest_head.store(false, Ordering::Relaxed);
     }
 
