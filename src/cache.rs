@@ -10,7 +10,7 @@ use bytes::Bytes;
 use crate::config::FillBudget;
 use crate::metrics::Answered;
 use crate::inflight::{self, BlobReader, FillError, Fills, Join, Source};
-use crate::oci::{verify_manifest, RegistryHost, AcceptList, Digest, ManifestError, ManifestKind, Reference, RepositoryName, Tag};
+use crate::oci::{verify_manifest, AcceptList, Digest, ManifestError, ManifestKind, Reference, RegistryHost, RepositoryName, Tag, OCI_INDEX};
 use crate::store::{now_secs, Store, StoredManifest, TagAnswer};
 use crate::singleflight::Singleflight;
 use crate::upstream::{ManifestHead, RateLimit, Upstream, UpstreamError, MAX_MANIFEST};
@@ -135,8 +135,6 @@ pub struct ReferrerList {
     pub outcome: Answered,
 }
 
-/// The media type of a referrers list.
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// One page of a repository's tags, sorted.
 pub struct TagList {

@@ -316,7 +316,7 @@ fn tags_response(t: TagList, client_path: &str, n: Option<u32>, ns: Option<&str>
 
 /// A referrers list, saying when the `artifactType` filter was applied.
 fn referrers_response(list: ReferrerList) -> Resp {
-    let mut r = json_response(list.body, list.outcome, crate::cache::OCI_INDEX);
+    let mut r = json_response(list.body, list.outcome, crate::oci::OCI_INDEX);
     if list.filtered {
         r.headers_mut().insert("oci-filters-applied", HeaderValue::from_static("artifactType"));
     }
