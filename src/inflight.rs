@@ -547,8 +547,8 @@ impl FillJob {
         };
         match result {
             Ok((size, stored)) => {
+                // `download` told the readers (Done) as soon as the digest checked out.
                 tracing::info!(digest = %self.digest, size, stored, "blob fetched and verified");
-                self.fill.state.send_replace(FillState::Done { size });
             }
             Err(e) => {
                 tracing::warn!(digest = %self.digest, error = %e, "blob fill failed; nothing stored");
@@ -580,6 +580,13 @@ impl FillJob {
                 }
             }
             hasher = self.write_or_relay(&temp, written, batch, len, hasher, reservation.as_mut()).await?;
+            if self.fill.passing_through() {
+                // Storing stopped (the budget was spent or a write failed): what it will never
+                // write goes back to the other fills.
+                if let Some(r) = reservation.as_mut() {
+                    r.give_back_unwritten();
+                }
+            }
             written = written.saturating_add(len);
             self.fill.state.send_modify(|s| {
                 if let FillState::Running { written: w, .. } = s {

@@ -135,6 +135,21 @@ impl Reservation {
     }
 }
 
+impl Reservation {
+    /// Nothing more will be written (the fill stopped storing): give back the bytes reserved but
+    /// not written. What is written stays held: readers behind the fill still read it from the file.
+    pub fn give_back_unwritten(&mut self) {
+        let n = std::mem::take(&mut self.mine.unwritten);
+        if n == 0 {
+            return;
+        }
+        self.mine.held -= n;
+        let mut totals = lock(&self.totals);
+        totals.held = totals.held.saturating_sub(n);
+        totals.unwritten = totals.unwritten.saturating_sub(n);
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         let mut totals = lock(&self.totals);
@@ -170,6 +185,19 @@ mod tests {
             other.wrote(written);
             assert_eq!(budget.reserve(asked).is_ok(), granted, "case {i}");
         }
+    }
+
+    #[test]
+    fn a_fill_that_stops_storing_gives_back_what_it_will_not_write() {
+        let budget = TempBudget::with_free(Some(600), 0, || 1000);
+        let mut a = budget.reserve(500).unwrap();
+        a.wrote(200);
+        assert!(budget.reserve(101).is_err(), "500 of 600 held");
+        a.give_back_unwritten();
+        assert_eq!(budget.held(), 200, "the written part stays held for readers behind the fill");
+        assert!(budget.reserve(400).is_ok());
+        drop(a);
+        assert_eq!(budget.held(), 0);
     }
 
     #[test]
