@@ -527,6 +527,7 @@ impl Cache {
         let (body, outcome) = match (fetched, remembered) {
             (Ok(body), _) => {
                 self.store.index.put_referrers(&name, &key_repo, digest, &body)?;
+                self.store.note_growth();
                 (body, Answered::Pass)
             }
             (Err(_), Some(body)) => (body, Answered::Stale),

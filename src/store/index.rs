@@ -137,12 +137,25 @@ fn open_db(path: &Path) -> sled::Result<sled::Db> {
     let start = std::time::Instant::now();
     loop {
         match sled::Config::new().path(path).flush_every_ms(Some(1000)).open() {
-            Err(e) if start.elapsed() < LOCK_GRACE && e.to_string().contains("lock") => {
+            Err(e) if start.elapsed() < LOCK_GRACE && is_lock_error(&e) => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             other => return other,
         }
     }
+}
+
+/// Whether `e` is sled failing to lock its database file (another process, or a store closed a
+/// moment ago, holds it).
+///
+/// sled (pinned at 0.34.7) has no error variant for this: a failed `try_lock_exclusive` on its `db`
+/// file becomes `Error::Io(io::Error::new(ErrorKind::Other, "could not acquire lock on …: <the OS
+/// error>"))` (sled's `config.rs`), so the original `WouldBlock` kind survives only as text. Hence
+/// the message match; a sled upgrade must recheck it (`it::commands` runs the commands beside a
+/// running server).
+pub fn is_lock_error(e: &sled::Error) -> bool {
+    let msg = e.to_string();
+    msg.contains("lock") || msg.contains("Resource temporarily unavailable")
 }
 
 impl Index {

@@ -60,15 +60,7 @@ impl StoreError {
     /// Whether the index is locked by another process: a running server.
     pub fn is_locked(&self) -> bool {
         match self {
-            StoreError::Index { source, .. } => {
-                // sled (pinned at 0.34.7) has no error variant for this: a failed `try_lock_exclusive`
-                // on its `db` file becomes `Error::Io(io::Error::new(ErrorKind::Other, "could not
-                // acquire lock on …: <the OS error>"))` (sled's `config.rs`), so the original
-                // `WouldBlock` kind survives only as text. Hence the message match; a sled upgrade
-                // must recheck it (`it::commands` runs the commands beside a running server).
-                let msg = source.to_string();
-                msg.contains("lock") || msg.contains("Resource temporarily unavailable")
-            }
+            StoreError::Index { source, .. } => index::is_lock_error(source),
             StoreError::Io { .. } => false,
         }
     }
@@ -117,6 +109,11 @@ impl Store {
     /// Note content just stored: record its access and signal the evictor if over the limit.
     pub fn note_stored(&self, digest: &crate::oci::Digest) {
         self.usage.touch(digest);
+        self.note_growth();
+    }
+
+    /// Signal the evictor if the index grew past `max_size` (after any insert that counts in it).
+    pub fn note_growth(&self) {
         if self.max_size.is_some_and(|max| self.over_limit(max)) {
             self.pressure.notify_one();
         }
