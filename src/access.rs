@@ -33,6 +33,8 @@ fn bcrypt_at_once() -> usize {
 
 /// The `nice` of the password-checking threads: the scheduler runs the async workers first.
 const CHECKER_NICE: i32 = 10;
+/// How many password checks may wait per checking thread; past that, clients are told to retry.
+const QUEUED_PER_CHECKER: usize = 64;
 /// The window wrong credentials are counted in.
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// How many client addresses the failure counts keep; past it, new addresses share one count.
@@ -55,7 +57,7 @@ pub struct Gate {
     verified: Mutex<HashSet<[u8; 32]>>,
     failures: Mutex<Failures>,
     /// Jobs for the password-checking threads, which end when this is dropped.
-    checkers: mpsc::Sender<Job>,
+    checkers: mpsc::SyncSender<Job>,
     /// `verify(password, hash)`: bcrypt, or a stand-in in tests.
     verify: Verifier,
     verifications: AtomicU64,
@@ -68,8 +70,9 @@ type Verifier = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
 type Job = Box<dyn FnOnce() + Send>;
 
 /// Start `n` password-checking threads (none when no htpasswd is configured) at a lower priority.
-fn start_checkers(n: usize) -> mpsc::Sender<Job> {
-    let (jobs, queue) = mpsc::channel::<Job>();
+fn start_checkers(n: usize) -> mpsc::SyncSender<Job> {
+    // Bounded: a client that sends wrong credentials and goes away must not pile up work.
+    let (jobs, queue) = mpsc::sync_channel::<Job>(n.saturating_mul(QUEUED_PER_CHECKER));
     let queue = Arc::new(Mutex::new(queue));
     for i in 0..n {
         let queue = queue.clone();
@@ -147,12 +150,19 @@ impl Gate {
         self.verifications.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let verify = self.verify.clone();
-        // Jobs queue while every checker is busy; the queue is bounded by the requests in progress
-        // (max_connections) and each address's failure limit. No checker thread: refused.
-        let sent = self.checkers.send(Box::new(move || {
-            let _ = tx.send(verify(&password, &hash));
-        }));
-        let matched = sent.is_ok() && rx.await.unwrap_or(false);
+        // Jobs queue while every checker is busy, up to QUEUED_PER_CHECKER each; a full queue is a
+        // 429 to retry in a second. A job whose client has gone is skipped. No checker thread:
+        // refused.
+        let job: Job = Box::new(move || {
+            if !tx.is_closed() {
+                let _ = tx.send(verify(&password, &hash));
+            }
+        });
+        let matched = match self.checkers.try_send(job) {
+            Ok(()) => rx.await.unwrap_or(false),
+            Err(mpsc::TrySendError::Full(_)) => return Err(Refusal::TooManyFailures(Duration::from_secs(1))),
+            Err(mpsc::TrySendError::Disconnected(_)) => false,
+        };
         if !(matched && known.is_some()) {
             return Err(Refusal::Unauthorized);
         }
