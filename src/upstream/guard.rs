@@ -50,13 +50,17 @@ fn is_internal_v4(ip: Ipv4Addr) -> bool {
         || (a == 100 && (b & 0xc0) == 64) // CGNAT 100.64.0.0/10
 }
 
-/// The IPv4 address an IPv6 address carries: `::ffff:a.b.c.d` (mapped) or `::a.b.c.d` (compatible,
-/// deprecated but still routed to the IPv4 address by some stacks).
+/// The IPv4 address an IPv6 address carries: `::ffff:a.b.c.d` (mapped), `::a.b.c.d` (compatible,
+/// deprecated but still routed to the IPv4 address by some stacks), or `64:ff9b::a.b.c.d` (NAT64's
+/// well-known prefix, which a NAT64 gateway forwards to the IPv4 address).
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     if let Some(v4) = ip.to_ipv4_mapped() {
         return Some(v4);
     }
     let s = ip.segments();
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(Ipv4Addr::from(ip.to_bits() as u32));
+    }
     (s[..6] == [0; 6] && !ip.is_loopback() && !ip.is_unspecified()).then(|| Ipv4Addr::from(ip.to_bits() as u32))
 }
 
@@ -238,6 +242,8 @@ mod tests {
             ("::ffff:169.254.169.254", true),
             ("::ffff:10.0.0.1", true),
             ("::ffff:8.8.8.8", false),
+            ("64:ff9b::a9fe:a9fe", true),
+            ("64:ff9b::808:808", false),
             ("::127.0.0.1", true),
             ("2001:db8::1", false),
             ("2606:4700::1111", false),
