@@ -6,7 +6,7 @@
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
-use super::media::{OCI_INDEX, OCI_MANIFEST, SCHEMA1, SCHEMA1_SIGNED};
+use super::media::{ManifestKind, OCI_INDEX, OCI_MANIFEST, SCHEMA1, SCHEMA1_SIGNED};
 use super::{Algorithm, Digest};
 
 /// A manifest regcache has verified: its digest and the media type it is served with.
@@ -64,14 +64,25 @@ pub fn verify_manifest(
     let Ok(Value::Object(doc)) = serde_json::from_slice::<Value>(bytes) else { return Err(ManifestError::NotJson) };
     let media_type = media_type_of(&doc)?;
     if let Some(ct) = content_type.map(essence).filter(|ct| !ct.is_empty()) {
-        if ct != media_type && ct != "application/json" {
+        // Both schema1 types name the same format: a signed manifest labelled `…v1+json` is fine.
+        let both_schema1 = ManifestKind::of(&ct) == ManifestKind::Schema1 && ManifestKind::of(&media_type) == ManifestKind::Schema1;
+        if ct != media_type && ct != "application/json" && !both_schema1 {
             return Err(ManifestError::ContentTypeContradicts { upstream: ct, body: media_type });
         }
     }
     let payload = if media_type == SCHEMA1_SIGNED { Some(schema1_payload(bytes, &doc)?) } else { None };
     let hashed = payload.as_deref().unwrap_or(bytes);
+    // Hashed once per algorithm: the digests expected are usually one digest named up to three times.
+    let mut computed_by_algorithm: Vec<Digest> = Vec::with_capacity(1);
     for want in expected {
-        let computed = Digest::of(want.algorithm(), hashed);
+        let computed = match computed_by_algorithm.iter().find(|d| d.algorithm() == want.algorithm()) {
+            Some(d) => d.clone(),
+            None => {
+                let d = Digest::of(want.algorithm(), hashed);
+                computed_by_algorithm.push(d.clone());
+                d
+            }
+        };
         if computed != *want {
             return Err(ManifestError::DigestMismatch { expected: want.clone(), computed });
         }
@@ -195,6 +206,7 @@ mod tests {
             ("unsigned schema1: sha256 of bytes", &unsigned, vec![sha(&unsigned)], Some(SCHEMA1), ok(sha(&unsigned), SCHEMA1)),
             ("signed schema1: sha256 of payload", &signed, vec![payload_digest.clone()], Some(SCHEMA1_SIGNED), ok(payload_digest.clone(), SCHEMA1_SIGNED)),
             ("signed schema1 by tag", &signed, vec![], None, ok(payload_digest.clone(), SCHEMA1_SIGNED)),
+            ("signed schema1 labelled v1+json", &signed, vec![payload_digest.clone()], Some(SCHEMA1), ok(payload_digest.clone(), SCHEMA1_SIGNED)),
             ("signed schema1 is not the hash of its bytes", &signed, vec![sha(&signed)], Some(SCHEMA1_SIGNED), Err(ManifestError::DigestMismatch { expected: sha(&signed), computed: payload_digest.clone() })),
             ("wrong digest asked", &image, vec![wrong.clone()], Some(DOCKER_MANIFEST), Err(mismatch(&image, &wrong))),
             ("schema1 type does not vouch for a digest", &image, vec![wrong.clone()], Some(SCHEMA1_SIGNED), Err(contradicts(SCHEMA1_SIGNED, DOCKER_MANIFEST))),
