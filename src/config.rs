@@ -483,6 +483,9 @@ fn resolve_fills(raw: RawFills, max_size: Option<u64>) -> Result<FillBudget, Con
     })
 }
 
+/// The largest `max_connections` accepted.
+const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+
 fn resolve_connections(raw: &RawConfig) -> Result<Connections, ConfigError> {
     let defaults = Connections::default();
     let duration = |key: &str, v: &Option<String>, default: Duration| match v {
@@ -496,6 +499,10 @@ fn resolve_connections(raw: &RawConfig) -> Result<Connections, ConfigError> {
     let max_connections = match raw.max_connections {
         None => defaults.max_connections,
         Some(0) => return Err(ConfigError("max_connections = 0: must be at least 1".into())),
+        // A semaphore holds the permits; far above any real limit, and below its maximum.
+        Some(n) if n > MAX_CONNECTIONS_LIMIT => {
+            return Err(ConfigError(format!("max_connections = {n}: at most {MAX_CONNECTIONS_LIMIT}")))
+        }
         Some(n) => n,
     };
     Ok(Connections {
@@ -930,6 +937,7 @@ password = "s3cret"
             ("keepalive_timeout = \"soon\"", "keepalive_timeout"),
             ("client_idle_timeout = \"0\"", "client_idle_timeout"),
             ("max_connections = 0", "max_connections"),
+            ("max_connections = 1000001", "max_connections"),
             ("max_connections = -1", "line 1"),
             ("[access]\nmax_failures = 0", "max_failures"),
         ];
