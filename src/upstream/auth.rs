@@ -55,8 +55,9 @@ pub enum Authorization {
 pub struct Auth {
     upstream: UpstreamConfig,
     // std Mutexes: held only for map lookups and inserts, never across an await.
-    /// Tokens by scope, until when they may be used. Bounded: at most MAX_TOKENS (see `remember`).
-    tokens: Mutex<HashMap<String, (Token, Instant)>>,
+    /// Tokens by scope, until when they may be used. Bounded: at most MAX_TOKENS (see
+    /// `Tokens::remember`). Shared with the token fetches, which store what they fetched.
+    tokens: Arc<Tokens>,
     /// The last Bearer challenge seen, so later scopes fetch a token before their first request.
     bearer: Mutex<Option<(String, Option<String>)>>,
     basic: Mutex<bool>,
@@ -75,12 +76,56 @@ struct TokenResponse {
     expires_in: Option<serde_json::Value>,
 }
 
+/// Cached tokens by scope, with until when each may be used.
+#[derive(Default)]
+struct Tokens(Mutex<HashMap<String, (Token, Instant)>>);
+
+impl Tokens {
+    /// A token for `scope` that may still be used.
+    fn cached(&self, scope: &str) -> Option<Token> {
+        let mut tokens = lock(&self.0);
+        match tokens.get(scope) {
+            Some((token, until)) if Instant::now() < *until => Some(token.clone()),
+            Some(_) => {
+                tokens.remove(scope);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Forget the token of `scope` (the upstream refused it).
+    fn forget(&self, scope: &str) {
+        lock(&self.0).remove(scope);
+    }
+
+    /// Store a token fetched for `scope` that lives `lifetime`, to be used until shortly before it
+    /// expires. A full map first drops expired tokens, then the one that expires soonest.
+    fn remember(&self, scope: &str, token: &Token, lifetime: Duration) {
+        let margin = (lifetime / 10).max(Duration::from_secs(5)).min(lifetime / 2);
+        let now = Instant::now();
+        let until = now.checked_add(lifetime.saturating_sub(margin)).unwrap_or(now);
+        let mut tokens = lock(&self.0);
+        if tokens.len() >= MAX_TOKENS && !tokens.contains_key(scope) {
+            tokens.retain(|_, (_, until)| now < *until);
+            if tokens.len() >= MAX_TOKENS {
+                let soonest = tokens.iter().min_by_key(|(_, (_, until))| *until).map(|(s, _)| s.clone());
+                if let Some(s) = soonest {
+                    tokens.remove(&s);
+                }
+            }
+        }
+        tokens.insert(scope.to_owned(), (token.clone(), until));
+    }
+
+}
+
 impl Auth {
     /// Token state for `upstream`.
     pub fn new(upstream: UpstreamConfig) -> Auth {
         Auth {
             upstream,
-            tokens: Mutex::new(HashMap::new()),
+            tokens: Arc::default(),
             bearer: Mutex::new(None),
             basic: Mutex::new(false),
             withheld: Mutex::new(HashSet::new()),
@@ -121,7 +166,7 @@ impl Auth {
             Challenge::Bearer { realm, service, scope: asked } => {
                 *lock(&self.bearer) = Some((realm.clone(), service.clone()));
                 // A cached token that was just refused is stale.
-                lock(&self.tokens).remove(scope);
+                self.tokens.forget(scope);
                 let scope = asked.as_deref().unwrap_or(scope);
                 let token = self.fetch(transport, &realm, service.as_deref(), scope).await?;
                 Ok(Some(Authorization::Bearer(token)))
@@ -149,15 +194,7 @@ impl Auth {
     }
 
     fn cached(&self, scope: &str) -> Option<Token> {
-        let mut tokens = lock(&self.tokens);
-        match tokens.get(scope) {
-            Some((token, until)) if Instant::now() < *until => Some(token.clone()),
-            Some(_) => {
-                tokens.remove(scope);
-                None
-            }
-            None => None,
-        }
+        self.tokens.cached(scope)
     }
 
     async fn fetch(
@@ -188,33 +225,23 @@ impl Auth {
         }
         let basic = self
             .credentials_for(&url).and_then(|c| HeaderValue::from_str(&basic_value(c)).ok());
-        let transport = transport.clone();
-        let key = scope.to_owned();
-        let (token, lifetime) = self
+        let (transport, tokens, key) = (transport.clone(), self.tokens.clone(), scope.to_owned());
+        // The shared call stores the token itself: once, even if every caller has gone meanwhile.
+        let (token, _) = self
             .fetches
-            .run(key, move || async move { request_token(&transport, url, basic).await })
+            .run(key.clone(), move || async move {
+                let (token, lifetime) = request_token(&transport, url, basic).await?;
+                tokens.remember(&key, &token, lifetime);
+                Ok((token, lifetime))
+            })
             .await?;
-        self.remember(scope, &token, lifetime);
         Ok(token)
     }
 
-    /// Store a token fetched for `scope` that lives `lifetime`, to be used until shortly before it
-    /// expires. A full map first drops expired tokens, then the one that expires soonest.
+    /// `Tokens::remember`, for tests.
+    #[cfg(test)]
     fn remember(&self, scope: &str, token: &Token, lifetime: Duration) {
-        let margin = (lifetime / 10).max(Duration::from_secs(5)).min(lifetime / 2);
-        let now = Instant::now();
-        let until = now.checked_add(lifetime.saturating_sub(margin)).unwrap_or(now);
-        let mut tokens = lock(&self.tokens);
-        if tokens.len() >= MAX_TOKENS && !tokens.contains_key(scope) {
-            tokens.retain(|_, (_, until)| now < *until);
-            if tokens.len() >= MAX_TOKENS {
-                let soonest = tokens.iter().min_by_key(|(_, (_, until))| *until).map(|(s, _)| s.clone());
-                if let Some(s) = soonest {
-                    tokens.remove(&s);
-                }
-            }
-        }
-        tokens.insert(scope.to_owned(), (token.clone(), until));
+        self.tokens.remember(scope, token, lifetime);
     }
 
     /// The credentials to send to the token realm `realm`, if any are configured and may go there.
@@ -443,7 +470,7 @@ mod tests {
     fn the_token_map_drops_expired_tokens_and_is_capped() {
         let a = auth("https://registry.example.com", "");
         let t = Token("t".into());
-        let len = || a.tokens.lock().unwrap().len();
+        let len = || a.tokens.0.lock().unwrap().len();
         // Full of expired tokens (a lifetime of zero is over at once): they make room.
         for i in 0..MAX_TOKENS {
             a.remember(&format!("repository:gone{i}:pull"), &t, Duration::ZERO);
