@@ -273,7 +273,7 @@ impl App {
             RepoRoute::Manifest(reference) => {
                 let accept = AcceptList::from_headers(req.headers());
                 match self.cache.manifest(&up, &name, &reference, &accept, head).await {
-                    Ok(a) => manifest_response(a, head),
+                    Ok(a) => manifest_response(a),
                     Err(e) => rescue(&e, Resource::Manifest),
                 }
             }
@@ -375,11 +375,9 @@ fn text(body: impl Into<Bytes>, content_type: &'static str) -> Resp {
     r
 }
 
-fn manifest_response(a: ManifestAnswer, head: bool) -> Resp {
-    let body = match (head, a.bytes) {
-        (false, Some(b)) => full(b),
-        _ => full(Bytes::new()),
-    };
+/// A manifest answer (`handle` empties the body of a `HEAD`, keeping its headers).
+fn manifest_response(a: ManifestAnswer) -> Resp {
+    let body = full(a.bytes.unwrap_or_default());
     let mut r = Response::new(body);
     let h = r.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&a.media_type) {
