@@ -171,8 +171,7 @@ async fn accept_loop<L: Listener>(
         };
         // Before a byte is read or a TLS handshake started.
         if surface == Surface::Main && !app.gate().allows(peer.ip()) {
-            // debug, not info: a refused address could otherwise fill the log.
-            tracing::debug!(%peer, "address not allowed: connection closed");
+            tracing::info!(%peer, "address not allowed: connection closed");
             continue;
         }
         serve_connection(&app, surface, &builder, graceful.watcher(), tls.clone(), (slot, stream, peer));
