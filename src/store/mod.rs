@@ -2,6 +2,7 @@
 //! content-addressed path), the sled index of blobs, manifests and tags, and the housekeeping that
 //! writes access times and evicts down to `max_size`.
 
+mod backend;
 mod blobs;
 mod budget;
 mod check;
@@ -9,6 +10,7 @@ mod evict;
 mod housekeeping;
 mod index;
 
+pub use backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, ReadAt};
 pub use blobs::{BlobFiles, TempBlob};
 pub use budget::{Refused, Reservation, TempBudget};
 pub use check::{Reconciled, Verified};

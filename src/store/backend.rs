@@ -1,0 +1,102 @@
+//! The storage seam: what a place that keeps blobs must do for fills and hits. The local directory
+//! ([`super::LocalBlobs`]) is the first implementation; a shared bucket is the next.
+//!
+//! A blob is written in four steps: [`BlobBackend::begin`], [`BlobWrite::append`] batch after batch,
+//! then [`BlobWrite::commit`] under its digest once the caller has verified size and digest, or
+//! [`BlobWrite::abort`]. Nothing is visible under a digest before its commit, and a write that is
+//! dropped without either is aborted. While a blob is written, readers may follow it through
+//! [`BlobWrite::partial`]: the bytes appended so far, readable at any offset.
+//!
+//! Which blobs are stored, and their sizes, is the index's business (`store::Index`); a backend
+//! keeps bytes. A backend that finds an object missing says `None`, never an error: the caller
+//! treats it as a miss.
+
+use std::io;
+use std::ops::Range;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::oci::Digest;
+
+/// A place that keeps blobs by digest.
+#[async_trait]
+pub trait BlobBackend: Send + Sync + 'static {
+    /// Start writing a new blob; `size` is the size announced for it, if any.
+    async fn begin(&self, size: Option<u64>) -> io::Result<Box<dyn BlobWrite>>;
+
+    /// A reader of `range` of the stored blob `digest`, and the blob's whole size; `None` if it
+    /// isn't stored. `range` must lie within the blob: a caller checks it against the size the
+    /// index holds, and gives up on the reader if `size` disagrees.
+    async fn open(&self, digest: &Digest, range: Range<u64>) -> io::Result<Option<Opened>>;
+
+    /// The size of the stored blob `digest`, if stored.
+    async fn stat(&self, digest: &Digest) -> io::Result<Option<u64>>;
+
+    /// Every stored object: its digest when it is stored where a valid digest's blob belongs, its
+    /// name (path or key) and its size.
+    async fn list(&self) -> io::Result<Vec<Listed>>;
+
+    /// Delete the stored blob `digest` (absent is fine).
+    async fn remove(&self, digest: &Digest) -> io::Result<()>;
+}
+
+/// A stored blob opened for reading.
+pub struct Opened {
+    /// The blob's whole size, as the backend holds it.
+    pub size: u64,
+    /// The bytes of the range asked for.
+    pub reader: Box<dyn BlobRead>,
+}
+
+/// One object a backend holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The blob it is, if it sits where that digest's blob belongs.
+    pub digest: Option<Digest>,
+    /// Its path or key.
+    pub name: String,
+    /// Its size.
+    pub size: u64,
+}
+
+/// The bytes of a range of a stored blob, in order.
+#[async_trait]
+pub trait BlobRead: Send {
+    /// The next chunk; `None` at the end of the range. An error means the body must be cut.
+    async fn next_chunk(&mut self) -> Option<io::Result<Bytes>>;
+}
+
+/// A blob being written. Dropping it without [`commit`](BlobWrite::commit) or
+/// [`abort`](BlobWrite::abort) aborts it (a crash leaves what [`BlobBackend::begin`]'s backend
+/// cleans up when it is next opened).
+#[async_trait]
+pub trait BlobWrite: Send + Sync {
+    /// Append `batch`, the next bytes of the blob.
+    async fn append(&mut self, batch: &[Bytes]) -> io::Result<()>;
+
+    /// What has been appended so far, for readers following the write; `None` if this backend
+    /// can't be read before the commit.
+    fn partial(&self) -> Option<Arc<dyn PartialBlob>>;
+
+    /// Make the verified blob durable and visible under `digest`. Never replaces different bytes
+    /// under the same digest: content addressing makes any existing object the same blob.
+    async fn commit(self: Box<Self>, digest: &Digest) -> io::Result<()>;
+
+    /// Give the write up: nothing of it stays.
+    async fn abort(self: Box<Self>);
+}
+
+/// The bytes written so far of a blob being written.
+pub trait PartialBlob: Send + Sync {
+    /// A reader for one follower (each has its own buffers).
+    fn reader(&self) -> Box<dyn ReadAt>;
+}
+
+/// Reads a blob being written at any offset below what has been appended.
+#[async_trait]
+pub trait ReadAt: Send {
+    /// Up to `n` bytes from `pos` (at least one, when `pos` is below what was appended).
+    async fn read_at(&mut self, pos: u64, n: usize) -> io::Result<Bytes>;
+}
