@@ -1,9 +1,9 @@
 //! The storage seam: what a place that keeps blobs must do for fills and hits. The local directory
 //! ([`super::LocalBlobs`]) is the first implementation; a shared bucket is the next.
 //!
-//! A blob is written in four steps: [`BlobBackend::begin`], [`BlobWrite::append`] batch after batch,
-//! then [`BlobWrite::commit`] under its digest once the caller has verified size and digest, or
-//! [`BlobWrite::abort`]. Nothing is visible under a digest before its commit, and a write that is
+//! A blob is written in four steps: [`BlobBackend::begin`] for the digest it is expected to have,
+//! [`BlobWrite::append`] batch after batch, then [`BlobWrite::commit`] once the caller has verified
+//! size and digest, or [`BlobWrite::abort`]. Nothing is visible under a digest before its commit, and a write that is
 //! dropped without either is aborted. While a blob is written, readers may follow it through
 //! [`BlobWrite::partial`]: the bytes appended so far, readable at any offset.
 //!
@@ -23,8 +23,9 @@ use crate::oci::Digest;
 /// A place that keeps blobs by digest.
 #[async_trait]
 pub trait BlobBackend: Send + Sync + 'static {
-    /// Start writing a new blob; `size` is the size announced for it, if any.
-    async fn begin(&self, size: Option<u64>) -> io::Result<Box<dyn BlobWrite>>;
+    /// Start writing the blob `digest` (not verified yet: the caller verifies before the commit);
+    /// `size` is the size announced for it, if any.
+    async fn begin(&self, digest: &Digest, size: Option<u64>) -> io::Result<Box<dyn BlobWrite>>;
 
     /// A reader of `range` of the stored blob `digest`, and the blob's whole size; `None` if it
     /// isn't stored. `range` must lie within the blob: a caller checks it against the size the
@@ -80,9 +81,10 @@ pub trait BlobWrite: Send + Sync {
     /// can't be read before the commit.
     fn partial(&self) -> Option<Arc<dyn PartialBlob>>;
 
-    /// Make the verified blob durable and visible under `digest`. Never replaces different bytes
-    /// under the same digest: content addressing makes any existing object the same blob.
-    async fn commit(self: Box<Self>, digest: &Digest) -> io::Result<()>;
+    /// Make the blob durable and visible under the digest it was begun for: the caller has checked
+    /// that the bytes have that digest. Never replaces different bytes under the digest (an
+    /// existing object under it is the same blob: content addressing).
+    async fn commit(self: Box<Self>) -> io::Result<()>;
 
     /// Give the write up: nothing of it stays.
     async fn abort(self: Box<Self>);
