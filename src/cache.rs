@@ -9,9 +9,9 @@ use bytes::Bytes;
 
 use crate::config::FillBudget;
 use crate::metrics::Answered;
-use crate::inflight::{self, BlobReader, FillError, Fills, Join, Source};
+use crate::inflight::{FillError, FillReader, Fills, Join, Source};
 use crate::oci::{verify_manifest, AcceptList, Digest, ManifestError, ManifestKind, Reference, RegistryHost, RepositoryName, Tag, OCI_INDEX};
-use crate::store::{now_secs, Store, StoredManifest, TagAnswer};
+use crate::store::{now_secs, BlobRead, Store, StoredManifest, TagAnswer};
 use crate::singleflight::Singleflight;
 use crate::upstream::{ManifestHead, RateLimit, Upstream, UpstreamError, MAX_MANIFEST};
 
@@ -117,8 +117,8 @@ pub struct BlobAnswer {
     pub size: Option<u64>,
     /// The `[start, end)` served when a range was asked for.
     pub range: Option<(u64, u64)>,
-    /// The bytes, `None` for `HEAD`.
-    pub body: Option<BlobReader>,
+    /// The bytes, `None` for `HEAD`: a stored blob or a fill being followed.
+    pub body: Option<Box<dyn BlobRead>>,
     /// How it was answered.
     pub outcome: Answered,
     /// The rate-limit headers of the upstream response that answered (none for a hit).
@@ -431,10 +431,12 @@ impl Cache {
         range: Option<RangeRequest>,
         head: bool,
     ) -> Result<BlobAnswer, CacheError> {
-        // Hits skip the fills lock; a miss checks the store once more under it (join_or_start), so a
-        // fill that just finished is never started again.
-        if let Some((file, size)) = inflight::open_stored(&self.store, digest)? {
-            return serve_stored(&self.store, digest, file, size, range, head);
+        // Hits skip the fills lock; a miss checks the index once more under it (join_or_start), so
+        // a fill that just finished is never started again.
+        if let Some(size) = self.store.index.blob_size(digest)? {
+            if let Some(answer) = serve_stored(&self.store, digest, size, range, head).await? {
+                return Ok(answer);
+            }
         }
         if head {
             return self.blob_head(up, repo, digest, range).await;
@@ -475,12 +477,16 @@ impl Cache {
         let mut join = Join::Any;
         let (mut reader, fill, mut total) = loop {
             let fill = match self.fills.join_or_start(&self.store, up, repo, digest, join)? {
-                Source::Stored(file, size) => return serve_stored(&self.store, digest, file, size, range, false),
+                Source::Stored(size) => match serve_stored(&self.store, digest, size, range, false).await? {
+                    Some(answer) => return Ok(answer),
+                    // Indexed but gone from the store: the index entry is forgotten, fetch it.
+                    None => continue,
+                },
                 Source::Filling(fill) => fill,
             };
             // A reader from the first byte while the fill connects: a fill that passes its bytes
             // through without storing them keeps them for the readers it has, and only for them.
-            let reader = BlobReader::filling(&self.store, fill.clone(), 0, None);
+            let reader = FillReader::new(&self.store, fill.clone(), 0, None);
             match fill.started().await {
                 Ok(total) => break (reader, fill, total),
                 // The upstream refused the repository of the fill this request joined: an answer
@@ -503,7 +509,7 @@ impl Cache {
         let (start, end) = served.map_or((0, total), |(s, e)| (s, Some(e)));
         reader.narrow(start, end);
         let rate_limit = fill.rate_limit();
-        Ok(BlobAnswer { size: total, range: served, body: Some(reader), outcome: Answered::Miss, rate_limit })
+        Ok(BlobAnswer { size: total, range: served, body: Some(Box::new(reader)), outcome: Answered::Miss, rate_limit })
     }
 
     /// The referrers of a manifest (signatures, attestations): from upstream's referrers API, else
@@ -620,18 +626,29 @@ fn resolve_range(range: Option<RangeRequest>, size: u64) -> Result<Option<(u64, 
     range.map(|r| r.resolve(size).ok_or(CacheError::RangeNotSatisfiable { size })).transpose()
 }
 
-fn serve_stored(
+/// The answer for a blob the index has with `size` bytes, from the store; `None` if the store no
+/// longer has it (a miss after all).
+async fn serve_stored(
     store: &Store,
     digest: &Digest,
-    file: std::fs::File,
     size: u64,
     range: Option<RangeRequest>,
     head: bool,
-) -> Result<BlobAnswer, CacheError> {
+) -> Result<Option<BlobAnswer>, CacheError> {
     let served = resolve_range(range, size)?;
     let (start, end) = served.unwrap_or((0, size));
-    let body = (!head).then(|| BlobReader::of_stored(store, digest, file, start, end));
-    Ok(BlobAnswer { size: Some(size), range: served, body, outcome: Answered::Hit, rate_limit: RateLimit::default() })
+    let body: Option<Box<dyn BlobRead>> = if head {
+        if !store.has_blob(digest, size).await? {
+            return Ok(None);
+        }
+        None
+    } else {
+        match store.read_blob(digest, size, start..end).await? {
+            Some(stored) => Some(Box::new(stored)),
+            None => return Ok(None),
+        }
+    };
+    Ok(Some(BlobAnswer { size: Some(size), range: served, body, outcome: Answered::Hit, rate_limit: RateLimit::default() }))
 }
 
 fn answer(digest: Digest, m: StoredManifest, outcome: Answered) -> ManifestAnswer {

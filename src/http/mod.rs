@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 
@@ -34,7 +34,7 @@ pub use server::{bind_local, serve, serve_admin, serve_local};
 pub use tls::Tls;
 
 /// The response body type.
-pub type Body = BoxBody<Bytes, io::Error>;
+pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 /// A response.
 pub type Resp = Response<Body>;
 
@@ -61,7 +61,7 @@ impl LogOutcome {
 
 /// A whole body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// The answer to a `HEAD`: the headers `GET` would send, with the `Content-Length` of the body it
@@ -121,7 +121,7 @@ impl App {
     pub fn open(config: &Config) -> Result<Arc<App>, StartError> {
         let mut store = Store::open(&config.data_dir)?;
         store.max_size = config.max_size;
-        store.temp = crate::store::TempBudget::new(store.blobs.tmp_dir().to_owned(), config.fills.max_temp, config.fills.min_free);
+        store.temp = crate::store::TempBudget::new(store.files.tmp_dir().to_owned(), config.fills.max_temp, config.fills.min_free);
         let store = Arc::new(store);
         let metrics = Arc::new(Metrics::new());
         crate::store::spawn_housekeeping(&store, metrics.clone());
@@ -391,7 +391,7 @@ fn manifest_response(a: ManifestAnswer) -> Resp {
 
 fn blob_response(a: BlobAnswer, digest: &crate::oci::Digest) -> Resp {
     let body = match a.body {
-        Some(reader) => BodyExt::boxed(StreamBody::new(futures_util::stream::unfold(reader, |mut r| async move {
+        Some(reader) => BodyExt::boxed_unsync(StreamBody::new(futures_util::stream::unfold(reader, |mut r| async move {
             r.next_chunk().await.map(|chunk| (chunk.map(Frame::data), r))
         }))),
         None => full(Bytes::new()),
@@ -432,7 +432,7 @@ struct Logged<F: FnOnce(u64, bool)> {
 }
 
 fn logged<F: FnOnce(u64, bool) + Send + Sync + Unpin + 'static>(inner: Body, expected: Option<u64>, done: F) -> Body {
-    Logged { inner, bytes: 0, expected, complete: false, done: Some(done) }.boxed()
+    Logged { inner, bytes: 0, expected, complete: false, done: Some(done) }.boxed_unsync()
 }
 
 impl<F: FnOnce(u64, bool)> Drop for Logged<F> {
