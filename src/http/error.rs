@@ -57,7 +57,7 @@ enum Kind {
     /// Nothing by that name.
     NotFound(ErrorCode),
     /// A write: regcache is a read-only mirror.
-    ReadOnly,
+    ReadOnly(ErrorCode),
     /// Credentials are required.
     Unauthorized,
     /// Access is refused.
@@ -97,7 +97,7 @@ impl Failure {
             (Kind::Failed(code), Blame::Upstream) => (StatusCode::BAD_GATEWAY, code),
             (Kind::Failed(code), Blame::Internal) => (StatusCode::INTERNAL_SERVER_ERROR, code),
             (Kind::NotFound(code), _) => (StatusCode::NOT_FOUND, code),
-            (Kind::ReadOnly, _) => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported),
+            (Kind::ReadOnly(code), _) => (StatusCode::METHOD_NOT_ALLOWED, code),
             (Kind::Unauthorized, _) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
             (Kind::Denied, _) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
             (Kind::TooManyRequests, _) => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests),
@@ -146,7 +146,7 @@ impl Failure {
         let kind = match e.kind {
             RouteErrorKind::Malformed => Kind::Failed(e.code),
             RouteErrorKind::NotFound => Kind::NotFound(e.code),
-            RouteErrorKind::ReadOnly => Kind::ReadOnly,
+            RouteErrorKind::ReadOnly => Kind::ReadOnly(e.code),
         };
         Failure::new(kind, e.blame(), e.message.clone())
     }

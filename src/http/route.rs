@@ -184,8 +184,10 @@ pub fn query(q: Option<&str>) -> Result<Query, RouteError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use http::StatusCode;
+
+    use super::*;
+    use crate::http::error::route_answer;
 
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
@@ -236,7 +238,7 @@ mod tests {
         for (m, p, status, code) in cases {
             let e = route(m, p).unwrap_err();
             assert_eq!(e.blame(), Blame::Client, "{m} {p}");
-            assert_eq!(super::super::error::route_answer(&e), (*status, *code), "{m} {p}");
+            assert_eq!(route_answer(&e), (*status, *code), "{m} {p}");
         }
         let too_long = format!("/v2/alpine/manifests/{}", "t".repeat(129));
         assert_eq!(route(&get, &too_long).unwrap_err().code, ErrorCode::ManifestUnknown);
@@ -251,6 +253,6 @@ mod tests {
         assert_eq!(q.n, Some(10));
         assert_eq!(q.last.as_deref(), Some("v1+2"));
         let e = query(Some("n=lots")).unwrap_err();
-        assert_eq!(super::super::error::route_answer(&e), (StatusCode::BAD_REQUEST, ErrorCode::Unsupported));
+        assert_eq!(route_answer(&e), (StatusCode::BAD_REQUEST, ErrorCode::Unsupported));
     }
 }
