@@ -44,6 +44,20 @@ pub enum CacheError {
     Storage(String),
 }
 
+impl CacheError {
+    /// Who is to blame: the upstream for what it sent, the client for a range past the end,
+    /// regcache for its own storage.
+    pub fn blame(&self) -> crate::oci::Blame {
+        use crate::oci::Blame;
+        match self {
+            CacheError::Upstream(u) => u.blame(),
+            CacheError::Corrupt(_) | CacheError::ManifestInvalid(_) | CacheError::ManifestTooLarge => Blame::Upstream,
+            CacheError::RangeNotSatisfiable { .. } => Blame::Client,
+            CacheError::Storage(_) => Blame::Internal,
+        }
+    }
+}
+
 impl From<FillError> for CacheError {
     fn from(e: FillError) -> Self {
         match e {

@@ -94,6 +94,17 @@ impl FillError {
     pub fn is_refusal(&self) -> bool {
         matches!(self, FillError::Upstream(UpstreamError::Status { status, .. }) if matches!(status.as_u16(), 401 | 403 | 404))
     }
+
+    /// Who is to blame: as the upstream error says, the upstream for wrong bytes, regcache for
+    /// its disk.
+    pub fn blame(&self) -> crate::oci::Blame {
+        use crate::oci::Blame;
+        match self {
+            FillError::Upstream(u) => u.blame(),
+            FillError::Corrupt(_) => Blame::Upstream,
+            FillError::Disk(_) => Blame::Internal,
+        }
+    }
 }
 
 /// One running fill.

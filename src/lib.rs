@@ -6,7 +6,7 @@
 //! - [`warm`]: `warm`: pull images through a server ahead of a rush.
 //! - [`config`]: the TOML file as written → a validated [`config::Config`].
 //! - [`oci`]: the registry domain, pure: `Digest`, `RepositoryName`, `Reference`, `RegistryHost`
-//!   (Docker Hub's aliases and `library/`), media types, error codes.
+//!   (Docker Hub's aliases and `library/`), media types, error codes and who is to blame (`Blame`).
 //! - [`upstream`]: the client for one upstream registry: pooled hyper + rustls, token auth, redirects
 //!   (kept out of the operator's private networks by `upstream::guard`), and the registry protocol
 //!   as typed methods (`head_manifest`, `get_manifest`, `tags`, `referrers`, `head_blob`, `get_blob`).
@@ -29,7 +29,8 @@
 //! what arrives (fetching from its own repository if the fill it joined was refused for another);
 //! the fill reads `Upstream::get_blob`, stores the blob if it fits the disk budget and passes it
 //! through otherwise. `store::spawn_housekeeping` writes access times and evicts in the
-//! background. Errors from any layer become one OCI error response in `http::error`.
+//! background. Errors from any layer say who is to blame (`oci::Blame`: client, upstream or
+//! regcache) and become one OCI error response in `http::error`, the one place a status is chosen.
 
 pub mod access;
 pub mod admin;

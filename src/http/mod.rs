@@ -27,9 +27,9 @@ use crate::metrics::{Metrics, RouteLabel};
 use crate::oci::{is_registry_host, AcceptList, ErrorCode, RepositoryName};
 use crate::store::Store;
 use crate::upstream::{content_length, Upstream};
-use error::{oci_error, refused, rescue, route_error, Resource};
+use error::{refused, rescue, route_error, Resource};
 pub use range::parse_range;
-pub use route::{query, route, Query, RepoRoute, Route, RouteError};
+pub use route::{query, route, Query, RepoRoute, Route, RouteError, RouteErrorKind};
 pub use server::{bind_local, serve, serve_admin, serve_local};
 pub use tls::Tls;
 
@@ -211,7 +211,7 @@ impl App {
             (Surface::Local, _) => self.respond_to(req, route).await,
             (Surface::Main, Route::Metrics) if !self.admin_separate => self.local(&route),
             (Surface::Admin, _) | (Surface::Main, Route::Metrics) => {
-                oci_error(StatusCode::NOT_FOUND, ErrorCode::NameUnknown, "not served on this address", serde_json::Value::Null)
+                route_error(&RouteError::new(RouteErrorKind::NotFound, ErrorCode::NameUnknown, "not served on this address"))
             }
             (Surface::Main, _) => match self.gate.authenticates(peer.ip(), req.headers().get(header::AUTHORIZATION)).await {
                 Ok(()) => self.respond_to(req, route).await,
@@ -238,10 +238,8 @@ impl App {
     /// else a registry host as the first path component (`/v2/ghcr.io/org/app/…`), else the first
     /// upstream. A registry that isn't configured is a 404 and causes no connection.
     fn select(&self, ns: Option<&str>, name: RepositoryName) -> Result<(Arc<Upstream>, RepositoryName), RouteError> {
-        let unknown = |host: &str| RouteError {
-            status: StatusCode::NOT_FOUND,
-            code: ErrorCode::NameUnknown,
-            message: format!("registry {host:?} is not mirrored here"),
+        let unknown = |host: &str| {
+            RouteError::new(RouteErrorKind::NotFound, ErrorCode::NameUnknown, format!("registry {host:?} is not mirrored here"))
         };
         if let Some(ns) = ns {
             return self.cache.upstream_for(Some(ns)).map(|u| (u.clone(), name)).ok_or_else(|| unknown(ns));
