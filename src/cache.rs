@@ -63,7 +63,7 @@ impl From<FillError> for CacheError {
         match e {
             FillError::Upstream(u) => CacheError::Upstream(u),
             FillError::Corrupt(m) => CacheError::Corrupt(m),
-            FillError::Disk(m) => CacheError::Storage(m),
+            FillError::Disk(m) | FillError::Bucket(m) => CacheError::Storage(m),
         }
     }
 }
@@ -458,8 +458,8 @@ impl Cache {
         self.blob_from_fill(up, repo, digest, range).await
     }
 
-    /// The headers of a blob that isn't stored: from the running fill for it when that knows the
-    /// size, else from upstream's `HEAD`.
+    /// The headers of a blob that isn't stored here: from the running fill for it when that knows
+    /// the size, else from the shared bucket when it has the blob, else from upstream's `HEAD`.
     async fn blob_head(
         &self,
         up: &Arc<Upstream>,
@@ -471,6 +471,12 @@ impl Cache {
             if let Some(size) = fill.total() {
                 let (rate_limit, range) = (fill.rate_limit(), resolve_range(range, size)?);
                 return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Miss, rate_limit });
+            }
+        }
+        if let Some(shared) = &self.store.shared {
+            if let Some(size) = shared.size(digest).await {
+                let range = resolve_range(range, size)?;
+                return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Hit, rate_limit: RateLimit::default() });
             }
         }
         let h = up.head_blob(repo, digest).await?;
@@ -523,7 +529,9 @@ impl Cache {
         let (start, end) = served.map_or((0, total), |(s, e)| (s, Some(e)));
         reader.narrow(start, end);
         let rate_limit = fill.rate_limit();
-        Ok(BlobAnswer { size: total, range: served, body: Some(Box::new(reader)), outcome: Answered::Miss, rate_limit })
+        // From the bucket, the upstream was not asked: a hit (of the shared tier).
+        let outcome = if fill.from_bucket() { Answered::Hit } else { Answered::Miss };
+        Ok(BlobAnswer { size: total, range: served, body: Some(Box::new(reader)), outcome, rate_limit })
     }
 
     /// The referrers of a manifest (signatures, attestations): from upstream's referrers API, else

@@ -37,9 +37,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::FillBudget;
 use crate::oci::{Digest, Hasher, RepositoryName};
 use crate::singleflight::CallDied;
-use crate::store::{BlobRead, BlobWrite, InUse, PartialBlob, ReadAt, Reservation, Store};
+use crate::store::{BlobRead, BlobWrite, InUse, PartialBlob, Progress, ReadAt, Reservation, Store};
 use crate::sync::lock;
-use crate::upstream::{RateLimit, Upstream, UpstreamError};
+use crate::upstream::{RateLimit, Transport, Upstream, UpstreamError};
 
 /// How many bytes of a fill are gathered before one write to disk.
 const WRITE_BATCH: usize = 512 * 1024;
@@ -86,6 +86,9 @@ pub enum FillError {
     /// The local disk failed.
     #[error("storing the blob failed: {0}")]
     Disk(String),
+    /// The shared bucket failed while the blob was read from it.
+    #[error("reading the blob from the bucket failed: {0}")]
+    Bucket(String),
 }
 
 impl FillError {
@@ -102,7 +105,7 @@ impl FillError {
         match self {
             FillError::Upstream(u) => u.blame(),
             FillError::Corrupt(_) => Blame::Upstream,
-            FillError::Disk(_) => Blame::Internal,
+            FillError::Disk(_) | FillError::Bucket(_) => Blame::Internal,
         }
     }
 }
@@ -126,6 +129,9 @@ pub struct Fill {
     advanced: Notify,
     /// The rate-limit headers of the upstream response, set before the fill starts running.
     rate_limit: OnceLock<RateLimit>,
+    /// Whether the bytes come from the shared bucket rather than the upstream; set before the fill
+    /// starts running.
+    from_bucket: OnceLock<bool>,
 }
 
 /// The newest bytes of a fill, as they came from upstream: `chunks` start at offset `base`. Readers
@@ -185,6 +191,7 @@ impl Fill {
             readers: Mutex::new(Vec::new()),
             advanced: Notify::new(),
             rate_limit: OnceLock::new(),
+            from_bucket: OnceLock::new(),
         })
     }
 
@@ -281,6 +288,11 @@ impl Fill {
     /// The rate-limit headers of the upstream response (none until it has answered).
     pub fn rate_limit(&self) -> RateLimit {
         self.rate_limit.get().cloned().unwrap_or_default()
+    }
+
+    /// Whether the fill reads the shared bucket (the upstream is not asked).
+    pub fn from_bucket(&self) -> bool {
+        self.from_bucket.get().copied().unwrap_or(false)
     }
 
     /// The size, if known yet.
@@ -509,14 +521,35 @@ impl Drop for FillGuard {
     }
 }
 
-/// A fill whose upstream has answered.
+/// Where a fill's bytes come from.
+enum Body {
+    /// The upstream's response.
+    Upstream(Incoming),
+    /// The shared bucket, which had the blob.
+    Bucket(Box<dyn BlobRead>),
+}
+
+impl Body {
+    /// The next chunk; `None` at the end. The upstream's body must send something within its idle
+    /// timeout; the bucket's requests are bounded by its backend.
+    async fn next(&mut self, transport: &Transport) -> Result<Option<Bytes>, FillError> {
+        match self {
+            Body::Upstream(body) => Ok(transport.next_chunk(body).await?),
+            Body::Bucket(reader) => reader.next_chunk().await.transpose().map_err(|e| FillError::Bucket(e.to_string())),
+        }
+    }
+}
+
+/// A fill whose source has answered.
 struct Connected {
-    body: Incoming,
+    body: Body,
     /// The size announced.
     total: Option<u64>,
     /// Room for the blob, and its write to the store; both `None` when it is passed through.
     reservation: Option<Reservation>,
     writer: Option<Box<dyn BlobWrite>>,
+    /// Tells the upload to the shared bucket how far the fill got, if the blob is uploaded.
+    upload: Option<watch::Sender<Progress>>,
 }
 
 struct FillJob {
@@ -562,7 +595,7 @@ impl FillJob {
             }
             None => {}
         }
-        let Connected { mut body, total, mut reservation, mut writer } = self.connect().await?;
+        let Connected { mut body, total, mut reservation, mut writer, mut upload } = self.connect().await?;
         let mut hasher = Hasher::new(self.digest.algorithm());
         let mut written: u64 = 0;
         let mut pace = Pace::new(&self.budget, Instant::now());
@@ -585,16 +618,16 @@ impl FillJob {
                 }
             }
             written = written.saturating_add(len);
-            self.fill.state.send_modify(|s| {
-                if let FillState::Running { written: w, .. } = s {
-                    *w = written;
-                }
-            });
+            self.progressed(written, &mut upload);
             pace.check(self.fill.waiters() > 0, len, Instant::now()).map_err(abandoned)?;
         }
-        self.verify(total, written, hasher)?;
-        // Verified: the readers may have the last byte now; making it durable is the store's business.
+        self.verify(total, written, hasher).await?;
+        // Verified: the readers (and the upload) may have the last byte now; making it durable is
+        // the store's business.
         self.fill.state.send_replace(FillState::Done { size: written });
+        if let Some(upload) = upload {
+            upload.send_replace(Progress::Verified(written));
+        }
         match writer {
             Some(writer) if !self.fill.passing_through() => Ok((written, self.commit(writer, written).await)),
             Some(writer) => {
@@ -609,9 +642,7 @@ impl FillJob {
     /// whole now, a body without a length batch by batch. The body, its announced size, the
     /// reservation and the write (both `None`: the fill passes the blob through).
     async fn connect(&self) -> Result<Connected, FillError> {
-        let (head, body) = self.upstream.get_blob(&self.repo, &self.digest).await?;
-        let total = head.size;
-        let _ = self.fill.rate_limit.set(head.rate_limit);
+        let (body, total) = self.open_source().await?;
         let (reservation, writer) = match self.reserve(total) {
             Some(r) => match self.begin(total).await {
                 Some(w) => (Some(r), Some(w)),
@@ -622,8 +653,50 @@ impl FillJob {
         if writer.is_none() {
             self.fill.stop_storing(0);
         }
+        let upload = self.upload(&body, total);
         self.fill.state.send_replace(FillState::Running { total, written: 0 });
-        Ok(Connected { body, total, reservation, writer })
+        Ok(Connected { body, total, reservation, writer, upload })
+    }
+
+    /// The blob's bytes and announced size: from the shared bucket when it has them, else from the
+    /// upstream.
+    async fn open_source(&self) -> Result<(Body, Option<u64>), FillError> {
+        if let Some(opened) = match &self.store.shared {
+            Some(shared) => shared.open(&self.digest).await,
+            None => None,
+        } {
+            let _ = self.fill.from_bucket.set(true);
+            return Ok((Body::Bucket(opened.reader), Some(opened.size)));
+        }
+        let (head, body) = self.upstream.get_blob(&self.repo, &self.digest).await?;
+        let _ = self.fill.rate_limit.set(head.rate_limit);
+        Ok((Body::Upstream(body), head.size))
+    }
+
+    /// Start uploading to the shared bucket, if there is one, what this fill stores from the
+    /// upstream: the sender that tells the upload how far the fill got (dropped, it aborts it).
+    fn upload(&self, body: &Body, total: Option<u64>) -> Option<watch::Sender<Progress>> {
+        let shared = self.store.shared.as_ref()?;
+        let partial = self.fill.partial.get().filter(|_| matches!(body, Body::Upstream(_)) && !self.fill.passing_through())?;
+        let (tx, rx) = watch::channel(Progress::Written(0));
+        shared.spawn_upload(&self.digest, total, partial.reader(), rx)?;
+        Some(tx)
+    }
+
+    /// `written` bytes are stored: tell the readers, and the upload (unless storing stopped: then
+    /// the upload is aborted).
+    fn progressed(&self, written: u64, upload: &mut Option<watch::Sender<Progress>>) {
+        self.fill.state.send_modify(|s| {
+            if let FillState::Running { written: w, .. } = s {
+                *w = written;
+            }
+        });
+        if self.fill.passing_through() {
+            *upload = None;
+        }
+        if let Some(u) = upload {
+            u.send_replace(Progress::Written(written));
+        }
     }
 
     /// Begin writing the blob to the store, its partial content readable by the fill's readers;
@@ -648,12 +721,12 @@ impl FillJob {
     /// The next chunk of the body and whatever else has already arrived, up to [`WRITE_BATCH`],
     /// for a single write, with its length; `None` at the end of the body. While it waits, the
     /// fill is held to its [`Pace`].
-    async fn next_batch(&self, body: &mut Incoming, pace: &mut Pace) -> Result<Option<(Vec<Bytes>, u64)>, FillError> {
+    async fn next_batch(&self, body: &mut Body, pace: &mut Pace) -> Result<Option<(Vec<Bytes>, u64)>, FillError> {
         let transport = self.upstream.transport();
         let first = loop {
             let deadline = pace.deadline();
             tokio::select! {
-                chunk = transport.next_chunk(body) => match chunk? {
+                chunk = body.next(transport) => match chunk? {
                     Some(chunk) => break chunk,
                     None => return Ok(None),
                 },
@@ -669,13 +742,13 @@ impl FillJob {
         let mut batch = vec![first];
         let mut len = batch[0].len();
         while len < WRITE_BATCH {
-            match transport.next_chunk(body).now_or_never() {
+            match body.next(transport).now_or_never() {
                 Some(Ok(Some(more))) => {
                     len += more.len();
                     batch.push(more);
                 }
                 Some(Ok(None)) | None => break,
-                Some(Err(e)) => return Err(e.into()),
+                Some(Err(e)) => return Err(e),
             }
         }
         Ok(Some((batch, len as u64)))
@@ -720,15 +793,21 @@ impl FillJob {
     }
 
     /// The whole body arrived: it must have the size upstream announced and the digest asked for.
-    fn verify(&self, total: Option<u64>, written: u64, hasher: Hasher) -> Result<(), FillError> {
-        if let Some(t) = total.filter(|t| *t != written) {
-            return Err(FillError::Corrupt(format!("upstream sent {written} of {t} bytes")));
+    /// A blob from the shared bucket that fails this is removed from it: the next request fetches
+    /// it from the upstream.
+    async fn verify(&self, total: Option<u64>, written: u64, hasher: Hasher) -> Result<(), FillError> {
+        let source = if self.fill.from_bucket() { "the bucket" } else { "upstream" };
+        let checked = match total.filter(|t| *t != written) {
+            Some(t) => Err(FillError::Corrupt(format!("{source} sent {written} of {t} bytes"))),
+            None => match hasher.finish() {
+                got if got == self.digest => Ok(()),
+                got => Err(FillError::Corrupt(format!("content from {source} has digest {got}, not the requested digest"))),
+            },
+        };
+        if let (Err(e), Some(shared), true) = (&checked, &self.store.shared, self.fill.from_bucket()) {
+            shared.discard(&self.digest, e).await;
         }
-        let got = hasher.finish();
-        if got != self.digest {
-            return Err(FillError::Corrupt(format!("content has digest {got}, not the requested digest")));
-        }
-        Ok(())
+        checked
     }
 
     /// Make the verified blob of `written` bytes durable and index it: whether it was stored. The

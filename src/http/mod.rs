@@ -119,11 +119,18 @@ pub enum StartError {
 impl App {
     /// Open the store and build the upstream clients.
     pub fn open(config: &Config) -> Result<Arc<App>, StartError> {
+        App::open_with(config, None)
+    }
+
+    /// Open the store, with `bucket` as the tier shared with other nodes behind the local one, and
+    /// build the upstream clients.
+    pub fn open_with(config: &Config, bucket: Option<Arc<dyn crate::store::BlobBackend>>) -> Result<Arc<App>, StartError> {
+        let metrics = Arc::new(Metrics::new());
         let mut store = Store::open(&config.data_dir)?;
         store.max_size = config.max_size;
         store.temp = crate::store::TempBudget::new(store.files.tmp_dir().to_owned(), config.fills.max_temp, config.fills.min_free);
+        store.shared = bucket.map(|b| Arc::new(crate::store::Shared::new(b, store.index.shared_sizes(), metrics.clone())));
         let store = Arc::new(store);
-        let metrics = Arc::new(Metrics::new());
         crate::store::spawn_housekeeping(&store, metrics.clone());
         let upstreams = config
             .upstreams

@@ -11,14 +11,16 @@ mod housekeeping;
 mod index;
 mod local;
 mod read;
+mod shared;
 
 pub use backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, ReadAt};
 pub use local::LocalBlobs;
+pub use shared::{Progress, Shared};
 pub use budget::{Refused, Reservation, TempBudget};
 pub use check::{Reconciled, Verified};
 pub use evict::{Evicted, EvictedKind, InUse, Usage, LOW_WATER};
 pub use housekeeping::spawn_housekeeping;
-pub use index::{now_secs, Index, ReferrersKey, StoredManifest, TagAnswer, TagEntry};
+pub use index::{now_secs, Index, ReferrersKey, SharedSizes, StoredManifest, TagAnswer, TagEntry};
 
 use std::io;
 use std::ops::Range;
@@ -47,6 +49,8 @@ pub struct Store {
     pub temp: TempBudget,
     /// Signalled when an insert takes the store over `max_size`.
     pub pressure: std::sync::Arc<tokio::sync::Notify>,
+    /// The bucket shared with other nodes, behind this node's blobs (the hot tier), if configured.
+    pub shared: Option<Arc<Shared>>,
 }
 
 /// Why the store can't be opened.
@@ -98,6 +102,7 @@ impl Store {
             usage: Usage::default(),
             max_size: None,
             pressure: Default::default(),
+            shared: None,
         };
         let r = store.reconcile().map_err(|source| StoreError::Io { path: data_dir.to_owned(), source })?;
         if r.dropped + r.reindexed + r.removed > 0 {
