@@ -279,7 +279,7 @@ impl Cache {
         accept: &AcceptList,
         head: bool,
     ) -> Result<ManifestAnswer, CacheError> {
-        if let Some(m) = self.cached_manifest(digest)? {
+        if let Some(m) = self.stored_manifest(digest).await? {
             return Ok(answer(digest.clone(), m, Answered::Hit));
         }
         if head {
@@ -305,17 +305,17 @@ impl Cache {
         // A tag is remembered per kind of answer: this client is only answered from the cache with
         // what a client asking for the same kind was given.
         let kind = accept.asks_for();
-        let remembered = self.store.index.tag(&name, &key_repo, tag)?.and_then(|e| e.answer(kind).cloned());
         let age = |a: &TagAnswer| Duration::from_secs(now_secs().saturating_sub(a.checked_at));
+        let remembered = self.remembered_tag(&name, &key_repo, tag, kind, |a| age(a) < up.config().tag_ttl).await?;
         if let Some(known) = remembered.as_ref().filter(|a| age(a) < up.config().tag_ttl) {
-            if let Some(a) = self.tag_answer(known, accept, Answered::Hit)? {
+            if let Some(a) = self.tag_answer(known, accept, Answered::Hit).await? {
                 return Ok(a);
             }
         }
         match self.revalidate_tag(up, repo, &key_repo, tag, accept, head).await {
             Err(CacheError::Upstream(e)) if e.is_unavailable() => {
                 let stale = match remembered.as_ref().filter(|a| age(a) < up.config().stale_max) {
-                    Some(known) => self.tag_answer(known, accept, Answered::Stale)?,
+                    Some(known) => self.tag_answer(known, accept, Answered::Stale).await?,
                     None => None,
                 };
                 match stale {
@@ -355,7 +355,7 @@ impl Cache {
         };
         let fetched = match revalidated? {
             Some(h) => {
-                if let Some(m) = self.cached_manifest(&h.digest)? {
+                if let Some(m) = self.stored_manifest(&h.digest).await? {
                     if accept.allows(&m.media_type) {
                         self.remember_tag(&name, key_repo, tag, kind, &h.digest)?;
                         return Ok(answer(h.digest, m, Answered::Hit));
@@ -378,18 +378,45 @@ impl Cache {
         Ok(fetched)
     }
 
-    /// A stored manifest, its access noted.
-    fn cached_manifest(&self, digest: &Digest) -> Result<Option<StoredManifest>, CacheError> {
-        let m = self.store.index.manifest(digest)?;
-        if m.is_some() {
+    /// A stored manifest, its access noted: from the index, else from the shared bucket (verified,
+    /// then kept in the index).
+    async fn stored_manifest(&self, digest: &Digest) -> Result<Option<StoredManifest>, CacheError> {
+        if let Some(m) = self.store.index.manifest(digest)? {
             self.store.usage.touch(digest);
+            return Ok(Some(m));
         }
-        Ok(m)
+        let Some(shared) = &self.store.shared else { return Ok(None) };
+        let Some(m) = shared.manifest(digest, MAX_MANIFEST).await else { return Ok(None) };
+        let m = self.store.index.put_manifest(digest, &m)?;
+        self.store.note_stored(digest);
+        Ok(Some(m))
     }
 
-    /// The cached manifest a remembered tag answer points at, if stored and acceptable to the client.
-    fn tag_answer(&self, known: &TagAnswer, accept: &AcceptList, outcome: Answered) -> Result<Option<ManifestAnswer>, CacheError> {
-        let Some(m) = self.cached_manifest(&known.digest)? else { return Ok(None) };
+    /// What `tag` pointed at for clients asking for `kind`, as this node remembers it; when it
+    /// doesn't, or its answer isn't `fresh`, what the shared bucket says (another node may have
+    /// confirmed it since), kept in the index if newer.
+    async fn remembered_tag(
+        &self,
+        upstream: &str,
+        repo: &RepositoryName,
+        tag: &Tag,
+        kind: ManifestKind,
+        fresh: impl Fn(&TagAnswer) -> bool,
+    ) -> Result<Option<TagAnswer>, CacheError> {
+        let local = self.store.index.tag(upstream, repo, tag)?.and_then(|e| e.answer(kind).cloned());
+        let Some(shared) = self.store.shared.as_ref().filter(|_| !local.as_ref().is_some_and(&fresh)) else { return Ok(local) };
+        let Some(theirs) = shared.tag(upstream, repo, tag, kind).await else { return Ok(local) };
+        if local.as_ref().is_some_and(|l| l.checked_at >= theirs.checked_at) {
+            return Ok(local);
+        }
+        self.store.index.put_tag(upstream, repo, tag, kind, &theirs)?;
+        Ok(Some(theirs))
+    }
+
+    /// The manifest a remembered tag answer points at, if stored (here or in the shared bucket)
+    /// and acceptable to the client.
+    async fn tag_answer(&self, known: &TagAnswer, accept: &AcceptList, outcome: Answered) -> Result<Option<ManifestAnswer>, CacheError> {
+        let Some(m) = self.stored_manifest(&known.digest).await? else { return Ok(None) };
         if !accept.allows(&m.media_type) {
             return Ok(None);
         }
@@ -406,6 +433,9 @@ impl Cache {
     ) -> Result<(), CacheError> {
         let known = TagAnswer { digest: digest.clone(), checked_at: now_secs() };
         self.store.index.put_tag(upstream, repo, tag, kind, &known)?;
+        if let Some(shared) = &self.store.shared {
+            shared.publish_tag(upstream, repo, tag, kind, &known);
+        }
         Ok(())
     }
 
@@ -716,6 +746,9 @@ async fn get_verify_store_manifest(
         tracing::warn!(upstream = %up.config().name, %repo, %reference, error = %e, "refused a manifest from upstream");
     })?;
     let m = store.index.put_manifest(&verified.digest, &StoredManifest { media_type: verified.media_type, bytes: fetched.bytes })?;
+    if let Some(shared) = &store.shared {
+        shared.publish_manifest(&verified.digest, &m);
+    }
     store.note_stored(&verified.digest);
     Ok(ManifestAnswer { rate_limit: fetched.rate_limit, ..answer(verified.digest, m, Answered::Miss) })
 }

@@ -110,6 +110,10 @@ pub enum BucketOp {
     Get,
     /// A blob uploaded (one multipart upload or PUT, whole).
     Upload,
+    /// A record read (a manifest, a tag).
+    GetRecord,
+    /// A record written.
+    PutRecord,
 }
 
 impl BucketOp {
@@ -119,6 +123,8 @@ impl BucketOp {
             BucketOp::Head => "head",
             BucketOp::Get => "get",
             BucketOp::Upload => "upload",
+            BucketOp::GetRecord => "get_record",
+            BucketOp::PutRecord => "put_record",
         }
     }
 }

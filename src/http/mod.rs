@@ -124,7 +124,7 @@ impl App {
 
     /// Open the store, with `bucket` as the tier shared with other nodes behind the local one, and
     /// build the upstream clients.
-    pub fn open_with(config: &Config, bucket: Option<Arc<dyn crate::store::BlobBackend>>) -> Result<Arc<App>, StartError> {
+    pub fn open_with(config: &Config, bucket: Option<Arc<dyn crate::store::SharedBackend>>) -> Result<Arc<App>, StartError> {
         let metrics = Arc::new(Metrics::new());
         let mut store = Store::open(&config.data_dir)?;
         store.max_size = config.max_size;

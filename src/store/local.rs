@@ -2,7 +2,8 @@
 //! the data directory, written through temporary files in `tmp/` that only become blobs once
 //! verified and durable (fsync, rename, fsync of the directory).
 //!
-//! Besides the seam it offers what only a directory has: paths for the start-up repair and
+//! It also keeps [`Records`] as files under `records/`, so a directory (a shared file system) can
+//! stand in for a bucket. Besides the seam it offers what only a directory has: paths for the start-up repair and
 //! `verify`, the quarantine folder, and synchronous removal for the evictor.
 
 use std::fs::{self, File};
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, ReadAt};
+use super::backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, ReadAt, Records};
 use super::read::{BufPool, FileRange, FileReadAt};
 use super::StoreError;
 use crate::oci::Digest;
@@ -25,6 +26,7 @@ use crate::oci::Digest;
 pub struct LocalBlobs {
     root: PathBuf,
     tmp: PathBuf,
+    records: PathBuf,
 }
 
 /// A temporary file being filled. Dropped without [`BlobWrite::commit`], it is deleted.
@@ -146,7 +148,40 @@ impl BlobBackend for LocalBlobs {
     }
 }
 
+#[async_trait]
+impl Records for LocalBlobs {
+    async fn get(&self, key: &str, max: usize) -> io::Result<Option<Bytes>> {
+        let path = self.record_path(key)?;
+        match fs::metadata(&path) {
+            Ok(m) if m.len() > max as u64 => Err(io::Error::other(format!("record {key} is larger than {max} bytes"))),
+            Ok(_) => Ok(Some(fs::read(&path)?.into())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put(&self, key: &str, value: Bytes) -> io::Result<()> {
+        let path = self.record_path(key)?;
+        let dir = path.parent().ok_or_else(|| io::Error::other("record path has no parent"))?;
+        fs::create_dir_all(dir)?;
+        // Whole or not at all: written aside, then renamed over the old one.
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let tmp = self.tmp.join(format!("record-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+        fs::write(&tmp, &value)?;
+        fs::rename(&tmp, &path)
+    }
+}
+
 impl LocalBlobs {
+    /// Where the record `key` lives; only plain relative names (no `..`, no root) are keys.
+    fn record_path(&self, key: &str) -> io::Result<PathBuf> {
+        let plain = Path::new(key).components().all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain || key.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("not a record key: {key:?}")));
+        }
+        Ok(self.records.join(key))
+    }
+
     /// Create the directories and clear leftover temporary files.
     pub fn at(data_dir: &Path) -> Result<LocalBlobs, StoreError> {
         let io_err = |path: &Path| {
@@ -160,7 +195,7 @@ impl LocalBlobs {
             fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
         }
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-        Ok(LocalBlobs { root, tmp })
+        Ok(LocalBlobs { records: data_dir.join("records"), root, tmp })
     }
 
     /// Where the blob with `digest` lives. Safe: a `Digest` is an algorithm name and validated hex.
@@ -279,5 +314,20 @@ mod tests {
         files.remove(&d).await.unwrap();
         files.remove(&d).await.unwrap();
         assert_eq!(files.stat(&d).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn records_are_files_under_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = LocalBlobs::at(dir.path()).unwrap();
+        assert_eq!(files.get("tags/docker.io/library/alpine/3/image", 100).await.unwrap(), None);
+        files.put("tags/docker.io/library/alpine/3/image", Bytes::from_static(b"one")).await.unwrap();
+        files.put("tags/docker.io/library/alpine/3/image", Bytes::from_static(b"two")).await.unwrap();
+        assert_eq!(files.get("tags/docker.io/library/alpine/3/image", 100).await.unwrap().as_deref(), Some(&b"two"[..]));
+        assert!(files.get("tags/docker.io/library/alpine/3/image", 2).await.is_err(), "larger than max");
+        for bad in ["../escape", "/etc/passwd", "a/../../b", ""] {
+            assert_eq!(files.put(bad, Bytes::new()).await.unwrap_err().kind(), io::ErrorKind::InvalidInput, "{bad:?}");
+        }
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 }

@@ -13,7 +13,7 @@ mod local;
 mod read;
 mod shared;
 
-pub use backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, ReadAt};
+pub use backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, ReadAt, Records, SharedBackend};
 pub use local::LocalBlobs;
 pub use shared::{Progress, Shared};
 pub use budget::{Refused, Reservation, TempBudget};

@@ -9,6 +9,12 @@
 //! hot tier go on, misses go to the upstream and are kept locally. After [`RETRY`] the next request
 //! tries again, and the first success marks it up; new fills are uploaded again from then on.
 //!
+//! Manifests (by digest, with their media type) and what tags pointed at (per upstream,
+//! repository, tag and kind of answer, with when it was confirmed) are records in the bucket too
+//! ([`Records`]): every node writes what it learns, in the background, and a node that doesn't
+//! know a manifest or tag (or only an old answer) reads the bucket before it asks the upstream. A
+//! manifest read from the bucket is verified like one from the upstream.
+//!
 //! Which blobs the bucket holds, and their sizes, is remembered in the index
 //! ([`super::SharedSizes`]) so a `HEAD` or a hit costs no bucket request per client request; an
 //! object that has vanished since is a miss, and is forgotten.
@@ -17,12 +23,13 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::{watch, Semaphore};
 
-use super::backend::{BlobBackend, BlobWrite, Opened, ReadAt};
-use super::index::SharedSizes;
+use super::backend::{BlobBackend, BlobWrite, Opened, ReadAt, Records, SharedBackend};
+use super::index::{SharedSizes, StoredManifest, TagAnswer};
 use crate::metrics::{BucketOp, Metrics};
-use crate::oci::Digest;
+use crate::oci::{Digest, ManifestKind, RepositoryName, Tag};
 use crate::sync::lock;
 
 /// How long the bucket is left alone after a failure before a request tries it again.
@@ -32,10 +39,17 @@ pub const RETRY: Duration = Duration::from_secs(10);
 const MAX_UPLOADS: usize = 8;
 /// How many bytes an upload reads from the hot tier at once.
 const UPLOAD_CHUNK: usize = 1024 * 1024;
+/// How many record writes run at once; past this, a record is not written (it is only a shortcut
+/// for the other nodes: they ask the upstream instead).
+const MAX_RECORD_WRITES: usize = 64;
+/// The largest tag record read.
+const MAX_TAG_RECORD: usize = 4096;
 
 /// The bucket as this node uses it.
 pub struct Shared {
     blobs: Arc<dyn BlobBackend>,
+    records: Arc<dyn Records>,
+    record_writes: Arc<Semaphore>,
     sizes: SharedSizes,
     health: Health,
     uploads: Arc<Semaphore>,
@@ -82,9 +96,81 @@ impl Health {
 }
 
 impl Shared {
-    /// The bucket `blobs`, with the index's record of what it holds.
-    pub fn new(blobs: Arc<dyn BlobBackend>, sizes: SharedSizes, metrics: Arc<Metrics>) -> Shared {
-        Shared { blobs, sizes, health: Health::default(), uploads: Arc::new(Semaphore::new(MAX_UPLOADS)), metrics }
+    /// The `bucket`, with the index's record of which blobs it holds.
+    pub fn new(bucket: Arc<dyn SharedBackend>, sizes: SharedSizes, metrics: Arc<Metrics>) -> Shared {
+        Shared {
+            blobs: bucket.clone(),
+            records: bucket,
+            record_writes: Arc::new(Semaphore::new(MAX_RECORD_WRITES)),
+            sizes,
+            health: Health::default(),
+            uploads: Arc::new(Semaphore::new(MAX_UPLOADS)),
+            metrics,
+        }
+    }
+
+    /// The manifest `digest` from the bucket, verified (its digest and media type, as from the
+    /// upstream); `None` if the bucket doesn't have it, can't be asked now, or holds something
+    /// that fails verification. `max` bounds its size.
+    pub async fn manifest(&self, digest: &Digest, max: usize) -> Option<StoredManifest> {
+        let record = self.get_record(&manifest_key(digest), max.saturating_add(256)).await?;
+        let split = record.iter().position(|b| *b == 0)?;
+        let media_type = std::str::from_utf8(&record[..split]).ok()?.to_owned();
+        let bytes = record.slice(split + 1..);
+        match crate::oci::verify_manifest(&bytes, std::slice::from_ref(digest), Some(&media_type)) {
+            Ok(v) => Some(StoredManifest { media_type: v.media_type, bytes }),
+            Err(e) => {
+                tracing::error!(%digest, error = %e, "the bucket's copy of a manifest fails verification; ignored");
+                None
+            }
+        }
+    }
+
+    /// Write a verified manifest to the bucket, in the background.
+    pub fn publish_manifest(self: &Arc<Self>, digest: &Digest, m: &StoredManifest) {
+        let mut v = Vec::with_capacity(m.media_type.len() + 1 + m.bytes.len());
+        v.extend_from_slice(m.media_type.as_bytes());
+        v.push(0);
+        v.extend_from_slice(&m.bytes);
+        self.put_record(manifest_key(digest), v.into());
+    }
+
+    /// What the bucket says `tag` (of `repo` on `upstream`) pointed at for clients asking for
+    /// `kind`, and when that was confirmed.
+    pub async fn tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind) -> Option<TagAnswer> {
+        let record = self.get_record(&tag_key(upstream, repo, tag, kind), MAX_TAG_RECORD).await?;
+        serde_json::from_slice(&record).ok()
+    }
+
+    /// Write what a tag pointed at to the bucket, in the background.
+    pub fn publish_tag(self: &Arc<Self>, upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind, answer: &TagAnswer) {
+        // Serialising a digest and an integer cannot fail.
+        if let Ok(v) = serde_json::to_vec(answer) {
+            self.put_record(tag_key(upstream, repo, tag, kind), v.into());
+        }
+    }
+
+    async fn get_record(&self, key: &str, max: usize) -> Option<Bytes> {
+        if !self.health.available() {
+            return None;
+        }
+        self.outcome(BucketOp::GetRecord, self.records.get(key, max).await)?
+    }
+
+    fn put_record(self: &Arc<Self>, key: String, value: Bytes) {
+        if !self.health.available() {
+            return;
+        }
+        let Ok(permit) = self.record_writes.clone().try_acquire_owned() else {
+            tracing::debug!(key, "too many bucket writes running; this record is not written");
+            return;
+        };
+        let shared = Arc::clone(self);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let written = shared.records.put(&key, value).await;
+            shared.outcome(BucketOp::PutRecord, written);
+        });
     }
 
     /// Whether the bucket is marked down.
@@ -251,6 +337,18 @@ async fn upload(
             return Ok(None);
         }
     }
+}
+
+/// The key of the record of manifest `digest`.
+fn manifest_key(digest: &Digest) -> String {
+    format!("manifests/{}/{}", digest.algorithm().as_str(), digest.hex())
+}
+
+/// The key of a tag's record: names and tags are validated (no `..`, no empty parts), and the
+/// upstream's name is a host.
+fn tag_key(upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind) -> String {
+    let kind = serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    format!("tags/{upstream}/{repo}/{tag}/{kind}")
 }
 
 #[cfg(test)]

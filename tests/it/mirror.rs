@@ -49,7 +49,7 @@ pub struct Options {
     /// test server is on loopback, so without this every upstream is private).
     pub private_network: Option<bool>,
     /// A bucket shared with other mirrors, behind this one's data directory.
-    pub bucket: Option<std::sync::Arc<dyn regcache::store::BlobBackend>>,
+    pub bucket: Option<std::sync::Arc<dyn regcache::store::SharedBackend>>,
 }
 
 impl Mirror {

@@ -1,5 +1,5 @@
-//! Mirrors sharing one bucket behind their own data directories (the hot tiers): what one fetched,
-//! the other serves without the upstream; the bucket never serves unverified bytes; a failing
+//! Mirrors sharing one bucket behind their own data directories (the hot tiers): what one fetched
+//! (blobs, manifests, tags), the other serves without the upstream; the bucket never serves unverified bytes; a failing
 //! bucket degrades to hot tier + upstream. The bucket here is a directory behind the storage seam,
 //! with a switch that makes it fail; `it::bucket` runs the S3 backend against a real server.
 
@@ -9,15 +9,17 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use regcache::oci::Digest;
-use regcache::store::{BlobBackend, BlobWrite, Listed, LocalBlobs, Opened};
+use bytes::Bytes;
+use regcache::store::{BlobBackend, BlobWrite, Listed, LocalBlobs, Opened, Records, SharedBackend};
 
 use crate::it::mirror::{Mirror, Options};
 use crate::support::fake_registry::FakeRegistry;
 use crate::support::images;
 
-/// A bucket: a directory behind the seam, failing every request while `down` is set.
+/// A bucket: a directory behind the seam (records are files under `records/`), failing every
+/// request while `down` is set.
 struct TestBucket {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     files: LocalBlobs,
     down: AtomicBool,
 }
@@ -26,7 +28,7 @@ impl TestBucket {
     fn new() -> Arc<TestBucket> {
         let dir = tempfile::tempdir().expect("tempdir");
         let files = LocalBlobs::at(dir.path()).expect("bucket dir");
-        Arc::new(TestBucket { _dir: dir, files, down: AtomicBool::new(false) })
+        Arc::new(TestBucket { dir, files, down: AtomicBool::new(false) })
     }
 
     fn check(&self) -> std::io::Result<()> {
@@ -69,9 +71,23 @@ impl BlobBackend for TestBucket {
     }
 }
 
+#[async_trait]
+impl Records for TestBucket {
+    async fn get(&self, key: &str, max: usize) -> std::io::Result<Option<Bytes>> {
+        self.check()?;
+        self.files.get(key, max).await
+    }
+    async fn put(&self, key: &str, value: Bytes) -> std::io::Result<()> {
+        self.check()?;
+        self.files.put(key, value).await
+    }
+}
+
+/// A mirror on `bucket`; tags are trusted for a minute (the default revalidates every time).
 async fn node(reg: &FakeRegistry, bucket: &Arc<TestBucket>) -> Mirror {
-    let bucket: Arc<dyn BlobBackend> = bucket.clone();
-    Mirror::start_with(reg, Options { credentials: true, bucket: Some(bucket), ..Default::default() }).await
+    let bucket: Arc<dyn SharedBackend> = bucket.clone();
+    let extra = "tag_ttl = \"1m\"\n".to_owned();
+    Mirror::start_with(reg, Options { credentials: true, bucket: Some(bucket), extra, ..Default::default() }).await
 }
 
 /// Wait until `n` uploads to the bucket have completed.
@@ -112,6 +128,47 @@ async fn a_blob_one_node_fetched_another_serves_without_the_upstream() {
         let (status, bytes) = b.blob("alpine", &blob.digest).await.expect("blob");
         assert!(status == 200 && bytes == blob.bytes);
     }
+}
+
+#[tokio::test]
+async fn an_image_one_node_pulled_by_tag_another_pulls_without_the_upstream() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 2, 50_000);
+    let bucket = TestBucket::new();
+    let a = node(&reg, &bucket).await;
+    let resp = a.get_manifest("alpine", "3").await;
+    assert_eq!(resp.status(), 200);
+    for blob in image.blobs() {
+        a.blob("alpine", &blob.digest).await.expect("blob");
+    }
+    uploaded(&a, image.blobs().len()).await;
+    a.metrics_with("regcache_bucket_requests_total{op=\"put_record\",result=\"ok\"} 2\n").await;
+
+    reg.clear_log();
+    let b = node(&reg, &bucket).await;
+    let resp = b.get_manifest("alpine", "3").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["docker-content-digest"], image.manifest.digest.as_str());
+    assert_eq!(resp.bytes().await.expect("body").as_ref(), image.manifest.bytes.as_slice());
+    for blob in image.blobs() {
+        let (status, bytes) = b.blob("alpine", &blob.digest).await.expect("blob");
+        assert!(status == 200 && bytes == blob.bytes);
+    }
+    assert!(reg.requests().is_empty() && reg.cdn_requests().is_empty(), "node B asked the upstream: {:?} {:?}", reg.requests(), reg.cdn_requests());
+    // A manifest by digest too, and a record that fails verification is ignored.
+    let resp = b.get_manifest("alpine", &image.manifest.digest).await;
+    assert_eq!(resp.status(), 200);
+    let c = node(&reg, &bucket).await;
+    let hex = image.manifest.digest.trim_start_matches("sha256:");
+    let record = bucket.dir.path().join("records/manifests/sha256").join(hex);
+    let mut tampered = std::fs::read(&record).expect("manifest record");
+    let last = tampered.len() - 2;
+    tampered[last] ^= 0x01;
+    std::fs::write(&record, tampered).expect("tamper");
+    let resp = c.get_manifest("alpine", &image.manifest.digest).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.expect("body").as_ref(), image.manifest.bytes.as_slice(), "from the upstream, not the tampered record");
+    assert!(reg.requests().iter().any(|r| r.path_and_query.contains(&image.manifest.digest)), "fetched from the upstream");
 }
 
 #[tokio::test]
