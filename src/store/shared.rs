@@ -150,6 +150,17 @@ impl Shared {
         }
     }
 
+    /// The last referrers list of `digest` (in `repo` on `upstream`) some node wrote, up to `max`
+    /// bytes: for when the upstream can't be asked.
+    pub async fn referrers(&self, upstream: &str, repo: &RepositoryName, digest: &Digest, max: usize) -> Option<Bytes> {
+        self.get_record(&referrers_key(upstream, repo, digest), max).await
+    }
+
+    /// Write a referrers list the upstream gave to the bucket, in the background.
+    pub fn publish_referrers(self: &Arc<Self>, upstream: &str, repo: &RepositoryName, digest: &Digest, body: Bytes) {
+        self.put_record(referrers_key(upstream, repo, digest), body);
+    }
+
     async fn get_record(&self, key: &str, max: usize) -> Option<Bytes> {
         if !self.health.available() {
             return None;
@@ -342,6 +353,11 @@ async fn upload(
 /// The key of the record of manifest `digest`.
 fn manifest_key(digest: &Digest) -> String {
     format!("manifests/{}/{}", digest.algorithm().as_str(), digest.hex())
+}
+
+/// The key of the record of the referrers of `digest` in `repo` on `upstream`.
+fn referrers_key(upstream: &str, repo: &RepositoryName, digest: &Digest) -> String {
+    format!("referrers/{upstream}/{repo}/{}/{}", digest.algorithm().as_str(), digest.hex())
 }
 
 /// The key of a tag's record: names and tags are validated (no `..`, no empty parts), and the

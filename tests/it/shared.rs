@@ -13,7 +13,7 @@ use bytes::Bytes;
 use regcache::store::{BlobBackend, BlobWrite, Listed, LocalBlobs, Opened, Records, SharedBackend};
 
 use crate::it::mirror::{Mirror, Options};
-use crate::support::fake_registry::FakeRegistry;
+use crate::support::fake_registry::{FakeRegistry, Fault};
 use crate::support::images;
 
 /// A bucket: a directory behind the seam (records are files under `records/`), failing every
@@ -219,4 +219,29 @@ async fn a_failing_bucket_degrades_to_the_hot_tier_and_the_upstream() {
     m.wait_stored(&blobs[1].digest).await;
     m.metrics_with("regcache_bucket_down 1\n").await;
     assert_eq!(bucket.objects(), 1, "nothing was uploaded while the bucket failed");
+}
+
+#[tokio::test]
+async fn a_referrers_list_one_node_saw_another_serves_while_the_upstream_is_down() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 100);
+    let sig = format!("sha256:{}", "1".repeat(64));
+    let list = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": images::OCI_INDEX,
+        "manifests": [{"mediaType": images::OCI_MANIFEST, "digest": sig, "size": 10, "artifactType": "application/x-sig"}]
+    });
+    reg.put_referrers("library/alpine", &image.manifest.digest, serde_json::to_vec(&list).unwrap());
+    let bucket = TestBucket::new();
+    let a = node(&reg, &bucket).await;
+    let path = format!("/v2/alpine/referrers/{}", image.manifest.digest);
+    assert_eq!(a.get(&path).await.status(), 200);
+    a.metrics_with("regcache_bucket_requests_total{op=\"put_record\",result=\"ok\"} 1\n").await;
+
+    reg.set_fault(Fault::Status { code: 503, retry_after: None, path_contains: "/v2/".into() });
+    let b = node(&reg, &bucket).await;
+    let resp = b.get(&path).await;
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(v["manifests"][0]["digest"], sig.as_str(), "node A's list, from the bucket");
 }
