@@ -238,7 +238,8 @@ impl Shared {
     /// Upload the blob `digest` (`size` if announced) to the bucket as a fill writes it to the hot
     /// tier: `written` reads the fill's file, `progress` says how far it is. The upload is
     /// completed only after `Progress::Verified`, and aborted if the fill ends any other way
-    /// (`progress` closed). Nothing happens while the bucket is down. The upload's task, if any.
+    /// (`progress` closed). Nothing happens while the bucket is down, or when it is known to have
+    /// the blob already. The upload's task, if any.
     pub fn spawn_upload(
         self: &Arc<Self>,
         digest: &Digest,
@@ -246,7 +247,7 @@ impl Shared {
         written: Box<dyn ReadAt>,
         progress: watch::Receiver<Progress>,
     ) -> Option<tokio::task::JoinHandle<()>> {
-        if !self.health.available() {
+        if !self.health.available() || matches!(self.sizes.get(digest), Ok(Some(_))) {
             return None;
         }
         let (shared, digest) = (Arc::clone(self), digest.clone());
