@@ -4,6 +4,7 @@
 
 mod backend;
 mod blobs;
+pub mod bucket;
 mod budget;
 mod check;
 mod evict;
@@ -12,6 +13,7 @@ mod index;
 
 pub use backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, ReadAt};
 pub use blobs::{BlobFiles, TempBlob};
+pub use bucket::{Bucket, BucketError};
 pub use budget::{Refused, Reservation, TempBudget};
 pub use check::{Reconciled, Verified};
 pub use evict::{Evicted, EvictedKind, InUse, Usage, LOW_WATER};
