@@ -40,8 +40,25 @@ struct RawConfig {
     tls: Option<RawTls>,
     access: Option<RawAccess>,
     fills: Option<RawFills>,
+    storage: Option<RawStorage>,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    backend: Option<String>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    bucket: Option<String>,
+    prefix: Option<String>,
+    path_style: Option<bool>,
+    access_key_id: Option<String>,
+    secret_access_key_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    bucket_max_size: Option<String>,
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -120,6 +137,8 @@ pub struct Config {
     pub access: Access,
     /// Disk and time budgets of blob fills.
     pub fills: FillBudget,
+    /// Where blobs are kept besides the data directory (`[storage]`).
+    pub storage: Storage,
     /// The upstream registries; the first serves plain `/v2/<name>/…` requests.
     pub upstreams: Vec<UpstreamConfig>,
 }
@@ -148,6 +167,112 @@ pub const DEFAULT_UNREAD_MAX: &str = "15m";
 pub const DEFAULT_UNREAD_MIN_RATE: &str = "64KiB";
 /// `rate_window` when not set.
 pub const DEFAULT_RATE_WINDOW: &str = "30s";
+
+/// Where blobs are kept (`[storage]`).
+#[derive(Debug, Clone, Default)]
+pub enum Storage {
+    /// In the data directory only: the default.
+    #[default]
+    Local,
+    /// In an S3-compatible bucket shared by many nodes; the data directory is this node's hot tier.
+    S3(S3Storage),
+}
+
+/// An S3-compatible bucket (`[storage] backend = "s3"`).
+#[derive(Clone)]
+pub struct S3Storage {
+    /// The service's URL; `None`: AWS's own endpoint for `region`.
+    pub endpoint: Option<Url>,
+    /// The region requests are signed for.
+    pub region: String,
+    /// The bucket's name.
+    pub bucket: String,
+    /// The key prefix everything is kept under, without leading or trailing `/`; may be empty.
+    pub prefix: String,
+    /// Whether the bucket is named in the path (`endpoint/bucket/key`: MinIO, SeaweedFS, Garage)
+    /// rather than in the host name (`bucket.endpoint/key`: AWS).
+    pub path_style: bool,
+    /// The access key; `None`: the standard AWS environment variables.
+    pub credentials: Option<S3Credentials>,
+    /// Extra PEM trust roots, already read.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The most bytes to keep in the bucket, if limited.
+    pub bucket_max_size: Option<u64>,
+    /// The longest a bucket request may take to connect, or go without any progress.
+    pub timeout: Duration,
+}
+
+/// `[storage] region` when not set.
+pub const DEFAULT_S3_REGION: &str = "us-east-1";
+/// `[storage] timeout` when not set.
+pub const DEFAULT_S3_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An S3 access key. `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Credentials {
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret access key, read from `secret_access_key_file`.
+    pub secret_access_key: String,
+}
+
+impl fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "S3Credentials({}, ***)", self.access_key_id)
+    }
+}
+
+impl fmt::Debug for S3Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Storage")
+            .field("endpoint", &self.endpoint.as_ref().map(Url::as_str))
+            .field("region", &self.region)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("path_style", &self.path_style)
+            .field("credentials", &self.credentials)
+            .field("ca_file", &self.ca_pem.is_some())
+            .field("bucket_max_size", &self.bucket_max_size)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Storage {
+    /// Its effective settings, one per line, the secret masked.
+    fn describe(&self) -> String {
+        let s3 = match self {
+            Storage::Local => return "storage = local (blobs in data_dir only)\n".to_owned(),
+            Storage::S3(s3) => s3,
+        };
+        let mut s = String::from("[storage] backend = s3 (data_dir is the hot tier)\n");
+        match &s3.endpoint {
+            Some(e) => s.push_str(&format!("  endpoint = {e}\n")),
+            None => s.push_str("  endpoint = AWS (by region)\n"),
+        }
+        s.push_str(&format!("  region = {}\n  bucket = {}\n", s3.region, s3.bucket));
+        if s3.prefix.is_empty() {
+            s.push_str("  prefix = none\n");
+        } else {
+            s.push_str(&format!("  prefix = {}\n", s3.prefix));
+        }
+        s.push_str(&format!("  path_style = {}\n", s3.path_style));
+        match &s3.credentials {
+            Some(c) => s.push_str(&format!(
+                "  access_key_id = {}\n  secret_access_key = ******** (from secret_access_key_file)\n",
+                c.access_key_id
+            )),
+            None => s.push_str("  credentials = from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN\n"),
+        }
+        s.push_str(&format!("  ca_file = {}\n", if s3.ca_pem.is_some() { "loaded" } else { "system roots only" }));
+        match s3.bucket_max_size {
+            Some(m) => s.push_str(&format!("  bucket_max_size = {m} bytes\n")),
+            None => s.push_str("  bucket_max_size = unlimited\n"),
+        }
+        s.push_str(&format!("  timeout = {}\n", humantime::format_duration(s3.timeout)));
+        s
+    }
+}
 
 /// The certificate and key files regcache serves HTTPS with (read again on SIGHUP).
 #[derive(Debug, Clone)]
@@ -358,6 +483,7 @@ impl Config {
             f.unread_min_rate,
             humantime::format_duration(f.rate_window),
         ));
+        s.push_str(&self.storage.describe());
         for u in &self.upstreams {
             s.push_str(&u.describe());
         }
@@ -425,6 +551,7 @@ fn resolve(raw: RawConfig, over: &Overrides, base: &Path) -> Result<Config, Conf
         Some(a) => resolve_access(a, base)?,
     };
     let fills = resolve_fills(raw.fills.unwrap_or_default(), max_size)?;
+    let storage = resolve_storage(raw.storage.unwrap_or_default(), base)?;
 
     let mut raws = raw.upstream;
     if raws.is_empty() {
@@ -453,7 +580,148 @@ fn resolve(raw: RawConfig, over: &Overrides, base: &Path) -> Result<Config, Conf
             return Err(ConfigError(format!("upstream {:?} is configured twice", u.name)));
         }
     }
-    Ok(Config { listen, data_dir, max_size, admin_listen, connections, tls, access, fills, upstreams })
+    Ok(Config { listen, data_dir, max_size, admin_listen, connections, tls, access, fills, storage, upstreams })
+}
+
+/// `[storage]`: `backend = "local"` takes no other key; `"s3"` needs `bucket`.
+fn resolve_storage(raw: RawStorage, base: &Path) -> Result<Storage, ConfigError> {
+    let err = |msg: String| ConfigError(format!("storage: {msg}"));
+    match raw.backend.as_deref() {
+        None | Some("local") => {
+            let s3_keys = [
+                ("endpoint", raw.endpoint.is_some()),
+                ("region", raw.region.is_some()),
+                ("bucket", raw.bucket.is_some()),
+                ("prefix", raw.prefix.is_some()),
+                ("path_style", raw.path_style.is_some()),
+                ("access_key_id", raw.access_key_id.is_some()),
+                ("secret_access_key_file", raw.secret_access_key_file.is_some()),
+                ("ca_file", raw.ca_file.is_some()),
+                ("bucket_max_size", raw.bucket_max_size.is_some()),
+                ("timeout", raw.timeout.is_some()),
+            ];
+            match s3_keys.iter().find(|(_, set)| *set) {
+                Some((key, _)) => Err(err(format!("{key} is for backend = \"s3\"; backend is \"local\""))),
+                None => Ok(Storage::Local),
+            }
+        }
+        Some("s3") => {
+            let endpoint = raw.endpoint.as_deref().map(s3_endpoint).transpose().map_err(err)?;
+            let region = raw.region.unwrap_or_else(|| DEFAULT_S3_REGION.to_owned());
+            if region.is_empty() || !region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                return Err(err(format!("region {region:?}: letters, digits and '-' only")));
+            }
+            let bucket = raw.bucket.ok_or_else(|| err("backend = \"s3\" needs bucket".into()))?;
+            if !is_bucket_name(&bucket) {
+                return Err(err(format!(
+                    "bucket {bucket:?}: 3 to 63 lowercase letters, digits, '.' and '-', starting and ending with a letter or digit"
+                )));
+            }
+            let prefix = s3_prefix(raw.prefix.as_deref().unwrap_or("")).map_err(err)?;
+            let credentials = match (raw.access_key_id, raw.secret_access_key_file) {
+                (Some(access_key_id), Some(file)) => {
+                    let path = base.join(file);
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|e| err(format!("cannot read secret_access_key_file {}: {e}", path.display())))?;
+                    let secret_access_key = text.trim().to_owned();
+                    if secret_access_key.is_empty() {
+                        return Err(err(format!("secret_access_key_file {} is empty", path.display())));
+                    }
+                    if access_key_id.is_empty() {
+                        return Err(err("access_key_id is empty".into()));
+                    }
+                    Some(S3Credentials { access_key_id, secret_access_key })
+                }
+                (None, None) => None,
+                _ => return Err(err("access_key_id and secret_access_key_file go together".into())),
+            };
+            let ca_pem = raw.ca_file.map(|f| read_pem_roots(&base.join(f))).transpose().map_err(err)?;
+            let bucket_max_size = raw
+                .bucket_max_size
+                .as_deref()
+                .map(parse_size)
+                .transpose()
+                .map_err(|e| err(format!("bucket_max_size: {e}")))?;
+            let timeout = match raw.timeout {
+                None => DEFAULT_S3_TIMEOUT,
+                Some(text) => match parse_duration(&text) {
+                    Ok(d) if !d.is_zero() => d,
+                    Ok(_) => return Err(err(format!("timeout = {text:?} must be longer than zero"))),
+                    Err(e) => return Err(err(format!("timeout = {text:?}: {e}"))),
+                },
+            };
+            let path_style = raw.path_style.unwrap_or(false);
+            Ok(Storage::S3(S3Storage {
+                endpoint,
+                region,
+                bucket,
+                prefix,
+                path_style,
+                credentials,
+                ca_pem,
+                bucket_max_size,
+                timeout,
+            }))
+        }
+        Some(other) => Err(err(format!("backend = {other:?}: must be \"local\" or \"s3\""))),
+    }
+}
+
+/// An S3 endpoint: `http://` or `https://` with a host, and nothing after the authority but `/`.
+fn s3_endpoint(raw: &str) -> Result<Url, String> {
+    let shown = mask_userinfo(raw);
+    let url = Url::parse(raw).map_err(|e| format!("endpoint {shown:?}: {e}"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "endpoint {shown:?} must not hold credentials: use access_key_id and secret_access_key_file"
+        ));
+    }
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("endpoint {shown:?} must be http:// or https:// with a host"));
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("endpoint {shown:?} must not have a path or query"));
+    }
+    Ok(url)
+}
+
+/// An S3 bucket name: 3–63 of `a-z 0-9 . -`, starting and ending with a letter or digit.
+fn is_bucket_name(name: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (3..=63).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && edge(name.chars().next())
+        && edge(name.chars().last())
+}
+
+/// A key prefix without leading or trailing `/`: segments of letters, digits and `-_.`, none of
+/// them empty, `.` or `..`.
+fn s3_prefix(raw: &str) -> Result<String, String> {
+    let prefix = raw.trim_matches('/');
+    if prefix.is_empty() {
+        return Ok(String::new());
+    }
+    let segment_ok = |seg: &str| {
+        !seg.is_empty()
+            && seg != "."
+            && seg != ".."
+            && seg.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    if !prefix.split('/').all(segment_ok) {
+        return Err(format!(
+            "prefix {raw:?}: '/'-separated segments of letters, digits, '-', '_' and '.' (no empty, '.' or '..' segment)"
+        ));
+    }
+    Ok(prefix.to_owned())
+}
+
+/// A `ca_file` at `path`: PEM holding at least one certificate.
+fn read_pem_roots(path: &Path) -> Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
+    if rustls_pemfile::certs(&mut pem.as_slice()).filter(|c| c.is_ok()).count() == 0 {
+        return Err(format!("ca_file {} holds no PEM certificate", path.display()));
+    }
+    Ok(pem)
 }
 
 fn resolve_fills(raw: RawFills, max_size: Option<u64>) -> Result<FillBudget, ConfigError> {
@@ -1009,6 +1277,97 @@ password = "s3cret"
         assert_eq!(c.upstreams[0].stale_max, Duration::from_secs(90));
         let err = load("[[upstream]]\nname = \"x\"\nurl = \"https://x\"\ntag_ttl = \"soon\"").unwrap_err().to_string();
         assert!(err.contains("tag_ttl"), "{err}");
+    }
+
+    #[test]
+    fn storage_defaults_to_local() {
+        assert!(matches!(load("").unwrap().storage, Storage::Local));
+        assert!(matches!(load("[storage]\nbackend = \"local\"").unwrap().storage, Storage::Local));
+        assert!(load("").unwrap().describe().contains("storage = local"));
+    }
+
+    #[test]
+    fn storage_s3() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "wJalrXUtnFEMIsecretK7MDENG\n").unwrap();
+        let text = r#"
+[storage]
+backend = "s3"
+endpoint = "http://127.0.0.1:8333"
+region = "eu-west-3"
+bucket = "regcache-blobs"
+prefix = "/mirror/eu/"
+path_style = true
+access_key_id = "AKIDEXAMPLE"
+secret_access_key_file = "secret"
+bucket_max_size = "2TiB"
+timeout = "10s"
+"#;
+        let c = Config::from_toml(text, &Overrides::default(), dir.path()).unwrap();
+        let Storage::S3(s3) = &c.storage else { panic!("{:?}", c.storage) };
+        assert_eq!(s3.endpoint.as_ref().unwrap().as_str(), "http://127.0.0.1:8333/");
+        assert_eq!(s3.region, "eu-west-3");
+        assert_eq!(s3.bucket, "regcache-blobs");
+        assert_eq!(s3.prefix, "mirror/eu", "leading and trailing '/' are dropped");
+        assert!(s3.path_style);
+        let creds = s3.credentials.as_ref().unwrap();
+        assert_eq!(creds.access_key_id, "AKIDEXAMPLE");
+        assert_eq!(creds.secret_access_key, "wJalrXUtnFEMIsecretK7MDENG", "the file's newline is dropped");
+        assert_eq!(s3.bucket_max_size, Some(2 << 40));
+        assert_eq!(s3.timeout, Duration::from_secs(10));
+        let shown = c.describe();
+        assert!(shown.contains("bucket = regcache-blobs") && shown.contains("secret_access_key = ********"), "{shown}");
+        assert!(!shown.contains("wJalrXUtnFEMIsecretK7MDENG"), "{shown}");
+        assert!(!format!("{c:?}").contains("wJalrXUtnFEMIsecretK7MDENG"));
+
+        let c = load("[storage]\nbackend = \"s3\"\nbucket = \"b12\"").unwrap();
+        let Storage::S3(s3) = &c.storage else { panic!("{:?}", c.storage) };
+        assert_eq!((s3.endpoint.as_ref(), s3.region.as_str(), s3.prefix.as_str()), (None, DEFAULT_S3_REGION, ""));
+        assert!(!s3.path_style);
+        assert_eq!(s3.credentials, None);
+        assert_eq!((s3.bucket_max_size, s3.timeout), (None, DEFAULT_S3_TIMEOUT));
+        assert!(c.describe().contains("AWS_ACCESS_KEY_ID"), "{}", c.describe());
+    }
+
+    #[test]
+    fn storage_rejects_bad_values() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "s3cretvalue\n").unwrap();
+        std::fs::write(dir.path().join("empty"), "\n").unwrap();
+        std::fs::write(dir.path().join("notpem"), "hello").unwrap();
+        let s3 = "[storage]\nbackend = \"s3\"\nbucket = \"bkt\"\n";
+        let cases = [
+            ("[storage]\nbackend = \"gcs\"".to_owned(), "must be \"local\" or \"s3\""),
+            ("[storage]\nbucket = \"bkt\"".to_owned(), "bucket is for backend = \"s3\""),
+            ("[storage]\nbackend = \"local\"\nendpoint = \"http://x\"".to_owned(), "endpoint is for backend"),
+            ("[storage]\nbackend = \"s3\"".to_owned(), "needs bucket"),
+            ("[storage]\nbackend = \"s3\"\nbucket = \"Bad_Name\"".to_owned(), "bucket \"Bad_Name\""),
+            ("[storage]\nbackend = \"s3\"\nbucket = \"ab\"".to_owned(), "bucket \"ab\""),
+            (format!("{s3}bogus = 1"), "bogus"),
+            (format!("{s3}endpoint = \"ftp://x\""), "http:// or https://"),
+            (format!("{s3}endpoint = \"not a url\""), "endpoint"),
+            (format!("{s3}endpoint = \"http://x/some/path\""), "path"),
+            (format!("{s3}endpoint = \"http://ak:hunter2pw@x\""), "secret_access_key_file"),
+            (format!("{s3}region = \"eu west\""), "region"),
+            (format!("{s3}prefix = \"a//b\""), "prefix"),
+            (format!("{s3}prefix = \"a/../b\""), "prefix"),
+            (format!("{s3}prefix = \"a b\""), "prefix"),
+            (format!("{s3}access_key_id = \"AK\""), "go together"),
+            (format!("{s3}secret_access_key_file = \"secret\""), "go together"),
+            (format!("{s3}access_key_id = \"AK\"\nsecret_access_key_file = \"missing\""), "cannot read secret_access_key_file"),
+            (format!("{s3}access_key_id = \"AK\"\nsecret_access_key_file = \"empty\""), "is empty"),
+            (format!("{s3}ca_file = \"notpem\""), "holds no PEM certificate"),
+            (format!("{s3}ca_file = \"missing.pem\""), "cannot read ca_file"),
+            (format!("{s3}bucket_max_size = \"lots\""), "bucket_max_size"),
+            (format!("{s3}timeout = \"0s\""), "longer than zero"),
+            (format!("{s3}timeout = \"soon\""), "timeout"),
+            (format!("{s3}path_style = \"yes\""), "line 4: invalid type"),
+        ];
+        for (text, want) in cases {
+            let err = Config::from_toml(&text, &Overrides::default(), dir.path()).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+            assert!(!err.contains('\n') && !err.contains("hunter2pw") && !err.contains("s3cretvalue"), "{text:?}: {err}");
+        }
     }
 
     #[test]

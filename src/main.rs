@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use regcache::config::{Config, Overrides};
+use regcache::config::{Config, Overrides, Storage};
 use regcache::http::App;
 use regcache::oci::ImageRef;
-use regcache::store::{Store, StoreError};
+use regcache::store::{Bucket, BucketError, Store, StoreError};
 
 /// A pull-through caching mirror for container registries.
 #[derive(Parser)]
@@ -87,7 +87,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // object_store reports each retry at info; the one line a failure deserves is ours.
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,object_store=warn".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -184,10 +185,22 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config) -> Result<(), Failure> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
+        // Checked before the data directory is opened, so a bucket that can't be used fails fast.
+        let bucket = open_bucket(&config).await?;
         let app = App::open(&config).context("opening the cache")?;
+        // Only once the data directory is ours (App::open locks its index): the records are this
+        // node's, and no running server is still writing those uploads.
+        if let Some(bucket) = &bucket {
+            let aborted = bucket.cleanup_uploads().await.map_err(|e| Failure::Usage(format!("storage: {e}")))?;
+            if aborted > 0 {
+                tracing::info!(aborted, "aborted the bucket uploads a previous run left unfinished");
+            }
+        }
+        // The server's own client of the bucket is App's (its requests counted in the metrics).
+        drop(bucket);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
@@ -220,6 +233,17 @@ fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// The bucket of `[storage] backend = "s3"`, checked with a small write, read and delete; `None`
+/// for local storage. A bucket that can't be used is a usage error (exit 2) on one line.
+async fn open_bucket(config: &Config) -> Result<Option<Bucket>, Failure> {
+    let Storage::S3(s3) = &config.storage else { return Ok(None) };
+    let usage = |e: BucketError| Failure::Usage(format!("storage: {e}"));
+    let bucket = Bucket::from_config(s3, &config.data_dir).map_err(usage)?;
+    bucket.probe().await.map_err(usage)?;
+    tracing::info!(bucket = %s3.bucket, prefix = %s3.prefix, "bucket probe passed");
+    Ok(Some(bucket))
 }
 
 /// SIGHUP: read the TLS certificate and key again; connections keep running.

@@ -182,6 +182,12 @@ struct BucketLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BucketRequestLabels {
+    op: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabels {
     direction: Direction,
 }
@@ -226,7 +232,8 @@ pub struct Metrics {
     disk_bytes: Gauge,
     evictions: Counter,
     evicted_bytes: Counter,
-    bucket_requests: Family<BucketLabels, Counter>,
+    bucket_operations: Family<BucketLabels, Counter>,
+    bucket_requests: Family<BucketRequestLabels, Counter>,
     bucket_bytes: Family<DirectionLabels, Counter>,
     uploads: Gauge,
     uploads_aborted: Counter,
@@ -274,8 +281,14 @@ impl Metrics {
         registry.register("evictions", "Blobs and manifests evicted to stay under max_size", evictions.clone());
         let evicted_bytes = Counter::default();
         registry.register("evicted_bytes", "Bytes evicted to stay under max_size", evicted_bytes.clone());
+        let bucket_operations = Family::default();
+        registry.register(
+            "bucket_operations",
+            "Operations on the shared bucket (a blob's size or bytes, a whole upload, a record), by kind and result",
+            bucket_operations.clone(),
+        );
         let bucket_requests = Family::default();
-        registry.register("bucket_requests", "Requests to the shared bucket, by operation and result", bucket_requests.clone());
+        registry.register("bucket_requests", "S3 requests sent to the shared bucket, by operation and outcome", bucket_requests.clone());
         let bucket_bytes = Family::default();
         registry.register("bucket_bytes", "Blob bytes read from and uploaded to the shared bucket", bucket_bytes.clone());
         let uploads = Gauge::<i64, AtomicI64>::default();
@@ -296,6 +309,7 @@ impl Metrics {
             disk_bytes,
             evictions,
             evicted_bytes,
+            bucket_operations,
             bucket_requests,
             bucket_bytes,
             uploads,
@@ -304,10 +318,15 @@ impl Metrics {
         }
     }
 
-    /// One request to the shared bucket.
-    pub fn bucket_request(&self, op: BucketOp, ok: bool) {
+    /// One operation on the shared bucket.
+    pub fn bucket_operation(&self, op: BucketOp, ok: bool) {
         let result = if ok { BucketResult::Ok } else { BucketResult::Error };
-        self.bucket_requests.get_or_create(&BucketLabels { op, result }).inc();
+        self.bucket_operations.get_or_create(&BucketLabels { op, result }).inc();
+    }
+
+    /// One S3 request sent to the shared bucket (`op` and `outcome` are the client's words).
+    pub fn bucket_request_sent(&self, op: &'static str, outcome: &'static str) {
+        self.bucket_requests.get_or_create(&BucketRequestLabels { op, outcome }).inc();
     }
 
     /// A blob of `bytes` read from the bucket.

@@ -2,6 +2,7 @@
 //!
 //! - `it::access`: who may use the mirror: htpasswd Basic credentials and an address allow list.
 //! - `it::api`: the API's edges: validation, errors, ranges, tag lists, writes.
+//! - `it::bucket`: the S3 bucket backend against a real SeaweedFS: parts, ranges, probe, clean-up, failures.
 //! - `it::budgets`: fills keep to their disk and time budgets; referrers lists count in `max_size`.
 //! - `it::cli`: the `regcache` binary: configuration errors, start-up, graceful shutdown.
 //! - `it::coalescing`: concurrent requests share one upstream fetch (gated, exact counts); fills never hurt each other.
@@ -20,6 +21,7 @@
 //! - `it::trust`: manifests verified by regcache: digests, schema1 payloads, types, poisoning.
 //! - `support::fake_registry`: the fake upstream (registry + CDN) and its misbehaviour switches, `Fault`.
 //! - `support::images`: builders that push realistic images, lists and indexes into the fake.
+//! - `support::s3`: a real S3 server (SeaweedFS) on free loopback ports, credentials checked.
 //! - `support::schema1`: signed schema1 manifests as distribution 2.x makes them.
 //! - `support::selftest`: the fake upstream behaves as documented.
 

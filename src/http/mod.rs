@@ -114,18 +114,35 @@ pub enum StartError {
     /// The TLS certificate or key.
     #[error("{0}")]
     Tls(crate::config::TlsError),
+    /// The shared bucket's client.
+    #[error("storage: {0}")]
+    Bucket(#[from] crate::store::BucketError),
 }
 
 impl App {
-    /// Open the store and build the upstream clients.
+    /// Open the store (with the shared bucket of `[storage] backend = "s3"`, its requests counted
+    /// in the metrics) and build the upstream clients.
     pub fn open(config: &Config) -> Result<Arc<App>, StartError> {
-        App::open_with(config, None)
+        let metrics = Arc::new(Metrics::new());
+        let bucket: Option<Arc<dyn crate::store::SharedBackend>> = match &config.storage {
+            crate::config::Storage::Local => None,
+            crate::config::Storage::S3(s3) => {
+                let observed = metrics.clone();
+                let bucket = crate::store::Bucket::from_config(s3, &config.data_dir)?
+                    .with_observer(Arc::new(move |r: &crate::store::bucket::Request| observed.bucket_request_sent(r.op.as_str(), r.outcome.as_str())));
+                Some(Arc::new(bucket))
+            }
+        };
+        App::open_with(config, bucket, metrics)
     }
 
     /// Open the store, with `bucket` as the tier shared with other nodes behind the local one, and
     /// build the upstream clients.
-    pub fn open_with(config: &Config, bucket: Option<Arc<dyn crate::store::SharedBackend>>) -> Result<Arc<App>, StartError> {
-        let metrics = Arc::new(Metrics::new());
+    pub fn open_with(
+        config: &Config,
+        bucket: Option<Arc<dyn crate::store::SharedBackend>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<App>, StartError> {
         let mut store = Store::open(&config.data_dir)?;
         store.max_size = config.max_size;
         store.temp = crate::store::TempBudget::new(store.files.tmp_dir().to_owned(), config.fills.max_temp, config.fills.min_free);

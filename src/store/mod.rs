@@ -4,6 +4,7 @@
 //! the housekeeping that writes access times and evicts down to `max_size`.
 
 mod backend;
+pub mod bucket;
 mod budget;
 mod check;
 mod evict;
@@ -14,6 +15,7 @@ mod read;
 mod shared;
 
 pub use backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, ReadAt, Records, SharedBackend};
+pub use bucket::{Bucket, BucketError};
 pub use local::LocalBlobs;
 pub use shared::{Progress, Shared};
 pub use budget::{Refused, Reservation, TempBudget};

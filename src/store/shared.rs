@@ -290,7 +290,7 @@ impl Shared {
     /// Count a bucket request and mark the bucket up or down by its result; the value if it
     /// succeeded.
     fn outcome<T>(&self, op: BucketOp, result: io::Result<T>) -> Option<T> {
-        self.metrics.bucket_request(op, result.is_ok());
+        self.metrics.bucket_operation(op, result.is_ok());
         match result {
             Ok(v) => {
                 if self.health.succeeded() {

@@ -1,5 +1,6 @@
 pub mod access;
 pub mod api;
+pub mod bucket;
 pub mod budgets;
 pub mod cli;
 pub mod coalescing;

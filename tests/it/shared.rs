@@ -92,7 +92,7 @@ async fn node(reg: &FakeRegistry, bucket: &Arc<TestBucket>) -> Mirror {
 
 /// Wait until `n` uploads to the bucket have completed.
 async fn uploaded(m: &Mirror, n: usize) {
-    m.metrics_with(&format!("regcache_bucket_requests_total{{op=\"upload\",result=\"ok\"}} {n}\n")).await;
+    m.metrics_with(&format!("regcache_bucket_operations_total{{op=\"upload\",result=\"ok\"}} {n}\n")).await;
 }
 
 #[tokio::test]
@@ -142,7 +142,7 @@ async fn an_image_one_node_pulled_by_tag_another_pulls_without_the_upstream() {
         a.blob("alpine", &blob.digest).await.expect("blob");
     }
     uploaded(&a, image.blobs().len()).await;
-    a.metrics_with("regcache_bucket_requests_total{op=\"put_record\",result=\"ok\"} 2\n").await;
+    a.metrics_with("regcache_bucket_operations_total{op=\"put_record\",result=\"ok\"} 2\n").await;
 
     reg.clear_log();
     let b = node(&reg, &bucket).await;
@@ -236,7 +236,7 @@ async fn a_referrers_list_one_node_saw_another_serves_while_the_upstream_is_down
     let a = node(&reg, &bucket).await;
     let path = format!("/v2/alpine/referrers/{}", image.manifest.digest);
     assert_eq!(a.get(&path).await.status(), 200);
-    a.metrics_with("regcache_bucket_requests_total{op=\"put_record\",result=\"ok\"} 1\n").await;
+    a.metrics_with("regcache_bucket_operations_total{op=\"put_record\",result=\"ok\"} 1\n").await;
 
     reg.set_fault(Fault::Status { code: 503, retry_after: None, path_contains: "/v2/".into() });
     let b = node(&reg, &bucket).await;
@@ -244,4 +244,34 @@ async fn a_referrers_list_one_node_saw_another_serves_while_the_upstream_is_down
     assert_eq!(resp.status(), 200);
     let v: serde_json::Value = resp.json().await.expect("json");
     assert_eq!(v["manifests"][0]["digest"], sig.as_str(), "node A's list, from the bucket");
+}
+
+#[tokio::test]
+async fn through_the_s3_backend_in_memory_a_multipart_blob_reaches_the_other_node() {
+    let reg = FakeRegistry::start().await;
+    // Three parts of 8 MiB and a bit: uploaded part by part as the fill writes it.
+    let image = images::schema2_image(&reg, "library/big", "1", 1, 3 * 8 * 1024 * 1024 + 123);
+    let records = tempfile::tempdir().expect("tempdir");
+    let bucket: Arc<dyn SharedBackend> = Arc::new(regcache::store::Bucket::in_memory("fleet", records.path()));
+    let start = |bucket: Arc<dyn SharedBackend>| {
+        let extra = "tag_ttl = \"1m\"\n".to_owned();
+        Mirror::start_with(&reg, Options { credentials: true, bucket: Some(bucket), extra, ..Default::default() })
+    };
+    let a = start(bucket.clone()).await;
+    assert_eq!(a.get_manifest("big", "1").await.status(), 200);
+    for blob in image.blobs() {
+        let (status, bytes) = a.blob("big", &blob.digest).await.expect("blob");
+        assert!(status == 200 && bytes == blob.bytes);
+    }
+    uploaded(&a, image.blobs().len()).await;
+    assert_eq!(std::fs::read_dir(records.path().join("uploads")).map(|d| d.count()).unwrap_or(0), 0, "no upload left recorded");
+
+    reg.clear_log();
+    let b = start(bucket).await;
+    assert_eq!(b.get_manifest("big", "1").await.status(), 200);
+    for blob in image.blobs() {
+        let (status, bytes) = b.blob("big", &blob.digest).await.expect("blob");
+        assert!(status == 200 && bytes == blob.bytes);
+    }
+    assert!(reg.requests().is_empty() && reg.cdn_requests().is_empty(), "node B asked the upstream: {:?}", reg.requests());
 }

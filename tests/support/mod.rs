@@ -2,6 +2,7 @@
 
 pub mod fake_registry;
 pub mod images;
+pub mod s3;
 pub mod schema1;
 
 #[cfg(test)]

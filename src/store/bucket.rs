@@ -1,0 +1,985 @@
+//! Blobs in an S3-compatible bucket shared by many nodes: the [`BlobBackend`] over `object_store`.
+//!
+//! Layout: a blob is the object `<prefix>/blobs/<algorithm>/<2 hex>/<hex>`; records (manifests,
+//! tags, referrers lists: [`Records`]) are objects under `<prefix>/` named by their keys
+//! (`manifests/…`, `tags/…`, `referrers/…`). A write buffers at most
+//! one part ([`PART_SIZE`]) and sends each part as soon as it is full, so memory stays bounded
+//! whatever the blob's size; a blob smaller than one part goes up in a single PUT at the commit.
+//! The final key is written only by the commit, which comes after the caller's verification:
+//! before it, the bytes sit in an unfinished multipart upload, invisible to readers.
+//!
+//! An unfinished upload costs storage until it is aborted, so its id is recorded in a small file
+//! under `<data_dir>/uploads/` before its first part is sent and removed once it is completed or
+//! aborted; [`Bucket::cleanup_uploads`] aborts what a crash left behind. (An upload created just
+//! before a crash, whose record wasn't written yet, is left to the bucket's lifecycle rule.)
+//!
+//! Metrics hook: every request reports a [`Request`] (operation, outcome, bytes) to the
+//! [`Observer`] given with [`Bucket::with_observer`].
+
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::io;
+use std::ops::Range;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path;
+use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use super::backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, Records};
+use crate::config::S3Storage;
+use crate::oci::Digest;
+
+/// The size of every part of a multipart upload but the last (S3 wants at least 5 MiB).
+pub const PART_SIZE: usize = 8 << 20;
+
+/// What a [`Bucket`] needs of an object store: plain objects and multipart uploads whose ids it can
+/// record. Both `object_store`'s S3 client and its in-memory store are one.
+pub trait ObjectStorage: ObjectStore + MultipartStore {}
+
+impl<T: ObjectStore + MultipartStore> ObjectStorage for T {}
+
+/// A bucket request, as the [`Observer`] hears of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// Which operation.
+    pub op: Op,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Bytes sent (puts, parts) or asked for (ranged gets).
+    pub bytes: u64,
+}
+
+/// A kind of bucket request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Op {
+    /// A single PUT.
+    Put,
+    /// Starting a multipart upload.
+    CreateUpload,
+    /// One part of a multipart upload.
+    PutPart,
+    /// Completing a multipart upload.
+    CompleteUpload,
+    /// Aborting a multipart upload.
+    AbortUpload,
+    /// A (ranged) GET.
+    Get,
+    /// A HEAD.
+    Head,
+    /// Listing keys.
+    List,
+    /// A DELETE.
+    Delete,
+}
+
+impl Op {
+    /// Its name, for metrics labels and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::CreateUpload => "create_upload",
+            Op::PutPart => "put_part",
+            Op::CompleteUpload => "complete_upload",
+            Op::AbortUpload => "abort_upload",
+            Op::Get => "get",
+            Op::Head => "head",
+            Op::List => "list",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a bucket request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It succeeded.
+    Ok,
+    /// The object (or upload) wasn't there.
+    NotFound,
+    /// It failed.
+    Failed,
+}
+
+impl Outcome {
+    /// Its name, for metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::NotFound => "not_found",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// Told of every bucket request (for metrics).
+pub type Observer = Arc<dyn Fn(&Request) + Send + Sync>;
+
+/// Why the bucket can't be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BucketError {
+    /// The client could not be set up.
+    #[error("{location}: {message}")]
+    Setup {
+        /// The bucket and endpoint.
+        location: String,
+        /// Why (no secret in it).
+        message: String,
+    },
+    /// A request failed.
+    #[error("{location}: {op} {key} failed: {message}")]
+    Request {
+        /// The bucket and endpoint.
+        location: String,
+        /// Which request.
+        op: Op,
+        /// The key it was for.
+        key: String,
+        /// Why, on one line (no secret in it).
+        message: String,
+    },
+    /// The probe read back other bytes than it wrote.
+    #[error("{location}: probe object {key} read back different bytes")]
+    ProbeMismatch {
+        /// The bucket and endpoint.
+        location: String,
+        /// The probe object's key.
+        key: String,
+    },
+    /// The upload records can't be read or written.
+    #[error("upload record {}: {source}", .path.display())]
+    Record {
+        /// The record or its directory.
+        path: PathBuf,
+        /// What.
+        source: io::Error,
+    },
+}
+
+/// An S3-compatible bucket (or a stand-in) holding blobs under a prefix.
+#[derive(Clone)]
+pub struct Bucket {
+    store: Arc<dyn ObjectStorage>,
+    /// Without leading or trailing `/`; may be empty.
+    prefix: String,
+    /// Where upload ids are recorded.
+    uploads: PathBuf,
+    /// The bucket and endpoint, for messages.
+    location: Arc<str>,
+    part_size: usize,
+    observer: Option<Observer>,
+}
+
+impl fmt::Debug for Bucket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bucket").field("location", &self.location).field("prefix", &self.prefix).finish()
+    }
+}
+
+/// One recorded multipart upload.
+#[derive(Debug, Serialize, Deserialize)]
+struct UploadRecord {
+    key: String,
+    id: String,
+}
+
+impl Bucket {
+    /// The bucket `config` describes, its upload ids recorded under `data_dir/uploads`. Sends no
+    /// request: [`Bucket::probe`] checks that it can be used.
+    pub fn from_config(config: &S3Storage, data_dir: &FsPath) -> Result<Bucket, BucketError> {
+        use object_store::aws::AmazonS3Builder;
+        use object_store::{BackoffConfig, Certificate, ClientOptions, RetryConfig};
+
+        let endpoint_shown = config.endpoint.as_ref().map_or("AWS".to_owned(), |e| e.to_string());
+        let location = format!("bucket {:?} at {endpoint_shown}", config.bucket);
+        let setup = |message: String| BucketError::Setup { location: location.clone(), message };
+        // reqwest's rustls is built without a provider; regcache uses ring everywhere. Fails only
+        // when a default is installed already, which is then the one used.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+
+        let mut options = ClientOptions::new()
+            .with_timeout_disabled()
+            .with_connect_timeout(config.timeout)
+            .with_read_timeout(config.timeout);
+        if let Some(pem) = &config.ca_pem {
+            let certs = Certificate::from_pem_bundle(pem).map_err(|e| setup(format!("ca_file: {e}")))?;
+            for c in certs {
+                options = options.with_root_certificate(c);
+            }
+        }
+        let mut builder = match &config.credentials {
+            Some(c) => AmazonS3Builder::new()
+                .with_access_key_id(&c.access_key_id)
+                .with_secret_access_key(&c.secret_access_key),
+            // AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN (and the crate's other
+            // AWS_* variables, which the settings below override).
+            None => AmazonS3Builder::from_env(),
+        };
+        builder = builder
+            .with_region(&config.region)
+            .with_bucket_name(&config.bucket)
+            .with_virtual_hosted_style_request(!config.path_style)
+            .with_client_options(options)
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries: 3,
+                retry_timeout: config.timeout,
+            });
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.with_allow_http(endpoint.scheme() == "http");
+            let mut url = endpoint.clone();
+            if !config.path_style {
+                // Virtual-hosted style with an endpoint of its own: the crate wants the bucket in it.
+                let host = format!("{}.{}", config.bucket, endpoint.host_str().unwrap_or_default());
+                url.set_host(Some(&host)).map_err(|e| setup(format!("endpoint with the bucket: {e}")))?;
+            }
+            builder = builder.with_endpoint(url.as_str().trim_end_matches('/'));
+        }
+        let store = builder.build().map_err(|e| setup(one_line(&e)))?;
+        let mut bucket = Bucket::with_store(Arc::new(store), &config.prefix, data_dir);
+        bucket.location = location.into();
+        Ok(bucket)
+    }
+
+    /// A bucket over `store` (a stand-in for tests, or a wrapper injecting faults), holding
+    /// everything under `prefix`, its upload ids recorded under `data_dir/uploads`.
+    pub fn with_store(store: Arc<dyn ObjectStorage>, prefix: &str, data_dir: &FsPath) -> Bucket {
+        Bucket {
+            location: format!("bucket {store}").into(),
+            store,
+            prefix: prefix.trim_matches('/').to_owned(),
+            uploads: data_dir.join("uploads"),
+            part_size: PART_SIZE,
+            observer: None,
+        }
+    }
+
+    /// A bucket in memory, for tests.
+    pub fn in_memory(prefix: &str, data_dir: &FsPath) -> Bucket {
+        Bucket::with_store(Arc::new(object_store::memory::InMemory::new()), prefix, data_dir)
+    }
+
+    /// The same bucket, telling `observer` of every request.
+    pub fn with_observer(mut self, observer: Observer) -> Bucket {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The object store underneath.
+    pub fn store(&self) -> &Arc<dyn ObjectStorage> {
+        &self.store
+    }
+
+    /// The key of `rest` under the prefix.
+    fn key(&self, rest: &str) -> String {
+        if self.prefix.is_empty() {
+            rest.to_owned()
+        } else {
+            format!("{}/{rest}", self.prefix)
+        }
+    }
+
+    /// The key of the blob `digest`: `<prefix>/blobs/<algorithm>/<2 hex>/<hex>`.
+    pub fn blob_key(&self, digest: &Digest) -> String {
+        let hex = digest.hex();
+        self.key(&format!("blobs/{}/{}/{hex}", digest.algorithm().as_str(), &hex[..2]))
+    }
+
+    fn path(&self, key: &str) -> Result<Path, BucketError> {
+        Path::parse(key).map_err(|e| self.error(Op::Head, key, &object_store::Error::from(e)))
+    }
+
+    fn error(&self, op: Op, key: &str, e: &object_store::Error) -> BucketError {
+        BucketError::Request { location: self.location.to_string(), op, key: key.to_owned(), message: one_line(e) }
+    }
+
+    fn io_error(&self, op: Op, key: &str, e: &object_store::Error) -> io::Error {
+        io::Error::other(self.error(op, key, e))
+    }
+
+    /// Tell the observer, and pass the result on.
+    fn observe<T>(&self, op: Op, bytes: u64, result: object_store::Result<T>) -> object_store::Result<T> {
+        if let Some(observer) = &self.observer {
+            let outcome = match &result {
+                Ok(_) => Outcome::Ok,
+                Err(object_store::Error::NotFound { .. }) => Outcome::NotFound,
+                Err(_) => Outcome::Failed,
+            };
+            observer(&Request { op, outcome, bytes });
+        }
+        result
+    }
+
+    /// Whether an object is stored under `path`.
+    async fn exists(&self, path: &Path) -> io::Result<bool> {
+        match self.observe(Op::Head, 0, self.store.head(path).await) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.io_error(Op::Head, path.as_ref(), &e)),
+        }
+    }
+
+    /// Abort every upload a previous run recorded and left unfinished, and remove its record;
+    /// how many were aborted. A record that can't be read is removed; one whose abort fails is
+    /// kept for the next start, and the first such failure is returned after the others are done.
+    pub async fn cleanup_uploads(&self) -> Result<usize, BucketError> {
+        let record_error = |path: &FsPath, source| BucketError::Record { path: path.to_owned(), source };
+        let mut entries = match tokio::fs::read_dir(&self.uploads).await {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(record_error(&self.uploads, e)),
+        };
+        let mut aborted = 0;
+        let mut first_failure = None;
+        while let Some(entry) = entries.next_entry().await.map_err(|e| record_error(&self.uploads, e))? {
+            let file = entry.path();
+            let record = match tokio::fs::read(&file).await {
+                Ok(text) => serde_json::from_slice::<UploadRecord>(&text).ok(),
+                Err(e) => return Err(record_error(&file, e)),
+            };
+            let Some(record) = record else {
+                tracing::warn!(record = %file.display(), "removing an unreadable upload record");
+                remove_record(&file).await;
+                continue;
+            };
+            let path = match self.path(&record.key) {
+                Ok(p) => p,
+                Err(_) => {
+                    remove_record(&file).await;
+                    continue;
+                }
+            };
+            let id = record.id.clone();
+            match self.observe(Op::AbortUpload, 0, self.store.abort_multipart(&path, &id).await) {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                    remove_record(&file).await;
+                    aborted += 1;
+                }
+                Err(e) => {
+                    let err = self.error(Op::AbortUpload, &record.key, &e);
+                    tracing::warn!(error = %err, "an unfinished upload could not be aborted; trying again at the next start");
+                    first_failure.get_or_insert(err);
+                }
+            }
+        }
+        match first_failure {
+            Some(e) => Err(e),
+            None => Ok(aborted),
+        }
+    }
+
+    /// Check that the bucket can be used: list `<prefix>/probe/`, then write, read back and delete
+    /// a small object `<prefix>/probe/<random>`. The error names the bucket, endpoint, operation and cause.
+    pub async fn probe(&self) -> Result<(), BucketError> {
+        // A list first: some servers (SeaweedFS) create a missing bucket on a PUT, but none lists one.
+        let dir = self.key("probe");
+        let listed = self.store.list_with_delimiter(Some(&self.path(&dir)?)).await;
+        self.observe(Op::List, 0, listed).map_err(|e| self.error(Op::List, &dir, &e))?;
+        let key = self.key(&format!("probe/{:016x}", random_u64()));
+        let path = self.path(&key)?;
+        let content = Bytes::from(format!("regcache probe {key}"));
+        let put = self.store.put_opts(&path, PutPayload::from(content.clone()), PutOptions::default()).await;
+        self.observe(Op::Put, content.len() as u64, put).map_err(|e| self.error(Op::Put, &key, &e))?;
+        let read = async { self.store.get_opts(&path, GetOptions::default()).await?.bytes().await };
+        let read = self.observe(Op::Get, content.len() as u64, read.await).map_err(|e| self.error(Op::Get, &key, &e));
+        let delete = self.observe(Op::Delete, 0, self.store.delete(&path).await).map_err(|e| self.error(Op::Delete, &key, &e));
+        if read? != content {
+            return Err(BucketError::ProbeMismatch { location: self.location.to_string(), key });
+        }
+        delete
+    }
+
+    /// Write the record of upload `id` for `key`; its file.
+    async fn record_upload(&self, key: &str, id: &str) -> io::Result<PathBuf> {
+        tokio::fs::create_dir_all(&self.uploads).await?;
+        let name = format!("{:016x}", random_u64());
+        let file = self.uploads.join(format!("{name}.upload"));
+        let temp = self.uploads.join(format!("{name}.tmp"));
+        let text = serde_json::to_vec(&UploadRecord { key: key.to_owned(), id: id.to_owned() })?;
+        let mut f = tokio::fs::File::create(&temp).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut f, &text).await?;
+        f.sync_all().await?;
+        tokio::fs::rename(&temp, &file).await?;
+        Ok(file)
+    }
+}
+
+/// Remove an upload record; one that is gone already is fine.
+async fn remove_record(file: &FsPath) {
+    if let Err(e) = tokio::fs::remove_file(file).await {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(record = %file.display(), error = %e, "cannot remove an upload record");
+        }
+    }
+}
+
+/// An object store error on one line.
+fn one_line(e: &dyn std::error::Error) -> String {
+    // The causes too: "error sending request" alone doesn't say that the connection was refused.
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = cause.source();
+    }
+    let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    // An S3 error body: its code and message first, the request after.
+    if let Some(code) = xml_field(&text, "Code") {
+        let message = xml_field(&text, "Message").unwrap_or_default();
+        let request = text.split("<?xml").next().unwrap_or_default().trim_end_matches([' ', ':']);
+        text = format!("{code}: {message} ({request})");
+    }
+    // Error bodies can be long; what matters comes first.
+    match text.char_indices().nth(400) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
+    }
+}
+
+/// The text of the first `<tag>…</tag>` in `text`.
+fn xml_field<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
+    let start = text.find(&format!("<{tag}>"))? + tag.len() + 2;
+    let len = text[start..].find(&format!("</{tag}>"))?;
+    Some(&text[start..start + len])
+}
+
+/// 64 random bits, from the standard library's randomly seeded hasher.
+fn random_u64() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.finish()
+}
+
+#[async_trait]
+impl BlobBackend for Bucket {
+    async fn begin(&self, digest: &Digest, _size: Option<u64>) -> io::Result<Box<dyn BlobWrite>> {
+        let key = self.blob_key(digest);
+        let path = self.path(&key).map_err(io::Error::other)?;
+        Ok(Box::new(BucketWrite {
+            bucket: self.clone(),
+            key,
+            path,
+            buffered: Vec::new(),
+            buffered_len: 0,
+            upload: None,
+        }))
+    }
+
+    async fn open(&self, digest: &Digest, range: Range<u64>) -> io::Result<Option<Opened>> {
+        let key = self.blob_key(digest);
+        let path = self.path(&key).map_err(io::Error::other)?;
+        if range.is_empty() {
+            // An empty range can't be asked for: the size alone answers.
+            return Ok(self.stat(digest).await?.map(|size| Opened { size, reader: Box::new(Empty) }));
+        }
+        let options = GetOptions { range: Some(range.clone().into()), ..GetOptions::default() };
+        let result = self.observe(Op::Get, range.end - range.start, self.store.get_opts(&path, options).await);
+        match result {
+            Ok(got) => {
+                let size = got.meta.size;
+                let stream = got.into_stream();
+                Ok(Some(Opened { size, reader: Box::new(StreamRead { stream, bucket: self.clone(), key }) }))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.io_error(Op::Get, &key, &e)),
+        }
+    }
+
+    async fn stat(&self, digest: &Digest) -> io::Result<Option<u64>> {
+        let key = self.blob_key(digest);
+        let path = self.path(&key).map_err(io::Error::other)?;
+        match self.observe(Op::Head, 0, self.store.head(&path).await) {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.io_error(Op::Head, &key, &e)),
+        }
+    }
+
+    async fn list(&self) -> io::Result<Vec<Listed>> {
+        let root = self.key("blobs");
+        let path = self.path(&root).map_err(io::Error::other)?;
+        let mut stream = self.store.list(Some(&path));
+        let mut out = Vec::new();
+        while let Some(meta) = stream.next().await {
+            let meta = self.observe(Op::List, 0, meta).map_err(|e| self.io_error(Op::List, &root, &e))?;
+            let name = meta.location.as_ref().to_owned();
+            let parts: Vec<&str> = name.rsplitn(4, '/').collect();
+            let digest = match parts.as_slice() {
+                [hex, _, alg, ..] => format!("{alg}:{hex}").parse::<Digest>().ok(),
+                _ => None,
+            }
+            .filter(|d| self.blob_key(d) == name);
+            out.push(Listed { digest, name, size: meta.size });
+        }
+        Ok(out)
+    }
+
+    async fn remove(&self, digest: &Digest) -> io::Result<()> {
+        let key = self.blob_key(digest);
+        let path = self.path(&key).map_err(io::Error::other)?;
+        match self.observe(Op::Delete, 0, self.store.delete(&path).await) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.io_error(Op::Delete, &key, &e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Records for Bucket {
+    async fn get(&self, key: &str, max: usize) -> io::Result<Option<Bytes>> {
+        let key = self.key(key);
+        let path = self.path(&key).map_err(io::Error::other)?;
+        let got = match self.observe(Op::Get, 0, self.store.get_opts(&path, GetOptions::default()).await) {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.io_error(Op::Get, &key, &e)),
+        };
+        let too_large = || io::Error::other(format!("record {key} is larger than {max} bytes"));
+        if got.meta.size > max as u64 {
+            return Err(too_large());
+        }
+        // Read chunk by chunk, so a body longer than its announced size can't take more than `max`.
+        let mut stream = got.into_stream();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.io_error(Op::Get, &key, &e))?;
+            if out.len().saturating_add(chunk.len()) > max {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(Some(out.into()))
+    }
+
+    async fn put(&self, key: &str, value: Bytes) -> io::Result<()> {
+        let key = self.key(key);
+        let path = self.path(&key).map_err(io::Error::other)?;
+        let len = value.len() as u64;
+        let result = self.store.put_opts(&path, PutPayload::from(value), PutOptions::default()).await;
+        self.observe(Op::Put, len, result).map(|_| ()).map_err(|e| self.io_error(Op::Put, &key, &e))
+    }
+}
+
+/// The reader of a ranged GET: the chunks as they arrive.
+struct StreamRead {
+    stream: BoxStream<'static, object_store::Result<Bytes>>,
+    bucket: Bucket,
+    key: String,
+}
+
+#[async_trait]
+impl BlobRead for StreamRead {
+    async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
+        match self.stream.next().await? {
+            Ok(chunk) => Some(Ok(chunk)),
+            Err(e) => Some(Err(self.bucket.io_error(Op::Get, &self.key, &e))),
+        }
+    }
+}
+
+/// The reader of an empty range.
+struct Empty;
+
+#[async_trait]
+impl BlobRead for Empty {
+    async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
+        None
+    }
+}
+
+/// A multipart upload under way.
+struct Upload {
+    id: String,
+    record: PathBuf,
+    parts: Vec<PartId>,
+}
+
+/// A blob being written to the bucket: at most one part buffered; full parts are sent as they
+/// fill; nothing is under the key before the commit.
+struct BucketWrite {
+    bucket: Bucket,
+    key: String,
+    path: Path,
+    /// The bytes of the part being filled (slices of the appended batches, not copies).
+    buffered: Vec<Bytes>,
+    buffered_len: usize,
+    /// Started when the first part is full.
+    upload: Option<Upload>,
+}
+
+impl BucketWrite {
+    /// Send what is buffered as the next part, starting (and recording) the upload first if needed.
+    async fn send_part(&mut self) -> io::Result<()> {
+        let bucket = self.bucket.clone();
+        if self.upload.is_none() {
+            let created = bucket.observe(Op::CreateUpload, 0, bucket.store.create_multipart(&self.path).await);
+            let id = created.map_err(|e| bucket.io_error(Op::CreateUpload, &self.key, &e))?;
+            let record = match bucket.record_upload(&self.key, &id).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = bucket.store.abort_multipart(&self.path, &id).await;
+                    return Err(io::Error::other(BucketError::Record { path: bucket.uploads.clone(), source: e }));
+                }
+            };
+            self.upload = Some(Upload { id, record, parts: Vec::new() });
+        }
+        let Some(upload) = self.upload.as_mut() else { unreachable!("the upload was just started") };
+        let payload: PutPayload = std::mem::take(&mut self.buffered).into_iter().collect();
+        let len = std::mem::take(&mut self.buffered_len) as u64;
+        let idx = upload.parts.len();
+        let part = bucket.observe(Op::PutPart, len, bucket.store.put_part(&self.path, &upload.id, idx, payload).await);
+        upload.parts.push(part.map_err(|e| bucket.io_error(Op::PutPart, &self.key, &e))?);
+        Ok(())
+    }
+
+    /// Abort the upload, if one was started, and remove its record once the abort succeeded.
+    async fn abort_upload(bucket: &Bucket, key: &str, path: &Path, upload: Upload) {
+        match bucket.observe(Op::AbortUpload, 0, bucket.store.abort_multipart(path, &upload.id).await) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => remove_record(&upload.record).await,
+            Err(e) => tracing::warn!(
+                error = %bucket.error(Op::AbortUpload, key, &e),
+                "an upload could not be aborted; its record stays for the next start"
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl BlobWrite for BucketWrite {
+    async fn append(&mut self, batch: &[Bytes]) -> io::Result<()> {
+        for chunk in batch {
+            let mut chunk = chunk.clone();
+            while !chunk.is_empty() {
+                let room = self.bucket.part_size - self.buffered_len;
+                let take = chunk.split_to(room.min(chunk.len()));
+                self.buffered_len += take.len();
+                self.buffered.push(take);
+                if self.buffered_len == self.bucket.part_size {
+                    self.send_part().await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn partial(&self) -> Option<Arc<dyn PartialBlob>> {
+        None
+    }
+
+    async fn commit(mut self: Box<Self>) -> io::Result<()> {
+        let bucket = self.bucket.clone();
+        match self.upload.take() {
+            None => {
+                if bucket.exists(&self.path).await? {
+                    return Ok(());
+                }
+                let payload: PutPayload = std::mem::take(&mut self.buffered).into_iter().collect();
+                let len = payload.content_length() as u64;
+                let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+                match bucket.observe(Op::Put, len, bucket.store.put_opts(&self.path, payload, options).await) {
+                    // Someone else stored the blob meanwhile: the same bytes.
+                    Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+                    Err(e) => Err(bucket.io_error(Op::Put, &self.key, &e)),
+                }
+            }
+            Some(upload) => {
+                self.upload = Some(upload);
+                let finish = async {
+                    if self.buffered_len > 0 {
+                        self.send_part().await?;
+                    }
+                    if bucket.exists(&self.path).await? {
+                        return Ok(false);
+                    }
+                    let Some(upload) = self.upload.as_mut() else { unreachable!("put back above") };
+                    let parts = std::mem::take(&mut upload.parts);
+                    let done = bucket.store.complete_multipart(&self.path, &upload.id, parts).await;
+                    bucket.observe(Op::CompleteUpload, 0, done).map_err(|e| bucket.io_error(Op::CompleteUpload, &self.key, &e))?;
+                    Ok::<bool, io::Error>(true)
+                };
+                let result = finish.await;
+                let Some(upload) = self.upload.take() else { unreachable!("put back above") };
+                match result {
+                    Ok(true) => {
+                        remove_record(&upload.record).await;
+                        Ok(())
+                    }
+                    // Stored already (content addressing: the same blob): this upload is not needed.
+                    Ok(false) => {
+                        BucketWrite::abort_upload(&bucket, &self.key, &self.path, upload).await;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        BucketWrite::abort_upload(&bucket, &self.key, &self.path, upload).await;
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        if let Some(upload) = self.upload.take() {
+            BucketWrite::abort_upload(&self.bucket, &self.key, &self.path, upload).await;
+        }
+    }
+}
+
+impl Drop for BucketWrite {
+    fn drop(&mut self) {
+        let Some(upload) = self.upload.take() else { return };
+        // Dropped without commit or abort: abort in the background. Without a runtime (shutting
+        // down) the record stays, and the next start aborts the upload.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (bucket, key, path) = (self.bucket.clone(), self.key.clone(), self.path.clone());
+            runtime.spawn(async move { BucketWrite::abort_upload(&bucket, &key, &path, upload).await });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A bucket in memory under `prefix`, and the requests it has made.
+    fn bucket(prefix: &str, dir: &FsPath) -> (Bucket, Arc<Mutex<Vec<Request>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let b = Bucket::in_memory(prefix, dir).with_observer(Arc::new(move |r| log.lock().unwrap().push(*r)));
+        (b, seen)
+    }
+
+    fn ops(seen: &Mutex<Vec<Request>>) -> Vec<Op> {
+        seen.lock().unwrap().iter().map(|r| r.op).collect()
+    }
+
+    fn blob(len: usize) -> (Vec<u8>, Digest) {
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        let digest = Digest::sha256_of(&bytes);
+        (bytes, digest)
+    }
+
+    /// Append `bytes` in batches of 1 MiB split in two chunks.
+    async fn append_all(w: &mut Box<dyn BlobWrite>, bytes: &[u8]) {
+        for batch in bytes.chunks(1 << 20) {
+            let (a, b) = batch.split_at(batch.len() / 3);
+            w.append(&[Bytes::copy_from_slice(a), Bytes::copy_from_slice(b)]).await.unwrap();
+        }
+    }
+
+    async fn read_all(b: &Bucket, digest: &Digest, range: Range<u64>) -> Option<(u64, Vec<u8>)> {
+        let mut opened = b.open(digest, range).await.unwrap()?;
+        let mut out = Vec::new();
+        while let Some(chunk) = opened.reader.next_chunk().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        Some((opened.size, out))
+    }
+
+    fn records(dir: &FsPath) -> Vec<PathBuf> {
+        match std::fs::read_dir(dir.join("uploads")) {
+            Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn small_blob_is_one_put_at_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, seen) = bucket("", dir.path());
+        let (bytes, digest) = blob(100_000);
+        let mut w = b.begin(&digest, Some(bytes.len() as u64)).await.unwrap();
+        assert!(w.partial().is_none());
+        append_all(&mut w, &bytes).await;
+        assert_eq!(ops(&seen), [], "nothing is sent before the commit");
+        assert_eq!(b.stat(&digest).await.unwrap(), None);
+        seen.lock().unwrap().clear();
+        w.commit().await.unwrap();
+        assert_eq!(ops(&seen), [Op::Head, Op::Put]);
+        assert_eq!(b.stat(&digest).await.unwrap(), Some(100_000));
+        assert_eq!(read_all(&b, &digest, 0..100_000).await.unwrap(), (100_000, bytes));
+        assert!(records(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn large_blob_goes_up_in_parts_as_it_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, seen) = bucket("", dir.path());
+        let (bytes, digest) = blob(20 << 20);
+        let mut w = b.begin(&digest, None).await.unwrap();
+        append_all(&mut w, &bytes[..PART_SIZE - 1]).await;
+        assert_eq!(ops(&seen), [], "less than a part: nothing sent");
+        append_all(&mut w, &bytes[PART_SIZE - 1..PART_SIZE + 10]).await;
+        assert_eq!(ops(&seen), [Op::CreateUpload, Op::PutPart], "the first part is sent once full");
+        assert_eq!(records(dir.path()).len(), 1, "the upload is recorded");
+        append_all(&mut w, &bytes[PART_SIZE + 10..2 * PART_SIZE + 5]).await;
+        assert_eq!(ops(&seen), [Op::CreateUpload, Op::PutPart, Op::PutPart]);
+        append_all(&mut w, &bytes[2 * PART_SIZE + 5..]).await;
+        assert_eq!(b.stat(&digest).await.unwrap(), None, "nothing under the key before the commit");
+        seen.lock().unwrap().clear();
+        w.commit().await.unwrap();
+        assert_eq!(ops(&seen), [Op::PutPart, Op::Head, Op::CompleteUpload]);
+        let parts: Vec<u64> = seen.lock().unwrap().iter().filter(|r| r.op == Op::PutPart).map(|r| r.bytes).collect();
+        assert_eq!(parts, [(20 << 20) - 2 * PART_SIZE as u64]);
+        assert!(records(dir.path()).is_empty(), "the record goes with the upload");
+        assert_eq!(read_all(&b, &digest, 0..20 << 20).await.unwrap(), (20 << 20, bytes.clone()));
+        let (size, got) = read_all(&b, &digest, 5..(9 << 20)).await.unwrap();
+        assert_eq!((size, got.as_slice()), (20 << 20, &bytes[5..9 << 20]));
+        assert_eq!(read_all(&b, &digest, 7..7).await.unwrap(), (20 << 20, Vec::new()));
+    }
+
+    #[tokio::test]
+    async fn missing_blob_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, _) = bucket("p", dir.path());
+        let (_, digest) = blob(10);
+        assert!(b.open(&digest, 0..10).await.unwrap().is_none());
+        assert!(b.open(&digest, 0..0).await.unwrap().is_none());
+        assert_eq!(b.stat(&digest).await.unwrap(), None);
+        b.remove(&digest).await.unwrap();
+    }
+
+    /// The id of the one recorded upload.
+    fn recorded_id(dir: &FsPath) -> (String, String) {
+        let files = records(dir);
+        assert_eq!(files.len(), 1, "{files:?}");
+        let r: UploadRecord = serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
+        (r.key, r.id)
+    }
+
+    async fn upload_exists(b: &Bucket, key: &str, id: &str) -> bool {
+        b.store.put_part(&Path::parse(key).unwrap(), &id.to_owned(), 99, PutPayload::from_static(b"x")).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn abort_and_drop_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, _) = bucket("p", dir.path());
+        let (bytes, digest) = blob(PART_SIZE + 100);
+        for explicit in [true, false] {
+            let mut w = b.begin(&digest, None).await.unwrap();
+            append_all(&mut w, &bytes).await;
+            let (key, id) = recorded_id(dir.path());
+            assert_eq!(key, b.blob_key(&digest));
+            assert!(upload_exists(&b, &key, &id).await);
+            if explicit {
+                w.abort().await;
+            } else {
+                drop(w);
+                // The abort runs in a spawned task: wait for the record to go.
+                for _ in 0..1000 {
+                    if records(dir.path()).is_empty() {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }
+            assert!(records(dir.path()).is_empty(), "explicit {explicit}");
+            assert!(!upload_exists(&b, &key, &id).await, "explicit {explicit}: the upload is aborted");
+            assert!(b.list().await.unwrap().is_empty());
+            assert_eq!(b.stat(&digest).await.unwrap(), None);
+        }
+        // A small write aborted never sent anything.
+        let mut w = b.begin(&digest, None).await.unwrap();
+        w.append(&[Bytes::from_static(b"abc")]).await.unwrap();
+        w.abort().await;
+        assert!(b.list().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn cleanup_aborts_recorded_uploads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, _) = bucket("", dir.path());
+        let (bytes, digest) = blob(PART_SIZE);
+        let mut w = b.begin(&digest, None).await.unwrap();
+        append_all(&mut w, &bytes).await;
+        let (key, id) = recorded_id(dir.path());
+        // A crash: the write is never finished, nor dropped.
+        std::mem::forget(w);
+        std::fs::write(dir.path().join("uploads/garbage.upload"), "not json").unwrap();
+        assert_eq!(b.cleanup_uploads().await.unwrap(), 1);
+        assert!(!upload_exists(&b, &key, &id).await);
+        assert!(records(dir.path()).is_empty(), "{:?}", records(dir.path()));
+        assert_eq!(b.cleanup_uploads().await.unwrap(), 0);
+        let fresh = tempfile::tempdir().unwrap();
+        assert_eq!(Bucket::in_memory("", fresh.path()).cleanup_uploads().await.unwrap(), 0, "no uploads directory");
+    }
+
+    #[tokio::test]
+    async fn existing_key_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, seen) = bucket("", dir.path());
+        for len in [1000, PART_SIZE + 1000] {
+            let (bytes, digest) = blob(len);
+            let key = b.path(&b.blob_key(&digest)).unwrap();
+            // What is under the key stays (content addressing makes it the same blob; a different
+            // marker here shows it is not written again).
+            b.store.put(&key, PutPayload::from_static(b"already here")).await.unwrap();
+            let mut w = b.begin(&digest, None).await.unwrap();
+            append_all(&mut w, &bytes).await;
+            seen.lock().unwrap().clear();
+            w.commit().await.unwrap();
+            let got = b.store.get(&key).await.unwrap().bytes().await.unwrap();
+            assert_eq!(&got[..], b"already here", "len {len}");
+            assert!(!ops(&seen).contains(&Op::Put) && !ops(&seen).contains(&Op::CompleteUpload), "{:?}", ops(&seen));
+            assert!(records(dir.path()).is_empty());
+        }
+    }
+
+    #[test]
+    fn s3_error_bodies_read_on_one_line() {
+        let e = io::Error::other(
+            "Error performing GET http://h/b?list-type=2 in 2ms - Server returned non-2xx status code: 404 Not Found: \
+             <?xml version=\"1.0\"?>\n<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message></Error>",
+        );
+        assert_eq!(
+            one_line(&e),
+            "NoSuchBucket: The specified bucket does not exist (Error performing GET http://h/b?list-type=2 in 2ms - \
+             Server returned non-2xx status code: 404 Not Found)"
+        );
+        assert_eq!(one_line(&io::Error::other("plain\n cause")), "plain cause");
+    }
+
+    #[tokio::test]
+    async fn prefix_and_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, _) = bucket("/team/mirror/", dir.path());
+        let (bytes, digest) = blob(10);
+        assert_eq!(b.blob_key(&digest), format!("team/mirror/blobs/sha256/{}/{}", &digest.hex()[..2], digest.hex()));
+        let mut w = b.begin(&digest, None).await.unwrap();
+        w.append(&[Bytes::from(bytes)]).await.unwrap();
+        w.commit().await.unwrap();
+        b.store.put(&Path::from("team/mirror/blobs/sha256/zz/stray"), PutPayload::from_static(b"s")).await.unwrap();
+        b.store.put(&Path::from("elsewhere/blobs/sha256/aa/x"), PutPayload::from_static(b"s")).await.unwrap();
+        let mut listed = b.list().await.unwrap();
+        listed.sort_by(|a, c| a.name.cmp(&c.name));
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        assert_eq!(listed[0], Listed { digest: Some(digest.clone()), name: b.blob_key(&digest), size: 10 });
+        assert_eq!(listed[1].digest, None);
+        b.remove(&digest).await.unwrap();
+        assert_eq!(b.stat(&digest).await.unwrap(), None);
+        b.probe().await.unwrap();
+        let keys: Vec<String> =
+            b.store.list(None).map(|m| m.unwrap().location.to_string()).collect::<Vec<_>>().await;
+        assert_eq!(keys.len(), 2, "the probe object is deleted: {keys:?}");
+    }
+}
