@@ -81,6 +81,14 @@ impl Records for TestBucket {
         self.check()?;
         self.files.put(key, value).await
     }
+    async fn list_records(&self, prefix: &str) -> std::io::Result<Vec<String>> {
+        self.check()?;
+        self.files.list_records(prefix).await
+    }
+    async fn remove_record(&self, key: &str) -> std::io::Result<()> {
+        self.check()?;
+        self.files.remove_record(key).await
+    }
 }
 
 /// A mirror on `bucket`; tags are trusted for a minute (the default revalidates every time).
