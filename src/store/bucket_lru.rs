@@ -404,4 +404,59 @@ mod tests {
         assert!(!is_evictor(&bucket, "b", now).await.unwrap());
         assert!(bucket.get(&heartbeat_key("0"), 100).await.unwrap().is_none(), "a node gone for a day is forgotten");
     }
+
+    #[tokio::test]
+    async fn a_round_merges_summaries_evicts_and_compacts() {
+        use super::super::backend::{BlobBackend, Records};
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = crate::store::LocalBlobs::at(dir.path()).unwrap();
+        let mut digests = Vec::new();
+        for n in 0..3u8 {
+            let bytes = vec![n; 100];
+            let digest = Digest::sha256_of(&bytes);
+            let mut w = bucket.begin(&digest, None).await.unwrap();
+            w.append(&[Bytes::from(bytes)]).await.unwrap();
+            w.commit().await.unwrap();
+            digests.push(digest);
+        }
+        let (recent, older, oldest) = (digests[0].clone(), digests[1].clone(), digests[2].clone());
+        // An hour after the blobs were written: `oldest` was never read since.
+        let written = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let now = written + 60 * MIN;
+        let gone = Digest::sha256_of(b"not in the bucket");
+        for (key, body) in summaries("n1", now - 2 * MIN, false, &[(recent.clone(), now - MIN), (gone, now)]) {
+            bucket.put(&key, body).await.unwrap();
+        }
+        for (key, body) in summaries("n2", now - 20 * MIN, false, &[(older.clone(), now - 30 * MIN), (recent.clone(), now - 50 * MIN)]) {
+            bucket.put(&key, body).await.unwrap();
+        }
+        let dry = evict_bucket(&bucket, "n1", now, 150, 135, true, |_| panic!("dry")).await.unwrap();
+        assert_eq!(dry.evicted.iter().map(|b| &b.digest).collect::<Vec<_>>(), [&oldest, &older]);
+        assert_eq!(bucket.list().await.unwrap().len(), 3, "a dry run deletes nothing");
+        assert_eq!(bucket.list_records("access").await.unwrap().len(), 2, "nor compacts");
+
+        let mut told = Vec::new();
+        let done = evict_bucket(&bucket, "n1", now, 150, 135, false, |b| told.push(b.digest.clone())).await.unwrap();
+        assert_eq!((done.blobs, done.bytes_before, done.summaries), (3, 300, 2));
+        assert_eq!(done.evicted, dry.evicted);
+        assert_eq!(done.evicted[1].last_access, now - 30 * MIN, "the summary's time, over the floor");
+        assert_eq!(told, [oldest.clone(), older.clone()]);
+        assert_eq!(bucket.stat(&oldest).await.unwrap(), None);
+        assert_eq!(bucket.stat(&recent).await.unwrap(), Some(100));
+        let keys = bucket.list_records("access").await.unwrap();
+        assert_eq!(keys, [format!("access/n1/{now:013}-c0")], "the summaries consumed are replaced by one compacted");
+        let body = bucket.get(&keys[0], MAX_SUMMARY_RECORD).await.unwrap().unwrap();
+        assert_eq!(parse_summary(&body).collect::<Vec<_>>(), [(recent.clone(), now - MIN)], "only what is still there");
+
+        // Under the limit now; nothing new to compact: nothing changes.
+        let again = evict_bucket(&bucket, "n2", now + MIN, 150, 135, false, |_| panic!("nothing to evict")).await.unwrap();
+        assert_eq!((again.evicted.len(), again.summaries), (0, 1));
+        assert_eq!(bucket.list_records("access").await.unwrap(), keys);
+        // Over a lower limit, the recent blob still stays: it was read a minute ago.
+        let low = evict_bucket(&bucket, "n2", now + MIN, 10, 9, false, |_| panic!("protected")).await.unwrap();
+        assert!(low.evicted.is_empty());
+        // Run twice (two evictors): the second finds nothing more to do.
+        let twice = evict_bucket(&bucket, "n2", now, 150, 135, false, |_| panic!("already done")).await.unwrap();
+        assert!(twice.evicted.is_empty());
+    }
 }
