@@ -77,7 +77,7 @@ fn spawn_bucket_housekeeping(shared: &Arc<Shared>) {
             if timed {
                 rounds = rounds.wrapping_add(1);
             }
-            if timed && rounds % EVICT_EVERY == 0 {
+            if timed && rounds.is_multiple_of(EVICT_EVERY) {
                 shared.evict_round().await;
             } else {
                 shared.publish_accesses().await;

@@ -336,7 +336,7 @@ async fn bucket_eviction_removes_what_no_node_used_lately_and_keeps_what_any_nod
         other => panic!("one evictor, not {other:?}"),
     };
     let evicted: Vec<String> = report.evicted.iter().map(|e| e.digest.to_string()).collect();
-    assert_eq!(evicted, [y.digest.clone()], "only the blob nobody read in the last 10 minutes");
+    assert_eq!(evicted, std::slice::from_ref(&y.digest), "only the blob nobody read in the last 10 minutes");
     assert!(!bucket.path(&y.digest).exists());
     assert!(bucket.path(&x.digest).exists() && bucket.path(&w.digest).exists(), "read within the protection window: kept");
     let app = evictor.app.upgrade().expect("runs");
