@@ -110,7 +110,7 @@ pub trait ReadAt: Send {
 /// `tags/<upstream>/<repository>/<tag>/<kind>`); values are whole and small.
 #[async_trait]
 pub trait Records: Send + Sync + 'static {
-    /// The record `key`, if present; an error if it is larger than `max` bytes.
+    /// The record `key`, if present; an error of kind `InvalidData` if it is larger than `max` bytes.
     async fn get(&self, key: &str, max: usize) -> io::Result<Option<Bytes>>;
 
     /// Write (or replace) the record `key`.

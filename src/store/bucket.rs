@@ -552,7 +552,7 @@ impl Records for Bucket {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(self.io_error(Op::Get, &key, &e)),
         };
-        let too_large = || io::Error::other(format!("record {key} is larger than {max} bytes"));
+        let too_large = || io::Error::new(io::ErrorKind::InvalidData, format!("record {key} is larger than {max} bytes"));
         if got.meta.size > max as u64 {
             return Err(too_large());
         }
@@ -1006,6 +1006,7 @@ mod tests {
         // Records: listed under a prefix, without the bucket's prefix, and removed.
         b.put("access/n1/1", Bytes::from_static(b"x")).await.unwrap();
         b.put("access/n2/2", Bytes::from_static(b"y")).await.unwrap();
+        assert_eq!(b.get("access/n2/2", 0).await.unwrap_err().kind(), io::ErrorKind::InvalidData, "larger than max");
         b.put("accessories/3", Bytes::from_static(b"z")).await.unwrap();
         let mut keys = b.list_records("access").await.unwrap();
         keys.sort();

@@ -242,7 +242,7 @@ pub async fn evict_bucket(
             Ok(Some(body)) => body,
             // Consumed by another evictor meanwhile.
             Ok(None) => continue,
-            Err(e) if e.kind() == io::ErrorKind::InvalidInput || e.to_string().contains("larger than") => {
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 tracing::warn!(key, error = %e, "an access summary can't be read; dropping it");
                 consumed.push(key);
                 continue;

@@ -157,7 +157,9 @@ impl Records for LocalBlobs {
     async fn get(&self, key: &str, max: usize) -> io::Result<Option<Bytes>> {
         let path = self.record_path(key)?;
         match fs::metadata(&path) {
-            Ok(m) if m.len() > max as u64 => Err(io::Error::other(format!("record {key} is larger than {max} bytes"))),
+            Ok(m) if m.len() > max as u64 => {
+                Err(io::Error::new(io::ErrorKind::InvalidData, format!("record {key} is larger than {max} bytes")))
+            }
             Ok(_) => Ok(Some(fs::read(&path)?.into())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -354,7 +356,7 @@ mod tests {
         files.put("tags/docker.io/library/alpine/3/image", Bytes::from_static(b"one")).await.unwrap();
         files.put("tags/docker.io/library/alpine/3/image", Bytes::from_static(b"two")).await.unwrap();
         assert_eq!(files.get("tags/docker.io/library/alpine/3/image", 100).await.unwrap().as_deref(), Some(&b"two"[..]));
-        assert!(files.get("tags/docker.io/library/alpine/3/image", 2).await.is_err(), "larger than max");
+        assert_eq!(files.get("tags/docker.io/library/alpine/3/image", 2).await.unwrap_err().kind(), io::ErrorKind::InvalidData, "larger than max");
         for bad in ["../escape", "/etc/passwd", "a/../../b", ""] {
             assert_eq!(files.put(bad, Bytes::new()).await.unwrap_err().kind(), io::ErrorKind::InvalidInput, "{bad:?}");
         }
