@@ -623,4 +623,45 @@ mod tests {
         assert!(health.succeeded());
         assert!(health.available() && !health.is_down());
     }
+
+    #[tokio::test]
+    async fn accesses_are_published_in_summaries_and_kept_when_the_write_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("node")).unwrap();
+        let bucket = Arc::new(LocalBlobs::at(&dir.path().join("bucket")).unwrap());
+        let shared = Shared::new(bucket.clone(), store.index.shared_sizes(), Arc::new(Metrics::new()))
+            .with_eviction("n1".into(), Some(1000));
+        let (one, two) = (Digest::sha256_of(b"one"), Digest::sha256_of(b"two"));
+        shared.touch(&one);
+        shared.touch(&two);
+        // The records directory can't take summaries: a file stands where it would go.
+        std::fs::create_dir_all(dir.path().join("bucket/records")).unwrap();
+        std::fs::write(dir.path().join("bucket/records/access"), b"in the way").unwrap();
+        shared.publish_accesses().await;
+        assert!(shared.is_down(), "a failed write marks the bucket down");
+        assert_eq!(lock(&shared.eviction.as_ref().unwrap().pending).len(), 2, "nothing published is lost");
+        *shared.health.down_since.lock().unwrap() = Some(Instant::now() - RETRY);
+        std::fs::remove_file(dir.path().join("bucket/records/access")).unwrap();
+        shared.publish_accesses().await;
+        assert!(!shared.is_down());
+        let keys = bucket.list_records("access").await.unwrap();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        assert!(keys[0].starts_with("access/n1/"));
+        let body = bucket.get(&keys[0], 1 << 20).await.unwrap().unwrap();
+        let mut got: Vec<Digest> = bucket_lru::parse_summary(&body).map(|(d, _)| d).collect();
+        got.sort_by_key(|d| d.to_string());
+        let mut want = vec![one, two];
+        want.sort_by_key(|d| d.to_string());
+        assert_eq!(got, want);
+        assert!(bucket.get("nodes/n1", 100).await.unwrap().is_some(), "the heartbeat");
+        // Nothing new: no new summary.
+        shared.publish_accesses().await;
+        assert_eq!(bucket.list_records("access").await.unwrap().len(), 1);
+        // Without bucket_max_size nothing is noted.
+        let unlimited = Shared::new(bucket.clone(), store.index.shared_sizes(), Arc::new(Metrics::new())).with_eviction("n2".into(), None);
+        unlimited.touch(&Digest::sha256_of(b"three"));
+        unlimited.publish_accesses().await;
+        assert!(unlimited.evict_round().await.is_none());
+        assert_eq!(bucket.list_records("nodes").await.unwrap(), ["nodes/n1"]);
+    }
 }
