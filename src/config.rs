@@ -175,7 +175,7 @@ pub enum Storage {
     #[default]
     Local,
     /// In an S3-compatible bucket shared by many nodes; the data directory is this node's hot tier.
-    S3(S3Storage),
+    S3(Box<S3Storage>),
 }
 
 /// An S3-compatible bucket (`[storage] backend = "s3"`).
@@ -651,7 +651,7 @@ fn resolve_storage(raw: RawStorage, base: &Path) -> Result<Storage, ConfigError>
                 },
             };
             let path_style = raw.path_style.unwrap_or(false);
-            Ok(Storage::S3(S3Storage {
+            Ok(Storage::S3(Box::new(S3Storage {
                 endpoint,
                 region,
                 bucket,
@@ -661,7 +661,7 @@ fn resolve_storage(raw: RawStorage, base: &Path) -> Result<Storage, ConfigError>
                 ca_pem,
                 bucket_max_size,
                 timeout,
-            }))
+            })))
         }
         Some(other) => Err(err(format!("backend = {other:?}: must be \"local\" or \"s3\""))),
     }
