@@ -87,8 +87,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            // object_store reports each retry at info; the one line a failure deserves is ours.
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,object_store=warn".into()),
+            // object_store reports each retry at info, rustls-platform-verifier each certificate it
+            // refuses at error: the one line a bucket failure deserves is ours, with the cause.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,object_store=warn,rustls_platform_verifier=off".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

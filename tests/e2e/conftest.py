@@ -155,9 +155,10 @@ def start_regcache(workdir, upstream, pki):
 
 
 @pytest.fixture(scope="session")
-def seaweedfs(workdir):
-    """A real S3 server (SeaweedFS) with the bucket `regcache`; see e2elib/s3.py."""
-    weed = SeaweedFS(workdir)
+def seaweedfs(workdir, pki):
+    """A real S3 server (SeaweedFS) with the bucket `regcache`, over HTTP and HTTPS (the suite's
+    server certificate); see e2elib/s3.py."""
+    weed = SeaweedFS(workdir, tls=(pki.server_cert, pki.server_key))
     LOG_SOURCES.append(("seaweedfs log (tail)", lambda: weed.proc.log_tail(40)))
     try:
         weed.start()

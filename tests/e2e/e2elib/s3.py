@@ -28,11 +28,12 @@ def weed_bin():
 
 
 class SeaweedFS:
-    def __init__(self, workdir, name="seaweedfs"):
+    def __init__(self, workdir, name="seaweedfs", tls=None):
+        """tls: (cert, key) paths: S3 over HTTPS too, on another port (`https_endpoint`)."""
         self.dir = os.path.join(workdir, name)
         for sub in ("data", "logs", "tmp"):
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
-        ports = [free_port() for _ in range(8)]
+        ports = [free_port() for _ in range(9)]
         self.s3_port = ports[6]
         self.endpoint = f"http://127.0.0.1:{self.s3_port}"
         # host:port.grpcPort, else a client assumes the gRPC port is port + 10000
@@ -55,6 +56,10 @@ class SeaweedFS:
                 "-s3", f"-s3.port={ports[6]}", f"-s3.port.grpc={ports[7]}",
                 "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={s3_config}",
                 "-master.volumeSizeLimitMB=64", "-volume.max=0", "-volume.preStopSeconds=0"]
+        self.https_endpoint = None
+        if tls:
+            argv += [f"-s3.port.https={ports[8]}", f"-s3.cert.file={tls[0]}", f"-s3.key.file={tls[1]}"]
+            self.https_endpoint = f"https://127.0.0.1:{ports[8]}"
         self.proc = ManagedProcess(name, argv, os.path.join(self.dir, "weed.log"), env=self.env)
         self.ready_secs = None
 
@@ -78,11 +83,15 @@ class SeaweedFS:
             env=self.env, timeout=60)
         assert f"created bucket {name}" in out.stdout, f"weed shell: {out.stdout}{out.stderr}"
 
-    def storage_toml(self, bucket, secret_file, *, prefix="", access_key=ACCESS_KEY):
+    def storage_toml(self, bucket, secret_file, *, prefix="", access_key=ACCESS_KEY, https=False, ca_file=None):
         """A `[storage]` table for `bucket` here; the secret is read from `secret_file`."""
-        return (f'\n[storage]\nbackend = "s3"\nendpoint = "{self.endpoint}"\nbucket = "{bucket}"\n'
+        endpoint = self.https_endpoint if https else self.endpoint
+        text = (f'\n[storage]\nbackend = "s3"\nendpoint = "{endpoint}"\nbucket = "{bucket}"\n'
                 f'prefix = "{prefix}"\npath_style = true\naccess_key_id = "{access_key}"\n'
                 f'secret_access_key_file = "{secret_file}"\ntimeout = "5s"\n')
+        if ca_file:
+            text += f'ca_file = "{ca_file}"\n'
+        return text
 
     def stop(self):
         # its state is thrown away: no need to wait for a graceful shutdown (~15 s)
