@@ -11,7 +11,8 @@
 //!   (kept out of the operator's private networks by `upstream::guard`), and the registry protocol
 //!   as typed methods (`head_manifest`, `get_manifest`, `tags`, `referrers`, `head_blob`, `get_blob`).
 //! - [`store`]: blob files (temp → verify → fsync → rename), the sled index, and the housekeeping
-//!   loop (access times, eviction under `max_size`).
+//!   loop (access times, eviction under `max_size`); `store::bucket`, the same blobs in an
+//!   S3-compatible bucket (`[storage] backend = "s3"`, through `object_store`).
 //! - [`inflight`]: one upstream download per blob and upstream, followed by any number of readers.
 //! - [`singleflight`]: one call per key at a time (manifest fetches, tag revalidations, tokens).
 //! - [`sync`]: taking a lock whether or not a panic poisoned it, and why that is sound here.
