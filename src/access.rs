@@ -20,6 +20,7 @@ use http::HeaderValue;
 use sha2::{Digest as _, Sha256};
 
 use crate::config::Access;
+use crate::oci::Blame;
 use crate::sync::lock;
 
 /// How many verified credentials are remembered before the memory is cleared. Only correct
@@ -47,6 +48,15 @@ pub enum Refusal {
     Unauthorized,
     /// This address sent too many wrong credentials lately: 429, try again after the duration.
     TooManyFailures(Duration),
+}
+
+impl Refusal {
+    /// Who is to blame: always the client, whose credentials are missing or wrong.
+    pub fn blame(&self) -> Blame {
+        match self {
+            Refusal::Unauthorized | Refusal::TooManyFailures(_) => Blame::Client,
+        }
+    }
 }
 
 /// The access policy, ready to check connections and requests.

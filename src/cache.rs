@@ -9,9 +9,9 @@ use bytes::Bytes;
 
 use crate::config::FillBudget;
 use crate::metrics::Answered;
-use crate::inflight::{self, BlobReader, FillError, Fills, Join, Source};
+use crate::inflight::{FillError, FillReader, Fills, Join, Source};
 use crate::oci::{verify_manifest, AcceptList, Digest, ManifestError, ManifestKind, Reference, RegistryHost, RepositoryName, Tag, OCI_INDEX};
-use crate::store::{now_secs, Store, StoredManifest, TagAnswer};
+use crate::store::{now_secs, BlobRead, Store, StoredManifest, TagAnswer};
 use crate::singleflight::Singleflight;
 use crate::upstream::{ManifestHead, RateLimit, Upstream, UpstreamError, MAX_MANIFEST};
 
@@ -44,12 +44,26 @@ pub enum CacheError {
     Storage(String),
 }
 
+impl CacheError {
+    /// Who is to blame: the upstream for what it sent, the client for a range past the end,
+    /// regcache for its own storage.
+    pub fn blame(&self) -> crate::oci::Blame {
+        use crate::oci::Blame;
+        match self {
+            CacheError::Upstream(u) => u.blame(),
+            CacheError::Corrupt(_) | CacheError::ManifestInvalid(_) | CacheError::ManifestTooLarge => Blame::Upstream,
+            CacheError::RangeNotSatisfiable { .. } => Blame::Client,
+            CacheError::Storage(_) => Blame::Internal,
+        }
+    }
+}
+
 impl From<FillError> for CacheError {
     fn from(e: FillError) -> Self {
         match e {
             FillError::Upstream(u) => CacheError::Upstream(u),
             FillError::Corrupt(m) => CacheError::Corrupt(m),
-            FillError::Disk(m) => CacheError::Storage(m),
+            FillError::Disk(m) | FillError::Bucket(m) => CacheError::Storage(m),
         }
     }
 }
@@ -117,8 +131,8 @@ pub struct BlobAnswer {
     pub size: Option<u64>,
     /// The `[start, end)` served when a range was asked for.
     pub range: Option<(u64, u64)>,
-    /// The bytes, `None` for `HEAD`.
-    pub body: Option<BlobReader>,
+    /// The bytes, `None` for `HEAD`: a stored blob or a fill being followed.
+    pub body: Option<Box<dyn BlobRead>>,
     /// How it was answered.
     pub outcome: Answered,
     /// The rate-limit headers of the upstream response that answered (none for a hit).
@@ -265,7 +279,7 @@ impl Cache {
         accept: &AcceptList,
         head: bool,
     ) -> Result<ManifestAnswer, CacheError> {
-        if let Some(m) = self.cached_manifest(digest)? {
+        if let Some(m) = self.stored_manifest(digest).await? {
             return Ok(answer(digest.clone(), m, Answered::Hit));
         }
         if head {
@@ -291,17 +305,17 @@ impl Cache {
         // A tag is remembered per kind of answer: this client is only answered from the cache with
         // what a client asking for the same kind was given.
         let kind = accept.asks_for();
-        let remembered = self.store.index.tag(&name, &key_repo, tag)?.and_then(|e| e.answer(kind).cloned());
         let age = |a: &TagAnswer| Duration::from_secs(now_secs().saturating_sub(a.checked_at));
+        let remembered = self.remembered_tag(&name, &key_repo, tag, kind, |a| age(a) < up.config().tag_ttl).await?;
         if let Some(known) = remembered.as_ref().filter(|a| age(a) < up.config().tag_ttl) {
-            if let Some(a) = self.tag_answer(known, accept, Answered::Hit)? {
+            if let Some(a) = self.tag_answer(known, accept, Answered::Hit).await? {
                 return Ok(a);
             }
         }
         match self.revalidate_tag(up, repo, &key_repo, tag, accept, head).await {
             Err(CacheError::Upstream(e)) if e.is_unavailable() => {
                 let stale = match remembered.as_ref().filter(|a| age(a) < up.config().stale_max) {
-                    Some(known) => self.tag_answer(known, accept, Answered::Stale)?,
+                    Some(known) => self.tag_answer(known, accept, Answered::Stale).await?,
                     None => None,
                 };
                 match stale {
@@ -341,7 +355,7 @@ impl Cache {
         };
         let fetched = match revalidated? {
             Some(h) => {
-                if let Some(m) = self.cached_manifest(&h.digest)? {
+                if let Some(m) = self.stored_manifest(&h.digest).await? {
                     if accept.allows(&m.media_type) {
                         self.remember_tag(&name, key_repo, tag, kind, &h.digest)?;
                         return Ok(answer(h.digest, m, Answered::Hit));
@@ -364,18 +378,45 @@ impl Cache {
         Ok(fetched)
     }
 
-    /// A stored manifest, its access noted.
-    fn cached_manifest(&self, digest: &Digest) -> Result<Option<StoredManifest>, CacheError> {
-        let m = self.store.index.manifest(digest)?;
-        if m.is_some() {
+    /// A stored manifest, its access noted: from the index, else from the shared bucket (verified,
+    /// then kept in the index).
+    async fn stored_manifest(&self, digest: &Digest) -> Result<Option<StoredManifest>, CacheError> {
+        if let Some(m) = self.store.index.manifest(digest)? {
             self.store.usage.touch(digest);
+            return Ok(Some(m));
         }
-        Ok(m)
+        let Some(shared) = &self.store.shared else { return Ok(None) };
+        let Some(m) = shared.manifest(digest, MAX_MANIFEST).await else { return Ok(None) };
+        let m = self.store.index.put_manifest(digest, &m)?;
+        self.store.note_stored(digest);
+        Ok(Some(m))
     }
 
-    /// The cached manifest a remembered tag answer points at, if stored and acceptable to the client.
-    fn tag_answer(&self, known: &TagAnswer, accept: &AcceptList, outcome: Answered) -> Result<Option<ManifestAnswer>, CacheError> {
-        let Some(m) = self.cached_manifest(&known.digest)? else { return Ok(None) };
+    /// What `tag` pointed at for clients asking for `kind`, as this node remembers it; when it
+    /// doesn't, or its answer isn't `fresh`, what the shared bucket says (another node may have
+    /// confirmed it since), kept in the index if newer.
+    async fn remembered_tag(
+        &self,
+        upstream: &str,
+        repo: &RepositoryName,
+        tag: &Tag,
+        kind: ManifestKind,
+        fresh: impl Fn(&TagAnswer) -> bool,
+    ) -> Result<Option<TagAnswer>, CacheError> {
+        let local = self.store.index.tag(upstream, repo, tag)?.and_then(|e| e.answer(kind).cloned());
+        let Some(shared) = self.store.shared.as_ref().filter(|_| !local.as_ref().is_some_and(&fresh)) else { return Ok(local) };
+        let Some(theirs) = shared.tag(upstream, repo, tag, kind).await else { return Ok(local) };
+        if local.as_ref().is_some_and(|l| l.checked_at >= theirs.checked_at) {
+            return Ok(local);
+        }
+        self.store.index.put_tag(upstream, repo, tag, kind, &theirs)?;
+        Ok(Some(theirs))
+    }
+
+    /// The manifest a remembered tag answer points at, if stored (here or in the shared bucket)
+    /// and acceptable to the client.
+    async fn tag_answer(&self, known: &TagAnswer, accept: &AcceptList, outcome: Answered) -> Result<Option<ManifestAnswer>, CacheError> {
+        let Some(m) = self.stored_manifest(&known.digest).await? else { return Ok(None) };
         if !accept.allows(&m.media_type) {
             return Ok(None);
         }
@@ -392,6 +433,9 @@ impl Cache {
     ) -> Result<(), CacheError> {
         let known = TagAnswer { digest: digest.clone(), checked_at: now_secs() };
         self.store.index.put_tag(upstream, repo, tag, kind, &known)?;
+        if let Some(shared) = &self.store.shared {
+            shared.publish_tag(upstream, repo, tag, kind, &known);
+        }
         Ok(())
     }
 
@@ -431,10 +475,12 @@ impl Cache {
         range: Option<RangeRequest>,
         head: bool,
     ) -> Result<BlobAnswer, CacheError> {
-        // Hits skip the fills lock; a miss checks the store once more under it (join_or_start), so a
-        // fill that just finished is never started again.
-        if let Some((file, size)) = inflight::open_stored(&self.store, digest)? {
-            return serve_stored(&self.store, digest, file, size, range, head);
+        // Hits skip the fills lock; a miss checks the index once more under it (join_or_start), so
+        // a fill that just finished is never started again.
+        if let Some(size) = self.store.index.blob_size(digest)? {
+            if let Some(answer) = serve_stored(&self.store, digest, size, range, head).await? {
+                return Ok(answer);
+            }
         }
         if head {
             return self.blob_head(up, repo, digest, range).await;
@@ -442,8 +488,8 @@ impl Cache {
         self.blob_from_fill(up, repo, digest, range).await
     }
 
-    /// The headers of a blob that isn't stored: from the running fill for it when that knows the
-    /// size, else from upstream's `HEAD`.
+    /// The headers of a blob that isn't stored here: from the running fill for it when that knows
+    /// the size, else from the shared bucket when it has the blob, else from upstream's `HEAD`.
     async fn blob_head(
         &self,
         up: &Arc<Upstream>,
@@ -455,6 +501,12 @@ impl Cache {
             if let Some(size) = fill.total() {
                 let (rate_limit, range) = (fill.rate_limit(), resolve_range(range, size)?);
                 return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Miss, rate_limit });
+            }
+        }
+        if let Some(shared) = &self.store.shared {
+            if let Some(size) = shared.size(digest).await {
+                let range = resolve_range(range, size)?;
+                return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Hit, rate_limit: RateLimit::default() });
             }
         }
         let h = up.head_blob(repo, digest).await?;
@@ -475,12 +527,16 @@ impl Cache {
         let mut join = Join::Any;
         let (mut reader, fill, mut total) = loop {
             let fill = match self.fills.join_or_start(&self.store, up, repo, digest, join)? {
-                Source::Stored(file, size) => return serve_stored(&self.store, digest, file, size, range, false),
+                Source::Stored(size) => match serve_stored(&self.store, digest, size, range, false).await? {
+                    Some(answer) => return Ok(answer),
+                    // Indexed but gone from the store: the index entry is forgotten, fetch it.
+                    None => continue,
+                },
                 Source::Filling(fill) => fill,
             };
             // A reader from the first byte while the fill connects: a fill that passes its bytes
             // through without storing them keeps them for the readers it has, and only for them.
-            let reader = BlobReader::filling(&self.store, fill.clone(), 0, None);
+            let reader = FillReader::new(&self.store, fill.clone(), 0, None);
             match fill.started().await {
                 Ok(total) => break (reader, fill, total),
                 // The upstream refused the repository of the fill this request joined: an answer
@@ -503,7 +559,9 @@ impl Cache {
         let (start, end) = served.map_or((0, total), |(s, e)| (s, Some(e)));
         reader.narrow(start, end);
         let rate_limit = fill.rate_limit();
-        Ok(BlobAnswer { size: total, range: served, body: Some(reader), outcome: Answered::Miss, rate_limit })
+        // From the bucket, the upstream was not asked: a hit (of the shared tier).
+        let outcome = if fill.from_bucket() { Answered::Hit } else { Answered::Miss };
+        Ok(BlobAnswer { size: total, range: served, body: Some(Box::new(reader)), outcome, rate_limit })
     }
 
     /// The referrers of a manifest (signatures, attestations): from upstream's referrers API, else
@@ -521,13 +579,16 @@ impl Cache {
         let accept = AcceptList::only(OCI_INDEX);
         let fetched = up.referrers(repo, digest).await;
         let remembered = match &fetched {
-            Err(e) if e.is_unavailable() => self.store.index.referrers(&name, &key_repo, digest)?,
+            Err(e) if e.is_unavailable() => self.remembered_referrers(&name, &key_repo, digest).await?,
             _ => None,
         };
         let (body, outcome) = match (fetched, remembered) {
             (Ok(body), _) => {
                 self.store.index.put_referrers(&name, &key_repo, digest, &body)?;
                 self.store.note_growth();
+                if let Some(shared) = &self.store.shared {
+                    shared.publish_referrers(&name, &key_repo, digest, body.clone());
+                }
                 (body, Answered::Pass)
             }
             (Err(_), Some(body)) => (body, Answered::Stale),
@@ -549,6 +610,17 @@ impl Cache {
         Ok(match artifact_type {
             None => ReferrerList { body, filtered: false, outcome },
             Some(t) => ReferrerList { body: filter_referrers(&body, t), filtered: true, outcome },
+        })
+    }
+
+    /// The last referrers list seen for `digest`: by this node, else by another (the shared bucket).
+    async fn remembered_referrers(&self, upstream: &str, repo: &RepositoryName, digest: &Digest) -> Result<Option<Bytes>, CacheError> {
+        if let Some(body) = self.store.index.referrers(upstream, repo, digest)? {
+            return Ok(Some(body));
+        }
+        Ok(match &self.store.shared {
+            Some(shared) => shared.referrers(upstream, repo, digest, MAX_MANIFEST).await,
+            None => None,
         })
     }
 
@@ -620,18 +692,29 @@ fn resolve_range(range: Option<RangeRequest>, size: u64) -> Result<Option<(u64, 
     range.map(|r| r.resolve(size).ok_or(CacheError::RangeNotSatisfiable { size })).transpose()
 }
 
-fn serve_stored(
+/// The answer for a blob the index has with `size` bytes, from the store; `None` if the store no
+/// longer has it (a miss after all).
+async fn serve_stored(
     store: &Store,
     digest: &Digest,
-    file: std::fs::File,
     size: u64,
     range: Option<RangeRequest>,
     head: bool,
-) -> Result<BlobAnswer, CacheError> {
+) -> Result<Option<BlobAnswer>, CacheError> {
     let served = resolve_range(range, size)?;
     let (start, end) = served.unwrap_or((0, size));
-    let body = (!head).then(|| BlobReader::of_stored(store, digest, file, start, end));
-    Ok(BlobAnswer { size: Some(size), range: served, body, outcome: Answered::Hit, rate_limit: RateLimit::default() })
+    let body: Option<Box<dyn BlobRead>> = if head {
+        if !store.has_blob(digest, size).await? {
+            return Ok(None);
+        }
+        None
+    } else {
+        match store.read_blob(digest, size, start..end).await? {
+            Some(stored) => Some(Box::new(stored)),
+            None => return Ok(None),
+        }
+    };
+    Ok(Some(BlobAnswer { size: Some(size), range: served, body, outcome: Answered::Hit, rate_limit: RateLimit::default() }))
 }
 
 fn answer(digest: Digest, m: StoredManifest, outcome: Answered) -> ManifestAnswer {
@@ -677,6 +760,9 @@ async fn get_verify_store_manifest(
         tracing::warn!(upstream = %up.config().name, %repo, %reference, error = %e, "refused a manifest from upstream");
     })?;
     let m = store.index.put_manifest(&verified.digest, &StoredManifest { media_type: verified.media_type, bytes: fetched.bytes })?;
+    if let Some(shared) = &store.shared {
+        shared.publish_manifest(&verified.digest, &m);
+    }
     store.note_stored(&verified.digest);
     Ok(ManifestAnswer { rate_limit: fetched.rate_limit, ..answer(verified.digest, m, Answered::Miss) })
 }

@@ -1,6 +1,8 @@
-//! Blob fills: one upstream download per digest at a time, written to a temporary file, hashed on the
-//! way, and committed only when size and digest check out. Any number of readers follow a fill by
-//! reading the temporary file up to what has been written, so every waiter gets bytes as they arrive.
+//! Blob fills: one upstream download per digest at a time, written through the storage seam
+//! ([`crate::store::BlobBackend`]), hashed on the way, and committed only when size and digest check
+//! out. Any number of readers follow a fill ([`FillReader`]) by reading what has been written so far
+//! ([`crate::store::PartialBlob`]), so every waiter gets bytes as they arrive. Reading blobs that
+//! are stored is the store's business (`Store::read_blob`).
 //!
 //! The fill runs as its own task: a reader that goes away does not disturb it or the other readers.
 //! A failed fill fails every reader (their responses are cut) and stores nothing. The task owns a
@@ -20,12 +22,11 @@
 //! if that repository is refused, the request starts its own ([`Join::OwnRepository`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use hyper::body::Incoming;
@@ -36,25 +37,12 @@ use tokio_util::sync::CancellationToken;
 use crate::config::FillBudget;
 use crate::oci::{Digest, Hasher, RepositoryName};
 use crate::singleflight::CallDied;
-use crate::store::{InUse, Reservation, Store, TempBlob};
+use crate::store::{BlobRead, BlobWrite, InUse, PartialBlob, Progress, ReadAt, Reservation, Store};
 use crate::sync::lock;
-use crate::upstream::{RateLimit, Upstream, UpstreamError};
+use crate::upstream::{RateLimit, Transport, Upstream, UpstreamError};
 
 /// How many bytes of a fill are gathered before one write to disk.
 const WRITE_BATCH: usize = 512 * 1024;
-/// How many bytes a reader of a stored blob reads at once while [`LARGE_BUDGET`] allows: large, for
-/// few system calls per blob.
-const HIT_CHUNK: usize = 512 * 1024;
-/// What it reads at once when the budget is spent: small. A client that stops reading keeps what
-/// hyper holds of its response (one chunk) until it is dropped, so a crowd of such clients holds
-/// large chunks only up to the budget, and small ones beyond it (see also `http::server`'s queue
-/// limit).
-const HIT_CHUNK_SMALL: usize = 16 * 1024;
-/// The most memory the large buffers of stored-blob readers take together, process-wide: lent to
-/// hyper or idle in a reader's pool.
-const LARGE_BUDGET: usize = 16 * 1024 * 1024;
-/// Bytes of large buffers allocated now (at most [`LARGE_BUDGET`]).
-static LARGE_OUT: AtomicUsize = AtomicUsize::new(0);
 /// How many bytes a reader that fell behind a fill reads at once: small, because a crowd of clients
 /// follows one fill, and each holds a couple of chunks.
 const FOLLOW_CHUNK: usize = 64 * 1024;
@@ -73,7 +61,7 @@ pub enum FillState {
     Running {
         /// The size the upstream announced, if it did.
         total: Option<u64>,
-        /// Bytes written to the temporary file so far.
+        /// Bytes written to the store so far.
         written: u64,
     },
     /// Verified and committed.
@@ -98,6 +86,9 @@ pub enum FillError {
     /// The local disk failed.
     #[error("storing the blob failed: {0}")]
     Disk(String),
+    /// The shared bucket failed while the blob was read from it.
+    #[error("reading the blob from the bucket failed: {0}")]
+    Bucket(String),
 }
 
 impl FillError {
@@ -105,6 +96,17 @@ impl FillError {
     /// repository, which says nothing about the same blob in another repository.
     pub fn is_refusal(&self) -> bool {
         matches!(self, FillError::Upstream(UpstreamError::Status { status, .. }) if matches!(status.as_u16(), 401 | 403 | 404))
+    }
+
+    /// Who is to blame: as the upstream error says, the upstream for wrong bytes, regcache for
+    /// its disk.
+    pub fn blame(&self) -> crate::oci::Blame {
+        use crate::oci::Blame;
+        match self {
+            FillError::Upstream(u) => u.blame(),
+            FillError::Corrupt(_) => Blame::Upstream,
+            FillError::Disk(_) | FillError::Bucket(_) => Blame::Internal,
+        }
     }
 }
 
@@ -114,7 +116,9 @@ pub struct Fill {
     /// The repository it fetches from, as the upstream names it (on the upstream of its
     /// [`FillKey`]).
     repo: RepositoryName,
-    file: Arc<File>,
+    /// What has been written so far, for readers behind the recent window; set before the fill
+    /// runs, unless it passes its bytes through from the start.
+    partial: OnceLock<Arc<dyn PartialBlob>>,
     state: watch::Sender<FillState>,
     /// The newest bytes, in memory, for the readers close behind the fill.
     recent: Mutex<Recent>,
@@ -125,6 +129,9 @@ pub struct Fill {
     advanced: Notify,
     /// The rate-limit headers of the upstream response, set before the fill starts running.
     rate_limit: OnceLock<RateLimit>,
+    /// Whether the bytes come from the shared bucket rather than the upstream; set before the fill
+    /// starts running.
+    from_bucket: OnceLock<bool>,
 }
 
 /// The newest bytes of a fill, as they came from upstream: `chunks` start at offset `base`. Readers
@@ -172,19 +179,19 @@ enum Located {
 }
 
 impl Fill {
-    /// A fill of `digest` from `repo` (as the upstream names it) into the temporary `file`, still
-    /// connecting.
-    fn new(digest: Digest, repo: RepositoryName, file: Arc<File>) -> Arc<Fill> {
+    /// A fill of `digest` from `repo` (as the upstream names it), still connecting.
+    fn new(digest: Digest, repo: RepositoryName) -> Arc<Fill> {
         let (state, _) = watch::channel(FillState::Connecting);
         Arc::new(Fill {
             digest,
             repo,
-            file,
+            partial: OnceLock::new(),
             state,
             recent: Mutex::new(Recent::default()),
             readers: Mutex::new(Vec::new()),
             advanced: Notify::new(),
             rate_limit: OnceLock::new(),
+            from_bucket: OnceLock::new(),
         })
     }
 
@@ -283,6 +290,11 @@ impl Fill {
         self.rate_limit.get().cloned().unwrap_or_default()
     }
 
+    /// Whether the fill reads the shared bucket (the upstream is not asked).
+    pub fn from_bucket(&self) -> bool {
+        self.from_bucket.get().copied().unwrap_or(false)
+    }
+
     /// The size, if known yet.
     pub fn total(&self) -> Option<u64> {
         match &*self.state.borrow() {
@@ -295,8 +307,8 @@ impl Fill {
 
 /// A blob as it can be read now.
 pub enum Source {
-    /// Stored and verified.
-    Stored(File, u64),
+    /// Stored and verified, with this size (as the index has it).
+    Stored(u64),
     /// Being filled.
     Filling(Arc<Fill>),
 }
@@ -347,7 +359,7 @@ pub struct Fills {
 enum Injected {
     /// Panic before the request.
     Panic,
-    /// Never get anywhere.
+    /// Begin writing to the store, then never get anywhere.
     Hang,
 }
 
@@ -382,13 +394,12 @@ impl Fills {
         join: Join,
     ) -> io::Result<Source> {
         let key = (upstream.config().name.to_string(), digest.clone());
-        // The lock is held across the store lookup below (a sled read and a file open) and the
-        // temporary file's creation: a fill commits its blob (rename, index insert) before its
-        // guard takes it out of `running` under this lock, so under the lock a request sees either
-        // the running fill or the stored blob, never neither, and never starts a second download
-        // of a blob that was just stored. The cost is a few non-blocking-in-practice syscalls under
-        // a std mutex, with no `.await`, and only on misses: hits never take this lock
-        // (`Cache::blob` looks the store up first).
+        // The lock is held across the index lookup below (a sled read, in memory in practice): a
+        // fill commits its blob (store, then index) before its guard takes it out of `running`
+        // under this lock, so under the lock a request sees either the running fill or the stored
+        // blob, never neither, and never starts a second download of a blob that was just stored.
+        // Only misses take this lock: hits never do (`Cache::blob` looks the index up first). The
+        // fill's write begins in its own task, off the lock.
         let mut running = lock(&self.running);
         let joinable = running.get(&key).and_then(|fills| {
             fills
@@ -399,11 +410,10 @@ impl Fills {
         if let Some(fill) = joinable {
             return Ok(Source::Filling(fill));
         }
-        if let Some((file, len)) = open_stored(store, digest)? {
-            return Ok(Source::Stored(file, len));
+        if let Some(size) = store.index.blob_size(digest).map_err(io::Error::other)? {
+            return Ok(Source::Stored(size));
         }
-        let temp = store.blobs.begin()?;
-        let fill = Fill::new(digest.clone(), upstream.upstream_name(repo), temp.file().clone());
+        let fill = Fill::new(digest.clone(), upstream.upstream_name(repo));
         let shared = running.values().map(Vec::len).sum::<usize>() < MAX_SHARED_FILLS;
         if shared {
             running.entry(key.clone()).or_default().push(fill.clone());
@@ -411,7 +421,7 @@ impl Fills {
             self.unshared.fetch_add(1, Ordering::Relaxed);
         }
         let guard = FillGuard { fills: Arc::clone(self), key, fill: fill.clone(), shared, failure: None };
-        tokio::spawn(self.job(&fill, store, upstream, repo).run(temp, guard));
+        tokio::spawn(self.job(&fill, store, upstream, repo).run(guard));
         Ok(Source::Filling(fill))
     }
 
@@ -511,18 +521,35 @@ impl Drop for FillGuard {
     }
 }
 
-/// The stored blob for `digest`, if the index and the file agree. A file the index doesn't vouch
-/// for is treated as absent (a fill will replace it).
-pub fn open_stored(store: &Store, digest: &Digest) -> io::Result<Option<(File, u64)>> {
-    let Some(size) = store.index.blob_size(digest).map_err(io::Error::other)? else { return Ok(None) };
-    match store.blobs.open_blob(digest)? {
-        Some((file, len)) if len == size => Ok(Some((file, len))),
-        _ => {
-            // The index names a file that is gone or wrong: forget it.
-            store.index.remove_blob(digest).map_err(io::Error::other)?;
-            Ok(None)
+/// Where a fill's bytes come from.
+enum Body {
+    /// The upstream's response.
+    Upstream(Incoming),
+    /// The shared bucket, which had the blob.
+    Bucket(Box<dyn BlobRead>),
+}
+
+impl Body {
+    /// The next chunk; `None` at the end. The upstream's body must send something within its idle
+    /// timeout; the bucket's requests are bounded by its backend.
+    async fn next(&mut self, transport: &Transport) -> Result<Option<Bytes>, FillError> {
+        match self {
+            Body::Upstream(body) => Ok(transport.next_chunk(body).await?),
+            Body::Bucket(reader) => reader.next_chunk().await.transpose().map_err(|e| FillError::Bucket(e.to_string())),
         }
     }
+}
+
+/// A fill whose source has answered.
+struct Connected {
+    body: Body,
+    /// The size announced.
+    total: Option<u64>,
+    /// Room for the blob, and its write to the store; both `None` when it is passed through.
+    reservation: Option<Reservation>,
+    writer: Option<Box<dyn BlobWrite>>,
+    /// Tells the upload to the shared bucket how far the fill got, if the blob is uploaded.
+    upload: Option<watch::Sender<Progress>>,
 }
 
 struct FillJob {
@@ -539,10 +566,10 @@ struct FillJob {
 
 impl FillJob {
     /// Run the fill to its end; `guard` is dropped with it, however it ends.
-    async fn run(self, temp: TempBlob, mut guard: FillGuard) {
+    async fn run(self, mut guard: FillGuard) {
         let result = tokio::select! {
-            result = self.download(temp) => result,
-            // The drain time at shutdown is over: the download (and its temporary file) goes.
+            result = self.download() => result,
+            // The drain time at shutdown is over: the download (and its unfinished write) goes.
             () = self.stop.cancelled() => Err(UpstreamError::from(CallDied).into()),
         };
         match result {
@@ -558,14 +585,17 @@ impl FillJob {
     }
 
     /// Fetch, verify and (when it can) store the blob: its size, and whether it was stored.
-    async fn download(&self, temp: TempBlob) -> Result<(u64, bool), FillError> {
+    async fn download(&self) -> Result<(u64, bool), FillError> {
         #[cfg(test)]
         match self.injected {
             Some(Injected::Panic) => panic!("injected panic inside a blob fill"),
-            Some(Injected::Hang) => std::future::pending::<()>().await,
+            Some(Injected::Hang) => {
+                let _writer = self.begin(None).await;
+                std::future::pending::<()>().await;
+            }
             None => {}
         }
-        let (mut body, total, mut reservation) = self.connect().await?;
+        let Connected { mut body, total, mut reservation, mut writer, mut upload } = self.connect().await?;
         let mut hasher = Hasher::new(self.digest.algorithm());
         let mut written: u64 = 0;
         let mut pace = Pace::new(&self.budget, Instant::now());
@@ -579,7 +609,7 @@ impl FillJob {
                     self.fill.stop_storing(written);
                 }
             }
-            hasher = self.write_or_relay(&temp, written, batch, len, hasher, reservation.as_mut()).await?;
+            hasher = self.write_or_relay(writer.as_deref_mut(), written, batch, len, hasher, reservation.as_mut()).await?;
             if self.fill.passing_through() {
                 // Storing stopped (the budget was spent or a write failed): what it will never
                 // write goes back to the other fills.
@@ -588,46 +618,115 @@ impl FillJob {
                 }
             }
             written = written.saturating_add(len);
-            self.fill.state.send_modify(|s| {
-                if let FillState::Running { written: w, .. } = s {
-                    *w = written;
-                }
-            });
+            self.progressed(written, &mut upload);
             pace.check(self.fill.waiters() > 0, len, Instant::now()).map_err(abandoned)?;
         }
-        self.verify(total, written, hasher)?;
-        // Verified: the readers may have the last byte now; making it durable is the store's business.
+        self.verify(total, written, hasher).await?;
+        // Verified: the readers (and the upload) may have the last byte now; making it durable is
+        // the store's business.
         self.fill.state.send_replace(FillState::Done { size: written });
-        if self.fill.passing_through() {
-            return Ok((written, false));
+        if let Some(upload) = upload {
+            upload.send_replace(Progress::Verified(written));
         }
-        Ok((written, self.commit(temp, written).await))
+        match writer {
+            Some(writer) if !self.fill.passing_through() => Ok((written, self.commit(writer, written).await)),
+            Some(writer) => {
+                writer.abort().await;
+                Ok((written, false))
+            }
+            None => Ok((written, false)),
+        }
     }
 
     /// GET the blob and decide up front whether it can be stored: an announced size is reserved
-    /// whole now, a body without a length batch by batch. The body, its announced size, and the
-    /// reservation (`None`: the fill passes the blob through).
-    async fn connect(&self) -> Result<(Incoming, Option<u64>, Option<Reservation>), FillError> {
-        let (head, body) = self.upstream.get_blob(&self.repo, &self.digest).await?;
-        let total = head.size;
-        let _ = self.fill.rate_limit.set(head.rate_limit);
-        let reservation = self.reserve(total);
-        if reservation.is_none() {
+    /// whole now, a body without a length batch by batch. The body, its announced size, the
+    /// reservation and the write (both `None`: the fill passes the blob through).
+    async fn connect(&self) -> Result<Connected, FillError> {
+        let (body, total) = self.open_source().await?;
+        let (reservation, writer) = match self.reserve(total) {
+            Some(r) => match self.begin(total).await {
+                Some(w) => (Some(r), Some(w)),
+                None => (None, None),
+            },
+            None => (None, None),
+        };
+        if writer.is_none() {
             self.fill.stop_storing(0);
         }
+        let upload = self.upload(&body, total);
         self.fill.state.send_replace(FillState::Running { total, written: 0 });
-        Ok((body, total, reservation))
+        Ok(Connected { body, total, reservation, writer, upload })
+    }
+
+    /// The blob's bytes and announced size: from the shared bucket when it has them, else from the
+    /// upstream.
+    async fn open_source(&self) -> Result<(Body, Option<u64>), FillError> {
+        if let Some(opened) = match &self.store.shared {
+            Some(shared) => shared.open(&self.digest).await,
+            None => None,
+        } {
+            let _ = self.fill.from_bucket.set(true);
+            return Ok((Body::Bucket(opened.reader), Some(opened.size)));
+        }
+        let (head, body) = self.upstream.get_blob(&self.repo, &self.digest).await?;
+        let _ = self.fill.rate_limit.set(head.rate_limit);
+        Ok((Body::Upstream(body), head.size))
+    }
+
+    /// Start uploading to the shared bucket, if there is one, what this fill stores from the
+    /// upstream: the sender that tells the upload how far the fill got (dropped, it aborts it).
+    fn upload(&self, body: &Body, total: Option<u64>) -> Option<watch::Sender<Progress>> {
+        let shared = self.store.shared.as_ref()?;
+        let partial = self.fill.partial.get().filter(|_| matches!(body, Body::Upstream(_)) && !self.fill.passing_through())?;
+        let (tx, rx) = watch::channel(Progress::Written(0));
+        shared.spawn_upload(&self.digest, total, partial.reader(), rx)?;
+        Some(tx)
+    }
+
+    /// `written` bytes are stored: tell the readers, and the upload (unless storing stopped: then
+    /// the upload is aborted).
+    fn progressed(&self, written: u64, upload: &mut Option<watch::Sender<Progress>>) {
+        self.fill.state.send_modify(|s| {
+            if let FillState::Running { written: w, .. } = s {
+                *w = written;
+            }
+        });
+        if self.fill.passing_through() {
+            *upload = None;
+        }
+        if let Some(u) = upload {
+            u.send_replace(Progress::Written(written));
+        }
+    }
+
+    /// Begin writing the blob to the store, its partial content readable by the fill's readers;
+    /// `None` if the store can't take it (the fill passes it through).
+    async fn begin(&self, total: Option<u64>) -> Option<Box<dyn BlobWrite>> {
+        let writer = match self.store.blobs.begin(&self.digest, total).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(digest = %self.digest, error = %e, "starting to store the blob failed; passing it through without storing");
+                return None;
+            }
+        };
+        let Some(partial) = writer.partial() else {
+            tracing::warn!(digest = %self.digest, "the store can't be read while it writes; passing the blob through without storing");
+            writer.abort().await;
+            return None;
+        };
+        let _ = self.fill.partial.set(partial);
+        Some(writer)
     }
 
     /// The next chunk of the body and whatever else has already arrived, up to [`WRITE_BATCH`],
     /// for a single write, with its length; `None` at the end of the body. While it waits, the
     /// fill is held to its [`Pace`].
-    async fn next_batch(&self, body: &mut Incoming, pace: &mut Pace) -> Result<Option<(Vec<Bytes>, u64)>, FillError> {
+    async fn next_batch(&self, body: &mut Body, pace: &mut Pace) -> Result<Option<(Vec<Bytes>, u64)>, FillError> {
         let transport = self.upstream.transport();
         let first = loop {
             let deadline = pace.deadline();
             tokio::select! {
-                chunk = transport.next_chunk(body) => match chunk? {
+                chunk = body.next(transport) => match chunk? {
                     Some(chunk) => break chunk,
                     None => return Ok(None),
                 },
@@ -643,79 +742,81 @@ impl FillJob {
         let mut batch = vec![first];
         let mut len = batch[0].len();
         while len < WRITE_BATCH {
-            match transport.next_chunk(body).now_or_never() {
+            match body.next(transport).now_or_never() {
                 Some(Ok(Some(more))) => {
                     len += more.len();
                     batch.push(more);
                 }
                 Some(Ok(None)) | None => break,
-                Some(Err(e)) => return Err(e.into()),
+                Some(Err(e)) => return Err(e),
             }
         }
         Ok(Some((batch, len as u64)))
     }
 
-    /// Write `batch` (`len` bytes) at `written` to the temporary file and keep its newest bytes in
+    /// Append `batch` (`len` bytes, following `written`) to the store and keep its newest bytes in
     /// memory for the readers; or, once nothing is stored (or when the write fails), relay it to
-    /// the readers through memory only. `hasher` fed with it.
+    /// the readers through memory only. `hasher` fed with it, while the batch is written.
     async fn write_or_relay(
         &self,
-        temp: &TempBlob,
+        writer: Option<&mut (dyn BlobWrite + 'static)>,
         written: u64,
         batch: Vec<Bytes>,
         len: u64,
         hasher: Hasher,
         reservation: Option<&mut Reservation>,
     ) -> Result<Hasher, FillError> {
-        if self.fill.passing_through() {
+        let Some(writer) = writer.filter(|_| !self.fill.passing_through()) else {
             let hasher = hash_batch(&batch, hasher).await?;
             self.relay(batch, len).await?;
             return Ok(hasher);
-        }
-        match write_batch(temp.file().clone(), written, batch.clone(), hasher).await? {
-            Ok(hasher) => {
+        };
+        let (appended, hasher) = tokio::join!(writer.append(&batch), hash_batch(&batch, hasher));
+        let hasher = hasher?;
+        match appended {
+            Ok(()) => {
                 if let Some(r) = reservation {
                     r.wrote(len);
                 }
                 let mut recent = lock(&self.fill.recent);
                 recent.push(batch, len);
-                // Everything is on disk too: keep only the newest bytes in memory.
+                // Everything is in the store too: keep only the newest bytes in memory.
                 recent.trim(RECENT_WINDOW, |_| true);
-                Ok(hasher)
             }
-            Err(failed) => {
-                let WriteFailed(hasher, batch, e) = *failed;
+            Err(e) => {
                 tracing::warn!(digest = %self.digest, error = %e, "writing the blob failed; passing it through without storing");
                 self.fill.stop_storing(written);
-                let hasher = hash_batch(&batch, hasher).await?;
                 self.relay(batch, len).await?;
-                Ok(hasher)
             }
         }
+        Ok(hasher)
     }
 
     /// The whole body arrived: it must have the size upstream announced and the digest asked for.
-    fn verify(&self, total: Option<u64>, written: u64, hasher: Hasher) -> Result<(), FillError> {
-        if let Some(t) = total.filter(|t| *t != written) {
-            return Err(FillError::Corrupt(format!("upstream sent {written} of {t} bytes")));
+    /// A blob from the shared bucket that fails this is removed from it: the next request fetches
+    /// it from the upstream.
+    async fn verify(&self, total: Option<u64>, written: u64, hasher: Hasher) -> Result<(), FillError> {
+        let source = if self.fill.from_bucket() { "the bucket" } else { "upstream" };
+        let checked = match total.filter(|t| *t != written) {
+            Some(t) => Err(FillError::Corrupt(format!("{source} sent {written} of {t} bytes"))),
+            None => match hasher.finish() {
+                got if got == self.digest => Ok(()),
+                got => Err(FillError::Corrupt(format!("content from {source} has digest {got}, not the requested digest"))),
+            },
+        };
+        if let (Err(e), Some(shared), true) = (&checked, &self.store.shared, self.fill.from_bucket()) {
+            shared.discard(&self.digest, e).await;
         }
-        let got = hasher.finish();
-        if got != self.digest {
-            return Err(FillError::Corrupt(format!("content has digest {got}, not the requested digest")));
-        }
-        Ok(())
+        checked
     }
 
     /// Make the verified blob of `written` bytes durable and index it: whether it was stored. The
     /// content is verified: whatever happens to storing it, the readers get it.
-    async fn commit(&self, temp: TempBlob, written: u64) -> bool {
-        let store = Arc::clone(&self.store);
-        let digest = self.digest.clone();
-        let committed = tokio::task::spawn_blocking(move || store.blobs.commit(temp, &digest))
-            .await
-            .map_err(io::Error::other)
-            .and_then(|r| r)
-            .and_then(|_| self.store.index.put_blob(&self.digest, written).map_err(io::Error::other));
+    async fn commit(&self, writer: Box<dyn BlobWrite>, written: u64) -> bool {
+        let committed = match writer.commit().await {
+            Ok(()) => self.store.index.put_blob(&self.digest, written).map_err(io::Error::other),
+            Err(e) => Err(e),
+        };
         match committed {
             Ok(()) => {
                 self.store.note_stored(&self.digest);
@@ -892,170 +993,27 @@ async fn hash_batch(batch: &[Bytes], mut hasher: Hasher) -> Result<Hasher, FillE
     .map_err(|e| FillError::Disk(e.to_string()))
 }
 
-/// A batch that could not be written: the hasher without it, the batch, and why.
-struct WriteFailed(Hasher, Vec<Bytes>, io::Error);
-
-/// Write `batch` at `offset`, then feed it to `hasher`, off the async threads. A write failure gives
-/// back the hasher (without this batch) and the batch, so the fill can pass it through instead.
-async fn write_batch(
-    file: Arc<File>,
-    offset: u64,
-    batch: Vec<Bytes>,
-    mut hasher: Hasher,
-) -> Result<Result<Hasher, Box<WriteFailed>>, FillError> {
-    tokio::task::spawn_blocking(move || {
-        let mut off = offset;
-        for b in &batch {
-            if let Err(e) = file.write_all_at(b, off) {
-                return Err(Box::new(WriteFailed(hasher, batch, e)));
-            }
-            off += b.len() as u64;
-        }
-        for b in &batch {
-            hasher.update(b);
-        }
-        Ok(hasher)
-    })
-    .await
-    .map_err(|e| FillError::Disk(e.to_string()))
-}
-
-/// Buffers one reader recycles: a chunk handed to hyper comes back when hyper is done with it, so a
-/// long transfer allocates a few buffers, not one per chunk.
-#[derive(Clone)]
-pub struct BufPool {
-    free: Arc<Mutex<Vec<Buf>>>,
-    /// How many idle buffers it keeps.
-    keep: usize,
-    /// Whether it serves a stored blob: its buffers are large while [`LARGE_BUDGET`] allows.
-    hits: bool,
-}
-
-/// How many idle buffers the pool of a reader that follows a fill keeps.
-const POOL_MAX: usize = 2;
-
-impl BufPool {
-    /// The pool of a reader that follows a fill: buffers of the size asked for.
-    fn following() -> BufPool {
-        BufPool { free: Arc::default(), keep: POOL_MAX, hits: false }
-    }
-
-    /// The pool of a reader of a stored blob: one large buffer while the budget allows, else small
-    /// ones. It keeps one idle buffer (counted in the budget if large).
-    fn hits() -> BufPool {
-        BufPool { free: Arc::default(), keep: 1, hits: true }
-    }
-
-    /// A buffer for up to `n` bytes: shorter when this pool's buffers are (read less then).
-    fn take(&self, n: usize) -> Buf {
-        let free = lock(&self.free).pop();
-        if !self.hits {
-            return free.filter(|b| b.data.len() >= n).unwrap_or_else(|| Buf { data: vec![0; n], counted: 0 });
-        }
-        match free {
-            Some(b) if b.counted > 0 || n <= b.data.len() => b,
-            // Small (the budget was spent when it was made): large again as soon as it allows.
-            small => match n > HIT_CHUNK_SMALL && reserve_large() {
-                true => Buf { data: vec![0; HIT_CHUNK], counted: HIT_CHUNK },
-                false => small.unwrap_or_else(|| Buf { data: vec![0; HIT_CHUNK_SMALL], counted: 0 }),
-            },
-        }
-    }
-}
-
-/// Count one more large buffer in [`LARGE_OUT`], if [`LARGE_BUDGET`] allows.
-fn reserve_large() -> bool {
-    LARGE_OUT
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |out| {
-            out.checked_add(HIT_CHUNK).filter(|total| *total <= LARGE_BUDGET)
-        })
-        .is_ok()
-}
-
-/// A reader's buffer; a large one counts in [`LARGE_OUT`] until it is freed.
-struct Buf {
-    data: Vec<u8>,
-    counted: usize,
-}
-
-impl Drop for Buf {
-    fn drop(&mut self) {
-        if self.counted > 0 {
-            LARGE_OUT.fetch_sub(self.counted, Ordering::AcqRel);
-        }
-    }
-}
-
-/// A pooled buffer lent to hyper as the bytes of one chunk.
-struct Pooled {
-    buf: Option<Buf>,
-    len: usize,
-    pool: BufPool,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        self.buf.as_ref().map_or(&[], |b| &b.data[..self.len])
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        let mut pool = lock(&self.pool.free);
-        if pool.len() < self.pool.keep {
-            pool.extend(self.buf.take());
-        }
-    }
-}
-
-/// Up to `n` bytes of `file` from `pos`, copied into a pooled buffer. Bytes a fill just wrote are
-/// in the page cache: they are read right here, without blocking (`RWF_NOWAIT`). Only what would
-/// wait for the disk goes to the blocking pool.
-async fn read_range(file: &Arc<File>, pos: u64, n: usize, pool: &BufPool) -> io::Result<Bytes> {
-    let mut buf = pool.take(n);
-    let n = n.min(buf.data.len());
-    let cached = rustix::io::preadv2(
-        &**file,
-        &mut [std::io::IoSliceMut::new(&mut buf.data[..n])],
-        pos,
-        rustix::io::ReadWriteFlags::NOWAIT,
-    );
-    if let Ok(got @ 1..) = cached {
-        return Ok(Bytes::from_owner(Pooled { buf: Some(buf), len: got, pool: pool.clone() }));
-    }
-    let file = file.clone();
-    let buf = tokio::task::spawn_blocking(move || file.read_exact_at(&mut buf.data[..n], pos).map(|_| buf))
-        .await
-        .map_err(io::Error::other)??;
-    Ok(Bytes::from_owner(Pooled { buf: Some(buf), len: n, pool: pool.clone() }))
-}
-
-/// Reads `[pos, end)` of a blob that is stored or being filled. While a fill runs it reads only what is
-/// on disk and holds back the last byte until the digest has been checked, so a client never sees a
-/// complete body of unverified content.
-pub struct BlobReader {
-    file: Arc<File>,
+/// Reads `[pos, end)` of a blob being filled. It reads only what has been written and holds back
+/// the last byte until the digest has been checked, so a client never sees a complete body of
+/// unverified content. Once the fill is done and stored, it goes on reading the fill's write (the
+/// stored bytes are the same).
+pub struct FillReader {
+    fill: Arc<Fill>,
+    state: watch::Receiver<FillState>,
+    /// This reader's position as the fill sees it (a fill passing its bytes through waits for its
+    /// slowest reader).
+    position: Arc<AtomicU64>,
+    /// Whether the fill is still running (its state is watched).
+    following: bool,
     pos: u64,
     end: Option<u64>,
-    /// The fill this reader follows, while it runs.
-    fill: Option<Following>,
-    /// How much to read at once.
-    chunk: usize,
-    /// Recycled buffers the bytes are read into.
-    pool: BufPool,
+    /// Reads what the fill has written, once this reader falls behind the recent window.
+    written: Option<Box<dyn ReadAt>>,
     /// Keeps the blob from being evicted while it is read.
     _in_use: InUse,
 }
 
-/// A reader's link to the fill it follows: the fill, its state, and the reader's position as the
-/// fill sees it.
-struct Following {
-    fill: Arc<Fill>,
-    state: watch::Receiver<FillState>,
-    position: Arc<AtomicU64>,
-}
-
-impl Drop for Following {
+impl Drop for FillReader {
     fn drop(&mut self) {
         // Gone before the fill is told: a fill passing its bytes through that waits for its
         // slowest reader finds this one left, instead of waiting for it until `idle_timeout`.
@@ -1064,37 +1022,14 @@ impl Drop for Following {
     }
 }
 
-impl BlobReader {
-    /// A reader of `[start, end)` of a stored file.
-    pub fn of_stored(store: &Store, digest: &Digest, file: File, start: u64, end: u64) -> BlobReader {
-        let in_use = store.usage.hold(digest);
-        store.usage.touch(digest);
-        BlobReader {
-            file: Arc::new(file),
-            pos: start,
-            end: Some(end),
-            fill: None,
-            chunk: HIT_CHUNK,
-            pool: BufPool::hits(),
-            _in_use: in_use,
-        }
-    }
-
+impl FillReader {
     /// A reader of `[start, end)` of a running fill (`end` = `None`: to the end, whatever it is).
-    pub fn filling(store: &Store, fill: Arc<Fill>, start: u64, end: Option<u64>) -> BlobReader {
+    pub fn new(store: &Store, fill: Arc<Fill>, start: u64, end: Option<u64>) -> FillReader {
         let in_use = store.usage.hold(&fill.digest);
         let state = fill.state.subscribe();
         let position = Arc::new(AtomicU64::new(start));
         lock(&fill.readers).push(Arc::downgrade(&position));
-        BlobReader {
-            file: fill.file.clone(),
-            pos: start,
-            end,
-            fill: Some(Following { fill, state, position }),
-            chunk: FOLLOW_CHUNK,
-            pool: BufPool::following(),
-            _in_use: in_use,
-        }
+        FillReader { fill, state, position, following: true, pos: start, end, written: None, _in_use: in_use }
     }
 
     /// Read only `[start, end)`: a reader that followed a fill from its first byte while it
@@ -1102,56 +1037,25 @@ impl BlobReader {
     pub fn narrow(&mut self, start: u64, end: Option<u64>) {
         self.pos = start;
         self.end = end;
-        if let Some(f) = &self.fill {
-            f.position.store(start, Ordering::Release);
-        }
+        self.position.store(start, Ordering::Release);
     }
 
-    /// The next chunk; `None` at the end. An error means the body must be cut.
-    pub async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
-        let available = match self.readable_end().await? {
-            Ok(available) => available,
-            Err(e) => return Some(Err(e)),
-        };
-        if available <= self.pos {
-            return None;
-        }
-        let available = match self.fill.as_ref().map(|f| f.fill.locate(self.pos, available)) {
-            None => available,
-            Some(Located::File(limit)) => limit,
-            Some(Located::Memory(bytes)) => {
-                self.advance(bytes.len() as u64);
-                return Some(Ok(bytes));
-            }
-            Some(Located::Behind) => {
-                return Some(Err(io::Error::other("client fell behind while the blob was passed through")))
-            }
-        };
-        let n = (available - self.pos).min(self.chunk as u64) as usize;
-        let pos = self.pos;
-        let read = read_range(&self.file, pos, n, &self.pool).await;
-        if let Ok(bytes) = &read {
-            self.advance(bytes.len() as u64);
-        }
-        Some(read)
-    }
-
-    /// How far this reader may read now: for a reader following a fill, once the fill got past
-    /// its position (waiting for that); `None` when it has read all it asked for.
+    /// How far this reader may read now: once the fill got past its position (waiting for that);
+    /// `None` when it has read all it asked for.
     async fn readable_end(&mut self) -> Option<io::Result<u64>> {
         loop {
             if self.end.is_some_and(|e| self.pos >= e) {
                 return None;
             }
-            let Some(following) = &mut self.fill else {
+            if !self.following {
                 return Some(Ok(self.end.unwrap_or(self.pos)));
-            };
-            let state = following.state.borrow_and_update().clone();
+            }
+            let state = self.state.borrow_and_update().clone();
             let limit = match state {
                 FillState::Done { size } => {
                     self.end = Some(self.end.map_or(size, |e| e.min(size)));
-                    if !following.fill.passing_through() {
-                        self.fill = None;
+                    if !self.fill.passing_through() {
+                        self.following = false;
                         continue;
                     }
                     size
@@ -1165,20 +1069,58 @@ impl BlobReader {
             if limit > self.pos {
                 return Some(Ok(limit));
             }
-            if following.state.changed().await.is_err() {
+            if self.state.changed().await.is_err() {
                 return Some(Err(io::Error::other("blob fill ended without a result")));
             }
         }
     }
 
+    /// Up to `n` bytes from `pos` of what the fill has written.
+    async fn read_written(&mut self, pos: u64, n: usize) -> io::Result<Bytes> {
+        if self.written.is_none() {
+            let partial = self.fill.partial.get().ok_or_else(|| io::Error::other("the blob fill has written nothing"))?;
+            self.written = Some(partial.reader());
+        }
+        match self.written.as_mut() {
+            Some(r) => r.read_at(pos, n).await,
+            None => Err(io::Error::other("the blob fill has written nothing")),
+        }
+    }
+
     fn advance(&mut self, n: u64) {
         self.pos += n;
-        if let Some(f) = &self.fill {
-            f.position.store(self.pos, Ordering::Release);
-            if f.fill.passing_through() {
-                f.fill.advanced.notify_waiters();
-            }
+        self.position.store(self.pos, Ordering::Release);
+        if self.following && self.fill.passing_through() {
+            self.fill.advanced.notify_waiters();
         }
+    }
+}
+
+#[async_trait]
+impl BlobRead for FillReader {
+    async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
+        let available = match self.readable_end().await? {
+            Ok(available) => available,
+            Err(e) => return Some(Err(e)),
+        };
+        if available <= self.pos {
+            return None;
+        }
+        let located = if self.following { self.fill.locate(self.pos, available) } else { Located::File(available) };
+        let available = match located {
+            Located::File(limit) => limit,
+            Located::Memory(bytes) => {
+                self.advance(bytes.len() as u64);
+                return Some(Ok(bytes));
+            }
+            Located::Behind => return Some(Err(io::Error::other("client fell behind while the blob was passed through"))),
+        };
+        let n = usize::try_from(available - self.pos).unwrap_or(usize::MAX).min(FOLLOW_CHUNK);
+        let read = self.read_written(self.pos, n).await;
+        if let Ok(bytes) = &read {
+            self.advance(bytes.len() as u64);
+        }
+        Some(read)
     }
 }
 
@@ -1187,25 +1129,6 @@ mod tests {
     use super::*;
     use crate::config::{Config, Overrides};
     use crate::metrics::Metrics;
-
-    #[test]
-    fn large_hit_buffers_keep_to_their_budget() {
-        // Pools of as many readers as the budget has large buffers for, and one more.
-        let pools: Vec<BufPool> = (0..=LARGE_BUDGET / HIT_CHUNK).map(|_| BufPool::hits()).collect();
-        let held: Vec<Buf> = pools.iter().map(|p| p.take(HIT_CHUNK)).collect();
-        let large = held.iter().filter(|b| b.counted > 0).count();
-        assert!(large <= LARGE_BUDGET / HIT_CHUNK, "{large} large buffers");
-        assert!(held.iter().any(|b| b.data.len() == HIT_CHUNK_SMALL), "past the budget, buffers are small");
-        assert!(held.iter().all(|b| b.data.len() == HIT_CHUNK || b.data.len() == HIT_CHUNK_SMALL));
-        assert!(LARGE_OUT.load(Ordering::Acquire) <= LARGE_BUDGET);
-        let small_pool = pools.iter().zip(&held).find(|(_, b)| b.counted == 0).map(|(p, _)| p.clone()).unwrap();
-        drop(held);
-        // Freed buffers give the budget back, and a reader that was small gets large ones again.
-        let again = small_pool.take(HIT_CHUNK);
-        assert_eq!((again.data.len(), again.counted), (HIT_CHUNK, HIT_CHUNK));
-        // A small read never takes a large buffer.
-        assert_eq!(BufPool::hits().take(100).counted, 0);
-    }
 
     /// A store, an upstream that is never contacted (every fill here gets `injected` before its
     /// request), and the fills.
@@ -1230,7 +1153,7 @@ mod tests {
         let repo: RepositoryName = "library/alpine".parse().unwrap();
         match fills.join_or_start(store, up, &repo, digest, Join::Any).unwrap() {
             Source::Filling(fill) => fill,
-            Source::Stored(..) => panic!("nothing is stored"),
+            Source::Stored(_) => panic!("nothing is stored"),
         }
     }
 
@@ -1270,6 +1193,13 @@ mod tests {
     async fn at_the_end_of_the_drain_time_fills_are_abandoned() {
         let (dir, store, up, fills) = setup(Injected::Hang);
         let fill = start(&fills, &store, &up, &Digest::sha256_of(b"never arrives"));
+        // The fill's task begins its write, then hangs.
+        let begun = async {
+            while fill.partial.get().is_none() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), begun).await.expect("the fill begins its write");
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 1);
         // Bounded: before, a fill that never ended kept running after the drain time.
         let drained = tokio::time::timeout(std::time::Duration::from_secs(10), fills.drain(Instant::now())).await;
@@ -1372,7 +1302,7 @@ mod tests {
         let other: RepositoryName = "org/app".parse().unwrap();
         let joined = |join| match fills.join_or_start(&store, &up, &other, &digest, join).unwrap() {
             Source::Filling(fill) => fill,
-            Source::Stored(..) => panic!("nothing is stored"),
+            Source::Stored(_) => panic!("nothing is stored"),
         };
         assert!(Arc::ptr_eq(&joined(Join::Any), &first));
         let own = joined(Join::OwnRepository);

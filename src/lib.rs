@@ -6,14 +6,17 @@
 //! - [`warm`]: `warm`: pull images through a server ahead of a rush.
 //! - [`config`]: the TOML file as written → a validated [`config::Config`].
 //! - [`oci`]: the registry domain, pure: `Digest`, `RepositoryName`, `Reference`, `RegistryHost`
-//!   (Docker Hub's aliases and `library/`), media types, error codes.
+//!   (Docker Hub's aliases and `library/`), media types, error codes and who is to blame (`Blame`).
 //! - [`upstream`]: the client for one upstream registry: pooled hyper + rustls, token auth, redirects
 //!   (kept out of the operator's private networks by `upstream::guard`), and the registry protocol
 //!   as typed methods (`head_manifest`, `get_manifest`, `tags`, `referrers`, `head_blob`, `get_blob`).
-//! - [`store`]: blob files (temp → verify → fsync → rename), the sled index, and the housekeeping
-//!   loop (access times, eviction under `max_size`); `store::bucket`, the same blobs in an
-//!   S3-compatible bucket (`[storage] backend = "s3"`, through `object_store`).
-//! - [`inflight`]: one upstream download per blob and upstream, followed by any number of readers.
+//! - [`store`]: the storage seam (`store::BlobBackend`: begin, append, commit after verification,
+//!   abort, open a range, stat, list, remove) and its first implementation, the local directory
+//!   (`store::LocalBlobs`: temp → fsync → rename); reading stored blobs (`Store::read_blob`,
+//!   pooled buffers, `preadv2`); the sled index; the disk budget of fills; and the housekeeping
+//!   loop (access times, eviction under `max_size`).
+//! - [`inflight`]: blob fills: one upstream download per blob and upstream, written through the
+//!   seam, followed by any number of readers (`inflight::FillReader`).
 //! - [`singleflight`]: one call per key at a time (manifest fetches, tag revalidations, tokens).
 //! - [`sync`]: taking a lock whether or not a panic poisoned it, and why that is sound here.
 //! - [`cache`]: the policy: hit, miss, revalidate, stale.
@@ -26,11 +29,13 @@
 //! looked up under the kind of answer the client's `Accept` asks for, revalidated with
 //! `Upstream::head_manifest` and served from the index when its digest is known; a manifest from
 //! `Upstream::get_manifest` is verified by `oci::verify_manifest` before it is stored; a blob is
-//! served from its file, or joins (or starts) the fill for its digest from its upstream and streams
-//! what arrives (fetching from its own repository if the fill it joined was refused for another);
-//! the fill reads `Upstream::get_blob`, stores the blob if it fits the disk budget and passes it
-//! through otherwise. `store::spawn_housekeeping` writes access times and evicts in the
-//! background. Errors from any layer become one OCI error response in `http::error`.
+//! served from the store (`Store::read_blob` → `BlobBackend::open`) when the index has it, or joins
+//! (or starts) the fill for its digest from its upstream and streams what arrives (fetching from its
+//! own repository if the fill it joined was refused for another); the fill reads
+//! `Upstream::get_blob`, writes through `BlobBackend::begin` / `BlobWrite::append` if the blob fits
+//! the disk budget (passing it through otherwise), and commits only after the digest checks out. `store::spawn_housekeeping` writes access times and evicts in the
+//! background. Errors from any layer say who is to blame (`oci::Blame`: client, upstream or
+//! regcache) and become one OCI error response in `http::error`, the one place a status is chosen.
 
 pub mod access;
 pub mod admin;

@@ -201,8 +201,8 @@ fn serve(config: Config) -> Result<(), Failure> {
                 tracing::info!(aborted, "aborted the bucket uploads a previous run left unfinished");
             }
         }
-        // TODO(issue 12): the tiered store takes `bucket` from here.
-        let _bucket = bucket;
+        // The server's own client of the bucket is App's (its requests counted in the metrics).
+        drop(bucket);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
@@ -237,7 +237,7 @@ fn serve(config: Config) -> Result<(), Failure> {
     })
 }
 
-/// The bucket of `[storage] backend = "s3"`, checked with a small write, read and delete; `None`
+/// The bucket of `[storage] backend = "s3"`, checked with a list, a small write, read and delete; `None`
 /// for local storage. A bucket that can't be used is a usage error (exit 2) on one line.
 async fn open_bucket(config: &Config) -> Result<Option<Bucket>, Failure> {
     let Storage::S3(s3) = &config.storage else { return Ok(None) };

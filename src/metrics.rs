@@ -1,8 +1,11 @@
 //! Prometheus metrics: what the mirror did (requests, cache outcomes, bytes by source), what it asked
-//! upstream (requests, latency, token fetches), and what it holds (fills running, bytes on disk,
-//! evictions). One [`Metrics`] per server, shared by its parts.
+//! upstream (requests, latency, token fetches), what it holds (fills running, bytes on disk,
+//! evictions), and, with a shared bucket, what it asked of the bucket (requests by operation and
+//! result, bytes each way, uploads running and aborted, whether it is down). One [`Metrics`] per
+//! server, shared by its parts.
 
 use std::fmt::Write as _;
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -98,6 +101,68 @@ impl Source {
     }
 }
 
+/// What was asked of the shared bucket: the `op` label.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum BucketOp {
+    /// Whether it has a blob, and its size.
+    Head,
+    /// A blob read, into the hot tier.
+    Get,
+    /// A blob uploaded (one multipart upload or PUT, whole).
+    Upload,
+    /// A record read (a manifest, a tag).
+    GetRecord,
+    /// A record written.
+    PutRecord,
+}
+
+impl BucketOp {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BucketOp::Head => "head",
+            BucketOp::Get => "get",
+            BucketOp::Upload => "upload",
+            BucketOp::GetRecord => "get_record",
+            BucketOp::PutRecord => "put_record",
+        }
+    }
+}
+
+/// Whether a bucket request succeeded: the `result` label.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum BucketResult {
+    Ok,
+    Error,
+}
+
+impl BucketResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            BucketResult::Ok => "ok",
+            BucketResult::Error => "error",
+        }
+    }
+}
+
+/// Which way bytes went between this node and the bucket: the `direction` label.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum Direction {
+    /// Read from the bucket.
+    Read,
+    /// Uploaded to it.
+    Written,
+}
+
+impl Direction {
+    fn as_str(self) -> &'static str {
+        match self {
+            Direction::Read => "read",
+            Direction::Written => "written",
+        }
+    }
+}
+
 /// Label values are the enums' words.
 macro_rules! label_value {
     ($($t:ty),*) => {$(
@@ -108,7 +173,24 @@ macro_rules! label_value {
         }
     )*};
 }
-label_value!(Answered, RouteLabel, Source);
+label_value!(Answered, RouteLabel, Source, BucketOp, BucketResult, Direction);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BucketLabels {
+    op: BucketOp,
+    result: BucketResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BucketRequestLabels {
+    op: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: Direction,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -150,6 +232,21 @@ pub struct Metrics {
     disk_bytes: Gauge,
     evictions: Counter,
     evicted_bytes: Counter,
+    bucket_operations: Family<BucketLabels, Counter>,
+    bucket_requests: Family<BucketRequestLabels, Counter>,
+    bucket_bytes: Family<DirectionLabels, Counter>,
+    uploads: Gauge,
+    uploads_aborted: Counter,
+    bucket_down: Gauge,
+}
+
+/// An upload counted as running until it is dropped.
+pub struct UploadRunning(Gauge);
+
+impl Drop for UploadRunning {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Default for Metrics {
@@ -184,6 +281,22 @@ impl Metrics {
         registry.register("evictions", "Blobs and manifests evicted to stay under max_size", evictions.clone());
         let evicted_bytes = Counter::default();
         registry.register("evicted_bytes", "Bytes evicted to stay under max_size", evicted_bytes.clone());
+        let bucket_operations = Family::default();
+        registry.register(
+            "bucket_operations",
+            "Operations on the shared bucket (a blob's size or bytes, a whole upload, a record), by kind and result",
+            bucket_operations.clone(),
+        );
+        let bucket_requests = Family::default();
+        registry.register("bucket_requests", "S3 requests sent to the shared bucket, by operation and outcome", bucket_requests.clone());
+        let bucket_bytes = Family::default();
+        registry.register("bucket_bytes", "Blob bytes read from and uploaded to the shared bucket", bucket_bytes.clone());
+        let uploads = Gauge::<i64, AtomicI64>::default();
+        registry.register("bucket_uploads_in_progress", "Blob uploads to the shared bucket running now", uploads.clone());
+        let uploads_aborted = Counter::default();
+        registry.register("bucket_uploads_aborted", "Blob uploads to the shared bucket given up", uploads_aborted.clone());
+        let bucket_down = Gauge::default();
+        registry.register("bucket_down", "1 while the shared bucket is marked down (degraded: hot tier and upstream only)", bucket_down.clone());
         Metrics {
             registry,
             requests,
@@ -196,7 +309,50 @@ impl Metrics {
             disk_bytes,
             evictions,
             evicted_bytes,
+            bucket_operations,
+            bucket_requests,
+            bucket_bytes,
+            uploads,
+            uploads_aborted,
+            bucket_down,
         }
+    }
+
+    /// One operation on the shared bucket.
+    pub fn bucket_operation(&self, op: BucketOp, ok: bool) {
+        let result = if ok { BucketResult::Ok } else { BucketResult::Error };
+        self.bucket_operations.get_or_create(&BucketLabels { op, result }).inc();
+    }
+
+    /// One S3 request sent to the shared bucket (`op` and `outcome` are the client's words).
+    pub fn bucket_request_sent(&self, op: &'static str, outcome: &'static str) {
+        self.bucket_requests.get_or_create(&BucketRequestLabels { op, outcome }).inc();
+    }
+
+    /// A blob of `bytes` read from the bucket.
+    pub fn bucket_read(&self, bytes: u64) {
+        self.bucket_bytes.get_or_create(&DirectionLabels { direction: Direction::Read }).inc_by(bytes);
+    }
+
+    /// A blob of `bytes` uploaded to the bucket.
+    pub fn bucket_written(&self, bytes: u64) {
+        self.bucket_bytes.get_or_create(&DirectionLabels { direction: Direction::Written }).inc_by(bytes);
+    }
+
+    /// An upload starts; it counts as running until the value returned is dropped.
+    pub fn upload_started(&self) -> UploadRunning {
+        self.uploads.inc();
+        UploadRunning(self.uploads.clone())
+    }
+
+    /// An upload was given up.
+    pub fn upload_aborted(&self) {
+        self.uploads_aborted.inc();
+    }
+
+    /// The bucket was marked down, or up again.
+    pub fn bucket_down(&self, down: bool) {
+        self.bucket_down.set(i64::from(down));
     }
 
     /// One answered request.

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 
@@ -27,14 +27,14 @@ use crate::metrics::{Metrics, RouteLabel};
 use crate::oci::{is_registry_host, AcceptList, ErrorCode, RepositoryName};
 use crate::store::Store;
 use crate::upstream::{content_length, Upstream};
-use error::{oci_error, refused, rescue, route_error, Resource};
+use error::{refused, rescue, route_error, Resource};
 pub use range::parse_range;
-pub use route::{query, route, Query, RepoRoute, Route, RouteError};
+pub use route::{query, route, Query, RepoRoute, Route, RouteError, RouteErrorKind};
 pub use server::{bind_local, serve, serve_admin, serve_local};
 pub use tls::Tls;
 
 /// The response body type.
-pub type Body = BoxBody<Bytes, io::Error>;
+pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 /// A response.
 pub type Resp = Response<Body>;
 
@@ -61,7 +61,7 @@ impl LogOutcome {
 
 /// A whole body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// The answer to a `HEAD`: the headers `GET` would send, with the `Content-Length` of the body it
@@ -114,16 +114,40 @@ pub enum StartError {
     /// The TLS certificate or key.
     #[error("{0}")]
     Tls(crate::config::TlsError),
+    /// The shared bucket's client.
+    #[error("storage: {0}")]
+    Bucket(#[from] crate::store::BucketError),
 }
 
 impl App {
-    /// Open the store and build the upstream clients.
+    /// Open the store (with the shared bucket of `[storage] backend = "s3"`, its requests counted
+    /// in the metrics) and build the upstream clients.
     pub fn open(config: &Config) -> Result<Arc<App>, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let bucket: Option<Arc<dyn crate::store::SharedBackend>> = match &config.storage {
+            crate::config::Storage::Local => None,
+            crate::config::Storage::S3(s3) => {
+                let observed = metrics.clone();
+                let bucket = crate::store::Bucket::from_config(s3, &config.data_dir)?
+                    .with_observer(Arc::new(move |r: &crate::store::bucket::Request| observed.bucket_request_sent(r.op.as_str(), r.outcome.as_str())));
+                Some(Arc::new(bucket))
+            }
+        };
+        App::open_with(config, bucket, metrics)
+    }
+
+    /// Open the store, with `bucket` as the tier shared with other nodes behind the local one, and
+    /// build the upstream clients.
+    pub fn open_with(
+        config: &Config,
+        bucket: Option<Arc<dyn crate::store::SharedBackend>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<App>, StartError> {
         let mut store = Store::open(&config.data_dir)?;
         store.max_size = config.max_size;
-        store.temp = crate::store::TempBudget::new(store.blobs.tmp_dir().to_owned(), config.fills.max_temp, config.fills.min_free);
+        store.temp = crate::store::TempBudget::new(store.files.tmp_dir().to_owned(), config.fills.max_temp, config.fills.min_free);
+        store.shared = bucket.map(|b| Arc::new(crate::store::Shared::new(b, store.index.shared_sizes(), metrics.clone())));
         let store = Arc::new(store);
-        let metrics = Arc::new(Metrics::new());
         crate::store::spawn_housekeeping(&store, metrics.clone());
         let upstreams = config
             .upstreams
@@ -211,7 +235,7 @@ impl App {
             (Surface::Local, _) => self.respond_to(req, route).await,
             (Surface::Main, Route::Metrics) if !self.admin_separate => self.local(&route),
             (Surface::Admin, _) | (Surface::Main, Route::Metrics) => {
-                oci_error(StatusCode::NOT_FOUND, ErrorCode::NameUnknown, "not served on this address", serde_json::Value::Null)
+                route_error(&RouteError::new(RouteErrorKind::NotFound, ErrorCode::NameUnknown, "not served on this address"))
             }
             (Surface::Main, _) => match self.gate.authenticates(peer.ip(), req.headers().get(header::AUTHORIZATION)).await {
                 Ok(()) => self.respond_to(req, route).await,
@@ -238,10 +262,8 @@ impl App {
     /// else a registry host as the first path component (`/v2/ghcr.io/org/app/…`), else the first
     /// upstream. A registry that isn't configured is a 404 and causes no connection.
     fn select(&self, ns: Option<&str>, name: RepositoryName) -> Result<(Arc<Upstream>, RepositoryName), RouteError> {
-        let unknown = |host: &str| RouteError {
-            status: StatusCode::NOT_FOUND,
-            code: ErrorCode::NameUnknown,
-            message: format!("registry {host:?} is not mirrored here"),
+        let unknown = |host: &str| {
+            RouteError::new(RouteErrorKind::NotFound, ErrorCode::NameUnknown, format!("registry {host:?} is not mirrored here"))
         };
         if let Some(ns) = ns {
             return self.cache.upstream_for(Some(ns)).map(|u| (u.clone(), name)).ok_or_else(|| unknown(ns));
@@ -391,7 +413,7 @@ fn manifest_response(a: ManifestAnswer) -> Resp {
 
 fn blob_response(a: BlobAnswer, digest: &crate::oci::Digest) -> Resp {
     let body = match a.body {
-        Some(reader) => BodyExt::boxed(StreamBody::new(futures_util::stream::unfold(reader, |mut r| async move {
+        Some(reader) => BodyExt::boxed_unsync(StreamBody::new(futures_util::stream::unfold(reader, |mut r| async move {
             r.next_chunk().await.map(|chunk| (chunk.map(Frame::data), r))
         }))),
         None => full(Bytes::new()),
@@ -432,7 +454,7 @@ struct Logged<F: FnOnce(u64, bool)> {
 }
 
 fn logged<F: FnOnce(u64, bool) + Send + Sync + Unpin + 'static>(inner: Body, expected: Option<u64>, done: F) -> Body {
-    Logged { inner, bytes: 0, expected, complete: false, done: Some(done) }.boxed()
+    Logged { inner, bytes: 0, expected, complete: false, done: Some(done) }.boxed_unsync()
 }
 
 impl<F: FnOnce(u64, bool)> Drop for Logged<F> {

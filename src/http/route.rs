@@ -6,7 +6,7 @@
 
 use http::Method;
 
-use crate::oci::{Digest, ErrorCode, NameError, Reference, RepositoryName};
+use crate::oci::{Blame, Digest, ErrorCode, NameError, Reference, RepositoryName};
 use crate::metrics::RouteLabel;
 
 /// A request regcache serves.
@@ -63,20 +63,38 @@ pub struct Query {
     pub artifact_type: Option<String>,
 }
 
-/// Why a request can't be routed: the status and OCI code the client gets.
+/// Why a request can't be routed: what is wrong with it, and its OCI code. Always the client's
+/// doing; `http::error` decides the status.
 #[derive(Debug, PartialEq, Eq)]
 pub struct RouteError {
-    /// HTTP status.
-    pub status: http::StatusCode,
+    /// What is wrong with the request.
+    pub kind: RouteErrorKind,
     /// OCI code.
     pub code: ErrorCode,
     /// Message.
     pub message: String,
 }
 
+/// What is wrong with a request that can't be routed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteErrorKind {
+    /// A malformed name, tag, digest or query parameter.
+    Malformed,
+    /// Nothing is served under that path (or on that address, or for that registry).
+    NotFound,
+    /// A write: regcache is a read-only mirror.
+    ReadOnly,
+}
+
 impl RouteError {
-    fn new(status: http::StatusCode, code: ErrorCode, message: impl Into<String>) -> RouteError {
-        RouteError { status, code, message: message.into() }
+    /// A routing error of `kind` with `code`.
+    pub fn new(kind: RouteErrorKind, code: ErrorCode, message: impl Into<String>) -> RouteError {
+        RouteError { kind, code, message: message.into() }
+    }
+
+    /// Who is to blame: always the client, who asked for something regcache doesn't serve.
+    pub fn blame(&self) -> Blame {
+        Blame::Client
     }
 }
 
@@ -87,13 +105,13 @@ impl From<NameError> for RouteError {
             NameError::Tag(_) => ErrorCode::TagInvalid,
             NameError::Digest(_) => ErrorCode::DigestInvalid,
         };
-        RouteError::new(http::StatusCode::BAD_REQUEST, code, e.to_string())
+        RouteError::new(RouteErrorKind::Malformed, code, e.to_string())
     }
 }
 
 /// Route a request.
 pub fn route(method: &Method, path: &str) -> Result<Route, RouteError> {
-    let not_found = || RouteError::new(http::StatusCode::NOT_FOUND, ErrorCode::NameUnknown, format!("no route for {path}"));
+    let not_found = || RouteError::new(RouteErrorKind::NotFound, ErrorCode::NameUnknown, format!("no route for {path}"));
     let read = *method == Method::GET || *method == Method::HEAD;
     match path {
         "/metrics" if read => return Ok(Route::Metrics),
@@ -103,7 +121,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, RouteError> {
     let Some(rest) = path.strip_prefix("/v2") else { return Err(not_found()) };
     if !read {
         return Err(RouteError::new(
-            http::StatusCode::METHOD_NOT_ALLOWED,
+            RouteErrorKind::ReadOnly,
             ErrorCode::Unsupported,
             format!("{method} is not supported: regcache is a read-only mirror"),
         ));
@@ -126,7 +144,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, RouteError> {
         "/manifests/" => Ok(Route::Repo(name, RepoRoute::Manifest(manifest_reference(last)?))),
         "/referrers/" => Ok(Route::Repo(name, RepoRoute::Referrers(last.parse().map_err(NameError::from)?))),
         _ if last.starts_with("uploads") => Err(RouteError::new(
-            http::StatusCode::METHOD_NOT_ALLOWED,
+            RouteErrorKind::ReadOnly,
             ErrorCode::Unsupported,
             "uploads are not supported: regcache is a read-only mirror",
         )),
@@ -139,7 +157,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, RouteError> {
 /// conformance suite expects), so nothing is asked upstream.
 fn manifest_reference(s: &str) -> Result<Reference, RouteError> {
     s.parse().map_err(|e| match e {
-        NameError::Tag(_) => RouteError::new(http::StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown, format!("manifest unknown: {e}")),
+        NameError::Tag(_) => RouteError::new(RouteErrorKind::NotFound, ErrorCode::ManifestUnknown, format!("manifest unknown: {e}")),
         e => e.into(),
     })
 }
@@ -152,7 +170,7 @@ pub fn query(q: Option<&str>) -> Result<Query, RouteError> {
             "ns" => out.ns = Some(v.into_owned()),
             "n" => {
                 let n = v.parse().map_err(|_| {
-                    RouteError::new(http::StatusCode::BAD_REQUEST, ErrorCode::Unsupported, format!("n={v:?} is not a count"))
+                    RouteError::new(RouteErrorKind::Malformed, ErrorCode::Unsupported, format!("n={v:?} is not a count"))
                 })?;
                 out.n = Some(n);
             }
@@ -166,8 +184,10 @@ pub fn query(q: Option<&str>) -> Result<Query, RouteError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use http::StatusCode;
+
+    use super::*;
+    use crate::http::error::route_answer;
 
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
@@ -217,7 +237,8 @@ mod tests {
         ];
         for (m, p, status, code) in cases {
             let e = route(m, p).unwrap_err();
-            assert_eq!((e.status, e.code), (*status, *code), "{m} {p}");
+            assert_eq!(e.blame(), Blame::Client, "{m} {p}");
+            assert_eq!(route_answer(&e), (*status, *code), "{m} {p}");
         }
         let too_long = format!("/v2/alpine/manifests/{}", "t".repeat(129));
         assert_eq!(route(&get, &too_long).unwrap_err().code, ErrorCode::ManifestUnknown);
@@ -231,6 +252,7 @@ mod tests {
         assert_eq!(q.ns.as_deref(), Some("docker.io"));
         assert_eq!(q.n, Some(10));
         assert_eq!(q.last.as_deref(), Some("v1+2"));
-        assert!(query(Some("n=lots")).is_err());
+        let e = query(Some("n=lots")).unwrap_err();
+        assert_eq!(route_answer(&e), (StatusCode::BAD_REQUEST, ErrorCode::Unsupported));
     }
 }

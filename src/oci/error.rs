@@ -1,4 +1,5 @@
-//! The OCI error codes and the JSON body every error response carries.
+//! The OCI error codes, who is to blame for a failure, and the JSON body every error response
+//! carries.
 
 use serde::Serialize;
 
@@ -73,6 +74,31 @@ impl ErrorCode {
     }
 }
 
+/// Who is to blame for a failure, carried as data by every error a client can see (as pingora's
+/// errors carry `ErrorSource`). The status a client gets follows from it (`http::error`), and so
+/// does the `detail` of the error body: `{"blame":"upstream"}` or `{"blame":"regcache"}` when the
+/// client is not at fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blame {
+    /// The client: a malformed or refused request, or one for something that does not exist.
+    Client,
+    /// The upstream registry: it refused regcache, failed, timed out or sent something unusable.
+    Upstream,
+    /// regcache itself: its disk or index, or a task of its own that died.
+    Internal,
+}
+
+impl Blame {
+    /// The name clients see in an error's `detail`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Blame::Client => "client",
+            Blame::Upstream => "upstream",
+            Blame::Internal => "regcache",
+        }
+    }
+}
+
 /// `{"errors":[{"code":…,"message":…,"detail":…}]}`.
 #[derive(Debug, Serialize)]
 pub struct ErrorBody {
@@ -127,6 +153,14 @@ mod tests {
         assert_eq!(v["errors"][0]["code"], "BLOB_UNKNOWN");
         assert_eq!(v["errors"][0]["message"], "blob unknown");
         assert_eq!(v["errors"][0]["detail"]["digest"], "x");
+    }
+
+    #[test]
+    fn blame_names() {
+        let cases = [(Blame::Client, "client"), (Blame::Upstream, "upstream"), (Blame::Internal, "regcache")];
+        for (blame, name) in cases {
+            assert_eq!(blame.as_str(), name);
+        }
     }
 
     #[test]

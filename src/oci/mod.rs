@@ -1,5 +1,5 @@
 //! The registry domain, pure and without I/O: typed digests, repository names, references, manifest
-//! media types, manifest verification and the OCI error codes a client sees.
+//! media types, manifest verification, the OCI error codes a client sees and who is to blame.
 
 mod digest;
 mod error;
@@ -10,7 +10,7 @@ mod name;
 mod verify;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
-pub use error::{first_error, ErrorBody, ErrorCode};
+pub use error::{first_error, Blame, ErrorBody, ErrorCode};
 pub use host::{RegistryHost, DOCKER_HUB};
 pub use media::{
     AcceptList, ManifestKind, DOCKER_LIST, DOCKER_MANIFEST, MANIFEST_MEDIA_TYPES, OCI_INDEX, OCI_MANIFEST, SCHEMA1,

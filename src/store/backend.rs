@@ -102,3 +102,20 @@ pub trait ReadAt: Send {
     /// Up to `n` bytes from `pos` (at least one, when `pos` is below what was appended).
     async fn read_at(&mut self, pos: u64, n: usize) -> io::Result<Bytes>;
 }
+
+/// Small named records a shared bucket keeps beside blobs: manifests by digest, what tags pointed
+/// at, referrers lists. Keys are built by regcache from validated names (`manifests/sha256/<hex>`,
+/// `tags/<upstream>/<repository>/<tag>/<kind>`); values are whole and small.
+#[async_trait]
+pub trait Records: Send + Sync + 'static {
+    /// The record `key`, if present; an error if it is larger than `max` bytes.
+    async fn get(&self, key: &str, max: usize) -> io::Result<Option<Bytes>>;
+
+    /// Write (or replace) the record `key`.
+    async fn put(&self, key: &str, value: Bytes) -> io::Result<()>;
+}
+
+/// What a bucket shared by several nodes offers: blobs and records.
+pub trait SharedBackend: BlobBackend + Records {}
+
+impl<T: BlobBackend + Records> SharedBackend for T {}

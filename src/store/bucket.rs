@@ -1,6 +1,8 @@
 //! Blobs in an S3-compatible bucket shared by many nodes: the [`BlobBackend`] over `object_store`.
 //!
-//! Layout: a blob is the object `<prefix>/blobs/<algorithm>/<2 hex>/<hex>`. A write buffers at most
+//! Layout: a blob is the object `<prefix>/blobs/<algorithm>/<2 hex>/<hex>`; records (manifests,
+//! tags, referrers lists: [`Records`]) are objects under `<prefix>/` named by their keys
+//! (`manifests/…`, `tags/…`, `referrers/…`). A write buffers at most
 //! one part ([`PART_SIZE`]) and sends each part as soon as it is full, so memory stays bounded
 //! whatever the blob's size; a blob smaller than one part goes up in a single PUT at the commit.
 //! The final key is written only by the commit, which comes after the caller's verification:
@@ -30,7 +32,7 @@ use object_store::path::Path;
 use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use super::backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob};
+use super::backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, Records};
 use crate::config::S3Storage;
 use crate::oci::Digest;
 
@@ -110,6 +112,17 @@ pub enum Outcome {
     NotFound,
     /// It failed.
     Failed,
+}
+
+impl Outcome {
+    /// Its name, for metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::NotFound => "not_found",
+            Outcome::Failed => "failed",
+        }
+    }
 }
 
 /// Told of every bucket request (for metrics).
@@ -525,6 +538,42 @@ impl BlobBackend for Bucket {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.io_error(Op::Delete, &key, &e)),
         }
+    }
+}
+
+#[async_trait]
+impl Records for Bucket {
+    async fn get(&self, key: &str, max: usize) -> io::Result<Option<Bytes>> {
+        let key = self.key(key);
+        let path = self.path(&key).map_err(io::Error::other)?;
+        let got = match self.observe(Op::Get, 0, self.store.get_opts(&path, GetOptions::default()).await) {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.io_error(Op::Get, &key, &e)),
+        };
+        let too_large = || io::Error::other(format!("record {key} is larger than {max} bytes"));
+        if got.meta.size > max as u64 {
+            return Err(too_large());
+        }
+        // Read chunk by chunk, so a body longer than its announced size can't take more than `max`.
+        let mut stream = got.into_stream();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.io_error(Op::Get, &key, &e))?;
+            if out.len().saturating_add(chunk.len()) > max {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(Some(out.into()))
+    }
+
+    async fn put(&self, key: &str, value: Bytes) -> io::Result<()> {
+        let key = self.key(key);
+        let path = self.path(&key).map_err(io::Error::other)?;
+        let len = value.len() as u64;
+        let result = self.store.put_opts(&path, PutPayload::from(value), PutOptions::default()).await;
+        self.observe(Op::Put, len, result).map(|_| ()).map_err(|e| self.io_error(Op::Put, &key, &e))
     }
 }
 

@@ -56,7 +56,7 @@ impl Store {
         let mut indexed = Vec::new();
         for digest in self.index.blob_digests().map_err(io::Error::other)? {
             let size = self.index.blob_size(&digest).map_err(io::Error::other)?;
-            let on_disk = std::fs::metadata(self.blobs.path(&digest)).ok().map(|m| m.len());
+            let on_disk = std::fs::metadata(self.files.path(&digest)).ok().map(|m| m.len());
             if on_disk.is_none() || on_disk != size {
                 self.index.remove_blob(&digest).map_err(io::Error::other)?;
                 r.dropped += 1;
@@ -65,7 +65,7 @@ impl Store {
             }
         }
         indexed.sort();
-        for (digest, path) in self.blobs.list()? {
+        for (digest, path) in self.files.list_files()? {
             match digest {
                 Some(d) if indexed.binary_search(&d).is_ok() => {}
                 Some(d) => match hash_file(&path, d.algorithm()) {
@@ -95,7 +95,7 @@ impl Store {
         let manifests = self.index.manifest_digests().map_err(io::Error::other)?;
         let total = blobs.len() + manifests.len();
         for digest in blobs {
-            let path = self.blobs.path(&digest);
+            let path = self.files.path(&digest);
             let ok = match hash_file(&path, digest.algorithm()) {
                 Ok((got, size)) => {
                     v.bytes += size;
@@ -106,7 +106,7 @@ impl Store {
             };
             if !ok {
                 self.index.remove_blob(&digest).map_err(io::Error::other)?;
-                let moved = self.blobs.quarantine(&path).ok();
+                let moved = self.files.quarantine(&path).ok();
                 v.corrupt.push((format!("blob {digest}"), moved));
             }
             v.checked += 1;
@@ -149,10 +149,10 @@ mod tests {
             lost = put(&store, b"lost");
             orphan = put(&store, b"orphan");
             bad = put(&store, b"bad");
-            std::fs::remove_file(store.blobs.path(&lost)).unwrap();
+            std::fs::remove_file(store.files.path(&lost)).unwrap();
             store.index.remove_blob(&orphan).unwrap();
             store.index.remove_blob(&bad).unwrap();
-            std::fs::write(store.blobs.path(&bad), b"tampered").unwrap();
+            std::fs::write(store.files.path(&bad), b"tampered").unwrap();
             std::fs::write(dir.path().join("blobs/sha256/stray"), b"x").unwrap_or(());
             store.index.flush().unwrap();
         }
@@ -161,7 +161,7 @@ mod tests {
         assert_eq!(store.index.blob_size(&lost).unwrap(), None);
         assert_eq!(store.index.blob_size(&orphan).unwrap(), Some(6), "a verified orphan is re-indexed");
         assert_eq!(store.index.blob_size(&bad).unwrap(), None);
-        assert!(!store.blobs.path(&bad).exists(), "an orphan that fails its hash is removed");
+        assert!(!store.files.path(&bad).exists(), "an orphan that fails its hash is removed");
         assert_eq!(store.reconcile().unwrap(), Reconciled::default(), "a second pass finds nothing");
     }
 
@@ -171,7 +171,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let good = put(&store, b"good content");
         let flipped = put(&store, b"will be flipped");
-        let f = std::fs::OpenOptions::new().write(true).open(store.blobs.path(&flipped)).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(store.files.path(&flipped)).unwrap();
         f.write_all_at(b"W", 0).unwrap();
         let mut calls = 0;
         let v = store.verify(|_, _| calls += 1).unwrap();

@@ -164,7 +164,7 @@ impl Store {
         match c.kind {
             EvictedKind::Blob => {
                 self.index.remove_blob(&c.digest).map_err(io::Error::other)?;
-                self.blobs.remove(&c.digest)?;
+                self.files.remove_file(&c.digest)?;
             }
             // A referrers list came with its key and was removed above.
             EvictedKind::Manifest | EvictedKind::Referrers => {
@@ -203,9 +203,9 @@ mod tests {
         let gone = store.evict(200, false).unwrap();
         assert_eq!(gone, plan);
         assert_eq!(store.index.used_bytes(), 200);
-        assert!(!store.blobs.path(&oldest).exists());
-        assert!(store.blobs.path(&busy).exists(), "content in use is never evicted");
-        assert!(store.blobs.path(&newest).exists());
+        assert!(!store.files.path(&oldest).exists());
+        assert!(store.files.path(&busy).exists(), "content in use is never evicted");
+        assert!(store.files.path(&newest).exists());
 
         drop(guard);
         store.usage.touch(&busy);

@@ -7,6 +7,9 @@
 //! - `blobs` (digest → size): rebuilt from the blob directory, whose files are named by their
 //!   digest (the start-up repair in `store::check` re-indexes a file whose hash checks out). The
 //!   bytes-used total is summed afresh at every open.
+//! - `shared` (digest → size of blobs known to be in the shared bucket, when there is one): a cache
+//!   of what the bucket holds, so a hit there costs no `HEAD`; a stale entry only makes the next
+//!   read find the object gone (a miss), and an empty tree only costs `HEAD`s.
 //! - `access` (last use, for eviction): only an ordering hint; losing it makes eviction order
 //!   arbitrary once, nothing more.
 //! - `manifests`, `tags` and `referrers` live only here: manifests are not in the blob directory,
@@ -34,6 +37,7 @@ pub struct Index {
     tags: sled::Tree,
     access: sled::Tree,
     referrers: sled::Tree,
+    shared: sled::Tree,
     /// Bytes of blobs, manifests and referrers lists indexed, kept up to date by every insert and
     /// removal.
     used: AtomicU64,
@@ -96,6 +100,28 @@ fn parse_tag(v: &[u8]) -> Option<TagEntry> {
         StoredTag::PerKind { answers } => TagEntry { answers, unknown: None },
         StoredTag::Legacy(a) => TagEntry { answers: BTreeMap::new(), unknown: Some(a) },
     })
+}
+
+/// The sizes of blobs known to be in the shared bucket (they don't count in `max_size`: they aren't
+/// here). A handle on the index's `shared` tree.
+#[derive(Clone)]
+pub struct SharedSizes(sled::Tree);
+
+impl SharedSizes {
+    /// The size of `digest` in the bucket, if known.
+    pub fn get(&self, digest: &Digest) -> sled::Result<Option<u64>> {
+        Ok(self.0.get(digest.to_string())?.as_deref().map(blob_size_of))
+    }
+
+    /// Note that the bucket has `digest` with `size` bytes.
+    pub fn put(&self, digest: &Digest, size: u64) -> sled::Result<()> {
+        self.0.insert(digest.to_string(), &size.to_be_bytes()).map(|_| ())
+    }
+
+    /// Forget `digest`: the bucket no longer has it.
+    pub fn remove(&self, digest: &Digest) -> sled::Result<()> {
+        self.0.remove(digest.to_string()).map(|_| ())
+    }
 }
 
 /// Where a referrers list is kept (upstream, repository and subject).
@@ -168,6 +194,7 @@ impl Index {
         let tags = db.open_tree("tags").map_err(err)?;
         let access = db.open_tree("access").map_err(err)?;
         let referrers = db.open_tree("referrers").map_err(err)?;
+        let shared = db.open_tree("shared").map_err(err)?;
         let mut used = 0u64;
         for kv in blobs.iter() {
             let (_, v) = kv.map_err(err)?;
@@ -179,7 +206,7 @@ impl Index {
                 used += v.len() as u64;
             }
         }
-        Ok(Index { db, blobs, manifests, tags, access, referrers, used: AtomicU64::new(used) })
+        Ok(Index { db, blobs, manifests, tags, access, referrers, shared, used: AtomicU64::new(used) })
     }
 
     /// The recorded size of a stored blob.
@@ -199,6 +226,11 @@ impl Index {
         let old = self.blobs.remove(digest.to_string())?;
         self.account(old.as_deref().map(blob_size_of), 0);
         Ok(())
+    }
+
+    /// The sizes of blobs known to be in the shared bucket.
+    pub fn shared_sizes(&self) -> SharedSizes {
+        SharedSizes(self.shared.clone())
     }
 
     /// Every indexed blob.

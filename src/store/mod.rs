@@ -1,32 +1,46 @@
-//! Storage: blob files on disk (written to a temporary file, verified, fsynced and renamed into a
-//! content-addressed path), the sled index of blobs, manifests and tags, and the housekeeping that
-//! writes access times and evicts down to `max_size`.
+//! Storage: the seam a blob store implements ([`BlobBackend`]) and its first implementation, the
+//! local directory ([`LocalBlobs`]: temporary file, verified, fsynced and renamed into a
+//! content-addressed path); reading stored blobs; the sled index of blobs, manifests and tags; and
+//! the housekeeping that writes access times and evicts down to `max_size`.
 
 mod backend;
-mod blobs;
 pub mod bucket;
 mod budget;
 mod check;
 mod evict;
 mod housekeeping;
 mod index;
+mod local;
+mod read;
+mod shared;
 
-pub use backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, ReadAt};
-pub use blobs::{BlobFiles, TempBlob};
+pub use backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, ReadAt, Records, SharedBackend};
 pub use bucket::{Bucket, BucketError};
+pub use local::LocalBlobs;
+pub use shared::{Progress, Shared};
 pub use budget::{Refused, Reservation, TempBudget};
 pub use check::{Reconciled, Verified};
 pub use evict::{Evicted, EvictedKind, InUse, Usage, LOW_WATER};
 pub use housekeeping::spawn_housekeeping;
-pub use index::{now_secs, Index, ReferrersKey, StoredManifest, TagAnswer, TagEntry};
+pub use index::{now_secs, Index, ReferrersKey, SharedSizes, StoredManifest, TagAnswer, TagEntry};
 
 use std::io;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::oci::Digest;
 
 /// Everything regcache keeps under its data directory.
 pub struct Store {
-    /// Blob files.
-    pub blobs: BlobFiles,
+    /// Where fills write blobs and hits read them: the only way the cache touches blob bytes.
+    pub blobs: Arc<dyn BlobBackend>,
+    /// The local blob directory itself, for what only it has: the start-up repair, `verify`'s
+    /// quarantine, eviction, the temporary files' file system.
+    pub files: Arc<LocalBlobs>,
     /// The index.
     pub index: Index,
     /// Access times and content in use.
@@ -37,6 +51,8 @@ pub struct Store {
     pub temp: TempBudget,
     /// Signalled when an insert takes the store over `max_size`.
     pub pressure: std::sync::Arc<tokio::sync::Notify>,
+    /// The bucket shared with other nodes, behind this node's blobs (the hot tier), if configured.
+    pub shared: Option<Arc<Shared>>,
 }
 
 /// Why the store can't be opened.
@@ -79,14 +95,16 @@ impl Store {
     /// the files of a running server.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
         let index = Index::open(&data_dir.join("index"))?;
-        let blobs = BlobFiles::open(data_dir)?;
+        let files = Arc::new(LocalBlobs::at(data_dir)?);
         let store = Store {
-            temp: TempBudget::new(blobs.tmp_dir().to_owned(), None, 0),
-            blobs,
+            temp: TempBudget::new(files.tmp_dir().to_owned(), None, 0),
+            blobs: files.clone(),
+            files,
             index,
             usage: Usage::default(),
             max_size: None,
             pressure: Default::default(),
+            shared: None,
         };
         let r = store.reconcile().map_err(|source| StoreError::Io { path: data_dir.to_owned(), source })?;
         if r.dropped + r.reindexed + r.removed > 0 {
@@ -100,18 +118,54 @@ impl Store {
 
     /// Store `bytes` as a verified, indexed blob, the way a fill does (for tests of the store).
     #[cfg(test)]
-    pub(crate) fn put_test_blob(&self, bytes: &[u8]) -> crate::oci::Digest {
-        use std::os::unix::fs::FileExt;
-        let d = crate::oci::Digest::sha256_of(bytes);
-        let t = self.blobs.begin().expect("temp file");
-        t.file().write_all_at(bytes, 0).expect("write");
-        self.blobs.commit(t, &d).expect("commit");
+    pub(crate) fn put_test_blob(&self, bytes: &[u8]) -> Digest {
+        let d = Digest::sha256_of(bytes);
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        rt.block_on(async {
+            let mut w = self.blobs.begin(&d, Some(bytes.len() as u64)).await.expect("begin");
+            w.append(&[Bytes::copy_from_slice(bytes)]).await.expect("append");
+            w.commit().await.expect("commit");
+        });
         self.index.put_blob(&d, bytes.len() as u64).expect("index");
         d
     }
 
+    /// A reader of `range` of the stored blob `digest` of `size` bytes (as the index has it),
+    /// holding the blob in use while it reads; `None` if the store no longer has it as indexed (the
+    /// index entry is then forgotten: the next request fetches it again).
+    pub async fn read_blob(&self, digest: &Digest, size: u64, range: Range<u64>) -> io::Result<Option<StoredBlob>> {
+        let in_use = self.usage.hold(digest);
+        match self.blobs.open(digest, range).await? {
+            Some(opened) if opened.size == size => {
+                self.usage.touch(digest);
+                Ok(Some(StoredBlob { reader: opened.reader, _in_use: in_use }))
+            }
+            _ => {
+                self.forget_blob(digest)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Whether the store still has the blob `digest` of `size` bytes as indexed (a `HEAD`); if not,
+    /// the index entry is forgotten.
+    pub async fn has_blob(&self, digest: &Digest, size: u64) -> io::Result<bool> {
+        if self.blobs.stat(digest).await? == Some(size) {
+            self.usage.touch(digest);
+            return Ok(true);
+        }
+        self.forget_blob(digest)?;
+        Ok(false)
+    }
+
+    /// The index names a blob that is gone or wrong: forget it.
+    fn forget_blob(&self, digest: &Digest) -> io::Result<()> {
+        tracing::warn!(%digest, "an indexed blob is missing or has the wrong size; forgetting it");
+        self.index.remove_blob(digest).map_err(io::Error::other)
+    }
+
     /// Note content just stored: record its access and signal the evictor if over the limit.
-    pub fn note_stored(&self, digest: &crate::oci::Digest) {
+    pub fn note_stored(&self, digest: &Digest) {
         self.usage.touch(digest);
         self.note_growth();
     }
@@ -121,5 +175,19 @@ impl Store {
         if self.max_size.is_some_and(|max| self.over_limit(max)) {
             self.pressure.notify_one();
         }
+    }
+}
+
+/// A stored blob being read: the bytes of the range asked for, the blob held in use (not evicted)
+/// until the reader is dropped.
+pub struct StoredBlob {
+    reader: Box<dyn BlobRead>,
+    _in_use: InUse,
+}
+
+#[async_trait]
+impl BlobRead for StoredBlob {
+    async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
+        self.reader.next_chunk().await
     }
 }

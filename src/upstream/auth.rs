@@ -310,18 +310,19 @@ async fn request_token(
     let resp = transport.send(Method::GET, &url, headers).await?;
     let status = resp.status();
     let body = transport.read_body(resp, MAX_TOKEN_RESPONSE).await?;
-    if !status.is_success() {
+    // A 401 or 403 is the upstream refusing regcache (its credentials, or anonymous access), kept as
+    // the upstream's answer; any other failure is a token server that regcache can't use.
+    if matches!(status.as_u16(), 401 | 403) {
         return Err(UpstreamError::Status {
-            status: if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
-                status
-            } else {
-                http::StatusCode::BAD_GATEWAY
-            },
+            status,
             code: None,
             retry_after: None,
             rate_limit: super::RateLimit::default(),
             message: format!("token server answered {status}"),
         });
+    }
+    if !status.is_success() {
+        return Err(UpstreamError::Protocol(format!("token server answered {status}")));
     }
     let parsed: TokenResponse = serde_json::from_slice(&body)
         .map_err(|e| UpstreamError::Protocol(format!("token response is not JSON: {e}")))?;

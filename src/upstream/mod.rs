@@ -25,7 +25,7 @@ use url::Url;
 
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
-use crate::oci::{first_error, ErrorCode, RegistryHost, RepositoryName};
+use crate::oci::{first_error, Blame, ErrorCode, RegistryHost, RepositoryName};
 use crate::singleflight::CallDied;
 pub use auth::Auth;
 pub use challenge::{parse_challenges, Challenge};
@@ -95,6 +95,20 @@ impl UpstreamError {
     /// Whether the upstream said the thing does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, UpstreamError::Status { status, .. } if *status == StatusCode::NOT_FOUND)
+    }
+
+    /// Who is to blame: the client when the upstream says the thing does not exist (nothing failed:
+    /// there is none of it), regcache when its own work on the request died, else the upstream.
+    pub fn blame(&self) -> Blame {
+        match self {
+            UpstreamError::Status { .. } if self.is_not_found() => Blame::Client,
+            UpstreamError::Status { .. }
+            | UpstreamError::Timeout(_)
+            | UpstreamError::Connect(_)
+            | UpstreamError::Protocol(_)
+            | UpstreamError::TooLarge(_) => Blame::Upstream,
+            UpstreamError::Interrupted(_) => Blame::Internal,
+        }
     }
 }
 

@@ -96,6 +96,30 @@ async fn a_hanging_upstream_is_a_504() {
     assert_eq!(status.as_u16(), 504);
 }
 
+/// A token server that fails is the upstream failing: 502 whatever it answered (its 404 or 429 are
+/// not passed on as if the registry had said them); one that refuses (401, 403) is the upstream
+/// refusing regcache: 403, never a login prompt for the client. Either way the blame is upstream.
+#[tokio::test]
+async fn a_failing_token_server_is_a_502_and_a_refusing_one_a_403() {
+    let reg = FakeRegistry::start().await;
+    let cases = [("a", 500, 502, "UNAVAILABLE"), ("b", 404, 502, "UNAVAILABLE"), ("c", 429, 502, "UNAVAILABLE"), ("d", 401, 403, "DENIED"), ("e", 403, 403, "DENIED")];
+    for (repo, ..) in cases {
+        images::schema2_image(&reg, &format!("library/{repo}"), "1", 1, 10);
+    }
+    let m = Mirror::start(&reg).await;
+    for (repo, token_status, want_status, want_code) in cases {
+        reg.set_fault(Fault::Status { code: token_status, retry_after: Some(5), path_contains: "/token".into() });
+        let resp = m.get_manifest(repo, "1").await;
+        assert_eq!(resp.headers().get("retry-after"), None, "token server {token_status}");
+        let status = resp.status().as_u16();
+        let v: serde_json::Value = resp.json().await.expect("an OCI error body");
+        assert_eq!((status, v["errors"][0]["code"].as_str().unwrap()), (want_status, want_code), "token server {token_status}");
+        assert_eq!(v["errors"][0]["detail"], serde_json::json!({"blame": "upstream"}), "token server {token_status}");
+        reg.clear_faults();
+    }
+    assert_eq!(reg.token_requests().len(), cases.len(), "one token request per repository: {:?}", reg.token_requests());
+}
+
 #[tokio::test]
 async fn authorization_is_dropped_when_a_redirect_leaves_the_upstream() {
     let reg = FakeRegistry::start().await;

@@ -48,6 +48,8 @@ pub struct Options {
     /// Decide whether the upstream is a private registry instead of resolving its host (every
     /// test server is on loopback, so without this every upstream is private).
     pub private_network: Option<bool>,
+    /// A bucket shared with other mirrors, behind this one's data directory.
+    pub bucket: Option<std::sync::Arc<dyn regcache::store::SharedBackend>>,
 }
 
 impl Mirror {
@@ -76,7 +78,7 @@ impl Mirror {
         );
         let mut config = Config::from_toml(&toml, &Overrides::default(), Path::new(".")).expect("config");
         config.upstreams[0].private_network = opts.private_network;
-        let registry = App::open(&config).expect("open registry");
+        let registry = App::open_with(&config, opts.bucket, Default::default()).expect("open registry");
         let fills = registry.cache().fills().clone();
         let shared_calls = registry.cache().shared_calls();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

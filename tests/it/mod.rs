@@ -14,5 +14,6 @@ pub mod mirror;
 pub mod pull;
 pub mod redirects;
 pub mod routing;
+pub mod shared;
 pub mod tags;
 pub mod trust;

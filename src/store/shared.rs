@@ -1,0 +1,485 @@
+//! The shared tier: a bucket that several regcache nodes use behind their own local hot tiers
+//! (`[storage] backend = "s3"`). A blob missing from the hot tier is read from the bucket before
+//! it is asked of the upstream, and a blob fetched from the upstream is uploaded to the bucket as it
+//! arrives, following the fill like one more reader, and completed only once the fill has verified
+//! it ([`Shared::spawn_upload`]).
+//!
+//! The bucket may fail, hang or vanish: every request to it is bounded by the backend's timeout,
+//! and a failure marks it down ([`Health`]). While it is down nothing is asked of it: hits in the
+//! hot tier go on, misses go to the upstream and are kept locally. After [`RETRY`] the next request
+//! tries again, and the first success marks it up; new fills are uploaded again from then on.
+//!
+//! Manifests (by digest, with their media type) and what tags pointed at (per upstream,
+//! repository, tag and kind of answer, with when it was confirmed) are records in the bucket too
+//! ([`Records`]): every node writes what it learns, in the background, and a node that doesn't
+//! know a manifest or tag (or only an old answer) reads the bucket before it asks the upstream. A
+//! manifest read from the bucket is verified like one from the upstream.
+//!
+//! Which blobs the bucket holds, and their sizes, is remembered in the index
+//! ([`super::SharedSizes`]) so a `HEAD` or a hit costs no bucket request per client request; an
+//! object that has vanished since is a miss, and is forgotten.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{watch, Semaphore};
+
+use super::backend::{BlobBackend, BlobWrite, Opened, ReadAt, Records, SharedBackend};
+use super::index::{SharedSizes, StoredManifest, TagAnswer};
+use crate::metrics::{BucketOp, Metrics};
+use crate::oci::{Digest, ManifestKind, RepositoryName, Tag};
+use crate::sync::lock;
+
+/// How long the bucket is left alone after a failure before a request tries it again.
+pub const RETRY: Duration = Duration::from_secs(10);
+/// How many uploads run at once; more wait (they read the hot tier's file, so waiting holds no
+/// memory).
+const MAX_UPLOADS: usize = 8;
+/// How many bytes an upload reads from the hot tier at once.
+const UPLOAD_CHUNK: usize = 1024 * 1024;
+/// How many record writes run at once; past this, a record is not written (it is only a shortcut
+/// for the other nodes: they ask the upstream instead).
+const MAX_RECORD_WRITES: usize = 64;
+/// The largest tag record read.
+const MAX_TAG_RECORD: usize = 4096;
+
+/// The bucket as this node uses it.
+pub struct Shared {
+    blobs: Arc<dyn BlobBackend>,
+    records: Arc<dyn Records>,
+    record_writes: Arc<Semaphore>,
+    sizes: SharedSizes,
+    health: Health,
+    uploads: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+/// How far a fill has got, for the upload that follows it. The fill drops its sender when it fails
+/// or stops storing: the upload is then aborted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// This many bytes are in the hot tier's file, not verified yet.
+    Written(u64),
+    /// All of the blob, this many bytes, is in the file and its digest checked out.
+    Verified(u64),
+}
+
+/// Whether the bucket answers: since when it doesn't, if it doesn't.
+#[derive(Default)]
+pub struct Health {
+    // A std Mutex: held to read or set one value, never across an await.
+    down_since: Mutex<Option<Instant>>,
+}
+
+impl Health {
+    /// Whether a request may go to the bucket now: it is up, or it has been down for [`RETRY`].
+    fn available(&self) -> bool {
+        lock(&self.down_since).is_none_or(|since| since.elapsed() >= RETRY)
+    }
+
+    /// Whether the bucket is marked down.
+    pub fn is_down(&self) -> bool {
+        lock(&self.down_since).is_some()
+    }
+
+    /// A request failed: down from now. Whether it was up before (say so once).
+    fn failed(&self) -> bool {
+        lock(&self.down_since).replace(Instant::now()).is_none()
+    }
+
+    /// A request succeeded: up. Whether it was down before.
+    fn succeeded(&self) -> bool {
+        lock(&self.down_since).take().is_some()
+    }
+}
+
+impl Shared {
+    /// The `bucket`, with the index's record of which blobs it holds.
+    pub fn new(bucket: Arc<dyn SharedBackend>, sizes: SharedSizes, metrics: Arc<Metrics>) -> Shared {
+        Shared {
+            blobs: bucket.clone(),
+            records: bucket,
+            record_writes: Arc::new(Semaphore::new(MAX_RECORD_WRITES)),
+            sizes,
+            health: Health::default(),
+            uploads: Arc::new(Semaphore::new(MAX_UPLOADS)),
+            metrics,
+        }
+    }
+
+    /// The manifest `digest` from the bucket, verified (its digest and media type, as from the
+    /// upstream); `None` if the bucket doesn't have it, can't be asked now, or holds something
+    /// that fails verification. `max` bounds its size.
+    pub async fn manifest(&self, digest: &Digest, max: usize) -> Option<StoredManifest> {
+        let record = self.get_record(&manifest_key(digest), max.saturating_add(256)).await?;
+        let split = record.iter().position(|b| *b == 0)?;
+        let media_type = std::str::from_utf8(&record[..split]).ok()?.to_owned();
+        let bytes = record.slice(split + 1..);
+        match crate::oci::verify_manifest(&bytes, std::slice::from_ref(digest), Some(&media_type)) {
+            Ok(v) => Some(StoredManifest { media_type: v.media_type, bytes }),
+            Err(e) => {
+                tracing::error!(%digest, error = %e, "the bucket's copy of a manifest fails verification; ignored");
+                None
+            }
+        }
+    }
+
+    /// Write a verified manifest to the bucket, in the background.
+    pub fn publish_manifest(self: &Arc<Self>, digest: &Digest, m: &StoredManifest) {
+        let mut v = Vec::with_capacity(m.media_type.len() + 1 + m.bytes.len());
+        v.extend_from_slice(m.media_type.as_bytes());
+        v.push(0);
+        v.extend_from_slice(&m.bytes);
+        self.put_record(manifest_key(digest), v.into());
+    }
+
+    /// What the bucket says `tag` (of `repo` on `upstream`) pointed at for clients asking for
+    /// `kind`, and when that was confirmed.
+    pub async fn tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind) -> Option<TagAnswer> {
+        let record = self.get_record(&tag_key(upstream, repo, tag, kind), MAX_TAG_RECORD).await?;
+        serde_json::from_slice(&record).ok()
+    }
+
+    /// Write what a tag pointed at to the bucket, in the background.
+    pub fn publish_tag(self: &Arc<Self>, upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind, answer: &TagAnswer) {
+        // Serialising a digest and an integer cannot fail.
+        if let Ok(v) = serde_json::to_vec(answer) {
+            self.put_record(tag_key(upstream, repo, tag, kind), v.into());
+        }
+    }
+
+    /// The last referrers list of `digest` (in `repo` on `upstream`) some node wrote, up to `max`
+    /// bytes: for when the upstream can't be asked.
+    pub async fn referrers(&self, upstream: &str, repo: &RepositoryName, digest: &Digest, max: usize) -> Option<Bytes> {
+        self.get_record(&referrers_key(upstream, repo, digest), max).await
+    }
+
+    /// Write a referrers list the upstream gave to the bucket, in the background.
+    pub fn publish_referrers(self: &Arc<Self>, upstream: &str, repo: &RepositoryName, digest: &Digest, body: Bytes) {
+        self.put_record(referrers_key(upstream, repo, digest), body);
+    }
+
+    async fn get_record(&self, key: &str, max: usize) -> Option<Bytes> {
+        if !self.health.available() {
+            return None;
+        }
+        self.outcome(BucketOp::GetRecord, self.records.get(key, max).await)?
+    }
+
+    fn put_record(self: &Arc<Self>, key: String, value: Bytes) {
+        if !self.health.available() {
+            return;
+        }
+        let Ok(permit) = self.record_writes.clone().try_acquire_owned() else {
+            tracing::debug!(key, "too many bucket writes running; this record is not written");
+            return;
+        };
+        let shared = Arc::clone(self);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let written = shared.records.put(&key, value).await;
+            shared.outcome(BucketOp::PutRecord, written);
+        });
+    }
+
+    /// Whether the bucket is marked down.
+    pub fn is_down(&self) -> bool {
+        self.health.is_down()
+    }
+
+    /// The size of `digest` in the bucket: remembered, else asked (`HEAD`) and remembered. `None`
+    /// if the bucket doesn't have it or can't be asked now.
+    pub async fn size(&self, digest: &Digest) -> Option<u64> {
+        if let Ok(Some(size)) = self.sizes.get(digest) {
+            return Some(size);
+        }
+        if !self.health.available() {
+            return None;
+        }
+        let size = self.outcome(BucketOp::Head, self.blobs.stat(digest).await)?;
+        if let Some(size) = size {
+            self.remember(digest, size);
+        }
+        size
+    }
+
+    /// The whole blob `digest` from the bucket, for a fill into the hot tier; `None` if the bucket
+    /// doesn't have it (a vanished object is forgotten) or can't be asked now.
+    pub async fn open(&self, digest: &Digest) -> Option<Opened> {
+        let size = self.size(digest).await?;
+        if !self.health.available() {
+            return None;
+        }
+        match self.outcome(BucketOp::Get, self.blobs.open(digest, 0..size).await)? {
+            Some(opened) if opened.size == size => {
+                self.metrics.bucket_read(size);
+                Some(opened)
+            }
+            _ => {
+                tracing::info!(%digest, "a blob known to be in the bucket is gone from it; a miss");
+                let _ = self.sizes.remove(digest);
+                None
+            }
+        }
+    }
+
+    /// The bucket's copy of `digest` failed verification: remove it, so the next request fetches
+    /// the blob from the upstream (and uploads it again).
+    pub async fn discard(&self, digest: &Digest, why: &(dyn std::fmt::Display + Sync)) {
+        tracing::error!(%digest, error = %why, "the bucket's copy of a blob is corrupt; removing it");
+        let _ = self.sizes.remove(digest);
+        if let Err(e) = self.blobs.remove(digest).await {
+            tracing::warn!(%digest, error = %e, "removing a corrupt blob from the bucket failed");
+        }
+    }
+
+    /// Upload the blob `digest` (`size` if announced) to the bucket as a fill writes it to the hot
+    /// tier: `written` reads the fill's file, `progress` says how far it is. The upload is
+    /// completed only after `Progress::Verified`, and aborted if the fill ends any other way
+    /// (`progress` closed). Nothing happens while the bucket is down, or when it is known to have
+    /// the blob already. The upload's task, if any.
+    pub fn spawn_upload(
+        self: &Arc<Self>,
+        digest: &Digest,
+        size: Option<u64>,
+        written: Box<dyn ReadAt>,
+        progress: watch::Receiver<Progress>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.health.available() || matches!(self.sizes.get(digest), Ok(Some(_))) {
+            return None;
+        }
+        let (shared, digest) = (Arc::clone(self), digest.clone());
+        Some(tokio::spawn(async move {
+            let Ok(_permit) = shared.uploads.clone().acquire_owned().await else { return };
+            let _running = shared.metrics.upload_started();
+            let writer = match shared.blobs.begin(&digest, size).await {
+                Ok(w) => w,
+                Err(e) => {
+                    shared.outcome::<()>(BucketOp::Upload, Err(e));
+                    return;
+                }
+            };
+            let uploaded = upload(writer, written, progress).await;
+            match uploaded {
+                Ok(Some(size)) => {
+                    shared.outcome(BucketOp::Upload, Ok(()));
+                    shared.metrics.bucket_written(size);
+                    shared.remember(&digest, size);
+                    tracing::info!(%digest, size, "blob uploaded to the bucket");
+                }
+                Ok(None) => {
+                    shared.metrics.upload_aborted();
+                    tracing::debug!(%digest, "the fill did not store the blob; its upload was aborted");
+                }
+                Err(e) => {
+                    shared.metrics.upload_aborted();
+                    shared.outcome::<()>(BucketOp::Upload, Err(e));
+                }
+            }
+        }))
+    }
+
+    fn remember(&self, digest: &Digest, size: u64) {
+        if let Err(e) = self.sizes.put(digest, size) {
+            tracing::warn!(%digest, error = %e, "noting a blob in the bucket failed");
+        }
+    }
+
+    /// Count a bucket request and mark the bucket up or down by its result; the value if it
+    /// succeeded.
+    fn outcome<T>(&self, op: BucketOp, result: io::Result<T>) -> Option<T> {
+        self.metrics.bucket_operation(op, result.is_ok());
+        match result {
+            Ok(v) => {
+                if self.health.succeeded() {
+                    tracing::warn!("the bucket answers again; reading from and uploading to it");
+                    self.metrics.bucket_down(false);
+                }
+                Some(v)
+            }
+            Err(e) => {
+                if self.health.failed() {
+                    tracing::error!(operation = op.as_str(), error = %e, "the bucket failed; serving from the hot tier and the upstream without it (retried in {RETRY:?})");
+                    self.metrics.bucket_down(true);
+                } else {
+                    tracing::debug!(operation = op.as_str(), error = %e, "the bucket failed again");
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Copy what the fill writes into `writer`, following `progress`: the size once it is complete and
+/// committed, `None` if the fill ended without verified content (the write is aborted).
+async fn upload(
+    mut writer: Box<dyn BlobWrite>,
+    mut written: Box<dyn ReadAt>,
+    mut progress: watch::Receiver<Progress>,
+) -> io::Result<Option<u64>> {
+    let mut pos = 0u64;
+    loop {
+        let now = *progress.borrow_and_update();
+        let (limit, verified) = match now {
+            Progress::Written(n) => (n, false),
+            Progress::Verified(n) => (n, true),
+        };
+        while pos < limit {
+            let n = usize::try_from(limit - pos).unwrap_or(usize::MAX).min(UPLOAD_CHUNK);
+            let bytes = written.read_at(pos, n).await?;
+            if bytes.is_empty() {
+                writer.abort().await;
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the hot tier's file ended early"));
+            }
+            pos += bytes.len() as u64;
+            if let Err(e) = writer.append(&[bytes]).await {
+                writer.abort().await;
+                return Err(e);
+            }
+        }
+        if verified {
+            writer.commit().await?;
+            return Ok(Some(pos));
+        }
+        if progress.changed().await.is_err() {
+            // The fill failed or stopped storing: nothing verified to upload.
+            writer.abort().await;
+            return Ok(None);
+        }
+    }
+}
+
+/// The key of the record of manifest `digest`.
+fn manifest_key(digest: &Digest) -> String {
+    format!("manifests/{}/{}", digest.algorithm().as_str(), digest.hex())
+}
+
+/// The key of the record of the referrers of `digest` in `repo` on `upstream`.
+fn referrers_key(upstream: &str, repo: &RepositoryName, digest: &Digest) -> String {
+    format!("referrers/{upstream}/{repo}/{}/{}", digest.algorithm().as_str(), digest.hex())
+}
+
+/// The key of a tag's record: names and tags are validated (no `..`, no empty parts), and the
+/// upstream's name is a host.
+fn tag_key(upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind) -> String {
+    let kind = serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    format!("tags/{upstream}/{repo}/{tag}/{kind}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    use crate::store::{BlobRead, LocalBlobs, Store};
+
+    /// A node's store and a second local directory standing in for the bucket.
+    fn setup() -> (tempfile::TempDir, Store, Arc<LocalBlobs>, Arc<Shared>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("node")).unwrap();
+        let bucket = Arc::new(LocalBlobs::at(&dir.path().join("bucket")).unwrap());
+        let shared = Arc::new(Shared::new(bucket.clone(), store.index.shared_sizes(), Arc::new(Metrics::new())));
+        (dir, store, bucket, shared)
+    }
+
+    async fn read_all(mut r: Box<dyn BlobRead>) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(chunk) = r.next_chunk().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        out
+    }
+
+    /// A hot-tier write of `bytes` followed by an upload; the progress sender to drive it.
+    async fn write_and_follow(
+        store: &Store,
+        shared: &Arc<Shared>,
+        bytes: &[u8],
+    ) -> (Digest, Box<dyn BlobWrite>, watch::Sender<Progress>, tokio::task::JoinHandle<()>) {
+        let digest = Digest::sha256_of(bytes);
+        let mut w = store.blobs.begin(&digest, Some(bytes.len() as u64)).await.unwrap();
+        let (tx, rx) = watch::channel(Progress::Written(0));
+        let task = shared.spawn_upload(&digest, Some(bytes.len() as u64), w.partial().unwrap().reader(), rx).expect("the bucket is up");
+        let half = bytes.len() / 2;
+        w.append(&[Bytes::copy_from_slice(&bytes[..half])]).await.unwrap();
+        tx.send_replace(Progress::Written(half as u64));
+        w.append(&[Bytes::copy_from_slice(&bytes[half..])]).await.unwrap();
+        tx.send_replace(Progress::Written(bytes.len() as u64));
+        (digest, w, tx, task)
+    }
+
+    /// Wait until the upload task has ended.
+    async fn upload_done(task: tokio::task::JoinHandle<()>) {
+        tokio::time::timeout(Duration::from_secs(10), task).await.expect("the upload ends").unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_upload_completes_only_after_verification() {
+        let (dir, store, bucket, shared) = setup();
+        let bytes = vec![7u8; 3 * UPLOAD_CHUNK + 5];
+        let (digest, w, tx, task) = write_and_follow(&store, &shared, &bytes).await;
+        // Every byte is written, and the upload has read them, but they aren't verified: nothing in
+        // the bucket yet.
+        let tmp = dir.path().join("bucket/tmp");
+        let uploaded_len = || std::fs::read_dir(&tmp).unwrap().filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).max();
+        let read_all_written = async {
+            while uploaded_len() != Some(bytes.len() as u64) {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read_all_written).await.expect("the upload follows");
+        assert_eq!(bucket.stat(&digest).await.unwrap(), None);
+        tx.send_replace(Progress::Verified(bytes.len() as u64));
+        w.commit().await.unwrap();
+        upload_done(task).await;
+        let opened = bucket.open(&digest, 0..bytes.len() as u64).await.unwrap().expect("uploaded");
+        assert_eq!(read_all(opened.reader).await, bytes);
+        assert_eq!(store.index.shared_sizes().get(&digest).unwrap(), Some(bytes.len() as u64), "remembered");
+        // Another node (an empty hot tier, the same index record) reads it from the bucket.
+        let opened = shared.open(&digest).await.expect("in the bucket");
+        assert_eq!(read_all(opened.reader).await, bytes);
+    }
+
+    #[tokio::test]
+    async fn a_fill_that_ends_unverified_uploads_nothing() {
+        let (dir, store, bucket, shared) = setup();
+        let (digest, w, tx, task) = write_and_follow(&store, &shared, b"wrong bytes, say").await;
+        drop(tx);
+        w.abort().await;
+        upload_done(task).await;
+        assert_eq!(bucket.stat(&digest).await.unwrap(), None);
+        assert!(bucket.list().await.unwrap().is_empty());
+        assert_eq!(std::fs::read_dir(dir.path().join("bucket/tmp")).unwrap().count(), 0, "the upload was aborted");
+        assert!(!shared.is_down(), "an aborted upload is not a bucket failure");
+    }
+
+    #[tokio::test]
+    async fn a_vanished_object_is_a_miss_and_forgotten() {
+        let (_dir, store, bucket, shared) = setup();
+        let bytes = b"once in the bucket".to_vec();
+        let (digest, w, tx, task) = write_and_follow(&store, &shared, &bytes).await;
+        tx.send_replace(Progress::Verified(bytes.len() as u64));
+        w.commit().await.unwrap();
+        upload_done(task).await;
+        assert_eq!(shared.size(&digest).await, Some(bytes.len() as u64));
+        bucket.remove(&digest).await.unwrap();
+        assert!(shared.open(&digest).await.is_none());
+        assert_eq!(store.index.shared_sizes().get(&digest).unwrap(), None);
+        assert!(!shared.is_down());
+    }
+
+    #[test]
+    fn the_bucket_is_left_alone_for_a_while_after_a_failure() {
+        let health = Health::default();
+        assert!(health.available() && !health.is_down());
+        assert!(health.failed(), "the first failure is news");
+        assert!(!health.failed(), "the second is not");
+        assert!(health.is_down() && !health.available());
+        *health.down_since.lock().unwrap() = Some(Instant::now() - RETRY);
+        assert!(health.available(), "after RETRY one request tries again");
+        assert!(health.succeeded());
+        assert!(health.available() && !health.is_down());
+    }
+}

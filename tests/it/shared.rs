@@ -1,0 +1,277 @@
+//! Mirrors sharing one bucket behind their own data directories (the hot tiers): what one fetched
+//! (blobs, manifests, tags), the other serves without the upstream; the bucket never serves unverified bytes; a failing
+//! bucket degrades to hot tier + upstream. The bucket here is a directory behind the storage seam,
+//! with a switch that makes it fail; `it::bucket` runs the S3 backend against a real server.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use regcache::oci::Digest;
+use bytes::Bytes;
+use regcache::store::{BlobBackend, BlobWrite, Listed, LocalBlobs, Opened, Records, SharedBackend};
+
+use crate::it::mirror::{Mirror, Options};
+use crate::support::fake_registry::{FakeRegistry, Fault};
+use crate::support::images;
+
+/// A bucket: a directory behind the seam (records are files under `records/`), failing every
+/// request while `down` is set.
+struct TestBucket {
+    dir: tempfile::TempDir,
+    files: LocalBlobs,
+    down: AtomicBool,
+}
+
+impl TestBucket {
+    fn new() -> Arc<TestBucket> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = LocalBlobs::at(dir.path()).expect("bucket dir");
+        Arc::new(TestBucket { dir, files, down: AtomicBool::new(false) })
+    }
+
+    fn check(&self) -> std::io::Result<()> {
+        match self.down.load(Ordering::SeqCst) {
+            true => Err(std::io::Error::other("bucket unreachable (test)")),
+            false => Ok(()),
+        }
+    }
+
+    fn path(&self, digest: &str) -> std::path::PathBuf {
+        self.files.path(&digest.parse().expect("digest"))
+    }
+
+    fn objects(&self) -> usize {
+        self.files.list_files().expect("list").len()
+    }
+}
+
+#[async_trait]
+impl BlobBackend for TestBucket {
+    async fn begin(&self, digest: &Digest, size: Option<u64>) -> std::io::Result<Box<dyn BlobWrite>> {
+        self.check()?;
+        self.files.begin(digest, size).await
+    }
+    async fn open(&self, digest: &Digest, range: std::ops::Range<u64>) -> std::io::Result<Option<Opened>> {
+        self.check()?;
+        self.files.open(digest, range).await
+    }
+    async fn stat(&self, digest: &Digest) -> std::io::Result<Option<u64>> {
+        self.check()?;
+        self.files.stat(digest).await
+    }
+    async fn list(&self) -> std::io::Result<Vec<Listed>> {
+        self.check()?;
+        self.files.list().await
+    }
+    async fn remove(&self, digest: &Digest) -> std::io::Result<()> {
+        self.check()?;
+        self.files.remove(digest).await
+    }
+}
+
+#[async_trait]
+impl Records for TestBucket {
+    async fn get(&self, key: &str, max: usize) -> std::io::Result<Option<Bytes>> {
+        self.check()?;
+        self.files.get(key, max).await
+    }
+    async fn put(&self, key: &str, value: Bytes) -> std::io::Result<()> {
+        self.check()?;
+        self.files.put(key, value).await
+    }
+}
+
+/// A mirror on `bucket`; tags are trusted for a minute (the default revalidates every time).
+async fn node(reg: &FakeRegistry, bucket: &Arc<TestBucket>) -> Mirror {
+    let bucket: Arc<dyn SharedBackend> = bucket.clone();
+    let extra = "tag_ttl = \"1m\"\n".to_owned();
+    Mirror::start_with(reg, Options { credentials: true, bucket: Some(bucket), extra, ..Default::default() }).await
+}
+
+/// Wait until `n` uploads to the bucket have completed.
+async fn uploaded(m: &Mirror, n: usize) {
+    m.metrics_with(&format!("regcache_bucket_operations_total{{op=\"upload\",result=\"ok\"}} {n}\n")).await;
+}
+
+#[tokio::test]
+async fn a_blob_one_node_fetched_another_serves_without_the_upstream() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 3, 200_000);
+    let bucket = TestBucket::new();
+    let a = node(&reg, &bucket).await;
+    for blob in image.blobs() {
+        let (status, bytes) = a.blob("alpine", &blob.digest).await.expect("blob");
+        assert!(status == 200 && bytes == blob.bytes);
+    }
+    uploaded(&a, image.blobs().len()).await;
+    assert_eq!(bucket.objects(), image.blobs().len(), "every blob is in the bucket");
+
+    reg.clear_log();
+    let b = node(&reg, &bucket).await;
+    for blob in image.blobs() {
+        let head = b.head(&format!("/v2/alpine/blobs/{}", blob.digest)).await;
+        assert_eq!(head.status(), 200);
+        assert_eq!(head.headers()["content-length"], blob.bytes.len().to_string().as_str());
+        let (status, bytes) = b.blob("alpine", &blob.digest).await.expect("blob");
+        assert!(status == 200 && bytes == blob.bytes, "node B serves {}", blob.digest);
+    }
+    assert!(reg.requests().is_empty() && reg.cdn_requests().is_empty(), "node B asked the upstream: {:?} {:?}", reg.requests(), reg.cdn_requests());
+    b.metrics_with("regcache_bucket_bytes_total{direction=\"read\"}").await;
+    // Node B kept them in its hot tier: the next reads don't touch the bucket.
+    for blob in image.blobs() {
+        b.wait_stored(&blob.digest).await;
+    }
+    bucket.down.store(true, Ordering::SeqCst);
+    for blob in image.blobs() {
+        let (status, bytes) = b.blob("alpine", &blob.digest).await.expect("blob");
+        assert!(status == 200 && bytes == blob.bytes);
+    }
+}
+
+#[tokio::test]
+async fn an_image_one_node_pulled_by_tag_another_pulls_without_the_upstream() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 2, 50_000);
+    let bucket = TestBucket::new();
+    let a = node(&reg, &bucket).await;
+    let resp = a.get_manifest("alpine", "3").await;
+    assert_eq!(resp.status(), 200);
+    for blob in image.blobs() {
+        a.blob("alpine", &blob.digest).await.expect("blob");
+    }
+    uploaded(&a, image.blobs().len()).await;
+    a.metrics_with("regcache_bucket_operations_total{op=\"put_record\",result=\"ok\"} 2\n").await;
+
+    reg.clear_log();
+    let b = node(&reg, &bucket).await;
+    let resp = b.get_manifest("alpine", "3").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["docker-content-digest"], image.manifest.digest.as_str());
+    assert_eq!(resp.bytes().await.expect("body").as_ref(), image.manifest.bytes.as_slice());
+    for blob in image.blobs() {
+        let (status, bytes) = b.blob("alpine", &blob.digest).await.expect("blob");
+        assert!(status == 200 && bytes == blob.bytes);
+    }
+    assert!(reg.requests().is_empty() && reg.cdn_requests().is_empty(), "node B asked the upstream: {:?} {:?}", reg.requests(), reg.cdn_requests());
+    // A manifest by digest too, and a record that fails verification is ignored.
+    let resp = b.get_manifest("alpine", &image.manifest.digest).await;
+    assert_eq!(resp.status(), 200);
+    let c = node(&reg, &bucket).await;
+    let hex = image.manifest.digest.trim_start_matches("sha256:");
+    let record = bucket.dir.path().join("records/manifests/sha256").join(hex);
+    let mut tampered = std::fs::read(&record).expect("manifest record");
+    let last = tampered.len() - 2;
+    tampered[last] ^= 0x01;
+    std::fs::write(&record, tampered).expect("tamper");
+    let resp = c.get_manifest("alpine", &image.manifest.digest).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.expect("body").as_ref(), image.manifest.bytes.as_slice(), "from the upstream, not the tampered record");
+    assert!(reg.requests().iter().any(|r| r.path_and_query.contains(&image.manifest.digest)), "fetched from the upstream");
+}
+
+#[tokio::test]
+async fn a_corrupt_object_in_the_bucket_is_never_served_as_good_and_is_removed() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 100_000);
+    let blob = image.blobs()[0].clone();
+    let bucket = TestBucket::new();
+    let a = node(&reg, &bucket).await;
+    a.blob("alpine", &blob.digest).await.expect("blob");
+    uploaded(&a, 1).await;
+    // Same length, other bytes.
+    let mut tampered = blob.bytes.clone();
+    tampered[10] ^= 0xff;
+    std::fs::write(bucket.path(&blob.digest), &tampered).expect("tamper");
+
+    reg.clear_log();
+    let b = node(&reg, &bucket).await;
+    let got = b.blob("alpine", &blob.digest).await;
+    assert!(got.is_err() || got.as_ref().is_ok_and(|(s, bytes)| *s != 200 || bytes.len() < blob.bytes.len()), "wrong bytes are never a complete answer");
+    assert!(!b.has_blob(&blob.digest), "nor stored");
+    assert!(!bucket.path(&blob.digest).exists(), "the corrupt object is removed from the bucket");
+    // The next request fetches it from the upstream, and uploads it again.
+    let (status, bytes) = b.blob("alpine", &blob.digest).await.expect("blob");
+    assert!(status == 200 && bytes == blob.bytes);
+    assert_eq!(reg.cdn_count(&blob.digest), 1);
+    uploaded(&b, 1).await;
+    assert_eq!(std::fs::read(bucket.path(&blob.digest)).expect("uploaded again"), blob.bytes);
+}
+
+#[tokio::test]
+async fn a_failing_bucket_degrades_to_the_hot_tier_and_the_upstream() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 2, 100_000);
+    let bucket = TestBucket::new();
+    let m = node(&reg, &bucket).await;
+    let blobs: Vec<_> = image.blobs().into_iter().cloned().collect();
+    m.blob("alpine", &blobs[0].digest).await.expect("blob");
+    uploaded(&m, 1).await;
+    m.wait_stored(&blobs[0].digest).await;
+
+    bucket.down.store(true, Ordering::SeqCst);
+    // A hit in the hot tier, and a miss from the upstream, while the bucket fails.
+    for blob in &blobs {
+        let (status, bytes) = m.blob("alpine", &blob.digest).await.expect("blob");
+        assert!(status == 200 && bytes == blob.bytes, "{}", blob.digest);
+    }
+    m.wait_stored(&blobs[1].digest).await;
+    m.metrics_with("regcache_bucket_down 1\n").await;
+    assert_eq!(bucket.objects(), 1, "nothing was uploaded while the bucket failed");
+}
+
+#[tokio::test]
+async fn a_referrers_list_one_node_saw_another_serves_while_the_upstream_is_down() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 100);
+    let sig = format!("sha256:{}", "1".repeat(64));
+    let list = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": images::OCI_INDEX,
+        "manifests": [{"mediaType": images::OCI_MANIFEST, "digest": sig, "size": 10, "artifactType": "application/x-sig"}]
+    });
+    reg.put_referrers("library/alpine", &image.manifest.digest, serde_json::to_vec(&list).unwrap());
+    let bucket = TestBucket::new();
+    let a = node(&reg, &bucket).await;
+    let path = format!("/v2/alpine/referrers/{}", image.manifest.digest);
+    assert_eq!(a.get(&path).await.status(), 200);
+    a.metrics_with("regcache_bucket_operations_total{op=\"put_record\",result=\"ok\"} 1\n").await;
+
+    reg.set_fault(Fault::Status { code: 503, retry_after: None, path_contains: "/v2/".into() });
+    let b = node(&reg, &bucket).await;
+    let resp = b.get(&path).await;
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(v["manifests"][0]["digest"], sig.as_str(), "node A's list, from the bucket");
+}
+
+#[tokio::test]
+async fn through_the_s3_backend_in_memory_a_multipart_blob_reaches_the_other_node() {
+    let reg = FakeRegistry::start().await;
+    // Three parts of 8 MiB and a bit: uploaded part by part as the fill writes it.
+    let image = images::schema2_image(&reg, "library/big", "1", 1, 3 * 8 * 1024 * 1024 + 123);
+    let records = tempfile::tempdir().expect("tempdir");
+    let bucket: Arc<dyn SharedBackend> = Arc::new(regcache::store::Bucket::in_memory("fleet", records.path()));
+    let start = |bucket: Arc<dyn SharedBackend>| {
+        let extra = "tag_ttl = \"1m\"\n".to_owned();
+        Mirror::start_with(&reg, Options { credentials: true, bucket: Some(bucket), extra, ..Default::default() })
+    };
+    let a = start(bucket.clone()).await;
+    assert_eq!(a.get_manifest("big", "1").await.status(), 200);
+    for blob in image.blobs() {
+        let (status, bytes) = a.blob("big", &blob.digest).await.expect("blob");
+        assert!(status == 200 && bytes == blob.bytes);
+    }
+    uploaded(&a, image.blobs().len()).await;
+    assert_eq!(std::fs::read_dir(records.path().join("uploads")).map(|d| d.count()).unwrap_or(0), 0, "no upload left recorded");
+
+    reg.clear_log();
+    let b = start(bucket).await;
+    assert_eq!(b.get_manifest("big", "1").await.status(), 200);
+    for blob in image.blobs() {
+        let (status, bytes) = b.blob("big", &blob.digest).await.expect("blob");
+        assert!(status == 200 && bytes == blob.bytes);
+    }
+    assert!(reg.requests().is_empty() && reg.cdn_requests().is_empty(), "node B asked the upstream: {:?}", reg.requests());
+}
