@@ -237,8 +237,9 @@ fn serve(config: Config) -> Result<(), Failure> {
     })
 }
 
-/// The bucket of `[storage] backend = "s3"`, checked with a list, a small write, read and delete; `None`
-/// for local storage. A bucket that can't be used is a usage error (exit 2) on one line.
+/// The bucket of `[storage] backend = "s3"`, checked with a list, a small write, read and
+/// delete; `None` for local storage. A bucket that can't be used is a usage error (exit 2) on one
+/// line.
 async fn open_bucket(config: &Config) -> Result<Option<Bucket>, Failure> {
     let Storage::S3(s3) = &config.storage else { return Ok(None) };
     let usage = |e: BucketError| Failure::Usage(format!("storage: {e}"));
