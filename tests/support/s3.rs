@@ -131,14 +131,17 @@ impl SeaweedFs {
     pub async fn create_bucket(&self, name: &str) {
         let script = self.dir.path().join(format!("create-{name}.txt"));
         std::fs::write(&script, format!("s3.bucket.create -name {name}\n")).unwrap();
-        let mut shell = Command::new(weed_binary());
-        shell
+        let shell = tokio::process::Command::new(weed_binary())
             .arg(format!("-logdir={}", self.dir.path().join("logs").display()))
             .args(["shell", "-master", &self.master, "-filer", &self.filer])
             .env("TMPDIR", self.dir.path().join("tmp"))
-            .stdin(std::fs::File::open(&script).unwrap());
-        let run = tokio::task::spawn_blocking(move || shell.output().unwrap());
-        let out = tokio::time::timeout(Duration::from_secs(60), run)
+            .stdin(std::fs::File::open(&script).unwrap())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // A shell that hangs is killed when the timeout drops it.
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(60), shell)
             .await
             .unwrap_or_else(|_| panic!("weed shell hung: {}", self.output_tail()))
             .unwrap();
