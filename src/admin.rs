@@ -11,7 +11,7 @@ use std::time::Duration;
 use std::collections::BTreeMap;
 
 use crate::oci::{is_registry_host, references, Digest, Hasher, NameError, RegistryHost, RepositoryName};
-use crate::store::bucket_lru::{self, PROTECTED};
+use crate::store::bucket_lru::{self, Limits};
 use crate::store::{now_secs, SharedBackend, SharedSizes, Store, TagAnswer};
 
 /// `regcache ls [REPO]`: cached repositories and tags, when each was last revalidated, and sizes.
@@ -195,13 +195,15 @@ pub async fn ls_bucket(bucket: &dyn SharedBackend, filter: Option<&str>, out: &m
 }
 
 /// `regcache gc` on the shared bucket: one eviction round now, as the node `node` (see
-/// `store::bucket_lru`), down to `target` bytes of blobs; blobs used within the protection window
-/// stay. Evicted blobs are forgotten in `sizes` (this data directory's record of the bucket).
+/// `store::bucket_lru`), down to `target` bytes of blobs; blobs used within `protected` stay (the
+/// nodes use `bucket_lru::PROTECTED`). Evicted blobs are forgotten in `sizes` (this data
+/// directory's record of the bucket).
 pub async fn gc_bucket(
     bucket: &dyn SharedBackend,
     sizes: &SharedSizes,
     node: &str,
     target: u64,
+    protected: Duration,
     dry_run: bool,
     out: &mut dyn Write,
 ) -> io::Result<()> {
@@ -209,7 +211,8 @@ pub async fn gc_bucket(
     let forget = |b: &bucket_lru::BlobUse| {
         let _ = sizes.remove(&b.digest);
     };
-    let report = bucket_lru::evict_bucket(bucket, node, now, target, target, dry_run, forget).await?;
+    let limits = Limits { max: target, target, protected };
+    let report = bucket_lru::evict_bucket(bucket, node, now, limits, dry_run, forget).await?;
     let verb = if dry_run { "would evict" } else { "evicted" };
     for b in &report.evicted {
         let age = humantime::format_duration(Duration::from_secs(now.saturating_sub(b.last_access) / 1000));
@@ -227,7 +230,7 @@ pub async fn gc_bucket(
         human_bytes(target)
     )?;
     if after > target {
-        let window = humantime::format_duration(PROTECTED);
+        let window = humantime::format_duration(protected);
         writeln!(out, "bucket: still over the target: the rest was used within the last {window}")?;
     }
     Ok(())

@@ -62,6 +62,10 @@ enum Command {
         /// the configured bucket_max_size). Blobs any node used in the last 10 minutes stay.
         #[arg(long)]
         bucket_max_size: Option<String>,
+        /// With `[storage] backend = "s3"`: keep blobs any node used within this long (default
+        /// 10m, as the nodes' own eviction; `0s` evicts by age alone).
+        #[arg(long, default_value = "10m")]
+        protect_recent: String,
         /// List what would be evicted without evicting it.
         #[arg(long)]
         dry_run: bool,
@@ -163,7 +167,7 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Gc { common, max_size, bucket_max_size, dry_run } => {
+        Command::Gc { common, max_size, bucket_max_size, protect_recent, dry_run } => {
             let config = load(&common, None, None)?;
             let size = |s: &str| regcache::config::parse_size(s).map_err(|e| Failure::Usage(e.to_string()));
             let target = max_size.as_deref().map(size).transpose()?.or(config.max_size);
@@ -174,6 +178,8 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
                 }
                 Storage::Local => None,
             };
+            let protected = regcache::config::parse_duration(&protect_recent)
+                .map_err(|e| Failure::Usage(format!("--protect-recent {protect_recent:?}: {e}")))?;
             if target.is_none() && bucket_target.is_none() {
                 let more = if matches!(config.storage, Storage::S3(_)) { " (or --bucket-max-size or bucket_max_size)" } else { "" };
                 return Err(Failure::Usage(format!("no size to evict down to: pass --max-size or set max_size{more}")));
@@ -188,7 +194,7 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
                     Some(t) => {
                         let node = regcache::store::bucket_lru::node_id(&config.data_dir).context("the node id")?;
                         let sizes = store.index.shared_sizes();
-                        let gc = regcache::admin::gc_bucket(&bucket, &sizes, &node, t, dry_run, &mut out);
+                        let gc = regcache::admin::gc_bucket(&bucket, &sizes, &node, t, protected, dry_run, &mut out);
                         block_on(gc)?.context("evicting from the bucket")?;
                     }
                     None => writeln!(out, "no bucket_max_size: the bucket is left as it is").context("writing")?,

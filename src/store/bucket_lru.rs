@@ -172,13 +172,34 @@ pub struct BlobUse {
     pub last_access: u64,
 }
 
-/// Which blobs to evict: least recently used first, until `total` is at most `target`; none if
-/// `total` is at most `max`; never one accessed at most [`PROTECTED`] before `now`.
-pub fn choose(mut blobs: Vec<BlobUse>, total: u64, max: u64, target: u64, now: u64) -> Vec<BlobUse> {
+/// What an eviction round is to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Evict only if the bucket's blobs pass this many bytes…
+    pub max: u64,
+    /// …and then down to this many.
+    pub target: u64,
+    /// Never evict a blob accessed (or written) at most this long ago: [`PROTECTED`] for the
+    /// nodes; `regcache gc --protect-recent` may say otherwise.
+    pub protected: Duration,
+}
+
+impl Limits {
+    /// The nodes' limits under `bucket_max_size`: down to the low-water mark, [`PROTECTED`].
+    pub fn nodes(bucket_max_size: u64) -> Limits {
+        Limits { max: bucket_max_size, target: low_water(bucket_max_size), protected: PROTECTED }
+    }
+}
+
+/// Which blobs to evict: least recently used first, until `total` is at most `limits.target`;
+/// none if `total` is at most `limits.max`; never one accessed at most `limits.protected` before
+/// `now`.
+pub fn choose(mut blobs: Vec<BlobUse>, total: u64, limits: Limits, now: u64) -> Vec<BlobUse> {
+    let Limits { max, target, protected } = limits;
     if total <= max {
         return Vec::new();
     }
-    let protected_after = now.saturating_sub(PROTECTED.as_millis() as u64);
+    let protected_after = now.saturating_sub(protected.as_millis() as u64);
     blobs.sort_by_key(|b| b.last_access);
     let mut left = total;
     let mut out = Vec::new();
@@ -213,15 +234,14 @@ impl BucketEviction {
     }
 }
 
-/// One eviction round on `bucket` (see the module's documentation): evict down to `target` if
-/// the blobs pass `max`, compact the summaries under `writer`'s name. `removed` is told of each
+/// One eviction round on `bucket` (see the module's documentation): evict as `limits` say,
+/// compact the summaries under `writer`'s name. `removed` is told of each
 /// blob deleted. With `dry_run`, only say what would go: nothing is deleted or written.
 pub async fn evict_bucket(
     bucket: &dyn SharedBackend,
     writer: &str,
     now: u64,
-    max: u64,
-    target: u64,
+    limits: Limits,
     dry_run: bool,
     mut removed: impl FnMut(&BlobUse),
 ) -> io::Result<BucketEviction> {
@@ -259,7 +279,7 @@ pub async fn evict_bucket(
     let blobs: Vec<BlobUse> =
         seen.iter().map(|(d, (size, _, last))| BlobUse { digest: d.clone(), size: *size, last_access: *last }).collect();
     let count = blobs.len();
-    let evicted = choose(blobs, bytes_before, max, target, now);
+    let evicted = choose(blobs, bytes_before, limits, now);
     let report = BucketEviction { blobs: count, bytes_before, evicted, summaries: consumed.len() };
     if dry_run {
         return Ok(report);
@@ -320,6 +340,10 @@ mod tests {
 
     const MIN: u64 = 60_000;
 
+    fn lim(max: u64, target: u64) -> Limits {
+        Limits { max, target, protected: PROTECTED }
+    }
+
     #[test]
     fn least_recently_used_go_first_down_to_the_target_and_recent_ones_stay() {
         let now = 1000 * MIN;
@@ -350,7 +374,8 @@ mod tests {
             let blobs: Vec<BlobUse> =
                 c.blobs.iter().map(|(n, size, ago)| BlobUse { digest: d(*n), size: *size, last_access: now - ago * MIN }).collect();
             let total = blobs.iter().map(|b| b.size).sum();
-            let got: Vec<Digest> = choose(blobs, total, c.max, c.target, now).into_iter().map(|b| b.digest).collect();
+            let limits = Limits { max: c.max, target: c.target, protected: PROTECTED };
+            let got: Vec<Digest> = choose(blobs, total, limits, now).into_iter().map(|b| b.digest).collect();
             let want: Vec<Digest> = c.evicted.iter().map(|n| d(*n)).collect();
             assert_eq!(got, want, "{}", c.name);
         }
@@ -430,13 +455,13 @@ mod tests {
         for (key, body) in summaries("n2", now - 20 * MIN, false, &[(older.clone(), now - 30 * MIN), (recent.clone(), now - 50 * MIN)]) {
             bucket.put(&key, body).await.unwrap();
         }
-        let dry = evict_bucket(&bucket, "n1", now, 150, 135, true, |_| panic!("dry")).await.unwrap();
+        let dry = evict_bucket(&bucket, "n1", now, lim(150, 135), true, |_| panic!("dry")).await.unwrap();
         assert_eq!(dry.evicted.iter().map(|b| &b.digest).collect::<Vec<_>>(), [&oldest, &older]);
         assert_eq!(bucket.list().await.unwrap().len(), 3, "a dry run deletes nothing");
         assert_eq!(bucket.list_records("access").await.unwrap().len(), 2, "nor compacts");
 
         let mut told = Vec::new();
-        let done = evict_bucket(&bucket, "n1", now, 150, 135, false, |b| told.push(b.digest.clone())).await.unwrap();
+        let done = evict_bucket(&bucket, "n1", now, lim(150, 135), false, |b| told.push(b.digest.clone())).await.unwrap();
         assert_eq!((done.blobs, done.bytes_before, done.summaries), (3, 300, 2));
         assert_eq!(done.evicted, dry.evicted);
         assert_eq!(done.evicted[1].last_access, now - 30 * MIN, "the summary's time, over the floor");
@@ -449,14 +474,18 @@ mod tests {
         assert_eq!(parse_summary(&body).collect::<Vec<_>>(), [(recent.clone(), now - MIN)], "only what is still there");
 
         // Under the limit now; nothing new to compact: nothing changes.
-        let again = evict_bucket(&bucket, "n2", now + MIN, 150, 135, false, |_| panic!("nothing to evict")).await.unwrap();
+        let again = evict_bucket(&bucket, "n2", now + MIN, lim(150, 135), false, |_| panic!("nothing to evict")).await.unwrap();
         assert_eq!((again.evicted.len(), again.summaries), (0, 1));
         assert_eq!(bucket.list_records("access").await.unwrap(), keys);
         // Over a lower limit, the recent blob still stays: it was read a minute ago.
-        let low = evict_bucket(&bucket, "n2", now + MIN, 10, 9, false, |_| panic!("protected")).await.unwrap();
+        let low = evict_bucket(&bucket, "n2", now + MIN, lim(10, 9), false, |_| panic!("protected")).await.unwrap();
         assert!(low.evicted.is_empty());
         // Run twice (two evictors): the second finds nothing more to do.
-        let twice = evict_bucket(&bucket, "n2", now, 150, 135, false, |_| panic!("already done")).await.unwrap();
+        let twice = evict_bucket(&bucket, "n2", now, lim(150, 135), false, |_| panic!("already done")).await.unwrap();
         assert!(twice.evicted.is_empty());
+        // Without protection (`gc --protect-recent 0s`), the recent one goes too.
+        let all = Limits { max: 10, target: 0, protected: Duration::ZERO };
+        let forced = evict_bucket(&bucket, "gc", now, all, false, |_| {}).await.unwrap();
+        assert_eq!(forced.evicted.iter().map(|b| &b.digest).collect::<Vec<_>>(), [&recent]);
     }
 }

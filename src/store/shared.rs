@@ -228,22 +228,22 @@ impl Shared {
         if !evictor {
             return None;
         }
-        self.evict_now(&e.node, now, e.max, bucket_lru::low_water(e.max)).await
+        self.evict_now(&e.node, now, bucket_lru::Limits::nodes(e.max)).await
     }
 
-    /// Evict down to `target` if the bucket's blobs pass `max`, merging every node's summaries,
-    /// as `writer` at `now`; `None` if the bucket failed (it is then marked down).
-    async fn evict_now(&self, writer: &str, now: u64, max: u64, target: u64) -> Option<BucketEviction> {
+    /// Evict as `limits` say, merging every node's summaries, as `writer` at `now`; `None` if the
+    /// bucket failed (it is then marked down).
+    async fn evict_now(&self, writer: &str, now: u64, limits: bucket_lru::Limits) -> Option<BucketEviction> {
         let removed = |b: &bucket_lru::BlobUse| {
             let _ = self.sizes.remove(&b.digest);
             self.metrics.bucket_evicted(b.size);
         };
-        let done = bucket_lru::evict_bucket(self.bucket.as_ref(), writer, now, max, target, false, removed).await;
+        let done = bucket_lru::evict_bucket(self.bucket.as_ref(), writer, now, limits, false, removed).await;
         let report = self.outcome(BucketOp::Evict, done)?;
         if !report.evicted.is_empty() {
             tracing::info!(
                 evicted = report.evicted.len(), bytes = report.bytes_evicted(), before = report.bytes_before,
-                bucket_max_size = max, "evicted least-recently-used blobs from the bucket"
+                bucket_max_size = limits.max, "evicted least-recently-used blobs from the bucket"
             );
         }
         Some(report)

@@ -117,4 +117,11 @@ async fn ls_verify_and_gc_work_on_the_bucket() {
     let out = text(&o);
     assert!(o.status.success() && out.contains("bucket: evicted 0 blobs"), "{out}");
     assert_eq!(bucket.list().await.unwrap().len(), n - 1, "nothing was evicted");
+    // Without the protection, by age alone: everything goes (down to 1 byte).
+    let o = regcache(&config, &["gc", "--bucket-max-size", "1B", "--protect-recent", "0s"]).await;
+    let out = text(&o);
+    assert!(o.status.success() && out.contains(&format!("bucket: evicted {} blobs", n - 1)), "{out}");
+    assert!(bucket.list().await.unwrap().is_empty(), "{out}");
+    let o = regcache(&config, &["gc", "--protect-recent", "soon"]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
