@@ -1,11 +1,18 @@
 //! The maintenance commands that work on the data directory itself: `ls`, `gc` and `verify`. They
 //! need the directory to themselves (sled locks it), so they refuse clearly while a server runs.
+//!
+//! With `[storage] backend = "s3"` each also works on the shared bucket ([`ls_bucket`],
+//! [`gc_bucket`], [`verify_bucket`]), which needs no server stopped: eviction and verification
+//! are safe beside running nodes (they only delete blobs nobody used lately, or corrupt ones).
 
 use std::io::{self, IsTerminal, Write};
 use std::time::Duration;
 
-use crate::oci::{is_registry_host, NameError, RegistryHost, references, Digest, RepositoryName};
-use crate::store::{now_secs, Store};
+use std::collections::BTreeMap;
+
+use crate::oci::{is_registry_host, references, Digest, Hasher, NameError, RegistryHost, RepositoryName};
+use crate::store::bucket_lru::{self, Limits};
+use crate::store::{now_secs, SharedBackend, SharedSizes, Store, TagAnswer};
 
 /// `regcache ls [REPO]`: cached repositories and tags, when each was last revalidated, and sizes.
 /// `filter` is `name`, `library/name` or `host/name`.
@@ -15,13 +22,8 @@ pub fn ls(store: &Store, filter: Option<&str>, out: &mut dyn Write) -> io::Resul
     let mut current = String::new();
     let mut shown = 0;
     for (upstream, repo, tag, entry) in tags {
-        if let Some((host, name)) = &wanted {
-            let stored_under = RegistryHost::new(&upstream);
-            let same_host = host.as_ref().is_none_or(|h| h.same_registry(&stored_under));
-            let short = stored_under.short_name(&repo);
-            if !same_host || (repo != name.as_str() && short != Some(name.as_str())) {
-                continue;
-            }
+        if !wanted.as_ref().is_none_or(|w| matches_filter(w, &upstream, &repo)) {
+            continue;
         }
         let heading = format!("{upstream}/{repo}");
         if heading != current {
@@ -42,6 +44,14 @@ pub fn ls(store: &Store, filter: Option<&str>, out: &mut dyn Write) -> io::Resul
     }
     writeln!(out, "{} stored in total", human_bytes(store.index.used_bytes()))?;
     Ok(())
+}
+
+/// Whether `repo` on `upstream` is what an `ls` filter asks for.
+fn matches_filter((host, name): &(Option<RegistryHost>, RepositoryName), upstream: &str, repo: &str) -> bool {
+    let stored_under = RegistryHost::new(upstream);
+    let same_host = host.as_ref().is_none_or(|h| h.same_registry(&stored_under));
+    let short = stored_under.short_name(repo);
+    same_host && (repo == name.as_str() || short == Some(name.as_str()))
 }
 
 /// `host/name` or `name` → (host, name as stored upstream).
@@ -128,6 +138,166 @@ pub fn verify(store: &Store, out: &mut dyn Write) -> io::Result<bool> {
     Ok(report.corrupt.is_empty())
 }
 
+/// A tag record's key split into (upstream, repository, tag, kind):
+/// `tags/<upstream>/<repository>/<tag>/<kind>`.
+fn parse_tag_key(key: &str) -> Option<(&str, &str, &str, &str)> {
+    let rest = key.strip_prefix("tags/")?;
+    let (upstream, rest) = rest.split_once('/')?;
+    let (rest, kind) = rest.rsplit_once('/')?;
+    let (repo, tag) = rest.rsplit_once('/')?;
+    (!upstream.is_empty() && !repo.is_empty() && !tag.is_empty()).then_some((upstream, repo, tag, kind))
+}
+
+/// The largest tag record `ls` reads.
+const MAX_TAG_RECORD: usize = 4096;
+
+/// `regcache ls` on the shared bucket: the tags its records hold per upstream and repository
+/// (the answer confirmed last, when), and its blobs' count and bytes.
+pub async fn ls_bucket(bucket: &dyn SharedBackend, filter: Option<&str>, out: &mut dyn Write) -> io::Result<()> {
+    let wanted = filter.map(parse_filter).transpose().map_err(io::Error::other)?;
+    // (upstream, repository) → tag → the latest answer over its kinds.
+    let mut repos: BTreeMap<(String, String), BTreeMap<String, Option<TagAnswer>>> = BTreeMap::new();
+    for key in bucket.list_records("tags").await? {
+        let Some((upstream, repo, tag, _kind)) = parse_tag_key(&key) else { continue };
+        if !wanted.as_ref().is_none_or(|w| matches_filter(w, upstream, repo)) {
+            continue;
+        }
+        let answer = bucket.get(&key, MAX_TAG_RECORD).await?.and_then(|v| serde_json::from_slice::<TagAnswer>(&v).ok());
+        let slot = repos.entry((upstream.to_owned(), repo.to_owned())).or_default().entry(tag.to_owned()).or_default();
+        if answer.as_ref().map(|a| a.checked_at) > slot.as_ref().map(|a| a.checked_at) {
+            *slot = answer;
+        }
+    }
+    writeln!(out, "in the bucket:")?;
+    let mut tags = 0;
+    for ((upstream, repo), entries) in &repos {
+        writeln!(out, "{upstream}/{repo}")?;
+        for (tag, answer) in entries {
+            tags += 1;
+            match answer {
+                Some(a) => {
+                    let digest = a.digest.to_string();
+                    let short = digest.get(..19).unwrap_or(&digest);
+                    let age = humantime::format_duration(Duration::from_secs(now_secs().saturating_sub(a.checked_at)));
+                    writeln!(out, "  {tag:<24} {short}…  confirmed {age} ago")?;
+                }
+                None => writeln!(out, "  {tag:<24} (unreadable record)")?,
+            }
+        }
+    }
+    if tags == 0 {
+        writeln!(out, "no tags in the bucket{}", filter.map(|f| format!(" for {f}")).unwrap_or_default())?;
+    }
+    let blobs = bucket.list().await?;
+    let bytes: u64 = blobs.iter().map(|b| b.size).sum();
+    writeln!(out, "the bucket holds {} blobs, {}", blobs.len(), human_bytes(bytes))?;
+    Ok(())
+}
+
+/// `regcache gc` on the shared bucket: one eviction round now, as the node `node` (see
+/// `store::bucket_lru`), down to `target` bytes of blobs; blobs used within `protected` stay (the
+/// nodes use `bucket_lru::PROTECTED`). Evicted blobs are forgotten in `sizes` (this data
+/// directory's record of the bucket).
+pub async fn gc_bucket(
+    bucket: &dyn SharedBackend,
+    sizes: &SharedSizes,
+    node: &str,
+    target: u64,
+    protected: Duration,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    let now = bucket_lru::Clock::default().now_ms();
+    let forget = |b: &bucket_lru::BlobUse| {
+        let _ = sizes.remove(&b.digest);
+    };
+    let limits = Limits { max: target, target, protected };
+    let report = bucket_lru::evict_bucket(bucket, node, now, limits, dry_run, forget).await?;
+    let verb = if dry_run { "would evict" } else { "evicted" };
+    for b in &report.evicted {
+        let age = humantime::format_duration(Duration::from_secs(now.saturating_sub(b.last_access) / 1000));
+        writeln!(out, "bucket: {verb} blob {} ({}, last used {age} ago)", b.digest, human_bytes(b.size))?;
+    }
+    let freed = report.bytes_evicted();
+    let after = report.bytes_before.saturating_sub(freed);
+    writeln!(
+        out,
+        "bucket: {verb} {} blobs, {}: {} → {} (target {})",
+        report.evicted.len(),
+        human_bytes(freed),
+        human_bytes(report.bytes_before),
+        human_bytes(after),
+        human_bytes(target)
+    )?;
+    if after > target {
+        let window = humantime::format_duration(protected);
+        writeln!(out, "bucket: still over the target: the rest was used within the last {window}")?;
+    }
+    Ok(())
+}
+
+/// `regcache verify` on the shared bucket: re-hash every blob (streamed) and every manifest record;
+/// corrupt ones are deleted from the bucket (and forgotten in `sizes`) and named. `Ok(false)` if
+/// any was corrupt.
+pub async fn verify_bucket(bucket: &dyn SharedBackend, sizes: &SharedSizes, out: &mut dyn Write) -> io::Result<bool> {
+    let (mut blobs, mut bytes, mut corrupt) = (0usize, 0u64, 0usize);
+    for listed in bucket.list().await? {
+        let Some(digest) = listed.digest else {
+            writeln!(out, "bucket: not a blob (left alone): {}", listed.name)?;
+            continue;
+        };
+        let Some(opened) = bucket.open(&digest, 0..listed.size).await? else { continue };
+        let mut reader = opened.reader;
+        let mut hasher = Hasher::new(digest.algorithm());
+        let mut read = 0u64;
+        while let Some(chunk) = reader.next_chunk().await {
+            let chunk = chunk?;
+            read += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        blobs += 1;
+        bytes += read;
+        if read != opened.size || hasher.finish() != digest {
+            corrupt += 1;
+            bucket.remove(&digest).await?;
+            let _ = sizes.remove(&digest);
+            writeln!(out, "corrupt in the bucket: blob {digest}, removed")?;
+        }
+    }
+    let mut manifests = 0usize;
+    let max = crate::upstream::MAX_MANIFEST + 256;
+    for key in bucket.list_records("manifests").await? {
+        let digest = key.strip_prefix("manifests/").and_then(|rest| rest.split_once('/')).and_then(|(alg, hex)| format!("{alg}:{hex}").parse::<Digest>().ok());
+        let Some(digest) = digest else {
+            writeln!(out, "bucket: not a manifest record (left alone): {key}")?;
+            continue;
+        };
+        let record = match bucket.get(&key, max).await {
+            Ok(Some(r)) => Some(r),
+            Ok(None) => continue,
+            // Larger than any manifest regcache keeps: not one it wrote.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => None,
+            Err(e) => return Err(e),
+        };
+        manifests += 1;
+        let good = record.as_deref().is_some_and(|r| manifest_record_is_good(r, &digest));
+        if !good {
+            corrupt += 1;
+            bucket.remove_record(&key).await?;
+            writeln!(out, "corrupt in the bucket: manifest {digest}, removed")?;
+        }
+    }
+    writeln!(out, "bucket: verified {blobs} blobs ({}) and {manifests} manifests: {corrupt} corrupt", human_bytes(bytes))?;
+    Ok(corrupt == 0)
+}
+
+/// Whether a manifest record (`<media type>\0<bytes>`) holds the manifest `digest`.
+fn manifest_record_is_good(record: &[u8], digest: &Digest) -> bool {
+    let Some(split) = record.iter().position(|b| *b == 0) else { return false };
+    let Ok(media_type) = std::str::from_utf8(&record[..split]) else { return false };
+    crate::oci::verify_manifest(&record[split + 1..], std::slice::from_ref(digest), Some(media_type)).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +320,20 @@ mod tests {
                 (Err(_), None) => {}
                 (got, _) => panic!("{filter}: {got:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn tag_record_keys_split_into_their_parts() {
+        let cases = [
+            ("tags/docker.io/library/alpine/3/image", Some(("docker.io", "library/alpine", "3", "image"))),
+            ("tags/ghcr.io/org/team/app/v1.2/index", Some(("ghcr.io", "org/team/app", "v1.2", "index"))),
+            ("tags/localhost:5000/app/latest/schema1", Some(("localhost:5000", "app", "latest", "schema1"))),
+            ("tags/docker.io/3/image", None),
+            ("manifests/sha256/abc", None),
+        ];
+        for (key, want) in cases {
+            assert_eq!(parse_tag_key(key), want, "{key}");
         }
     }
 }

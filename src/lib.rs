@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - [`access`]: who may use the mirror: allow list and htpasswd.
-//! - [`admin`]: `ls`, `gc`, `verify` on the data directory.
+//! - [`admin`]: `ls`, `gc`, `verify` on the data directory (and on the shared bucket with `backend = "s3"`).
 //! - [`warm`]: `warm`: pull images through a server ahead of a rush.
 //! - [`config`]: the TOML file as written → a validated [`config::Config`].
 //! - [`oci`]: the registry domain, pure: `Digest`, `RepositoryName`, `Reference`, `RegistryHost`
@@ -14,7 +14,9 @@
 //!   abort, open a range, stat, list, remove) and its first implementation, the local directory
 //!   (`store::LocalBlobs`: temp → fsync → rename); reading stored blobs (`Store::read_blob`,
 //!   pooled buffers, `preadv2`); the sled index; the disk budget of fills; and the housekeeping
-//!   loop (access times, eviction under `max_size`).
+//!   loop (access times, eviction under `max_size`). With `backend = "s3"`: the bucket
+//!   (`store::Bucket`), the tier logic (`store::Shared`) and `bucket_max_size`
+//!   (`store::bucket_lru`: access summaries, one evictor among the nodes).
 //! - [`inflight`]: blob fills: one upstream download per blob and upstream, written through the
 //!   seam, followed by any number of readers (`inflight::FillReader`).
 //! - [`singleflight`]: one call per key at a time (manifest fetches, tag revalidations, tokens).

@@ -1,5 +1,6 @@
 //! The `regcache` command.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -42,7 +43,8 @@ enum Command {
         #[arg(long)]
         upstream: Option<String>,
     },
-    /// List cached repositories and tags, when each was last revalidated, and sizes.
+    /// List cached repositories and tags, when each was last revalidated, and sizes (and what the
+    /// shared bucket holds, with `backend = "s3"`).
     Ls {
         #[command(flatten)]
         common: Common,
@@ -53,14 +55,23 @@ enum Command {
     Gc {
         #[command(flatten)]
         common: Common,
-        /// The size to evict down to (default: the configured max_size).
+        /// The size to evict the data directory down to (default: the configured max_size).
         #[arg(long)]
         max_size: Option<String>,
+        /// With `[storage] backend = "s3"`: the size to evict the bucket's blobs down to (default:
+        /// the configured bucket_max_size). Blobs any node used in the last 10 minutes stay.
+        #[arg(long)]
+        bucket_max_size: Option<String>,
+        /// With `[storage] backend = "s3"`: keep blobs any node used within this long (default
+        /// 10m, as the nodes' own eviction; `0s` evicts by age alone).
+        #[arg(long, default_value = "10m")]
+        protect_recent: String,
         /// List what would be evicted without evicting it.
         #[arg(long)]
         dry_run: bool,
     },
-    /// Re-hash every stored blob and manifest; corrupt ones are moved to quarantine/. Exit code 1 if any.
+    /// Re-hash every stored blob and manifest; corrupt ones are moved to quarantine/ (in the
+    /// bucket, with `backend = "s3"`: deleted). Exit code 1 if any.
     Verify {
         #[command(flatten)]
         common: Common,
@@ -147,26 +158,60 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ls { common, repo } => {
-            let store = open_store(&load(&common, None, None)?, "ls")?;
+            let config = load(&common, None, None)?;
+            let store = open_store(&config, "ls")?;
             regcache::admin::ls(&store, repo.as_deref(), &mut out).context("listing")?;
+            if let Some(bucket) = admin_bucket(&config)? {
+                let listed = block_on(regcache::admin::ls_bucket(&bucket, repo.as_deref(), &mut out))?;
+                listed.context("listing the bucket")?;
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Gc { common, max_size, dry_run } => {
+        Command::Gc { common, max_size, bucket_max_size, protect_recent, dry_run } => {
             let config = load(&common, None, None)?;
-            let target = match max_size.as_deref() {
-                Some(s) => regcache::config::parse_size(s).map_err(|e| Failure::Usage(e.to_string()))?,
-                None => config.max_size.ok_or_else(|| {
-                    Failure::Usage("no size to evict down to: pass --max-size or set max_size".into())
-                })?,
+            let size = |s: &str| regcache::config::parse_size(s).map_err(|e| Failure::Usage(e.to_string()));
+            let target = max_size.as_deref().map(size).transpose()?.or(config.max_size);
+            let bucket_target = match &config.storage {
+                Storage::S3(s3) => bucket_max_size.as_deref().map(size).transpose()?.or(s3.bucket_max_size),
+                Storage::Local if bucket_max_size.is_some() => {
+                    return Err(Failure::Usage("--bucket-max-size needs [storage] backend = \"s3\"".into()))
+                }
+                Storage::Local => None,
             };
+            let protected = regcache::config::parse_duration(&protect_recent)
+                .map_err(|e| Failure::Usage(format!("--protect-recent {protect_recent:?}: {e}")))?;
+            if target.is_none() && bucket_target.is_none() {
+                let more = if matches!(config.storage, Storage::S3(_)) { " (or --bucket-max-size or bucket_max_size)" } else { "" };
+                return Err(Failure::Usage(format!("no size to evict down to: pass --max-size or set max_size{more}")));
+            }
             let store = open_store(&config, "gc")?;
-            regcache::admin::gc(&store, target, dry_run, &mut out).context("evicting")?;
+            match target {
+                Some(target) => regcache::admin::gc(&store, target, dry_run, &mut out).context("evicting")?,
+                None => writeln!(out, "no max_size: the data directory is left as it is").context("writing")?,
+            }
+            if let Some(bucket) = admin_bucket(&config)? {
+                match bucket_target {
+                    Some(t) => {
+                        let node = regcache::store::bucket_lru::node_id(&config.data_dir).context("the node id")?;
+                        let sizes = store.index.shared_sizes();
+                        let gc = regcache::admin::gc_bucket(&bucket, &sizes, &node, t, protected, dry_run, &mut out);
+                        block_on(gc)?.context("evicting from the bucket")?;
+                    }
+                    None => writeln!(out, "no bucket_max_size: the bucket is left as it is").context("writing")?,
+                }
+            }
             store.index.flush().context("flushing the index")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { common } => {
-            let store = open_store(&load(&common, None, None)?, "verify")?;
-            let clean = regcache::admin::verify(&store, &mut out).context("verifying")?;
+            let config = load(&common, None, None)?;
+            let store = open_store(&config, "verify")?;
+            let mut clean = regcache::admin::verify(&store, &mut out).context("verifying")?;
+            if let Some(bucket) = admin_bucket(&config)? {
+                let sizes = store.index.shared_sizes();
+                let verified = block_on(regcache::admin::verify_bucket(&bucket, &sizes, &mut out))?;
+                clean &= verified.context("verifying the bucket")?;
+            }
             store.index.flush().context("flushing the index")?;
             Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
@@ -262,6 +307,19 @@ async fn reload_on_sighup(app: std::sync::Arc<App>) {
             None => tracing::info!("SIGHUP: nothing to reload (no TLS configured)"),
         }
     }
+}
+
+/// The bucket of `[storage] backend = "s3"` for a maintenance command (no probe: its first
+/// request says what is wrong); `None` for local storage.
+fn admin_bucket(config: &Config) -> Result<Option<Bucket>, Failure> {
+    let Storage::S3(s3) = &config.storage else { return Ok(None) };
+    Bucket::from_config(s3, &config.data_dir).map(Some).map_err(|e| Failure::Usage(format!("storage: {e}")))
+}
+
+/// Run one bucket command's future on a runtime of its own.
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> Result<T, Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    Ok(runtime.block_on(f))
 }
 
 /// Warm through the running server if one holds the data directory, else through a temporary

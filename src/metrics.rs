@@ -114,6 +114,8 @@ pub enum BucketOp {
     GetRecord,
     /// A record written.
     PutRecord,
+    /// An eviction round's requests (who evicts; listing, summaries, deletions).
+    Evict,
 }
 
 impl BucketOp {
@@ -125,6 +127,7 @@ impl BucketOp {
             BucketOp::Upload => "upload",
             BucketOp::GetRecord => "get_record",
             BucketOp::PutRecord => "put_record",
+            BucketOp::Evict => "evict",
         }
     }
 }
@@ -238,6 +241,8 @@ pub struct Metrics {
     uploads: Gauge,
     uploads_aborted: Counter,
     bucket_down: Gauge,
+    bucket_evictions: Counter,
+    bucket_evicted_bytes: Counter,
 }
 
 /// An upload counted as running until it is dropped.
@@ -297,6 +302,10 @@ impl Metrics {
         registry.register("bucket_uploads_aborted", "Blob uploads to the shared bucket given up", uploads_aborted.clone());
         let bucket_down = Gauge::default();
         registry.register("bucket_down", "1 while the shared bucket is marked down (degraded: hot tier and upstream only)", bucket_down.clone());
+        let bucket_evictions = Counter::default();
+        registry.register("bucket_evictions", "Blobs this node evicted from the shared bucket to stay under bucket_max_size", bucket_evictions.clone());
+        let bucket_evicted_bytes = Counter::default();
+        registry.register("bucket_evicted_bytes", "Bytes this node evicted from the shared bucket to stay under bucket_max_size", bucket_evicted_bytes.clone());
         Metrics {
             registry,
             requests,
@@ -315,6 +324,8 @@ impl Metrics {
             uploads,
             uploads_aborted,
             bucket_down,
+            bucket_evictions,
+            bucket_evicted_bytes,
         }
     }
 
@@ -348,6 +359,12 @@ impl Metrics {
     /// An upload was given up.
     pub fn upload_aborted(&self) {
         self.uploads_aborted.inc();
+    }
+
+    /// A blob of `bytes` evicted from the bucket.
+    pub fn bucket_evicted(&self, bytes: u64) {
+        self.bucket_evictions.inc();
+        self.bucket_evicted_bytes.inc_by(bytes);
     }
 
     /// The bucket was marked down, or up again.

@@ -146,7 +146,16 @@ impl App {
         let mut store = Store::open(&config.data_dir)?;
         store.max_size = config.max_size;
         store.temp = crate::store::TempBudget::new(store.files.tmp_dir().to_owned(), config.fills.max_temp, config.fills.min_free);
-        store.shared = bucket.map(|b| Arc::new(crate::store::Shared::new(b, store.index.shared_sizes(), metrics.clone())));
+        if let Some(b) = bucket {
+            let bucket_max_size = match &config.storage {
+                crate::config::Storage::S3(s3) => s3.bucket_max_size,
+                crate::config::Storage::Local => None,
+            };
+            let node = crate::store::bucket_lru::node_id(&config.data_dir)
+                .map_err(|source| crate::store::StoreError::Io { path: config.data_dir.join("node-id"), source })?;
+            let shared = crate::store::Shared::new(b, store.index.shared_sizes(), metrics.clone()).with_eviction(node, bucket_max_size);
+            store.shared = Some(Arc::new(shared));
+        }
         let store = Arc::new(store);
         crate::store::spawn_housekeeping(&store, metrics.clone());
         let upstreams = config

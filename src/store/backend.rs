@@ -60,6 +60,8 @@ pub struct Listed {
     pub name: String,
     /// Its size.
     pub size: u64,
+    /// When it was last written (unix milliseconds), if the backend knows.
+    pub modified: Option<u64>,
 }
 
 /// The bytes of a range of a stored blob, in order.
@@ -108,11 +110,19 @@ pub trait ReadAt: Send {
 /// `tags/<upstream>/<repository>/<tag>/<kind>`); values are whole and small.
 #[async_trait]
 pub trait Records: Send + Sync + 'static {
-    /// The record `key`, if present; an error if it is larger than `max` bytes.
+    /// The record `key`, if present; an error of kind `InvalidData` if it is larger than `max` bytes.
     async fn get(&self, key: &str, max: usize) -> io::Result<Option<Bytes>>;
 
     /// Write (or replace) the record `key`.
     async fn put(&self, key: &str, value: Bytes) -> io::Result<()>;
+
+    /// The keys of every record under `prefix` (a key or a key's leading parts, without a
+    /// trailing `/`: `access` lists `access/…`), in no particular order.
+    async fn list_records(&self, prefix: &str) -> io::Result<Vec<String>>;
+
+    /// Delete the record `key` (absent is fine). (Named apart from [`BlobBackend::list`] and
+    /// [`BlobBackend::remove`]: a backend implements both traits.)
+    async fn remove_record(&self, key: &str) -> io::Result<()>;
 }
 
 /// What a bucket shared by several nodes offers: blobs and records.

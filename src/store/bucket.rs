@@ -461,7 +461,7 @@ fn xml_field<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
 }
 
 /// 64 random bits, from the standard library's randomly seeded hasher.
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
     h.finish()
@@ -526,7 +526,8 @@ impl BlobBackend for Bucket {
                 _ => None,
             }
             .filter(|d| self.blob_key(d) == name);
-            out.push(Listed { digest, name, size: meta.size });
+            let modified = u64::try_from(meta.last_modified.timestamp_millis()).ok();
+            out.push(Listed { digest, name, size: meta.size, modified });
         }
         Ok(out)
     }
@@ -551,7 +552,7 @@ impl Records for Bucket {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(self.io_error(Op::Get, &key, &e)),
         };
-        let too_large = || io::Error::other(format!("record {key} is larger than {max} bytes"));
+        let too_large = || io::Error::new(io::ErrorKind::InvalidData, format!("record {key} is larger than {max} bytes"));
         if got.meta.size > max as u64 {
             return Err(too_large());
         }
@@ -574,6 +575,30 @@ impl Records for Bucket {
         let len = value.len() as u64;
         let result = self.store.put_opts(&path, PutPayload::from(value), PutOptions::default()).await;
         self.observe(Op::Put, len, result).map(|_| ()).map_err(|e| self.io_error(Op::Put, &key, &e))
+    }
+
+    async fn list_records(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let root = self.key(prefix.trim_end_matches('/'));
+        let path = self.path(&root).map_err(io::Error::other)?;
+        let strip = if self.prefix.is_empty() { 0 } else { self.prefix.len() + 1 };
+        let mut stream = self.store.list(Some(&path));
+        let mut out = Vec::new();
+        while let Some(meta) = stream.next().await {
+            let meta = self.observe(Op::List, 0, meta).map_err(|e| self.io_error(Op::List, &root, &e))?;
+            if let Some(key) = meta.location.as_ref().get(strip..) {
+                out.push(key.to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove_record(&self, key: &str) -> io::Result<()> {
+        let key = self.key(key);
+        let path = self.path(&key).map_err(io::Error::other)?;
+        match self.observe(Op::Delete, 0, self.store.delete(&path).await) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.io_error(Op::Delete, &key, &e)),
+        }
     }
 }
 
@@ -973,10 +998,24 @@ mod tests {
         let mut listed = b.list().await.unwrap();
         listed.sort_by(|a, c| a.name.cmp(&c.name));
         assert_eq!(listed.len(), 2, "{listed:?}");
-        assert_eq!(listed[0], Listed { digest: Some(digest.clone()), name: b.blob_key(&digest), size: 10 });
+        assert_eq!((listed[0].digest.as_ref(), listed[0].name.as_str(), listed[0].size), (Some(&digest), b.blob_key(&digest).as_str(), 10));
+        assert!(listed[0].modified.is_some());
         assert_eq!(listed[1].digest, None);
         b.remove(&digest).await.unwrap();
         assert_eq!(b.stat(&digest).await.unwrap(), None);
+        // Records: listed under a prefix, without the bucket's prefix, and removed.
+        b.put("access/n1/1", Bytes::from_static(b"x")).await.unwrap();
+        b.put("access/n2/2", Bytes::from_static(b"y")).await.unwrap();
+        assert_eq!(b.get("access/n2/2", 0).await.unwrap_err().kind(), io::ErrorKind::InvalidData, "larger than max");
+        b.put("accessories/3", Bytes::from_static(b"z")).await.unwrap();
+        let mut keys = b.list_records("access").await.unwrap();
+        keys.sort();
+        assert_eq!(keys, ["access/n1/1", "access/n2/2"]);
+        b.remove_record("access/n1/1").await.unwrap();
+        b.remove_record("access/n1/1").await.unwrap();
+        assert_eq!(b.list_records("access/").await.unwrap(), ["access/n2/2"]);
+        b.remove_record("access/n2/2").await.unwrap();
+        b.remove_record("accessories/3").await.unwrap();
         b.probe().await.unwrap();
         let keys: Vec<String> =
             b.store.list(None).map(|m| m.unwrap().location.to_string()).collect::<Vec<_>>().await;

@@ -1,10 +1,13 @@
 //! The store's background work: access times written to the index in batches, and eviction down
-//! to the low-water mark once an insert takes the store over `max_size`.
+//! to the low-water mark once an insert takes the store over `max_size`; with a shared bucket under
+//! `bucket_max_size`, this node's access summaries and, when it is the evictor, the bucket's
+//! eviction ([`super::bucket_lru`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Store, LOW_WATER};
+use super::bucket_lru::{EVICT_EVERY, SUMMARY_INTERVAL};
+use super::{Shared, Store, LOW_WATER};
 use crate::metrics::Metrics;
 
 /// How often batched access times are written to the index.
@@ -14,6 +17,9 @@ const ACCESS_FLUSH: Duration = Duration::from_secs(30);
 /// [`Store::pressure`]), and write access times every 30 s (`ACCESS_FLUSH`). Holds the store only
 /// weakly, so it ends once the server's store is gone.
 pub fn spawn_housekeeping(store: &Arc<Store>, metrics: Arc<Metrics>) {
+    if let Some(shared) = store.shared.as_ref().filter(|s| s.eviction().is_some()) {
+        spawn_bucket_housekeeping(shared);
+    }
     let weak = Arc::downgrade(store);
     let pressure = store.pressure.clone();
     tokio::spawn(async move {
@@ -48,4 +54,34 @@ fn housekeep(store: &Store, metrics: &Metrics, evict: bool) {
         }
         Err(e) => tracing::error!(error = %e, "eviction failed"),
     }
+}
+
+/// This node's part in `bucket_max_size`, beside the requests (they only note accesses in memory):
+/// every [`SUMMARY_INTERVAL`] (or sooner when the accesses noted fill up) publish the heartbeat and
+/// access summary, and every [`EVICT_EVERY`]th time run an eviction round, which evicts only if
+/// this node is the evictor. The first round comes one interval after the start. Nothing is asked
+/// of the bucket while it is down. Holds the bucket's client weakly: ends with the server.
+fn spawn_bucket_housekeeping(shared: &Arc<Shared>) {
+    let weak = Arc::downgrade(shared);
+    let Some(full) = shared.accesses_full() else { return };
+    tokio::spawn(async move {
+        let start = tokio::time::Instant::now() + SUMMARY_INTERVAL;
+        let mut tick = tokio::time::interval_at(start, SUMMARY_INTERVAL);
+        let mut rounds = 0u32;
+        loop {
+            let timed = tokio::select! {
+                _ = tick.tick() => true,
+                _ = full.notified() => false,
+            };
+            let Some(shared) = weak.upgrade() else { return };
+            if timed {
+                rounds = rounds.wrapping_add(1);
+            }
+            if timed && rounds.is_multiple_of(EVICT_EVERY) {
+                shared.evict_round().await;
+            } else {
+                shared.publish_accesses().await;
+            }
+        }
+    });
 }

@@ -135,10 +135,14 @@ impl BlobBackend for LocalBlobs {
         let files = self.list_files()?;
         Ok(files
             .into_iter()
-            .map(|(digest, path)| Listed {
-                digest,
-                size: fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
-                name: path.display().to_string(),
+            .map(|(digest, path)| {
+                let meta = fs::metadata(&path).ok();
+                let modified = meta
+                    .as_ref()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as u64);
+                Listed { digest, size: meta.map_or(0, |m| m.len()), name: path.display().to_string(), modified }
             })
             .collect())
     }
@@ -153,7 +157,9 @@ impl Records for LocalBlobs {
     async fn get(&self, key: &str, max: usize) -> io::Result<Option<Bytes>> {
         let path = self.record_path(key)?;
         match fs::metadata(&path) {
-            Ok(m) if m.len() > max as u64 => Err(io::Error::other(format!("record {key} is larger than {max} bytes"))),
+            Ok(m) if m.len() > max as u64 => {
+                Err(io::Error::new(io::ErrorKind::InvalidData, format!("record {key} is larger than {max} bytes")))
+            }
             Ok(_) => Ok(Some(fs::read(&path)?.into())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -169,6 +175,32 @@ impl Records for LocalBlobs {
         let tmp = self.tmp.join(format!("record-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
         fs::write(&tmp, &value)?;
         fs::rename(&tmp, &path)
+    }
+
+    async fn list_records(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let start = self.record_path(prefix.trim_end_matches('/'))?;
+        let mut out = Vec::new();
+        let mut stack = vec![start];
+        while let Some(path) = stack.pop() {
+            match fs::metadata(&path) {
+                Ok(m) if m.is_dir() => stack.extend(read_dir_paths(&path)?),
+                Ok(_) => {
+                    if let Some(key) = path.strip_prefix(&self.records).ok().and_then(|k| k.to_str()) {
+                        out.push(key.to_owned());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove_record(&self, key: &str) -> io::Result<()> {
+        match fs::remove_file(self.record_path(key)?) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -324,10 +356,19 @@ mod tests {
         files.put("tags/docker.io/library/alpine/3/image", Bytes::from_static(b"one")).await.unwrap();
         files.put("tags/docker.io/library/alpine/3/image", Bytes::from_static(b"two")).await.unwrap();
         assert_eq!(files.get("tags/docker.io/library/alpine/3/image", 100).await.unwrap().as_deref(), Some(&b"two"[..]));
-        assert!(files.get("tags/docker.io/library/alpine/3/image", 2).await.is_err(), "larger than max");
+        assert_eq!(files.get("tags/docker.io/library/alpine/3/image", 2).await.unwrap_err().kind(), io::ErrorKind::InvalidData, "larger than max");
         for bad in ["../escape", "/etc/passwd", "a/../../b", ""] {
             assert_eq!(files.put(bad, Bytes::new()).await.unwrap_err().kind(), io::ErrorKind::InvalidInput, "{bad:?}");
         }
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        files.put("tags/ghcr.io/org/app/1/index", Bytes::from_static(b"i")).await.unwrap();
+        let mut keys = files.list_records("tags").await.unwrap();
+        keys.sort();
+        assert_eq!(keys, ["tags/docker.io/library/alpine/3/image", "tags/ghcr.io/org/app/1/index"]);
+        assert_eq!(files.list_records("tags/ghcr.io/").await.unwrap(), ["tags/ghcr.io/org/app/1/index"]);
+        assert!(files.list_records("nothing").await.unwrap().is_empty());
+        files.remove_record("tags/ghcr.io/org/app/1/index").await.unwrap();
+        files.remove_record("tags/ghcr.io/org/app/1/index").await.unwrap();
+        assert_eq!(files.list_records("tags").await.unwrap(), ["tags/docker.io/library/alpine/3/image"]);
     }
 }

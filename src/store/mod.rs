@@ -5,6 +5,7 @@
 
 mod backend;
 pub mod bucket;
+pub mod bucket_lru;
 mod budget;
 mod check;
 mod evict;
@@ -138,6 +139,7 @@ impl Store {
         match self.blobs.open(digest, range).await? {
             Some(opened) if opened.size == size => {
                 self.usage.touch(digest);
+                self.touch_shared(digest);
                 Ok(Some(StoredBlob { reader: opened.reader, _in_use: in_use }))
             }
             _ => {
@@ -152,10 +154,18 @@ impl Store {
     pub async fn has_blob(&self, digest: &Digest, size: u64) -> io::Result<bool> {
         if self.blobs.stat(digest).await? == Some(size) {
             self.usage.touch(digest);
+            self.touch_shared(digest);
             return Ok(true);
         }
         self.forget_blob(digest)?;
         Ok(false)
+    }
+
+    /// A hot-tier hit counts as an access in the shared bucket too (for its eviction).
+    fn touch_shared(&self, digest: &Digest) {
+        if let Some(shared) = &self.shared {
+            shared.touch(digest);
+        }
     }
 
     /// The index names a blob that is gone or wrong: forget it.

@@ -27,6 +27,9 @@ pub struct Mirror {
     pub fills: Arc<Fills>,
     /// Its shared upstream calls (tag revalidations, manifest fetches), to see who waits on them.
     pub shared_calls: SharedCalls,
+    /// The application itself (its store, the shared bucket's client), while it runs (weak: a
+    /// stopped mirror releases its data directory).
+    pub app: std::sync::Weak<App>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _tmp: Option<tempfile::TempDir>,
@@ -87,7 +90,13 @@ impl Mirror {
         let task = tokio::spawn(regcache::http::serve(listener, registry.clone(), async {
             let _ = stopped.await;
         }));
-        Mirror { url, data_dir, fills, shared_calls, stop: Some(stop), task: Some(task), _tmp: tmp }
+        Mirror { url, data_dir, fills, shared_calls, app: Arc::downgrade(&registry), stop: Some(stop), task: Some(task), _tmp: tmp }
+    }
+
+    /// The shared bucket's client of this running mirror.
+    pub fn shared(&self) -> Arc<regcache::store::Shared> {
+        let app = self.app.upgrade().expect("the mirror runs");
+        app.cache().store().shared.clone().expect("a shared bucket")
     }
 
     /// regcache with extra top-level configuration.

@@ -1,6 +1,7 @@
 pub mod access;
 pub mod api;
 pub mod bucket;
+pub mod bucket_admin;
 pub mod budgets;
 pub mod cli;
 pub mod coalescing;

@@ -81,6 +81,14 @@ impl Records for TestBucket {
         self.check()?;
         self.files.put(key, value).await
     }
+    async fn list_records(&self, prefix: &str) -> std::io::Result<Vec<String>> {
+        self.check()?;
+        self.files.list_records(prefix).await
+    }
+    async fn remove_record(&self, key: &str) -> std::io::Result<()> {
+        self.check()?;
+        self.files.remove_record(key).await
+    }
 }
 
 /// A mirror on `bucket`; tags are trusted for a minute (the default revalidates every time).
@@ -274,4 +282,78 @@ async fn through_the_s3_backend_in_memory_a_multipart_blob_reaches_the_other_nod
         assert!(status == 200 && bytes == blob.bytes);
     }
     assert!(reg.requests().is_empty() && reg.cdn_requests().is_empty(), "node B asked the upstream: {:?}", reg.requests());
+}
+
+/// A mirror on `bucket` keeping the bucket's blobs under `bucket_max_size` (the S3 table only
+/// carries the limit: the bucket itself is `bucket`).
+async fn node_with_limit(reg: &FakeRegistry, bucket: &Arc<TestBucket>, max: &str) -> Mirror {
+    let bucket: Arc<dyn SharedBackend> = bucket.clone();
+    let top = format!("[storage]\nbackend = \"s3\"\nbucket = \"test-bucket\"\nbucket_max_size = \"{max}\"\n");
+    let extra = "tag_ttl = \"1m\"\n".to_owned();
+    Mirror::start_with(reg, Options { credentials: true, bucket: Some(bucket), extra, top, ..Default::default() }).await
+}
+
+#[tokio::test]
+async fn bucket_eviction_removes_what_no_node_used_lately_and_keeps_what_any_node_did() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 3, 100_000);
+    let (x, y, w) = (&image.layers[0], &image.layers[1], &image.layers[2]);
+    let bucket = TestBucket::new();
+    // Far over the limit: only the protection window keeps what was read lately.
+    let a = node_with_limit(&reg, &bucket, "1000B").await;
+    let b = node_with_limit(&reg, &bucket, "1000B").await;
+    assert!(a.blob("alpine", &x.digest).await.expect("blob").0 == 200);
+    uploaded(&a, 1).await;
+    for blob in [y, w] {
+        assert!(b.blob("alpine", &blob.digest).await.expect("blob").0 == 200);
+    }
+    uploaded(&b, 2).await;
+    for (m, blob) in [(&a, x), (&b, y), (&b, w)] {
+        m.wait_stored(&blob.digest).await;
+    }
+    assert_eq!(bucket.objects(), 3);
+
+    // Node B reads Y now (a hot-tier hit), W 55 minutes later, and node A reads X 5 minutes
+    // after that: Y was read an hour ago, W 5 minutes ago, X just now.
+    let (sa, sb) = (a.shared(), b.shared());
+    assert!(b.blob("alpine", &y.digest).await.expect("blob").1 == y.bytes);
+    for s in [&sa, &sb] {
+        s.clock().advance(std::time::Duration::from_secs(55 * 60));
+    }
+    assert!(b.blob("alpine", &w.digest).await.expect("blob").1 == w.bytes);
+    for s in [&sa, &sb] {
+        s.clock().advance(std::time::Duration::from_secs(5 * 60));
+    }
+    assert!(a.blob("alpine", &x.digest).await.expect("blob").1 == x.bytes);
+    sa.publish_accesses().await;
+    sb.publish_accesses().await;
+
+    // Exactly one of them is the evictor.
+    let (ra, rb) = (sa.evict_round().await, sb.evict_round().await);
+    let (evictor, report) = match (ra, rb) {
+        (Some(r), None) => (&a, r),
+        (None, Some(r)) => (&b, r),
+        other => panic!("one evictor, not {other:?}"),
+    };
+    let evicted: Vec<String> = report.evicted.iter().map(|e| e.digest.to_string()).collect();
+    assert_eq!(evicted, std::slice::from_ref(&y.digest), "only the blob nobody read in the last 10 minutes");
+    assert!(!bucket.path(&y.digest).exists());
+    assert!(bucket.path(&x.digest).exists() && bucket.path(&w.digest).exists(), "read within the protection window: kept");
+    let app = evictor.app.upgrade().expect("runs");
+    assert_eq!(app.cache().store().index.shared_sizes().get(&y.digest.parse().unwrap()).unwrap(), None, "forgotten by the evictor");
+    drop(app);
+    evictor.metrics_with("regcache_bucket_evictions_total 1\n").await;
+    evictor.metrics_with(&format!("regcache_bucket_evicted_bytes_total {}\n", y.bytes.len())).await;
+    let keys = bucket.files.list_records("access").await.expect("summaries");
+    assert!(keys.len() == 1 && keys[0].contains("-c"), "the summaries were compacted: {keys:?}");
+    assert_eq!(bucket.files.list_records("nodes").await.expect("heartbeats").len(), 2, "both nodes' heartbeats");
+
+    // Node A never had Y: the bucket no longer does either, so it comes from the upstream again.
+    reg.clear_log();
+    assert!(a.blob("alpine", &y.digest).await.expect("blob").1 == y.bytes);
+    assert_eq!(reg.cdn_count(&y.digest), 1, "fetched from the upstream after the eviction");
+
+    // While the bucket fails, a round does nothing (and asks nothing).
+    bucket.down.store(true, Ordering::SeqCst);
+    assert!(sa.evict_round().await.is_none() && sb.evict_round().await.is_none());
 }
