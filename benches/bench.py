@@ -10,7 +10,9 @@ distribution over TLS with token auth and storage redirects to an nginx "CDN" on
 
 Figures (see benches/README.md): 1 cached-blob throughput, 2 manifest by digest, 3 manifest by
 tag, 4 32 clients on one cold blob, 5 cold skopeo pulls, 6 peak RSS during 4, 7 upstream
-crossings per blob during 5.  The table goes to stdout and to benches/last-run.md.
+crossings per blob during 5, 8 stalled readers, 9 a password flood, 10 a blob served from an S3
+bucket (SeaweedFS, tests/e2e/e2elib/s3.py) by a node with an empty hot tier, 11 a cold skopeo pull
+with the S3 backend vs the local one.  The table goes to stdout and to benches/last-run.md.
 """
 import datetime
 import http.client
@@ -40,6 +42,7 @@ from e2elib.images import MT_OCI_MANIFEST, Pusher  # noqa: E402
 from e2elib.pki import PKI  # noqa: E402
 from e2elib.procs import ManagedProcess  # noqa: E402
 from e2elib.regcache import Regcache  # noqa: E402
+from e2elib.s3 import SECRET_KEY, SeaweedFS  # noqa: E402
 from e2elib.util import free_port, http_request, wait_until  # noqa: E402
 
 MIB = 1 << 20
@@ -50,6 +53,7 @@ COLD_REPS = int(os.environ.get("BENCH_COLD_REPS", "2"))
 STALLED = int(os.environ.get("BENCH_STALLED", "1000"))
 FLOODERS = int(os.environ.get("BENCH_FLOODERS", "32"))
 # Only these figures ("8,9"): a reduced run for working on one scenario.
+S3_BUCKET = "regcache-bench"     # figures 10 and 11, in the benchmark's own SeaweedFS
 ONLY = [f for f in os.environ.get("BENCH_ONLY", "").split(",") if f]
 DEADLINE = float(os.environ.get("BENCH_DEADLINE") or (time.time() + 840))
 T_START = time.time()
@@ -394,11 +398,51 @@ class RegcacheMirror(Regcache):
     kind = "regcache"
 
 
+class S3RegcacheMirror(Regcache):
+    """regcache with `[storage] backend = "s3"`: everything under `prefix` in `bucket` of the
+    benchmark's SeaweedFS, its data dir the hot tier."""
+    kind = "regcache"
+
+    def __init__(self, name, workdir, up, pki, weed, bucket, prefix):
+        super().__init__(name, workdir, up, pki)
+        secret_file = os.path.join(self.dir, "s3-secret")
+        with open(secret_file, "w") as f:
+            f.write(SECRET_KEY + "\n")
+        with open(self.config, "a") as f:
+            f.write(weed.storage_toml(bucket, secret_file, prefix=prefix))
+
+    def metrics(self):
+        """{sample name with labels: value} of /metrics."""
+        st, _h, body = http_request("127.0.0.1", self.port, "GET", "/metrics", timeout=10)
+        if st != 200:
+            raise RuntimeError(f"{self.name}: GET /metrics -> {st}")
+        out = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                key, _sp, value = line.rpartition(" ")
+                out[key] = float(value)
+        return out
+
+    def wait_uploaded(self, blobs, limit=120):
+        """Wait until at least `blobs` blob uploads to the bucket have finished and none runs."""
+        def done():
+            m = self.metrics()
+            ended = sum(m.get(f'regcache_bucket_operations_total{{op="upload",result="{r}"}}', 0) for r in ("ok", "error"))
+            return ended >= blobs and m.get("regcache_bucket_uploads_in_progress", 1) == 0
+        wait_until(done, limit, f"{self.name}: {blobs} upload(s) to the bucket to finish", interval=0.05)
+        m = self.metrics()
+        failed = m.get('regcache_bucket_operations_total{op="upload",result="error"}', 0)
+        if failed:
+            raise RuntimeError(f"{self.name}: {failed:.0f} upload(s) to the bucket failed")
+
+
 class Bench:
     def __init__(self, workdir):
         self.workdir = workdir
         self.live = []
         self.counter = 0
+        self.weed = None
+        self.last_pull_end = None
 
     def fresh(self, kind, label):
         """A new mirror instance with an empty data dir."""
@@ -409,6 +453,24 @@ class Bench:
         m.start()
         self.live.append(m)
         return m
+
+    def fresh_s3(self, label, prefix):
+        """A new regcache on the benchmark's bucket (`prefix` in it) with an empty hot tier."""
+        self.counter += 1
+        m = S3RegcacheMirror(f"rc-s3-{label}-{self.counter}", self.workdir, self.up, self.pki, self.weed,
+                             S3_BUCKET, prefix)
+        m.start()
+        self.live.append(m)
+        return m
+
+    def start_s3(self):
+        """SeaweedFS (as the end-to-end suite runs it) with the bucket S3_BUCKET, once."""
+        if self.weed is None:
+            need(60, "SeaweedFS")
+            self.weed = SeaweedFS(self.workdir, name="seaweedfs").start()
+            self.weed.create_bucket(S3_BUCKET)
+            log(f"SeaweedFS answered S3 after {self.weed.ready_secs:.1f}s; bucket {S3_BUCKET} created")
+        return self.weed
 
     def discard(self, m):
         m.stop()
@@ -443,7 +505,8 @@ class Bench:
         c = self.up.counters()
         t0 = time.monotonic()
         rc, out, err = run_cmd(client.copy_argv(img, dest), timeout=240, env=client.env)
-        secs = time.monotonic() - t0
+        self.last_pull_end = time.monotonic()
+        secs = self.last_pull_end - t0
         try:
             if rc != 0:
                 raise RuntimeError(f"skopeo via {mirror.name} failed (rc={rc}): {err[-1500:]}")
@@ -575,14 +638,14 @@ http {{
         wait_until(ready, 20, "reference nginx")
         return p, f"http://127.0.0.1:{port}/{os.path.basename(self.big.path)}"
 
-    def get_once(self, label, url, pid=None):
+    def get_once(self, label, url, pid=None, fig="1"):
         """One timed GET of the big blob; returns (MiB/s, server CPU-seconds, wall seconds)."""
-        need(15, f"figure 1 ({label})")
+        need(15, f"figure {fig} ({label})")
         c0, t0 = (cpu_secs(pid) if pid else 0.0), time.monotonic()
         rc, out, err = run_cmd(["curl", "-sS", "-o", "/dev/null", "--max-time", "60",
                                 "-w", "%{http_code} %{size_download} %{speed_download}", url], timeout=70)
         if rc != 0 or not out.startswith(f"200 {self.big.size} "):
-            raise RuntimeError(f"figure 1 {label}: GET {url} -> rc={rc} {out!r} {err[-300:]!r}")
+            raise RuntimeError(f"figure {fig} {label}: GET {url} -> rc={rc} {out!r} {err[-300:]!r}")
         return float(out.split()[2]) / MIB, (cpu_secs(pid) - c0) if pid else 0.0, time.monotonic() - t0
 
     def fig1_single_stream(self, rc, dist):
@@ -809,6 +872,84 @@ http {{
             f"mirror CPU {100 * cpu:.0f}%")
         self.discard(inst)
 
+    # ------------------------------------------------------------ figures 10 + 11
+    def fig10_bucket_hit(self):
+        """The big blob, fetched once through node A (which uploads it to the bucket; A is then
+        stopped), served by a fresh node B with an empty hot tier on the same bucket (a), by B
+        again from its hot tier (b), and by nginx (c): 3 rounds, a fresh B each, best of 3."""
+        need(120, "figure 10")
+        weed = self.start_s3()
+        prefix = f"fig10-{self.counter}"
+        path = f"/v2/library/bench256/blobs/{self.big.digest}"
+        a = self.fresh_s3("fill", prefix)
+        self.get_once("node A, from the upstream", f"http://127.0.0.1:{a.port}{path}", fig="10")
+        a.wait_uploaded(1)
+        self.discard(a)
+        wait_quiet(self.upstream_logs())
+        ngx, ngx_url = self.start_nginx()
+        c = self.up.counters()
+        runs = {"bucket": [], "hot": [], "nginx": []}
+        weed_cpu = []
+        try:
+            self.get_once("nginx", ngx_url, ngx.pid, fig="10")     # warm-up
+            for _round in range(3):
+                b = self.fresh_s3("empty", prefix)
+                url = f"http://127.0.0.1:{b.port}{path}"
+                w0 = cpu_secs(weed.proc.pid)
+                runs["bucket"].append(self.get_once("bucket, empty hot tier", url, b.proc.pid, fig="10"))
+                weed_cpu.append((cpu_secs(weed.proc.pid) - w0) / runs["bucket"][-1][2])
+                m = b.metrics()
+                if m.get('regcache_bucket_operations_total{op="get",result="ok"}', 0) < 1:
+                    raise RuntimeError(f"{b.name} did not read the blob from the bucket: {m}")
+                # the copy read from the bucket is in the hot tier once it is verified and kept
+                wait_until(lambda: b.metrics().get("regcache_disk_bytes", 0) >= self.big.size, 30,
+                           f"{b.name}: the blob kept in its hot tier")
+                runs["hot"].append(self.get_once("hot tier", url, b.proc.pid, fig="10"))
+                runs["nginx"].append(self.get_once("nginx", ngx_url, ngx.pid, fig="10"))
+                self.discard(b)
+        finally:
+            ngx.stop()
+        wait_quiet(self.upstream_logs())
+        n = len(c.delta().cdn_gets(self.big.digest))
+        RESULTS["10.cdn"] = n
+        if n:
+            note(f"figure 10: the nodes with an empty hot tier caused {n} CDN GET(s) of the blob (should be 0)")
+        for label, rs in runs.items():
+            best = max(rs)
+            RESULTS[f"10.{label}"], RESULTS[f"10.cpu.{label}"] = best[0], best[1] / best[2]
+            RESULTS[f"10.all.{label}"] = [r[0] for r in rs]
+            log(f"fig10 {label}: {', '.join(f'{r[0]:.0f}' for r in rs)} MiB/s; server CPU in the best run "
+                f"{100 * best[1] / best[2]:.0f}% of one core")
+        RESULTS["10.cpu.weed"] = weed_cpu[runs["bucket"].index(max(runs["bucket"]))]
+
+    def fig11_cold_pull_s3(self):
+        """Cold skopeo pulls of the big image through a fresh regcache with the local backend and
+        through a fresh one with the S3 backend (empty hot tier, a new prefix: an empty bucket),
+        interleaved; best of COLD_REPS each. Also how long after the pull the uploads finished."""
+        self.start_s3()
+        img = self.imgs["bench256"]
+        times = {"local": [], "s3": []}
+        lag = []
+        for rep in range(COLD_REPS):
+            for who in ("local", "s3"):
+                need(40, f"figure 11 ({who}, run {rep + 1})")
+                inst = (self.fresh("regcache", "cold-local") if who == "local"
+                        else self.fresh_s3("cold", f"fig11-{self.counter}"))
+                try:
+                    secs, d = self.skopeo_pull(Mirror(inst.name, "127.0.0.1", inst.port, "http"), img)
+                    if who == "s3":
+                        inst.wait_uploaded(len(img.blobs))
+                        lag.append(max(0.0, time.monotonic() - self.last_pull_end))
+                finally:
+                    self.discard(inst)
+                times[who].append(secs)
+                crossings = sorted({len([r for r in d.cdn_gets(dg) if r["status"] in (200, 206)]) for dg in img.blobs})
+                log(f"fig11 {who} run {rep + 1}: {secs:.2f}s, CDN GETs per blob {crossings}")
+        for who, ts in times.items():
+            RESULTS[f"11.{who}"] = min(ts)
+            RESULTS[f"11.{who}.all"] = ts
+        RESULTS["11.lag"] = lag
+
     # ------------------------------------------------------------ all
     def build_loadgen(self):
         self.loadgen = os.path.join(self.workdir, "loadgen")
@@ -850,6 +991,10 @@ http {{
                 self.figure("8", self.fig8_stalled_readers)
             if "9" in ONLY:
                 self.figure("9", self.fig9_password_flood)
+            if "10" in ONLY:
+                self.figure("10", self.fig10_bucket_hit)
+            if "11" in ONLY:
+                self.figure("11", self.fig11_cold_pull_s3)
             return
         self.figure("5+7", self.fig5_cold_pulls)
         hot = {}
@@ -864,6 +1009,8 @@ http {{
             note("figures 1-3 skipped: they use the mirrors that figure 4 filled")
         self.figure("8", self.fig8_stalled_readers)
         self.figure("9", self.fig9_password_flood)
+        self.figure("10", self.fig10_bucket_hit)
+        self.figure("11", self.fig11_cold_pull_s3)
 
 
 # ---------------------------------------------------------------- table
@@ -998,6 +1145,27 @@ def table():
         q = ratio(*p99)
         row("9", "  /healthz p99 meanwhile, ms", fmt(p99[0], "{:.2f}"), "–", fmt(p99[1], "{:.2f}") + " (idle)",
             fmt(q, "{:.2f}×") + " idle", "≤ 2× idle", None if q is None else q <= 2, "500 sequential requests, one connection")
+    # 10
+    bucket, hot, ngx = R("10.bucket"), R("10.hot"), R("10.nginx")
+    if bucket is not None:
+        runs = "; ".join(f"{k} " + ", ".join(f"{x:.0f}" for x in R(f"10.all.{k}")) for k in ("bucket", "hot", "nginx"))
+        row("10", f"{BIG_MIB} MiB blob from the S3 bucket, node with an empty hot tier, MiB/s (best of 3)", fmt(bucket),
+            "–", fmt(ngx) + " (nginx)", fmt(ratio(bucket, ngx), "{:.2f}×") + " nginx", "(report)", None,
+            f"SeaweedFS on the same cores; regcache CPU {100 * R('10.cpu.bucket'):.0f}%, SeaweedFS CPU "
+            f"{100 * R('10.cpu.weed'):.0f}% in the best run; upstream (CDN) GETs {R('10.cdn')}; runs {runs}")
+        row("10", "  the same node again, from its hot tier, MiB/s", fmt(hot), "–", fmt(ngx) + " (nginx)",
+            fmt(ratio(hot, ngx), "{:.2f}×") + " nginx", "(report)", None,
+            f"regcache CPU {100 * R('10.cpu.hot'):.0f}%; bucket / hot tier = {fmt(ratio(bucket, hot), '{:.2f}×')}")
+    # 11
+    s3, local = R("11.s3"), R("11.local")
+    if s3 is not None:
+        q = ratio(s3, local)
+        runs = "; ".join(f"{k}: " + ", ".join(f"{x:.2f}" for x in R(f"11.{k}.all")) for k in ("s3", "local"))
+        row("11", f"cold skopeo pull, {BIG_MIB} MiB image, S3 backend vs local, s (best of {COLD_REPS})", fmt(s3, "{:.2f}"),
+            "–", fmt(local, "{:.2f}") + " (local)", fmt(q, "{:.2f}×") + " local", "≤ 1.1× local",
+            None if q is None else q <= 1.1,
+            f"runs {runs}; uploads to the bucket finished "
+            + ", ".join(f"{x:.2f}" for x in R("11.lag")) + " s after the pull")
     head = ("| # | figure | regcache | distribution proxy | nginx / direct | ratio | target | result | notes |\n"
             "|---|---|---|---|---|---|---|---|---|")
     return head + "\n" + "\n".join(rows)
