@@ -17,6 +17,8 @@ use crate::upstream::{ManifestHead, RateLimit, Upstream, UpstreamError, MAX_MANI
 
 /// The most tags one page lists: a larger `n` is lowered to this.
 pub const MAX_TAGS_PAGE: u32 = 10_000;
+/// How often a tag answer that hasn't changed is written to the shared bucket again.
+const TAG_REPUBLISH: Duration = Duration::from_secs(60);
 
 /// Why the cache could not answer. Cloneable so one failure can be shared by every waiter.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -432,9 +434,18 @@ impl Cache {
         digest: &Digest,
     ) -> Result<(), CacheError> {
         let known = TagAnswer { digest: digest.clone(), checked_at: now_secs() };
+        let before = match &self.store.shared {
+            Some(_) => self.store.index.tag(upstream, repo, tag)?.and_then(|e| e.answer(kind).cloned()),
+            None => None,
+        };
         self.store.index.put_tag(upstream, repo, tag, kind, &known)?;
         if let Some(shared) = &self.store.shared {
-            shared.publish_tag(upstream, repo, tag, kind, &known);
+            // Every bucket write costs: an unchanged answer is written again only now and then
+            // (other nodes then see it as a little older than it is, and revalidate a little early).
+            let unchanged = before.is_some_and(|b| b.digest == known.digest && known.checked_at.saturating_sub(b.checked_at) < TAG_REPUBLISH.as_secs());
+            if !unchanged {
+                shared.publish_tag(upstream, repo, tag, kind, &known);
+            }
         }
         Ok(())
     }

@@ -40,6 +40,10 @@ use crate::sync::lock;
 
 /// How long the bucket is left alone after a failure before a request tries it again.
 pub const RETRY: Duration = Duration::from_secs(10);
+/// The longest a request waits for the bucket to answer (a blob's size or first bytes, a record)
+/// before it goes on without it; the bucket is then marked down. Shorter than the backend's own
+/// timeout, which bounds uploads and whole transfers.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 /// How many uploads run at once; more wait (they read the hot tier's file, so waiting holds no
 /// memory).
 const MAX_UPLOADS: usize = 8;
@@ -305,7 +309,7 @@ impl Shared {
         if !self.health.available() {
             return None;
         }
-        self.outcome(BucketOp::GetRecord, self.records.get(key, max).await)?
+        self.outcome(BucketOp::GetRecord, answered(self.records.get(key, max)).await)?
     }
 
     fn put_record(self: &Arc<Self>, key: String, value: Bytes) {
@@ -338,7 +342,7 @@ impl Shared {
         if !self.health.available() {
             return None;
         }
-        let size = self.outcome(BucketOp::Head, self.blobs.stat(digest).await)?;
+        let size = self.outcome(BucketOp::Head, answered(self.blobs.stat(digest)).await)?;
         if let Some(size) = size {
             self.remember(digest, size);
         }
@@ -352,7 +356,7 @@ impl Shared {
         if !self.health.available() {
             return None;
         }
-        match self.outcome(BucketOp::Get, self.blobs.open(digest, 0..size).await)? {
+        match self.outcome(BucketOp::Get, answered(self.blobs.open(digest, 0..size)).await)? {
             Some(opened) if opened.size == size => {
                 self.metrics.bucket_read(size);
                 self.touch(digest);
@@ -440,6 +444,11 @@ impl Shared {
                 }
                 Some(v)
             }
+            // Something the bucket holds is wrong (a record too large): not the bucket failing.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                tracing::warn!(operation = op.as_str(), error = %e, "the bucket holds something unusable; ignored");
+                None
+            }
             Err(e) => {
                 if self.health.failed() {
                     tracing::error!(operation = op.as_str(), error = %e, "the bucket failed; serving from the hot tier and the upstream without it (retried in {RETRY:?})");
@@ -450,6 +459,14 @@ impl Shared {
                 None
             }
         }
+    }
+}
+
+/// `request`'s result, or a timeout error if the bucket doesn't answer within [`ANSWER_WITHIN`].
+async fn answered<T>(request: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
+    match tokio::time::timeout(ANSWER_WITHIN, request).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("the bucket did not answer within {ANSWER_WITHIN:?}"))),
     }
 }
 

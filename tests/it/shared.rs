@@ -22,16 +22,21 @@ struct TestBucket {
     dir: tempfile::TempDir,
     files: LocalBlobs,
     down: AtomicBool,
+    /// Every request hangs (a bucket that accepts connections and never answers).
+    hung: AtomicBool,
 }
 
 impl TestBucket {
     fn new() -> Arc<TestBucket> {
         let dir = tempfile::tempdir().expect("tempdir");
         let files = LocalBlobs::at(dir.path()).expect("bucket dir");
-        Arc::new(TestBucket { dir, files, down: AtomicBool::new(false) })
+        Arc::new(TestBucket { dir, files, down: AtomicBool::new(false), hung: AtomicBool::new(false) })
     }
 
-    fn check(&self) -> std::io::Result<()> {
+    async fn check(&self) -> std::io::Result<()> {
+        if self.hung.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         match self.down.load(Ordering::SeqCst) {
             true => Err(std::io::Error::other("bucket unreachable (test)")),
             false => Ok(()),
@@ -50,23 +55,23 @@ impl TestBucket {
 #[async_trait]
 impl BlobBackend for TestBucket {
     async fn begin(&self, digest: &Digest, size: Option<u64>) -> std::io::Result<Box<dyn BlobWrite>> {
-        self.check()?;
+        self.check().await?;
         self.files.begin(digest, size).await
     }
     async fn open(&self, digest: &Digest, range: std::ops::Range<u64>) -> std::io::Result<Option<Opened>> {
-        self.check()?;
+        self.check().await?;
         self.files.open(digest, range).await
     }
     async fn stat(&self, digest: &Digest) -> std::io::Result<Option<u64>> {
-        self.check()?;
+        self.check().await?;
         self.files.stat(digest).await
     }
     async fn list(&self) -> std::io::Result<Vec<Listed>> {
-        self.check()?;
+        self.check().await?;
         self.files.list().await
     }
     async fn remove(&self, digest: &Digest) -> std::io::Result<()> {
-        self.check()?;
+        self.check().await?;
         self.files.remove(digest).await
     }
 }
@@ -74,19 +79,19 @@ impl BlobBackend for TestBucket {
 #[async_trait]
 impl Records for TestBucket {
     async fn get(&self, key: &str, max: usize) -> std::io::Result<Option<Bytes>> {
-        self.check()?;
+        self.check().await?;
         self.files.get(key, max).await
     }
     async fn put(&self, key: &str, value: Bytes) -> std::io::Result<()> {
-        self.check()?;
+        self.check().await?;
         self.files.put(key, value).await
     }
     async fn list_records(&self, prefix: &str) -> std::io::Result<Vec<String>> {
-        self.check()?;
+        self.check().await?;
         self.files.list_records(prefix).await
     }
     async fn remove_record(&self, key: &str) -> std::io::Result<()> {
-        self.check()?;
+        self.check().await?;
         self.files.remove_record(key).await
     }
 }
@@ -356,4 +361,26 @@ async fn bucket_eviction_removes_what_no_node_used_lately_and_keeps_what_any_nod
     // While the bucket fails, a round does nothing (and asks nothing).
     bucket.down.store(true, Ordering::SeqCst);
     assert!(sa.evict_round().await.is_none() && sb.evict_round().await.is_none());
+}
+
+#[tokio::test]
+async fn a_bucket_that_never_answers_costs_a_request_seconds_not_a_hang() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 2, 10_000);
+    let bucket = TestBucket::new();
+    let m = node(&reg, &bucket).await;
+    bucket.hung.store(true, Ordering::SeqCst);
+    // The first request waits for the bucket at most ANSWER_WITHIN, then the upstream answers; the
+    // bucket is marked down and the next ones don't wait for it at all.
+    let pull = async {
+        let resp = m.get_manifest("alpine", "3").await;
+        assert_eq!(resp.status(), 200);
+        for blob in image.blobs() {
+            let (status, bytes) = m.blob("alpine", &blob.digest).await.expect("blob");
+            assert!(status == 200 && bytes == blob.bytes);
+        }
+    };
+    let bound = regcache::store::ANSWER_WITHIN * 2;
+    tokio::time::timeout(bound, pull).await.expect("a hung bucket must not hold the pull");
+    m.metrics_with("regcache_bucket_down 1\n").await;
 }
