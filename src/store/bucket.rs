@@ -233,6 +233,10 @@ impl Bucket {
             .with_region(&config.region)
             .with_bucket_name(&config.bucket)
             .with_virtual_hosted_style_request(!config.path_style)
+            // No SHA-256 of every part for the signature (a second hash of every byte uploaded):
+            // what regcache uploads is verified already, and every read from the bucket is
+            // verified again before it is kept or served as complete.
+            .with_unsigned_payload(true)
             .with_client_options(options)
             .with_retry(RetryConfig {
                 backoff: BackoffConfig::default(),
