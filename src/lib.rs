@@ -39,8 +39,9 @@
 //! With a shared bucket (`store::Shared`) the fill reads the bucket before the upstream, and a fill
 //! from the upstream is uploaded as it is written, completed once verified; manifests, tags and
 //! referrers lists missing here (or stale) are looked up in the bucket before the upstream.
-//! `store::spawn_housekeeping` writes access times and evicts in the background. Errors from any layer say who is to blame (`oci::Blame`: client, upstream or
-//! regcache) and become one OCI error response in `http::error`, the one place a status is chosen.
+//! `store::spawn_housekeeping` writes access times and evicts in the background. Errors from any
+//! layer say who is to blame (`oci::Blame`: client, upstream or regcache) and become one OCI error
+//! response in `http::error`, the one place a status is chosen.
 
 pub mod access;
 pub mod admin;

@@ -3,7 +3,7 @@
 //! # Who saw what
 //! Each node notes in memory when it served a blob (a hot-tier hit, or a read from the bucket),
 //! and every [`SUMMARY_INTERVAL`] publishes what it noted since its last summary as records
-//! ([`Summary`]). It also writes a heartbeat, `nodes/<node-id>`, at the same time.
+//! (`Summary`). It also writes a heartbeat, `nodes/<node-id>`, at the same time.
 //!
 //! # Record layouts (keys under the bucket's prefix)
 //! - `nodes/<node-id>`: JSON `{"at": <unix ms>}`, the node's last heartbeat.
