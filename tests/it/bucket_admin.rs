@@ -1,34 +1,17 @@
 //! `regcache ls`, `gc` and `verify` on the shared bucket (`[storage] backend = "s3"`), as the real
 //! binary against SeaweedFS, after an in-process mirror filled the bucket.
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
 use object_store::path::Path as Key;
 use object_store::{ObjectStoreExt, PutPayload};
 use regcache::store::{BlobBackend, Bucket, SharedBackend};
 
+use crate::it::commands::{regcache, text};
 use crate::it::mirror::{Mirror, Options};
 use crate::support::fake_registry::FakeRegistry;
 use crate::support::images;
 use crate::support::s3::{SeaweedFs, ACCESS_KEY, SECRET_KEY};
-
-const BIN: &str = env!("CARGO_BIN_EXE_regcache");
-
-async fn regcache(config: &Path, args: &[&str]) -> Output {
-    let config = config.to_owned();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        Command::new(BIN).args(&args).arg("--config").arg(&config).stdin(Stdio::null()).output().unwrap()
-    })
-    .await
-    .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ls_verify_and_gc_work_on_the_bucket() {

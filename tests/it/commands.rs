@@ -37,7 +37,8 @@ fn setup_with(reg: &FakeRegistry, listen: &str, tail: impl FnOnce(&Path) -> Stri
     Setup { _dir: dir, config, data }
 }
 
-async fn regcache(config: &Path, args: &[&str]) -> Output {
+/// The real binary with `args` and `--config config`, off the async threads.
+pub async fn regcache(config: &Path, args: &[&str]) -> Output {
     let config = config.to_owned();
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     tokio::task::spawn_blocking(move || {
@@ -47,7 +48,8 @@ async fn regcache(config: &Path, args: &[&str]) -> Output {
     .unwrap()
 }
 
-fn text(o: &Output) -> String {
+/// What a command printed, stdout then stderr.
+pub fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
