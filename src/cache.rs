@@ -496,6 +496,9 @@ impl Cache {
         if head {
             return self.blob_head(up, repo, digest, range).await;
         }
+        if let Some(answer) = self.blob_range_from_bucket(up, digest, range).await? {
+            return Ok(answer);
+        }
         self.blob_from_fill(up, repo, digest, range).await
     }
 
@@ -524,6 +527,26 @@ impl Cache {
         // The same headers a GET would get: a range is checked against the size upstream gave.
         let range = h.size.map(|size| resolve_range(range, size)).transpose()?.flatten();
         Ok(BlobAnswer { size: h.size, range, body: None, outcome: Answered::Pass, rate_limit: h.rate_limit })
+    }
+
+    /// A range of a blob that isn't stored here but is in the shared bucket, when nothing is
+    /// fetching it here: one ranged GET to the bucket (a range can't be verified on its own, as with
+    /// a range of a fill from the upstream; the whole blob is, when it is next asked for whole).
+    async fn blob_range_from_bucket(
+        &self,
+        up: &Arc<Upstream>,
+        digest: &Digest,
+        range: Option<RangeRequest>,
+    ) -> Result<Option<BlobAnswer>, CacheError> {
+        let (Some(range), Some(shared)) = (range, &self.store.shared) else { return Ok(None) };
+        if self.fills.get(up.config().name.as_str(), digest).is_some() {
+            return Ok(None);
+        }
+        let Some(size) = shared.size(digest).await else { return Ok(None) };
+        let Some((start, end)) = resolve_range(Some(range), size)? else { return Ok(None) };
+        let Some(opened) = shared.read(digest, size, start..end).await else { return Ok(None) };
+        let body: Box<dyn BlobRead> = opened.reader;
+        Ok(Some(BlobAnswer { size: Some(size), range: Some((start, end)), body: Some(body), outcome: Answered::Hit, rate_limit: RateLimit::default() }))
     }
 
     /// A blob that isn't stored, for a `GET`: join (or start) the fill for its digest and read what

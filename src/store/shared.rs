@@ -353,12 +353,19 @@ impl Shared {
     /// doesn't have it (a vanished object is forgotten) or can't be asked now.
     pub async fn open(&self, digest: &Digest) -> Option<Opened> {
         let size = self.size(digest).await?;
+        self.read(digest, size, 0..size).await
+    }
+
+    /// `range` of the blob `digest` of `size` bytes from the bucket (one ranged GET: a client's
+    /// range of a blob the hot tier doesn't have); `None` as for [`Shared::open`].
+    pub async fn read(&self, digest: &Digest, size: u64, range: std::ops::Range<u64>) -> Option<Opened> {
         if !self.health.available() {
             return None;
         }
-        match self.outcome(BucketOp::Get, answered(self.blobs.open(digest, 0..size)).await)? {
+        let len = range.end.saturating_sub(range.start);
+        match self.outcome(BucketOp::Get, answered(self.blobs.open(digest, range)).await)? {
             Some(opened) if opened.size == size => {
-                self.metrics.bucket_read(size);
+                self.metrics.bucket_read(len);
                 self.touch(digest);
                 Some(opened)
             }

@@ -123,6 +123,18 @@ async fn a_blob_one_node_fetched_another_serves_without_the_upstream() {
 
     reg.clear_log();
     let b = node(&reg, &bucket).await;
+    // A range of a blob the hot tier doesn't have: one ranged GET to the bucket.
+    let first = &image.blobs()[0];
+    let resp = Mirror::client()
+        .get(format!("{}/v2/alpine/blobs/{}", b.url, first.digest))
+        .header("range", "bytes=10-99")
+        .send()
+        .await
+        .expect("range");
+    assert_eq!(resp.status(), 206);
+    assert_eq!(resp.bytes().await.expect("body").as_ref(), &first.bytes[10..100]);
+    b.metrics_with("regcache_bucket_bytes_total{direction=\"read\"} 90\n").await;
+    assert!(!b.has_blob(&first.digest), "a range alone doesn't fill the hot tier");
     for blob in image.blobs() {
         let head = b.head(&format!("/v2/alpine/blobs/{}", blob.digest)).await;
         assert_eq!(head.status(), 200);
