@@ -15,6 +15,7 @@ The bucket is listed and read through SeaweedFS's filer HTTP API (`/buckets/<buc
 listings), independently of regcache and of S3.
 """
 import glob
+import hashlib
 import os
 import re
 
@@ -59,6 +60,20 @@ class Node:
 
     def upload_records(self):
         return glob.glob(os.path.join(self.rc.data_dir, "uploads", "*.upload"))
+
+
+def assert_true_bytes(dl, blob):
+    """What the client got is the blob, or a cut-off beginning of it: never other bytes."""
+    h, left = hashlib.sha256(), dl.received
+    with open(blob.path, "rb") as f:
+        while left:
+            chunk = f.read(min(left, 4 << 20))
+            assert chunk, f"the client got {dl.received} bytes, more than the blob's {blob.size}"
+            h.update(chunk)
+            left -= len(chunk)
+    assert dl.sha256 == "sha256:" + h.hexdigest(), (
+        f"the client's {dl.received} bytes (status {dl.status}, error {dl.error!r}) are not "
+        f"{'the blob' if dl.received == blob.size else 'a beginning of the blob'}")
 
 
 def verify_bucket_blobs(weed, prefix):
@@ -208,6 +223,7 @@ def test_a_node_killed_mid_upload_leaves_only_verified_objects(start_regcache, m
     finally:
         upstream.set_cdn_slow(False)
     assert dl.received < big.size, "the big blob was complete before the kill; the CDN is not slow enough"
+    assert_true_bytes(dl, big)
     assert len(records) == 1, f"upload records in data_dir/uploads while uploading: {records}"
     assert open_uploads, "SeaweedFS shows no multipart upload in progress"
 
@@ -264,6 +280,38 @@ def test_the_bucket_killed_mid_upload_the_client_gets_verified_bytes(start_regca
     wait_until(lambda: f"{hexd[:2]}/{hexd}" in node.rc.blob_files(), 30, "the big blob in the hot tier", interval=0.2)
     digests, bad = node.rc.verify_blob_store()
     assert not bad and big.digest in digests, f"hot tier: {bad}"
+
+
+def test_the_bucket_killed_mid_read_the_client_gets_true_bytes(start_regcache, make_clients,
+                                                               start_seaweedfs, upstream, catalog):
+    big = big_blob(catalog)
+    weed = start_seaweedfs("seaweedfs-killed-mid-read")
+    a = Node(start_regcache, make_clients, weed, "s3-read-a", "fleet")
+    dl = BlobDownload("127.0.0.1", a.rc.port, a.blob_path(big.digest)).start().join(120)
+    assert (dl.status, dl.received, dl.sha256) == (200, big.size, big.digest), vars(dl)
+    a.rc.fetched.add(big.digest)
+    wait_for_bucket_writes(a, catalog["big"], upstream.counters().delta())
+
+    # node B reads the blob from the bucket into its hot tier, the client following
+    b = Node(start_regcache, make_clients, weed, "s3-read-b", "fleet")
+    before = upstream.counters()
+    dl = BlobDownload("127.0.0.1", b.rc.port, b.blob_path(big.digest)).start()
+    wait_until(lambda: b.rc.metric(OPS, op="get", result="ok") == 1 and dl.received >= 4 << 20, 30,
+               "node B to stream the blob from the bucket")
+    weed.kill9()
+    at_kill = dl.received
+    dl.join(120)
+    assert at_kill < big.size, "the client had the whole blob before the bucket was killed"
+    assert_true_bytes(dl, big)
+    print(f"bucket killed at {at_kill} bytes; the client got {dl.received} bytes, error {dl.error!r}, "
+          f"headers {dl.headers}")
+    assert dl.received == big.size or dl.error, "a cut body that looks complete to the client"
+    # nothing unverified is kept; the next request is served (from the upstream) whole
+    digests, bad = b.rc.verify_blob_store()
+    assert not bad, bad
+    dl = BlobDownload("127.0.0.1", b.rc.port, b.blob_path(big.digest)).start().join(120)
+    assert (dl.status, dl.received, dl.sha256) == (200, big.size, big.digest), vars(dl)
+    assert before.delta().cdn_gets(big.digest), "the second request did not come from the upstream"
 
 
 # --------------------------------------------------------------- 3. the bucket server gone

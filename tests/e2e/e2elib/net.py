@@ -143,11 +143,12 @@ class DecoyListener:
 class BlobDownload:
     """A plain HTTP GET of a blob in a background thread that hashes what arrives and never holds
     it: `status`, `received` bytes, `sha256` ("sha256:<hex>" of what was received), `error`
-    (how the body ended early, if it did). join() waits for the end."""
+    (how the body ended early, if it did), `headers`. join() waits for the end."""
 
     def __init__(self, host, port, path, timeout=120):
         self.host, self.port, self.path, self.timeout = host, port, path, timeout
         self.status, self.received, self.sha256, self.error = None, 0, None, None
+        self.headers = {}
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self):
@@ -160,13 +161,16 @@ class BlobDownload:
         try:
             conn.request("GET", self.path)
             r = conn.getresponse()
-            self.status = r.status
+            self.status, self.headers = r.status, {k.lower(): v for k, v in r.getheaders()}
             while True:
                 chunk = r.read(1 << 20)
                 if not chunk:
                     break
                 h.update(chunk)
                 self.received += len(chunk)
+            # read(amt) ends quietly when the connection closes before Content-Length bytes
+            if r.length:
+                self.error = http.client.IncompleteRead(b"", r.length)
         except (OSError, http.client.HTTPException) as e:
             self.error = e
         finally:
