@@ -335,7 +335,10 @@ impl Cache {
     /// Ask upstream what `tag` points at now (a `HEAD`, one per [`TagKey`] at a time) and answer:
     /// from the cache when that manifest is stored and acceptable, from the `HEAD`'s headers alone
     /// for a `HEAD` when they say everything, else by a GET. The tag is remembered (under
-    /// `key_repo`, the name upstream knows) for every answer but a headers-only one.
+    /// `key_repo`, the name upstream knows) for every answer, a headers-only one too: it is only
+    /// served once its manifest is stored (here or in the bucket), and the client's next request
+    /// is usually that manifest by digest (Docker, containerd), so the fleet's other nodes learn
+    /// the tag without asking the upstream.
     async fn revalidate_tag(
         &self,
         up: &Arc<Upstream>,
@@ -365,6 +368,7 @@ impl Cache {
                 }
                 if head {
                     if let Some(a) = head_only(h.clone(), accept) {
+                        self.remember_tag(&name, key_repo, tag, kind, &h.digest)?;
                         return Ok(a);
                     }
                 }

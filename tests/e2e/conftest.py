@@ -121,8 +121,8 @@ def direct_mirror(upstream, pki):
     return Mirror("direct", "127.0.0.1", upstream.reg_port, "https", pki.ca_cert)
 
 
-def _start_regcache(name, workdir, upstream, pki):
-    rc = Regcache(name, workdir, upstream, pki)
+def _start_regcache(name, workdir, upstream, pki, **options):
+    rc = Regcache(name, workdir, upstream, pki, **options)
     LOG_SOURCES.append((f"{name} log (tail)", lambda: rc.proc.log_tail(60)))
     rc.start()
     return rc
@@ -142,11 +142,12 @@ def target(workdir, upstream, pki, direct_mirror):
 
 @pytest.fixture(scope="session")
 def start_regcache(workdir, upstream, pki):
-    """Factory for extra regcache instances (own data dir); all stopped at session end."""
+    """Factory for extra regcache instances (own data dir; keyword options of Regcache); all
+    stopped at session end."""
     made = []
 
-    def make(name):
-        rc = _start_regcache(name, workdir, upstream, pki)
+    def make(name, **options):
+        rc = _start_regcache(name, workdir, upstream, pki, **options)
         made.append(rc)
         return rc
     yield make
@@ -154,18 +155,52 @@ def start_regcache(workdir, upstream, pki):
         rc.stop()
 
 
+@pytest.fixture(scope="module")
+def upstream_stopped(upstream):
+    """The whole upstream (registry, token server, CDN) stopped for the rest of the module
+    (started again after it): use it in a module's last tests."""
+    upstream.stop()
+    try:
+        yield upstream
+    finally:
+        upstream.start()
+
+
+def _start_seaweedfs(name, workdir, tls=None):
+    weed = SeaweedFS(workdir, name, tls=tls)
+    LOG_SOURCES.append((f"{name} log (tail)", lambda: weed.proc.log_tail(40)))
+    try:
+        weed.start()
+        sys.stderr.write(f"\n[e2e] {name} answered S3 after {weed.ready_secs:.1f}s\n")
+        weed.create_bucket("regcache")
+    except BaseException:
+        weed.stop()
+        raise
+    return weed
+
+
 @pytest.fixture(scope="session")
 def seaweedfs(workdir, pki):
     """A real S3 server (SeaweedFS) with the bucket `regcache`, over HTTP and HTTPS (the suite's
     server certificate); see e2elib/s3.py."""
-    weed = SeaweedFS(workdir, tls=(pki.server_cert, pki.server_key))
-    LOG_SOURCES.append(("seaweedfs log (tail)", lambda: weed.proc.log_tail(40)))
+    weed = _start_seaweedfs("seaweedfs", workdir, tls=(pki.server_cert, pki.server_key))
     try:
-        weed.start()
-        sys.stderr.write(f"\n[e2e] SeaweedFS answered S3 after {weed.ready_secs:.1f}s\n")
-        weed.create_bucket("regcache")
         yield weed
     finally:
+        weed.stop()
+
+
+@pytest.fixture(scope="session")
+def start_seaweedfs(workdir):
+    """Factory for extra SeaweedFS servers (bucket `regcache`, plain HTTP), for tests that kill
+    theirs; all stopped at session end."""
+    made = []
+
+    def make(name):
+        made.append(_start_seaweedfs(name, workdir))
+        return made[-1]
+    yield make
+    for weed in made:
         weed.stop()
 
 

@@ -14,12 +14,8 @@ CASES = [("alpine", "docker", False), ("alpine", "docker", True),
 
 
 @pytest.fixture(scope="module")
-def upstream_down(upstream, target):
-    upstream.stop()
-    try:
-        yield upstream
-    finally:
-        upstream.start()
+def upstream_down(target, upstream_stopped):
+    return upstream_stopped     # regcache-a started (and filled by test_10) before
 
 
 @pytest.mark.parametrize("image,client,by_digest", [

@@ -1,4 +1,7 @@
-"""curl as a client, TLS peer-certificate probes and a decoy TCP listener."""
+"""curl as a client, TLS peer-certificate probes, a decoy TCP listener and a hashing blob
+download."""
+import hashlib
+import http.client
 import json
 import os
 import socket
@@ -135,3 +138,46 @@ class DecoyListener:
             self.sock.close()
             self._thread.join(timeout=5)
 
+
+
+class BlobDownload:
+    """A plain HTTP GET of a blob in a background thread that hashes what arrives and never holds
+    it: `status`, `received` bytes, `sha256` ("sha256:<hex>" of what was received), `error`
+    (how the body ended early, if it did), `headers`. join() waits for the end."""
+
+    def __init__(self, host, port, path, timeout=120):
+        self.host, self.port, self.path, self.timeout = host, port, path, timeout
+        self.status, self.received, self.sha256, self.error = None, 0, None, None
+        self.headers = {}
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def _run(self):
+        h = hashlib.sha256()
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        try:
+            conn.request("GET", self.path)
+            r = conn.getresponse()
+            self.status, self.headers = r.status, {k.lower(): v for k, v in r.getheaders()}
+            while True:
+                chunk = r.read(1 << 20)
+                if not chunk:
+                    break
+                h.update(chunk)
+                self.received += len(chunk)
+            # read(amt) ends quietly when the connection closes before Content-Length bytes
+            if r.length:
+                self.error = http.client.IncompleteRead(b"", r.length)
+        except (OSError, http.client.HTTPException) as e:
+            self.error = e
+        finally:
+            conn.close()
+            self.sha256 = "sha256:" + h.hexdigest()
+
+    def join(self, timeout):
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"GET {self.path} still running after {timeout}s"
+        return self

@@ -14,6 +14,10 @@ from .util import free_port, http_request, ssl_context, wait_until
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 
 
+_SAMPLE = re.compile(r'(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
 def regcache_bin():
     b = os.environ.get("REGCACHE_BIN") or os.path.join(REPO_ROOT, "target", "release", "regcache")
     if not os.path.isabs(b):
@@ -36,10 +40,13 @@ class Regcache:
       allow      ["CIDR", ...] ([access] allow)
       max_failures  wrong credentials per address per minute before 429 ([access] max_failures)
       admin      True: admin_listen on another free port (self.admin_port)
+      storage    the text of a `[storage]` table (e.g. SeaweedFS.storage_toml)
+      tag_ttl    every upstream's tag_ttl ("10m")
     """
 
     def __init__(self, name, workdir, upstream, pki, *, upstreams=None, tls=None, htpasswd=None,
-                 allow=None, max_failures=None, admin=False):
+                 allow=None, max_failures=None, admin=False,
+                 storage=None, tag_ttl=None):
         self.name = name
         self.pki = pki
         self.dir = os.path.join(workdir, name)
@@ -75,6 +82,10 @@ username = "{REGCACHE_USER}"
 password = "{REGCACHE_PASSWORD}"
 ca_file = "{pki.ca_cert}"
 """
+            if tag_ttl:
+                text += f'tag_ttl = "{tag_ttl}"\n'
+        if storage:
+            text += storage
         with open(self.config, "w") as f:
             f.write(text)
         self.proc = ManagedProcess(name, [regcache_bin(), "serve", "--config", self.config], self.log)
@@ -129,6 +140,27 @@ ca_file = "{pki.ca_cert}"
 
     def kill9(self):
         self.proc.kill9()
+
+    def metrics(self):
+        """/metrics as {(name, ((label, value), ...)): value} (labels sorted)."""
+        port = self.admin_port or self.port
+        assert not self.tls or self.admin_port, "metrics() reads plain HTTP"
+        status, _, body = http_request("127.0.0.1", port, "GET", "/metrics", timeout=10)
+        assert status == 200, f"{self.name} /metrics: {status}"
+        out = {}
+        for line in body.decode().splitlines():
+            m = _SAMPLE.fullmatch(line)
+            if m:
+                labels = tuple(sorted(_LABEL.findall(m["labels"] or "")))
+                out[(m["name"], labels)] = float(m["value"])
+        return out
+
+    def metric(self, name, samples=None, **labels):
+        """The sum of the samples of `name` whose labels include `labels` (0 if none), from
+        `samples` (a metrics() snapshot) or a new read of /metrics."""
+        want = {(k, str(v)) for k, v in labels.items()}
+        samples = self.metrics() if samples is None else samples
+        return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
 
     def blob_files(self):
         """{digest: path} of every file under data_dir/blobs/sha256/."""

@@ -4,11 +4,14 @@ Bound to 127.0.0.1 on free ports, with its data, logs (`-logdir`) and temporary 
 inside its own directory, and one S3 identity so credentials are really checked.  Buckets are
 made with `weed shell` (no S3 signature needed).  A missing `weed` fails the test, never skips it.
 """
+import hashlib
+import http.client
 import json
 import os
 import shutil
 import subprocess
 import time
+import urllib.parse
 
 import pytest
 
@@ -39,6 +42,7 @@ class SeaweedFS:
         # host:port.grpcPort, else a client assumes the gRPC port is port + 10000
         self.master = f"127.0.0.1:{ports[0]}.{ports[1]}"
         self.filer = f"127.0.0.1:{ports[4]}.{ports[5]}"
+        self.filer_port = ports[4]
         identities = {"identities": [{"name": "regcache",
                                       "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
                                       "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
@@ -92,6 +96,76 @@ class SeaweedFS:
         if ca_file:
             text += f'ca_file = "{ca_file}"\n'
         return text
+
+    def secret_file(self):
+        """A file holding the S3 secret, for `storage_toml(secret_file=...)`."""
+        path = os.path.join(self.dir, "s3-secret")
+        with open(path, "w") as f:
+            f.write(SECRET_KEY + "\n")
+        return path
+
+    # ---------------------------------------------------- the bucket, read without S3 or regcache
+    # SeaweedFS's filer serves every bucket under /buckets/<bucket>/ over plain HTTP: a directory
+    # GET with `Accept: application/json` lists it (paged by `lastFileName`), a file GET reads it.
+    # Unfinished multipart uploads live under /buckets/<bucket>/.uploads/<upload id>/.
+
+    def _filer_get(self, path, json_listing):
+        conn = http.client.HTTPConnection("127.0.0.1", self.filer_port, timeout=30)
+        conn.request("GET", urllib.parse.quote(path, safe="/?=&"),
+                     headers={"Accept": "application/json"} if json_listing else {})
+        return conn, conn.getresponse()
+
+    def _listing(self, path):
+        """The entries of one filer directory (every page); [] if it doesn't exist."""
+        entries, last = [], ""
+        while True:
+            conn, r = self._filer_get(f"{path.rstrip('/')}/?limit=1000&lastFileName={last}", True)
+            try:
+                body = r.read()
+            finally:
+                conn.close()
+            if r.status == 404:
+                return entries
+            assert r.status == 200, f"filer listing {path}: {r.status} {body[:300]!r}"
+            page = json.loads(body)
+            entries += page.get("Entries") or []
+            if not page.get("ShouldDisplayLoadMore"):
+                return entries
+            last = page["LastFileName"]
+
+    def list_objects(self, bucket, prefix=""):
+        """{key: size} of every object in `bucket` under `prefix` (a directory), recursively,
+        listed through the filer (not regcache, not S3)."""
+        root = f"/buckets/{bucket}/"
+        out, todo = {}, [root + prefix.strip("/")]
+        while todo:
+            for e in self._listing(todo.pop()):
+                if e["Mode"] & (1 << 31):           # Go's os.ModeDir
+                    todo.append(e["FullPath"])
+                else:
+                    out[e["FullPath"][len(root):]] = e["FileSize"]
+        return out
+
+    def unfinished_uploads(self, bucket):
+        """Ids of the multipart uploads SeaweedFS holds open in `bucket`."""
+        return {e["FullPath"].rsplit("/", 1)[1] for e in self._listing(f"/buckets/{bucket}/.uploads")}
+
+    def object_sha256(self, bucket, key):
+        """(sha256 hex, length) of an object's bytes, streamed through the filer."""
+        conn, r = self._filer_get(f"/buckets/{bucket}/{key}", False)
+        try:
+            assert r.status == 200, f"filer GET {bucket}/{key}: {r.status}"
+            h, n = hashlib.sha256(), 0
+            for chunk in iter(lambda: r.read(1 << 20), b""):
+                h.update(chunk)
+                n += len(chunk)
+            return h.hexdigest(), n
+        finally:
+            conn.close()
+
+    def kill9(self):
+        """SIGKILL the server (one process: master, volume, filer and S3 together)."""
+        self.proc.kill9()
 
     def stop(self):
         # its state is thrown away: no need to wait for a graceful shutdown (~15 s)
