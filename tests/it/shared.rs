@@ -396,3 +396,26 @@ async fn a_bucket_that_never_answers_costs_a_request_seconds_not_a_hang() {
     tokio::time::timeout(bound, pull).await.expect("a hung bucket must not hold the pull");
     m.metrics_with("regcache_bucket_down 1\n").await;
 }
+
+#[tokio::test]
+async fn a_tag_answered_from_headers_alone_reaches_the_other_node_too() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 1_000);
+    let bucket = TestBucket::new();
+    // As Docker and containerd pull: HEAD by tag (answered from the upstream's headers alone),
+    // then the manifest by digest.
+    async fn pull(m: &Mirror, digest: &str) {
+        let resp = m.manifest_request(reqwest::Method::HEAD, "alpine", "3").send().await.expect("HEAD");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["docker-content-digest"], digest);
+        assert_eq!(m.get_manifest("alpine", digest).await.status(), 200);
+    }
+    let a = node(&reg, &bucket).await;
+    pull(&a, &image.manifest.digest).await;
+    a.metrics_with("regcache_bucket_operations_total{op=\"put_record\",result=\"ok\"} 2\n").await;
+
+    reg.clear_log();
+    let b = node(&reg, &bucket).await;
+    pull(&b, &image.manifest.digest).await;
+    assert!(reg.requests().is_empty(), "node B asked the upstream: {:?}", reg.requests());
+}
