@@ -230,7 +230,7 @@ pub struct BucketEviction {
 impl BucketEviction {
     /// The bytes evicted.
     pub fn bytes_evicted(&self) -> u64 {
-        self.evicted.iter().map(|b| b.size).sum()
+        self.evicted.iter().fold(0, |sum, b| sum.saturating_add(b.size))
     }
 }
 
@@ -249,7 +249,8 @@ pub async fn evict_bucket(
     let mut seen: HashMap<Digest, (u64, u64, u64)> = HashMap::new();
     let mut bytes_before = 0;
     for listed in bucket.list().await? {
-        bytes_before += listed.size;
+        // Sizes come from the bucket's listing: summed without overflow.
+        bytes_before = u64::saturating_add(bytes_before, listed.size);
         if let Some(digest) = listed.digest {
             let modified = listed.modified.unwrap_or(0);
             seen.insert(digest, (listed.size, modified, modified));
@@ -271,7 +272,9 @@ pub async fn evict_bucket(
         };
         for (digest, at) in parse_summary(&body) {
             if let Some(entry) = seen.get_mut(&digest) {
-                entry.2 = entry.2.max(at);
+                // A time in the future (another node's clock, a corrupt record) counts as now:
+                // it must not protect a blob forever.
+                entry.2 = entry.2.max(at.min(now));
             }
         }
         consumed.push(key);
@@ -312,8 +315,21 @@ pub async fn is_evictor(bucket: &dyn SharedBackend, node: &str, now: u64) -> io:
     let mut smallest_live: Option<String> = None;
     for key in bucket.list_records("nodes").await? {
         let Some(id) = key.strip_prefix("nodes/") else { continue };
-        let Some(body) = bucket.get(&key, MAX_HEARTBEAT).await? else { continue };
-        let Ok(beat) = serde_json::from_slice::<Heartbeat>(&body) else { continue };
+        let beat = match bucket.get(&key, MAX_HEARTBEAT).await {
+            Ok(Some(body)) => serde_json::from_slice::<Heartbeat>(&body).ok(),
+            Ok(None) => continue,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => None,
+            Err(e) => return Err(e),
+        };
+        // An unreadable heartbeat, or one from the future (beyond a clock's likely drift), would
+        // keep a node that may be gone "live" and stop every node evicting: it goes.
+        let Some(beat) = beat.filter(|b| b.at <= now.saturating_add(LIVE_WITHIN.as_millis() as u64)) else {
+            if id != node {
+                tracing::warn!(key, "an unusable heartbeat in the bucket; removing it");
+                bucket.remove_record(&key).await?;
+            }
+            continue;
+        };
         if beat.at < forget_before && id != node {
             bucket.remove_record(&key).await?;
             continue;
@@ -428,6 +444,14 @@ mod tests {
         bucket.put(&heartbeat_key("0"), heartbeat(now - 25 * 60 * MIN)).await.unwrap();
         assert!(!is_evictor(&bucket, "b", now).await.unwrap());
         assert!(bucket.get(&heartbeat_key("0"), 100).await.unwrap().is_none(), "a node gone for a day is forgotten");
+        // Unusable heartbeats (too large, not JSON, from the far future) neither stop nor steer
+        // the choice, and are removed.
+        bucket.put(&heartbeat_key("a"), heartbeat(now - 4 * MIN)).await.unwrap();
+        for (id, body) in [("1", Bytes::from(vec![b' '; 10_000])), ("2", Bytes::from_static(b"not json")), ("3", heartbeat(now + 60 * MIN))] {
+            bucket.put(&heartbeat_key(id), body).await.unwrap();
+            assert!(is_evictor(&bucket, "b", now).await.unwrap(), "heartbeat {id}");
+            assert!(bucket.get(&heartbeat_key(id), 100_000).await.unwrap().is_none(), "heartbeat {id} removed");
+        }
     }
 
     #[tokio::test]
