@@ -139,13 +139,17 @@ pub fn verify(store: &Store, out: &mut dyn Write) -> io::Result<bool> {
 }
 
 /// A tag record's key split into (upstream, repository, tag, kind):
-/// `tags/<upstream>/<repository>/<tag>/<kind>`.
+/// `tags/<upstream>/<repository>/<tag>/<kind>`. The repository and tag must be valid names (keys
+/// come from the bucket, which any node, or anyone with its keys, may write), and the upstream a
+/// plain host name, so what `ls` prints is never a terminal escape or a forged line.
 fn parse_tag_key(key: &str) -> Option<(&str, &str, &str, &str)> {
     let rest = key.strip_prefix("tags/")?;
     let (upstream, rest) = rest.split_once('/')?;
     let (rest, kind) = rest.rsplit_once('/')?;
     let (repo, tag) = rest.rsplit_once('/')?;
-    (!upstream.is_empty() && !repo.is_empty() && !tag.is_empty()).then_some((upstream, repo, tag, kind))
+    let host = !upstream.is_empty() && upstream.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
+    let names = repo.parse::<crate::oci::RepositoryName>().is_ok() && tag.parse::<crate::oci::Tag>().is_ok();
+    (host && names).then_some((upstream, repo, tag, kind))
 }
 
 /// The largest tag record `ls` reads.
@@ -162,7 +166,12 @@ pub async fn ls_bucket(bucket: &dyn SharedBackend, filter: Option<&str>, out: &m
         if !wanted.as_ref().is_none_or(|w| matches_filter(w, upstream, repo)) {
             continue;
         }
-        let answer = bucket.get(&key, MAX_TAG_RECORD).await?.and_then(|v| serde_json::from_slice::<TagAnswer>(&v).ok());
+        let answer = match bucket.get(&key, MAX_TAG_RECORD).await {
+            Ok(record) => record.and_then(|v| serde_json::from_slice::<TagAnswer>(&v).ok()),
+            // One oversized record is shown as unreadable, not the end of the listing.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => None,
+            Err(e) => return Err(e),
+        };
         let slot = repos.entry((upstream.to_owned(), repo.to_owned())).or_default().entry(tag.to_owned()).or_default();
         if answer.as_ref().map(|a| a.checked_at) > slot.as_ref().map(|a| a.checked_at) {
             *slot = answer;
@@ -243,7 +252,7 @@ pub async fn verify_bucket(bucket: &dyn SharedBackend, sizes: &SharedSizes, out:
     let (mut blobs, mut bytes, mut corrupt) = (0usize, 0u64, 0usize);
     for listed in bucket.list().await? {
         let Some(digest) = listed.digest else {
-            writeln!(out, "bucket: not a blob (left alone): {}", listed.name)?;
+            writeln!(out, "bucket: not a blob (left alone): {:?}", listed.name)?;
             continue;
         };
         let Some(opened) = bucket.open(&digest, 0..listed.size).await? else { continue };
@@ -269,7 +278,7 @@ pub async fn verify_bucket(bucket: &dyn SharedBackend, sizes: &SharedSizes, out:
     for key in bucket.list_records("manifests").await? {
         let digest = key.strip_prefix("manifests/").and_then(|rest| rest.split_once('/')).and_then(|(alg, hex)| format!("{alg}:{hex}").parse::<Digest>().ok());
         let Some(digest) = digest else {
-            writeln!(out, "bucket: not a manifest record (left alone): {key}")?;
+            writeln!(out, "bucket: not a manifest record (left alone): {key:?}")?;
             continue;
         };
         let record = match bucket.get(&key, max).await {
@@ -331,6 +340,9 @@ mod tests {
             ("tags/localhost:5000/app/latest/schema1", Some(("localhost:5000", "app", "latest", "schema1"))),
             ("tags/docker.io/3/image", None),
             ("manifests/sha256/abc", None),
+            ("tags/docker.io/library/alpine/\u{1b}[2J/image", None),
+            ("tags/docker.io/Library/Alpine/3/image", None),
+            ("tags/evil\nhost/app/3/image", None),
         ];
         for (key, want) in cases {
             assert_eq!(parse_tag_key(key), want, "{key}");
