@@ -31,6 +31,15 @@ pub enum ManifestKind {
 }
 
 impl ManifestKind {
+    /// Its word, as serde writes it (`index`, `image`, `schema1`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ManifestKind::Index => "index",
+            ManifestKind::Image => "image",
+            ManifestKind::Schema1 => "schema1",
+        }
+    }
+
     /// The kind of a manifest of `media_type`.
     pub fn of(media_type: &str) -> ManifestKind {
         let m = media_type.to_ascii_lowercase();
@@ -123,6 +132,13 @@ impl AcceptList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kind_s_word_is_its_serde_name() {
+        for kind in [ManifestKind::Index, ManifestKind::Image, ManifestKind::Schema1] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+    }
 
     #[test]
     fn gathers_every_line() {

@@ -529,8 +529,7 @@ fn referrers_key(upstream: &str, repo: &RepositoryName, digest: &Digest) -> Stri
 /// The key of a tag's record: names and tags are validated (no `..`, no empty parts), and the
 /// upstream's name is a host.
 fn tag_key(upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind) -> String {
-    let kind = serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-    format!("tags/{upstream}/{repo}/{tag}/{kind}")
+    format!("tags/{upstream}/{repo}/{tag}/{}", kind.as_str())
 }
 
 #[cfg(test)]
