@@ -59,7 +59,7 @@ enum Command {
         #[arg(long)]
         max_size: Option<String>,
         /// With `[storage] backend = "s3"`: the size to evict the bucket's blobs down to (default:
-        /// the configured bucket_max_size). Blobs any node used in the last 10 minutes stay.
+        /// the configured bucket_max_size). Blobs any node used within `--protect-recent` stay.
         #[arg(long)]
         bucket_max_size: Option<String>,
         /// With `[storage] backend = "s3"`: keep blobs any node used within this long (default

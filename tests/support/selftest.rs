@@ -137,6 +137,18 @@ async fn raw_get(url: &str, extra: &str) -> (String, Vec<u8>) {
 }
 
 /// Follows the registry's blob redirect; returns the CDN URL.
+/// A fake with one blob of `len` pseudo-random bytes (seeded by `seed`) in `library/x`: the
+/// registry, the bytes, their digest, a bearer authorization for `library/x`, and the CDN location
+/// the registry redirects to.
+async fn blob_on_cdn(seed: &str, len: usize) -> (FakeRegistry, Vec<u8>, String, String, String) {
+    let reg = FakeRegistry::start().await;
+    let bytes = pseudo_random_bytes(seed, len);
+    let digest = reg.add_blob(bytes.clone());
+    let auth = bearer(&reg, "library/x", None).await;
+    let location = blob_location(&reg, "library/x", &digest, &auth).await;
+    (reg, bytes, digest, auth, location)
+}
+
 async fn blob_location(reg: &FakeRegistry, repo: &str, digest: &str, auth: &str) -> String {
     let resp = get(
         &format!("{}/v2/{repo}/blobs/{digest}", reg.url()),
@@ -498,11 +510,7 @@ async fn rate_limit_headers_on_registry_and_cdn_responses() {
 
 #[tokio::test]
 async fn cdn_faults_corrupt_cut_and_slow() {
-    let reg = FakeRegistry::start().await;
-    let bytes = pseudo_random_bytes("faults", 10_000);
-    let digest = reg.add_blob(bytes.clone());
-    let auth = bearer(&reg, "library/x", None).await;
-    let location = blob_location(&reg, "library/x", &digest, &auth).await;
+    let (reg, bytes, digest, auth, location) = blob_on_cdn("faults", 10_000).await;
 
     reg.set_fault(Fault::CorruptBlobs);
     let corrupt = get(&location, &[]).await;
@@ -568,11 +576,7 @@ async fn cdn_faults_corrupt_cut_and_slow() {
 
 #[tokio::test]
 async fn cdn_faults_endless_and_held() {
-    let reg = FakeRegistry::start().await;
-    let bytes = pseudo_random_bytes("endless", 1000);
-    let digest = reg.add_blob(bytes.clone());
-    let auth = bearer(&reg, "library/x", None).await;
-    let location = blob_location(&reg, "library/x", &digest, &auth).await;
+    let (reg, bytes, digest, _auth, location) = blob_on_cdn("endless", 1000).await;
 
     reg.set_fault(Fault::EndlessBlobs);
     let mut resp = reqwest::get(&location).await.expect("endless response");
