@@ -353,7 +353,12 @@ impl Bucket {
             let file = entry.path();
             let record = match tokio::fs::read(&file).await {
                 Ok(text) => serde_json::from_slice::<UploadRecord>(&text).ok(),
-                Err(e) => return Err(record_error(&file, e)),
+                // One entry that can't be read (a directory, permissions) doesn't keep the
+                // others from being cleaned up.
+                Err(e) => {
+                    first_failure.get_or_insert(record_error(&file, e));
+                    continue;
+                }
             };
             let Some(record) = record else {
                 tracing::warn!(record = %file.display(), "removing an unreadable upload record");
@@ -362,7 +367,8 @@ impl Bucket {
             };
             let path = match self.path(&record.key) {
                 Ok(p) => p,
-                Err(_) => {
+                Err(e) => {
+                    tracing::warn!(record = %file.display(), error = %e, "removing an upload record whose key is not a key");
                     remove_record(&file).await;
                     continue;
                 }
