@@ -2,9 +2,10 @@
 //! (`[storage] backend = "s3"`). A blob missing from the hot tier is read from the bucket before
 //! it is asked of the upstream, and a blob fetched from the upstream is uploaded to the bucket once
 //! the fill has verified it, read back from the hot tier's file ([`Shared::spawn_upload`]). Not
-//! while the fill runs: the upload would compete with the pull for the node's CPU and disk for the
-//! benefit of other nodes seeing the blob a little earlier (benchmark figure 11: a cold pull took
-//! 1.38× the local backend's time with the upload alongside, 1.05× with it after).
+//! while the fill runs: the upload would compete with the client's pull for the node's CPU, disk and
+//! network (benchmark figure 11: a cold pull took a median 1.20× the local backend's time with the
+//! upload alongside, 0.95× with it after), for the benefit of other nodes finding the blob an
+//! upload's time sooner.
 //!
 //! The bucket may fail, hang or vanish: every request to it is bounded by the backend's timeout,
 //! and a failure marks it down ([`Health`]). While it is down nothing is asked of it: hits in the
@@ -532,7 +533,7 @@ mod tests {
         out
     }
 
-    /// A hot-tier write of `bytes` followed by an upload; the progress sender to drive it.
+    /// A hot-tier write of `bytes` with an upload waiting on it; the sender that says it is verified.
     async fn write_and_follow(
         store: &Store,
         shared: &Arc<Shared>,
