@@ -30,14 +30,14 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use hyper::body::Incoming;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::FillBudget;
 use crate::oci::{Digest, Hasher, RepositoryName};
 use crate::singleflight::CallDied;
-use crate::store::{BlobRead, BlobWrite, InUse, PartialBlob, Progress, ReadAt, Reservation, Store};
+use crate::store::{BlobRead, BlobWrite, InUse, PartialBlob, ReadAt, Reservation, Store};
 use crate::sync::lock;
 use crate::upstream::{RateLimit, Transport, Upstream, UpstreamError};
 
@@ -548,8 +548,9 @@ struct Connected {
     /// Room for the blob, and its write to the store; both `None` when it is passed through.
     reservation: Option<Reservation>,
     writer: Option<Box<dyn BlobWrite>>,
-    /// Tells the upload to the shared bucket how far the fill got, if the blob is uploaded.
-    upload: Option<watch::Sender<Progress>>,
+    /// Tells the upload to the shared bucket that the blob is verified (its size), if it is to be
+    /// uploaded; dropped unsent, nothing is uploaded.
+    upload: Option<oneshot::Sender<u64>>,
 }
 
 struct FillJob {
@@ -626,7 +627,7 @@ impl FillJob {
         // the store's business.
         self.fill.state.send_replace(FillState::Done { size: written });
         if let Some(upload) = upload {
-            upload.send_replace(Progress::Verified(written));
+            let _ = upload.send(written);
         }
         match writer {
             Some(writer) if !self.fill.passing_through() => Ok((written, self.commit(writer, written).await)),
@@ -653,7 +654,7 @@ impl FillJob {
         if writer.is_none() {
             self.fill.stop_storing(0);
         }
-        let upload = self.upload(&body, total);
+        let upload = self.upload(&body);
         self.fill.state.send_replace(FillState::Running { total, written: 0 });
         Ok(Connected { body, total, reservation, writer, upload })
     }
@@ -673,19 +674,20 @@ impl FillJob {
         Ok((Body::Upstream(body), head.size))
     }
 
-    /// Start uploading to the shared bucket, if there is one, what this fill stores from the
-    /// upstream: the sender that tells the upload how far the fill got (dropped, it aborts it).
-    fn upload(&self, body: &Body, total: Option<u64>) -> Option<watch::Sender<Progress>> {
+    /// Prepare the upload to the shared bucket, if there is one, of what this fill stores from the
+    /// upstream: the sender that tells it the blob is verified (dropped unsent, nothing is
+    /// uploaded).
+    fn upload(&self, body: &Body) -> Option<oneshot::Sender<u64>> {
         let shared = self.store.shared.as_ref()?;
         let partial = self.fill.partial.get().filter(|_| matches!(body, Body::Upstream(_)) && !self.fill.passing_through())?;
-        let (tx, rx) = watch::channel(Progress::Written(0));
-        shared.spawn_upload(&self.digest, total, partial.reader(), rx)?;
+        let (tx, rx) = oneshot::channel();
+        shared.spawn_upload(&self.digest, partial.reader(), rx)?;
         Some(tx)
     }
 
-    /// `written` bytes are stored: tell the readers, and the upload (unless storing stopped: then
-    /// the upload is aborted).
-    fn progressed(&self, written: u64, upload: &mut Option<watch::Sender<Progress>>) {
+    /// `written` bytes are stored: tell the readers; if storing stopped, there is nothing to
+    /// upload.
+    fn progressed(&self, written: u64, upload: &mut Option<oneshot::Sender<u64>>) {
         self.fill.state.send_modify(|s| {
             if let FillState::Running { written: w, .. } = s {
                 *w = written;
@@ -693,9 +695,6 @@ impl FillJob {
         });
         if self.fill.passing_through() {
             *upload = None;
-        }
-        if let Some(u) = upload {
-            u.send_replace(Progress::Written(written));
         }
     }
 

@@ -37,7 +37,7 @@
 //! `Upstream::get_blob`, writes through `BlobBackend::begin` / `BlobWrite::append` if the blob fits
 //! the disk budget (passing it through otherwise), and commits only after the digest checks out.
 //! With a shared bucket (`store::Shared`) the fill reads the bucket before the upstream, and a fill
-//! from the upstream is uploaded as it is written, completed once verified; manifests, tags and
+//! from the upstream is uploaded once it is verified (from the hot tier's file); manifests, tags and
 //! referrers lists missing here (or stale) are looked up in the bucket before the upstream.
 //! `store::spawn_housekeeping` writes access times and evicts in the background. Errors from any
 //! layer say who is to blame (`oci::Blame`: client, upstream or regcache) and become one OCI error

@@ -18,7 +18,7 @@ mod shared;
 pub use backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, ReadAt, Records, SharedBackend};
 pub use bucket::{Bucket, BucketError};
 pub use local::LocalBlobs;
-pub use shared::{Progress, Shared, ANSWER_WITHIN};
+pub use shared::{Shared, ANSWER_WITHIN};
 pub use budget::{Refused, Reservation, TempBudget};
 pub use check::{Reconciled, Verified};
 pub use evict::{Evicted, EvictedKind, InUse, Usage, LOW_WATER};

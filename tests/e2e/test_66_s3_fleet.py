@@ -25,7 +25,7 @@ from conftest import Target
 from e2elib.checks import pull_and_check
 from e2elib.clients import Mirror
 from e2elib.images import big_blob
-from e2elib.net import BlobDownload
+from e2elib.net import BlobDownload, SlowPort
 from e2elib.util import wait_until
 
 pytestmark = pytest.mark.needs_regcache
@@ -42,9 +42,9 @@ class Node:
     """A regcache node on `prefix` of the bucket in `weed`, with its clients; `rc.fetched` is the
     model of the blobs it fetched from the upstream (and so uploaded)."""
 
-    def __init__(self, start_regcache, make_clients, weed, name, prefix):
+    def __init__(self, start_regcache, make_clients, weed, name, prefix, endpoint=None):
         self.weed, self.prefix = weed, prefix
-        storage = weed.storage_toml(BUCKET, weed.secret_file(), prefix=prefix)
+        storage = weed.storage_toml(BUCKET, weed.secret_file(), prefix=prefix, endpoint=endpoint)
         self.rc = start_regcache(name, storage=storage, tag_ttl="10m")
         self.mirror = Mirror(name, "127.0.0.1", self.rc.port, "http")
         self.target = Target(self.mirror, self.rc)
@@ -190,11 +190,13 @@ def test_a_second_node_pulls_from_the_bucket_alone(client, image, start_regcache
 
 # --------------------------------------------------------------- 4. a node SIGKILLed mid-upload
 
-def start_slow_big_download(node, upstream, big):
-    """A client GETs the big blob through `node` while the CDN trickles it; returns once the node
-    is uploading it and at least one part has reached the bucket."""
-    upstream.set_cdn_slow(True)
-    dl = BlobDownload("127.0.0.1", node.rc.port, node.big_blob_path(big)).start()
+def big_upload_under_way(node, slow, big):
+    """A client GETs the big blob through `node` (whole: the node uploads a blob once its fill has
+    verified it); returns the download once the node is uploading it to the bucket through `slow`
+    (held to a crawl) and at least one part has arrived."""
+    dl = BlobDownload("127.0.0.1", node.rc.port, node.big_blob_path(big)).start().join(120)
+    assert_true_bytes(dl, big)
+    assert dl.received == big.size, f"the client got {dl.received} of {big.size} bytes"
     state = {}
 
     def uploading():
@@ -205,25 +207,24 @@ def start_slow_big_download(node, upstream, big):
     try:
         wait_until(uploading, 60, f"{node.rc.name} to upload parts of the big blob", interval=0.2)
     except TimeoutError as e:
-        upstream.set_cdn_slow(False)
-        raise AssertionError(f"{e}: {state}; client got {dl.received} bytes\n{node.rc.proc.log_tail(20)}") from None
+        raise AssertionError(f"{e}: {state}\n{node.rc.proc.log_tail(20)}") from None
     return dl
+
+
+# 8 MiB parts reach the bucket through the relay at 4 MiB/s: the 128 MiB upload takes half a minute.
+UPLOAD_CRAWL = 4 << 20
 
 
 def test_a_node_killed_mid_upload_leaves_only_verified_objects(start_regcache, make_clients, seaweedfs,
                                                                upstream, catalog):
     big = big_blob(catalog)
-    node = Node(start_regcache, make_clients, seaweedfs, "s3-crash", "fleet-crash")
-    try:
-        dl = start_slow_big_download(node, upstream, big)
-        records = node.upload_records()
-        open_uploads = seaweedfs.unfinished_uploads(BUCKET)
-        node.rc.kill9()
-        dl.join(60)
-    finally:
-        upstream.set_cdn_slow(False)
-    assert dl.received < big.size, "the big blob was complete before the kill; the CDN is not slow enough"
-    assert_true_bytes(dl, big)
+    slow = SlowPort(seaweedfs.s3_port, UPLOAD_CRAWL)
+    node = Node(start_regcache, make_clients, seaweedfs, "s3-crash", "fleet-crash", endpoint=f"http://127.0.0.1:{slow.port}")
+    big_upload_under_way(node, slow, big)
+    records = node.upload_records()
+    open_uploads = seaweedfs.unfinished_uploads(BUCKET)
+    node.rc.kill9()
+    slow.rate = None                         # the restarted node uploads at full speed
     assert len(records) == 1, f"upload records in data_dir/uploads while uploading: {records}"
     assert open_uploads, "SeaweedFS shows no multipart upload in progress"
 
@@ -239,11 +240,16 @@ def test_a_node_killed_mid_upload_leaves_only_verified_objects(start_regcache, m
     left = open_uploads & seaweedfs.unfinished_uploads(BUCKET)
     assert not left, f"multipart uploads still open in SeaweedFS after the restart: {left}"
 
-    # and the blob, fetched again, is uploaded whole and verifies
+    # the restarted node serves the blob from its hot tier (it was verified and kept before the
+    # upload began); another node, finding it neither here nor in the bucket, fetches it from the
+    # upstream and uploads it whole
     dl = BlobDownload("127.0.0.1", node.rc.port, node.big_blob_path(big)).start().join(120)
     assert (dl.status, dl.received, dl.sha256) == (200, big.size, big.digest), vars(dl)
-    node.rc.fetched = {big.digest}           # this run's metrics: one upload
-    wait_for_bucket_writes(node)
+    other = Node(start_regcache, make_clients, seaweedfs, "s3-crash-other", "fleet-crash")
+    dl = BlobDownload("127.0.0.1", other.rc.port, other.big_blob_path(big)).start().join(120)
+    assert (dl.status, dl.received, dl.sha256) == (200, big.size, big.digest), vars(dl)
+    other.rc.fetched = {big.digest}          # this run's metrics: one upload
+    wait_for_bucket_writes(other)
     digests, bad = verify_bucket_blobs(seaweedfs, node.prefix)
     assert not bad and big.digest in digests, f"after the restart: {bad}, {sorted(digests)}"
 
@@ -254,19 +260,12 @@ def test_the_bucket_killed_mid_upload_the_client_gets_verified_bytes(start_regca
                                                                     start_seaweedfs, upstream, catalog):
     big = big_blob(catalog)
     weed = start_seaweedfs("seaweedfs-killed")
-    node = Node(start_regcache, make_clients, weed, "s3-bucket-killed", "fleet")
-    try:
-        dl = start_slow_big_download(node, upstream, big)
-        weed.kill9()
-        at_kill = dl.received
-        dl.join(120)
-    finally:
-        upstream.set_cdn_slow(False)
-    assert at_kill < big.size, "the client had the whole blob before the bucket was killed"
-    # the bytes come from the upstream's fill, which the bucket doesn't hold up: the whole blob
-    assert (dl.status, dl.error, dl.received) == (200, None, big.size), \
-        f"client: status {dl.status}, {dl.received} of {big.size} bytes, error {dl.error!r}"
-    assert dl.sha256 == big.digest, f"the client got {big.size} bytes hashing to {dl.sha256}"
+    slow = SlowPort(weed.s3_port, UPLOAD_CRAWL)
+    node = Node(start_regcache, make_clients, weed, "s3-bucket-killed", "fleet", endpoint=f"http://127.0.0.1:{slow.port}")
+    # the client has the verified blob before the upload begins; the bucket dies under the upload
+    dl = big_upload_under_way(node, slow, big)
+    weed.kill9()
+    assert (dl.status, dl.error, dl.received, dl.sha256) == (200, None, big.size, big.digest), vars(dl)
     wait_until(lambda: node.rc.metric(DOWN) == 1 and node.rc.metric(UPLOADING) == 0, 30,
                "the node to give up the upload and mark the bucket down", interval=0.2)
     assert node.rc.metric(OPS, op="upload", result="ok") == 0

@@ -1,5 +1,5 @@
-"""curl as a client, TLS peer-certificate probes, a decoy TCP listener and a hashing blob
-download."""
+"""curl as a client, TLS peer-certificate probes, a decoy TCP listener, a throttling TCP relay
+and a hashing blob download."""
 import hashlib
 import http.client
 import json
@@ -7,6 +7,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 
 from cryptography import x509
 
@@ -138,6 +139,55 @@ class DecoyListener:
             self.sock.close()
             self._thread.join(timeout=5)
 
+
+
+class SlowPort:
+    """A TCP relay on 127.0.0.1 to `port` that holds what clients send to `rate` bytes/s while
+    `rate` is set (e.g. regcache's uploads to a bucket server); answers pass at full speed."""
+
+    def __init__(self, port, rate):
+        self.target, self.rate = ("127.0.0.1", port), rate
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
+
+    def _pipe(self, src, dst, throttled):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+                if throttled and self.rate:
+                    time.sleep(len(data) / self.rate)   # the throttle itself, not a wait
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.sock.close()
 
 
 class BlobDownload:

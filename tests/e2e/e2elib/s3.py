@@ -87,9 +87,11 @@ class SeaweedFS:
             env=self.env, timeout=60)
         assert f"created bucket {name}" in out.stdout, f"weed shell: {out.stdout}{out.stderr}"
 
-    def storage_toml(self, bucket, secret_file, *, prefix="", access_key=ACCESS_KEY, https=False, ca_file=None):
-        """A `[storage]` table for `bucket` here; the secret is read from `secret_file`."""
-        endpoint = self.https_endpoint if https else self.endpoint
+    def storage_toml(self, bucket, secret_file, *, prefix="", access_key=ACCESS_KEY, https=False, ca_file=None,
+                     endpoint=None):
+        """A `[storage]` table for `bucket` here (or at `endpoint`, e.g. a relay in front of it);
+        the secret is read from `secret_file`."""
+        endpoint = endpoint or (self.https_endpoint if https else self.endpoint)
         text = (f'\n[storage]\nbackend = "s3"\nendpoint = "{endpoint}"\nbucket = "{bucket}"\n'
                 f'prefix = "{prefix}"\npath_style = true\naccess_key_id = "{access_key}"\n'
                 f'secret_access_key_file = "{secret_file}"\ntimeout = "5s"\n')
