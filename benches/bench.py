@@ -51,7 +51,7 @@ BIG_MIB = int(os.environ.get("BENCH_BIG_MIB", "256"))
 N_CLIENTS = int(os.environ.get("BENCH_CLIENTS", "32"))
 LOAD_SECS = int(os.environ.get("BENCH_LOAD_SECS", "10"))
 COLD_REPS = int(os.environ.get("BENCH_COLD_REPS", "2"))
-FIG11_REPS = int(os.environ.get("BENCH_FIG11_REPS", "5"))
+FIG11_REPS = int(os.environ.get("BENCH_FIG11_REPS", "7"))
 STALLED = int(os.environ.get("BENCH_STALLED", "1000"))
 FLOODERS = int(os.environ.get("BENCH_FLOODERS", "32"))
 # Only these figures ("8,9"): a reduced run for working on one scenario.
@@ -1173,12 +1173,13 @@ def table():
         q = ratio(s3, local)
         medians = ratio(R("11.s3.median"), R("11.local.median"))
         runs = "; ".join(f"{k}: " + ", ".join(f"{x:.2f}" for x in R(f"11.{k}.all")) for k in ("s3", "local"))
-        row("11", f"cold skopeo pull, {BIG_MIB} MiB image, S3 backend vs local, s (best of {FIG11_REPS})", fmt(s3, "{:.2f}"),
-            "–", fmt(local, "{:.2f}") + " (local)", fmt(q, "{:.2f}×") + " local", "≤ 1.1× local",
-            None if q is None else q <= 1.1,
-            f"medians {fmt(R('11.s3.median'), '{:.2f}')} / {fmt(R('11.local.median'), '{:.2f}')} s = "
-            f"{fmt(medians, '{:.2f}×')}; runs {runs}; uploads to the bucket finished "
-            + ", ".join(f"{x:.2f}" for x in R("11.lag")) + " s after the pull")
+        # Judged on the medians: the best of a few runs on each side is one lucky run against another
+        # (local's best is often 15 % under its median on this VM), too noisy for a 10 % target.
+        row("11", f"cold skopeo pull, {BIG_MIB} MiB image, S3 backend vs local, s (median of {FIG11_REPS})",
+            fmt(R("11.s3.median"), "{:.2f}"), "–", fmt(R("11.local.median"), "{:.2f}") + " (local)",
+            fmt(medians, "{:.2f}×") + " local", "≤ 1.1× local", None if medians is None else medians <= 1.1,
+            f"best {fmt(s3, '{:.2f}')} / {fmt(local, '{:.2f}')} s = {fmt(q, '{:.2f}×')}; runs {runs}; uploads to the "
+            "bucket finished " + ", ".join(f"{x:.2f}" for x in R("11.lag")) + " s after the pull")
         c_s3, c_local = R("11.cpu.s3"), R("11.cpu.local")
         row("11", "  regcache CPU per pull, its uploads to the bucket included, s (median)", fmt(c_s3, "{:.2f}"),
             "–", fmt(c_local, "{:.2f}") + " (local)", fmt(ratio(c_s3, c_local), "{:.2f}×") + " local", "(report)",
