@@ -392,7 +392,7 @@ impl Cache {
             return Ok(Some(m));
         }
         let Some(shared) = &self.store.shared else { return Ok(None) };
-        let Some(m) = shared.manifest(digest, MAX_MANIFEST).await else { return Ok(None) };
+        let Some(m) = shared.manifest(digest).await else { return Ok(None) };
         let m = self.store.index.put_manifest(digest, &m)?;
         self.store.note_stored(digest);
         Ok(Some(m))

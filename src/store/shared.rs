@@ -248,16 +248,13 @@ impl Shared {
 
     /// The manifest `digest` from the bucket, verified (its digest and media type, as from the
     /// upstream); `None` if the bucket doesn't have it, can't be asked now, or holds something
-    /// that fails verification. `max` bounds its size.
-    pub async fn manifest(&self, digest: &Digest, max: usize) -> Option<StoredManifest> {
-        let record = self.get_record(&manifest_key(digest), max.saturating_add(256)).await?;
-        let split = record.iter().position(|b| *b == 0)?;
-        let media_type = std::str::from_utf8(&record[..split]).ok()?.to_owned();
-        let bytes = record.slice(split + 1..);
-        match crate::oci::verify_manifest(&bytes, std::slice::from_ref(digest), Some(&media_type)) {
-            Ok(v) => Some(StoredManifest { media_type: v.media_type, bytes }),
-            Err(e) => {
-                tracing::error!(%digest, error = %e, "the bucket's copy of a manifest fails verification; ignored");
+    /// that fails verification. At most [`MAX_MANIFEST_RECORD`] bytes are read.
+    pub async fn manifest(&self, digest: &Digest) -> Option<StoredManifest> {
+        let record = self.get_record(&manifest_key(digest), MAX_MANIFEST_RECORD).await?;
+        match read_manifest_record(record, digest) {
+            Ok(m) => Some(m),
+            Err(why) => {
+                tracing::error!(%digest, error = %why, "the bucket's copy of a manifest fails verification; ignored");
                 None
             }
         }
@@ -493,9 +490,28 @@ async fn upload(mut writer: Box<dyn BlobWrite>, mut written: Box<dyn ReadAt>, si
     writer.commit().await
 }
 
+/// The largest manifest record: the largest manifest regcache keeps, after its media type and a NUL.
+pub const MAX_MANIFEST_RECORD: usize = crate::upstream::MAX_MANIFEST + 256;
+
 /// The key of the record of manifest `digest`.
 fn manifest_key(digest: &Digest) -> String {
     format!("manifests/{}/{}", digest.algorithm().as_str(), digest.hex())
+}
+
+/// The digest whose manifest record `key` is, if it is one ([`manifest_key`] read back).
+pub fn manifest_of_key(key: &str) -> Option<Digest> {
+    let (algorithm, hex) = key.strip_prefix("manifests/")?.split_once('/')?;
+    format!("{algorithm}:{hex}").parse().ok()
+}
+
+/// The manifest in a manifest record (its media type, a NUL, its exact bytes) if the record is
+/// well formed and the manifest is `digest`'s and verifies; what is wrong with it otherwise.
+pub fn read_manifest_record(record: Bytes, digest: &Digest) -> Result<StoredManifest, String> {
+    let split = record.iter().position(|b| *b == 0).ok_or("no media type before a NUL")?;
+    let media_type = std::str::from_utf8(&record[..split]).map_err(|_| "a media type that is not UTF-8")?;
+    let bytes = record.slice(split + 1..);
+    let verified = crate::oci::verify_manifest(&bytes, std::slice::from_ref(digest), Some(media_type)).map_err(|e| e.to_string())?;
+    Ok(StoredManifest { media_type: verified.media_type, bytes })
 }
 
 /// The key of the record of the referrers of `digest` in `repo` on `upstream`.
@@ -588,6 +604,30 @@ mod tests {
         assert!(bucket.list().await.unwrap().is_empty());
         assert_eq!(std::fs::read_dir(dir.path().join("bucket/tmp")).unwrap().count(), 0, "nothing was begun");
         assert!(!shared.is_down(), "an aborted upload is not a bucket failure");
+    }
+
+    #[test]
+    fn manifest_records_read_back_only_as_the_manifest_of_their_digest() {
+        let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+        let digest = Digest::sha256_of(manifest);
+        let media_type = "application/vnd.oci.image.manifest.v1+json";
+        let record = |mt: &str, body: &[u8]| Bytes::from([mt.as_bytes(), b"\0", body].concat());
+        let m = read_manifest_record(record(media_type, manifest), &digest).expect("a good record");
+        assert_eq!((m.media_type.as_str(), &m.bytes[..]), (media_type, &manifest[..]));
+        assert_eq!(manifest_of_key(&manifest_key(&digest)), Some(digest.clone()));
+        let mut tampered = manifest.to_vec();
+        tampered[20] ^= 1;
+        for (why, bad) in [
+            ("no NUL", Bytes::from_static(b"application/vnd.oci.image.manifest.v1+json")),
+            ("not UTF-8", Bytes::from([&[0xff, 0xfe][..], b"\0", manifest].concat())),
+            ("other bytes", record(media_type, &tampered)),
+            ("another media type", record("application/vnd.docker.distribution.manifest.v2+json", manifest)),
+        ] {
+            assert!(read_manifest_record(bad, &digest).is_err(), "{why}");
+        }
+        for key in ["manifests/sha256", "manifests/sha256/zz", "tags/sha256/00", "manifests/md5/00"] {
+            assert_eq!(manifest_of_key(key), None, "{key}");
+        }
     }
 
     #[tokio::test]
