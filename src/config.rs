@@ -917,7 +917,7 @@ fn resolve_upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, Con
     }
     let url = upstream_url(&name, &raw.url)?;
     let credentials = upstream_credentials(&name, raw.username, raw.password, raw.password_file, base)?;
-    let ca_pem = raw.ca_file.map(|file| read_ca_file(&name, &base.join(file))).transpose()?;
+    let ca_pem = raw.ca_file.map(|file| read_pem_roots(&base.join(file))).transpose().map_err(|e| ConfigError(format!("upstream {name}: {e}")))?;
     let redirect_hosts = raw
         .redirect_hosts
         .iter()
@@ -996,17 +996,6 @@ fn upstream_credentials(
         (None, None) => Ok(None),
         _ => Err(ConfigError(format!("upstream {name}: username and password go together"))),
     }
-}
-
-/// An upstream's `ca_file` at `path`: PEM holding at least one certificate.
-fn read_ca_file(name: &RegistryHost, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    let pem = std::fs::read(path)
-        .map_err(|e| ConfigError(format!("upstream {name}: cannot read ca_file {}: {e}", path.display())))?;
-    let count = rustls_pemfile::certs(&mut pem.as_slice()).filter(|c| c.is_ok()).count();
-    if count == 0 {
-        return Err(ConfigError(format!("upstream {name}: ca_file {} holds no PEM certificate", path.display())));
-    }
-    Ok(pem)
 }
 
 /// A URL as written, for a message: anything between `://` and an `@` before the path is masked,
@@ -1091,7 +1080,8 @@ password = "s3cret"
             ("listen = \"nope\"", "listen address"),
             ("[[upstream]]\nname = \"x\"\nurl = \"not a url\"", "url"),
             ("[[upstream]]\nname = \"x\"\nurl = \"ftp://x\"", "http"),
-            ("[[upstream]]\nname = \"x\"\nurl = \"https://x\"\nca_file = \"/nonexistent/ca.pem\"", "ca_file"),
+            ("[[upstream]]\nname = \"x\"\nurl = \"https://x\"\nca_file = \"/nonexistent/ca.pem\"", "upstream x: cannot read ca_file /nonexistent/ca.pem"),
+            ("[[upstream]]\nname = \"x\"\nurl = \"https://x\"\nca_file = \"/dev/null\"", "upstream x: ca_file /dev/null holds no PEM certificate"),
             ("[[upstream]]\nname = \"x\"\nurl = \"https://x\"\nusername = \"u\"", "together"),
             ("[[upstream]]\nname = \"x\"\nurl = \"https://x\"\n[[upstream]]\nname = \"x\"\nurl = \"https://y\"", "twice"),
         ];
