@@ -303,8 +303,9 @@ impl Bucket {
         self.key(&format!("blobs/{}/{}/{hex}", digest.algorithm().as_str(), &hex[..2]))
     }
 
-    fn path(&self, key: &str) -> Result<Path, BucketError> {
-        Path::parse(key).map_err(|e| self.error(Op::Head, key, &object_store::Error::from(e)))
+    /// `key` as the crate's path; the error names `op`, the request it was for.
+    fn path(&self, op: Op, key: &str) -> Result<Path, BucketError> {
+        Path::parse(key).map_err(|e| self.error(op, key, &object_store::Error::from(e)))
     }
 
     fn error(&self, op: Op, key: &str, e: &object_store::Error) -> BucketError {
@@ -328,12 +329,21 @@ impl Bucket {
         result
     }
 
-    /// Whether an object is stored under `path`.
-    async fn exists(&self, path: &Path) -> io::Result<bool> {
+    /// The size of the object stored under `path`, `None` if there is none.
+    async fn size_at(&self, path: &Path) -> io::Result<Option<u64>> {
         match self.observe(Op::Head, 0, self.store.head(path).await) {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.io_error(Op::Head, path.as_ref(), &e)),
+        }
+    }
+
+    /// Delete the object under `key` (the whole key); one that isn't there is gone already.
+    async fn delete(&self, key: &str) -> io::Result<()> {
+        let path = self.path(Op::Delete, key).map_err(io::Error::other)?;
+        match self.observe(Op::Delete, 0, self.store.delete(&path).await) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.io_error(Op::Delete, key, &e)),
         }
     }
 
@@ -365,7 +375,7 @@ impl Bucket {
                 remove_record(&file).await;
                 continue;
             };
-            let path = match self.path(&record.key) {
+            let path = match self.path(Op::AbortUpload, &record.key) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(record = %file.display(), error = %e, "removing an upload record whose key is not a key");
@@ -397,10 +407,10 @@ impl Bucket {
     pub async fn probe(&self) -> Result<(), BucketError> {
         // A list first: some servers (SeaweedFS) create a missing bucket on a PUT, but none lists one.
         let dir = self.key("probe");
-        let listed = self.store.list_with_delimiter(Some(&self.path(&dir)?)).await;
+        let listed = self.store.list_with_delimiter(Some(&self.path(Op::List, &dir)?)).await;
         self.observe(Op::List, 0, listed).map_err(|e| self.error(Op::List, &dir, &e))?;
         let key = self.key(&format!("probe/{:016x}", random_u64()));
-        let path = self.path(&key)?;
+        let path = self.path(Op::Put, &key)?;
         let content = Bytes::from(format!("regcache probe {key}"));
         let put = self.store.put_opts(&path, PutPayload::from(content.clone()), PutOptions::default()).await;
         self.observe(Op::Put, content.len() as u64, put).map_err(|e| self.error(Op::Put, &key, &e))?;
@@ -481,7 +491,7 @@ pub(crate) fn random_u64() -> u64 {
 impl BlobBackend for Bucket {
     async fn begin(&self, digest: &Digest, _size: Option<u64>) -> io::Result<Box<dyn BlobWrite>> {
         let key = self.blob_key(digest);
-        let path = self.path(&key).map_err(io::Error::other)?;
+        let path = self.path(Op::Put, &key).map_err(io::Error::other)?;
         Ok(Box::new(BucketWrite {
             bucket: self.clone(),
             key,
@@ -494,7 +504,7 @@ impl BlobBackend for Bucket {
 
     async fn open(&self, digest: &Digest, range: Range<u64>) -> io::Result<Option<Opened>> {
         let key = self.blob_key(digest);
-        let path = self.path(&key).map_err(io::Error::other)?;
+        let path = self.path(Op::Get, &key).map_err(io::Error::other)?;
         if range.is_empty() {
             // An empty range can't be asked for: the size alone answers.
             return Ok(self.stat(digest).await?.map(|size| Opened { size, reader: Box::new(Empty) }));
@@ -513,18 +523,13 @@ impl BlobBackend for Bucket {
     }
 
     async fn stat(&self, digest: &Digest) -> io::Result<Option<u64>> {
-        let key = self.blob_key(digest);
-        let path = self.path(&key).map_err(io::Error::other)?;
-        match self.observe(Op::Head, 0, self.store.head(&path).await) {
-            Ok(meta) => Ok(Some(meta.size)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.io_error(Op::Head, &key, &e)),
-        }
+        let path = self.path(Op::Head, &self.blob_key(digest)).map_err(io::Error::other)?;
+        self.size_at(&path).await
     }
 
     async fn list(&self) -> io::Result<Vec<Listed>> {
         let root = self.key("blobs");
-        let path = self.path(&root).map_err(io::Error::other)?;
+        let path = self.path(Op::List, &root).map_err(io::Error::other)?;
         let mut stream = self.store.list(Some(&path));
         let mut out = Vec::new();
         while let Some(meta) = stream.next().await {
@@ -543,12 +548,7 @@ impl BlobBackend for Bucket {
     }
 
     async fn remove(&self, digest: &Digest) -> io::Result<()> {
-        let key = self.blob_key(digest);
-        let path = self.path(&key).map_err(io::Error::other)?;
-        match self.observe(Op::Delete, 0, self.store.delete(&path).await) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.io_error(Op::Delete, &key, &e)),
-        }
+        self.delete(&self.blob_key(digest)).await
     }
 }
 
@@ -556,7 +556,7 @@ impl BlobBackend for Bucket {
 impl Records for Bucket {
     async fn get(&self, key: &str, max: usize) -> io::Result<Option<Bytes>> {
         let key = self.key(key);
-        let path = self.path(&key).map_err(io::Error::other)?;
+        let path = self.path(Op::Get, &key).map_err(io::Error::other)?;
         let got = match self.observe(Op::Get, 0, self.store.get_opts(&path, GetOptions::default()).await) {
             Ok(got) => got,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -581,7 +581,7 @@ impl Records for Bucket {
 
     async fn put(&self, key: &str, value: Bytes) -> io::Result<()> {
         let key = self.key(key);
-        let path = self.path(&key).map_err(io::Error::other)?;
+        let path = self.path(Op::Put, &key).map_err(io::Error::other)?;
         let len = value.len() as u64;
         let result = self.store.put_opts(&path, PutPayload::from(value), PutOptions::default()).await;
         self.observe(Op::Put, len, result).map(|_| ()).map_err(|e| self.io_error(Op::Put, &key, &e))
@@ -589,7 +589,7 @@ impl Records for Bucket {
 
     async fn list_records(&self, prefix: &str) -> io::Result<Vec<String>> {
         let root = self.key(prefix.trim_end_matches('/'));
-        let path = self.path(&root).map_err(io::Error::other)?;
+        let path = self.path(Op::List, &root).map_err(io::Error::other)?;
         let strip = if self.prefix.is_empty() { 0 } else { self.prefix.len() + 1 };
         let mut stream = self.store.list(Some(&path));
         let mut out = Vec::new();
@@ -603,12 +603,7 @@ impl Records for Bucket {
     }
 
     async fn remove_record(&self, key: &str) -> io::Result<()> {
-        let key = self.key(key);
-        let path = self.path(&key).map_err(io::Error::other)?;
-        match self.observe(Op::Delete, 0, self.store.delete(&path).await) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.io_error(Op::Delete, &key, &e)),
-        }
+        self.delete(&self.key(key)).await
     }
 }
 
@@ -722,7 +717,7 @@ impl BlobWrite for BucketWrite {
         let bucket = self.bucket.clone();
         match self.upload.take() {
             None => {
-                if bucket.exists(&self.path).await? {
+                if bucket.size_at(&self.path).await?.is_some() {
                     return Ok(());
                 }
                 let payload: PutPayload = std::mem::take(&mut self.buffered).into_iter().collect();
@@ -740,7 +735,7 @@ impl BlobWrite for BucketWrite {
                     if self.buffered_len > 0 {
                         self.send_part().await?;
                     }
-                    if bucket.exists(&self.path).await? {
+                    if bucket.size_at(&self.path).await?.is_some() {
                         return Ok(false);
                     }
                     let Some(upload) = self.upload.as_mut() else { unreachable!("put back above") };
@@ -965,7 +960,7 @@ mod tests {
         let (b, seen) = bucket("", dir.path());
         for len in [1000, PART_SIZE + 1000] {
             let (bytes, digest) = blob(len);
-            let key = b.path(&b.blob_key(&digest)).unwrap();
+            let key = b.path(Op::Put, &b.blob_key(&digest)).unwrap();
             // What is under the key stays (content addressing makes it the same blob; a different
             // marker here shows it is not written again).
             b.store.put(&key, PutPayload::from_static(b"already here")).await.unwrap();
