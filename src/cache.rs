@@ -438,11 +438,7 @@ impl Cache {
         digest: &Digest,
     ) -> Result<(), CacheError> {
         let known = TagAnswer { digest: digest.clone(), checked_at: now_secs() };
-        let before = match &self.store.shared {
-            Some(_) => self.store.index.tag(upstream, repo, tag)?.and_then(|e| e.answer(kind).cloned()),
-            None => None,
-        };
-        self.store.index.put_tag(upstream, repo, tag, kind, &known)?;
+        let before = self.store.index.put_tag(upstream, repo, tag, kind, &known)?;
         if let Some(shared) = &self.store.shared {
             // Every bucket write costs: an unchanged answer is written again only now and then
             // (other nodes then see it as a little older than it is, and revalidate a little early).

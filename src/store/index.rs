@@ -318,15 +318,16 @@ impl Index {
         Ok(v.and_then(|v| parse_tag(&v)))
     }
 
-    /// Record the answer for clients asking for `kind`, keeping the other kinds' answers.
-    pub fn put_tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind, answer: &TagAnswer) -> sled::Result<()> {
-        self.tags.fetch_and_update(tag_key(upstream, repo, tag), |old| {
+    /// Record the answer for clients asking for `kind`, keeping the other kinds' answers; the
+    /// answer for `kind` it replaces, if any.
+    pub fn put_tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind, answer: &TagAnswer) -> sled::Result<Option<TagAnswer>> {
+        let old = self.tags.fetch_and_update(tag_key(upstream, repo, tag), |old| {
             let mut answers = old.and_then(parse_tag).map(|e| e.answers).unwrap_or_default();
             answers.insert(kind, answer.clone());
             // Serialising a map of strings and integers cannot fail.
             serde_json::to_vec(&StoredTag::PerKind { answers }).ok()
         })?;
-        Ok(())
+        Ok(old.as_deref().and_then(parse_tag).and_then(|e| e.answer(kind).cloned()))
     }
 
     /// The last referrers list upstream gave for a manifest.
