@@ -262,11 +262,7 @@ impl Shared {
 
     /// Write a verified manifest to the bucket, in the background.
     pub fn publish_manifest(self: &Arc<Self>, digest: &Digest, m: &StoredManifest) {
-        let mut v = Vec::with_capacity(m.media_type.len() + 1 + m.bytes.len());
-        v.extend_from_slice(m.media_type.as_bytes());
-        v.push(0);
-        v.extend_from_slice(&m.bytes);
-        self.put_record(manifest_key(digest), v.into());
+        self.put_record(manifest_key(digest), manifest_record(m));
     }
 
     /// What the bucket says `tag` (of `repo` on `upstream`) pointed at for clients asking for
@@ -468,26 +464,27 @@ async fn answered<T>(request: impl std::future::Future<Output = io::Result<T>>) 
 /// Copy the verified blob of `size` bytes from the hot tier's file (`written`) into `writer` and
 /// commit it; on any failure the write is aborted.
 async fn upload(mut writer: Box<dyn BlobWrite>, mut written: Box<dyn ReadAt>, size: u64) -> io::Result<()> {
-    let mut pos = 0u64;
-    while pos < size {
-        let n = usize::try_from(size - pos).unwrap_or(usize::MAX).min(UPLOAD_CHUNK);
-        let bytes = match written.read_at(pos, n).await {
-            Ok(b) if b.is_empty() => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the hot tier's file ended early")),
-            other => other,
-        };
-        let appended = match bytes {
-            Ok(bytes) => {
-                pos += bytes.len() as u64;
-                writer.append(&[bytes]).await
+    let copied = async {
+        let mut pos = 0u64;
+        while pos < size {
+            let n = usize::try_from(size - pos).unwrap_or(usize::MAX).min(UPLOAD_CHUNK);
+            let bytes = written.read_at(pos, n).await?;
+            if bytes.is_empty() {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the hot tier's file ended early"));
             }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = appended {
+            pos += bytes.len() as u64;
+            writer.append(&[bytes]).await?;
+        }
+        Ok(())
+    }
+    .await;
+    match copied {
+        Ok(()) => writer.commit().await,
+        Err(e) => {
             writer.abort().await;
-            return Err(e);
+            Err(e)
         }
     }
-    writer.commit().await
 }
 
 /// The largest manifest record: the largest manifest regcache keeps, after its media type and a NUL.
@@ -502,6 +499,11 @@ fn manifest_key(digest: &Digest) -> String {
 pub fn manifest_of_key(key: &str) -> Option<Digest> {
     let (algorithm, hex) = key.strip_prefix("manifests/")?.split_once('/')?;
     format!("{algorithm}:{hex}").parse().ok()
+}
+
+/// The record of manifest `m`: its media type, a NUL, its exact bytes.
+fn manifest_record(m: &StoredManifest) -> Bytes {
+    [m.media_type.as_bytes(), b"\0", &m.bytes].concat().into()
 }
 
 /// The manifest in a manifest record (its media type, a NUL, its exact bytes) if the record is
