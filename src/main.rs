@@ -241,9 +241,12 @@ fn serve(config: Config) -> Result<(), Failure> {
         // Only once the data directory is ours (App::open locks its index): the records are this
         // node's, and no running server is still writing those uploads.
         if let Some(bucket) = &bucket {
-            let aborted = bucket.cleanup_uploads().await.map_err(|e| Failure::Usage(format!("storage: {e}")))?;
-            if aborted > 0 {
-                tracing::info!(aborted, "aborted the bucket uploads a previous run left unfinished");
+            // An upload it can't abort now is kept for the next start (cleanup_uploads says so):
+            // no reason to refuse to serve, the probe has just passed.
+            match bucket.cleanup_uploads().await {
+                Ok(0) => {}
+                Ok(aborted) => tracing::info!(aborted, "aborted the bucket uploads a previous run left unfinished"),
+                Err(e) => tracing::warn!(error = %e, "cleaning up the bucket uploads a previous run left failed; trying again at the next start"),
             }
         }
         // The server's own client of the bucket is App's (its requests counted in the metrics).
