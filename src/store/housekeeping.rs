@@ -67,6 +67,9 @@ fn spawn_bucket_housekeeping(shared: &Arc<Shared>) {
     tokio::spawn(async move {
         let start = tokio::time::Instant::now() + SUMMARY_INTERVAL;
         let mut tick = tokio::time::interval_at(start, SUMMARY_INTERVAL);
+        // A round slower than the interval (a large bucket's listing) must not be followed by a
+        // burst of the ticks it missed: each would publish, and eviction would come early.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rounds = 0u32;
         loop {
             let timed = tokio::select! {
