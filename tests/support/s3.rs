@@ -79,6 +79,8 @@ impl SeaweedFs {
             format!("-s3.config={}", d("s3.json")),
             "-master.volumeSizeLimitMB=64".into(),
             "-volume.max=0".into(),
+            // It would report to telemetry.seaweedfs.com: tests talk to 127.0.0.0/8 only.
+            "-master.telemetry=false".into(),
         ];
         let log = std::fs::File::create(dir.path().join("weed.out")).unwrap();
         let child = Command::new(weed_binary())

@@ -59,7 +59,9 @@ class SeaweedFS:
                 f"-filer.localSocket={d('filer.sock')}",
                 "-s3", f"-s3.port={ports[6]}", f"-s3.port.grpc={ports[7]}",
                 "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={s3_config}",
-                "-master.volumeSizeLimitMB=64", "-volume.max=0", "-volume.preStopSeconds=0"]
+                "-master.volumeSizeLimitMB=64", "-volume.max=0", "-volume.preStopSeconds=0",
+                # it would report to telemetry.seaweedfs.com: tests talk to 127.0.0.0/8 only
+                "-master.telemetry=false"]
         self.https_endpoint = None
         if tls:
             argv += [f"-s3.port.https={ports[8]}", f"-s3.cert.file={tls[0]}", f"-s3.key.file={tls[1]}"]
