@@ -190,10 +190,10 @@ def test_a_second_node_pulls_from_the_bucket_alone(client, image, start_regcache
 
 # --------------------------------------------------------------- 4. a node SIGKILLed mid-upload
 
-def big_upload_under_way(node, slow, big):
+def big_upload_under_way(node, big):
     """A client GETs the big blob through `node` (whole: the node uploads a blob once its fill has
-    verified it); returns the download once the node is uploading it to the bucket through `slow`
-    (held to a crawl) and at least one part has arrived."""
+    verified it); returns the download once the node is uploading it to the bucket (through a
+    relay that holds it to a crawl) and at least one part has arrived."""
     dl = BlobDownload("127.0.0.1", node.rc.port, node.big_blob_path(big)).start().join(120)
     assert_true_bytes(dl, big)
     assert dl.received == big.size, f"the client got {dl.received} of {big.size} bytes"
@@ -216,11 +216,12 @@ UPLOAD_CRAWL = 4 << 20
 
 
 def test_a_node_killed_mid_upload_leaves_only_verified_objects(start_regcache, make_clients, seaweedfs,
-                                                               upstream, catalog):
+                                                               upstream, catalog, request):
     big = big_blob(catalog)
     slow = SlowPort(seaweedfs.s3_port, UPLOAD_CRAWL)
+    request.addfinalizer(slow.close)
     node = Node(start_regcache, make_clients, seaweedfs, "s3-crash", "fleet-crash", endpoint=f"http://127.0.0.1:{slow.port}")
-    big_upload_under_way(node, slow, big)
+    big_upload_under_way(node, big)
     records = node.upload_records()
     open_uploads = seaweedfs.unfinished_uploads(BUCKET)
     node.rc.kill9()
@@ -257,13 +258,14 @@ def test_a_node_killed_mid_upload_leaves_only_verified_objects(start_regcache, m
 # --------------------------------------------------------------- 5. the bucket SIGKILLed mid-upload
 
 def test_the_bucket_killed_mid_upload_the_client_gets_verified_bytes(start_regcache, make_clients,
-                                                                    start_seaweedfs, upstream, catalog):
+                                                                    start_seaweedfs, upstream, catalog, request):
     big = big_blob(catalog)
     weed = start_seaweedfs("seaweedfs-killed")
     slow = SlowPort(weed.s3_port, UPLOAD_CRAWL)
+    request.addfinalizer(slow.close)
     node = Node(start_regcache, make_clients, weed, "s3-bucket-killed", "fleet", endpoint=f"http://127.0.0.1:{slow.port}")
     # the client has the verified blob before the upload begins; the bucket dies under the upload
-    dl = big_upload_under_way(node, slow, big)
+    dl = big_upload_under_way(node, big)
     weed.kill9()
     assert (dl.status, dl.error, dl.received, dl.sha256) == (200, None, big.size, big.digest), vars(dl)
     wait_until(lambda: node.rc.metric(DOWN) == 1 and node.rc.metric(UPLOADING) == 0, 30,

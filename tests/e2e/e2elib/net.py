@@ -140,7 +140,6 @@ class DecoyListener:
             self._thread.join(timeout=5)
 
 
-
 class SlowPort:
     """A TCP relay on 127.0.0.1 to `port` that holds what clients send to `rate` bytes/s while
     `rate` is set (e.g. regcache's uploads to a bucket server); answers pass at full speed."""
@@ -152,7 +151,9 @@ class SlowPort:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._pairs, self._lock = [], threading.Lock()
+        self._thread = threading.Thread(target=self._accept, name="slowport", daemon=True)
+        self._thread.start()
 
     def _accept(self):
         while True:
@@ -165,6 +166,8 @@ class SlowPort:
             except OSError:
                 client.close()
                 continue
+            with self._lock:
+                self._pairs.append((client, server))
             threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
             threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
 
@@ -187,7 +190,22 @@ class SlowPort:
                     pass
 
     def close(self):
+        """Stop accepting (a shutdown wakes the blocked accept), cut every relayed connection."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
+        self._thread.join(timeout=5)
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for s in pair:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
 
 
 class BlobDownload:
