@@ -152,9 +152,6 @@ fn parse_tag_key(key: &str) -> Option<(&str, &str, &str, &str)> {
     (host && names).then_some((upstream, repo, tag, kind))
 }
 
-/// The largest tag record `ls` reads.
-const MAX_TAG_RECORD: usize = 4096;
-
 /// `regcache ls` on the shared bucket: the tags its records hold per upstream and repository
 /// (the answer confirmed last, when), and its blobs' count and bytes.
 pub async fn ls_bucket(bucket: &dyn SharedBackend, filter: Option<&str>, out: &mut dyn Write) -> io::Result<()> {
@@ -166,7 +163,7 @@ pub async fn ls_bucket(bucket: &dyn SharedBackend, filter: Option<&str>, out: &m
         if !wanted.as_ref().is_none_or(|w| matches_filter(w, upstream, repo)) {
             continue;
         }
-        let answer = match bucket.get(&key, MAX_TAG_RECORD).await {
+        let answer = match bucket.get(&key, crate::store::MAX_TAG_RECORD).await {
             Ok(record) => record.and_then(|v| serde_json::from_slice::<TagAnswer>(&v).ok()),
             // One oversized record is shown as unreadable, not the end of the listing.
             Err(e) if e.kind() == io::ErrorKind::InvalidData => None,
@@ -198,7 +195,7 @@ pub async fn ls_bucket(bucket: &dyn SharedBackend, filter: Option<&str>, out: &m
         writeln!(out, "no tags in the bucket{}", filter.map(|f| format!(" for {f}")).unwrap_or_default())?;
     }
     let blobs = bucket.list().await?;
-    let bytes: u64 = blobs.iter().map(|b| b.size).sum();
+    let bytes = blobs.iter().map(|b| b.size).fold(0, u64::saturating_add);
     writeln!(out, "the bucket holds {} blobs, {}", blobs.len(), human_bytes(bytes))?;
     Ok(())
 }

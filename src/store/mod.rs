@@ -18,7 +18,7 @@ mod shared;
 pub use backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, ReadAt, Records, SharedBackend};
 pub use bucket::{Bucket, BucketError};
 pub use local::LocalBlobs;
-pub use shared::{manifest_of_key, read_manifest_record, Shared, ANSWER_WITHIN, MAX_MANIFEST_RECORD};
+pub use shared::{manifest_of_key, read_manifest_record, Shared, ANSWER_WITHIN, MAX_MANIFEST_RECORD, MAX_TAG_RECORD};
 pub use budget::{Refused, Reservation, TempBudget};
 pub use check::{Reconciled, Verified};
 pub use evict::{Evicted, EvictedKind, InUse, Usage, LOW_WATER};

@@ -56,7 +56,7 @@ const UPLOAD_CHUNK: usize = 1024 * 1024;
 /// for the other nodes: they ask the upstream instead).
 const MAX_RECORD_WRITES: usize = 64;
 /// The largest tag record read.
-const MAX_TAG_RECORD: usize = 4096;
+pub const MAX_TAG_RECORD: usize = 4096;
 
 /// The bucket as this node uses it.
 pub struct Shared {
