@@ -316,6 +316,16 @@ impl Bucket {
         io::Error::other(self.error(op, key, e))
     }
 
+    /// A listing under `root` failed. A key in it that isn't a valid path (anyone with the
+    /// bucket's keys may write one) is something the bucket holds, not the bucket failing:
+    /// `InvalidData`, so the bucket isn't marked down for it; the message names the key.
+    fn list_error(&self, root: &str, e: &object_store::Error) -> io::Error {
+        match e {
+            object_store::Error::InvalidPath { .. } => io::Error::new(io::ErrorKind::InvalidData, self.error(Op::List, root, e)),
+            _ => self.io_error(Op::List, root, e),
+        }
+    }
+
     /// Tell the observer, and pass the result on.
     fn observe<T>(&self, op: Op, bytes: u64, result: object_store::Result<T>) -> object_store::Result<T> {
         if let Some(observer) = &self.observer {
@@ -533,7 +543,7 @@ impl BlobBackend for Bucket {
         let mut stream = self.store.list(Some(&path));
         let mut out = Vec::new();
         while let Some(meta) = stream.next().await {
-            let meta = self.observe(Op::List, 0, meta).map_err(|e| self.io_error(Op::List, &root, &e))?;
+            let meta = self.observe(Op::List, 0, meta).map_err(|e| self.list_error(&root, &e))?;
             let name = meta.location.as_ref().to_owned();
             let parts: Vec<&str> = name.rsplitn(4, '/').collect();
             let digest = match parts.as_slice() {
@@ -594,7 +604,7 @@ impl Records for Bucket {
         let mut stream = self.store.list(Some(&path));
         let mut out = Vec::new();
         while let Some(meta) = stream.next().await {
-            let meta = self.observe(Op::List, 0, meta).map_err(|e| self.io_error(Op::List, &root, &e))?;
+            let meta = self.observe(Op::List, 0, meta).map_err(|e| self.list_error(&root, &e))?;
             if let Some(key) = meta.location.as_ref().get(strip..) {
                 out.push(key.to_owned());
             }
@@ -664,7 +674,7 @@ impl BucketWrite {
             let record = match bucket.record_upload(&self.key, &id).await {
                 Ok(r) => r,
                 Err(e) => {
-                    let _ = bucket.store.abort_multipart(&self.path, &id).await;
+                    let _ = bucket.observe(Op::AbortUpload, 0, bucket.store.abort_multipart(&self.path, &id).await);
                     return Err(io::Error::other(BucketError::Record { path: bucket.uploads.clone(), source: e }));
                 }
             };
