@@ -136,7 +136,6 @@ async fn raw_get(url: &str, extra: &str) -> (String, Vec<u8>) {
     )
 }
 
-/// Follows the registry's blob redirect; returns the CDN URL.
 /// A fake with one blob of `len` pseudo-random bytes (seeded by `seed`) in `library/x`: the
 /// registry, the bytes, their digest, a bearer authorization for `library/x`, and the CDN location
 /// the registry redirects to.
@@ -149,6 +148,7 @@ async fn blob_on_cdn(seed: &str, len: usize) -> (FakeRegistry, Vec<u8>, String, 
     (reg, bytes, digest, auth, location)
 }
 
+/// Follows the registry's blob redirect; returns the CDN URL.
 async fn blob_location(reg: &FakeRegistry, repo: &str, digest: &str, auth: &str) -> String {
     let resp = get(
         &format!("{}/v2/{repo}/blobs/{digest}", reg.url()),
