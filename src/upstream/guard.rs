@@ -1,5 +1,9 @@
 //! Where an upstream's connections may go: a redirect or token realm of a public registry must not
-//! lead into the operator's own network (loopback, link-local incl. cloud metadata, private, CGNAT).
+//! lead into the operator's own network (loopback, link-local incl. cloud metadata, private, CGNAT);
+//! and no redirect or token realm, even a private registry's, leads to an unspecified address
+//! (`0.0.0.0/8`, `::`: the local host on Linux) or a link-local one (`169.254.0.0/16` incl. the cloud
+//! metadata service, `fe80::/10`), where no registry's blob store ever legitimately is. Only the
+//! upstream's own host and the hosts in `redirect_hosts` are exempt.
 //!
 //! The check sits in the connector, on the addresses actually connected to: a DNS name is resolved
 //! by [`GuardedResolver`], which drops internal addresses before `HttpConnector` sees them (so a name
@@ -40,6 +44,25 @@ pub fn is_internal(ip: IpAddr) -> bool {
     }
 }
 
+/// Whether `ip` is unspecified (`0.0.0.0/8`, `::`) or link-local (`169.254.0.0/16`, `fe80::/10`),
+/// or an IPv4-mapped / IPv4-compatible / NAT64 form of one of those: never where a registry's
+/// redirect or token realm may lead, whatever the upstream's own address.
+pub fn is_never_a_registry(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_never_a_registry_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = embedded_v4(v6) {
+                return is_never_a_registry_v4(v4);
+            }
+            v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+fn is_never_a_registry_v4(ip: Ipv4Addr) -> bool {
+    ip.octets()[0] == 0 || ip.is_link_local()
+}
+
 fn is_internal_v4(ip: Ipv4Addr) -> bool {
     let [a, b, ..] = ip.octets();
     ip.is_loopback()
@@ -67,7 +90,7 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
 /// A connection refused because its target is in an internal network. Its `Display` names the host,
 /// for the log only.
 #[derive(Debug, thiserror::Error)]
-#[error("{host} is in a private network (loopback, link-local, private or CGNAT addresses) and not in redirect_hosts")]
+#[error("{host} is in a private network (loopback, link-local, private, CGNAT or unspecified addresses) and not in redirect_hosts")]
 pub struct Refused {
     /// The host as the URL named it.
     pub host: String,
@@ -104,25 +127,28 @@ impl Guard {
         self.fixed.unwrap_or_else(|| self.learned.load(Ordering::Relaxed))
     }
 
-    /// Whether `host` may be connected to at internal addresses.
-    fn may_be_internal(&self, host: &str) -> bool {
-        host == self.own || self.allowed.iter().any(|h| h == host) || self.upstream_is_private()
+    /// Whether `host` may be connected to at any address: the upstream itself, or a host the
+    /// operator listed in `redirect_hosts`.
+    fn is_exempt(&self, host: &str) -> bool {
+        host == self.own || self.allowed.iter().any(|h| h == host)
     }
 
-    /// The addresses of `host` that may be connected to: all of them, or only the external ones.
+    /// The addresses of `host` that may be connected to: all of them for an exempt host; else,
+    /// for a private registry, all but unspecified and link-local ones; else only external ones.
     fn filter(&self, host: &str, addrs: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, Refused> {
         if host == self.own && self.fixed.is_none() {
             let private = !addrs.is_empty() && addrs.iter().all(|a| is_internal(a.ip()));
             self.learned.store(private, Ordering::Relaxed);
         }
-        if self.may_be_internal(host) {
+        if self.is_exempt(host) {
             return Ok(addrs);
         }
-        let external: Vec<SocketAddr> = addrs.into_iter().filter(|a| !is_internal(a.ip())).collect();
-        if external.is_empty() {
+        let refuse: fn(IpAddr) -> bool = if self.upstream_is_private() { is_never_a_registry } else { is_internal };
+        let allowed: Vec<SocketAddr> = addrs.into_iter().filter(|a| !refuse(a.ip())).collect();
+        if allowed.is_empty() {
             return Err(Refused { host: host.to_owned() });
         }
-        Ok(external)
+        Ok(allowed)
     }
 }
 
@@ -294,5 +320,77 @@ mod tests {
         assert!(forced.filter("127.0.0.1", addrs(&["127.0.0.1"])).is_ok(), "the upstream's own host");
         let e = forced.filter("localhost", addrs(&["127.0.0.1", "::1"])).unwrap_err();
         assert_eq!(e.host, "localhost");
+    }
+
+    #[test]
+    fn unspecified_and_link_local_addresses() {
+        let cases = [
+            ("0.0.0.0", true),
+            ("0.1.2.3", true),
+            ("169.254.169.254", true),
+            ("169.254.0.1", true),
+            ("::", true),
+            ("fe80::1", true),
+            ("febf:ffff::1", true),
+            ("::ffff:0.0.0.0", true),
+            ("::ffff:169.254.169.254", true),
+            ("::169.254.169.254", true),
+            ("::0.0.0.7", true),
+            ("64:ff9b::a9fe:a9fe", true),
+            ("127.0.0.1", false),
+            ("10.0.0.1", false),
+            ("192.168.1.1", false),
+            ("100.64.0.1", false),
+            ("1.0.0.0", false),
+            ("169.255.0.1", false),
+            ("::1", false),
+            ("fec0::1", false),
+            ("fd00::1", false),
+            ("::ffff:127.0.0.1", false),
+            ("8.8.8.8", false),
+        ];
+        for (ip, want) in cases {
+            assert_eq!(is_never_a_registry(ip.parse().unwrap()), want, "{ip}");
+            if want {
+                assert!(is_internal(ip.parse().unwrap()), "{ip} is internal too");
+            }
+        }
+    }
+
+    #[test]
+    fn a_private_upstream_never_redirects_to_unspecified_or_link_local_addresses() {
+        let g = guard("http://127.0.0.1:5000", "\"metadata.internal\", \"169.254.10.10\"", None);
+        assert!(g.upstream_is_private());
+        // By address (IP-literal targets) and by name (what a resolver returned for it).
+        for (host, ip) in [
+            ("0.0.0.0", "0.0.0.0"),
+            ("::", "::"),
+            ("169.254.169.254", "169.254.169.254"),
+            ("fe80::1", "fe80::1"),
+            ("::ffff:0.0.0.0", "::ffff:0.0.0.0"),
+            ("::ffff:169.254.169.254", "::ffff:169.254.169.254"),
+            ("::169.254.169.254", "::169.254.169.254"),
+            ("blobs.example", "0.0.0.0"),
+            ("blobs.example", "::"),
+            ("blobs.example", "169.254.169.254"),
+            ("blobs.example", "fe80::1"),
+            ("blobs.example", "::ffff:169.254.169.254"),
+        ] {
+            let e = g.filter(host, addrs(&[ip])).expect_err(ip);
+            assert_eq!(e.host, host);
+        }
+        assert_eq!(
+            g.filter("blobs.example", addrs(&["169.254.169.254", "10.0.0.9", "0.0.0.0"])).unwrap(),
+            addrs(&["10.0.0.9"]),
+            "only the usable addresses of a name are connected to",
+        );
+        assert!(g.filter("minio.corp", addrs(&["10.0.0.7", "127.0.0.2"])).is_ok(), "a private registry's own network");
+        assert!(g.filter("metadata.internal", addrs(&["169.254.169.254"])).is_ok(), "listed in redirect_hosts");
+        assert!(g.filter("169.254.10.10", addrs(&["169.254.10.10"])).is_ok(), "listed in redirect_hosts");
+
+        let public = guard("https://registry.example", "", Some(false));
+        for ip in ["0.0.0.0", "169.254.169.254", "::", "fe80::1"] {
+            assert!(public.filter("blobs.example", addrs(&[ip])).is_err(), "{ip}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Redirects (and token realms) of a public upstream don't lead into the operator's network: a
 //! redirect to loopback, link-local or private addresses is refused before anything is fetched,
-//! with an error that names no address; `redirect_hosts` and private registries are let through.
+//! with an error that names no address; `redirect_hosts` and private registries are let through,
+//! except that not even a private registry's redirects reach unspecified or link-local addresses.
 
 use crate::it::mirror::{Mirror, Options};
 use crate::support::fake_registry::{FakeRegistry, Fault};
@@ -139,4 +140,94 @@ async fn an_unusable_token_realm_is_told_in_words() {
         assert!(!body.contains("10.1.2.3"), "{realm}: the upstream's realm is not repeated: {body}");
         reg.clear_faults();
     }
+}
+
+/// A dual-stack listener on every local address that counts the connections it is offered: what
+/// `0.0.0.0:PORT` and `[::]:PORT` reach on Linux.
+struct Tripwire {
+    port: u16,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Tripwire {
+    async fn start() -> Tripwire {
+        let listener = tokio::net::TcpListener::bind("[::]:0").await.expect("bind [::]:0");
+        let port = listener.local_addr().expect("local addr").port();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new(); // kept open: a request sent here would wait for its timeout
+            while let Ok((conn, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(conn);
+            }
+        });
+        Tripwire { port, connections, task }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Tripwire {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Short timeouts, so that a connection regcache should not have made shows as a timeout (or as a
+/// tripwire's connection) instead of a hung test.
+const SHORT_TIMEOUTS: &str = "connect_timeout = 2\nresponse_timeout = 2\n";
+
+#[tokio::test]
+async fn a_private_registry_never_redirects_to_unspecified_or_link_local_addresses() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 1000);
+    let tripwire = Tripwire::start().await;
+    let p = tripwire.port;
+    // The upstream is on loopback: a private registry, whose redirects within its network are followed.
+    let m = Mirror::start_with(&reg, Options { credentials: true, extra: SHORT_TIMEOUTS.into(), ..Default::default() }).await;
+    let targets = [
+        format!("http://0.0.0.0:{p}"),
+        format!("http://0.0.0.1:{p}"),
+        format!("http://[::]:{p}"),
+        format!("http://[::ffff:0.0.0.0]:{p}"),
+        format!("http://[::0.0.0.2]:{p}"),
+        "http://169.254.169.254".to_owned(),
+        format!("http://169.254.1.1:{p}"),
+        format!("http://[fe80::1]:{p}"),
+        "http://[::ffff:169.254.169.254]".to_owned(),
+        "http://[::169.254.169.254]".to_owned(),
+    ];
+    for target in targets {
+        reg.clear_faults();
+        reg.set_fault(Fault::RedirectBlobsTo(target.clone()));
+        let (status, code, message) = refused_blob(&m, &image.layers[0].digest).await;
+        assert_eq!((status, code.as_str()), (502, "UNAVAILABLE"), "{target}: {message}");
+        assert_says_nothing_internal(&message, &[p]);
+        assert_eq!(tripwire.connections(), 0, "{target}: a connection was made");
+    }
+    assert!(!m.has_blob(&image.layers[0].digest));
+
+    // The same for a token realm (a new mirror: the first one holds a token).
+    reg.clear_faults();
+    reg.set_fault(Fault::Realm(format!("http://0.0.0.0:{p}/token")));
+    let m = Mirror::start_with(&reg, Options { credentials: true, extra: SHORT_TIMEOUTS.into(), ..Default::default() }).await;
+    let resp = m.get_manifest("alpine", "3").await;
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap();
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("private network"), "{body}");
+    assert_eq!(tripwire.connections(), 0, "the realm was connected to");
+
+    // Named in redirect_hosts, such a host is reached.
+    reg.clear_faults();
+    reg.set_fault(Fault::RedirectBlobsTo(format!("http://0.0.0.0:{p}")));
+    let listed = format!("{SHORT_TIMEOUTS}redirect_hosts = [\"0.0.0.0\"]\n");
+    let m = Mirror::start_with(&reg, Options { credentials: true, extra: listed, ..Default::default() }).await;
+    let (status, _, message) = refused_blob(&m, &image.layers[0].digest).await;
+    assert_eq!(status, 504, "the tripwire never answers: {message}");
+    assert_eq!(tripwire.connections(), 1, "listed: connected to");
 }
