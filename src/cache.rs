@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::config::FillBudget;
 use crate::metrics::Answered;
-use crate::inflight::{FillError, FillReader, Fills, Join, Source};
+use crate::inflight::{FillError, FillReader, Fills, Join, Source, Verdict};
 use crate::oci::{verify_manifest, AcceptList, Digest, ManifestError, ManifestKind, Reference, RegistryHost, RepositoryName, Tag, OCI_INDEX};
 use crate::store::{now_secs, BlobRead, Store, StoredManifest, TagAnswer};
 use crate::singleflight::Singleflight;
@@ -530,8 +530,11 @@ impl Cache {
     }
 
     /// A range of a blob that isn't stored here but is in the shared bucket, when nothing is
-    /// fetching it here: one ranged GET to the bucket (a range can't be verified on its own, as with
-    /// a range of a fill from the upstream; the whole blob is, when it is next asked for whole).
+    /// fetching it here: one ranged GET to the bucket. Its bytes are verified content at rest, as
+    /// a range of the hot tier's file is: a node uploads a blob only after its fill verified it, and
+    /// its key is written whole or not at all, by the upload's commit. They are not
+    /// hashed again on the way (a range can't be); the whole blob is, when it is next filled from
+    /// the bucket, and a bucket copy that fails then is removed.
     async fn blob_range_from_bucket(
         &self,
         up: &Arc<Upstream>,
@@ -549,8 +552,15 @@ impl Cache {
         Ok(Some(BlobAnswer { size: Some(size), range: Some((start, end)), body: Some(body), outcome: Answered::Hit, rate_limit: RateLimit::default() }))
     }
 
-    /// A blob that isn't stored, for a `GET`: join (or start) the fill for its digest and read what
-    /// arrives, from the first byte or the range asked for.
+    /// A blob that isn't stored, for a `GET`: join (or start) the fill for its digest. The whole
+    /// blob streams as it arrives (its last byte held back until the digest checks out, so wrong
+    /// bytes end in a cut connection, never a complete body). A range waits for the fill's verdict
+    /// and is read from the fill's file once the blob is verified: a client can't check a range
+    /// against the digest, so it would keep wrong bytes. If the fill fails, the range is answered
+    /// with the fill's error (a full GET following it has its body cut). A fill that passes its
+    /// bytes through (the blob doesn't fit the disk budget) will never have them on disk to be
+    /// served once verified: the range is ignored (RFC 9110 lets a server) and the whole blob
+    /// streams, as without one.
     async fn blob_from_fill(
         &self,
         up: &Arc<Upstream>,
@@ -559,7 +569,7 @@ impl Cache {
         range: Option<RangeRequest>,
     ) -> Result<BlobAnswer, CacheError> {
         let mut join = Join::Any;
-        let (mut reader, fill, mut total) = loop {
+        let (mut reader, fill, total) = loop {
             let fill = match self.fills.join_or_start(&self.store, up, repo, digest, join)? {
                 Source::Stored(size) => match serve_stored(&self.store, digest, size, range, false).await? {
                     Some(answer) => return Ok(answer),
@@ -569,7 +579,9 @@ impl Cache {
                 Source::Filling(fill) => fill,
             };
             // A reader from the first byte while the fill connects: a fill that passes its bytes
-            // through without storing them keeps them for the readers it has, and only for them.
+            // through without storing them keeps them for the readers it has, and only for them
+            // (a range that waits for the verdict too: if the fill starts passing its bytes
+            // through, it is answered with the whole blob).
             let reader = FillReader::new(&self.store, fill.clone(), 0, None);
             match fill.started().await {
                 Ok(total) => break (reader, fill, total),
@@ -582,20 +594,22 @@ impl Cache {
                 Err(e) => return Err(e.into()),
             }
         };
-        if range.is_some() && total.is_none() {
-            // A range needs the size: wait for the end of a fill whose upstream didn't announce one.
-            total = Some(fill.finished().await?);
-        }
-        let served = match total {
-            Some(size) => resolve_range(range, size)?,
-            None => None,
+        let (size, served) = match range {
+            None => (total, None),
+            Some(range) => match fill.verified().await? {
+                Verdict::Verified(size) => (Some(size), resolve_range(Some(range), size)?),
+                Verdict::PassingThrough => {
+                    tracing::debug!(%digest, "a range of a blob passed through without storing; answering with the whole blob");
+                    (total, None)
+                }
+            },
         };
-        let (start, end) = served.map_or((0, total), |(s, e)| (s, Some(e)));
+        let (start, end) = served.map_or((0, size), |(s, e)| (s, Some(e)));
         reader.narrow(start, end);
         let rate_limit = fill.rate_limit();
         // From the bucket, the upstream was not asked: a hit (of the shared tier).
         let outcome = if fill.from_bucket() { Answered::Hit } else { Answered::Miss };
-        Ok(BlobAnswer { size: total, range: served, body: Some(Box::new(reader)), outcome, rate_limit })
+        Ok(BlobAnswer { size, range: served, body: Some(Box::new(reader)), outcome, rate_limit })
     }
 
     /// The referrers of a manifest (signatures, attestations): from upstream's referrers API, else

@@ -4,6 +4,11 @@
 //! ([`crate::store::PartialBlob`]), so every waiter gets bytes as they arrive. Reading blobs that
 //! are stored is the store's business (`Store::read_blob`).
 //!
+//! A reader of the whole blob gets its last byte only once the digest has checked out, so wrong
+//! bytes end in a cut connection, never a complete body. A range can't be checked by its client,
+//! so a request for one waits for the fill's verdict instead ([`Fill::verified`]) and then reads
+//! the verified file; a fill that passes its bytes through never has them there.
+//!
 //! The fill runs as its own task: a reader that goes away does not disturb it or the other readers.
 //! A failed fill fails every reader (their responses are cut) and stores nothing. The task owns a
 //! `FillGuard`: however the fill ends (also by a panic or by its task being cancelled) the fill
@@ -218,6 +223,31 @@ impl Fill {
         }
     }
 
+    /// Wait for this fill's verdict, for a request that may be answered with verified bytes only
+    /// (a range: a client can't check part of a blob against its digest, so it would keep wrong
+    /// bytes): [`Verdict::Verified`] once the digest checked out, with the bytes in the fill's file;
+    /// [`Verdict::PassingThrough`] as soon as the fill passes its bytes through (they will never be
+    /// in the file to be read once verified); why the fill failed otherwise. As bounded as the fill:
+    /// its guard gives it a verdict however it ends. Dropped, it disturbs nothing.
+    pub async fn verified(&self) -> Result<Verdict, FillError> {
+        let mut rx = self.state.subscribe();
+        loop {
+            let state = rx.borrow_and_update().clone();
+            match state {
+                FillState::Failed(e) => return Err(e),
+                _ if self.passing_through() => return Ok(Verdict::PassingThrough),
+                FillState::Done { size } => return Ok(Verdict::Verified(size)),
+                FillState::Connecting | FillState::Running { .. } => {}
+            }
+            // The fill's state changes after every batch, and right after it stops storing, so
+            // passing through is noticed as soon as it begins. The sender lives in `self`: it
+            // can't be dropped while this waits.
+            if rx.changed().await.is_err() {
+                return Err(FillError::Disk("fill vanished".into()));
+            }
+        }
+    }
+
     /// Where the bytes from `pos` (up to `limit`) are.
     fn locate(&self, pos: u64, limit: u64) -> Located {
         let r = lock(&self.recent);
@@ -245,7 +275,9 @@ impl Fill {
         lock(&self.recent).disk_end.is_some()
     }
 
-    /// Stop storing: the file ends at `at`, the rest goes to the readers through memory only.
+    /// Stop storing: the file ends at `at`, the rest goes to the readers through memory only. A
+    /// change of the fill's state follows (it runs on, or it ends), which tells the requests
+    /// waiting for its verdict ([`Fill::verified`]).
     fn stop_storing(&self, at: u64) {
         lock(&self.recent).disk_end = Some(at);
     }
@@ -303,6 +335,18 @@ impl Fill {
             _ => None,
         }
     }
+}
+
+/// What a request that may be answered with verified bytes only learns from a fill
+/// ([`Fill::verified`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Verified, with this size; every byte is in the fill's file, where a [`FillReader`] reads
+    /// it at once.
+    Verified(u64),
+    /// The fill passes its bytes through without storing them (the blob doesn't fit the disk
+    /// budget, or a write failed): they can only be followed as they arrive.
+    PassingThrough,
 }
 
 /// A blob as it can be read now.
@@ -994,8 +1038,9 @@ async fn hash_batch(batch: &[Bytes], mut hasher: Hasher) -> Result<Hasher, FillE
 
 /// Reads `[pos, end)` of a blob being filled. It reads only what has been written and holds back
 /// the last byte until the digest has been checked, so a client never sees a complete body of
-/// unverified content. Once the fill is done and stored, it goes on reading the fill's write (the
-/// stored bytes are the same).
+/// unverified content (a range that ends before the last byte would be: it is narrowed to only
+/// after the fill's verdict, see [`Fill::verified`]). Once the fill is done and stored, it goes on
+/// reading the fill's write (the stored bytes are the same).
 pub struct FillReader {
     fill: Arc<Fill>,
     state: watch::Receiver<FillState>,
@@ -1032,7 +1077,7 @@ impl FillReader {
     }
 
     /// Read only `[start, end)`: a reader that followed a fill from its first byte while it
-    /// connected, once the size is known.
+    /// connected, once the size is known (for a range, once the fill is verified).
     pub fn narrow(&mut self, start: u64, end: Option<u64>) {
         self.pos = start;
         self.end = end;
@@ -1291,6 +1336,52 @@ mod tests {
         filling.recent.lock().unwrap().push(vec![Bytes::from_static(b"abc"), Bytes::from_static(b"def")], 6);
         filling.recent.lock().unwrap().trim(0, |_| true);
         assert!(Arc::ptr_eq(&start(&fills, &store, &up, &stored), &filling));
+    }
+
+    #[test]
+    fn a_range_waits_for_the_verdict_of_its_fill() {
+        #[derive(Clone, Copy, Debug)]
+        enum Step {
+            Running(u64),
+            StopStoring(u64),
+            Done(u64),
+            Fail,
+        }
+        use Step::*;
+        /// Steps of a fill of 6 bytes; what the waiter learns at the last one (pending before).
+        type Case = (&'static str, &'static [Step], Result<Verdict, ()>);
+        let cases: &[Case] = &[
+            ("verified", &[Running(0), Running(3), Running(6), Done(6)], Ok(Verdict::Verified(6))),
+            ("wrong bytes", &[Running(0), Running(6), Fail], Err(())),
+            ("too large to store from the start", &[StopStoring(0), Running(0)], Ok(Verdict::PassingThrough)),
+            ("the budget ran out on the way", &[Running(0), Running(3), StopStoring(3), Running(6)], Ok(Verdict::PassingThrough)),
+            ("passed through, then failed", &[StopStoring(0), Fail], Err(())),
+            ("failed while connecting", &[Fail], Err(())),
+        ];
+        for (what, steps, want) in cases {
+            let fill = Fill::new(Digest::sha256_of(b"abcdef"), "library/alpine".parse().unwrap());
+            let mut verdict = Box::pin(fill.verified());
+            assert!((&mut verdict).now_or_never().is_none(), "{what}: connecting");
+            for (i, step) in steps.iter().enumerate() {
+                match *step {
+                    Running(written) => fill.state.send_replace(FillState::Running { total: Some(6), written }),
+                    // The fill's state changes next (it is running, or it ends), which wakes the waiter.
+                    StopStoring(at) => {
+                        fill.stop_storing(at);
+                        continue;
+                    }
+                    Done(size) => fill.state.send_replace(FillState::Done { size }),
+                    Fail => fill.state.send_replace(FillState::Failed(FillError::Corrupt("wrong".into()))),
+                };
+                let got = (&mut verdict).now_or_never();
+                if i + 1 < steps.len() {
+                    assert!(got.is_none(), "{what}: no verdict after {step:?}");
+                } else {
+                    let got = got.unwrap_or_else(|| panic!("{what}: a verdict after {step:?}")).map_err(|_| ());
+                    assert_eq!(got, *want, "{what}");
+                }
+            }
+        }
     }
 
     #[tokio::test]

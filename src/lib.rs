@@ -33,7 +33,8 @@
 //! `Upstream::get_manifest` is verified by `oci::verify_manifest` before it is stored; a blob is
 //! served from the store (`Store::read_blob` → `BlobBackend::open`) when the index has it, or joins
 //! (or starts) the fill for its digest from its upstream and streams what arrives (fetching from its
-//! own repository if the fill it joined was refused for another); the fill reads
+//! own repository if the fill it joined was refused for another; a range waits for the fill's
+//! verdict and reads the verified file, `inflight::Fill::verified`); the fill reads
 //! `Upstream::get_blob`, writes through `BlobBackend::begin` / `BlobWrite::append` if the blob fits
 //! the disk budget (passing it through otherwise), and commits only after the digest checks out.
 //! With a shared bucket (`store::Shared`) the fill reads the bucket before the upstream, and a fill

@@ -63,6 +63,49 @@ async fn an_endless_blob_is_stored_up_to_the_budget_and_stops_when_its_client_le
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_of_a_blob_that_is_passed_through_is_answered_whole() {
+    // Its bytes are never on disk to be served once verified: the range is ignored (RFC 9110), and
+    // the whole blob streams as for a GET without one, its last byte held back until it is verified.
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/big", "1", 1, 200_000);
+    let layer = &image.layers[0];
+    let m = Mirror::start_with_top(&reg, "max_size = \"100kB\"").await;
+    let url = format!("{}/v2/big/blobs/{}", m.url, layer.digest);
+    let resp = Mirror::client().get(&url).header("range", "bytes=0-9").send().await.unwrap();
+    assert_eq!(resp.status(), 200, "never a 206 of bytes that can't be verified first");
+    assert!(resp.headers().get("content-range").is_none());
+    assert!(read_checking_tmp(&m, resp, 0).await == layer.bytes);
+    eventually("the fill ended", || m.fills.is_empty()).await;
+
+    // Wrong bytes passed through: the body is cut, never a complete answer.
+    reg.set_fault(Fault::CorruptBlobs);
+    let resp = Mirror::client().get(&url).header("range", "bytes=0-9").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.is_err(), "a corrupt blob's body is cut");
+    assert!(!m.has_blob(&layer.digest));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_of_an_endless_blob_is_answered_whole_once_it_outgrows_the_budget() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/big", "1", 1, 100_000);
+    let digest = image.layers[0].digest.clone();
+    let m = Mirror::start_with_top(&reg, "max_size = \"1MB\"").await;
+    reg.set_fault(Fault::EndlessBlobs);
+    // No length, so no verdict for a while: once the fill stops storing, the range can't wait for one.
+    let resp = Mirror::client().get(format!("{}/v2/big/blobs/{digest}", m.url)).header("range", "bytes=0-9").send();
+    let mut resp = tokio::time::timeout(Duration::from_secs(10), resp).await.expect("answered once the blob outgrew the budget").unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut got = 0;
+    while got < 2_000_000 {
+        got += resp.chunk().await.expect("the body goes on").expect("an endless body").len();
+    }
+    drop(resp);
+    eventually("the fill ended", || m.fills.is_empty()).await;
+    assert_eq!(m.tmp_files(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn temporaries_together_stay_within_max_temp() {
     let reg = FakeRegistry::start().await;
     let image = images::schema2_image(&reg, "library/big", "1", 2, 200_000);

@@ -4,7 +4,7 @@
 //! depends on requests overlapping, the fake upstream holds its answer (`Fault::Hold`) until every
 //! request has joined, so the counts are exact without timing.
 
-use crate::it::mirror::{error_code, eventually, spawn_get, Mirror, Options};
+use crate::it::mirror::{error_code, eventually, spawn_get, spawn_range, Mirror, Options};
 use crate::support::fake_registry::{Fault, FakeRegistry};
 use crate::support::images;
 
@@ -83,30 +83,47 @@ async fn a_late_joiner_gets_the_whole_blob_from_the_same_fill() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_range_inside_a_running_fill_is_answered_before_it_ends() {
+async fn a_range_joining_a_running_fill_gets_its_slice_once_the_fill_is_verified() {
     let reg = FakeRegistry::start().await;
     let image = images::schema2_image(&reg, "library/alpine", "3", 1, 2_000_000);
     let layer = image.layers[0].clone();
     let m = Mirror::start(&reg).await;
-    // The CDN stops after 300 kB until released: the fill can't end before the range is answered.
+    // The CDN stops after 300 kB until released: the range's bytes have arrived, the verdict hasn't.
     reg.set_fault(Fault::HoldBlobsAfter { bytes: 300_000, path_contains: layer.digest.clone() });
     let url = format!("{}/v2/alpine/blobs/{}", m.url, layer.digest);
     let full = spawn_get(&url);
     eventually("the fill is under way", || m.tmp_bytes() >= 300_000).await;
-    let range = async {
-        let resp = Mirror::client().get(&url).header("range", "bytes=100000-199999").send().await.unwrap();
-        let (status, content_range) = (resp.status(), resp.headers()["content-range"].clone());
-        (status, content_range, resp.bytes().await.unwrap())
-    };
-    let (status, content_range, part) =
-        tokio::time::timeout(PROMPTLY, range).await.expect("the range is answered while the fill is held");
-    assert_eq!(status, 206);
-    assert_eq!(content_range, "bytes 100000-199999/2000000");
-    assert_eq!(part.as_ref(), &layer.bytes[100_000..200_000]);
-    let metrics = m.get("/metrics").await.text().await.unwrap();
-    assert!(metrics.contains("regcache_fills_in_progress 1"), "the range was answered while the fill ran");
+    let range = spawn_range(&m.fills, &url, &layer.digest, "bytes=100000-199999");
+    eventually("the range joined the fill", || m.fill_waiters("docker.io", &layer.digest) == 2 || range.is_finished()).await;
+    assert!(!range.is_finished(), "a range of a fill in progress waits for the fill's verdict");
     reg.release_held();
+    let answer = tokio::time::timeout(PROMPTLY, range).await.expect("answered once the fill is verified").unwrap();
+    assert!(!answer.before_the_verdict, "answered before the fill was verified");
+    assert_eq!((answer.status, answer.content_range.as_deref()), (206, Some("bytes 100000-199999/2000000")));
+    assert!(answer.body.expect("the whole range") == layer.bytes[100_000..200_000]);
     assert!(full.await.unwrap() == layer.bytes);
+    assert_eq!(reg.cdn_count(&layer.digest), 1, "the range was served from the one fill");
+    m.wait_stored(&layer.digest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_that_disconnects_while_it_waits_leaves_its_fill_to_the_others() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 2_000_000);
+    let layer = image.layers[0].clone();
+    let m = Mirror::start(&reg).await;
+    reg.set_fault(Fault::HoldBlobsAfter { bytes: 300_000, path_contains: layer.digest.clone() });
+    let url = format!("{}/v2/alpine/blobs/{}", m.url, layer.digest);
+    // The range starts the fill and waits for its verdict; a full GET joins.
+    let range = spawn_range(&m.fills, &url, &layer.digest, "bytes=0-9");
+    eventually("the range's fill is under way", || m.tmp_bytes() >= 300_000).await;
+    let full = spawn_get(&url);
+    eventually("both follow the fill", || m.fill_waiters("docker.io", &layer.digest) == 2).await;
+    range.abort();
+    eventually("the range's request is gone", || m.fill_waiters("docker.io", &layer.digest) == 1).await;
+    reg.release_held();
+    assert!(full.await.unwrap() == layer.bytes, "the fill went on for the full GET");
+    m.wait_stored(&layer.digest).await;
     assert_eq!(reg.cdn_count(&layer.digest), 1);
 }
 

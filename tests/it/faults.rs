@@ -1,6 +1,9 @@
 //! Faults a real registry can't produce on demand: wrong bytes, cuts, outages, hangs, 429.
 
-use crate::it::mirror::{error_code, eventually, spawn_get, Mirror, Options};
+use crate::it::mirror::{error_code, eventually, spawn_get, spawn_range, Mirror, Options};
+
+/// How long a test waits for something that happens at once when regcache is right.
+const PROMPTLY: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::support::fake_registry::{Fault, FakeRegistry, RATE_LIMIT_MESSAGE};
 use crate::support::images;
 
@@ -22,6 +25,67 @@ async fn wrong_bytes_are_never_served_as_good_nor_stored() {
     assert!(bytes == layer.bytes);
     assert_eq!(reg.cdn_count(&layer.digest), 2, "the failed fill was not reused");
     m.wait_stored(&layer.digest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_joining_a_fill_of_wrong_bytes_is_never_a_206_of_them() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 1_000_000);
+    let layer = image.layers[0].clone();
+    let m = Mirror::start(&reg).await;
+    // Wrong bytes, gated: the first 300 kB arrive, the rest (and so the verdict) waits for the test.
+    reg.set_fault(Fault::CorruptBlobs);
+    reg.set_fault(Fault::HoldBlobsAfter { bytes: 300_000, path_contains: layer.digest.clone() });
+    let url = format!("{}/v2/alpine/blobs/{}", m.url, layer.digest);
+    let full = tokio::spawn(Mirror::client().get(url.clone()).send());
+    eventually("the fill is under way", || m.tmp_bytes() >= 300_000).await;
+    // Its range has arrived in full, unverified.
+    let range = spawn_range(&m.fills, &url, &layer.digest, "bytes=0-99999");
+    eventually("the range joined the fill", || m.fill_waiters("docker.io", &layer.digest) == 2 || range.is_finished()).await;
+    reg.release_held();
+    let answer = tokio::time::timeout(PROMPTLY, range).await.expect("answered once the fill failed").unwrap();
+    assert_ne!(answer.status, 206, "a 206 of bytes that failed verification: {:?}", answer.content_range);
+    assert_eq!(answer.status, 502);
+    let body: serde_json::Value = serde_json::from_slice(&answer.body.expect("an error body")).expect("an OCI error body");
+    assert_eq!(body["errors"][0]["code"], "UNAVAILABLE");
+    assert!(full.await.unwrap().unwrap().bytes().await.is_err(), "the full GET is cut");
+    assert_eq!(reg.cdn_count(&layer.digest), 1, "the range waited on the fill it joined");
+    assert!(!m.has_blob(&layer.digest));
+
+    // The next range starts a fill of its own, which is good.
+    reg.clear_faults();
+    let answer = spawn_range(&m.fills, &url, &layer.digest, "bytes=0-99999").await.unwrap();
+    assert_eq!((answer.status, answer.content_range.as_deref()), (206, Some("bytes 0-99999/1000000")));
+    assert!(answer.body.expect("the whole range") == layer.bytes[..100_000]);
+    assert_eq!(reg.cdn_count(&layer.digest), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_that_starts_a_fill_is_answered_only_with_verified_bytes() {
+    let reg = FakeRegistry::start().await;
+    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 1_000_000);
+    let layer = image.layers[0].clone();
+    let m = Mirror::start(&reg).await;
+    reg.set_fault(Fault::CorruptBlobs);
+    reg.set_fault(Fault::HoldBlobsAfter { bytes: 300_000, path_contains: layer.digest.clone() });
+    let url = format!("{}/v2/alpine/blobs/{}", m.url, layer.digest);
+    let range = spawn_range(&m.fills, &url, &layer.digest, "bytes=200000-299999");
+    eventually("the range's fill is under way", || m.tmp_bytes() >= 300_000 || range.is_finished()).await;
+    reg.release_held();
+    let answer = tokio::time::timeout(PROMPTLY, range).await.expect("answered once the fill failed").unwrap();
+    assert_ne!(answer.status, 206, "a 206 of bytes that failed verification: {:?}", answer.content_range);
+    assert_eq!(answer.status, 502);
+    assert!(!m.has_blob(&layer.digest));
+
+    // A good fill: the range gets its slice once the blob is verified, and the blob is stored.
+    reg.clear_faults();
+    let answer = spawn_range(&m.fills, &url, &layer.digest, "bytes=200000-299999").await.unwrap();
+    assert!(!answer.before_the_verdict, "answered before the fill was verified");
+    assert_eq!((answer.status, answer.content_range.as_deref()), (206, Some("bytes 200000-299999/1000000")));
+    assert!(answer.body.expect("the whole range") == layer.bytes[200_000..300_000]);
+    m.wait_stored(&layer.digest).await;
+    let fetched: Vec<_> = reg.cdn_requests().into_iter().map(|s| s.range).collect();
+    assert_eq!(fetched, [None, None], "each fill fetched the whole blob");
 }
 
 #[tokio::test]

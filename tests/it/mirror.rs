@@ -224,6 +224,34 @@ pub fn spawn_get(url: &str) -> tokio::task::JoinHandle<Vec<u8>> {
     tokio::spawn(async move { Mirror::client().get(url).send().await.unwrap().bytes().await.unwrap().to_vec() })
 }
 
+/// What a `Range` request got ([`spawn_range`]).
+#[derive(Debug)]
+pub struct RangeAnswer {
+    pub status: u16,
+    pub content_range: Option<String>,
+    /// The body, or why it was cut.
+    pub body: Result<Vec<u8>, String>,
+    /// Whether the response's headers came while the fill of its blob had no verdict yet.
+    pub before_the_verdict: bool,
+}
+
+/// `GET url` with `Range: range`, in the background; `fills` are the mirror's, whose fill of
+/// `digest` from `docker.io` is watched for its verdict when the response headers arrive.
+pub fn spawn_range(fills: &Arc<Fills>, url: &str, digest: &str, range: &str) -> tokio::task::JoinHandle<RangeAnswer> {
+    use futures_util::FutureExt;
+    let (fills, url, range) = (fills.clone(), url.to_owned(), range.to_owned());
+    let digest: regcache::oci::Digest = digest.parse().expect("a digest");
+    tokio::spawn(async move {
+        let resp = Mirror::client().get(url).header("range", range).send().await.expect("response headers");
+        // `finished` answers at once when the fill is done or failed.
+        let before_the_verdict = fills.get("docker.io", &digest).is_some_and(|f| f.finished().now_or_never().is_none());
+        let status = resp.status().as_u16();
+        let content_range = resp.headers().get("content-range").map(|v| v.to_str().expect("ASCII").to_owned());
+        let body = resp.bytes().await.map(|b| b.to_vec()).map_err(|e| e.to_string());
+        RangeAnswer { status, content_range, body, before_the_verdict }
+    })
+}
+
 /// Wait (bounded) for a condition that another task makes true.
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -93,7 +93,8 @@ pub enum Fault {
     EndlessBlobs,
     /// The CDN sends the first `bytes` of blobs whose path contains `path_contains`, then holds
     /// the rest of the body until [`FakeRegistry::release_held`]. Lets a test act while a blob
-    /// is half transferred.
+    /// is half transferred. With [`Fault::CorruptBlobs`] the bytes before the hold are wrong
+    /// already: wrong bytes, gated (a fill that will fail, under way).
     HoldBlobsAfter { bytes: usize, path_contains: String },
     /// The token endpoint answers `expires_in` as this raw JSON text (`None`: the field is left
     /// out), e.g. `"18446744073709551615"`, `"-1"`, `"1.5"`, `"\"300\""`. A whole number of

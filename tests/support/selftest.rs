@@ -604,6 +604,26 @@ async fn cdn_faults_endless_and_held() {
 }
 
 #[tokio::test]
+async fn cdn_faults_wrong_bytes_held() {
+    let (reg, bytes, digest, _auth, location) = blob_on_cdn("wrong-held", 1000).await;
+    reg.set_fault(Fault::CorruptBlobs);
+    reg.set_fault(Fault::HoldBlobsAfter { bytes: 400, path_contains: digest.clone() });
+    let mut resp = reqwest::get(&location).await.expect("held response");
+    assert_eq!(resp.headers()["content-length"], "1000", "the right length");
+    let mut got = Vec::new();
+    while got.len() < 400 {
+        let chunk = tokio::time::timeout(PROMPTLY, resp.chunk()).await.expect("the first bytes come");
+        got.extend_from_slice(&chunk.expect("a chunk").expect("not the end yet"));
+    }
+    let wrong: Vec<u8> = bytes.iter().map(|b| b ^ 0xA5).collect();
+    assert!(got == wrong[..400], "exactly the wrong bytes before the hold");
+    reg.release_held();
+    let rest = tokio::time::timeout(PROMPTLY, resp.bytes()).await.expect("released").expect("the rest");
+    assert!(rest == wrong[400..], "wrong to the end");
+    assert_ne!(sha256_digest(&[got, rest.to_vec()].concat()), digest);
+}
+
+#[tokio::test]
 async fn registry_faults_status_and_hang() {
     let reg = FakeRegistry::start().await;
     images::schema2_image(&reg, "library/alpine", "latest", 1, 10);
