@@ -693,12 +693,13 @@ impl Cache {
     /// shared bucket for the other nodes).
     ///
     /// Every answer is the upstream's, but a page shows only part of its list. So a whole list
-    /// (asked from the start, `n` not cutting it, no `Link` to more) replaces what was remembered,
-    /// and a page is added to it (a tag gone upstream stays until the next whole list). Whatever
-    /// pages a client read online, a client reading them again offline, with or without `n` and
-    /// `last`, gets the same answers, cut here from the same list; and a client that read one page
-    /// online still finds its tags offline. Fetching the whole list behind every page would learn
-    /// more, at the cost of the whole list per page asked.
+    /// (asked from the start, not cut by `n`, no `Link` to more) replaces what was remembered, and a
+    /// page is added to it (a tag gone upstream stays until the next whole list). With the
+    /// upstream's own short pages followed ([`upstream_tags`]), whatever pages a client read online,
+    /// reading them again offline, with or without `n` and `last`, gets the same answers, cut by
+    /// [`tag_page`] from the same list; and a client that read one page online still finds its tags
+    /// offline. (Fetching the whole list behind every page asked would learn more, at the cost of
+    /// the whole list for every page.)
     fn remember_tag_list(
         &self,
         upstream: &str,
@@ -710,11 +711,13 @@ impl Cache {
         let now = now_secs();
         // Exactly `n` tags and no `Link` may be an upstream that cuts pages without saying so.
         let complete = last.is_none() && !listed.more && n.is_none_or(|n| listed.tags.len() != n as usize);
+        // Sorted and cut to MAX_LISTED_TAGS here, not under the index's lock.
+        let page = ListedTags::new(listed.tags.iter().cloned(), now, complete.then_some(now));
         let mut publish = false;
         let (_, new) = self.store.index.update_tag_list(upstream, repo, |old| {
             let mut new = match old.as_ref().filter(|_| !complete) {
-                None => ListedTags::new(listed.tags.iter().cloned(), now, complete.then_some(now)),
-                Some(old) => ListedTags::new(old.tags().iter().chain(&listed.tags).cloned(), now, old.complete_at),
+                None => page,
+                Some(old) => ListedTags::new(old.tags().iter().chain(page.tags()).cloned(), now, old.complete_at),
             };
             // Every bucket write costs: an unchanged list is written again only now and then.
             let unchanged = old.as_ref().is_some_and(|o| o.tags() == new.tags() && now.saturating_sub(o.published_at) < TAG_REPUBLISH.as_secs());
