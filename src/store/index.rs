@@ -20,7 +20,8 @@
 //!   named (and when it was checked), what a referrers answer or a tag list said can only be learnt
 //!   again from upstream. Losing them loses what is served while upstream is down.
 //!
-//! sled makes each insert atomic.
+//! sled makes each insert atomic; a tag list and its place in `tag_list_order` change together, in
+//! one transaction.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -23,10 +23,7 @@ pub use budget::{Refused, Reservation, TempBudget};
 pub use check::{Reconciled, Verified};
 pub use evict::{Evicted, EvictedKind, InUse, Usage, LOW_WATER};
 pub use housekeeping::spawn_housekeeping;
-pub use index::{
-    now_secs, Index, ListedTags, ReferrersKey, SharedSizes, StoredManifest, TagAnswer, TagEntry, MAX_LISTED_BYTES,
-    MAX_LISTED_REPOSITORIES, MAX_LISTED_TAGS, MAX_TAG_LIST_RECORD,
-};
+pub use index::{now_secs, Index, ListedTags, ReferrersKey, SharedSizes, StoredManifest, TagAnswer, TagEntry};
 
 use std::io;
 use std::ops::Range;
