@@ -11,14 +11,17 @@ use crate::config::FillBudget;
 use crate::metrics::Answered;
 use crate::inflight::{FillError, FillReader, Fills, Join, Source, Verdict};
 use crate::oci::{verify_manifest, AcceptList, Digest, ManifestError, ManifestKind, Reference, RegistryHost, RepositoryName, Tag, OCI_INDEX};
-use crate::store::{now_secs, BlobRead, Store, StoredManifest, TagAnswer};
+use crate::store::{now_secs, BlobRead, ListedTags, Store, StoredManifest, TagAnswer};
 use crate::singleflight::Singleflight;
-use crate::upstream::{ManifestHead, RateLimit, Upstream, UpstreamError, MAX_MANIFEST};
+use crate::upstream::{ManifestHead, RateLimit, TagsPage, Upstream, UpstreamError, MAX_MANIFEST};
 
 /// The most tags one page lists: a larger `n` is lowered to this.
 pub const MAX_TAGS_PAGE: u32 = 10_000;
-/// How often a tag answer that hasn't changed is written to the shared bucket again.
+/// How often a tag answer (or tag list) that hasn't changed is written to the shared bucket again.
 const TAG_REPUBLISH: Duration = Duration::from_secs(60);
+/// The most upstream requests one page of tags takes, following an upstream that cuts its pages
+/// shorter than asked ([`upstream_tags`]).
+const MAX_UPSTREAM_TAG_PAGES: usize = 100;
 
 /// Why the cache could not answer. Cloneable so one failure can be shared by every waiter.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -673,8 +676,9 @@ impl Cache {
     }
 
     /// One page of a repository's tags, at most `n` of them after `last` in lexical order: from
-    /// upstream, or from the tags regcache knows when upstream is unavailable. The page is cut here
-    /// whatever the upstream did with `n` and `last`.
+    /// upstream ([`upstream_tags`]), or while upstream can't be asked from what regcache knows
+    /// ([`Cache::known_tags`]). The page is cut here ([`tag_page`]) whatever the upstream did with
+    /// `n` and `last`, online and offline alike, so both answer the same from the same list.
     pub async fn tags(
         &self,
         up: &Arc<Upstream>,
@@ -683,19 +687,133 @@ impl Cache {
         last: Option<&str>,
     ) -> Result<TagList, CacheError> {
         let n = n.map(|n| n.min(MAX_TAGS_PAGE));
-        match up.tags(repo, n, last).await {
-            Ok(page) => Ok(tag_page(repo, page.tags, n, last, page.more, Answered::Pass, page.rate_limit)),
+        let name = up.config().name.to_string();
+        let key_repo = up.upstream_name(repo);
+        match upstream_tags(up, repo, n, last).await {
+            Ok(listed) => {
+                self.remember_tag_list(&name, &key_repo, &listed, n, last)?;
+                Ok(tag_page(repo, listed.tags, n, last, listed.more, Answered::Pass, listed.rate_limit))
+            }
             Err(e) if e.is_unavailable() => {
-                let known = self.store.index.tags_of(up.config().name.as_str(), &up.upstream_name(repo))?;
-                if known.is_empty() {
-                    return Err(e.into());
-                }
-                tracing::warn!(upstream = %up.config().name, %repo, error = %e, "upstream unavailable; listing the tags regcache knows");
+                let Some(known) = self.known_tags(up, &key_repo).await? else { return Err(e.into()) };
+                tracing::warn!(upstream = %name, %repo, error = %e, "upstream unavailable; listing the tags regcache knows");
                 Ok(tag_page(repo, known, n, last, false, Answered::Stale, RateLimit::default()))
             }
             Err(e) => Err(e.into()),
         }
     }
+
+    /// Remember what the upstream listed, for when it can't be asked (in the index, and in the
+    /// shared bucket for the other nodes).
+    ///
+    /// Every answer is the upstream's, but a page shows only part of its list. So a whole list
+    /// (asked from the start, not cut by `n`, no `Link` to more) replaces what was remembered, and a
+    /// page is added to it (a tag gone upstream stays until the next whole list). With the
+    /// upstream's own short pages followed ([`upstream_tags`]), whatever pages a client read online,
+    /// reading them again offline, with or without `n` and `last`, gets the same answers, cut by
+    /// [`tag_page`] from the same list; and a client that read one page online still finds its tags
+    /// offline. (Fetching the whole list behind every page asked would learn more, at the cost of
+    /// the whole list for every page.)
+    fn remember_tag_list(
+        &self,
+        upstream: &str,
+        repo: &RepositoryName,
+        listed: &TagsPage,
+        n: Option<u32>,
+        last: Option<&str>,
+    ) -> Result<(), CacheError> {
+        let now = now_secs();
+        // Exactly `n` tags and no `Link` may be an upstream that cuts pages without saying so.
+        let complete = last.is_none() && !listed.more && n.is_none_or(|n| listed.tags.len() != n as usize);
+        // Sorted and cut to MAX_LISTED_TAGS here, not under the index's lock.
+        let page = ListedTags::new(listed.tags.iter().cloned(), now, complete.then_some(now));
+        let mut publish = false;
+        let (_, new) = self.store.index.update_tag_list(upstream, repo, |old| {
+            let mut new = match old.as_ref().filter(|_| !complete) {
+                None => page,
+                Some(old) => ListedTags::new(old.tags().iter().chain(page.tags()).cloned(), now, old.complete_at),
+            };
+            // Every bucket write costs: an unchanged list is written again only now and then.
+            let unchanged = old.as_ref().is_some_and(|o| o.tags() == new.tags() && now.saturating_sub(o.published_at) < TAG_REPUBLISH.as_secs());
+            publish = !unchanged;
+            new.published_at = match (&old, publish) {
+                (Some(o), false) => o.published_at,
+                _ => now,
+            };
+            new
+        })?;
+        if let Some(shared) = self.store.shared.as_ref().filter(|_| publish) {
+            shared.publish_tag_list(upstream, repo, &new);
+        }
+        Ok(())
+    }
+
+    /// What regcache knows of a repository's tags while its upstream can't be asked: the last list
+    /// remembered within `stale_max` (here, or newer in the shared bucket) merged with the tags
+    /// resolved since ([`offline_tags`]); without one, the tags resolved. `None` when it knows none.
+    async fn known_tags(&self, up: &Arc<Upstream>, repo: &RepositoryName) -> Result<Option<Vec<String>>, CacheError> {
+        let name = up.config().name.as_str();
+        let mut list = self.store.index.tag_list(name, repo)?;
+        if let Some(shared) = &self.store.shared {
+            if let Some(theirs) = shared.tag_list(name, repo).await {
+                if list.as_ref().is_none_or(|l| theirs.updated_at > l.updated_at) {
+                    list = Some(theirs);
+                }
+            }
+        }
+        let list = list.filter(|l| Duration::from_secs(now_secs().saturating_sub(l.updated_at)) < up.config().stale_max);
+        Ok(offline_tags(list, self.store.index.tags_of(name, repo)?))
+    }
+}
+
+/// Up to `n` tags after `last` from the upstream (every tag when `None`), following the pages of an
+/// upstream that cuts them shorter than asked (a page size of its own, and a `Link` to the rest):
+/// asked again after the last tag so far until the page is full ([`MAX_TAGS_PAGE`] tags when `n` is
+/// `None`), the upstream has no more, a page brings nothing new, or [`MAX_UPSTREAM_TAG_PAGES`]
+/// requests were made. A failure after the first page ends it there, with more to follow. So a page
+/// online is what the same page is offline, cut from the whole list. Only tags after the one asked
+/// from are kept of a later page: at most two upstream bodies and a page of tags are held.
+async fn upstream_tags(up: &Upstream, repo: &RepositoryName, n: Option<u32>, last: Option<&str>) -> Result<TagsPage, UpstreamError> {
+    let mut listed = up.tags(repo, n, last).await?;
+    let want = n.map_or(MAX_TAGS_PAGE as usize, |n| n as usize);
+    let mut after: std::collections::BTreeSet<String> = listed.tags.iter().filter(|t| last.is_none_or(|l| t.as_str() > l)).cloned().collect();
+    let mut asked = 1;
+    while listed.more && after.len() < want && asked < MAX_UPSTREAM_TAG_PAGES {
+        let Some(from) = after.last().cloned() else { break };
+        // Fewer than `want` (a u32) so far.
+        let rest = n.map(|n| n.saturating_sub(u32::try_from(after.len()).unwrap_or(u32::MAX)));
+        asked += 1;
+        let next = match up.tags(repo, rest, Some(&from)).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::debug!(upstream = %up.config().name, %repo, error = %e, "the next page of the upstream's tags failed; answering with what it gave");
+                break;
+            }
+        };
+        let new: Vec<String> = next.tags.into_iter().filter(|t| *t > from).collect();
+        if new.is_empty() {
+            break;
+        }
+        after.extend(new.iter().cloned());
+        listed.tags.extend(new);
+        listed.more = next.more;
+        listed.rate_limit = next.rate_limit;
+    }
+    Ok(listed)
+}
+
+/// The tags to list offline: the remembered `list` and the tags `resolved` (with when each was last
+/// confirmed) since the upstream last gave it whole (a tag resolved before, and missing from it, was
+/// gone upstream by then), or every tag resolved when it never did; without a list, the tags
+/// resolved. `None` without either.
+fn offline_tags(list: Option<ListedTags>, resolved: Vec<(String, u64)>) -> Option<Vec<String>> {
+    let Some(list) = list else {
+        return (!resolved.is_empty()).then(|| resolved.into_iter().map(|(t, _)| t).collect());
+    };
+    let since = list.complete_at.unwrap_or(0);
+    let mut tags = list.into_tags();
+    tags.extend(resolved.into_iter().filter(|(_, at)| *at >= since).map(|(t, _)| t));
+    Some(tags)
 }
 
 /// The page of `tags` after `last` with at most `n` of them (all when `None`), sorted; it has a next
@@ -842,6 +960,33 @@ mod tests {
             let v: serde_json::Value = serde_json::from_slice(&page.body).unwrap();
             assert_eq!(v, serde_json::json!({"name": "org/app", "tags": want}), "{n:?} {last:?} {more}");
             assert_eq!(page.next.as_deref(), *next, "{n:?} {last:?} {more}");
+        }
+    }
+
+    #[test]
+    fn offline_a_list_takes_the_tags_resolved_since_it_was_whole() {
+        let resolved = || vec![("old".to_owned(), 9), ("b".to_owned(), 3), ("new".to_owned(), 10), ("newer".to_owned(), 11)];
+        let list = |complete_at| ListedTags::new(["b", "a"].map(String::from), 12, complete_at);
+        /// The remembered list, the tags resolved, what is listed offline.
+        type Case = (Option<ListedTags>, Vec<(String, u64)>, Option<&'static [&'static str]>);
+        let cases: Vec<Case> = vec![
+            (None, vec![], None),
+            (None, resolved(), Some(&["b", "new", "newer", "old"])),
+            (Some(list(None)), vec![], Some(&["a", "b"])),
+            // Whole at 10: `old` (resolved at 9, not in it) was gone upstream; `new` (at 10) may not be.
+            (Some(list(Some(10))), resolved(), Some(&["a", "b", "new", "newer"])),
+            // Never whole: every tag resolved is listed.
+            (Some(list(None)), resolved(), Some(&["a", "b", "new", "newer", "old"])),
+            (Some(ListedTags::new([], 12, Some(12))), vec![], Some(&[])),
+        ];
+        for (list, resolved, want) in cases {
+            let why = format!("{list:?} {resolved:?}");
+            let got = offline_tags(list, resolved).map(|mut t| {
+                t.sort();
+                t.dedup();
+                t
+            });
+            assert_eq!(got, want.map(|w| w.iter().map(|t| t.to_string()).collect::<Vec<_>>()), "{why}");
         }
     }
 

@@ -40,6 +40,8 @@
 //! With a shared bucket (`store::Shared`) the fill reads the bucket before the upstream, and a fill
 //! from the upstream is uploaded once it is verified (from the hot tier's file); manifests, tags and
 //! referrers lists missing here (or stale) are looked up in the bucket before the upstream.
+//! A `tags/list` page is cut by the cache from what the upstream listed, which is remembered per
+//! repository (`Index::update_tag_list`, and the bucket) to cut the same pages while it is down.
 //! `store::spawn_housekeeping` writes access times and evicts in the background. Errors from any
 //! layer say who is to blame (`oci::Blame`: client, upstream or regcache) and become one OCI error
 //! response in `http::error`, the one place a status is chosen.

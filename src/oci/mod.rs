@@ -17,7 +17,7 @@ pub use media::{
     SCHEMA1_SIGNED,
 };
 pub use manifest::{references, Child, Refs};
-pub use name::{is_registry_host, ImageRef, NameError, Reference, RepositoryName, Tag};
+pub use name::{is_registry_host, ImageRef, NameError, Reference, RepositoryName, Tag, MAX_TAG_LEN};
 pub use verify::{verify_manifest, ManifestError, VerifiedManifest};
 #[cfg(test)]
 pub(crate) use verify::signed_schema1;

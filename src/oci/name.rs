@@ -8,7 +8,7 @@ use super::digest::{Digest, DigestError};
 /// The longest repository name the spec allows.
 const MAX_NAME_LEN: usize = 255;
 /// The longest tag the spec allows.
-const MAX_TAG_LEN: usize = 128;
+pub const MAX_TAG_LEN: usize = 128;
 
 /// Why a name, tag or reference is invalid.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Storage: the seam a blob store implements ([`BlobBackend`]) and its first implementation, the
 //! local directory ([`LocalBlobs`]: temporary file, verified, fsynced and renamed into a
-//! content-addressed path); reading stored blobs; the sled index of blobs, manifests and tags; and
-//! the housekeeping that writes access times and evicts down to `max_size`.
+//! content-addressed path); reading stored blobs; the sled index of blobs, manifests, tags and tag
+//! lists; and the housekeeping that writes access times and evicts down to `max_size`.
 
 mod backend;
 pub mod bucket;
@@ -23,7 +23,7 @@ pub use budget::{Refused, Reservation, TempBudget};
 pub use check::{Reconciled, Verified};
 pub use evict::{Evicted, EvictedKind, InUse, Usage, LOW_WATER};
 pub use housekeeping::spawn_housekeeping;
-pub use index::{now_secs, Index, ReferrersKey, SharedSizes, StoredManifest, TagAnswer, TagEntry};
+pub use index::{now_secs, Index, ListedTags, ReferrersKey, SharedSizes, StoredManifest, TagAnswer, TagEntry};
 
 use std::io;
 use std::ops::Range;

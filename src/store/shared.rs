@@ -12,11 +12,13 @@
 //! hot tier go on, misses go to the upstream and are kept locally. After [`RETRY`] the next request
 //! tries again, and the first success marks it up; new fills are uploaded again from then on.
 //!
-//! Manifests (by digest, with their media type) and what tags pointed at (per upstream,
-//! repository, tag and kind of answer, with when it was confirmed) are records in the bucket too
-//! ([`Records`]): every node writes what it learns, in the background, and a node that doesn't
-//! know a manifest or tag (or only an old answer) reads the bucket before it asks the upstream. A
-//! manifest read from the bucket is verified like one from the upstream.
+//! Manifests (by digest, with their media type), what tags pointed at (per upstream, repository,
+//! tag and kind of answer, with when it was confirmed), referrers lists and the last tag list of
+//! each repository are records in the bucket too ([`Records`]): every node writes what it learns,
+//! in the background, and a node that doesn't know a manifest or tag (or only an old answer) reads
+//! the bucket before it asks the upstream (referrers and tag lists: when the upstream can't be
+//! asked). A manifest read from the bucket is verified like one from the upstream; a tag list is
+//! read back as any outside input ([`ListedTags::from_record`]).
 //!
 //! Which blobs the bucket holds, and their sizes, is remembered in the index
 //! ([`super::SharedSizes`]) so a `HEAD` or a hit costs no bucket request per client request; an
@@ -36,7 +38,7 @@ use tokio::sync::{oneshot, Semaphore};
 
 use super::backend::{BlobBackend, BlobWrite, Opened, ReadAt, Records, SharedBackend};
 use super::bucket_lru::{self, BucketEviction, Clock, MAX_PENDING};
-use super::index::{SharedSizes, StoredManifest, TagAnswer};
+use super::index::{ListedTags, SharedSizes, StoredManifest, TagAnswer, MAX_TAG_LIST_RECORD};
 use crate::metrics::{BucketOp, Metrics};
 use crate::oci::{Digest, ManifestKind, RepositoryName, Tag};
 use crate::sync::lock;
@@ -291,6 +293,22 @@ impl Shared {
         self.put_record(referrers_key(upstream, repo, digest), body);
     }
 
+    /// The last tag list of `repo` on `upstream` some node wrote: for when the upstream can't be
+    /// asked. `None` if there is none, or what the bucket holds isn't a valid list.
+    pub async fn tag_list(&self, upstream: &str, repo: &RepositoryName) -> Option<ListedTags> {
+        let record = self.get_record(&tag_list_key(upstream, repo), MAX_TAG_LIST_RECORD).await?;
+        let list = ListedTags::from_record(&record);
+        if list.is_none() {
+            tracing::warn!(upstream, %repo, "the bucket's tag list record is not a valid list; ignored");
+        }
+        list
+    }
+
+    /// Write a repository's tag list to the bucket, in the background.
+    pub fn publish_tag_list(self: &Arc<Self>, upstream: &str, repo: &RepositoryName, list: &ListedTags) {
+        self.put_record(tag_list_key(upstream, repo), list.to_record().into());
+    }
+
     async fn get_record(&self, key: &str, max: usize) -> Option<Bytes> {
         if !self.health.available() {
             return None;
@@ -525,6 +543,13 @@ fn referrers_key(upstream: &str, repo: &RepositoryName, digest: &Digest) -> Stri
 /// upstream's name is a host.
 fn tag_key(upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind) -> String {
     format!("tags/{upstream}/{repo}/{tag}/{}", kind.as_str())
+}
+
+/// The key of the record of the tag list of `repo` on `upstream`. It ends in `_list`, which can't
+/// be a repository's component: no repository's key is a folder of another's (a directory bucket
+/// could not hold both `…/org/app` and `…/org/app/sub/…`).
+fn tag_list_key(upstream: &str, repo: &RepositoryName) -> String {
+    format!("taglists/{upstream}/{repo}/_list")
 }
 
 #[cfg(test)]

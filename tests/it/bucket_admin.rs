@@ -33,9 +33,13 @@ async fn ls_verify_and_gc_work_on_the_bucket() {
     for blob in image.blobs() {
         assert!(node.blob("alpine", &blob.digest).await.expect("blob").1 == blob.bytes);
     }
+    // And lists its tags: the list goes to the bucket too, a record of another kind for the commands.
+    assert_eq!(node.get("/v2/alpine/tags/list").await.status(), 200);
     let n = image.blobs().len();
     node.metrics_with(&format!("regcache_bucket_operations_total{{op=\"upload\",result=\"ok\"}} {n}\n")).await;
-    node.metrics_with("regcache_bucket_operations_total{op=\"put_record\",result=\"ok\"} 2\n").await;
+    node.metrics_with("regcache_bucket_operations_total{op=\"put_record\",result=\"ok\"} 3\n").await;
+    let tag_list = Key::parse("mirror/taglists/docker.io/library/alpine/_list").unwrap();
+    assert!(bucket.store().head(&tag_list).await.is_ok(), "the tag list record");
 
     // The commands run elsewhere: their own data directory, the same bucket.
     let secret = dir.path().join("secret");
@@ -57,6 +61,7 @@ async fn ls_verify_and_gc_work_on_the_bucket() {
     let out = text(&o);
     assert!(o.status.success(), "{out}");
     assert!(out.contains("in the bucket:\ndocker.io/library/alpine\n  3 "), "{out}");
+    assert!(!out.contains("_list") && !out.contains("unreadable"), "tag lists are not tags: {out}");
     assert!(out.contains(&format!("{}…", &image.manifest.digest[..19])), "{out}");
     assert!(out.contains(&format!("the bucket holds {n} blobs, ")), "{out}");
     let o = regcache(&config, &["ls", "ghcr.io/other/app"]).await;
@@ -105,6 +110,7 @@ async fn ls_verify_and_gc_work_on_the_bucket() {
     let out = text(&o);
     assert!(o.status.success() && out.contains(&format!("bucket: evicted {} blobs", n - 1)), "{out}");
     assert!(bucket.list().await.unwrap().is_empty(), "{out}");
+    assert!(bucket.store().head(&tag_list).await.is_ok(), "verify and gc leave the tag list record alone");
     let o = regcache(&config, &["gc", "--protect-recent", "soon"]).await;
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }

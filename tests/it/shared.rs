@@ -1,5 +1,5 @@
 //! Mirrors sharing one bucket behind their own data directories (the hot tiers): what one fetched
-//! (blobs, manifests, tags), the other serves without the upstream; the bucket never serves unverified bytes; a failing
+//! (blobs, manifests, tags, tag lists), the other serves without the upstream; the bucket never serves unverified bytes; a failing
 //! bucket degrades to hot tier + upstream. The bucket here is a directory behind the storage seam,
 //! with a switch that makes it fail; `it::bucket` runs the S3 backend against a real server.
 
@@ -13,6 +13,7 @@ use bytes::Bytes;
 use regcache::store::{BlobBackend, BlobWrite, Listed, LocalBlobs, Opened, Records, SharedBackend};
 
 use crate::it::mirror::{Mirror, Options};
+use crate::it::tags;
 use crate::support::fake_registry::{FakeRegistry, Fault};
 use crate::support::images;
 
@@ -269,6 +270,20 @@ async fn a_referrers_list_one_node_saw_another_serves_while_the_upstream_is_down
     assert_eq!(resp.status(), 200);
     let v: serde_json::Value = resp.json().await.expect("json");
     assert_eq!(v["manifests"][0]["digest"], sig.as_str(), "node A's list, from the bucket");
+}
+
+#[tokio::test]
+async fn a_tag_list_one_node_saw_another_lists_the_same_while_the_upstream_is_down() {
+    let reg = tags::alpine_tagged_a_to_e(None).await;
+    let bucket = TestBucket::new();
+    let a = node(&reg, &bucket).await;
+    let online = tags::listings(&a, false).await;
+    a.metrics_with("regcache_bucket_operations_total{op=\"put_record\",result=\"ok\"} 1\n").await;
+    assert_eq!(bucket.files.list_records("taglists").await.unwrap(), ["taglists/docker.io/library/alpine/_list"]);
+
+    reg.stop().await;
+    let b = node(&reg, &bucket).await;
+    assert_eq!(tags::listings(&b, true).await, online, "node A's list, from the bucket");
 }
 
 #[tokio::test]

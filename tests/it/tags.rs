@@ -1,6 +1,7 @@
 //! A tag's answer depends on the client's Accept: remembered per kind of answer (index, image,
 //! schema1), revalidated when this client would get another kind; upstreams without manifest
-//! HEAD, and upstreams that convert on the fly.
+//! HEAD, and upstreams that convert on the fly. Tag lists: what the upstream listed is listed the
+//! same while it is down.
 
 use crate::it::mirror::{Mirror, Options};
 use crate::support::fake_registry::{FakeRegistry, Fault};
@@ -102,4 +103,106 @@ async fn a_tag_converted_on_the_fly_is_fetched_by_tag_and_checked_against_the_he
     assert!(reg.requests().is_empty());
     // Docker's client still gets the schema2 image for the same tag.
     assert_eq!(digest_for(&m, "app", "1", None).await.1, image.manifest.digest);
+}
+
+/// How a client lists `alpine`'s tags: whole, page by page, from a tag (one that isn't, too).
+pub const LISTINGS: [&str; 12] =
+    ["", "?n=2", "?n=2&last=b", "?n=2&last=d", "?n=3", "?n=3&last=c", "?n=3&last=a", "?last=c", "?last=bb", "?last=e", "?n=10", "?n=0"];
+
+/// One answer to `GET /v2/alpine/tags/list<query>`.
+#[derive(Debug, PartialEq)]
+pub struct Listing {
+    pub query: String,
+    pub status: u16,
+    pub body: serde_json::Value,
+    pub link: Option<String>,
+}
+
+/// The answer to `query`, and whether it came with a `Warning` (stale).
+pub async fn listing(m: &Mirror, query: &str) -> (Listing, bool) {
+    let resp = m.get(&format!("/v2/alpine/tags/list{query}")).await;
+    let header = |name: &str| resp.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+    let (status, link, stale) = (resp.status().as_u16(), header("link"), header("warning").is_some());
+    let body = resp.json().await.unwrap();
+    (Listing { query: query.to_owned(), status, body, link }, stale)
+}
+
+/// The answers to every one of [`LISTINGS`], each asserted stale (or not).
+pub async fn listings(m: &Mirror, stale: bool) -> Vec<Listing> {
+    let mut out = Vec::new();
+    for query in LISTINGS {
+        let (l, was_stale) = listing(m, query).await;
+        assert_eq!(was_stale, stale, "{l:?}");
+        out.push(l);
+    }
+    out
+}
+
+/// An upstream whose `library/alpine` has the tags a to e.
+pub async fn alpine_tagged_a_to_e(fault: Option<Fault>) -> FakeRegistry {
+    let reg = FakeRegistry::start().await;
+    for t in ["c", "a", "e", "b", "d"] {
+        reg.put_manifest("library/alpine", Some(t), DOCKER_MANIFEST, format!("{{\"t\":\"{t}\"}}").into_bytes());
+    }
+    if let Some(f) = fault {
+        reg.set_fault(f);
+    }
+    reg
+}
+
+#[tokio::test]
+async fn tags_listed_online_are_listed_the_same_while_the_upstream_is_down() {
+    let reg = alpine_tagged_a_to_e(None).await;
+    let m = Mirror::start(&reg).await;
+    let online = listings(&m, false).await;
+    assert_eq!(online[0].body, serde_json::json!({"name": "alpine", "tags": ["a", "b", "c", "d", "e"]}));
+    assert_eq!(online[1].link.as_deref(), Some("</v2/alpine/tags/list?last=b&n=2>; rel=\"next\""));
+    reg.stop().await;
+    assert_eq!(listings(&m, true).await, online, "offline, every answer as it was online");
+
+    // However a client listed them online: whole or page by page, from an upstream that pages
+    // as asked or one with pages of 2 of its own (followed by regcache for the page asked).
+    let cases: [(&str, Option<Fault>, &[&str]); 4] = [
+        ("whole", None, &[""]),
+        ("page by page", None, &["?n=2", "?n=2&last=b", "?n=2&last=d"]),
+        ("whole, upstream pages of 2", Some(Fault::TagsPageSize(2)), &[""]),
+        ("pages of 3, upstream pages of 2", Some(Fault::TagsPageSize(2)), &["?n=3", "?n=3&last=c"]),
+    ];
+    for (how, fault, read) in cases {
+        let reg = alpine_tagged_a_to_e(fault).await;
+        let m = Mirror::start(&reg).await;
+        for query in read {
+            let (got, _) = listing(&m, query).await;
+            let want = online.iter().find(|l| l.query == *query).unwrap();
+            assert_eq!(&got, want, "{how}: online");
+        }
+        if how == "whole, upstream pages of 2" {
+            assert_eq!((reg.count("GET", "tags/list?last=b"), reg.count("GET", "tags/list?last=d")), (1, 1), "{how}: {:?}", reg.requests());
+        }
+        reg.stop().await;
+        assert_eq!(listings(&m, true).await, online, "{how}: offline");
+    }
+}
+
+#[tokio::test]
+async fn offline_a_tag_list_adds_the_tags_resolved_since() {
+    let reg = FakeRegistry::start().await;
+    for t in ["1", "2", "3"] {
+        images::schema2_image(&reg, "library/alpine", t, 1, 10);
+    }
+    let m = Mirror::start(&reg).await;
+    let v: serde_json::Value = m.get("/v2/alpine/tags/list").await.json().await.unwrap();
+    assert_eq!(v["tags"], serde_json::json!(["1", "2", "3"]));
+    // A tag pushed since, and pulled through the mirror.
+    images::schema2_image(&reg, "library/alpine", "4", 1, 10);
+    assert_eq!(m.get_manifest("alpine", "4").await.status(), 200);
+    reg.stop().await;
+    let resp = m.get("/v2/alpine/tags/list").await;
+    assert!(resp.headers()["warning"].to_str().unwrap().starts_with("110"));
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["tags"], serde_json::json!(["1", "2", "3", "4"]));
+    let resp = m.get("/v2/alpine/tags/list?n=2&last=1").await;
+    assert_eq!(resp.headers()["link"], "</v2/alpine/tags/list?last=3&n=2>; rel=\"next\"");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["tags"], serde_json::json!(["2", "3"]));
 }

@@ -120,6 +120,9 @@ pub enum Fault {
     Realm(String),
     /// `tags/list` ignores `n` and `last`: every tag, newest first (reverse order), no `Link`.
     TagsUnpaged,
+    /// `tags/list` pages hold at most this many tags, whatever `n` asks (and without `n`), with a
+    /// `Link` to the next when more follow: a registry with a page size of its own.
+    TagsPageSize(usize),
     /// Every registry and CDN response carries Docker Hub's rate-limit headers
     /// (`ratelimit-limit: 100;w=21600`, `ratelimit-remaining: <remaining>;w=21600`,
     /// `docker-ratelimit-source: 192.0.2.7`).
@@ -1257,6 +1260,14 @@ fn tags(shared: &Shared, name: &str, query: &[(String, String)], head: bool) -> 
     }
     let last = query_param(query, "last");
     let n = query_param(query, "n").and_then(|n| n.parse::<usize>().ok());
+    let page_size = lock(&shared.state).faults.iter().find_map(|f| match f {
+        Fault::TagsPageSize(size) => Some(*size),
+        _ => None,
+    });
+    let n = match (n, page_size) {
+        (Some(n), Some(size)) => Some(n.min(size)),
+        (n, size) => n.or(size),
+    };
     let mut page: Vec<String> = all
         .into_iter()
         .filter(|t| last.as_ref().is_none_or(|l| t > l))

@@ -489,6 +489,26 @@ async fn tags_unpaged_ignores_n_and_last() {
 }
 
 #[tokio::test]
+async fn tags_page_size_cuts_every_page() {
+    let reg = FakeRegistry::start().await;
+    for tag in ["c", "a", "b"] {
+        reg.put_manifest("org/app", Some(tag), images::DOCKER_MANIFEST, format!("{{\"t\":\"{tag}\"}}").into_bytes());
+    }
+    reg.set_fault(Fault::TagsPageSize(2));
+    let auth = bearer(&reg, "org/app", None).await;
+    for (query, tags, link) in [
+        ("", serde_json::json!(["a", "b"]), Some("</v2/org/app/tags/list?last=b&n=2>; rel=\"next\"")),
+        ("?n=5", serde_json::json!(["a", "b"]), Some("</v2/org/app/tags/list?last=b&n=2>; rel=\"next\"")),
+        ("?n=1", serde_json::json!(["a"]), Some("</v2/org/app/tags/list?last=a&n=1>; rel=\"next\"")),
+        ("?last=b", serde_json::json!(["c"]), None),
+    ] {
+        let page = get(&format!("{}/v2/org/app/tags/list{query}", reg.url()), &[("authorization", &auth)]).await;
+        assert_eq!(page.json(), serde_json::json!({"name": "org/app", "tags": tags}), "{query}");
+        assert_eq!(page.header("link"), link, "{query}");
+    }
+}
+
+#[tokio::test]
 async fn rate_limit_headers_on_registry_and_cdn_responses() {
     let reg = FakeRegistry::start().await;
     let digest = reg.add_blob(b"rate limited".to_vec());
