@@ -77,11 +77,18 @@ async fn a_range_of_a_blob_that_is_passed_through_is_answered_whole() {
     assert!(read_checking_tmp(&m, resp, 0).await == layer.bytes);
     eventually("the fill ended", || m.fills.is_empty()).await;
 
-    // Wrong bytes passed through: the body is cut, never a complete answer.
+    // Wrong bytes passed through: the body is cut, never a complete answer; or, when the fill has
+    // already failed by the time the range looks at it (a busy machine), the fill's error.
     reg.set_fault(Fault::CorruptBlobs);
     let resp = Mirror::client().get(&url).header("range", "bytes=0-9").send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    assert!(resp.bytes().await.is_err(), "a corrupt blob's body is cut");
+    match resp.status().as_u16() {
+        200 => assert!(resp.bytes().await.is_err(), "a corrupt blob's body is cut"),
+        502 => {
+            let body: serde_json::Value = resp.json().await.expect("an OCI error body");
+            assert_eq!(body["errors"][0]["code"], "UNAVAILABLE", "{body}");
+        }
+        status => panic!("a range of wrong bytes answered {status}"),
+    }
     assert!(!m.has_blob(&layer.digest));
 }
 
