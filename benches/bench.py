@@ -52,6 +52,8 @@ N_CLIENTS = int(os.environ.get("BENCH_CLIENTS", "32"))
 LOAD_SECS = int(os.environ.get("BENCH_LOAD_SECS", "10"))
 COLD_REPS = int(os.environ.get("BENCH_COLD_REPS", "2"))
 FIG11_REPS = int(os.environ.get("BENCH_FIG11_REPS", "7"))
+FIG1_REPS = int(os.environ.get("BENCH_FIG1_REPS", "7"))
+HEY_CONNS = int(os.environ.get("BENCH_HEY_CONNS", "1000"))
 STALLED = int(os.environ.get("BENCH_STALLED", "1000"))
 FLOODERS = int(os.environ.get("BENCH_FLOODERS", "32"))
 # Only these figures ("8,9"): a reduced run for working on one scenario.
@@ -651,8 +653,10 @@ http {{
         return float(out.split()[2]) / MIB, (cpu_secs(pid) - c0) if pid else 0.0, time.monotonic() - t0
 
     def fig1_single_stream(self, rc, dist):
-        """Warm-up GET from each server, then 3 rounds of one GET from each (interleaved, so a
-        disturbance hits all three alike); best of 3 per server, and its CPU share."""
+        """Warm-up GET from each server, then FIG1_REPS rounds of one GET from each (interleaved, so
+        a disturbance hits all three alike); the median per server (one ~0.1 s transfer varies by
+        up to 2x from run to run here: the best of a few is one lucky run against another), and the
+        server's CPU share in its median run."""
         ngx, ngx_url = self.start_nginx()
         try:
             c = self.up.counters()
@@ -662,16 +666,16 @@ http {{
             for label, url, pid in targets:
                 self.get_once(label, url, pid)
             runs = {label: [] for label, _u, _p in targets}
-            for _round in range(3):
+            for _round in range(FIG1_REPS):
                 for label, url, pid in targets:
                     runs[label].append(self.get_once(label, url, pid))
             for label, _u, _p in targets:
                 speeds = [r[0] for r in runs[label]]
-                best = max(runs[label])
-                RESULTS[f"1.{label}"], RESULTS[f"1.cpu.{label}"] = best[0], best[1] / best[2]
+                mid = sorted(runs[label])[len(runs[label]) // 2]
+                RESULTS[f"1.{label}"], RESULTS[f"1.cpu.{label}"] = mid[0], mid[1] / mid[2]
                 RESULTS[f"1.all.{label}"] = speeds
-                log(f"fig1 {label}: {', '.join(f'{s:.0f}' for s in speeds)} MiB/s; server CPU in the best run "
-                    f"{100 * best[1] / best[2]:.0f}% of one core")
+                log(f"fig1 {label}: {', '.join(f'{s:.0f}' for s in speeds)} MiB/s; server CPU in the median run "
+                    f"{100 * mid[1] / mid[2]:.0f}% of one core")
             n = len(c.delta().cdn_gets(self.big.digest))
             if n:
                 note(f"figure 1: the cached blob caused {n} CDN GET(s) (should be 0: not served from cache?)")
@@ -704,15 +708,20 @@ http {{
         return {"rps": float(kv["rps"]), "p99_ms": float(kv["p99_ms"]), "non2xx": int(kv["non2xx"]),
                 "errors": int(kv["errors"])}
 
+    def warm_manifest(self, inst):
+        """GET the 30-layer image's manifest by tag and by digest, so both are cached."""
+        img = self.imgs["bench30"]
+        for ref in ("1", img.digest):
+            st, h, body = http_request("127.0.0.1", inst.port, "GET",
+                                       f"/v2/library/bench30/manifests/{ref}", headers={"Accept": MT_OCI_MANIFEST})
+            if st != 200 or e2eimg.sha256_bytes(body) != img.digest:
+                raise RuntimeError(f"warm-up GET manifest {ref} -> {st} {body[:200]!r}")
+
     def fig23_manifests(self, rc, dist):
         img = self.imgs["bench30"]
         accept = MT_OCI_MANIFEST
-        for kind, inst in (("regcache", rc), ("distribution", dist)):
-            for ref in ("1", img.digest):      # warm: the manifest and the tag are cached
-                st, h, body = http_request("127.0.0.1", inst.port, "GET",
-                                           f"/v2/library/bench30/manifests/{ref}", headers={"Accept": accept})
-                if st != 200 or e2eimg.sha256_bytes(body) != img.digest:
-                    raise RuntimeError(f"{kind}: warm-up GET manifest {ref} -> {st} {body[:200]!r}")
+        for inst in (rc, dist):
+            self.warm_manifest(inst)
         for fig, ref in (("2", img.digest), ("3", "1")):
             for method in ("GET", "HEAD"):
                 for kind, inst in (("regcache", rc), ("distribution", dist)):
@@ -734,6 +743,36 @@ http {{
                     if r["non2xx"] or r["errors"]:
                         note(f"figure {fig} {method} {kind}: {r['non2xx']} non-2xx responses, "
                              f"{r['errors']} socket errors")
+
+    # ------------------------------------------------------------ figure 12
+    def fig12_many_connections(self, rc, dist):
+        """HEY_CONNS connections at once on the cached manifest by digest (`hey -c`, for
+        LOAD_SECS): regcache's p99 latency, distribution's for reference."""
+        img = self.imgs["bench30"]
+        for kind, inst in (("regcache", rc), ("distribution", dist)):
+            need(LOAD_SECS + 30, f"figure 12 ({kind})")
+            url = f"http://127.0.0.1:{inst.port}/v2/library/bench30/manifests/{img.digest}"
+            cpu0 = cpu_secs(inst.proc.pid)
+            code, out, err = run_cmd(["hey", "-z", f"{LOAD_SECS}s", "-c", str(HEY_CONNS), "-t", "20",
+                                      "-H", f"Accept: {MT_OCI_MANIFEST}", url], timeout=LOAD_SECS + 60)
+            if code != 0:
+                raise RuntimeError(f"hey failed rc={code}: {out[-500:]} {err[-500:]}")
+            p99 = re.search(r"99%\s+in\s+([\d.]+)\s+secs", out)
+            p50 = re.search(r"50%\s+in\s+([\d.]+)\s+secs", out)
+            rps = re.search(r"Requests/sec:\s*([\d.]+)", out)
+            codes = dict(re.findall(r"\[(\d{3})\]\s+(\d+)\s+responses", out))
+            errors = re.search(r"Error distribution:(.*)", out, re.S)
+            r = {"p99_ms": 1000 * float(p99[1]) if p99 else float("nan"),
+                 "p50_ms": 1000 * float(p50[1]) if p50 else float("nan"),
+                 "rps": float(rps[1]) if rps else float("nan"),
+                 "codes": {k: int(v) for k, v in codes.items()},
+                 "errors": errors[1].strip()[:300] if errors else "",
+                 "cpu": (cpu_secs(inst.proc.pid) - cpu0) / LOAD_SECS}
+            RESULTS[f"12.{kind}"] = r
+            log(f"fig12 {kind}: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, {r['rps']:.0f} req/s, "
+                f"codes {r['codes']}, mirror CPU {100 * r['cpu']:.0f}%" + (f", errors {r['errors']}" if r["errors"] else ""))
+            if r["errors"] or set(r["codes"]) - {"200"}:
+                note(f"figure 12 {kind}: responses {r['codes']}; errors: {r['errors'] or 'none'}")
 
     # ------------------------------------------------------------ figures 8 + 9
     def healthz_p99(self, port, n=500):
@@ -993,11 +1032,18 @@ http {{
         self.setup()
         if ONLY:
             note(f"reduced run: only figures {', '.join(ONLY)} (BENCH_ONLY)")
-            if "1" in ONLY:
+            if "5" in ONLY:
+                self.figure("5+7", self.fig5_cold_pulls)
+            if "1" in ONLY or "12" in ONLY:
                 hot = {kind: self.figure(f"4+6 ({kind})", self.fig4_concurrent_cold, kind)
                        for kind in ("regcache", "distribution")}
                 if None not in hot.values():
-                    self.figure("1", self.fig1_single_stream, hot["regcache"], hot["distribution"])
+                    if "1" in ONLY:
+                        self.figure("1", self.fig1_single_stream, hot["regcache"], hot["distribution"])
+                    if "12" in ONLY:
+                        for inst in hot.values():  # the manifest figure 12 asks for, cached
+                            self.warm_manifest(inst)
+                        self.figure("12", self.fig12_many_connections, hot["regcache"], hot["distribution"])
             if "8" in ONLY:
                 self.figure("8", self.fig8_stalled_readers)
             if "9" in ONLY:
@@ -1016,6 +1062,7 @@ http {{
         if len(hot) == 2:
             self.figure("1", self.fig1_single_stream, hot["regcache"], hot["distribution"])
             self.figure("2+3", self.fig23_manifests, hot["regcache"], hot["distribution"])
+            self.figure("12", self.fig12_many_connections, hot["regcache"], hot["distribution"])
         else:
             note("figures 1-3 skipped: they use the mirrors that figure 4 filled")
         self.figure("8", self.fig8_stalled_readers)
@@ -1057,9 +1104,9 @@ def table():
     q = ratio(rc, ngx)
     cpu = ", ".join(f"{k} {100 * R(f'1.cpu.{k}'):.0f}%" for k in ("regcache", "distribution", "nginx")
                     if R(f"1.cpu.{k}") is not None)
-    row("1", f"cached {BIG_MIB} MiB blob, 1 stream, MiB/s (best of 3)", fmt(rc), fmt(dist), fmt(ngx) + " (nginx)",
-        fmt(q, "{:.2f}×") + " nginx", "≥ 0.9× nginx", None if q is None else q >= 0.9,
-        f"distribution = {fmt(ratio(dist, ngx), '{:.2f}×')} nginx; server CPU in the best run: {cpu}; runs "
+    row("1", f"cached {BIG_MIB} MiB blob, 1 stream, MiB/s (median of {FIG1_REPS})", fmt(rc), fmt(dist), fmt(ngx) + " (nginx)",
+        fmt(q, "{:.2f}×") + " nginx", "≥ 1.3× nginx", None if q is None else q >= 1.3,
+        f"distribution = {fmt(ratio(dist, ngx), '{:.2f}×')} nginx; server CPU in the median run: {cpu}; runs "
         + "; ".join(f"{k} " + ", ".join(f"{x:.0f}" for x in R(f"1.all.{k}"))
                     for k in ("regcache", "distribution", "nginx") if R(f"1.all.{k}")))
     # 2, 3
@@ -1105,11 +1152,11 @@ def table():
     ta, tb = R("4.time.regcache"), R("4.time.distribution")
     q = ratio(ta, tb)
     row("4", "  time until the last client finishes, s", fmt(ta, "{:.2f}"), fmt(tb, "{:.2f}"), "–",
-        fmt(q, "{:.2f}×"), "≤ 0.5× distribution", None if q is None else (q <= 0.5 and ok_rc == N_CLIENTS),
+        fmt(q, "{:.2f}×"), "≤ 0.3× distribution", None if q is None else (q <= 0.3 and ok_rc == N_CLIENTS),
         f"mirror CPU {fmt(R('4.cpu.regcache'), '{:.1f}')} s / {fmt(R('4.cpu.distribution'), '{:.1f}')} s")
     # 5
     for key, what, tgt in (("bench30", "cold skopeo pull, 30-layer image (~8 MiB), s", 1.5),
-                           ("bench256", f"cold skopeo pull, {BIG_MIB} MiB image, s", 1.1)):
+                           ("bench256", f"cold skopeo pull, {BIG_MIB} MiB image, s", 0.95)):
         a, b, d = R(f"5.{key}.regcache"), R(f"5.{key}.distribution"), R(f"5.{key}.direct")
         q = ratio(a, d)
         runs = "; ".join(f"{k}: " + ", ".join(f"{x:.2f}" for x in R(f"5.{key}.{k}.all"))
@@ -1185,6 +1232,16 @@ def table():
             "–", fmt(c_local, "{:.2f}") + " (local)", fmt(ratio(c_s3, c_local), "{:.2f}×") + " local", "(report)",
             None, f"from just before the pull until the uploads finished; SeaweedFS, on the same 2 cores, used "
             f"{fmt(R('11.cpu.weed'), '{:.2f}')} s meanwhile (median)")
+    # 12
+    a, b = R("12.regcache"), R("12.distribution")
+    if a is not None:
+        ok = a["p99_ms"] < 100 and not a["errors"] and set(a["codes"]) == {"200"}
+        row("12", f"cached manifest by digest, {HEY_CONNS} connections at once (hey, {LOAD_SECS} s): p99 latency, ms",
+            fmt(a["p99_ms"], "{:.1f}"), fmt((b or {}).get("p99_ms"), "{:.1f}"), "–",
+            fmt(ratio(a["p99_ms"], (b or {}).get("p99_ms")), "{:.2f}×"), "regcache < 100 ms", ok,
+            f"p50 {a['p50_ms']:.1f} / {fmt((b or {}).get('p50_ms'), '{:.1f}')} ms; req/s {a['rps']:.0f} / "
+            f"{fmt((b or {}).get('rps'))}; mirror CPU {100 * a['cpu']:.0f}% / {fmt(100 * b['cpu'] if b else None)}%; "
+            f"responses {a['codes']} / {(b or {}).get('codes')}" + (f"; regcache errors: {a['errors']}" if a["errors"] else ""))
     head = ("| # | figure | regcache | distribution proxy | nginx / direct | ratio | target | result | notes |\n"
             "|---|---|---|---|---|---|---|---|---|")
     return head + "\n" + "\n".join(rows)

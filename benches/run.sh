@@ -17,10 +17,11 @@ fi
 
 left() { echo $((BENCH_DEADLINE - $(date +%s))); }
 
-echo "== installing dependencies (tests/e2e's, plus wrk, curl, a C compiler)"
+echo "== installing dependencies (tests/e2e's, plus wrk, hey, curl, a C compiler)"
 timeout 600 scripts/install-test-deps.sh
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
+command -v hey >/dev/null || missing+=(hey)
 command -v curl >/dev/null || missing+=(curl)
 command -v cc >/dev/null || missing+=(gcc libc6-dev)
 if [ "${#missing[@]}" -gt 0 ]; then
