@@ -15,6 +15,8 @@
 //! - `manifests`, `tags` and `referrers` live only here: manifests are not in the blob directory,
 //!   and which digest a tag named (and when it was checked) or what a referrers answer said can only
 //!   be learnt again from upstream. Losing them loses what is served while upstream is down.
+//! - `backlog` (what the shared bucket should have and doesn't yet, [`super::backlog`]) lives only
+//!   here: losing it only costs the other nodes fetching those blobs from the upstream.
 //!
 //! sled makes each insert atomic.
 
@@ -26,6 +28,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::backlog::Backlog;
 use super::StoreError;
 use crate::oci::{Digest, ManifestKind, RepositoryName, Tag};
 
@@ -38,6 +41,7 @@ pub struct Index {
     access: sled::Tree,
     referrers: sled::Tree,
     shared: sled::Tree,
+    backlog: Backlog,
     /// Bytes of blobs, manifests and referrers lists indexed, kept up to date by every insert and
     /// removal.
     used: AtomicU64,
@@ -195,6 +199,7 @@ impl Index {
         let access = db.open_tree("access").map_err(err)?;
         let referrers = db.open_tree("referrers").map_err(err)?;
         let shared = db.open_tree("shared").map_err(err)?;
+        let backlog = db.open_tree("backlog").and_then(Backlog::open).map_err(err)?;
         let mut used = 0u64;
         for kv in blobs.iter() {
             let (_, v) = kv.map_err(err)?;
@@ -206,7 +211,7 @@ impl Index {
                 used += v.len() as u64;
             }
         }
-        Ok(Index { db, blobs, manifests, tags, access, referrers, shared, used: AtomicU64::new(used) })
+        Ok(Index { db, blobs, manifests, tags, access, referrers, shared, backlog, used: AtomicU64::new(used) })
     }
 
     /// The recorded size of a stored blob.
@@ -231,6 +236,11 @@ impl Index {
     /// The sizes of blobs known to be in the shared bucket.
     pub fn shared_sizes(&self) -> SharedSizes {
         SharedSizes(self.shared.clone())
+    }
+
+    /// What waits for the shared bucket.
+    pub fn backlog(&self) -> &Backlog {
+        &self.backlog
     }
 
     /// Every indexed blob.
