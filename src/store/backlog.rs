@@ -440,6 +440,10 @@ fn unreadable(pending: &Pending, e: &sled::Error) -> NotDone {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+
+    use crate::metrics::Metrics;
+    use crate::store::{BlobBackend, LocalBlobs, Records, StoredManifest, TagAnswer};
 
     fn tree() -> (tempfile::TempDir, sled::Db, sled::Tree) {
         let dir = tempfile::tempdir().unwrap();
@@ -544,5 +548,120 @@ mod tests {
         assert_eq!(tree.scan_prefix([QUEUE]).count(), 2);
         let p = tag("v1.0");
         assert_eq!(Pending::parse(&p.record()).unwrap(), p);
+    }
+
+    /// A node's store on a bucket that is a second local directory.
+    fn node() -> (tempfile::TempDir, Arc<Store>, Arc<LocalBlobs>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("node")).unwrap();
+        let bucket = Arc::new(LocalBlobs::at(&dir.path().join("bucket")).unwrap());
+        let shared = Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), Arc::new(Metrics::new()));
+        store.shared = Some(Arc::new(shared));
+        (dir, Arc::new(store), bucket)
+    }
+
+    /// Store `bytes` in the hot tier under `digest` (whatever their digest is), indexed.
+    async fn keep(store: &Store, digest: &Digest, bytes: &[u8]) {
+        let mut w = store.blobs.begin(digest, Some(bytes.len() as u64)).await.unwrap();
+        w.append(&[Bytes::copy_from_slice(bytes)]).await.unwrap();
+        w.commit().await.unwrap();
+        store.index.put_blob(digest, bytes.len() as u64).unwrap();
+    }
+
+    fn answer(digest: &Digest, checked_at: u64) -> TagAnswer {
+        TagAnswer { digest: digest.clone(), checked_at }
+    }
+
+    #[tokio::test]
+    async fn a_drain_uploads_what_is_still_kept_and_drops_what_is_not() {
+        let (_dir, store, bucket) = node();
+        let backlog = store.index.backlog().clone();
+        let kept = b"kept in the hot tier".to_vec();
+        let kept_digest = Digest::sha256_of(&kept);
+        keep(&store, &kept_digest, &kept).await;
+        let evicted = Digest::sha256_of(b"evicted since");
+        // The same size as the blob it claims to be, other bytes.
+        let rotten = Digest::sha256_of(b"rotten on disk");
+        keep(&store, &rotten, b"rotten on dusk").await;
+        let manifest = Digest::sha256_of(b"a manifest");
+        let m = StoredManifest { media_type: "application/vnd.oci.image.manifest.v1+json".into(), bytes: Bytes::from_static(b"{}") };
+        store.index.put_manifest(&manifest, &m).unwrap();
+        let repo: RepositoryName = "library/alpine".parse().unwrap();
+        let (older, newer): (Tag, Tag) = ("older".parse().unwrap(), "newer".parse().unwrap());
+        for (tag, ours) in [(&older, 100), (&newer, 100)] {
+            store.index.put_tag("docker.io", &repo, tag, ManifestKind::Image, &answer(&manifest, ours)).unwrap();
+        }
+        // Another node wrote `newer` later than this one learnt it, and `older` before.
+        let theirs = Digest::sha256_of(b"their manifest");
+        for (tag, at) in [(&older, 50), (&newer, 200)] {
+            let key = format!("tags/docker.io/library/alpine/{tag}/image");
+            bucket.put(&key, serde_json::to_vec(&answer(&theirs, at)).unwrap().into()).await.unwrap();
+        }
+        store.index.put_referrers("docker.io", &repo, &manifest, b"{\"manifests\":[]}").unwrap();
+        let tag = |t: &Tag| Pending::Tag { upstream: "docker.io".into(), repo: repo.clone(), tag: t.clone(), kind: ManifestKind::Image };
+        for p in [
+            Pending::Blob { digest: kept_digest.clone(), size: kept.len() as u64 },
+            Pending::Blob { digest: evicted.clone(), size: 13 },
+            Pending::Blob { digest: rotten.clone(), size: 14 },
+            Pending::Manifest { digest: manifest.clone() },
+            Pending::Manifest { digest: Digest::sha256_of(b"evicted manifest") },
+            tag(&older),
+            tag(&newer),
+            tag(&"forgotten".parse().unwrap()),
+            Pending::Referrers { upstream: "docker.io".into(), repo: repo.clone(), subject: manifest.clone() },
+        ] {
+            assert_eq!(backlog.push(&p).unwrap(), Pushed::Queued);
+        }
+
+        assert!(matches!(drain(&Arc::downgrade(&store)).await, Drained::Idle));
+        assert!(backlog.is_empty(), "{:?}", all(&backlog));
+        assert_eq!(bucket.stat(&kept_digest).await.unwrap(), Some(kept.len() as u64));
+        assert_eq!(store.index.shared_sizes().get(&kept_digest).unwrap(), Some(kept.len() as u64), "remembered");
+        assert_eq!(bucket.stat(&evicted).await.unwrap(), None);
+        assert_eq!(bucket.stat(&rotten).await.unwrap(), None, "a copy that is not the blob any more is not uploaded");
+        let record = bucket.get(&format!("manifests/sha256/{}", manifest.hex()), 1 << 20).await.unwrap().unwrap();
+        assert_eq!(&record[..], b"application/vnd.oci.image.manifest.v1+json\0{}");
+        let tag_in_bucket = |t: &'static str| {
+            let bucket = bucket.clone();
+            async move {
+                let r = bucket.get(&format!("tags/docker.io/library/alpine/{t}/image"), 4096).await.unwrap().unwrap();
+                serde_json::from_slice::<TagAnswer>(&r).unwrap()
+            }
+        };
+        assert_eq!(tag_in_bucket("older").await, answer(&manifest, 100), "ours is newer than the bucket's");
+        assert_eq!(tag_in_bucket("newer").await, answer(&theirs, 200), "the bucket's is newer: kept");
+        assert_eq!(bucket.list_records("tags/docker.io/library/alpine/forgotten").await.unwrap(), Vec::<String>::new());
+        assert!(bucket.get(&format!("referrers/docker.io/library/alpine/sha256/{}", manifest.hex()), 4096).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_bucket_that_fails_keeps_the_backlog_and_is_left_alone_until_its_retry_time() {
+        let (dir, store, bucket) = node();
+        let backlog = store.index.backlog().clone();
+        let bytes = b"waits for the bucket".to_vec();
+        let digest = Digest::sha256_of(&bytes);
+        keep(&store, &digest, &bytes).await;
+        backlog.push(&Pending::Blob { digest: digest.clone(), size: bytes.len() as u64 }).unwrap();
+        // The bucket can't begin a write: a file stands where its temporary directory should be.
+        let tmp = dir.path().join("bucket/tmp");
+        std::fs::remove_dir_all(&tmp).unwrap();
+        std::fs::write(&tmp, b"in the way").unwrap();
+        let before = std::time::Instant::now();
+        match drain(&Arc::downgrade(&store)).await {
+            Drained::DownUntil(at) => assert!(at >= before + crate::store::RETRY, "{at:?}"),
+            other => panic!("the bucket failed: {other:?}"),
+        }
+        assert_eq!(all(&backlog), [Pending::Blob { digest: digest.clone(), size: bytes.len() as u64 }], "kept");
+        assert_eq!(bucket.stat(&digest).await.unwrap(), None);
+        // Marked down: another pass asks the bucket nothing and says when to come back.
+        std::fs::remove_file(&tmp).unwrap();
+        std::fs::create_dir(&tmp).unwrap();
+        assert!(matches!(drain(&Arc::downgrade(&store)).await, Drained::DownUntil(_)));
+        assert_eq!(bucket.stat(&digest).await.unwrap(), None, "not tried within the retry time");
+        assert_eq!(backlog.len(), 1);
+        // The store gone (the server stopped), the drain ends.
+        let weak = Arc::downgrade(&store);
+        drop(store);
+        assert!(matches!(drain(&weak).await, Drained::Gone));
     }
 }
