@@ -18,10 +18,10 @@ mod read;
 mod shared;
 
 pub use backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, ReadAt, Records, SharedBackend};
-pub use backlog::{Backlog, Pending, Pushed, MAX_ENTRIES as MAX_BACKLOG};
+pub use backlog::{Backlog, Pending, Pushed};
 pub use bucket::{Bucket, BucketError};
 pub use local::LocalBlobs;
-pub use shared::{manifest_of_key, read_manifest_record, NotDone, Shared, VerifiedFill, ANSWER_WITHIN, MAX_MANIFEST_RECORD, MAX_TAG_RECORD, RETRY};
+pub use shared::{manifest_of_key, read_manifest_record, Shared, VerifiedFill, ANSWER_WITHIN, MAX_MANIFEST_RECORD, MAX_TAG_RECORD, RETRY};
 pub use budget::{Refused, Reservation, TempBudget};
 pub use check::{Reconciled, Verified};
 pub use evict::{Evicted, EvictedKind, InUse, Usage, LOW_WATER};

@@ -426,7 +426,7 @@ impl Shared {
             self.remember(digest, there);
             return Ok(());
         }
-        self.upload_now(digest, size, Source::Stored { reader: stored, hasher: Some(Hasher::new(digest.algorithm())) }).await
+        self.upload_now(digest, size, Source::Stored { reader: stored, hasher: Some(Box::new(Hasher::new(digest.algorithm()))) }).await
     }
 
     /// Write the record of manifest `digest` now.
@@ -634,7 +634,7 @@ enum Source {
     Fill(Box<dyn ReadAt>),
     /// The hot tier's stored copy, read whole: verified when it was stored, hashed again as it is
     /// read because it has sat on disk since.
-    Stored { reader: Box<dyn BlobRead>, hasher: Option<Hasher> },
+    Stored { reader: Box<dyn BlobRead>, hasher: Option<Box<Hasher>> },
 }
 
 impl Source {
@@ -664,7 +664,7 @@ impl Source {
     fn check(self, digest: &Digest) -> io::Result<()> {
         match self {
             Source::Fill(_) => Ok(()),
-            Source::Stored { hasher, .. } => match hasher.map(Hasher::finish) {
+            Source::Stored { hasher, .. } => match hasher.map(|h| h.finish()) {
                 Some(got) if got == *digest => Ok(()),
                 got => Err(io::Error::new(
                     io::ErrorKind::InvalidData,

@@ -59,7 +59,7 @@ async fn missing(bucket: &dyn SharedBackend, image: &Image) -> Vec<String> {
     let digest: Digest = image.manifest.digest.parse().expect("digest");
     let key = format!("manifests/sha256/{}", digest.hex());
     let record = bucket.get(&key, regcache::store::MAX_MANIFEST_RECORD).await.expect("read the bucket");
-    if !record.is_some_and(|r| regcache::store::read_manifest_record(r, &digest).is_ok()) {
+    if record.is_none_or(|r| regcache::store::read_manifest_record(r, &digest).is_err()) {
         out.push(format!("manifest {digest}"));
     }
     let tag = image.tag.as_deref().expect("a tagged image");
