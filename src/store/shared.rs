@@ -31,10 +31,9 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::{oneshot, Notify, Semaphore};
@@ -604,7 +603,7 @@ impl Shared {
         match result {
             Ok(v) => {
                 if self.health.succeeded() {
-                    tracing::warn!(backlog = self.backlog.len(), "the bucket answers again; reading from and uploading to it (the backlog first)");
+                    tracing::warn!(backlog = self.backlog.len(), "the bucket answers again; reading from and uploading to it, and uploading its backlog");
                     self.metrics.bucket_down(false);
                     self.backlogged.notify_one();
                 }
