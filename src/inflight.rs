@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::FillBudget;
 use crate::oci::{Digest, Hasher, RepositoryName};
 use crate::singleflight::CallDied;
-use crate::store::{BlobRead, BlobWrite, InUse, PartialBlob, ReadAt, Reservation, Store};
+use crate::store::{BlobRead, BlobWrite, InUse, PartialBlob, ReadAt, Reservation, Store, VerifiedFill};
 use crate::sync::lock;
 use crate::upstream::{RateLimit, Transport, Upstream, UpstreamError};
 
@@ -592,9 +592,9 @@ struct Connected {
     /// Room for the blob, and its write to the store; both `None` when it is passed through.
     reservation: Option<Reservation>,
     writer: Option<Box<dyn BlobWrite>>,
-    /// Tells the upload to the shared bucket that the blob is verified (its size), if it is to be
-    /// uploaded; dropped unsent, nothing is uploaded.
-    upload: Option<oneshot::Sender<u64>>,
+    /// Tells the upload to the shared bucket that the blob is verified (its size, and whether the
+    /// hot tier keeps it), if it is to be uploaded; dropped unsent, nothing is uploaded.
+    upload: Option<oneshot::Sender<VerifiedFill>>,
 }
 
 struct FillJob {
@@ -667,20 +667,23 @@ impl FillJob {
             pace.check(self.fill.waiters() > 0, len, Instant::now()).map_err(abandoned)?;
         }
         self.verify(total, written, hasher).await?;
-        // Verified: the readers (and the upload) may have the last byte now; making it durable is
-        // the store's business.
+        // Verified: the readers may have the last byte now; making it durable is the store's
+        // business.
         self.fill.state.send_replace(FillState::Done { size: written });
-        if let Some(upload) = upload {
-            let _ = upload.send(written);
-        }
-        match writer {
-            Some(writer) if !self.fill.passing_through() => Ok((written, self.commit(writer, written).await)),
+        let kept = match writer {
+            Some(writer) if !self.fill.passing_through() => self.commit(writer, written).await,
             Some(writer) => {
                 writer.abort().await;
-                Ok((written, false))
+                false
             }
-            None => Ok((written, false)),
+            None => false,
+        };
+        // The upload follows the commit: a bucket that is down now gets the blob from the hot
+        // tier's file later (the backlog), so that file must be there.
+        if let Some(upload) = upload {
+            let _ = upload.send(VerifiedFill { size: written, kept });
         }
+        Ok((written, kept))
     }
 
     /// GET the blob and decide up front whether it can be stored: an announced size is reserved
@@ -721,7 +724,7 @@ impl FillJob {
     /// Prepare the upload to the shared bucket, if there is one, of what this fill stores from the
     /// upstream: the sender that tells it the blob is verified (dropped unsent, nothing is
     /// uploaded).
-    fn upload(&self, body: &Body) -> Option<oneshot::Sender<u64>> {
+    fn upload(&self, body: &Body) -> Option<oneshot::Sender<VerifiedFill>> {
         let shared = self.store.shared.as_ref()?;
         let partial = self.fill.partial.get().filter(|_| matches!(body, Body::Upstream(_)) && !self.fill.passing_through())?;
         let (tx, rx) = oneshot::channel();
@@ -731,7 +734,7 @@ impl FillJob {
 
     /// `written` bytes are stored: tell the readers; if storing stopped, there is nothing to
     /// upload.
-    fn progressed(&self, written: u64, upload: &mut Option<oneshot::Sender<u64>>) {
+    fn progressed(&self, written: u64, upload: &mut Option<oneshot::Sender<VerifiedFill>>) {
         self.fill.state.send_modify(|s| {
             if let FillState::Running { written: w, .. } = s {
                 *w = written;

@@ -16,7 +16,9 @@
 //!   pooled buffers, `preadv2`); the sled index; the disk budget of fills; and the housekeeping
 //!   loop (access times, eviction under `max_size`). With `backend = "s3"`: the bucket
 //!   (`store::Bucket`), the tier logic (`store::Shared`) and `bucket_max_size`
-//!   (`store::bucket_lru`: access summaries, one evictor among the nodes).
+//!   (`store::bucket_lru`: access summaries, one evictor among the nodes); what the node kept while
+//!   the bucket was down waits in the index's backlog (`store::Backlog`) and is uploaded once it
+//!   answers again.
 //! - [`inflight`]: blob fills: one upstream download per blob and upstream, written through the
 //!   seam, followed by any number of readers (`inflight::FillReader`).
 //! - [`singleflight`]: one call per key at a time (manifest fetches, tag revalidations, tokens).
@@ -38,8 +40,9 @@
 //! `Upstream::get_blob`, writes through `BlobBackend::begin` / `BlobWrite::append` if the blob fits
 //! the disk budget (passing it through otherwise), and commits only after the digest checks out.
 //! With a shared bucket (`store::Shared`) the fill reads the bucket before the upstream, and a fill
-//! from the upstream is uploaded once it is verified (from the hot tier's file); manifests, tags and
-//! referrers lists missing here (or stale) are looked up in the bucket before the upstream.
+//! from the upstream is uploaded once it is verified and committed (from the hot tier's file; into
+//! the backlog if the bucket is down then); manifests, tags and referrers lists missing here (or
+//! stale) are looked up in the bucket before the upstream.
 //! A `tags/list` page is cut by the cache from what the upstream listed, which is remembered per
 //! repository (`Index::update_tag_list`, and the bucket) to cut the same pages while it is down.
 //! `store::spawn_housekeeping` writes access times and evicts in the background. Errors from any

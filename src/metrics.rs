@@ -243,6 +243,8 @@ pub struct Metrics {
     bucket_down: Gauge,
     bucket_evictions: Counter,
     bucket_evicted_bytes: Counter,
+    bucket_backlog: Gauge,
+    bucket_backlog_dropped: Counter,
 }
 
 /// An upload counted as running until it is dropped.
@@ -306,6 +308,18 @@ impl Metrics {
         registry.register("bucket_evictions", "Blobs this node evicted from the shared bucket to stay under bucket_max_size", bucket_evictions.clone());
         let bucket_evicted_bytes = Counter::default();
         registry.register("bucket_evicted_bytes", "Bytes this node evicted from the shared bucket to stay under bucket_max_size", bucket_evicted_bytes.clone());
+        let bucket_backlog = Gauge::default();
+        registry.register(
+            "bucket_backlog",
+            "Blobs, manifests, tag and referrers records this node keeps that wait to be written to the shared bucket (it was down)",
+            bucket_backlog.clone(),
+        );
+        let bucket_backlog_dropped = Counter::default();
+        registry.register(
+            "bucket_backlog_dropped",
+            "Backlog entries dropped unwritten because the backlog was full (the oldest go)",
+            bucket_backlog_dropped.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -326,6 +340,8 @@ impl Metrics {
             bucket_down,
             bucket_evictions,
             bucket_evicted_bytes,
+            bucket_backlog,
+            bucket_backlog_dropped,
         }
     }
 
@@ -367,6 +383,11 @@ impl Metrics {
         self.bucket_evicted_bytes.inc_by(bytes);
     }
 
+    /// A backlog entry was dropped unwritten: the backlog was full.
+    pub fn bucket_backlog_dropped(&self) {
+        self.bucket_backlog_dropped.inc();
+    }
+
     /// The bucket was marked down, or up again.
     pub fn bucket_down(&self, down: bool) {
         self.bucket_down.set(i64::from(down));
@@ -400,9 +421,10 @@ impl Metrics {
     }
 
     /// The text exposition, with the gauges read now.
-    pub fn render(&self, fills_running: usize, disk_bytes: u64) -> String {
+    pub fn render(&self, fills_running: usize, disk_bytes: u64, bucket_backlog: u64) -> String {
         self.fills.set(fills_running as i64);
         self.disk_bytes.set(disk_bytes as i64);
+        self.bucket_backlog.set(i64::try_from(bucket_backlog).unwrap_or(i64::MAX));
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -426,7 +448,7 @@ mod tests {
         for (route, outcome, line) in cases {
             let metrics = Metrics::new();
             metrics.request(route, 200, outcome, 10);
-            let text = metrics.render(0, 0);
+            let text = metrics.render(0, 0, 0);
             assert!(text.contains(line), "{route:?} {outcome:?}: {text}");
             let route_line = format!(r#"regcache_http_requests_total{{route="{}",status="200"}} 1"#, route.as_str());
             assert!(text.contains(&route_line), "{text}");

@@ -2,6 +2,7 @@
 //!
 //! - `it::access`: who may use the mirror: htpasswd Basic credentials and an address allow list.
 //! - `it::api`: the API's edges: validation, errors, ranges, tag lists, writes.
+//! - `it::backlog`: what a node kept while the bucket was down reaches it when it answers again, across a restart too.
 //! - `it::bucket`: the S3 bucket backend against a real SeaweedFS: parts, ranges, probe, clean-up, failures.
 //! - `it::budgets`: fills keep to their disk and time budgets; referrers lists count in `max_size`.
 //! - `it::cli`: the `regcache` binary: configuration errors, start-up, graceful shutdown.

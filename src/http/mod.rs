@@ -153,7 +153,8 @@ impl App {
             };
             let node = crate::store::bucket_lru::node_id(&config.data_dir)
                 .map_err(|source| crate::store::StoreError::Io { path: config.data_dir.join("node-id"), source })?;
-            let shared = crate::store::Shared::new(b, store.index.shared_sizes(), metrics.clone()).with_eviction(node, bucket_max_size);
+            let shared = crate::store::Shared::new(b, store.index.shared_sizes(), store.index.backlog().clone(), metrics.clone())
+                .with_eviction(node, bucket_max_size);
             store.shared = Some(Arc::new(shared));
         }
         let store = Arc::new(store);
@@ -260,7 +261,7 @@ impl App {
         match route {
             Route::Metrics => {
                 let store = self.cache.store();
-                let body = self.metrics.render(self.cache.fills().len(), store.index.used_bytes());
+                let body = self.metrics.render(self.cache.fills().len(), store.index.used_bytes(), store.index.backlog().len());
                 text(body, "text/plain; version=0.0.4; charset=utf-8")
             }
             _ => text("ok\n", "text/plain"),

@@ -1,11 +1,12 @@
 //! The store's background work: access times written to the index in batches, and eviction down
-//! to the low-water mark once an insert takes the store over `max_size`; with a shared bucket under
-//! `bucket_max_size`, this node's access summaries and, when it is the evictor, the bucket's
-//! eviction ([`super::bucket_lru`]).
+//! to the low-water mark once an insert takes the store over `max_size`; with a shared bucket, the
+//! drain of its backlog ([`super::backlog`]), and under `bucket_max_size` this node's access
+//! summaries and, when it is the evictor, the bucket's eviction ([`super::bucket_lru`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::backlog::{self, Drained};
 use super::bucket_lru::{EVICT_EVERY, SUMMARY_INTERVAL};
 use super::{Shared, Store, LOW_WATER};
 use crate::metrics::Metrics;
@@ -14,11 +15,14 @@ use crate::metrics::Metrics;
 const ACCESS_FLUSH: Duration = Duration::from_secs(30);
 
 /// Start the background work of a store: evict when an insert passes `max_size` (signalled on
-/// [`Store::pressure`]), and write access times every 30 s (`ACCESS_FLUSH`). Holds the store only
-/// weakly, so it ends once the server's store is gone.
+/// [`Store::pressure`]), write access times every 30 s (`ACCESS_FLUSH`), and with a shared bucket
+/// drain its backlog. Holds the store only weakly, so it ends once the server's store is gone.
 pub fn spawn_housekeeping(store: &Arc<Store>, metrics: Arc<Metrics>) {
-    if let Some(shared) = store.shared.as_ref().filter(|s| s.eviction().is_some()) {
-        spawn_bucket_housekeeping(shared);
+    if let Some(shared) = &store.shared {
+        spawn_backlog_drain(store, shared);
+        if shared.eviction().is_some() {
+            spawn_bucket_housekeeping(shared);
+        }
     }
     let weak = Arc::downgrade(store);
     let pressure = store.pressure.clone();
@@ -54,6 +58,28 @@ fn housekeep(store: &Store, metrics: &Metrics, evict: bool) {
         }
         Err(e) => tracing::error!(error = %e, "eviction failed"),
     }
+}
+
+/// Drain the bucket's backlog now (what a previous run left), and again whenever something is
+/// added to it or the bucket is marked up; while the bucket is down, once its retry time has come
+/// (one entry then tries it). Ends when the store is gone (dropping the bucket's client wakes it).
+fn spawn_backlog_drain(store: &Arc<Store>, shared: &Arc<Shared>) {
+    let weak = Arc::downgrade(store);
+    let kick = shared.backlogged();
+    tokio::spawn(async move {
+        loop {
+            match backlog::drain(&weak).await {
+                Drained::Gone => return,
+                Drained::Idle => kick.notified().await,
+                Drained::DownUntil(at) => {
+                    tokio::select! {
+                        () = kick.notified() => {}
+                        () = tokio::time::sleep_until(at.into()) => {}
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// This node's part in `bucket_max_size`, beside the requests (they only note accesses in memory):

@@ -19,6 +19,8 @@
 //!   written in) live only here: manifests are not in the blob directory, and which digest a tag
 //!   named (and when it was checked), what a referrers answer or a tag list said can only be learnt
 //!   again from upstream. Losing them loses what is served while upstream is down.
+//! - `backlog` (what the shared bucket should have and doesn't yet, [`super::backlog`]) lives only
+//!   here: losing it only costs the other nodes fetching those blobs from the upstream.
 //!
 //! sled makes each insert atomic; a tag list and its place in `tag_list_order` change together, in
 //! one transaction.
@@ -33,6 +35,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionResult, TransactionError, Transactional};
 
+use super::backlog::Backlog;
 use super::StoreError;
 use crate::oci::{Digest, ManifestKind, RepositoryName, Tag, MAX_TAG_LEN};
 use crate::sync::lock;
@@ -70,6 +73,7 @@ pub struct Index {
     // A std Mutex: held by one tag-list write (a few sled operations, no await), so the count, the
     // bytes and the order agree with the trees.
     tag_list_book: Mutex<TagListBook>,
+    backlog: Backlog,
     /// Bytes of blobs, manifests and referrers lists indexed, kept up to date by every insert and
     /// removal.
     used: AtomicU64,
@@ -352,6 +356,7 @@ impl Index {
         if let Some((place, _)) = tag_list_order.last().map_err(err)? {
             book.next = place_of(&place).unwrap_or(0).saturating_add(1);
         }
+        let backlog = db.open_tree("backlog").and_then(Backlog::open).map_err(err)?;
         let mut used = 0u64;
         for kv in blobs.iter() {
             let (_, v) = kv.map_err(err)?;
@@ -374,6 +379,7 @@ impl Index {
             tag_lists,
             tag_list_order,
             tag_list_book: Mutex::new(book),
+            backlog,
             used: AtomicU64::new(used),
         })
     }
@@ -400,6 +406,11 @@ impl Index {
     /// The sizes of blobs known to be in the shared bucket.
     pub fn shared_sizes(&self) -> SharedSizes {
         SharedSizes(self.shared.clone())
+    }
+
+    /// What waits for the shared bucket.
+    pub fn backlog(&self) -> &Backlog {
+        &self.backlog
     }
 
     /// Every indexed blob.

@@ -1,9 +1,11 @@
 //! Storage: the seam a blob store implements ([`BlobBackend`]) and its first implementation, the
 //! local directory ([`LocalBlobs`]: temporary file, verified, fsynced and renamed into a
 //! content-addressed path); reading stored blobs; the sled index of blobs, manifests, tags and tag
-//! lists; and the housekeeping that writes access times and evicts down to `max_size`.
+//! lists; and the housekeeping that writes access times and evicts down to `max_size`. With a shared bucket:
+//! the bucket, the tier logic, the bucket's eviction and the backlog of what it should have.
 
 mod backend;
+mod backlog;
 pub mod bucket;
 pub mod bucket_lru;
 mod budget;
@@ -16,9 +18,10 @@ mod read;
 mod shared;
 
 pub use backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, ReadAt, Records, SharedBackend};
+pub use backlog::{Backlog, Pending, Pushed};
 pub use bucket::{Bucket, BucketError};
 pub use local::LocalBlobs;
-pub use shared::{manifest_of_key, read_manifest_record, Shared, ANSWER_WITHIN, MAX_MANIFEST_RECORD, MAX_TAG_RECORD};
+pub use shared::{manifest_of_key, read_manifest_record, Shared, VerifiedFill, ANSWER_WITHIN, MAX_MANIFEST_RECORD, MAX_TAG_RECORD, RETRY};
 pub use budget::{Refused, Reservation, TempBudget};
 pub use check::{Reconciled, Verified};
 pub use evict::{Evicted, EvictedKind, InUse, Usage, LOW_WATER};

@@ -10,7 +10,10 @@
 //! The bucket may fail, hang or vanish: every request to it is bounded by the backend's timeout,
 //! and a failure marks it down ([`Health`]). While it is down nothing is asked of it: hits in the
 //! hot tier go on, misses go to the upstream and are kept locally. After [`RETRY`] the next request
-//! tries again, and the first success marks it up; new fills are uploaded again from then on.
+//! tries again, and the first success marks it up. What this node keeps meanwhile (a fill
+//! verified while the bucket is marked down, a record to write, or an upload or write that failed)
+//! waits in the backlog ([`super::backlog`], in the index) and is uploaded once the bucket answers
+//! again. Whether the bucket is down is asked when the fill is verified, not when it begins.
 //!
 //! Manifests (by digest, with their media type), what tags pointed at (per upstream, repository,
 //! tag and kind of answer, with when it was confirmed), referrers lists and the last tag list of
@@ -30,17 +33,19 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, Notify, Semaphore};
 
-use super::backend::{BlobBackend, BlobWrite, Opened, ReadAt, Records, SharedBackend};
+use super::backend::{BlobBackend, BlobRead, BlobWrite, Opened, ReadAt, Records, SharedBackend};
+use super::backlog::{Backlog, Pending, Pushed, MAX_ENTRIES};
 use super::bucket_lru::{self, BucketEviction, Clock, MAX_PENDING};
 use super::index::{ListedTags, SharedSizes, StoredManifest, TagAnswer, MAX_TAG_LIST_RECORD};
 use crate::metrics::{BucketOp, Metrics};
-use crate::oci::{Digest, ManifestKind, RepositoryName, Tag};
+use crate::oci::{Digest, Hasher, ManifestKind, RepositoryName, Tag};
 use crate::sync::lock;
 
 /// How long the bucket is left alone after a failure before a request tries it again.
@@ -49,8 +54,8 @@ pub const RETRY: Duration = Duration::from_secs(10);
 /// before it goes on without it; the bucket is then marked down. Shorter than the backend's own
 /// timeout, which bounds uploads and whole transfers.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(5);
-/// How many uploads run at once; more wait (they read the hot tier's file, so waiting holds no
-/// memory).
+/// How many uploads run at once, the backlog's included; more wait (they read the hot tier's file,
+/// so waiting holds no memory).
 const MAX_UPLOADS: usize = 8;
 /// How many bytes an upload reads from the hot tier at once.
 const UPLOAD_CHUNK: usize = 1024 * 1024;
@@ -69,6 +74,13 @@ pub struct Shared {
     sizes: SharedSizes,
     health: Health,
     uploads: Arc<Semaphore>,
+    /// What waits for the bucket.
+    backlog: Backlog,
+    /// Signalled when something is added to the backlog, when the bucket is marked up again, and
+    /// when this is dropped: the drain has work, or ends.
+    backlogged: Arc<Notify>,
+    /// Whether the backlog's being full was logged.
+    full_logged: AtomicBool,
     metrics: Arc<Metrics>,
     /// Set with [`Shared::with_eviction`]: this node takes part in keeping the bucket under a size.
     eviction: Option<Eviction>,
@@ -114,11 +126,43 @@ impl Health {
     fn succeeded(&self) -> bool {
         lock(&self.down_since).take().is_some()
     }
+
+    /// When a request may go to the bucket, if not now.
+    fn retry_at(&self) -> Option<Instant> {
+        lock(&self.down_since).map(|since| since + RETRY).filter(|at| *at > Instant::now())
+    }
+}
+
+/// Why something wasn't done in the bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotDone {
+    /// The bucket failed (it is marked down now): try again later.
+    Failed,
+    /// It can't be done, and trying again won't help: the bucket holds something unusable, or
+    /// this node's copy is gone, unreadable or corrupt.
+    Unusable,
+}
+
+/// What a fill tells the upload of its blob once it has verified the blob and tried to keep it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerifiedFill {
+    /// The blob's size.
+    pub size: u64,
+    /// Whether the hot tier keeps it (committed and indexed): only then can it wait in the backlog
+    /// while the bucket is down.
+    pub kept: bool,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The drain waits on this: it wakes, finds the store gone and ends.
+        self.backlogged.notify_one();
+    }
 }
 
 impl Shared {
-    /// The `bucket`, with the index's record of which blobs it holds.
-    pub fn new(bucket: Arc<dyn SharedBackend>, sizes: SharedSizes, metrics: Arc<Metrics>) -> Shared {
+    /// The `bucket`, with the index's record of which blobs it holds and its backlog.
+    pub fn new(bucket: Arc<dyn SharedBackend>, sizes: SharedSizes, backlog: Backlog, metrics: Arc<Metrics>) -> Shared {
         Shared {
             blobs: bucket.clone(),
             records: bucket.clone(),
@@ -127,6 +171,9 @@ impl Shared {
             sizes,
             health: Health::default(),
             uploads: Arc::new(Semaphore::new(MAX_UPLOADS)),
+            backlog,
+            backlogged: Arc::default(),
+            full_logged: AtomicBool::new(false),
             metrics,
             eviction: None,
             clock: Clock::default(),
@@ -262,9 +309,10 @@ impl Shared {
         }
     }
 
-    /// Write a verified manifest to the bucket, in the background.
+    /// Write a verified manifest to the bucket, in the background (later, from the index, if the
+    /// bucket is down).
     pub fn publish_manifest(self: &Arc<Self>, digest: &Digest, m: &StoredManifest) {
-        self.put_record(manifest_key(digest), manifest_record(m));
+        self.put_record(manifest_key(digest), manifest_record(m), Some(Pending::Manifest { digest: digest.clone() }));
     }
 
     /// What the bucket says `tag` (of `repo` on `upstream`) pointed at for clients asking for
@@ -274,11 +322,13 @@ impl Shared {
         serde_json::from_slice(&record).ok()
     }
 
-    /// Write what a tag pointed at to the bucket, in the background.
+    /// Write what a tag pointed at to the bucket, in the background (later, the index's answer
+    /// then, if the bucket is down).
     pub fn publish_tag(self: &Arc<Self>, upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind, answer: &TagAnswer) {
         // Serialising a digest and an integer cannot fail.
         if let Ok(v) = serde_json::to_vec(answer) {
-            self.put_record(tag_key(upstream, repo, tag, kind), v.into());
+            let later = Pending::Tag { upstream: upstream.to_owned(), repo: repo.clone(), tag: tag.clone(), kind };
+            self.put_record(tag_key(upstream, repo, tag, kind), v.into(), Some(later));
         }
     }
 
@@ -288,9 +338,11 @@ impl Shared {
         self.get_record(&referrers_key(upstream, repo, digest), max).await
     }
 
-    /// Write a referrers list the upstream gave to the bucket, in the background.
+    /// Write a referrers list the upstream gave to the bucket, in the background (later, from the
+    /// index, if the bucket is down).
     pub fn publish_referrers(self: &Arc<Self>, upstream: &str, repo: &RepositoryName, digest: &Digest, body: Bytes) {
-        self.put_record(referrers_key(upstream, repo, digest), body);
+        let later = Pending::Referrers { upstream: upstream.to_owned(), repo: repo.clone(), subject: digest.clone() };
+        self.put_record(referrers_key(upstream, repo, digest), body, Some(later));
     }
 
     /// The last tag list of `repo` on `upstream` some node wrote: for when the upstream can't be
@@ -306,7 +358,7 @@ impl Shared {
 
     /// Write a repository's tag list to the bucket, in the background.
     pub fn publish_tag_list(self: &Arc<Self>, upstream: &str, repo: &RepositoryName, list: &ListedTags) {
-        self.put_record(tag_list_key(upstream, repo), list.to_record().into());
+        self.put_record(tag_list_key(upstream, repo), list.to_record().into(), None);
     }
 
     async fn get_record(&self, key: &str, max: usize) -> Option<Bytes> {
@@ -316,8 +368,14 @@ impl Shared {
         self.outcome(BucketOp::GetRecord, answered(self.records.get(key, max)).await)?
     }
 
-    fn put_record(self: &Arc<Self>, key: String, value: Bytes) {
+    /// Write the record `key` in the background; if the bucket is down or the write fails,
+    /// `later` (if any) waits in the backlog. A tag list has none: it is written again with the
+    /// next listing the upstream answers.
+    fn put_record(self: &Arc<Self>, key: String, value: Bytes, later: Option<Pending>) {
         if !self.health.available() {
+            if let Some(later) = &later {
+                self.keep_for_later(later);
+            }
             return;
         }
         let Ok(permit) = self.record_writes.clone().try_acquire_owned() else {
@@ -328,8 +386,100 @@ impl Shared {
         tokio::spawn(async move {
             let _permit = permit;
             let written = shared.records.put(&key, value).await;
-            shared.outcome(BucketOp::PutRecord, written);
+            if shared.attempt(BucketOp::PutRecord, written) == Err(NotDone::Failed) {
+                if let Some(later) = &later {
+                    shared.keep_for_later(later);
+                }
+            }
         });
+    }
+
+    /// Put `pending` in the backlog, for when the bucket answers again.
+    fn keep_for_later(&self, pending: &Pending) {
+        match self.backlog.push(pending) {
+            Ok(Pushed::Queued) => tracing::debug!(?pending, "kept for the bucket's return"),
+            Ok(Pushed::Already) => return,
+            Ok(Pushed::DroppedOldest) => {
+                self.metrics.bucket_backlog_dropped();
+                if !self.full_logged.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        max = MAX_ENTRIES,
+                        "the bucket's backlog is full: its oldest entries are dropped and won't reach the bucket from this node"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(?pending, error = %e, "keeping something for the bucket's return failed; it won't reach the bucket from this node");
+                return;
+            }
+        }
+        self.backlogged.notify_one();
+    }
+
+    /// What waits for the bucket.
+    pub(super) fn backlog(&self) -> &Backlog {
+        &self.backlog
+    }
+
+    /// Signalled when the backlog may have work: something was added, the bucket was marked up,
+    /// or this is gone.
+    pub(super) fn backlogged(&self) -> Arc<Notify> {
+        self.backlogged.clone()
+    }
+
+    /// The permits of the uploads running at once.
+    pub(super) fn upload_permits(&self) -> Arc<Semaphore> {
+        self.uploads.clone()
+    }
+
+    /// When a request may go to the bucket, if not now (it is down).
+    pub(super) fn retry_at(&self) -> Option<Instant> {
+        self.health.retry_at()
+    }
+
+    /// Upload the blob `digest` of `size` bytes from the hot tier's copy (`stored`, read whole),
+    /// hashing it again on the way (the commit happens only if it is still the blob), unless the
+    /// bucket has it already. The caller holds one of [`Shared::upload_permits`].
+    pub(super) async fn upload_stored(&self, digest: &Digest, size: u64, stored: Box<dyn BlobRead>) -> Result<(), NotDone> {
+        if matches!(self.sizes.get(digest), Ok(Some(_))) {
+            return Ok(());
+        }
+        if let Some(there) = self.attempt(BucketOp::Head, answered(self.blobs.stat(digest)).await)? {
+            self.remember(digest, there);
+            return Ok(());
+        }
+        self.upload_now(digest, size, Source::Stored { reader: stored, hasher: Some(Box::new(Hasher::new(digest.algorithm()))) }).await
+    }
+
+    /// Write the record of manifest `digest` now.
+    pub(super) async fn write_manifest(&self, digest: &Digest, m: &StoredManifest) -> Result<(), NotDone> {
+        let written = self.records.put(&manifest_key(digest), manifest_record(m)).await;
+        self.attempt(BucketOp::PutRecord, written)
+    }
+
+    /// Write what a tag pointed at now, unless the bucket's answer was confirmed as late or later
+    /// (another node may have written a newer one while this one waited).
+    pub(super) async fn write_tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind, ours: &TagAnswer) -> Result<(), NotDone> {
+        let key = tag_key(upstream, repo, tag, kind);
+        let theirs = match self.attempt(BucketOp::GetRecord, answered(self.records.get(&key, MAX_TAG_RECORD)).await) {
+            Ok(record) => record.and_then(|r| serde_json::from_slice::<TagAnswer>(&r).ok()),
+            // Too large to be a tag record: ours replaces it.
+            Err(NotDone::Unusable) => None,
+            Err(NotDone::Failed) => return Err(NotDone::Failed),
+        };
+        if theirs.is_some_and(|t| t.checked_at >= ours.checked_at) {
+            return Ok(());
+        }
+        // Serialising a digest and an integer cannot fail.
+        let value = serde_json::to_vec(ours).unwrap_or_default();
+        let written = self.records.put(&key, value.into()).await;
+        self.attempt(BucketOp::PutRecord, written)
+    }
+
+    /// Write a referrers list now.
+    pub(super) async fn write_referrers(&self, upstream: &str, repo: &RepositoryName, subject: &Digest, body: Bytes) -> Result<(), NotDone> {
+        let written = self.records.put(&referrers_key(upstream, repo, subject), body).await;
+        self.attempt(BucketOp::PutRecord, written)
     }
 
     /// Whether the bucket is marked down.
@@ -392,47 +542,70 @@ impl Shared {
     }
 
     /// Upload the blob `digest` that a fill is writing to the hot tier, once it is verified:
-    /// `verified` gives its size when the fill's digest checked out (dropped unsent: the fill failed
-    /// or stopped storing, nothing is uploaded); `written` reads the fill's file. Nothing happens
-    /// while the bucket is down, or when it is known to have the blob already. The upload's task,
-    /// if any.
+    /// `verified` says so, with its size and whether the hot tier keeps it (dropped unsent: the
+    /// fill failed or stopped storing, nothing is uploaded); `written` reads the fill's file.
+    /// Whether the bucket is down is asked then: if it is (or the upload fails), a blob the hot
+    /// tier keeps waits in the backlog. Nothing happens when the bucket is known to have the blob
+    /// already. The upload's task, if any.
     pub fn spawn_upload(
         self: &Arc<Self>,
         digest: &Digest,
         written: Box<dyn ReadAt>,
-        verified: oneshot::Receiver<u64>,
+        verified: oneshot::Receiver<VerifiedFill>,
     ) -> Option<tokio::task::JoinHandle<()>> {
-        if !self.health.available() || matches!(self.sizes.get(digest), Ok(Some(_))) {
+        if matches!(self.sizes.get(digest), Ok(Some(_))) {
             return None;
         }
         let (shared, digest) = (Arc::clone(self), digest.clone());
         Some(tokio::spawn(async move {
-            let Ok(size) = verified.await else { return };
-            if !shared.health.available() {
-                return;
-            }
-            let Ok(_permit) = shared.uploads.clone().acquire_owned().await else { return };
-            let _running = shared.metrics.upload_started();
-            let writer = match shared.blobs.begin(&digest, Some(size)).await {
-                Ok(w) => w,
-                Err(e) => {
-                    shared.outcome::<()>(BucketOp::Upload, Err(e));
-                    return;
+            let Ok(VerifiedFill { size, kept }) = verified.await else { return };
+            let later = || {
+                if kept {
+                    shared.keep_for_later(&Pending::Blob { digest: digest.clone(), size });
                 }
             };
-            match upload(writer, written, size).await {
-                Ok(()) => {
-                    shared.outcome(BucketOp::Upload, Ok(()));
-                    shared.metrics.bucket_written(size);
-                    shared.remember(&digest, size);
-                    tracing::info!(%digest, size, "blob uploaded to the bucket");
-                }
-                Err(e) => {
-                    shared.metrics.upload_aborted();
-                    shared.outcome::<()>(BucketOp::Upload, Err(e));
-                }
+            if !shared.health.available() {
+                return later();
+            }
+            let Ok(_permit) = shared.uploads.clone().acquire_owned().await else { return };
+            // It may have failed while this upload waited for its turn.
+            if !shared.health.available() {
+                return later();
+            }
+            if shared.upload_now(&digest, size, Source::Fill(written)).await == Err(NotDone::Failed) {
+                later();
             }
         }))
+    }
+
+    /// Upload the blob `digest` of `size` bytes from `source` now; the caller holds one of
+    /// [`Shared::upload_permits`].
+    async fn upload_now(&self, digest: &Digest, size: u64, source: Source) -> Result<(), NotDone> {
+        let _running = self.metrics.upload_started();
+        let writer = match self.blobs.begin(digest, Some(size)).await {
+            Ok(w) => w,
+            Err(e) => return self.attempt(BucketOp::Upload, Err(e)),
+        };
+        match upload(writer, source, size, digest).await {
+            Ok(()) => {
+                self.attempt(BucketOp::Upload, Ok(()))?;
+                self.metrics.bucket_written(size);
+                self.remember(digest, size);
+                tracing::info!(%digest, size, "blob uploaded to the bucket");
+                Ok(())
+            }
+            Err(Cut::Bucket(e)) => {
+                self.metrics.upload_aborted();
+                self.attempt(BucketOp::Upload, Err(e))
+            }
+            // This node's copy, not the bucket: nothing to try again.
+            Err(Cut::Source(e)) => {
+                self.metrics.upload_aborted();
+                self.metrics.bucket_operation(BucketOp::Upload, false);
+                tracing::error!(%digest, error = %e, "reading the blob to upload failed; not uploaded");
+                Err(NotDone::Unusable)
+            }
+        }
     }
 
     fn remember(&self, digest: &Digest, size: u64) {
@@ -444,31 +617,92 @@ impl Shared {
     /// Count a bucket request and mark the bucket up or down by its result; the value if it
     /// succeeded.
     fn outcome<T>(&self, op: BucketOp, result: io::Result<T>) -> Option<T> {
+        self.attempt(op, result).ok()
+    }
+
+    /// [`Shared::outcome`], saying why there is no value.
+    fn attempt<T>(&self, op: BucketOp, result: io::Result<T>) -> Result<T, NotDone> {
         self.metrics.bucket_operation(op, result.is_ok());
         match result {
             Ok(v) => {
                 if self.health.succeeded() {
-                    tracing::warn!("the bucket answers again; reading from and uploading to it");
+                    tracing::warn!(backlog = self.backlog.len(), "the bucket answers again; reading from and uploading to it, and uploading its backlog");
                     self.metrics.bucket_down(false);
+                    self.backlogged.notify_one();
                 }
-                Some(v)
+                Ok(v)
             }
             // Something the bucket holds is wrong (a record too large): not the bucket failing.
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 tracing::warn!(operation = op.as_str(), error = %e, "the bucket holds something unusable; ignored");
-                None
+                Err(NotDone::Unusable)
             }
             Err(e) => {
                 if self.health.failed() {
-                    tracing::error!(operation = op.as_str(), error = %e, "the bucket failed; serving from the hot tier and the upstream without it (retried in {RETRY:?})");
+                    tracing::error!(operation = op.as_str(), error = %e, "the bucket failed; serving from the hot tier and the upstream without it, keeping what it should have for later (retried in {RETRY:?})");
                     self.metrics.bucket_down(true);
                 } else {
                     tracing::debug!(operation = op.as_str(), error = %e, "the bucket failed again");
                 }
-                None
+                Err(NotDone::Failed)
             }
         }
     }
+}
+
+/// Where an upload's bytes come from.
+enum Source {
+    /// The fill's write, which the fill has verified.
+    Fill(Box<dyn ReadAt>),
+    /// The hot tier's stored copy, read whole: verified when it was stored, hashed again as it is
+    /// read because it has sat on disk since.
+    Stored { reader: Box<dyn BlobRead>, hasher: Option<Box<Hasher>> },
+}
+
+impl Source {
+    /// Up to `n` bytes from `pos` (the position after everything returned so far); empty at the
+    /// end.
+    async fn read(&mut self, pos: u64, n: usize) -> io::Result<Bytes> {
+        match self {
+            Source::Fill(written) => written.read_at(pos, n).await,
+            Source::Stored { reader, hasher } => {
+                let Some(chunk) = reader.next_chunk().await.transpose()? else { return Ok(Bytes::new()) };
+                let (h, hashed) = (hasher.take(), chunk.clone());
+                let h = tokio::task::spawn_blocking(move || {
+                    h.map(|mut h| {
+                        h.update(&hashed);
+                        h
+                    })
+                })
+                .await
+                .map_err(io::Error::other)?;
+                *hasher = h;
+                Ok(chunk)
+            }
+        }
+    }
+
+    /// Whether the bytes read are `digest`'s (the fill's were checked by the fill).
+    fn check(self, digest: &Digest) -> io::Result<()> {
+        match self {
+            Source::Fill(_) => Ok(()),
+            Source::Stored { hasher, .. } => match hasher.map(|h| h.finish()) {
+                Some(got) if got == *digest => Ok(()),
+                got => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the hot tier's copy has digest {}", got.map_or_else(|| "unknown".into(), |g| g.to_string())),
+                )),
+            },
+        }
+    }
+}
+
+/// Why an upload was cut.
+enum Cut {
+    /// The bucket failed.
+    Bucket(io::Error),
+    /// Reading (or checking) what was to be uploaded failed.
+    Source(io::Error),
 }
 
 /// `request`'s result, or a timeout error if the bucket doesn't answer within [`ANSWER_WITHIN`].
@@ -479,25 +713,26 @@ async fn answered<T>(request: impl std::future::Future<Output = io::Result<T>>) 
     }
 }
 
-/// Copy the verified blob of `size` bytes from the hot tier's file (`written`) into `writer` and
-/// commit it; on any failure the write is aborted.
-async fn upload(mut writer: Box<dyn BlobWrite>, mut written: Box<dyn ReadAt>, size: u64) -> io::Result<()> {
+/// Copy the blob `digest` of `size` bytes from `source` into `writer` and commit it once the
+/// source says the bytes are the blob's; on any failure the write is aborted.
+async fn upload(mut writer: Box<dyn BlobWrite>, mut source: Source, size: u64, digest: &Digest) -> Result<(), Cut> {
     let copied = async {
         let mut pos = 0u64;
         while pos < size {
             let n = usize::try_from(size - pos).unwrap_or(usize::MAX).min(UPLOAD_CHUNK);
-            let bytes = written.read_at(pos, n).await?;
-            if bytes.is_empty() {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the hot tier's file ended early"));
-            }
-            pos += bytes.len() as u64;
-            writer.append(&[bytes]).await?;
+            let bytes = source.read(pos, n).await.map_err(Cut::Source)?;
+            let end = pos.checked_add(bytes.len() as u64).filter(|end| *end <= size);
+            let Some(end) = end.filter(|_| !bytes.is_empty()) else {
+                return Err(Cut::Source(io::Error::new(io::ErrorKind::UnexpectedEof, "the hot tier's file is not the blob's size")));
+            };
+            pos = end;
+            writer.append(&[bytes]).await.map_err(Cut::Bucket)?;
         }
-        Ok(())
+        source.check(digest).map_err(Cut::Source)
     }
     .await;
     match copied {
-        Ok(()) => writer.commit().await,
+        Ok(()) => writer.commit().await.map_err(Cut::Bucket),
         Err(e) => {
             writer.abort().await;
             Err(e)
@@ -564,7 +799,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("node")).unwrap();
         let bucket = Arc::new(LocalBlobs::at(&dir.path().join("bucket")).unwrap());
-        let shared = Arc::new(Shared::new(bucket.clone(), store.index.shared_sizes(), Arc::new(Metrics::new())));
+        let shared = Arc::new(Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), Arc::new(Metrics::new())));
         (dir, store, bucket, shared)
     }
 
@@ -581,7 +816,7 @@ mod tests {
         store: &Store,
         shared: &Arc<Shared>,
         bytes: &[u8],
-    ) -> (Digest, Box<dyn BlobWrite>, oneshot::Sender<u64>, tokio::task::JoinHandle<()>) {
+    ) -> (Digest, Box<dyn BlobWrite>, oneshot::Sender<VerifiedFill>, tokio::task::JoinHandle<()>) {
         let digest = Digest::sha256_of(bytes);
         let mut w = store.blobs.begin(&digest, Some(bytes.len() as u64)).await.unwrap();
         let (tx, rx) = oneshot::channel();
@@ -609,8 +844,8 @@ mod tests {
         assert!(!task.is_finished());
         assert_eq!(std::fs::read_dir(dir.path().join("bucket/tmp")).unwrap().count(), 0, "nothing begun in the bucket");
         assert_eq!(bucket.stat(&digest).await.unwrap(), None);
-        tx.send(bytes.len() as u64).unwrap();
         w.commit().await.unwrap();
+        tx.send(VerifiedFill { size: bytes.len() as u64, kept: true }).unwrap();
         upload_done(task).await;
         let opened = bucket.open(&digest, 0..bytes.len() as u64).await.unwrap().expect("uploaded");
         assert_eq!(read_all(opened.reader).await, bytes);
@@ -662,8 +897,8 @@ mod tests {
         let (_dir, store, bucket, shared) = setup();
         let bytes = b"once in the bucket".to_vec();
         let (digest, w, tx, task) = write_and_follow(&store, &shared, &bytes).await;
-        tx.send(bytes.len() as u64).unwrap();
         w.commit().await.unwrap();
+        tx.send(VerifiedFill { size: bytes.len() as u64, kept: true }).unwrap();
         upload_done(task).await;
         assert_eq!(shared.size(&digest).await, Some(bytes.len() as u64));
         bucket.remove(&digest).await.unwrap();
@@ -690,7 +925,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("node")).unwrap();
         let bucket = Arc::new(LocalBlobs::at(&dir.path().join("bucket")).unwrap());
-        let shared = Shared::new(bucket.clone(), store.index.shared_sizes(), Arc::new(Metrics::new()))
+        let shared = Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), Arc::new(Metrics::new()))
             .with_eviction("n1".into(), Some(1000));
         let (one, two) = (Digest::sha256_of(b"one"), Digest::sha256_of(b"two"));
         shared.touch(&one);
@@ -719,7 +954,7 @@ mod tests {
         shared.publish_accesses().await;
         assert_eq!(bucket.list_records("access").await.unwrap().len(), 1);
         // Without bucket_max_size nothing is noted.
-        let unlimited = Shared::new(bucket.clone(), store.index.shared_sizes(), Arc::new(Metrics::new())).with_eviction("n2".into(), None);
+        let unlimited = Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), Arc::new(Metrics::new())).with_eviction("n2".into(), None);
         unlimited.touch(&Digest::sha256_of(b"three"));
         unlimited.publish_accesses().await;
         assert!(unlimited.evict_round().await.is_none());

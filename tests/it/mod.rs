@@ -1,5 +1,6 @@
 pub mod access;
 pub mod api;
+pub mod backlog;
 pub mod bucket;
 pub mod bucket_admin;
 pub mod budgets;

