@@ -212,17 +212,6 @@ impl Fill {
         }
     }
 
-    /// Wait for the fill to finish: the blob's size.
-    pub async fn finished(&self) -> Result<u64, FillError> {
-        let mut rx = self.state.subscribe();
-        let state = rx.wait_for(|s| matches!(s, FillState::Done { .. } | FillState::Failed(_))).await.map(|s| s.clone());
-        match state {
-            Ok(FillState::Done { size }) => Ok(size),
-            Ok(FillState::Failed(e)) => Err(e),
-            _ => Err(FillError::Disk("fill vanished".into())),
-        }
-    }
-
     /// Wait for this fill's verdict, for a request that may be answered with verified bytes only
     /// (a range: a client can't check part of a blob against its digest, so it would keep wrong
     /// bytes): [`Verdict::Verified`] once the digest checked out, with the bytes in the fill's file;

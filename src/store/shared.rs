@@ -448,7 +448,7 @@ impl Shared {
             self.remember(digest, there);
             return Ok(());
         }
-        self.upload_now(digest, size, Source::Stored { reader: stored, hasher: Some(Box::new(Hasher::new(digest.algorithm()))) }).await
+        self.upload_now(digest, size, UploadFrom::Stored { reader: stored, hasher: Some(Box::new(Hasher::new(digest.algorithm()))) }).await
     }
 
     /// Write the record of manifest `digest` now.
@@ -572,7 +572,7 @@ impl Shared {
             if !shared.health.available() {
                 return later();
             }
-            if shared.upload_now(&digest, size, Source::Fill(written)).await == Err(NotDone::Failed) {
+            if shared.upload_now(&digest, size, UploadFrom::Fill(written)).await == Err(NotDone::Failed) {
                 later();
             }
         }))
@@ -580,7 +580,7 @@ impl Shared {
 
     /// Upload the blob `digest` of `size` bytes from `source` now; the caller holds one of
     /// [`Shared::upload_permits`].
-    async fn upload_now(&self, digest: &Digest, size: u64, source: Source) -> Result<(), NotDone> {
+    async fn upload_now(&self, digest: &Digest, size: u64, source: UploadFrom) -> Result<(), NotDone> {
         let _running = self.metrics.upload_started();
         let writer = match self.blobs.begin(digest, Some(size)).await {
             Ok(w) => w,
@@ -651,7 +651,7 @@ impl Shared {
 }
 
 /// Where an upload's bytes come from.
-enum Source {
+enum UploadFrom {
     /// The fill's write, which the fill has verified.
     Fill(Box<dyn ReadAt>),
     /// The hot tier's stored copy, read whole: verified when it was stored, hashed again as it is
@@ -659,13 +659,13 @@ enum Source {
     Stored { reader: Box<dyn BlobRead>, hasher: Option<Box<Hasher>> },
 }
 
-impl Source {
+impl UploadFrom {
     /// Up to `n` bytes from `pos` (the position after everything returned so far); empty at the
     /// end.
     async fn read(&mut self, pos: u64, n: usize) -> io::Result<Bytes> {
         match self {
-            Source::Fill(written) => written.read_at(pos, n).await,
-            Source::Stored { reader, hasher } => {
+            UploadFrom::Fill(written) => written.read_at(pos, n).await,
+            UploadFrom::Stored { reader, hasher } => {
                 let Some(chunk) = reader.next_chunk().await.transpose()? else { return Ok(Bytes::new()) };
                 let (h, hashed) = (hasher.take(), chunk.clone());
                 let h = tokio::task::spawn_blocking(move || {
@@ -685,8 +685,8 @@ impl Source {
     /// Whether the bytes read are `digest`'s (the fill's were checked by the fill).
     fn check(self, digest: &Digest) -> io::Result<()> {
         match self {
-            Source::Fill(_) => Ok(()),
-            Source::Stored { hasher, .. } => match hasher.map(|h| h.finish()) {
+            UploadFrom::Fill(_) => Ok(()),
+            UploadFrom::Stored { hasher, .. } => match hasher.map(|h| h.finish()) {
                 Some(got) if got == *digest => Ok(()),
                 got => Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -715,7 +715,7 @@ async fn answered<T>(request: impl std::future::Future<Output = io::Result<T>>) 
 
 /// Copy the blob `digest` of `size` bytes from `source` into `writer` and commit it once the
 /// source says the bytes are the blob's; on any failure the write is aborted.
-async fn upload(mut writer: Box<dyn BlobWrite>, mut source: Source, size: u64, digest: &Digest) -> Result<(), Cut> {
+async fn upload(mut writer: Box<dyn BlobWrite>, mut source: UploadFrom, size: u64, digest: &Digest) -> Result<(), Cut> {
     let copied = async {
         let mut pos = 0u64;
         while pos < size {

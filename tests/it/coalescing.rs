@@ -4,12 +4,9 @@
 //! depends on requests overlapping, the fake upstream holds its answer (`Fault::Hold`) until every
 //! request has joined, so the counts are exact without timing.
 
-use crate::it::mirror::{error_code, eventually, spawn_get, spawn_range, Mirror, Options};
+use crate::it::mirror::{error_code, eventually, spawn_get, spawn_range, Mirror, Options, PROMPTLY};
 use crate::support::fake_registry::{Fault, FakeRegistry};
 use crate::support::images;
-
-/// How long a test waits for something that happens at once when regcache is right.
-const PROMPTLY: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_cold_requests_make_one_upstream_fetch() {

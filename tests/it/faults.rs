@@ -1,9 +1,6 @@
 //! Faults a real registry can't produce on demand: wrong bytes, cuts, outages, hangs, 429.
 
-use crate::it::mirror::{error_code, eventually, spawn_get, spawn_range, Mirror, Options};
-
-/// How long a test waits for something that happens at once when regcache is right.
-const PROMPTLY: std::time::Duration = std::time::Duration::from_secs(10);
+use crate::it::mirror::{error_code, eventually, spawn_get, spawn_range, Mirror, Options, PROMPTLY};
 use crate::support::fake_registry::{Fault, FakeRegistry, RATE_LIMIT_MESSAGE};
 use crate::support::images;
 
@@ -27,16 +24,22 @@ async fn wrong_bytes_are_never_served_as_good_nor_stored() {
     m.wait_stored(&layer.digest).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_range_joining_a_fill_of_wrong_bytes_is_never_a_206_of_them() {
+/// A mirror of a 1 MB layer whose CDN sends wrong bytes, gated: the first 300 kB arrive, the rest
+/// (and so the fill's verdict) waits for `release_held`. The layer's blob URL on the mirror.
+async fn wrong_bytes_held() -> (FakeRegistry, images::Content, Mirror, String) {
     let reg = FakeRegistry::start().await;
     let image = images::schema2_image(&reg, "library/alpine", "3", 1, 1_000_000);
     let layer = image.layers[0].clone();
     let m = Mirror::start(&reg).await;
-    // Wrong bytes, gated: the first 300 kB arrive, the rest (and so the verdict) waits for the test.
     reg.set_fault(Fault::CorruptBlobs);
     reg.set_fault(Fault::HoldBlobsAfter { bytes: 300_000, path_contains: layer.digest.clone() });
     let url = format!("{}/v2/alpine/blobs/{}", m.url, layer.digest);
+    (reg, layer, m, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_joining_a_fill_of_wrong_bytes_is_never_a_206_of_them() {
+    let (reg, layer, m, url) = wrong_bytes_held().await;
     let full = tokio::spawn(Mirror::client().get(url.clone()).send());
     eventually("the fill is under way", || m.tmp_bytes() >= 300_000).await;
     // Its range has arrived in full, unverified.
@@ -62,13 +65,7 @@ async fn a_range_joining_a_fill_of_wrong_bytes_is_never_a_206_of_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_that_starts_a_fill_is_answered_only_with_verified_bytes() {
-    let reg = FakeRegistry::start().await;
-    let image = images::schema2_image(&reg, "library/alpine", "3", 1, 1_000_000);
-    let layer = image.layers[0].clone();
-    let m = Mirror::start(&reg).await;
-    reg.set_fault(Fault::CorruptBlobs);
-    reg.set_fault(Fault::HoldBlobsAfter { bytes: 300_000, path_contains: layer.digest.clone() });
-    let url = format!("{}/v2/alpine/blobs/{}", m.url, layer.digest);
+    let (reg, layer, m, url) = wrong_bytes_held().await;
     let range = spawn_range(&m.fills, &url, &layer.digest, "bytes=200000-299999");
     eventually("the range's fill is under way", || m.tmp_bytes() >= 300_000 || range.is_finished()).await;
     reg.release_held();

@@ -243,14 +243,17 @@ pub fn spawn_range(fills: &Arc<Fills>, url: &str, digest: &str, range: &str) -> 
     let digest: regcache::oci::Digest = digest.parse().expect("a digest");
     tokio::spawn(async move {
         let resp = Mirror::client().get(url).header("range", range).send().await.expect("response headers");
-        // `finished` answers at once when the fill is done or failed.
-        let before_the_verdict = fills.get("docker.io", &digest).is_some_and(|f| f.finished().now_or_never().is_none());
+        // `verified` answers at once when the fill has its verdict.
+        let before_the_verdict = fills.get("docker.io", &digest).is_some_and(|f| f.verified().now_or_never().is_none());
         let status = resp.status().as_u16();
         let content_range = resp.headers().get("content-range").map(|v| v.to_str().expect("ASCII").to_owned());
         let body = resp.bytes().await.map(|b| b.to_vec()).map_err(|e| e.to_string());
         RangeAnswer { status, content_range, body, before_the_verdict }
     })
 }
+
+/// How long a test waits for something that happens at once when regcache is right.
+pub const PROMPTLY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Wait (bounded) for a condition that another task makes true.
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
