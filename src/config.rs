@@ -41,6 +41,7 @@ struct RawConfig {
     access: Option<RawAccess>,
     fills: Option<RawFills>,
     storage: Option<RawStorage>,
+    fleet: Option<crate::fleet::RawFleet>,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
 }
@@ -139,6 +140,8 @@ pub struct Config {
     pub fills: FillBudget,
     /// Where blobs are kept besides the data directory (`[storage]`).
     pub storage: Storage,
+    /// The fleet this node is a member of (`[fleet]`), if any.
+    pub fleet: Option<crate::fleet::FleetSettings>,
     /// The upstream registries; the first serves plain `/v2/<name>/…` requests.
     pub upstreams: Vec<UpstreamConfig>,
 }
@@ -484,6 +487,9 @@ impl Config {
             humantime::format_duration(f.rate_window),
         ));
         s.push_str(&self.storage.describe());
+        if let Some(fleet) = &self.fleet {
+            s.push_str(&fleet.describe());
+        }
         for u in &self.upstreams {
             s.push_str(&u.describe());
         }
@@ -552,6 +558,11 @@ fn resolve(raw: RawConfig, over: &Overrides, base: &Path) -> Result<Config, Conf
     };
     let fills = resolve_fills(raw.fills.unwrap_or_default(), max_size)?;
     let storage = resolve_storage(raw.storage.unwrap_or_default(), base)?;
+    let fleet = raw
+        .fleet
+        .map(|f| crate::fleet::FleetSettings::resolve(f, listen, base))
+        .transpose()
+        .map_err(|e| ConfigError(format!("fleet: {e}")))?;
 
     let mut raws = raw.upstream;
     if raws.is_empty() {
@@ -580,7 +591,7 @@ fn resolve(raw: RawConfig, over: &Overrides, base: &Path) -> Result<Config, Conf
             return Err(ConfigError(format!("upstream {:?} is configured twice", u.name)));
         }
     }
-    Ok(Config { listen, data_dir, max_size, admin_listen, connections, tls, access, fills, storage, upstreams })
+    Ok(Config { listen, data_dir, max_size, admin_listen, connections, tls, access, fills, storage, fleet, upstreams })
 }
 
 /// `[storage]`: `backend = "local"` takes no other key; `"s3"` needs `bucket`.

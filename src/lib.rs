@@ -53,6 +53,7 @@ pub mod access;
 pub mod admin;
 pub mod cache;
 pub mod config;
+pub mod fleet;
 pub mod http;
 pub mod inflight;
 pub mod metrics;

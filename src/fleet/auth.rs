@@ -1,0 +1,79 @@
+//! The member-to-member API's headers, and who may use it: a request must carry the fleet's
+//! secret ([`SECRET_HEADER`]).
+
+use http::HeaderMap;
+
+use super::settings::Secret;
+use crate::oci::Blame;
+
+/// The fleet's secret, on every member-to-member request.
+pub const SECRET_HEADER: &str = "x-regcache-fleet-secret";
+/// Marks a request from a member: its answer is never asked of another member (no loops).
+pub const HOP_HEADER: &str = "x-regcache-fleet-hop";
+/// The upstream (its configured name) a blob is fetched from.
+pub const UPSTREAM_HEADER: &str = "x-regcache-upstream";
+/// The repository a blob is fetched from, as the client named it.
+pub const REPOSITORY_HEADER: &str = "x-regcache-repository";
+/// The client's request id, passed on so the owner's log lines carry it.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The longest request id passed on or logged.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Why a member-to-member request is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No secret: 401.
+    #[error("the fleet's secret is required")]
+    Missing,
+    /// A wrong secret: 403.
+    #[error("wrong fleet secret")]
+    Wrong,
+}
+
+impl Refusal {
+    /// Always the asker's doing.
+    pub fn blame(&self) -> Blame {
+        Blame::Client
+    }
+}
+
+/// Whether `headers` carry `secret`.
+pub fn check(secret: &Secret, headers: &HeaderMap) -> Result<(), Refusal> {
+    match headers.get(SECRET_HEADER) {
+        None => Err(Refusal::Missing),
+        Some(v) if secret.matches(v.as_bytes()) => Ok(()),
+        Some(_) => Err(Refusal::Wrong),
+    }
+}
+
+/// The request id in `headers`, if it is one worth logging and passing on: printable ASCII, not
+/// too long.
+pub fn request_id(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(REQUEST_ID_HEADER)?.to_str().ok()?;
+    (!v.is_empty() && v.len() <= MAX_REQUEST_ID && v.bytes().all(|b| b.is_ascii_graphic())).then(|| v.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn secrets_and_request_ids() {
+        let secret = Secret::new("s3cret").unwrap();
+        let with = |name: &'static str, v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        assert_eq!(check(&secret, &HeaderMap::new()), Err(Refusal::Missing));
+        assert_eq!(check(&secret, &with(SECRET_HEADER, "s3cre")), Err(Refusal::Wrong));
+        assert_eq!(check(&secret, &with(SECRET_HEADER, "")), Err(Refusal::Wrong));
+        assert_eq!(check(&secret, &with(SECRET_HEADER, "s3cret")), Ok(()));
+        assert_eq!(request_id(&with(REQUEST_ID_HEADER, "abc-123")).as_deref(), Some("abc-123"));
+        assert_eq!(request_id(&with(REQUEST_ID_HEADER, "a b")), None);
+        assert_eq!(request_id(&with(REQUEST_ID_HEADER, &"x".repeat(129))), None);
+        assert_eq!(request_id(&HeaderMap::new()), None);
+    }
+}

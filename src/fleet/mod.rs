@@ -1,0 +1,48 @@
+//! A fleet: several regcache nodes that fetch each blob from the upstream once between them.
+//!
+//! Every blob has an owner among the members that are up, by rendezvous hashing of its digest
+//! ([`hrw`], pinned as protocol). A node that misses a blob (not in its hot tier, not in the
+//! bucket) and is not its owner asks the owner over the member-to-member API (`/_fleet/` on the
+//! main listener, refused without the fleet's secret, [`auth`]); the owner joins or starts its
+//! normal fill and streams the bytes as they arrive. Who the members are and which are up is
+//! [`members`]' business (static `peers`, or `peers_dns` resolved every 10 s; passive health).
+
+pub mod auth;
+pub mod hrw;
+pub mod member;
+pub mod members;
+pub mod settings;
+
+use std::sync::Arc;
+
+pub use member::MemberId;
+pub use members::Members;
+pub use settings::{FleetSettings, Peers, RawFleet, Secret};
+
+/// This node's view of the fleet: the members, their health, and the shared secret.
+pub struct Fleet {
+    members: Arc<Members>,
+    secret: Secret,
+}
+
+impl Fleet {
+    /// The fleet of `settings`; with `peers_dns`, its resolution runs in the background (on the
+    /// current tokio runtime) for as long as the fleet exists.
+    pub fn start(settings: &FleetSettings) -> Arc<Fleet> {
+        let members = Arc::new(Members::new(settings.node.clone(), &settings.peers));
+        if let Peers::Dns { host, port } = &settings.peers {
+            members::spawn_resolver(&members, host.clone(), *port);
+        }
+        Arc::new(Fleet { members, secret: settings.secret.clone() })
+    }
+
+    /// The members and their health.
+    pub fn members(&self) -> &Arc<Members> {
+        &self.members
+    }
+
+    /// The shared secret.
+    pub fn secret(&self) -> &Secret {
+        &self.secret
+    }
+}
