@@ -65,6 +65,8 @@ pub enum RouteLabel {
     Metrics,
     /// `/healthz`.
     Healthz,
+    /// `/_fleet/`: the member-to-member API.
+    Fleet,
     /// Anything not routed (errors before routing).
     Other,
 }
@@ -80,6 +82,7 @@ impl RouteLabel {
             RouteLabel::Referrers => "referrers",
             RouteLabel::Metrics => "metrics",
             RouteLabel::Healthz => "healthz",
+            RouteLabel::Fleet => "fleet",
             RouteLabel::Other => "other",
         }
     }

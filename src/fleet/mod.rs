@@ -11,6 +11,7 @@ pub mod auth;
 pub mod hrw;
 pub mod member;
 pub mod members;
+pub mod owner;
 pub mod settings;
 
 use std::sync::Arc;

@@ -32,6 +32,17 @@ pub fn refused(refusal: Refusal) -> Resp {
     Failure::from_refusal(&refusal).respond()
 }
 
+/// The response for a member-to-member request without the fleet's secret (401) or with a wrong
+/// one (403): an OCI error body, nothing else.
+pub fn fleet_refused(refusal: crate::fleet::auth::Refusal) -> Resp {
+    use crate::fleet::auth::Refusal;
+    let kind = match refusal {
+        Refusal::Missing => Kind::Unauthorized,
+        Refusal::Wrong => Kind::Denied,
+    };
+    Failure::new(kind, refusal.blame(), refusal.to_string()).respond()
+}
+
 /// The response for a routing error.
 pub fn route_error(e: &RouteError) -> Resp {
     Failure::from_route(e).respond()

@@ -2,6 +2,7 @@
 //! error mapping.
 
 mod error;
+mod fleet;
 mod range;
 mod route;
 mod server;
@@ -88,6 +89,8 @@ pub struct App {
     admin_separate: bool,
     connections: crate::config::Connections,
     local_socket: std::path::PathBuf,
+    /// The fleet this node is a member of, if any.
+    fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// Which listener a request came in on.
@@ -174,6 +177,7 @@ impl App {
             admin_separate: config.admin_listen.is_some(),
             connections: config.connections,
             local_socket: config.local_socket(),
+            fleet: config.fleet.as_ref().map(crate::fleet::Fleet::start),
         }))
     }
 
@@ -207,6 +211,8 @@ impl App {
         let start = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
+        // The client's id, if it sent one (a member passes on its client's): in the log line.
+        let request_id = crate::fleet::auth::request_id(req.headers()).unwrap_or_default();
         let mut resp = self.respond(req, peer, surface).await;
         if method == Method::HEAD {
             resp = headers_only(resp);
@@ -226,7 +232,7 @@ impl App {
                 metrics.request(route, status.as_u16(), cache_outcome, bytes);
                 tracing::info!(
                     %peer, %method, %path, status = status.as_u16(), bytes, complete,
-                    ms = start.elapsed().as_millis() as u64, outcome = outcome.as_str(), "request"
+                    ms = start.elapsed().as_millis() as u64, outcome = outcome.as_str(), %request_id, "request"
                 );
             })
         }))
@@ -239,6 +245,11 @@ impl App {
         };
         let label = route.label();
         let mut resp = match (surface, &route) {
+            // Members authenticate with the fleet's secret, not as clients.
+            (Surface::Main, Route::FleetBlob(digest)) => self.fleet_blob(&req, digest).await,
+            (Surface::Admin | Surface::Local, Route::FleetBlob(_)) => {
+                route_error(&RouteError::new(RouteErrorKind::NotFound, ErrorCode::NameUnknown, "not served on this address"))
+            }
             (Surface::Admin | Surface::Local, Route::Metrics | Route::Healthz) | (Surface::Main, Route::Healthz) => {
                 self.local(&route)
             }

@@ -20,6 +20,9 @@ pub enum Route {
     Metrics,
     /// `GET /healthz`: liveness.
     Healthz,
+    /// `GET /_fleet/v1/blobs/<digest>`: a blob for another member of the fleet (never under
+    /// `/v2/`, where clients are served).
+    FleetBlob(Digest),
 }
 
 /// What of a repository a request asks for.
@@ -46,6 +49,7 @@ impl Route {
             Route::Repo(_, RepoRoute::Referrers(_)) => RouteLabel::Referrers,
             Route::Metrics => RouteLabel::Metrics,
             Route::Healthz => RouteLabel::Healthz,
+            Route::FleetBlob(_) => RouteLabel::Fleet,
         }
     }
 }
@@ -117,6 +121,12 @@ pub fn route(method: &Method, path: &str) -> Result<Route, RouteError> {
         "/metrics" if read => return Ok(Route::Metrics),
         "/healthz" if read => return Ok(Route::Healthz),
         _ => {}
+    }
+    if let Some(digest) = path.strip_prefix("/_fleet/v1/blobs/") {
+        if *method != Method::GET {
+            return Err(RouteError::new(RouteErrorKind::ReadOnly, ErrorCode::Unsupported, format!("{method} is not supported here")));
+        }
+        return Ok(Route::FleetBlob(digest.parse().map_err(NameError::from)?));
     }
     let Some(rest) = path.strip_prefix("/v2") else { return Err(not_found()) };
     if !read {
@@ -208,6 +218,7 @@ mod tests {
         assert_eq!(route(&get, &format!("/v2/ghcr.io/a/referrers/{D}")), repo("ghcr.io/a", RepoRoute::Referrers(D.parse().unwrap())));
         assert_eq!(route(&get, "/metrics"), Ok(Route::Metrics));
         assert_eq!(route(&Method::HEAD, "/healthz"), Ok(Route::Healthz));
+        assert_eq!(route(&get, &format!("/_fleet/v1/blobs/{D}")), Ok(Route::FleetBlob(D.parse().unwrap())));
     }
 
     #[test]
@@ -234,6 +245,11 @@ mod tests {
             (&Method::PATCH, "/v2/", StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported),
             (&get, "/v2/alpine/blobs/uploads/1234", StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported),
             (&get, "/v2/alpine/referrers/latest", StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
+            // The member-to-member API is not under /v2/, and /v2/ never reaches it.
+            (&get, "/_fleet/v1/blobs/latest", StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
+            (&Method::HEAD, &format!("/_fleet/v1/blobs/{D}"), StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported),
+            (&get, "/_fleet/v1/other", StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+            (&get, &format!("/v2/_fleet/v1/blobs/{D}"), StatusCode::BAD_REQUEST, ErrorCode::NameInvalid),
         ];
         for (m, p, status, code) in cases {
             let e = route(m, p).unwrap_err();
