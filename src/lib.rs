@@ -24,7 +24,9 @@
 //!   `Join`, `Source`), one fill as requests see it (`fill::handle`: `Fill`, its `Verdict`), the
 //!   fill's task (`fill::job`: connect, download, verify, commit), the windows of newest bytes in
 //!   memory (`fill::window`: recent, and the relay of a fill passing its bytes through), when an
-//!   unread fill is given up (`fill::pace`), and the readers (`fill::reader`: `FillReader`).
+//!   unread fill is given up (`fill::pace`), and the readers (`fill::reader`: `FillReader`). All a
+//!   fill asks of the store is `fill::Sink` (stored already? reserve, begin, commit, hold in use; a
+//!   copy from a tier behind, publish to it), which the store implements (`store::fill_sink`).
 //! - [`singleflight`]: one call per key at a time (manifest fetches, tag revalidations, tokens).
 //! - [`sync`]: taking a lock whether or not a panic poisoned it, and why that is sound here.
 //! - [`cache`]: the policy: hit, miss, revalidate, stale.
@@ -40,8 +42,9 @@
 //! served from the store (`Store::read_blob` → `BlobBackend::open`) when the index has it, or joins
 //! (or starts) the fill for its digest from its upstream and streams what arrives (fetching from its
 //! own repository if the fill it joined was refused for another; a range waits for the fill's
-//! verdict and reads the verified file, `fill::Fill::verified`); the fill reads
-//! `Upstream::get_blob`, writes through `BlobBackend::begin` / `BlobWrite::append` if the blob fits
+//! verdict and reads the verified file, `fill::Fill::verified`); the fill's task (`fill::job`)
+//! reads `Upstream::get_blob` and asks the store only through its narrow `fill::Sink` (reserve,
+//! begin, commit): it writes through `BlobBackend::begin` / `BlobWrite::append` if the blob fits
 //! the disk budget (passing it through otherwise), and commits only after the digest checks out.
 //! With a shared bucket (`store::Shared`) the fill reads the bucket before the upstream, and a fill
 //! from the upstream is uploaded once it is verified and committed (from the hot tier's file; into

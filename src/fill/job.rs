@@ -2,7 +2,6 @@
 //! blob can be stored, download it in batches (hashed, written, relayed to the readers), verify it,
 //! commit it, and give its upload the go-ahead.
 
-use std::io;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,14 +12,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::map::FillGuard;
-#[cfg(test)]
-use super::map::Injected;
 use super::pace::{abandoned, Pace};
-use super::{Fill, FillError, FillState};
+use super::{Fill, FillError, FillState, Sink};
 use crate::config::FillBudget;
 use crate::oci::{Digest, Hasher, RepositoryName};
 use crate::singleflight::CallDied;
-use crate::store::{BlobRead, BlobWrite, Reservation, Store, VerifiedFill};
+use crate::store::{BlobRead, BlobWrite, Reservation, VerifiedFill};
 use crate::upstream::{Transport, Upstream, UpstreamError};
 
 /// How many bytes of a fill are gathered before one write to disk.
@@ -61,14 +58,13 @@ struct Connected {
 /// The work of one fill, run by its own task ([`FillJob::run`]).
 pub(super) struct FillJob {
     pub(super) fill: Arc<Fill>,
-    pub(super) store: Arc<Store>,
+    /// Where the blob goes (and the tiers behind this node it may come from).
+    pub(super) sink: Arc<dyn Sink>,
     pub(super) upstream: Arc<Upstream>,
     pub(super) repo: RepositoryName,
     pub(super) digest: Digest,
     pub(super) budget: FillBudget,
     pub(super) stop: CancellationToken,
-    #[cfg(test)]
-    pub(super) injected: Option<Injected>,
 }
 
 impl FillJob {
@@ -93,15 +89,6 @@ impl FillJob {
 
     /// Fetch, verify and (when it can) store the blob: its size, and whether it was stored.
     async fn download(&self) -> Result<(u64, bool), FillError> {
-        #[cfg(test)]
-        match self.injected {
-            Some(Injected::Panic) => panic!("injected panic inside a blob fill"),
-            Some(Injected::Hang) => {
-                let _writer = self.begin(None).await;
-                std::future::pending::<()>().await;
-            }
-            None => {}
-        }
         let Connected { mut body, total, mut reservation, mut writer, mut upload } = self.connect().await?;
         let mut hasher = Hasher::new(self.digest.algorithm());
         let mut written: u64 = 0;
@@ -171,10 +158,7 @@ impl FillJob {
     /// The blob's bytes and announced size: from the shared bucket when it has them, else from the
     /// upstream.
     async fn open_source(&self) -> Result<(Body, Option<u64>), FillError> {
-        if let Some(opened) = match &self.store.shared {
-            Some(shared) => shared.open(&self.digest).await,
-            None => None,
-        } {
+        if let Some(opened) = self.sink.open_copy(&self.digest).await {
             let _ = self.fill.from_bucket.set(true);
             return Ok((Body::Bucket(opened.reader), Some(opened.size)));
         }
@@ -183,15 +167,13 @@ impl FillJob {
         Ok((Body::Upstream(body), head.size))
     }
 
-    /// Prepare the upload to the shared bucket, if there is one, of what this fill stores from the
-    /// upstream: the sender that tells it the blob is verified (dropped unsent, nothing is
-    /// uploaded).
+    /// Prepare the upload to the tiers behind this node, if there are any, of what this fill
+    /// stores from the upstream: the sender that tells it the blob is verified (dropped unsent,
+    /// nothing is uploaded).
     fn upload(&self, body: &Body) -> Option<oneshot::Sender<VerifiedFill>> {
-        let shared = self.store.shared.as_ref()?;
         let partial = self.fill.partial.get().filter(|_| matches!(body, Body::Upstream(_)) && !self.fill.passing_through())?;
         let (tx, rx) = oneshot::channel();
-        shared.spawn_upload(&self.digest, partial.reader(), rx)?;
-        Some(tx)
+        self.sink.publish(&self.digest, partial.as_ref(), rx).then_some(tx)
     }
 
     /// `written` bytes are stored: tell the readers; if storing stopped, there is nothing to
@@ -210,7 +192,7 @@ impl FillJob {
     /// Begin writing the blob to the store, its partial content readable by the fill's readers;
     /// `None` if the store can't take it (the fill passes it through).
     async fn begin(&self, total: Option<u64>) -> Option<Box<dyn BlobWrite>> {
-        let writer = match self.store.blobs.begin(&self.digest, total).await {
+        let writer = match self.sink.begin(&self.digest, total).await {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(digest = %self.digest, error = %e, "starting to store the blob failed; passing it through without storing");
@@ -309,8 +291,8 @@ impl FillJob {
                 got => Err(FillError::Corrupt(format!("content from {source} has digest {got}, not the requested digest"))),
             },
         };
-        if let (Err(e), Some(shared), true) = (&checked, &self.store.shared, self.fill.from_bucket()) {
-            shared.discard(&self.digest, e).await;
+        if let (Err(e), true) = (&checked, self.fill.from_bucket()) {
+            self.sink.discard_copy(&self.digest, e).await;
         }
         checked
     }
@@ -318,15 +300,8 @@ impl FillJob {
     /// Make the verified blob of `written` bytes durable and index it: whether it was stored. The
     /// content is verified: whatever happens to storing it, the readers get it.
     async fn commit(&self, writer: Box<dyn BlobWrite>, written: u64) -> bool {
-        let committed = match writer.commit().await {
-            Ok(()) => self.store.index.put_blob(&self.digest, written).map_err(io::Error::other),
-            Err(e) => Err(e),
-        };
-        match committed {
-            Ok(()) => {
-                self.store.note_stored(&self.digest);
-                true
-            }
+        match self.sink.commit(&self.digest, writer, written).await {
+            Ok(()) => true,
             Err(e) => {
                 tracing::warn!(digest = %self.digest, error = %e, "storing the verified blob failed; served without storing");
                 false
@@ -339,11 +314,11 @@ impl FillJob {
     /// the disk); it is passed through to the readers.
     fn reserve(&self, total: Option<u64>) -> Option<Reservation> {
         let size = total.unwrap_or(0);
-        if let Some(max) = self.store.max_size.filter(|max| size > *max) {
+        if let Some(max) = self.sink.max_size().filter(|max| size > *max) {
             tracing::warn!(digest = %self.digest, size, max_size = max, "blob larger than max_size; passing it through without storing");
             return None;
         }
-        match self.store.temp.reserve(size) {
+        match self.sink.reserve(size) {
             Ok(r) => Some(r),
             Err(why) => {
                 tracing::warn!(digest = %self.digest, size, reason = %why, "no room to store the blob; passing it through without storing");
@@ -356,11 +331,11 @@ impl FillJob {
     /// budget is spent, stop storing.
     fn grow(&self, r: &mut Reservation, written: u64, len: u64) -> bool {
         let size = written.saturating_add(len);
-        if let Some(max) = self.store.max_size.filter(|max| size > *max) {
+        if let Some(max) = self.sink.max_size().filter(|max| size > *max) {
             tracing::warn!(digest = %self.digest, size, max_size = max, "blob grew larger than max_size; passing the rest through without storing");
             return false;
         }
-        match self.store.temp.grow(r, len) {
+        match self.sink.grow(r, len) {
             Ok(()) => true,
             Err(why) => {
                 tracing::warn!(digest = %self.digest, size, reason = %why, "no room to store more of the blob; passing the rest through without storing");

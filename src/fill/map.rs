@@ -11,11 +11,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::job::FillJob;
-use super::{Fill, FillError, FillState};
+use super::{Fill, FillError, FillState, Sink};
 use crate::config::FillBudget;
 use crate::oci::{Digest, RepositoryName};
 use crate::singleflight::CallDied;
-use crate::store::Store;
 use crate::sync::lock;
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -62,19 +61,6 @@ pub struct Fills {
     budget: FillBudget,
     /// Cancelled when the drain time at shutdown is over: every fill still running is abandoned.
     stop: CancellationToken,
-    /// A failure to inject into the next fills, for tests.
-    #[cfg(test)]
-    injected: Mutex<Option<Injected>>,
-}
-
-/// What a test makes a fill do.
-#[cfg(test)]
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Injected {
-    /// Panic before the request.
-    Panic,
-    /// Begin writing to the store, then never get anywhere.
-    Hang,
 }
 
 impl Fills {
@@ -86,8 +72,6 @@ impl Fills {
             ended: Notify::new(),
             budget,
             stop: CancellationToken::new(),
-            #[cfg(test)]
-            injected: Mutex::default(),
         }
     }
 
@@ -97,11 +81,11 @@ impl Fills {
         lock(&self.running).get(&key).and_then(|f| f.first().cloned())
     }
 
-    /// The stored blob, a running fill `join` allows, or a new fill fetching `digest` from
-    /// `repo` on `upstream`.
-    pub fn join_or_start(
+    /// The blob stored in `sink`, a running fill `join` allows, or a new fill fetching `digest`
+    /// from `repo` on `upstream` into `sink`.
+    pub fn join_or_start<S: Sink>(
         self: &Arc<Self>,
-        store: &Arc<Store>,
+        sink: &Arc<S>,
         upstream: &Arc<Upstream>,
         repo: &RepositoryName,
         digest: &Digest,
@@ -124,7 +108,7 @@ impl Fills {
         if let Some(fill) = joinable {
             return Ok(Source::Filling(fill));
         }
-        if let Some(size) = store.index.blob_size(digest).map_err(io::Error::other)? {
+        if let Some(size) = sink.stored(digest)? {
             return Ok(Source::Stored(size));
         }
         let fill = Fill::new(digest.clone(), upstream.upstream_name(repo));
@@ -135,23 +119,22 @@ impl Fills {
             self.unshared.fetch_add(1, Ordering::Relaxed);
         }
         let guard = FillGuard { fills: Arc::clone(self), key, fill: fill.clone(), shared, failure: None };
-        tokio::spawn(self.job(&fill, store, upstream, repo).run(guard));
+        let sink: Arc<dyn Sink> = Arc::clone(sink) as Arc<dyn Sink>;
+        tokio::spawn(self.job(&fill, sink, upstream, repo).run(guard));
         Ok(Source::Filling(fill))
     }
 
-    /// The work of `fill`: fetching its digest from `repo` on `upstream` into `store`, within the
+    /// The work of `fill`: fetching its digest from `repo` on `upstream` into `sink`, within the
     /// fills' budget, until the drain at shutdown stops it.
-    fn job(&self, fill: &Arc<Fill>, store: &Arc<Store>, upstream: &Arc<Upstream>, repo: &RepositoryName) -> FillJob {
+    fn job(&self, fill: &Arc<Fill>, sink: Arc<dyn Sink>, upstream: &Arc<Upstream>, repo: &RepositoryName) -> FillJob {
         FillJob {
             fill: fill.clone(),
-            store: Arc::clone(store),
+            sink,
             upstream: Arc::clone(upstream),
             repo: repo.clone(),
             digest: fill.digest.clone(),
             budget: self.budget.clone(),
             stop: self.stop.clone(),
-            #[cfg(test)]
-            injected: *lock(&self.injected),
         }
     }
 
@@ -238,32 +221,91 @@ impl Drop for FillGuard {
 
 #[cfg(test)]
 mod tests {
+    use async_trait::async_trait;
     use bytes::Bytes;
 
     use super::*;
     use crate::config::{Config, Overrides};
     use crate::metrics::Metrics;
+    use crate::store::{BlobRead, BlobWrite, InUse, Opened, Refused, Reservation, Store};
 
-    /// A store, an upstream that is never contacted (every fill here gets `injected` before its
-    /// request), and the fills.
-    fn setup(injected: Injected) -> (tempfile::TempDir, Arc<Store>, Arc<Upstream>, Arc<Fills>) {
+    /// What a test makes a fill do.
+    #[derive(Clone, Copy, Debug)]
+    enum Injected {
+        /// Panic before the request.
+        Panic,
+        /// Begin writing to the store, then never get anywhere.
+        Hang,
+    }
+
+    /// A store whose fills misbehave as the test says: the tier behind it is asked first, and
+    /// panics, or has a copy that never sends a byte (the fill begins its write, then waits).
+    struct Rigged {
+        store: Arc<Store>,
+        injected: Mutex<Injected>,
+    }
+
+    impl Rigged {
+        fn inject(&self, what: Injected) {
+            *self.injected.lock().unwrap() = what;
+        }
+    }
+
+    /// A copy that never sends a byte.
+    struct Silent;
+
+    #[async_trait]
+    impl BlobRead for Silent {
+        async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
+            std::future::pending().await
+        }
+    }
+
+    #[async_trait]
+    impl Sink for Rigged {
+        fn stored(&self, digest: &Digest) -> io::Result<Option<u64>> {
+            self.store.stored(digest)
+        }
+        fn max_size(&self) -> Option<u64> {
+            self.store.max_size()
+        }
+        fn reserve(&self, size: u64) -> Result<Reservation, Refused> {
+            self.store.reserve(size)
+        }
+        fn grow(&self, reservation: &mut Reservation, len: u64) -> Result<(), Refused> {
+            self.store.grow(reservation, len)
+        }
+        async fn begin(&self, digest: &Digest, size: Option<u64>) -> io::Result<Box<dyn BlobWrite>> {
+            self.store.begin(digest, size).await
+        }
+        async fn commit(&self, digest: &Digest, writer: Box<dyn BlobWrite>, size: u64) -> io::Result<()> {
+            self.store.commit(digest, writer, size).await
+        }
+        fn hold(&self, digest: &Digest) -> InUse {
+            self.store.hold(digest)
+        }
+        async fn open_copy(&self, _digest: &Digest) -> Option<Opened> {
+            let injected = *self.injected.lock().unwrap();
+            match injected {
+                Injected::Panic => panic!("injected panic inside a blob fill"),
+                Injected::Hang => Some(Opened { size: 1 << 20, reader: Box::new(Silent) }),
+            }
+        }
+    }
+
+    /// A store rigged with `injected`, an upstream that is never contacted (every fill here gets
+    /// `injected` before its request), and the fills.
+    fn setup(injected: Injected) -> (tempfile::TempDir, Arc<Rigged>, Arc<Upstream>, Arc<Fills>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let toml = "[[upstream]]\nname = \"x.io\"\nurl = \"http://127.0.0.1:9\"\n";
         let config = Config::from_toml(toml, &Overrides::default(), std::path::Path::new(".")).unwrap();
         let up = Arc::new(Upstream::new(config.upstreams[0].clone(), Arc::new(Metrics::new())).unwrap());
         let fills = Arc::new(Fills::new(config.fills.clone()));
-        fills.inject(Some(injected));
-        (dir, store, up, fills)
+        (dir, Arc::new(Rigged { store, injected: Mutex::new(injected) }), up, fills)
     }
 
-    impl Fills {
-        fn inject(&self, what: Option<Injected>) {
-            *self.injected.lock().unwrap() = what;
-        }
-    }
-
-    fn start(fills: &Arc<Fills>, store: &Arc<Store>, up: &Arc<Upstream>, digest: &Digest) -> Arc<Fill> {
+    fn start(fills: &Arc<Fills>, store: &Arc<Rigged>, up: &Arc<Upstream>, digest: &Digest) -> Arc<Fill> {
         let repo: RepositoryName = "library/alpine".parse().unwrap();
         match fills.join_or_start(store, up, &repo, digest, Join::Any).unwrap() {
             Source::Filling(fill) => fill,
@@ -284,7 +326,7 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(10), fills.idle()).await.expect("idle");
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "its temporary file is gone");
         // The next request for the digest starts a new fill.
-        fills.inject(Some(Injected::Hang));
+        store.inject(Injected::Hang);
         let again = start(&fills, &store, &up, &digest);
         assert!(!Arc::ptr_eq(&fill, &again));
         assert_eq!(fills.len(), 1);

@@ -40,6 +40,9 @@
 //! - `pace`: when a fill nobody reads is given up (`unread_min_rate`, `rate_window`,
 //!   `unread_max`).
 //! - `reader`: [`FillReader`], one client following a fill, from memory or the fill's file.
+//! - `sink`: [`Sink`], all a fill asks of the store (stored already? room, begin, commit, hold in
+//!   use; a copy from a tier behind, publish to it, discard a bad copy), which the store
+//!   implements: a fill never sees the store's parts.
 //! - `error`: [`FillError`], why a fill failed and who is to blame.
 
 mod error;
@@ -48,9 +51,11 @@ mod job;
 mod map;
 mod pace;
 mod reader;
+mod sink;
 mod window;
 
 pub use error::FillError;
 pub use handle::{Fill, FillState, Verdict};
 pub use map::{Fills, Join, Source};
 pub use reader::FillReader;
+pub use sink::Sink;

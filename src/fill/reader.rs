@@ -10,8 +10,8 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::window::Located;
-use super::{Fill, FillState};
-use crate::store::{BlobRead, InUse, ReadAt, Store};
+use super::{Fill, FillState, Sink};
+use crate::store::{BlobRead, InUse, ReadAt};
 use crate::sync::lock;
 
 /// How many bytes a reader that fell behind a fill reads at once: small, because a crowd of clients
@@ -49,9 +49,10 @@ impl Drop for FillReader {
 }
 
 impl FillReader {
-    /// A reader of `[start, end)` of a running fill (`end` = `None`: to the end, whatever it is).
-    pub fn new(store: &Store, fill: Arc<Fill>, start: u64, end: Option<u64>) -> FillReader {
-        let in_use = store.usage.hold(&fill.digest);
+    /// A reader of `[start, end)` of a running fill (`end` = `None`: to the end, whatever it is),
+    /// holding the blob in use in `sink` (not evicted once stored) until it is dropped.
+    pub fn new<S: Sink + ?Sized>(sink: &Arc<S>, fill: Arc<Fill>, start: u64, end: Option<u64>) -> FillReader {
+        let in_use = sink.hold(&fill.digest);
         let state = fill.state.subscribe();
         let position = Arc::new(AtomicU64::new(start));
         lock(&fill.readers).push(Arc::downgrade(&position));
