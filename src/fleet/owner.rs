@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use crate::cache::{BlobAnswer, Cache, CacheError};
-use crate::inflight::{FillReader, Join, Source};
+use crate::fill::{FillReader, Join, Source};
 use crate::metrics::Answered;
 use crate::oci::{Digest, RepositoryName};
 use crate::upstream::{RateLimit, Upstream};
