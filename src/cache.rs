@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::config::FillBudget;
 use crate::metrics::Answered;
-use crate::fill::{FillError, FillReader, Fills, Join, Source, Verdict};
+use crate::fill::{FillError, FillReader, Fills, Join, Source, Verdict, Via};
 use crate::oci::{verify_manifest, AcceptList, Digest, ManifestError, ManifestKind, Reference, RegistryHost, RepositoryName, Tag, OCI_INDEX};
 use crate::store::{now_secs, BlobRead, ListedTags, Store, StoredManifest, TagAnswer};
 use crate::singleflight::Singleflight;
@@ -196,6 +196,8 @@ pub struct Cache {
     store: Arc<Store>,
     upstreams: Vec<Arc<Upstream>>,
     fills: Arc<Fills>,
+    /// Where a fill asks for a blob this node's tiers don't have.
+    via: Via,
     revalidations: Singleflight<TagKey, Result<Option<ManifestHead>, UpstreamError>>,
     manifest_fetches: Singleflight<ManifestKey, Result<ManifestAnswer, CacheError>>,
 }
@@ -228,9 +230,17 @@ impl Cache {
             store,
             upstreams,
             fills: Arc::new(Fills::new(budget)),
+            via: Via::Upstream,
             revalidations: Singleflight::default(),
             manifest_fetches: Singleflight::default(),
         }
+    }
+
+    /// This cache as a member of `fleet`: a blob this node's tiers don't have is asked of its
+    /// owner before the upstream.
+    pub fn with_fleet(mut self, fleet: Arc<crate::fleet::Fleet>) -> Cache {
+        self.via = Via::Fleet(fleet);
+        self
     }
 
     /// The store.
@@ -573,7 +583,7 @@ impl Cache {
     ) -> Result<BlobAnswer, CacheError> {
         let mut join = Join::Any;
         let (mut reader, fill, total) = loop {
-            let fill = match self.fills.join_or_start(&self.store, up, repo, digest, join)? {
+            let fill = match self.fills.join_or_start(&self.store, up, repo, digest, join, &self.via)? {
                 Source::Stored(size) => match serve_stored(&self.store, digest, size, range, false).await? {
                     Some(answer) => return Ok(answer),
                     // Indexed but gone from the store: the index entry is forgotten, fetch it.

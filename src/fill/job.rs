@@ -13,8 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::map::FillGuard;
 use super::pace::{abandoned, Pace};
-use super::{Fill, FillError, FillState, Sink};
+use super::{Fill, FillError, FillState, Sink, Via};
 use crate::config::FillBudget;
+use crate::fleet::peer::BlobAsk;
+use crate::fleet::source::FleetStream;
 use crate::oci::{Digest, Hasher, RepositoryName};
 use crate::singleflight::CallDied;
 use crate::store::{BlobRead, BlobWrite, Reservation, VerifiedFill};
@@ -29,6 +31,8 @@ enum Body {
     Upstream(Incoming),
     /// The shared bucket, which had the blob.
     Bucket(Box<dyn BlobRead>),
+    /// Members of the fleet (failing over to the next, then to the upstream).
+    Fleet(Box<FleetStream>),
 }
 
 impl Body {
@@ -38,6 +42,7 @@ impl Body {
         match self {
             Body::Upstream(body) => Ok(transport.next_chunk(body).await?),
             Body::Bucket(reader) => reader.next_chunk().await.transpose().map_err(|e| FillError::Bucket(e.to_string())),
+            Body::Fleet(stream) => Ok(stream.next_chunk().await?),
         }
     }
 }
@@ -65,6 +70,10 @@ pub(super) struct FillJob {
     pub(super) digest: Digest,
     pub(super) budget: FillBudget,
     pub(super) stop: CancellationToken,
+    /// Where the blob is asked for when this node's tiers don't have it.
+    pub(super) via: Via,
+    /// The id of the client request that started the fill, passed on to members.
+    pub(super) request_id: Option<String>,
 }
 
 impl FillJob {
@@ -156,11 +165,23 @@ impl FillJob {
     }
 
     /// The blob's bytes and announced size: from the shared bucket when it has them, else from the
+    /// members of the fleet ranked above this node for it (the owner first), else from the
     /// upstream.
     async fn open_source(&self) -> Result<(Body, Option<u64>), FillError> {
         if let Some(opened) = self.sink.open_copy(&self.digest).await {
             let _ = self.fill.from_bucket.set(true);
             return Ok((Body::Bucket(opened.reader), Some(opened.size)));
+        }
+        if let Via::Fleet(fleet) = &self.via {
+            let ask = BlobAsk {
+                upstream: self.upstream.config().name.to_string(),
+                repo: self.repo.clone(),
+                digest: self.digest.clone(),
+                request_id: self.request_id.clone(),
+            };
+            if let Some((stream, total)) = FleetStream::open(fleet, &self.upstream, ask).await {
+                return Ok((Body::Fleet(Box::new(stream)), total));
+            }
         }
         let (head, body) = self.upstream.get_blob(&self.repo, &self.digest).await?;
         let _ = self.fill.rate_limit.set(head.rate_limit);

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::job::FillJob;
 use super::{Fill, FillError, FillState, Sink};
 use crate::config::FillBudget;
+use crate::fleet::Fleet;
 use crate::oci::{Digest, RepositoryName};
 use crate::singleflight::CallDied;
 use crate::sync::lock;
@@ -41,6 +42,16 @@ pub enum Join {
     Any,
     /// Only a fill from the request's own repository: a fill from another one was refused.
     OwnRepository,
+}
+
+/// Where a new fill asks for its blob when this node's tiers don't have it.
+#[derive(Clone)]
+pub enum Via {
+    /// The upstream.
+    Upstream,
+    /// The members of the fleet ranked above this node for the blob, then the upstream (a
+    /// member's own request for a blob never goes further: it is filled from the upstream).
+    Fleet(Arc<Fleet>),
 }
 
 /// The running fills, by upstream and digest.
@@ -90,6 +101,7 @@ impl Fills {
         repo: &RepositoryName,
         digest: &Digest,
         join: Join,
+        via: &Via,
     ) -> io::Result<Source> {
         let key = (upstream.config().name.to_string(), digest.clone());
         // The lock is held across the index lookup below (a sled read, in memory in practice): a
@@ -120,14 +132,16 @@ impl Fills {
         }
         let guard = FillGuard { fills: Arc::clone(self), key, fill: fill.clone(), shared, failure: None };
         let sink: Arc<dyn Sink> = Arc::clone(sink) as Arc<dyn Sink>;
-        tokio::spawn(self.job(&fill, sink, upstream, repo).run(guard));
+        tokio::spawn(self.job(&fill, sink, upstream, repo, via).run(guard));
         Ok(Source::Filling(fill))
     }
 
     /// The work of `fill`: fetching its digest from `repo` on `upstream` into `sink`, within the
     /// fills' budget, until the drain at shutdown stops it.
-    fn job(&self, fill: &Arc<Fill>, sink: Arc<dyn Sink>, upstream: &Arc<Upstream>, repo: &RepositoryName) -> FillJob {
+    fn job(&self, fill: &Arc<Fill>, sink: Arc<dyn Sink>, upstream: &Arc<Upstream>, repo: &RepositoryName, via: &Via) -> FillJob {
         FillJob {
+            via: via.clone(),
+            request_id: crate::fleet::auth::current_request_id(),
             fill: fill.clone(),
             sink,
             upstream: Arc::clone(upstream),
@@ -307,7 +321,7 @@ mod tests {
 
     fn start(fills: &Arc<Fills>, store: &Arc<Rigged>, up: &Arc<Upstream>, digest: &Digest) -> Arc<Fill> {
         let repo: RepositoryName = "library/alpine".parse().unwrap();
-        match fills.join_or_start(store, up, &repo, digest, Join::Any).unwrap() {
+        match fills.join_or_start(store, up, &repo, digest, Join::Any, &Via::Upstream).unwrap() {
             Source::Filling(fill) => fill,
             Source::Stored(_) => panic!("nothing is stored"),
         }
@@ -393,7 +407,7 @@ mod tests {
         let digest = Digest::sha256_of(b"shared layer");
         let first = start(&fills, &store, &up, &digest);
         let other: RepositoryName = "org/app".parse().unwrap();
-        let joined = |join| match fills.join_or_start(&store, &up, &other, &digest, join).unwrap() {
+        let joined = |join| match fills.join_or_start(&store, &up, &other, &digest, join, &Via::Upstream).unwrap() {
             Source::Filling(fill) => fill,
             Source::Stored(_) => panic!("nothing is stored"),
         };

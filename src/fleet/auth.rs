@@ -19,6 +19,17 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// The longest request id passed on or logged.
 const MAX_REQUEST_ID: usize = 128;
 
+tokio::task_local! {
+    /// The id of the client request being answered on this task (set by `http::App::handle`),
+    /// which a fill it starts passes on to the member it asks.
+    pub static REQUEST_ID: Option<String>;
+}
+
+/// The id of the client request being answered on this task, if any.
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok().flatten()
+}
+
 /// Why a member-to-member request is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {

@@ -55,8 +55,9 @@ impl FromStr for MemberId {
         let err = |why| MemberError { url: s.to_owned(), why };
         let id = s.strip_suffix('/').unwrap_or(s);
         let url = Url::parse(id).map_err(|_| err("not a URL"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(err("the scheme must be http or https"));
+        // Members speak plain HTTP to each other (on a private network, with the fleet's secret).
+        if url.scheme() != "http" {
+            return Err(err("the scheme must be http"));
         }
         if url.host().is_none() {
             return Err(err("no host"));
@@ -83,10 +84,11 @@ mod tests {
 
     #[test]
     fn member_urls() {
-        let cases: [(&str, Option<&str>); 9] = [
+        let cases: [(&str, Option<&str>); 10] = [
             ("http://10.0.0.1:5000", Some("http://10.0.0.1:5000")),
             ("http://10.0.0.1:5000/", Some("http://10.0.0.1:5000")),
-            ("https://cache-0.cache:5000", Some("https://cache-0.cache:5000")),
+            ("http://cache-0.cache:5000", Some("http://cache-0.cache:5000")),
+            ("https://cache-0.cache:5000", None),
             ("http://[fd00::1]:5000", Some("http://[fd00::1]:5000")),
             ("ftp://10.0.0.1", None),
             ("http://10.0.0.1:5000/v2", None),

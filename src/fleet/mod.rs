@@ -12,7 +12,9 @@ pub mod hrw;
 pub mod member;
 pub mod members;
 pub mod owner;
+pub mod peer;
 pub mod settings;
+pub mod source;
 
 use std::sync::Arc;
 
@@ -24,6 +26,7 @@ pub use settings::{FleetSettings, Peers, RawFleet, Secret};
 pub struct Fleet {
     members: Arc<Members>,
     secret: Secret,
+    client: peer::PeerClient,
 }
 
 impl Fleet {
@@ -34,12 +37,17 @@ impl Fleet {
         if let Peers::Dns { host, port } = &settings.peers {
             members::spawn_resolver(&members, host.clone(), *port);
         }
-        Arc::new(Fleet { members, secret: settings.secret.clone() })
+        Arc::new(Fleet { members, secret: settings.secret.clone(), client: peer::PeerClient::new(settings.secret.clone()) })
     }
 
     /// The members and their health.
     pub fn members(&self) -> &Arc<Members> {
         &self.members
+    }
+
+    /// The client for the other members.
+    pub fn client(&self) -> &peer::PeerClient {
+        &self.client
     }
 
     /// The shared secret.

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use crate::cache::{BlobAnswer, Cache, CacheError};
-use crate::fill::{FillReader, Join, Source};
+use crate::fill::{FillReader, Join, Source, Via};
 use crate::metrics::Answered;
 use crate::oci::{Digest, RepositoryName};
 use crate::upstream::{RateLimit, Upstream};
@@ -27,7 +27,7 @@ pub async fn serve_blob(
     loop {
         let source = match store.index.blob_size(digest)? {
             Some(size) => Source::Stored(size),
-            None => cache.fills().join_or_start(store, up, repo, digest, join)?,
+            None => cache.fills().join_or_start(store, up, repo, digest, join, &Via::Upstream)?,
         };
         let fill = match source {
             Source::Stored(size) => match stored(cache, digest, size, offset).await? {

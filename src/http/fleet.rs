@@ -9,10 +9,8 @@ use super::route::{RouteError, RouteErrorKind};
 use super::{blob_response, parse_range, App, Resp};
 use crate::cache::RangeRequest;
 use crate::fleet::auth::{self, REPOSITORY_HEADER, UPSTREAM_HEADER};
+use crate::fleet::peer::OFFSET_HEADER;
 use crate::oci::{Digest, ErrorCode, RepositoryName};
-
-/// The header that says where the body of a member's answer starts in the blob.
-pub const OFFSET_HEADER: &str = "x-regcache-offset";
 
 impl App {
     /// `GET /_fleet/v1/blobs/<digest>` from a member: the blob from the requested offset

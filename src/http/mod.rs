@@ -167,15 +167,20 @@ impl App {
             .collect::<Result<Vec<_>, _>>()
             .map_err(StartError::Upstream)?;
         let tls = config.tls.clone().map(Tls::new).transpose().map_err(StartError::Tls)?;
+        let fleet = config.fleet.as_ref().map(crate::fleet::Fleet::start);
+        let mut cache = Cache::new(store, upstreams, config.fills.clone());
+        if let Some(fleet) = &fleet {
+            cache = cache.with_fleet(fleet.clone());
+        }
         Ok(Arc::new(App {
-            cache: Cache::new(store, upstreams, config.fills.clone()),
+            cache,
             metrics,
             gate: Gate::new(config.access.clone()),
             tls,
             admin_separate: config.admin_listen.is_some(),
             connections: config.connections,
             local_socket: config.local_socket(),
-            fleet: config.fleet.as_ref().map(crate::fleet::Fleet::start),
+            fleet,
         }))
     }
 
@@ -210,8 +215,9 @@ impl App {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         // The client's id, if it sent one (a member passes on its client's): in the log line.
-        let request_id = crate::fleet::auth::request_id(req.headers()).unwrap_or_default();
-        let mut resp = self.respond(req, peer, surface).await;
+        let request_id = crate::fleet::auth::request_id(req.headers());
+        let mut resp = crate::fleet::auth::REQUEST_ID.scope(request_id.clone(), self.respond(req, peer, surface)).await;
+        let request_id = request_id.unwrap_or_default();
         if method == Method::HEAD {
             resp = headers_only(resp);
         }

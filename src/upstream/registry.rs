@@ -133,11 +133,41 @@ impl Upstream {
         Ok((head, resp.into_body()))
     }
 
+    /// A `GET` of a blob from byte `offset` on (`Range: bytes=<offset>-`): what its headers said
+    /// (the size of the whole blob), where its body starts (0 when the upstream ignored the range)
+    /// and the body. For a fill whose source broke off after `offset` bytes.
+    pub async fn get_blob_from(&self, repo: &RepositoryName, digest: &Digest, offset: u64) -> Result<(BlobHead, u64, Incoming), UpstreamError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RANGE, HeaderValue::from_str(&format!("bytes={offset}-")).map_err(|e| UpstreamError::Protocol(e.to_string()))?);
+        let resp = self.request(Method::GET, repo, &format!("blobs/{digest}"), headers).await?;
+        let rate_limit = RateLimit::from_headers(resp.headers());
+        let (start, size) = match resp.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                let range = resp.headers().get(header::CONTENT_RANGE).and_then(|v| v.to_str().ok());
+                content_range(range).ok_or_else(|| UpstreamError::Protocol("a partial answer without a usable Content-Range".into()))?
+            }
+            _ => (0, content_length(resp.headers())),
+        };
+        Ok((BlobHead { size, rate_limit }, start, resp.into_body()))
+    }
+
     /// A `HEAD` of a blob.
     pub async fn head_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<BlobHead, UpstreamError> {
         let resp = self.request(Method::HEAD, repo, &format!("blobs/{digest}"), HeaderMap::new()).await?;
         Ok(BlobHead { size: content_length(resp.headers()), rate_limit: RateLimit::from_headers(resp.headers()) })
     }
+}
+
+/// The start and whole size of `Content-Range: bytes <start>-<end>/<size>` (`*` for an unknown
+/// size).
+fn content_range(value: Option<&str>) -> Option<(u64, Option<u64>)> {
+    let (range, size) = value?.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (start, _end) = range.split_once('-')?;
+    let size = match size {
+        "*" => None,
+        s => Some(s.parse().ok()?),
+    };
+    Some((start.parse().ok()?, size))
 }
 
 /// `tags/list` with its `n` (at least 1) and `last` query.
@@ -191,6 +221,22 @@ fn docker_digest(headers: &HeaderMap) -> Option<Digest> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_ranges() {
+        type Case = (Option<&'static str>, Option<(u64, Option<u64>)>);
+        let cases: [Case; 6] = [
+            (Some("bytes 100-199/200"), Some((100, Some(200)))),
+            (Some("bytes 0-0/*"), Some((0, None))),
+            (Some("bytes */200"), None),
+            (Some("items 1-2/3"), None),
+            (Some("bytes 1-2/x"), None),
+            (None, None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(content_range(value), want, "{value:?}");
+        }
+    }
 
     #[test]
     fn tag_list_bodies() {

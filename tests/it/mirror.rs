@@ -62,6 +62,13 @@ impl Mirror {
     }
 
     pub async fn start_with(reg: &FakeRegistry, opts: Options) -> Mirror {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Mirror::start_on(reg, opts, listener).await
+    }
+
+    /// regcache serving on `listener` (bound before, so that its address can be in its
+    /// configuration, as a fleet's members need).
+    pub async fn start_on(reg: &FakeRegistry, opts: Options, listener: tokio::net::TcpListener) -> Mirror {
         let (tmp, data_dir) = match opts.data_dir {
             Some(d) => (None, d),
             None => {
@@ -84,7 +91,6 @@ impl Mirror {
         let registry = App::open_with(&config, opts.bucket, Default::default()).expect("open registry");
         let fills = registry.cache().fills().clone();
         let shared_calls = registry.cache().shared_calls();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(regcache::http::serve(listener, registry.clone(), async {

@@ -10,6 +10,7 @@ pub mod commands;
 pub mod connections;
 pub mod eviction;
 pub mod faults;
+pub mod fleet;
 pub mod freshness;
 pub mod head;
 pub mod mirror;
