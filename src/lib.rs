@@ -32,6 +32,12 @@
 //!   unread fill is given up (`fill::pace`), and the readers (`fill::reader`: `FillReader`). All a
 //!   fill asks of the store is `fill::Sink` (stored already? reserve, begin, commit, hold in use; a
 //!   copy from a tier behind, publish to it), which the store implements (`store::fill_sink`).
+//! - [`fleet`]: nodes that fetch each blob from the upstream once between them: `[fleet]` settings
+//!   (`fleet::settings`), member ids and rendezvous ownership pinned as protocol (`fleet::hrw`),
+//!   who the members are and which are up (`fleet::members`: static or DNS, passive health), the
+//!   member API's secret and headers (`fleet::auth`), the owner's side (`fleet::owner`, served by
+//!   `http::fleet`), and the asker's: a client for members (`fleet::peer`) and the fill's source
+//!   that fails over from member to member, then to the upstream (`fleet::source::FleetStream`).
 //! - [`singleflight`]: one call per key at a time (manifest fetches, tag revalidations, tokens).
 //! - [`sync`]: taking a lock whether or not a panic poisoned it, and why that is sound here.
 //! - [`cache`]: the policy: hit, miss, revalidate, stale.
@@ -52,6 +58,8 @@
 //! reads `Upstream::get_blob` and asks the store only through its narrow `fill::Sink` (reserve,
 //! begin, commit): it writes through `BlobBackend::begin` / `BlobWrite::append` if the blob fits
 //! the disk budget (passing it through otherwise), and commits only after the digest checks out.
+//! In a fleet, a fill that misses this node's tiers asks the blob's owner (and the members after
+//! it, then the upstream: `fleet::source`), which serves it from its own fill (`fleet::owner`).
 //! With a shared bucket (`store::Shared`) the fill reads the bucket before the upstream, and a fill
 //! from the upstream is uploaded once it is verified and committed (from the hot tier's file; into
 //! the backlog if the bucket is down then); manifests, tags and referrers lists missing here (or

@@ -217,6 +217,10 @@ fn resolve(file: RawFile, over: &Overrides, base: &Path) -> Result<Config, Confi
         .map(|f| crate::fleet::FleetSettings::resolve(f, listen, base))
         .transpose()
         .map_err(|e| ConfigError(format!("fleet: {e}")))?;
+    if fleet.is_some() && tls.is_some() {
+        // Members speak plain HTTP to each other on the main listener.
+        return Err(ConfigError("fleet: not yet supported together with [tls]".into()));
+    }
     let mut raws = raw.upstream;
     if raws.is_empty() {
         raws.push(UpstreamConfig::docker_hub_raw());

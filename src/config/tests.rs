@@ -350,3 +350,18 @@ fn the_shipped_examples_are_accepted() {
         assert_eq!(c.storage.bucket().is_some(), file.contains("s3"), "{file}");
     }
 }
+
+#[test]
+fn a_fleet_table() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("fleet.secret"), "s3cret\n").unwrap();
+    let text = "listen = \"0.0.0.0:5000\"\n[fleet]\nnode = \"http://10.0.0.1:5000\"\npeers = [\"http://10.0.0.1:5000\", \"http://10.0.0.2:5000\"]\nsecret_file = \"fleet.secret\"\n";
+    let c = Config::from_toml(text, &Overrides::default(), dir.path()).unwrap();
+    let fleet = c.fleet.as_ref().expect("a fleet");
+    assert_eq!(fleet.node.as_str(), "http://10.0.0.1:5000");
+    let described = c.describe();
+    assert!(described.contains("[fleet]") && !described.contains("s3cret"), "{described}");
+    assert!(load("").unwrap().fleet.is_none());
+    let err = Config::from_toml("[fleet]\npeers_dns = \"x:5000\"\n", &Overrides::default(), dir.path()).unwrap_err();
+    assert!(err.to_string().starts_with("fleet: secret_file is required"), "{err}");
+}

@@ -87,10 +87,12 @@ impl FillJob {
         match result {
             Ok((size, stored)) => {
                 // `download` told the readers (Done) as soon as the digest checked out.
-                tracing::info!(digest = %self.digest, size, stored, "blob fetched and verified");
+                let request_id = self.request_id.as_deref().unwrap_or_default();
+                tracing::info!(digest = %self.digest, size, stored, %request_id, "blob fetched and verified");
             }
             Err(e) => {
-                tracing::warn!(digest = %self.digest, error = %e, "blob fill failed; nothing stored");
+                let request_id = self.request_id.as_deref().unwrap_or_default();
+                tracing::warn!(digest = %self.digest, error = %e, %request_id, "blob fill failed; nothing stored");
                 guard.failure = Some(e);
             }
         }

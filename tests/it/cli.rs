@@ -19,6 +19,8 @@ fn bad_configurations_stop_with_one_line_and_exit_2() {
         ("listen = \"not an address\"\n", "listen address"),
         ("[[upstream]]\nname = \"docker.io\"\nurl = \"::nope\"\n", "url"),
         ("[[upstream]]\nname = \"docker.io\"\nurl = \"https://r\"\nca_file = \"/nonexistent/ca.pem\"\n", "ca_file"),
+        ("[fleet]\nnode = \"http://10.0.0.1:5000\"\npeers = [\"http://10.0.0.1:5000\"]\n", "secret_file is required"),
+        ("[fleet]\nnode = \"http://10.0.0.1:5000\"\npeers = [\"http://10.0.0.1:5000\"]\nsecret_file = \"/nonexistent/fleet.secret\"\n", "secret_file"),
     ];
     for (config, want) in cases {
         let out = serve_with(config);
