@@ -109,7 +109,7 @@ fn a_bucket_that_cannot_be_used_stops_the_start_before_the_data_directory_is_ope
     let out = serve_with(&config);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    let last = stderr.trim_end().lines().last().unwrap_or_default();
-    assert!(last.starts_with("regcache: storage: ") && last.contains(&refused.to_string()), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("regcache: storage: ") && stderr.contains(&refused.to_string()), "{stderr}");
     assert!(!data.path().join("node").join("index").exists(), "the data directory was opened: {stderr}");
 }
