@@ -20,8 +20,8 @@
 //!   (kept out of the operator's private networks by `upstream::guard`), and the registry protocol
 //!   as typed methods (`head_manifest`, `get_manifest`, `tags`, `referrers`, `head_blob`, `get_blob`).
 //! - [`store`]: the storage seam (`store::BlobBackend`: begin, append, commit after verification,
-//!   abort, open a range, stat, list, remove; probe and cleanup when a server starts) and its first implementation, the local directory
-//!   (`store::LocalBlobs`: temp → fsync → rename); reading stored blobs (`Store::read_blob`,
+//!   abort, open a range, stat, list, remove; probe and cleanup when a server starts) and its
+//!   first implementation, the local directory (`store::LocalBlobs`: temp → fsync → rename); reading stored blobs (`Store::read_blob`,
 //!   pooled buffers, `preadv2`); the sled index; the disk budget of fills; and the housekeeping
 //!   loop (access times, eviction under `max_size`). With `backend = "s3"`: the bucket
 //!   (`store::Bucket`), the tier logic (`store::Shared`) and `bucket_max_size`
@@ -44,8 +44,9 @@
 //! - [`metrics`]: Prometheus counters, gauges and histograms.
 //!
 //! # The path of one request
-//! `app::start` has built everything once; `http::server` accepts a connection; `http::App::handle` routes it (`http::route`, which makes
-//! the typed name and reference), picks the upstream, and asks [`cache::Cache`]. A manifest by tag is
+//! `app::start` has built everything once. `http::server` accepts a connection;
+//! `http::App::handle` routes it (`http::route`, which makes the typed name and reference), picks
+//! the upstream, and asks [`cache::Cache`]. A manifest by tag is
 //! looked up under the kind of answer the client's `Accept` asks for, revalidated with
 //! `Upstream::head_manifest` and served from the index when its digest is known; a manifest from
 //! `Upstream::get_manifest` is verified by `oci::verify_manifest` before it is stored; a blob is
