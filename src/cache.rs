@@ -1,6 +1,10 @@
 //! The cache policy: what is a hit, what goes upstream, when a tag is revalidated, when stale content
 //! is served. Handlers ask; this module decides.
 
+mod answered;
+
+pub use answered::Answered;
+
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +12,6 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::FillBudget;
-use crate::metrics::Answered;
 use crate::fill::{FillError, FillReader, Fills, Join, Source, Verdict};
 use crate::oci::{verify_manifest, AcceptList, Digest, ManifestError, ManifestKind, Reference, RegistryHost, RepositoryName, Tag, OCI_INDEX};
 use crate::store::{now_secs, BlobRead, ListedTags, Store, StoredManifest, TagAnswer};
