@@ -227,7 +227,7 @@ mod tests {
     use super::*;
     use crate::config::{Config, Overrides};
     use crate::metrics::Metrics;
-    use crate::store::{BlobRead, BlobWrite, InUse, Opened, Refused, Reservation, Store};
+    use crate::store::{BlobRead, BlobWrite, InUse, NoRoom, Opened, Reservation, Store};
 
     /// What a test makes a fill do.
     #[derive(Clone, Copy, Debug)]
@@ -269,10 +269,10 @@ mod tests {
         fn max_size(&self) -> Option<u64> {
             self.store.max_size()
         }
-        fn reserve(&self, size: u64) -> Result<Reservation, Refused> {
+        fn reserve(&self, size: u64) -> Result<Reservation, NoRoom> {
             self.store.reserve(size)
         }
-        fn grow(&self, reservation: &mut Reservation, len: u64) -> Result<(), Refused> {
+        fn grow(&self, reservation: &mut Reservation, len: u64) -> Result<(), NoRoom> {
             self.store.grow(reservation, len)
         }
         async fn begin(&self, digest: &Digest, size: Option<u64>) -> io::Result<Box<dyn BlobWrite>> {
