@@ -1,10 +1,15 @@
 //! regcache: a pull-through caching mirror for container registries.
 //!
 //! # Layout
-//! - [`access`]: who may use the mirror: allow list and htpasswd.
+//! - [`access`]: who may use the mirror: allow list and htpasswd (the file read by
+//!   `access::read_htpasswd`).
 //! - [`admin`]: `ls`, `gc`, `verify` on the data directory (and on the shared bucket with `backend = "s3"`).
 //! - [`warm`]: `warm`: pull images through a server ahead of a rush.
-//! - [`config`]: the TOML file as written → a validated [`config::Config`].
+//! - [`config`]: the TOML file as written (`config::raw`: serde types, unknown keys refused by
+//!   name and line; `[storage]` an enum tagged by `backend`; durations and sizes by
+//!   `humantime-serde` and `bytesize`) → a validated [`config::Config`] (`[storage]` as the data
+//!   directory alone or with a `config::BucketTier`: its backend's client settings and the
+//!   tier's `bucket_max_size`), described for `check-config` with secrets masked.
 //! - [`oci`]: the registry domain, pure: `Digest`, `RepositoryName`, `Reference`, `RegistryHost`
 //!   (Docker Hub's aliases and `library/`), media types, error codes and who is to blame (`Blame`).
 //! - [`upstream`]: the client for one upstream registry: pooled hyper + rustls, token auth, redirects
@@ -30,7 +35,8 @@
 //! - [`singleflight`]: one call per key at a time (manifest fetches, tag revalidations, tokens).
 //! - [`sync`]: taking a lock whether or not a panic poisoned it, and why that is sound here.
 //! - [`cache`]: the policy: hit, miss, revalidate, stale.
-//! - [`http`]: accept loop, routing, handlers, the one error mapping.
+//! - [`http`]: accept loop, TLS (loading and reloading the certificate), routing, handlers, the
+//!   one error mapping.
 //! - [`metrics`]: Prometheus counters, gauges and histograms.
 //!
 //! # The path of one request
