@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::config::FillBudget;
 use crate::fill::{FillError, FillReader, Fills, Join, Source, Verdict};
 use crate::oci::{verify_manifest, AcceptList, Digest, ManifestError, ManifestKind, Reference, RegistryHost, RepositoryName, Tag, OCI_INDEX};
 use crate::store::{now_secs, BlobRead, ListedTags, Store, StoredManifest, TagAnswer};
@@ -224,13 +223,12 @@ impl SharedCalls {
 }
 
 impl Cache {
-    /// A cache over `store` fetching from `upstreams` (the first is the default), its fills
-    /// within `budget`.
-    pub fn new(store: Arc<Store>, upstreams: Vec<Arc<Upstream>>, budget: FillBudget) -> Cache {
+    /// A cache over `store` fetching from `upstreams` (the first is the default) through `fills`.
+    pub fn new(store: Arc<Store>, upstreams: Vec<Arc<Upstream>>, fills: Fills) -> Cache {
         Cache {
             store,
             upstreams,
-            fills: Arc::new(Fills::new(budget)),
+            fills: Arc::new(fills),
             revalidations: Singleflight::default(),
             manifest_fetches: Singleflight::default(),
         }

@@ -397,9 +397,14 @@ impl Metrics {
         self.evicted_bytes.inc_by(bytes);
     }
 
-    /// The text exposition, with the gauges read now.
-    pub fn render(&self, fills_running: usize, disk_bytes: u64, bucket_backlog: u64) -> String {
-        self.fills.set(fills_running as i64);
+    /// The `fills_in_progress` gauge, for the fills to keep (`fill::Fills`): they count
+    /// themselves as they start and end.
+    pub fn fills_running(&self) -> Gauge {
+        self.fills.clone()
+    }
+
+    /// The text exposition, with the store's levels read now.
+    pub fn render(&self, disk_bytes: u64, bucket_backlog: u64) -> String {
         self.disk_bytes.set(disk_bytes as i64);
         self.bucket_backlog.set(i64::try_from(bucket_backlog).unwrap_or(i64::MAX));
         let mut out = String::new();
@@ -425,7 +430,7 @@ mod tests {
         for (route, outcome, line) in cases {
             let metrics = Metrics::new();
             metrics.request(route, 200, outcome, 10);
-            let text = metrics.render(0, 0, 0);
+            let text = metrics.render(0, 0);
             assert!(text.contains(line), "{route:?} {outcome:?}: {text}");
             let route_line = format!(r#"regcache_http_requests_total{{route="{}",status="200"}} 1"#, route.as_str());
             assert!(text.contains(&route_line), "{text}");

@@ -165,7 +165,7 @@ impl App {
             .map_err(StartError::Upstream)?;
         let tls = config.tls.clone().map(Tls::new).transpose().map_err(StartError::Tls)?;
         Ok(Arc::new(App {
-            cache: Cache::new(store, upstreams, config.fills.clone()),
+            cache: Cache::new(store, upstreams, crate::fill::Fills::new(config.fills.clone(), metrics.fills_running())),
             metrics,
             gate: Gate::new(config.access.clone()),
             tls,
@@ -259,7 +259,7 @@ impl App {
         match route {
             Route::Metrics => {
                 let store = self.cache.store();
-                let body = self.metrics.render(self.cache.fills().len(), store.index.used_bytes(), store.index.backlog().len());
+                let body = self.metrics.render(store.index.used_bytes(), store.index.backlog().len());
                 text(body, "text/plain; version=0.0.4; charset=utf-8")
             }
             _ => text("ok\n", "text/plain"),
