@@ -95,7 +95,7 @@ pub fn open_with(config: &Config, bucket: Option<Arc<dyn SharedBackend>>, metric
         .collect::<Result<Vec<_>, _>>()?;
     let tls = config.tls.clone().map(Tls::new).transpose()?;
     Ok(App::new(AppParts {
-        cache: Cache::new(store, upstreams, config.fills.clone()),
+        cache: Cache::new(store, upstreams, crate::fill::Fills::new(config.fills.clone(), metrics.fills_running())),
         metrics,
         gate: Gate::new(config.access.clone()),
         tls,
