@@ -15,38 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// How the cache answered a request: the `outcome` label, and the word in the request log.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum Answered {
-    /// From the cache, upstream not asked (or only asked to revalidate).
-    Hit,
-    /// Fetched from upstream.
-    Miss,
-    /// From the cache because upstream was unavailable.
-    Stale,
-    /// Passed through from upstream, nothing cached.
-    Pass,
-}
-
-impl Answered {
-    /// The word used in logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Answered::Hit => "hit",
-            Answered::Miss => "miss",
-            Answered::Stale => "stale",
-            Answered::Pass => "pass",
-        }
-    }
-
-    /// Where the body came from.
-    fn source(self) -> Source {
-        match self {
-            Answered::Hit | Answered::Stale => Source::Cache,
-            Answered::Miss | Answered::Pass => Source::Upstream,
-        }
-    }
-}
+use crate::cache::Answered;
 
 /// Which route a request took: the `route` label.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -90,16 +59,24 @@ impl RouteLabel {
 
 /// Where the bytes served came from: the `source` label.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-enum Source {
+enum ServedFrom {
     Cache,
     Upstream,
 }
 
-impl Source {
+impl ServedFrom {
+    /// Where the body of a request the cache answered with `outcome` came from.
+    fn of(outcome: Answered) -> ServedFrom {
+        match outcome {
+            Answered::Hit | Answered::Stale => ServedFrom::Cache,
+            Answered::Miss | Answered::Pass => ServedFrom::Upstream,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
-            Source::Cache => "cache",
-            Source::Upstream => "upstream",
+            ServedFrom::Cache => "cache",
+            ServedFrom::Upstream => "upstream",
         }
     }
 }
@@ -179,7 +156,7 @@ macro_rules! label_value {
         }
     )*};
 }
-label_value!(Answered, RouteLabel, Source, BucketOp, BucketResult, Direction);
+label_value!(Answered, RouteLabel, ServedFrom, BucketOp, BucketResult, Direction);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BucketLabels {
@@ -210,8 +187,8 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SourceLabels {
-    source: Source,
+struct ServedFromLabels {
+    source: ServedFrom,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -230,7 +207,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     outcomes: Family<OutcomeLabels, Counter>,
-    bytes_served: Family<SourceLabels, Counter>,
+    bytes_served: Family<ServedFromLabels, Counter>,
     upstream_requests: Family<UpstreamLabels, Counter>,
     upstream_latency: Family<UpstreamName, Histogram>,
     token_fetches: Family<UpstreamName, Counter>,
@@ -401,7 +378,7 @@ impl Metrics {
         self.requests.get_or_create(&RequestLabels { route, status }).inc();
         if let Some(outcome) = outcome {
             self.outcomes.get_or_create(&OutcomeLabels { outcome }).inc();
-            self.bytes_served.get_or_create(&SourceLabels { source: outcome.source() }).inc_by(bytes);
+            self.bytes_served.get_or_create(&ServedFromLabels { source: ServedFrom::of(outcome) }).inc_by(bytes);
         }
     }
 
@@ -423,9 +400,14 @@ impl Metrics {
         self.evicted_bytes.inc_by(bytes);
     }
 
-    /// The text exposition, with the gauges read now.
-    pub fn render(&self, fills_running: usize, disk_bytes: u64, bucket_backlog: u64) -> String {
-        self.fills.set(fills_running as i64);
+    /// The `fills_in_progress` gauge, for the fills to keep (`fill::Fills`): they count
+    /// themselves as they start and end.
+    pub fn fills_running(&self) -> Gauge {
+        self.fills.clone()
+    }
+
+    /// The text exposition, with the store's levels read now.
+    pub fn render(&self, disk_bytes: u64, bucket_backlog: u64) -> String {
         self.disk_bytes.set(disk_bytes as i64);
         self.bucket_backlog.set(i64::try_from(bucket_backlog).unwrap_or(i64::MAX));
         let mut out = String::new();
@@ -451,7 +433,7 @@ mod tests {
         for (route, outcome, line) in cases {
             let metrics = Metrics::new();
             metrics.request(route, 200, outcome, 10);
-            let text = metrics.render(0, 0, 0);
+            let text = metrics.render(0, 0);
             assert!(text.contains(line), "{route:?} {outcome:?}: {text}");
             let route_line = format!(r#"regcache_http_requests_total{{route="{}",status="200"}} 1"#, route.as_str());
             assert!(text.contains(&route_line), "{text}");

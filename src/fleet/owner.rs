@@ -7,9 +7,8 @@
 
 use std::sync::Arc;
 
-use crate::cache::{BlobAnswer, Cache, CacheError};
+use crate::cache::{Answered, BlobAnswer, Cache, CacheError};
 use crate::fill::{FillReader, Join, Source, Via};
-use crate::metrics::Answered;
 use crate::oci::{Digest, RepositoryName};
 use crate::upstream::{RateLimit, Upstream};
 
