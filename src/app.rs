@@ -94,7 +94,7 @@ pub fn open_with(config: &Config, bucket: Option<Arc<dyn SharedBackend>>, metric
         .map(|u| Upstream::new(u.clone(), metrics.clone()).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
     let tls = config.tls.clone().map(Tls::new).transpose()?;
-    let fleet = config.fleet.as_ref().map(crate::fleet::Fleet::start);
+    let fleet = config.fleet.as_ref().map(|f| crate::fleet::Fleet::start(f, metrics.fleet()));
     let mut cache = Cache::new(store, upstreams, crate::fill::Fills::new(config.fills.clone(), metrics.fills_running()));
     if let Some(fleet) = &fleet {
         cache = cache.with_fleet(fleet.clone());

@@ -202,6 +202,40 @@ struct UpstreamName {
     upstream: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FleetOutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberLabels {
+    member: String,
+}
+
+/// The fleet's metrics, kept by the fleet (`fleet::Fleet`): how its fills got their blobs, and
+/// which members are up.
+#[derive(Clone)]
+pub struct FleetMetrics {
+    outcomes: Family<FleetOutcomeLabels, Counter>,
+    members: Family<MemberLabels, Gauge>,
+}
+
+impl FleetMetrics {
+    /// One fill's source, or one member that failed to answer (`outcome` a
+    /// `fleet::FleetOutcome` as its label says it).
+    pub fn outcome(&self, outcome: &'static str) {
+        self.outcomes.get_or_create(&FleetOutcomeLabels { outcome }).inc();
+    }
+
+    /// The members and whether each is up, replacing what was set before (members leave).
+    pub fn members(&self, states: &[(String, bool)]) {
+        self.members.clear();
+        for (member, up) in states {
+            self.members.get_or_create(&MemberLabels { member: member.clone() }).set(i64::from(*up));
+        }
+    }
+}
+
 /// Every metric regcache exports.
 pub struct Metrics {
     registry: Registry,
@@ -225,6 +259,7 @@ pub struct Metrics {
     bucket_evicted_bytes: Counter,
     bucket_backlog: Gauge,
     bucket_backlog_dropped: Counter,
+    fleet: FleetMetrics,
 }
 
 /// An upload counted as running until it is dropped.
@@ -300,6 +335,13 @@ impl Metrics {
             "Backlog entries dropped unwritten because the backlog was full (the oldest go)",
             bucket_backlog_dropped.clone(),
         );
+        let fleet = FleetMetrics { outcomes: Family::default(), members: Family::default() };
+        registry.register(
+            "fleet_fills",
+            "How fills in a fleet got their blobs (peer_hit: a member had it stored, peer_fill: from a member's fill, fell_back_upstream: no member could stream it) and members that failed to answer (owner_down)",
+            fleet.outcomes.clone(),
+        );
+        registry.register("fleet_member_up", "Each member of the fleet: 1 up, 0 from a failure to answer until its next answer", fleet.members.clone());
         Metrics {
             registry,
             requests,
@@ -322,6 +364,7 @@ impl Metrics {
             bucket_evicted_bytes,
             bucket_backlog,
             bucket_backlog_dropped,
+            fleet,
         }
     }
 
@@ -398,6 +441,11 @@ impl Metrics {
     pub fn evicted(&self, bytes: u64) {
         self.evictions.inc();
         self.evicted_bytes.inc_by(bytes);
+    }
+
+    /// The fleet's metrics, for the fleet to keep.
+    pub fn fleet(&self) -> FleetMetrics {
+        self.fleet.clone()
     }
 
     /// The `fills_in_progress` gauge, for the fills to keep (`fill::Fills`): they count

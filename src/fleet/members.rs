@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::hrw;
 use super::member::MemberId;
 use super::settings::{Peers, MAX_MEMBERS};
+use crate::metrics::FleetMetrics;
 use crate::sync::lock;
 
 /// How long a member that failed to answer is left alone.
@@ -30,6 +31,8 @@ pub struct Members {
     /// Members that failed, until when they are left alone. Bounded: only listed members are
     /// marked, and a new list drops the others.
     down: Mutex<HashMap<MemberId, Instant>>,
+    /// Where the members' states are shown, if anywhere.
+    metrics: Option<FleetMetrics>,
 }
 
 impl Members {
@@ -40,7 +43,22 @@ impl Members {
             Peers::Static(list) => list.clone().into(),
             Peers::Dns { .. } => Arc::new([node.clone()]),
         };
-        Members { node, list: RwLock::new(list), down: Mutex::default() }
+        Members { node, list: RwLock::new(list), down: Mutex::default(), metrics: None }
+    }
+
+    /// These members, their states shown in `metrics` (as they change).
+    pub fn with_metrics(mut self, metrics: FleetMetrics) -> Members {
+        self.metrics = Some(metrics);
+        self.show();
+        self
+    }
+
+    /// Show the members' states in the metrics.
+    fn show(&self) {
+        if let Some(metrics) = &self.metrics {
+            let states: Vec<(String, bool)> = self.states().into_iter().map(|(m, up)| (m.to_string(), up)).collect();
+            metrics.members(&states);
+        }
     }
 
     /// This member.
@@ -67,6 +85,7 @@ impl Members {
         }
         lock(&self.down).retain(|m, _| list.contains(m));
         *self.list.write().unwrap_or_else(std::sync::PoisonError::into_inner) = list.into();
+        self.show();
     }
 
     /// Whom this node asks for `key`, in order: the members ranked above it for the key that are
@@ -89,17 +108,23 @@ impl Members {
     pub fn failed(&self, member: &MemberId, now: Instant) {
         if self.list().contains(member) {
             lock(&self.down).insert(member.clone(), now + DOWN_FOR);
+            self.show();
         }
     }
 
     /// `member` answered: it is up.
     pub fn answered(&self, member: &MemberId) {
-        lock(&self.down).remove(member);
+        let was_down = lock(&self.down).remove(member).is_some();
+        if was_down {
+            self.show();
+        }
     }
 
-    /// Every member and whether it is up at `now`, for the metrics.
-    pub fn states(&self, now: Instant) -> Vec<(MemberId, bool)> {
-        self.list().iter().map(|m| (m.clone(), self.is_up(m, now))).collect()
+    /// Every member and whether it is up (for the metrics: a member marked down shows as
+    /// down until it answers again).
+    pub fn states(&self) -> Vec<(MemberId, bool)> {
+        let down = lock(&self.down);
+        self.list().iter().map(|m| (m.clone(), !down.contains_key(m) || m == &self.node)).collect()
     }
 }
 
@@ -171,6 +196,6 @@ mod tests {
         let list = members.list();
         assert_eq!(list.len(), MAX_MEMBERS);
         assert!(list.contains(&m(2)));
-        assert_eq!(members.states(t0).len(), MAX_MEMBERS);
+        assert_eq!(members.states().len(), MAX_MEMBERS);
     }
 }

@@ -18,13 +18,42 @@ pub mod source;
 
 use std::sync::Arc;
 
+use crate::metrics::FleetMetrics;
+
 pub use member::MemberId;
 pub use members::Members;
 pub use settings::{FleetSettings, Peers, RawFleet, Secret};
 
+/// How a fill in a fleet got its blob, or what went wrong on the way: the `outcome` label of
+/// `regcache_fleet_fills_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FleetOutcome {
+    /// A member had the blob stored.
+    PeerHit,
+    /// A member streamed it from its own fill.
+    PeerFill,
+    /// A member asked failed to answer, or its stream broke off (it is taken for down).
+    OwnerDown,
+    /// No member could stream (the rest of) the blob: the upstream was asked.
+    FellBackUpstream,
+}
+
+impl FleetOutcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FleetOutcome::PeerHit => "peer_hit",
+            FleetOutcome::PeerFill => "peer_fill",
+            FleetOutcome::OwnerDown => "owner_down",
+            FleetOutcome::FellBackUpstream => "fell_back_upstream",
+        }
+    }
+}
+
 /// This node's view of the fleet: the members, their health, and the shared secret.
 pub struct Fleet {
     members: Arc<Members>,
+    metrics: FleetMetrics,
     secret: Secret,
     client: peer::PeerClient,
 }
@@ -32,17 +61,22 @@ pub struct Fleet {
 impl Fleet {
     /// The fleet of `settings`; with `peers_dns`, its resolution runs in the background (on the
     /// current tokio runtime) for as long as the fleet exists.
-    pub fn start(settings: &FleetSettings) -> Arc<Fleet> {
-        let members = Arc::new(Members::new(settings.node.clone(), &settings.peers));
+    pub fn start(settings: &FleetSettings, metrics: FleetMetrics) -> Arc<Fleet> {
+        let members = Arc::new(Members::new(settings.node.clone(), &settings.peers).with_metrics(metrics.clone()));
         if let Peers::Dns { host, port } = &settings.peers {
             members::spawn_resolver(&members, host.clone(), *port);
         }
-        Arc::new(Fleet { members, secret: settings.secret.clone(), client: peer::PeerClient::new(settings.secret.clone()) })
+        Arc::new(Fleet { members, metrics, secret: settings.secret.clone(), client: peer::PeerClient::new(settings.secret.clone()) })
     }
 
     /// The members and their health.
     pub fn members(&self) -> &Arc<Members> {
         &self.members
+    }
+
+    /// Count `outcome`.
+    pub fn count(&self, outcome: FleetOutcome) {
+        self.metrics.outcome(outcome.as_str());
     }
 
     /// The client for the other members.

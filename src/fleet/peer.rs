@@ -23,6 +23,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Where the body of a member's answer starts in the blob (the owner's `http::fleet` sets it).
 pub const OFFSET_HEADER: &str = "x-regcache-offset";
 
+/// Whether the owner had the blob stored (`stored`) or streams it from its fill (`fill`).
+pub const SERVED_HEADER: &str = "x-regcache-served";
+
 /// What a fill asks a member for.
 #[derive(Clone, Debug)]
 pub struct BlobAsk {
@@ -53,6 +56,8 @@ pub enum PeerError {
 pub struct PeerBlob {
     /// The whole blob's size, when the member knows it.
     pub total: Option<u64>,
+    /// Whether the member had the blob stored (else it streams it from its fill).
+    pub stored: bool,
     /// The bytes from the offset asked.
     pub body: Incoming,
 }
@@ -95,7 +100,8 @@ impl PeerClient {
         }
         let length = content_length(resp.headers());
         let total = length.map(|l| l.saturating_add(offset));
-        Ok(PeerBlob { total, body: resp.into_body() })
+        let stored = resp.headers().get(SERVED_HEADER).is_some_and(|v| v == "stored");
+        Ok(PeerBlob { total, stored, body: resp.into_body() })
     }
 
     fn request(&self, member: &MemberId, ask: &BlobAsk, offset: u64) -> Result<Request<Empty<Bytes>>, PeerError> {

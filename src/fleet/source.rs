@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::member::MemberId;
 use super::peer::{BlobAsk, PeerError};
-use super::Fleet;
+use super::{Fleet, FleetOutcome};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// Where the bytes come from now.
@@ -59,7 +59,10 @@ impl FleetStream {
             }
             // No member answered, or one answered about the blob itself (e.g. 404): the upstream
             // is asked from the start, as without a fleet.
-            Ok(false) | Err(_) => None,
+            Ok(false) | Err(_) => {
+                fleet.count(FleetOutcome::FellBackUpstream);
+                None
+            }
         }
     }
 
@@ -81,6 +84,7 @@ impl FleetStream {
                 Err(Broke::Member(member, why)) => {
                     tracing::warn!(%member, digest = %self.ask.digest, at = self.pos, error = %why, "a member's stream broke off; asking the next");
                     self.fleet.members().failed(&member, Instant::now());
+                    self.fleet.count(FleetOutcome::OwnerDown);
                     self.current = Current::None;
                 }
             }
@@ -132,6 +136,7 @@ impl FleetStream {
                         continue;
                     }
                     self.fleet.members().answered(&member);
+                    self.fleet.count(if blob.stored { FleetOutcome::PeerHit } else { FleetOutcome::PeerFill });
                     self.total = self.total.or(blob.total);
                     tracing::debug!(%member, digest = %self.ask.digest, from = self.pos, "streaming the blob from a member");
                     self.current = Current::Member(member, blob.body);
@@ -145,6 +150,7 @@ impl FleetStream {
                 Err(PeerError::Down(why)) => {
                     tracing::warn!(%member, digest = %self.ask.digest, error = %why, "a member did not answer; it is taken for down for a while");
                     self.fleet.members().failed(&member, Instant::now());
+                    self.fleet.count(FleetOutcome::OwnerDown);
                 }
             }
         }
@@ -154,6 +160,7 @@ impl FleetStream {
     /// No member is left: ask the upstream from `pos`.
     async fn upstream_from_here(&mut self) -> Result<(), UpstreamError> {
         tracing::info!(digest = %self.ask.digest, from = self.pos, "no member can stream the blob; asking the upstream");
+        self.fleet.count(FleetOutcome::FellBackUpstream);
         let (head, start, body) = self.upstream.get_blob_from(&self.ask.repo, &self.ask.digest, self.pos).await?;
         if self.total.is_some() && head.size.is_some() && head.size != self.total {
             return Err(UpstreamError::Protocol("the upstream announced another size than the member".into()));

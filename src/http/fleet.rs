@@ -9,7 +9,8 @@ use super::route::{RouteError, RouteErrorKind};
 use super::{blob_response, parse_range, App, Resp};
 use crate::cache::RangeRequest;
 use crate::fleet::auth::{self, REPOSITORY_HEADER, UPSTREAM_HEADER};
-use crate::fleet::peer::OFFSET_HEADER;
+use crate::cache::Answered;
+use crate::fleet::peer::{OFFSET_HEADER, SERVED_HEADER};
 use crate::oci::{Digest, ErrorCode, RepositoryName};
 
 impl App {
@@ -39,7 +40,12 @@ impl App {
             }
         };
         let mut resp = match crate::fleet::owner::serve_blob(&self.cache, up, &repo, digest, offset).await {
-            Ok(answer) => blob_response(answer, digest),
+            Ok(answer) => {
+                let served = if answer.outcome == Answered::Hit { "stored" } else { "fill" };
+                let mut resp = blob_response(answer, digest);
+                resp.headers_mut().insert(SERVED_HEADER, HeaderValue::from_static(served));
+                resp
+            }
             Err(e) => rescue(&e, Resource::Blob),
         };
         resp.headers_mut().insert(OFFSET_HEADER, HeaderValue::from(offset));

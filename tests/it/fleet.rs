@@ -155,6 +155,16 @@ async fn clients_of_three_nodes_make_one_upstream_fetch_of_a_cold_blob() {
     for node in &fleet.nodes {
         node.wait_stored(&digest).await;
     }
+    // The others streamed from the owner's fill; the owner asked nobody; every member is up.
+    let order = fleet.order(&digest);
+    for &i in &order[1..] {
+        fleet.nodes[i].metrics_with("regcache_fleet_fills_total{outcome=\"peer_fill\"} 1\n").await;
+    }
+    let owner = fleet.nodes[order[0]].get("/metrics").await.text().await.unwrap();
+    assert!(!owner.contains("regcache_fleet_fills_total{"), "the owner asked nobody: {owner}");
+    let states: Vec<&str> = owner.lines().filter(|l| l.starts_with("regcache_fleet_member_up{")).collect();
+    assert_eq!(states.len(), 3, "{owner}");
+    assert!(states.iter().all(|l| l.ends_with(" 1")), "{states:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,6 +205,11 @@ async fn a_listed_member_that_never_started_holds_up_no_pull() {
     // A refused connection marks a member down at once: no timeout is waited for.
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "finished promptly: {:?}", started.elapsed());
     assert_eq!(reg.cdn_count(&digest), 1, "the next member fetched it for both");
+    let dead = fleet.members[2].as_str();
+    for node in &fleet.nodes {
+        let text = node.metrics_with("regcache_fleet_fills_total{outcome=\"owner_down\"}").await;
+        assert!(text.contains(&format!("regcache_fleet_member_up{{member=\"{dead}\"}} 0")), "{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
