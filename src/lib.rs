@@ -4,6 +4,7 @@
 //! - [`access`]: who may use the mirror: allow list and htpasswd.
 //! - [`admin`]: `ls`, `gc`, `verify` on the data directory (and on the shared bucket with `backend = "s3"`).
 //! - [`warm`]: `warm`: pull images through a server ahead of a rush.
+//! - [`healthcheck`]: `healthcheck`: ask a running server's `/healthz`, for images without curl.
 //! - [`config`]: the TOML file as written → a validated [`config::Config`].
 //! - [`oci`]: the registry domain, pure: `Digest`, `RepositoryName`, `Reference`, `RegistryHost`
 //!   (Docker Hub's aliases and `library/`), media types, error codes and who is to blame (`Blame`).
@@ -53,6 +54,7 @@ pub mod access;
 pub mod admin;
 pub mod cache;
 pub mod config;
+pub mod healthcheck;
 pub mod http;
 pub mod inflight;
 pub mod metrics;
