@@ -623,6 +623,10 @@ def test_dockerfile():
     assert m, "ENTRYPOINT must be in exec (JSON) form"
     entry = json.loads(m[1])
     assert os.path.basename(entry[0]) == "regcache" and entry[1:] == ["serve", "--config", "/etc/regcache/regcache.toml"]
+    m = re.search(r"^HEALTHCHECK\s[^\n]*?(?:\\\n[^\n]*?)*CMD\s+(\[.*\])\s*$", final, re.M)
+    assert m, "HEALTHCHECK must run `regcache healthcheck` in exec (JSON) form"
+    check = json.loads(m[1])
+    assert check == [entry[0], "healthcheck", "--config", "/etc/regcache/regcache.toml"], check
 
 
 def test_readme_mentions_every_file():
