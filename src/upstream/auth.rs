@@ -34,6 +34,13 @@ const MAX_WITHHELD_WARNINGS: usize = 16;
 #[derive(Clone)]
 pub struct Token(Arc<str>);
 
+impl Token {
+    /// The token itself, for the `Authorization` header (never for a log).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Token(***)")
@@ -324,7 +331,14 @@ async fn request_token(
     if !status.is_success() {
         return Err(UpstreamError::Protocol(format!("token server answered {status}")));
     }
-    let parsed: TokenResponse = serde_json::from_slice(&body)
+    parse_token_response(&body)
+}
+
+/// The token in a token server's answer (`token`, or OAuth2's `access_token`) and how long it
+/// lives ([`token_lifetime`]). Public for the property tests and fuzz targets of outside input.
+#[doc(hidden)]
+pub fn parse_token_response(body: &[u8]) -> Result<(Token, Duration), UpstreamError> {
+    let parsed: TokenResponse = serde_json::from_slice(body)
         .map_err(|e| UpstreamError::Protocol(format!("token response is not JSON: {e}")))?;
     let text = parsed
         .token
