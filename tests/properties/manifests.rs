@@ -259,3 +259,14 @@ fn a_huge_format_length_is_no_allocation() {
         oracle::manifest(doc.as_bytes(), None);
     }
 }
+
+/// Found by the property tests: blob sizes summing past `u64::MAX` overflowed `Refs::blob_bytes`
+/// (a panic in a debug build, a wrapped total in `regcache ls` and `warm`'s progress otherwise).
+#[test]
+fn sizes_summing_past_u64_max_saturate() {
+    let d = Digest::sha256_of(b"");
+    let max = u64::MAX;
+    let m = format!(r#"{{"schemaVersion":2,"config":{{"digest":"{d}","size":{max}}},"layers":[{{"digest":"{d}","size":1}}]}}"#);
+    assert_eq!(references(m.as_bytes()).unwrap().blob_bytes(), u64::MAX);
+    oracle::manifest(m.as_bytes(), None);
+}

@@ -224,6 +224,7 @@ pub fn names(s: &str) {
 pub fn manifest(bytes: &[u8], content_type: Option<&str>) {
     let refs = bounded("references", bytes.len(), || references(bytes));
     if let Some(refs) = &refs {
+        let _ = refs.blob_bytes();
         for d in refs.children.iter().map(|c| &c.digest).chain(refs.blobs.iter().map(|(d, _)| d)) {
             assert_eq!(d.to_string().parse::<Digest>().as_ref(), Ok(d));
         }
