@@ -334,16 +334,16 @@ async fn request_token(
     parse_token_response(&body)
 }
 
-/// The token in a token server's answer (`token`, or OAuth2's `access_token`) and how long it
-/// lives ([`token_lifetime`]). Public for the property tests and fuzz targets of outside input.
+/// The token in a token server's answer (a non-empty `token`, else OAuth2's `access_token`) and
+/// how long it lives ([`token_lifetime`]). Public for the property tests and fuzz targets of outside input.
 #[doc(hidden)]
 pub fn parse_token_response(body: &[u8]) -> Result<(Token, Duration), UpstreamError> {
     let parsed: TokenResponse = serde_json::from_slice(body)
         .map_err(|e| UpstreamError::Protocol(format!("token response is not JSON: {e}")))?;
-    let text = parsed
-        .token
-        .or(parsed.access_token)
-        .filter(|t| !t.is_empty())
+    // An empty `token` beside an `access_token` is no token: the other field is.
+    let given = |t: Option<String>| t.filter(|t| !t.is_empty());
+    let text = given(parsed.token)
+        .or_else(|| given(parsed.access_token))
         .ok_or_else(|| UpstreamError::Protocol("token response has no token".into()))?;
     Ok((Token(text.into()), token_lifetime(parsed.expires_in.as_ref())))
 }

@@ -307,6 +307,18 @@ pub fn token_response(body: &[u8]) {
         assert!(!token.expose().is_empty());
         assert!((Duration::from_secs(1)..=Duration::from_secs(24 * 60 * 60)).contains(lifetime), "{lifetime:?}");
     }
+    // Whichever of `token` and `access_token` is a non-empty string is the token (`token` first).
+    let Ok(serde_json::Value::Object(doc)) = serde_json::from_slice::<serde_json::Value>(body) else { return };
+    let field = |k: &str| doc.get(k).filter(|v| !v.is_null());
+    if field("token").is_some_and(|v| !v.is_string()) || field("access_token").is_some_and(|v| !v.is_string()) {
+        return;
+    }
+    let given = |k: &str| field(k).and_then(serde_json::Value::as_str).filter(|t| !t.is_empty());
+    let want = given("token").or_else(|| given("access_token"));
+    // Written again without duplicate keys, which JSON leaves undefined.
+    let canonical = serde_json::to_vec(&doc).expect("a JSON object serialises");
+    let got = parse_token_response(&canonical).ok();
+    assert_eq!(got.as_ref().map(|(t, _)| t.expose()), want, "{}", String::from_utf8_lossy(&canonical));
 }
 
 /// The path a route serves, as the router reads it.

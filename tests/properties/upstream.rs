@@ -87,7 +87,7 @@ proptest! {
 
     #[test]
     fn the_token_is_whichever_field_holds_one(
-        token in prop::option::of("[!-~]{1,20}"),
+        token in prop::option::of(prop_oneof![Just(String::new()), "[!-~]{1,20}"]),
         access_token in prop::option::of(prop_oneof![Just(String::new()), "[!-~]{1,20}"]),
         expires_in in prop::option::of(prop_oneof![
             any::<u64>().prop_map(Value::from),
@@ -123,4 +123,13 @@ proptest! {
             prop_assert_eq!(lifetime, Duration::from_secs(want));
         }
     }
+}
+
+/// Found by the property tests: `{"token":"","access_token":"A"}` was refused as having no token
+/// (the empty `token` was taken, then found empty).
+#[test]
+fn an_empty_token_beside_an_access_token_is_no_token() {
+    let (token, _) = parse_token_response(br#"{"token":"","access_token":"A"}"#).unwrap();
+    assert_eq!(token.expose(), "A");
+    oracle::token_response(br#"{"token":"","access_token":"A"}"#);
 }
