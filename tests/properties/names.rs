@@ -62,6 +62,12 @@ proptest! {
     }
 
     #[test]
+    fn every_part_of_an_image_written_is_valid(name in spec_names(), tag in "[ -~]{0,12}", digest in prop::option::of(digests())) {
+        let at = digest.map(|d| format!("@{}", d)).unwrap_or_default();
+        oracle::image_ref(&format!("{}:{}{}", name, tag, at));
+    }
+
+    #[test]
     fn images_print_back_to_what_they_were_parsed_as(
         registry in prop::option::of("(localhost|[a-z0-9]{1,6}\\.[a-z]{2,3})(:[0-9]{1,5})?"),
         name in spec_names(),
@@ -91,4 +97,17 @@ proptest! {
         };
         prop_assert_eq!(image.reference, want);
     }
+}
+
+/// Found by the property tests: a tag written beside a digest was not checked at all
+/// (`alpine:bad tag@sha256:…` was accepted, the tag silently dropped).
+#[test]
+fn a_tag_beside_a_digest_is_checked() {
+    let d = Digest::sha256_of(b"");
+    for image in [format!("alpine:bad tag@{d}"), format!("alpine:@{d}"), format!("ghcr.io/a/b:.x@{d}")] {
+        assert!(image.parse::<ImageRef>().is_err(), "{image}");
+        oracle::image_ref(&image);
+    }
+    let image: ImageRef = format!("alpine:3@{d}").parse().unwrap();
+    assert_eq!(image.reference, Reference::Digest(d));
 }

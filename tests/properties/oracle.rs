@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use regcache::access::parse_basic;
 use regcache::http::{parse_range, query, route, RepoRoute, Route, RouteErrorKind};
 use regcache::oci::{
-    references, verify_manifest, AcceptList, Algorithm, Digest, ImageRef, ManifestError, ManifestKind, Reference,
+    is_registry_host, references, verify_manifest, AcceptList, Algorithm, Digest, ImageRef, ManifestError, ManifestKind, Reference,
     RepositoryName, Tag, MAX_TAG_LEN, SCHEMA1_SIGNED,
 };
 use regcache::upstream::{parse_challenges, parse_token_response, Challenge};
@@ -191,16 +191,27 @@ pub fn reference(s: &str) {
     }
 }
 
-/// Images as people write them: what is printed parses back to the same image, and a digest
-/// written is the reference.
+/// Images as people write them: what is printed parses back to the same image, and every part
+/// written is valid (a tag beside a digest too).
 pub fn image_ref(s: &str) {
     let parsed = bounded("ImageRef", s.len(), || s.parse::<ImageRef>());
     let Ok(image) = parsed else { return };
     let printed = image.to_string();
     assert_eq!(printed.parse::<ImageRef>().as_ref(), Ok(&image), "{s:?} printed as {printed:?}");
     assert_eq!(image.registry, image.registry.to_ascii_lowercase());
-    if let Some((_, d)) = s.split_once('@') {
+    let (rest, digest) = match s.split_once('@') {
+        Some((rest, d)) => (rest, Some(d)),
+        None => (s, None),
+    };
+    if let Some(d) = digest {
         assert_eq!(image.reference.to_string(), d, "{s:?}");
+    }
+    let path = match rest.split_once('/') {
+        Some((first, path)) if is_registry_host(first) => path,
+        _ => rest,
+    };
+    if let Some((_, t)) = path.rsplit('/').next().and_then(|last| last.split_once(':')) {
+        assert!(spec_tag(t), "{s:?}: tag {t:?} accepted");
     }
 }
 
