@@ -37,7 +37,8 @@
 //! - [`cache`]: the policy: hit, miss, revalidate, stale.
 //! - [`http`]: accept loop, TLS (loading and reloading the certificate), routing, handlers, the
 //!   one error mapping.
-//! - [`metrics`]: Prometheus counters, gauges and histograms.
+//! - [`metrics`]: Prometheus counters, gauges and histograms; a gauge is kept by what it counts (the
+//!   fills keep `fills_in_progress`, `Metrics::fills_running`).
 //!
 //! # The path of one request
 //! `http::server` accepts a connection; `http::App::handle` routes it (`http::route`, which makes
