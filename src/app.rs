@@ -13,7 +13,6 @@ use std::sync::Arc;
 use crate::access::Gate;
 use crate::cache::Cache;
 use crate::config::{BucketBackend, Config};
-use crate::fill::Fills;
 use crate::http::{App, AppParts, Tls, TlsError};
 use crate::metrics::Metrics;
 use crate::store::bucket::{Observer, Request};
@@ -96,7 +95,7 @@ pub fn open_with(config: &Config, bucket: Option<Arc<dyn SharedBackend>>, metric
         .collect::<Result<Vec<_>, _>>()?;
     let tls = config.tls.clone().map(Tls::new).transpose()?;
     Ok(App::new(AppParts {
-        cache: Cache::new(store, upstreams, Fills::new(config.fills.clone(), metrics.fills_running())),
+        cache: Cache::new(store, upstreams, crate::fill::Fills::new(config.fills.clone(), metrics.fills_running())),
         metrics,
         gate: Gate::new(config.access.clone()),
         tls,
