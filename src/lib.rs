@@ -42,7 +42,8 @@
 //! - [`cache`]: the policy: hit, miss, revalidate, stale.
 //! - [`http`]: it only serves: accept loop, TLS (loading and reloading the certificate), routing,
 //!   handlers, the one error mapping.
-//! - [`metrics`]: Prometheus counters, gauges and histograms.
+//! - [`metrics`]: Prometheus counters, gauges and histograms; a gauge is kept by what it counts (the
+//!   fills keep `fills_in_progress`, `Metrics::fills_running`).
 //!
 //! # The path of one request
 //! `app::start` has built everything once. `http::server` accepts a connection;
