@@ -5,8 +5,8 @@
 //! handed to [`App`], which only serves.
 //!
 //! A new storage backend is one file implementing the seam (`store::BlobBackend`, with its
-//! `probe` and `cleanup`, and `store::Records`), one `config::BucketBackend` variant, and one line
-//! in [`bucket_client`].
+//! `probe` and `cleanup`, and `store::Records`), its configuration (a file as `config/s3.rs`, and
+//! one variant of each enum in `config/storage.rs`), and one line in [`bucket_client`].
 
 use std::sync::Arc;
 

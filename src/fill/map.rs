@@ -351,6 +351,7 @@ mod tests {
         let again = start(&fills, &store, &up, &digest);
         assert!(!Arc::ptr_eq(&fill, &again));
         assert_eq!(fills.len(), 1);
+        assert_eq!(fills.counted.get(), 1, "the gauge counts the running fill, not the one that died");
     }
 
     #[test]
@@ -382,6 +383,7 @@ mod tests {
         let drained = tokio::time::timeout(std::time::Duration::from_secs(10), fills.drain(Instant::now())).await;
         assert!(!drained.expect("drain returns once the fills are gone"), "the fill did not finish, it was abandoned");
         assert!(fills.is_empty());
+        assert_eq!(fills.counted.get(), 0, "an abandoned fill is counted no more");
         assert!(matches!(&*fill.state.borrow(), FillState::Failed(FillError::Upstream(UpstreamError::Interrupted(_)))));
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "its temporary file is gone");
     }

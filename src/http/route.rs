@@ -122,10 +122,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, RouteError> {
         "/healthz" if read => return Ok(Route::Healthz),
         _ => {}
     }
-    if let Some(digest) = path.strip_prefix("/_fleet/v1/blobs/") {
-        if *method != Method::GET {
-            return Err(RouteError::new(RouteErrorKind::ReadOnly, ErrorCode::Unsupported, format!("{method} is not supported here")));
-        }
+    if let Some(digest) = path.strip_prefix("/_fleet/v1/blobs/").filter(|_| *method == Method::GET) {
         return Ok(Route::FleetBlob(digest.parse().map_err(NameError::from)?));
     }
     let Some(rest) = path.strip_prefix("/v2") else { return Err(not_found()) };
@@ -247,7 +244,7 @@ mod tests {
             (&get, "/v2/alpine/referrers/latest", StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
             // The member-to-member API is not under /v2/, and /v2/ never reaches it.
             (&get, "/_fleet/v1/blobs/latest", StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
-            (&Method::HEAD, &format!("/_fleet/v1/blobs/{D}"), StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported),
+            (&Method::HEAD, &format!("/_fleet/v1/blobs/{D}"), StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
             (&get, "/_fleet/v1/other", StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
             (&get, &format!("/v2/_fleet/v1/blobs/{D}"), StatusCode::BAD_REQUEST, ErrorCode::NameInvalid),
         ];

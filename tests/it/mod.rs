@@ -13,6 +13,7 @@ pub mod faults;
 pub mod fleet;
 pub mod freshness;
 pub mod head;
+pub mod healthcheck;
 pub mod mirror;
 pub mod pull;
 pub mod redirects;
