@@ -42,17 +42,19 @@ class Regcache:
       admin      True: admin_listen on another free port (self.admin_port)
       storage    the text of a `[storage]` table (e.g. SeaweedFS.storage_toml)
       tag_ttl    every upstream's tag_ttl ("10m")
+      port       the port to listen on (chosen before, e.g. to list it in the others' [fleet])
+      extra      more TOML at the end of the file (e.g. a `[fleet]` table)
     """
 
     def __init__(self, name, workdir, upstream, pki, *, upstreams=None, tls=None, htpasswd=None,
                  allow=None, max_failures=None, admin=False,
-                 storage=None, tag_ttl=None):
+                 storage=None, tag_ttl=None, port=None, extra=None):
         self.name = name
         self.pki = pki
         self.dir = os.path.join(workdir, name)
         self.data_dir = os.path.join(self.dir, "data")
         os.makedirs(self.data_dir, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.admin_port = free_port() if admin else None
         self.tls = tls
         self.allow = list(allow or [])
@@ -86,6 +88,8 @@ ca_file = "{pki.ca_cert}"
                 text += f'tag_ttl = "{tag_ttl}"\n'
         if storage:
             text += storage
+        if extra:
+            text += "\n" + extra
         with open(self.config, "w") as f:
             f.write(text)
         self.proc = ManagedProcess(name, [regcache_bin(), "serve", "--config", self.config], self.log)
