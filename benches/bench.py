@@ -17,6 +17,7 @@ upstream behind a WAN-shaped link (benches/wan.py: 25 ms RTT, 100 Mbit/s): 13 th
 14/15 cold skopeo pulls through regcache vs direct, 16 the same warm, 17 32 clients on one cold blob.
 The table goes to stdout and to benches/last-run.md.
 """
+import ctypes
 import datetime
 import http.client
 import json
@@ -99,12 +100,21 @@ def note(line):
 
 # ---------------------------------------------------------------- process helpers
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_bench():
+    """In a child before exec: SIGKILL when the thread that started it ends, even when this
+    process is SIGKILLed (a client left pulling would outlive the WAN link and the work dir)."""
+    _LIBC.prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG
+
+
 def run_cmd(argv, timeout, env=None):
     """subprocess.run with a timeout, the child tracked so a signal kills it by PID."""
     argv = [str(a) for a in argv]
     timeout = max(1, min(timeout, remaining() + 5))
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=env)
+                         text=True, env=env, preexec_fn=_die_with_bench)
     _LIVE_CHILDREN.add(p)
     try:
         out, err = p.communicate(timeout=timeout)
