@@ -1418,7 +1418,9 @@ def report(load_start, elapsed, workdir, fatal):
              + f", cold pulls best of {COLD_REPS}",
              "- upstream: distribution over TLS with token auth, blobs redirected to an nginx CDN on "
              "127.0.0.2 (tests/e2e/e2elib); mirrors listen on plain HTTP on 127.0.0.1; all on the same 2 cores "
-             "as the load generators",
+             "as the load generators"
+             + ("; figures 13-17: its twin inside a network namespace behind a WAN-shaped link "
+                f"({wan.RTT_MS:g} ms RTT, {wan.RATE_MBIT:g} Mbit/s; benches/wan.py)" if "13.rtt" in RESULTS else ""),
              ""]
     if fatal:
         lines += [f"**RUN FAILED**: {fatal}", ""]
@@ -1454,7 +1456,8 @@ def main():
     fatal = None
     try:
         wait_idle = float(os.environ.get("BENCH_WAIT_IDLE", "120"))
-        share, idle = wait_for_idle(min(wait_idle, max(0, remaining() - 400)))
+        # the wait leaves the figures ~520 s (400 before the WAN figures 13-17, which take ~2 min)
+        share, idle = wait_for_idle(min(wait_idle, max(0, remaining() - 520)))
         if not idle:
             note(f"the machine was busy when the benchmark started (other processes used {share:.2f} cores; "
                  f"waited {wait_idle:.0f}s at most): numbers may be low")
