@@ -39,7 +39,8 @@ echo "== cargo build --release ($(left)s of the budget left)"
 # leave at least 7.5 minutes for the benchmark itself
 timeout --kill-after=10 $(( $(left) - 450 > 30 ? $(left) - 450 : 30 )) cargo build --locked --release
 # its own workspace and Cargo.lock (benches/delayer): a small crate, seconds to build
-timeout --kill-after=10 120 cargo build --locked --release --manifest-path benches/delayer/Cargo.toml
+timeout --kill-after=10 120 cargo build --locked --release --manifest-path benches/delayer/Cargo.toml \
+    || echo "run.sh: benches/delayer did not build: figures 13-17 will fail (the others run)" >&2
 
 # whatever happens to the run below, the WAN link goes with this script (bench.py removes it
 # itself; this covers a SIGKILLed bench.py)
