@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::config::FillBudget;
 use crate::metrics::Answered;
-use crate::inflight::{FillError, FillReader, Fills, Join, Source, Verdict};
+use crate::fill::{FillError, FillReader, Fills, Join, Source, Verdict};
 use crate::oci::{verify_manifest, AcceptList, Digest, ManifestError, ManifestKind, Reference, RegistryHost, RepositoryName, Tag, OCI_INDEX};
 use crate::store::{now_secs, BlobRead, ListedTags, Store, StoredManifest, TagAnswer};
 use crate::singleflight::Singleflight;

@@ -11,6 +11,7 @@ pub mod bucket_lru;
 mod budget;
 mod check;
 mod evict;
+mod fill_sink;
 mod housekeeping;
 mod index;
 mod local;
