@@ -9,11 +9,12 @@ use std::path::Path;
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::upstream::Quota;
@@ -225,6 +226,22 @@ struct UpstreamName {
     upstream: String,
 }
 
+/// A family listed (HELP and TYPE) from the start, before its first sample (prometheus-client
+/// leaves out empty families): what regcache exports does not depend on what happened yet, so
+/// dashboards and alerting rules can be checked against any running server.
+#[derive(Debug)]
+struct Listed<F>(F);
+
+impl<F: EncodeMetric> EncodeMetric for Listed<F> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+}
+
 /// Every metric regcache exports.
 pub struct Metrics {
     registry: Registry,
@@ -277,30 +294,30 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("regcache");
         let requests = Family::default();
-        registry.register("http_requests", "Requests answered, by route and status", requests.clone());
+        registry.register("http_requests", "Requests answered, by route and status", Listed(requests.clone()));
         let outcomes = Family::default();
-        registry.register("cache_requests", "Cache answers: hit, miss, stale, pass", outcomes.clone());
+        registry.register("cache_requests", "Cache answers: hit, miss, stale, pass", Listed(outcomes.clone()));
         let bytes_served = Family::default();
-        registry.register("served_bytes", "Body bytes sent to clients, by source (cache or upstream)", bytes_served.clone());
+        registry.register("served_bytes", "Body bytes sent to clients, by source (cache or upstream)", Listed(bytes_served.clone()));
         let upstream_requests = Family::default();
-        registry.register("upstream_requests", "Requests sent upstream, by upstream and status", upstream_requests.clone());
+        registry.register("upstream_requests", "Requests sent upstream, by upstream and status", Listed(upstream_requests.clone()));
         let upstream_latency = Family::<UpstreamName, Histogram>::new_with_constructor(|| {
             Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
         });
-        registry.register("upstream_request_duration_seconds", "Time to upstream response headers", upstream_latency.clone());
+        registry.register("upstream_request_duration_seconds", "Time to upstream response headers", Listed(upstream_latency.clone()));
         let token_fetches = Family::default();
-        registry.register("token_fetches", "Bearer tokens fetched, by upstream", token_fetches.clone());
+        registry.register("token_fetches", "Bearer tokens fetched, by upstream", Listed(token_fetches.clone()));
         let ratelimit_limit = Family::default();
         registry.register(
             "upstream_ratelimit_limit",
             "The pull limit per window an upstream last announced (RateLimit-Limit, e.g. Docker Hub's)",
-            ratelimit_limit.clone(),
+            Listed(ratelimit_limit.clone()),
         );
         let ratelimit_remaining = Family::default();
         registry.register(
             "upstream_ratelimit_remaining",
             "The pulls left in its window an upstream last announced (RateLimit-Remaining)",
-            ratelimit_remaining.clone(),
+            Listed(ratelimit_remaining.clone()),
         );
         let fills = Gauge::default();
         registry.register("fills_in_progress", "Blob downloads from upstream running now", fills.clone());
@@ -328,12 +345,12 @@ impl Metrics {
         registry.register(
             "bucket_operations",
             "Operations on the shared bucket (a blob's size or bytes, a whole upload, a record), by kind and result",
-            bucket_operations.clone(),
+            Listed(bucket_operations.clone()),
         );
         let bucket_requests = Family::default();
-        registry.register("bucket_requests", "S3 requests sent to the shared bucket, by operation and outcome", bucket_requests.clone());
+        registry.register("bucket_requests", "S3 requests sent to the shared bucket, by operation and outcome", Listed(bucket_requests.clone()));
         let bucket_bytes = Family::default();
-        registry.register("bucket_bytes", "Blob bytes read from and uploaded to the shared bucket", bucket_bytes.clone());
+        registry.register("bucket_bytes", "Blob bytes read from and uploaded to the shared bucket", Listed(bucket_bytes.clone()));
         let uploads = Gauge::<i64, AtomicI64>::default();
         registry.register("bucket_uploads_in_progress", "Blob uploads to the shared bucket running now", uploads.clone());
         let uploads_aborted = Counter::default();
@@ -565,6 +582,16 @@ mod tests {
     #[test]
     fn every_metric_has_help_text_and_the_gauges_read_now() {
         let metrics = Metrics::new();
+        let types = |text: &str| -> Vec<String> { text.lines().filter(|l| l.starts_with("# TYPE ")).map(str::to_owned).collect() };
+        let fresh = types(&metrics.render(&Now::default()));
+        assert!(fresh.iter().any(|l| l == "# TYPE regcache_upstream_ratelimit_remaining gauge"), "{fresh:?}");
+        assert!(fresh.iter().any(|l| l == "# TYPE regcache_bucket_requests counter"), "{fresh:?}");
+        metrics.request(RouteLabel::Blob, 200, Some(Answered::Hit), 1);
+        metrics.upstream_request("docker.io", "200", Duration::from_millis(5));
+        metrics.token_fetch("docker.io");
+        metrics.bucket_operation(BucketOp::Get, true);
+        metrics.bucket_request_sent("get", "ok");
+        metrics.bucket_read(1);
         metrics.upstream_quota("docker.io", Quota { limit: Some(100), remaining: Some(7) });
         metrics.upstream_quota("docker.io", Quota { limit: None, remaining: Some(6) });
         let now = Now {
@@ -577,6 +604,7 @@ mod tests {
             bucket_backlog: 1,
         };
         let text = metrics.render(&now);
+        assert_eq!(types(&text), fresh, "every family is listed before its first sample");
         for line in [
             r#"regcache_upstream_ratelimit_limit{upstream="docker.io"} 100"#,
             r#"regcache_upstream_ratelimit_remaining{upstream="docker.io"} 6"#,
