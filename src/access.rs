@@ -253,7 +253,7 @@ impl Failures {
 }
 
 /// `Basic base64(user:password)` → (user, password).
-fn parse_basic(value: &str) -> Option<(String, String)> {
+pub fn parse_basic(value: &str) -> Option<(String, String)> {
     let (scheme, rest) = value.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;

@@ -1,14 +1,16 @@
 //! The cache policy: what is a hit, what goes upstream, when a tag is revalidated, when stale content
 //! is served. Handlers ask; this module decides.
 
+mod answered;
+
+pub use answered::Answered;
+
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::config::FillBudget;
-use crate::metrics::Answered;
 use crate::fill::{FillError, FillReader, Fills, Join, Source, Verdict};
 use crate::oci::{verify_manifest, AcceptList, Digest, ManifestError, ManifestKind, Reference, RegistryHost, RepositoryName, Tag, OCI_INDEX};
 use crate::store::{now_secs, BlobRead, ListedTags, Store, StoredManifest, TagAnswer};
@@ -221,13 +223,12 @@ impl SharedCalls {
 }
 
 impl Cache {
-    /// A cache over `store` fetching from `upstreams` (the first is the default), its fills
-    /// within `budget`.
-    pub fn new(store: Arc<Store>, upstreams: Vec<Arc<Upstream>>, budget: FillBudget) -> Cache {
+    /// A cache over `store` fetching from `upstreams` (the first is the default) through `fills`.
+    pub fn new(store: Arc<Store>, upstreams: Vec<Arc<Upstream>>, fills: Fills) -> Cache {
         Cache {
             store,
             upstreams,
-            fills: Arc::new(Fills::new(budget)),
+            fills: Arc::new(fills),
             revalidations: Singleflight::default(),
             manifest_fetches: Singleflight::default(),
         }

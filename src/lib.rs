@@ -1,6 +1,10 @@
 //! regcache: a pull-through caching mirror for container registries.
 //!
 //! # Layout
+//! - [`app`]: the composition root: a [`config::Config`] becomes the store and its tiers (the
+//!   bucket of `[storage]` created, probed and cleaned up once), the upstream clients, the access
+//!   gate, TLS and the metrics, handed to [`http::App`]; `regcache serve` starts it with
+//!   `app::start`.
 //! - [`access`]: who may use the mirror: allow list and htpasswd (the file read by
 //!   `access::read_htpasswd`).
 //! - [`admin`]: `ls`, `gc`, `verify` on the data directory (and on the shared bucket with `backend = "s3"`).
@@ -17,8 +21,8 @@
 //!   (kept out of the operator's private networks by `upstream::guard`), and the registry protocol
 //!   as typed methods (`head_manifest`, `get_manifest`, `tags`, `referrers`, `head_blob`, `get_blob`).
 //! - [`store`]: the storage seam (`store::BlobBackend`: begin, append, commit after verification,
-//!   abort, open a range, stat, list, remove) and its first implementation, the local directory
-//!   (`store::LocalBlobs`: temp → fsync → rename); reading stored blobs (`Store::read_blob`,
+//!   abort, open a range, stat, list, remove; probe and cleanup when a server starts) and its
+//!   first implementation, the local directory (`store::LocalBlobs`: temp → fsync → rename); reading stored blobs (`Store::read_blob`,
 //!   pooled buffers, `preadv2`); the sled index; the disk budget of fills; and the housekeeping
 //!   loop (access times, eviction under `max_size`). With `backend = "s3"`: the bucket
 //!   (`store::Bucket`), the tier logic (`store::Shared`) and `bucket_max_size`
@@ -36,13 +40,15 @@
 //! - [`singleflight`]: one call per key at a time (manifest fetches, tag revalidations, tokens).
 //! - [`sync`]: taking a lock whether or not a panic poisoned it, and why that is sound here.
 //! - [`cache`]: the policy: hit, miss, revalidate, stale.
-//! - [`http`]: accept loop, TLS (loading and reloading the certificate), routing, handlers, the
-//!   one error mapping.
-//! - [`metrics`]: Prometheus counters, gauges and histograms.
+//! - [`http`]: it only serves: accept loop, TLS (loading and reloading the certificate), routing,
+//!   handlers, the one error mapping.
+//! - [`metrics`]: Prometheus counters, gauges and histograms; a gauge is kept by what it counts (the
+//!   fills keep `fills_in_progress`, `Metrics::fills_running`).
 //!
 //! # The path of one request
-//! `http::server` accepts a connection; `http::App::handle` routes it (`http::route`, which makes
-//! the typed name and reference), picks the upstream, and asks [`cache::Cache`]. A manifest by tag is
+//! `app::start` has built everything once. `http::server` accepts a connection;
+//! `http::App::handle` routes it (`http::route`, which makes the typed name and reference), picks
+//! the upstream, and asks [`cache::Cache`]. A manifest by tag is
 //! looked up under the kind of answer the client's `Accept` asks for, revalidated with
 //! `Upstream::head_manifest` and served from the index when its digest is known; a manifest from
 //! `Upstream::get_manifest` is verified by `oci::verify_manifest` before it is stored; a blob is
@@ -65,6 +71,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod app;
 pub mod cache;
 pub mod config;
 pub mod fill;

@@ -17,40 +17,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::cache::Answered;
 use crate::upstream::Quota;
-
-/// How the cache answered a request: the `outcome` label, and the word in the request log.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum Answered {
-    /// From the cache, upstream not asked (or only asked to revalidate).
-    Hit,
-    /// Fetched from upstream.
-    Miss,
-    /// From the cache because upstream was unavailable.
-    Stale,
-    /// Passed through from upstream, nothing cached.
-    Pass,
-}
-
-impl Answered {
-    /// The word used in logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Answered::Hit => "hit",
-            Answered::Miss => "miss",
-            Answered::Stale => "stale",
-            Answered::Pass => "pass",
-        }
-    }
-
-    /// Where the body came from.
-    fn source(self) -> Source {
-        match self {
-            Answered::Hit | Answered::Stale => Source::Cache,
-            Answered::Miss | Answered::Pass => Source::Upstream,
-        }
-    }
-}
 
 /// Which route a request took: the `route` label.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -91,16 +59,24 @@ impl RouteLabel {
 
 /// Where the bytes served came from: the `source` label.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-enum Source {
+enum ServedFrom {
     Cache,
     Upstream,
 }
 
-impl Source {
+impl ServedFrom {
+    /// Where the body of a request the cache answered with `outcome` came from.
+    fn of(outcome: Answered) -> ServedFrom {
+        match outcome {
+            Answered::Hit | Answered::Stale => ServedFrom::Cache,
+            Answered::Miss | Answered::Pass => ServedFrom::Upstream,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
-            Source::Cache => "cache",
-            Source::Upstream => "upstream",
+            ServedFrom::Cache => "cache",
+            ServedFrom::Upstream => "upstream",
         }
     }
 }
@@ -180,7 +156,7 @@ macro_rules! label_value {
         }
     )*};
 }
-label_value!(Answered, RouteLabel, Source, BucketOp, BucketResult, Direction);
+label_value!(Answered, RouteLabel, ServedFrom, BucketOp, BucketResult, Direction);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BucketLabels {
@@ -211,8 +187,8 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SourceLabels {
-    source: Source,
+struct ServedFromLabels {
+    source: ServedFrom,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -247,7 +223,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     outcomes: Family<OutcomeLabels, Counter>,
-    bytes_served: Family<SourceLabels, Counter>,
+    bytes_served: Family<ServedFromLabels, Counter>,
     upstream_requests: Family<UpstreamLabels, Counter>,
     upstream_latency: Family<UpstreamName, Histogram>,
     token_fetches: Family<UpstreamName, Counter>,
@@ -458,7 +434,7 @@ impl Metrics {
         self.requests.get_or_create(&RequestLabels { route, status }).inc();
         if let Some(outcome) = outcome {
             self.outcomes.get_or_create(&OutcomeLabels { outcome }).inc();
-            self.bytes_served.get_or_create(&SourceLabels { source: outcome.source() }).inc_by(bytes);
+            self.bytes_served.get_or_create(&ServedFromLabels { source: ServedFrom::of(outcome) }).inc_by(bytes);
         }
     }
 
@@ -491,9 +467,14 @@ impl Metrics {
         self.evicted_bytes.inc_by(bytes);
     }
 
+    /// The `fills_in_progress` gauge, for the fills to keep (`fill::Fills`): they count
+    /// themselves as they start and end.
+    pub fn fills_running(&self) -> Gauge {
+        self.fills.clone()
+    }
+
     /// The text exposition, with the gauges read now.
     pub fn render(&self, now: &Now) -> String {
-        self.fills.set(gauge_value(now.fills_running as u64));
         self.fill_readers.set(gauge_value(now.fill_readers as u64));
         self.fill_coalesced.set(gauge_value(now.fill_coalesced as u64));
         self.disk_bytes.set(gauge_value(now.disk_bytes));
@@ -513,9 +494,7 @@ impl Metrics {
 /// What the gauges read when `/metrics` is asked for.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Now {
-    /// Fills running.
-    pub fills_running: usize,
-    /// Requests reading those fills.
+    /// Requests reading the running fills.
     pub fill_readers: usize,
     /// Of those, the readers beyond each fill's first.
     pub fill_coalesced: usize,
@@ -595,7 +574,6 @@ mod tests {
         metrics.upstream_quota("docker.io", Quota { limit: Some(100), remaining: Some(7) });
         metrics.upstream_quota("docker.io", Quota { limit: None, remaining: Some(6) });
         let now = Now {
-            fills_running: 2,
             fill_readers: 5,
             fill_coalesced: 3,
             disk_bytes: 10,
@@ -608,7 +586,6 @@ mod tests {
         for line in [
             r#"regcache_upstream_ratelimit_limit{upstream="docker.io"} 100"#,
             r#"regcache_upstream_ratelimit_remaining{upstream="docker.io"} 6"#,
-            "regcache_fills_in_progress 2",
             "regcache_fill_readers 5",
             "regcache_fill_coalesced_readers 3",
             "regcache_max_size_bytes 1073741824",

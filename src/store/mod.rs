@@ -23,7 +23,7 @@ pub use backlog::{Backlog, Pending, Pushed};
 pub use bucket::{Bucket, BucketError};
 pub use local::LocalBlobs;
 pub use shared::{manifest_of_key, read_manifest_record, Shared, VerifiedFill, ANSWER_WITHIN, MAX_MANIFEST_RECORD, MAX_TAG_RECORD, RETRY};
-pub use budget::{Refused, Reservation, TempBudget};
+pub use budget::{NoRoom, Reservation, TempBudget};
 pub use check::{Reconciled, Verified};
 pub use evict::{Evicted, EvictedKind, InUse, Usage, LOW_WATER};
 pub use housekeeping::spawn_housekeeping;

@@ -27,7 +27,7 @@ use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
 use crate::oci::{first_error, Blame, ErrorCode, RegistryHost, RepositoryName};
 use crate::singleflight::CallDied;
-pub use auth::Auth;
+pub use auth::{parse_token_response, Auth, Token};
 pub use challenge::{parse_challenges, Challenge};
 use guard::GuardedConnector;
 pub use ratelimit::{Quota, RateLimit};
