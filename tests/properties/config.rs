@@ -117,6 +117,20 @@ proptest! {
     }
 
     #[test]
+    fn a_file_that_cant_be_read_is_refused_in_one_line(path in "[a-z]{1,4}[\n\r\t ][a-z]{0,4}", which in 0..5usize) {
+        let upstream = "[[upstream]]\nname = \"ghcr.io\"\nurl = \"https://ghcr.io\"\n";
+        let text = match which {
+            0 => format!("[access]\nhtpasswd = {:?}\n", path),
+            1 => format!("[tls]\ncert = {:?}\nkey = \"k\"\n", path),
+            2 => format!("{}username = \"u\"\npassword_file = {:?}\n", upstream, path),
+            3 => format!("{}ca_file = {:?}\n", upstream, path),
+            _ => format!("[storage]\nbackend = \"s3\"\nendpoint = \"http://127.0.0.1:1\"\nbucket = \"b\"\naccess_key_id = \"a\"\nsecret_access_key_file = {:?}\n", path),
+        };
+        oracle::config(&text);
+        prop_assert!(resolve(&text).is_err());
+    }
+
+    #[test]
     fn any_htpasswd_text_is_read_as_written(text in any::<String>()) {
         oracle::htpasswd(&text);
     }
@@ -137,3 +151,13 @@ proptest! {
 }
 
 
+/// Found by the property tests: a file path with a line break (`htpasswd = "a\r"`, a TLS
+/// certificate, a password or CA file) made the error that start-up prints more than one line.
+#[test]
+fn a_path_with_a_line_break_is_refused_in_one_line() {
+    for text in ["[access]\nhtpasswd = \"a\\r\"\n", "[tls]\ncert = \"a\\nb\"\nkey = \"k\"\n"] {
+        let err = resolve(text).unwrap_err();
+        assert!(!err.contains(['\n', '\r']), "{err:?}");
+        oracle::config(text);
+    }
+}
