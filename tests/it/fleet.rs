@@ -14,7 +14,7 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use regcache::fleet::hrw;
 use regcache::fleet::MemberId;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::it::mirror::{error_code, eventually, Mirror, Options, PROMPTLY};
@@ -55,6 +55,9 @@ struct Fleet {
     proxies: Vec<Proxy>,
     /// Every member's id (the proxies', then any listed member that never started).
     members: Vec<MemberId>,
+    /// The ports of the members that never started: bound, never listening, so connections are
+    /// refused and no other test's server gets the port meanwhile.
+    _absent: Vec<TcpSocket>,
     _dir: tempfile::TempDir,
 }
 
@@ -71,9 +74,12 @@ impl Fleet {
             proxy_listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
         }
         let mut members: Vec<String> = proxy_listeners.iter().map(|l| format!("http://{}", l.local_addr().unwrap())).collect();
+        let mut absent_ports = Vec::new();
         for _ in 0..absent {
-            let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            members.push(format!("http://{}", gone.local_addr().unwrap()));
+            let never = TcpSocket::new_v4().unwrap();
+            never.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            members.push(format!("http://{}", never.local_addr().unwrap()));
+            absent_ports.push(never);
         }
         let mut nodes = Vec::new();
         let mut proxies = Vec::new();
@@ -85,7 +91,7 @@ impl Fleet {
             nodes.push(Mirror::start_on(reg, opts, listener).await);
         }
         let members = members.iter().map(|m| m.parse().unwrap()).collect();
-        Fleet { nodes, proxies, members, _dir: dir }
+        Fleet { nodes, proxies, members, _absent: absent_ports, _dir: dir }
     }
 
     /// The members in their order for `digest` (the owner first), as indexes into `members`.
