@@ -23,15 +23,18 @@
 //!   seam, followed by any number of readers (`inflight::FillReader`).
 //! - [`singleflight`]: one call per key at a time (manifest fetches, tag revalidations, tokens).
 //! - [`sync`]: taking a lock whether or not a panic poisoned it, and why that is sound here.
-//! - [`cache`]: the policy: hit, miss, revalidate, stale.
+//! - [`cache`]: the policy: hit, miss, revalidate, stale, one file per kind of content (manifests
+//!   by digest, tags and tag lists, blobs, referrers); when a tag is served, revalidated or served
+//!   stale is one pure function, `cache::freshness::decide`, given the time by a `cache::Clock`.
 //! - [`http`]: accept loop, routing, handlers, the one error mapping.
 //! - [`metrics`]: Prometheus counters, gauges and histograms.
 //!
 //! # The path of one request
 //! `http::server` accepts a connection; `http::App::handle` routes it (`http::route`, which makes
 //! the typed name and reference), picks the upstream, and asks [`cache::Cache`]. A manifest by tag is
-//! looked up under the kind of answer the client's `Accept` asks for, revalidated with
-//! `Upstream::head_manifest` and served from the index when its digest is known; a manifest from
+//! looked up under the kind of answer the client's `Accept` asks for, served while fresh or else
+//! revalidated with `Upstream::head_manifest` (`cache::freshness::decide` says which), and served
+//! from the index when its digest is known; a manifest from
 //! `Upstream::get_manifest` is verified by `oci::verify_manifest` before it is stored; a blob is
 //! served from the store (`Store::read_blob` → `BlobBackend::open`) when the index has it, or joins
 //! (or starts) the fill for its digest from its upstream and streams what arrives (fetching from its

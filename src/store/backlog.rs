@@ -569,7 +569,7 @@ mod tests {
     }
 
     fn answer(digest: &Digest, checked_at: u64) -> TagAnswer {
-        TagAnswer { digest: digest.clone(), checked_at }
+        TagAnswer { digest: digest.clone(), checked_at, published_at: None }
     }
 
     #[tokio::test]

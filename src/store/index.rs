@@ -212,6 +212,11 @@ pub struct TagAnswer {
     pub digest: Digest,
     /// Unix seconds when upstream last confirmed it.
     pub checked_at: u64,
+    /// Unix seconds when this node last wrote it to the shared bucket (or, read from the bucket,
+    /// when the node that wrote it did), if ever: unchanged answers are written again only now
+    /// and then (`cache::freshness::republish_tag`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_at: Option<u64>,
 }
 
 impl TagEntry {
@@ -498,16 +503,30 @@ impl Index {
         Ok(v.and_then(|v| parse_tag(&v)))
     }
 
-    /// Record the answer for clients asking for `kind`, keeping the other kinds' answers; the
-    /// answer for `kind` it replaces, if any.
-    pub fn put_tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind, answer: &TagAnswer) -> sled::Result<Option<TagAnswer>> {
-        let old = self.tags.fetch_and_update(tag_key(upstream, repo, tag), |old| {
+    /// Record `answer` for clients asking for `kind`, keeping the other kinds' answers.
+    pub fn put_tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind, answer: &TagAnswer) -> sled::Result<()> {
+        self.update_tag(upstream, repo, tag, kind, |_| answer.clone())
+    }
+
+    /// Record `update(the answer for kind now)` for clients asking for `kind`, keeping the other
+    /// kinds' answers, in one atomic step. `update` may be called more than once (sled calls it
+    /// again when another write came first): what its last call saw and made is what counts.
+    pub fn update_tag(
+        &self,
+        upstream: &str,
+        repo: &RepositoryName,
+        tag: &Tag,
+        kind: ManifestKind,
+        mut update: impl FnMut(Option<&TagAnswer>) -> TagAnswer,
+    ) -> sled::Result<()> {
+        self.tags.fetch_and_update(tag_key(upstream, repo, tag), |old| {
             let mut answers = old.and_then(parse_tag).map(|e| e.answers).unwrap_or_default();
-            answers.insert(kind, answer.clone());
+            let new = update(answers.get(&kind));
+            answers.insert(kind, new);
             // Serialising a map of strings and integers cannot fail.
             serde_json::to_vec(&StoredTag::PerKind { answers }).ok()
         })?;
-        Ok(old.as_deref().and_then(parse_tag).and_then(|e| e.answer(kind).cloned()))
+        Ok(())
     }
 
     /// The last referrers list upstream gave for a manifest.
@@ -671,8 +690,8 @@ mod tests {
 
         let repo: RepositoryName = "library/alpine".parse().unwrap();
         let tag: Tag = "3".parse().unwrap();
-        let a = TagAnswer { digest: d.clone(), checked_at: 1 };
-        let b = TagAnswer { digest: Digest::sha256_of(b"n"), checked_at: 2 };
+        let a = TagAnswer { digest: d.clone(), checked_at: 1, published_at: None };
+        let b = TagAnswer { digest: Digest::sha256_of(b"n"), checked_at: 2, published_at: None };
         idx.put_tag("docker.io", &repo, &tag, ManifestKind::Index, &a).unwrap();
         idx.put_tag("docker.io", &repo, &tag, ManifestKind::Image, &b).unwrap();
         let e = idx.tag("docker.io", &repo, &tag).unwrap().unwrap();
@@ -690,7 +709,7 @@ mod tests {
     #[test]
     fn a_tag_answer_is_stored_with_its_digest_as_a_string() {
         let d = Digest::sha256_of(b"m");
-        let a = TagAnswer { digest: d.clone(), checked_at: 7 };
+        let a = TagAnswer { digest: d.clone(), checked_at: 7, published_at: None };
         let json = serde_json::to_string(&a).unwrap();
         assert_eq!(json, format!(r#"{{"digest":"{d}","checked_at":7}}"#));
         assert_eq!(serde_json::from_str::<TagAnswer>(&json).unwrap(), a);
@@ -706,12 +725,12 @@ mod tests {
         let d = Digest::sha256_of(b"m");
         // The previous layout: one digest per tag.
         idx.tags.insert(tag_key("docker.io", &repo, &tag), format!(r#"{{"digest":"{d}","checked_at":7}}"#).as_bytes()).unwrap();
-        let old = TagAnswer { digest: d.clone(), checked_at: 7 };
+        let old = TagAnswer { digest: d.clone(), checked_at: 7, published_at: None };
         let e = idx.tag("docker.io", &repo, &tag).unwrap().unwrap();
         assert_eq!(e, TagEntry { answers: BTreeMap::new(), unknown: Some(old.clone()) });
         assert_eq!(e.latest(), Some(&old), "still listed");
         assert_eq!(idx.all_tags().unwrap().len(), 1);
-        let new = TagAnswer { digest: d, checked_at: 8 };
+        let new = TagAnswer { digest: d, checked_at: 8, published_at: None };
         idx.put_tag("docker.io", &repo, &tag, ManifestKind::Image, &new).unwrap();
         let e = idx.tag("docker.io", &repo, &tag).unwrap().unwrap();
         assert_eq!(e.answer(ManifestKind::Image), Some(&new));
