@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 
 use crate::oci::{is_registry_host, references, Digest, Hasher, NameError, RegistryHost, RepositoryName};
 use crate::store::bucket_lru::{self, Limits};
-use crate::store::{now_secs, SharedBackend, SharedSizes, Store, TagAnswer};
+use crate::store::records::folder;
+use crate::store::{now_secs, RecordKey, SharedBackend, SharedSizes, Store, TagAnswer};
 
 /// `regcache ls [REPO]`: cached repositories and tags, when each was last revalidated, and sizes.
 /// `filter` is `name`, `library/name` or `host/name`.
@@ -138,28 +139,16 @@ pub fn verify(store: &Store, out: &mut dyn Write) -> io::Result<bool> {
     Ok(report.corrupt.is_empty())
 }
 
-/// A tag record's key split into (upstream, repository, tag, kind):
-/// `tags/<upstream>/<repository>/<tag>/<kind>`. The repository and tag must be valid names (keys
-/// come from the bucket, which any node, or anyone with its keys, may write), and the upstream a
-/// plain host name, so what `ls` prints is never a terminal escape or a forged line.
-fn parse_tag_key(key: &str) -> Option<(&str, &str, &str, &str)> {
-    let rest = key.strip_prefix("tags/")?;
-    let (upstream, rest) = rest.split_once('/')?;
-    let (rest, kind) = rest.rsplit_once('/')?;
-    let (repo, tag) = rest.rsplit_once('/')?;
-    let host = !upstream.is_empty() && upstream.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
-    let names = repo.parse::<crate::oci::RepositoryName>().is_ok() && tag.parse::<crate::oci::Tag>().is_ok();
-    (host && names).then_some((upstream, repo, tag, kind))
-}
-
 /// `regcache ls` on the shared bucket: the tags its records hold per upstream and repository
 /// (the answer confirmed last, when), and its blobs' count and bytes.
 pub async fn ls_bucket(bucket: &dyn SharedBackend, filter: Option<&str>, out: &mut dyn Write) -> io::Result<()> {
     let wanted = filter.map(parse_filter).transpose().map_err(io::Error::other)?;
     // (upstream, repository) → tag → the latest answer over its kinds.
     let mut repos: BTreeMap<(String, String), BTreeMap<String, Option<TagAnswer>>> = BTreeMap::new();
-    for key in bucket.list_records("tags").await? {
-        let Some((upstream, repo, tag, _kind)) = parse_tag_key(&key) else { continue };
+    for key in bucket.list_records(folder::TAGS).await? {
+        // Keys are validated as they are read: what is printed is never a terminal escape.
+        let Ok(RecordKey::Tag { upstream, repo, tag, .. }) = key.parse() else { continue };
+        let (upstream, repo, tag) = (upstream.as_str(), repo.as_str(), tag.as_str());
         if !wanted.as_ref().is_none_or(|w| matches_filter(w, upstream, repo)) {
             continue;
         }
@@ -271,8 +260,8 @@ pub async fn verify_bucket(bucket: &dyn SharedBackend, sizes: &SharedSizes, out:
         }
     }
     let mut manifests = 0usize;
-    for key in bucket.list_records("manifests").await? {
-        let Some(digest) = crate::store::manifest_of_key(&key) else {
+    for key in bucket.list_records(folder::MANIFESTS).await? {
+        let Ok(RecordKey::Manifest(digest)) = key.parse() else {
             writeln!(out, "bucket: not a manifest record (left alone): {key:?}")?;
             continue;
         };
@@ -317,23 +306,6 @@ mod tests {
                 (Err(_), None) => {}
                 (got, _) => panic!("{filter}: {got:?}"),
             }
-        }
-    }
-
-    #[test]
-    fn tag_record_keys_split_into_their_parts() {
-        let cases = [
-            ("tags/docker.io/library/alpine/3/image", Some(("docker.io", "library/alpine", "3", "image"))),
-            ("tags/ghcr.io/org/team/app/v1.2/index", Some(("ghcr.io", "org/team/app", "v1.2", "index"))),
-            ("tags/localhost:5000/app/latest/schema1", Some(("localhost:5000", "app", "latest", "schema1"))),
-            ("tags/docker.io/3/image", None),
-            ("manifests/sha256/abc", None),
-            ("tags/docker.io/library/alpine/\u{1b}[2J/image", None),
-            ("tags/docker.io/Library/Alpine/3/image", None),
-            ("tags/evil\nhost/app/3/image", None),
-        ];
-        for (key, want) in cases {
-            assert_eq!(parse_tag_key(key), want, "{key}");
         }
     }
 }

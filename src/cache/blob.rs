@@ -7,7 +7,7 @@ use super::{Cache, CacheError};
 use crate::inflight::{FillReader, Join, Source, Verdict};
 use crate::metrics::Answered;
 use crate::oci::{Digest, RepositoryName};
-use crate::store::{BlobRead, Store};
+use crate::store::{BlobRead, BlobSource, Store};
 use crate::upstream::{RateLimit, Upstream};
 
 /// A byte range asked for, before it is checked against the blob's size.
@@ -58,7 +58,7 @@ impl Cache {
     ) -> Result<BlobAnswer, CacheError> {
         // Hits skip the fills lock; a miss checks the index once more under it (join_or_start), so
         // a fill that just finished is never started again.
-        if let Some(size) = self.store.index.blob_size(digest)? {
+        if let Some(size) = self.store.stored_size(digest)? {
             if let Some(answer) = serve_stored(&self.store, digest, size, range, head).await? {
                 return Ok(answer);
             }
@@ -87,11 +87,10 @@ impl Cache {
                 return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Miss, rate_limit });
             }
         }
-        if let Some(shared) = &self.store.shared {
-            if let Some(size) = shared.size(digest).await {
-                let range = resolve_range(range, size)?;
-                return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Hit, rate_limit: RateLimit::default() });
-            }
+        // Indexed here only if a fill finished since: a hit all the same.
+        if let BlobSource::Local(size) | BlobSource::Bucket(size) = self.store.blob_source(digest).await? {
+            let range = resolve_range(range, size)?;
+            return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Hit, rate_limit: RateLimit::default() });
         }
         let h = up.head_blob(repo, digest).await?;
         // The same headers a GET would get: a range is checked against the size upstream gave.
@@ -111,14 +110,13 @@ impl Cache {
         digest: &Digest,
         range: Option<RangeRequest>,
     ) -> Result<Option<BlobAnswer>, CacheError> {
-        let (Some(range), Some(shared)) = (range, &self.store.shared) else { return Ok(None) };
+        let Some(range) = range else { return Ok(None) };
         if self.fills.get(up.config().name.as_str(), digest).is_some() {
             return Ok(None);
         }
-        let Some(size) = shared.size(digest).await else { return Ok(None) };
+        let BlobSource::Bucket(size) = self.store.blob_source(digest).await? else { return Ok(None) };
         let Some((start, end)) = resolve_range(Some(range), size)? else { return Ok(None) };
-        let Some(opened) = shared.read(digest, size, start..end).await else { return Ok(None) };
-        let body: Box<dyn BlobRead> = opened.reader;
+        let Some(body) = self.store.read_from(digest, BlobSource::Bucket(size), start..end).await? else { return Ok(None) };
         Ok(Some(BlobAnswer { size: Some(size), range: Some((start, end)), body: Some(body), outcome: Answered::Hit, rate_limit: RateLimit::default() }))
     }
 

@@ -77,18 +77,10 @@ impl Cache {
         self.fetch_manifest(up, repo, &Reference::Digest(digest.clone()), accept, None).await
     }
 
-    /// A stored manifest, its access noted: from the index, else from the shared bucket (verified,
-    /// then kept in the index).
+    /// A stored manifest, its access noted (here, or in a tier behind this node's: see
+    /// [`Store::manifest`]).
     pub(super) async fn stored_manifest(&self, digest: &Digest) -> Result<Option<StoredManifest>, CacheError> {
-        if let Some(m) = self.store.index.manifest(digest)? {
-            self.store.usage.touch(digest);
-            return Ok(Some(m));
-        }
-        let Some(shared) = &self.store.shared else { return Ok(None) };
-        let Some(m) = shared.manifest(digest).await else { return Ok(None) };
-        let m = self.store.index.put_manifest(digest, &m)?;
-        self.store.note_stored(digest);
-        Ok(Some(m))
+        Ok(self.store.manifest(digest).await?)
     }
 
     /// GET a manifest from upstream (one call per upstream, repository, reference, Accept and
@@ -162,10 +154,6 @@ async fn get_verify_store_manifest(
     let verified = verify_manifest(&fetched.bytes, &expected, fetched.content_type.as_deref()).inspect_err(|e| {
         tracing::warn!(upstream = %up.config().name, %repo, %reference, error = %e, "refused a manifest from upstream");
     })?;
-    let m = store.index.put_manifest(&verified.digest, &StoredManifest { media_type: verified.media_type, bytes: fetched.bytes })?;
-    if let Some(shared) = &store.shared {
-        shared.publish_manifest(&verified.digest, &m);
-    }
-    store.note_stored(&verified.digest);
+    let m = store.put_manifest(&verified.digest, &StoredManifest { media_type: verified.media_type, bytes: fetched.bytes })?;
     Ok(ManifestAnswer { rate_limit: fetched.rate_limit, ..answer(verified.digest, m, Answered::Miss) })
 }

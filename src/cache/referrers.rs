@@ -36,16 +36,12 @@ impl Cache {
         let accept = AcceptList::only(OCI_INDEX);
         let fetched = up.referrers(repo, digest).await;
         let remembered = match &fetched {
-            Err(e) if e.is_unavailable() => self.remembered_referrers(&name, &key_repo, digest).await?,
+            Err(e) if e.is_unavailable() => self.store.referrers(&name, &key_repo, digest, MAX_MANIFEST).await?,
             _ => None,
         };
         let (body, outcome) = match (fetched, remembered) {
             (Ok(body), _) => {
-                self.store.index.put_referrers(&name, &key_repo, digest, &body)?;
-                self.store.note_growth();
-                if let Some(shared) = &self.store.shared {
-                    shared.publish_referrers(&name, &key_repo, digest, body.clone());
-                }
+                self.store.remember_referrers(&name, &key_repo, digest, body.clone())?;
                 (body, Answered::Pass)
             }
             (Err(_), Some(body)) => (body, Answered::Stale),
@@ -69,18 +65,6 @@ impl Cache {
             Some(t) => ReferrerList { body: filter_referrers(&body, t), filtered: true, outcome },
         })
     }
-
-    /// The last referrers list seen for `digest`: by this node, else by another (the shared bucket).
-    async fn remembered_referrers(&self, upstream: &str, repo: &RepositoryName, digest: &Digest) -> Result<Option<Bytes>, CacheError> {
-        if let Some(body) = self.store.index.referrers(upstream, repo, digest)? {
-            return Ok(Some(body));
-        }
-        Ok(match &self.store.shared {
-            Some(shared) => shared.referrers(upstream, repo, digest, MAX_MANIFEST).await,
-            None => None,
-        })
-    }
-
 }
 
 fn empty_index() -> Bytes {

@@ -12,7 +12,7 @@ use super::manifest::{answer, head_only, ManifestAnswer};
 use super::{Cache, CacheError};
 use crate::metrics::Answered;
 use crate::oci::{AcceptList, Digest, ManifestKind, Reference, RegistryHost, RepositoryName, Tag};
-use crate::store::{ListedTags, TagAnswer};
+use crate::store::{ListedTags, TagAnswer, TagSlot};
 use crate::upstream::{RateLimit, TagsPage, Upstream, UpstreamError};
 
 /// The most tags one page lists: a larger `n` is lowered to this.
@@ -138,9 +138,9 @@ impl Cache {
         Ok(fetched)
     }
 
-    /// What `tag` pointed at for clients asking for `kind`, as this node remembers it; when its
-    /// answer isn't fresh, the shared bucket's if newer (another node may have confirmed it
-    /// since), kept in the index. With what to do about it ([`freshness::decide`]).
+    /// What `tag` pointed at for clients asking for `kind`, as the tiers remember it (a tier
+    /// behind this node's is asked only when this node's answer isn't fresh), and what to do about
+    /// it ([`freshness::decide`]).
     async fn remembered_tag(
         &self,
         up: &Upstream,
@@ -148,27 +148,20 @@ impl Cache {
         tag: &Tag,
         kind: ManifestKind,
     ) -> Result<(Option<TagAnswer>, Decision), CacheError> {
-        let upstream = up.config().name.as_str();
-        let decide = |local: Option<&TagAnswer>, bucket| {
-            freshness::decide(local, bucket, self.clock.now_secs(), up.config().tag_ttl, up.config().stale_max)
+        let now = self.clock.now_secs();
+        let decide = |local: Option<&TagAnswer>, bucket| freshness::decide(local, bucket, now, up.config().tag_ttl, up.config().stale_max);
+        let slot = TagSlot { upstream: up.config().name.as_str(), repo, tag, kind };
+        let known = self.store.tag(slot, |local| decide(local, BucketSays::NotAsked).action == Action::AskBucket).await?;
+        let decision = match &known.bucket {
+            None => decide(known.local.as_ref(), BucketSays::NotAsked),
+            Some(theirs) => decide(known.local.as_ref(), BucketSays::Answered(theirs.as_ref())),
         };
-        let local = self.store.index.tag(upstream, repo, tag)?.and_then(|e| e.answer(kind).cloned());
-        let decision = decide(local.as_ref(), BucketSays::NotAsked);
-        if decision.action != Action::AskBucket {
-            return Ok((local, decision));
-        }
-        let theirs = match &self.store.shared {
-            Some(shared) => shared.tag(upstream, repo, tag, kind).await,
+        let remembered = match decision.remembered {
+            Some(Which::Local) => known.local,
+            Some(Which::Bucket) => known.bucket.flatten(),
             None => None,
         };
-        let decision = decide(local.as_ref(), BucketSays::Answered(theirs.as_ref()));
-        match theirs {
-            Some(theirs) if decision.remembered == Some(Which::Bucket) => {
-                self.store.index.put_tag(upstream, repo, tag, kind, &theirs)?;
-                Ok((Some(theirs), decision))
-            }
-            _ => Ok((local, decision)),
-        }
+        Ok((remembered, decision))
     }
 
     /// The manifest a remembered tag answer points at, if stored (here or in the shared bucket)
@@ -181,8 +174,8 @@ impl Cache {
         Ok(Some(answer(known.digest.clone(), m, outcome)))
     }
 
-    /// Remember that `tag` names `digest` for clients asking for `kind`, confirmed now; and write
-    /// it to the shared bucket unless [`freshness::republish_tag`] says it is there already.
+    /// Remember that `tag` names `digest` for clients asking for `kind`, confirmed now (written to
+    /// the tiers behind this node's unless [`freshness::republish_tag`] says they have it).
     fn remember_tag(
         &self,
         upstream: &str,
@@ -192,19 +185,8 @@ impl Cache {
         digest: &Digest,
     ) -> Result<(), CacheError> {
         let now = self.clock.now_secs();
-        let shared = self.store.shared.as_ref();
-        let mut publish = None;
-        self.store.index.update_tag(upstream, repo, tag, kind, |before| {
-            let republish = shared.is_some() && freshness::republish_tag(before, digest, now);
-            let published_at = if republish { Some(now) } else { before.and_then(|b| b.published_at) };
-            let known = TagAnswer { digest: digest.clone(), checked_at: now, published_at };
-            publish = republish.then(|| known.clone());
-            known
-        })?;
-        if let (Some(shared), Some(known)) = (shared, publish) {
-            shared.publish_tag(upstream, repo, tag, kind, &known);
-        }
-        Ok(())
+        let slot = TagSlot { upstream, repo, tag, kind };
+        Ok(self.store.remember_tag(slot, digest, now, |before| freshness::republish_tag(before, digest, now))?)
     }
 
     /// One page of a repository's tags, at most `n` of them after `last` in lexical order: from
@@ -259,25 +241,21 @@ impl Cache {
         let complete = last.is_none() && !listed.more && n.is_none_or(|n| listed.tags.len() != n as usize);
         // Sorted and cut to MAX_LISTED_TAGS here, not under the index's lock.
         let page = ListedTags::new(listed.tags.iter().cloned(), now, complete.then_some(now));
-        let mut publish = false;
-        let (_, new) = self.store.index.update_tag_list(upstream, repo, |old| {
+        self.store.remember_tag_list(upstream, repo, |old| {
             let mut new = match old.as_ref().filter(|_| !complete) {
                 None => page,
                 Some(old) => ListedTags::new(old.tags().iter().chain(page.tags()).cloned(), now, old.complete_at),
             };
             // An unchanged list is written again only now and then (`published_at` 0: never).
-            publish = old.as_ref().is_none_or(|o| {
+            let publish = old.as_ref().is_none_or(|o| {
                 freshness::republish(o.tags() == new.tags(), Some(o.published_at).filter(|at| *at != 0), now)
             });
             new.published_at = match (&old, publish) {
                 (Some(o), false) => o.published_at,
                 _ => now,
             };
-            new
+            (new, publish)
         })?;
-        if let Some(shared) = self.store.shared.as_ref().filter(|_| publish) {
-            shared.publish_tag_list(upstream, repo, &new);
-        }
         Ok(())
     }
 
@@ -286,15 +264,7 @@ impl Cache {
     /// resolved since ([`offline_tags`]); without one, the tags resolved. `None` when it knows none.
     async fn known_tags(&self, up: &Arc<Upstream>, repo: &RepositoryName) -> Result<Option<Vec<String>>, CacheError> {
         let name = up.config().name.as_str();
-        let mut list = self.store.index.tag_list(name, repo)?;
-        if let Some(shared) = &self.store.shared {
-            if let Some(theirs) = shared.tag_list(name, repo).await {
-                if list.as_ref().is_none_or(|l| theirs.updated_at > l.updated_at) {
-                    list = Some(theirs);
-                }
-            }
-        }
-        let list = list.filter(|l| freshness::age(l.updated_at, self.clock.now_secs()) < up.config().stale_max);
+        let list = self.store.tag_list(name, repo).await?.filter(|l| freshness::age(l.updated_at, self.clock.now_secs()) < up.config().stale_max);
         Ok(offline_tags(list, self.store.index.tags_of(name, repo)?))
     }
 }

@@ -15,13 +15,17 @@ mod housekeeping;
 mod index;
 mod local;
 mod read;
+pub mod records;
 mod shared;
+mod tiered;
 
 pub use backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, ReadAt, Records, SharedBackend};
 pub use backlog::{Backlog, Pending, Pushed};
 pub use bucket::{Bucket, BucketError};
 pub use local::LocalBlobs;
-pub use shared::{manifest_of_key, read_manifest_record, Shared, VerifiedFill, ANSWER_WITHIN, MAX_MANIFEST_RECORD, MAX_TAG_RECORD, RETRY};
+pub use records::{read_manifest_record, RecordKey, MAX_MANIFEST_RECORD, MAX_TAG_RECORD};
+pub use shared::{Shared, VerifiedFill, ANSWER_WITHIN, RETRY};
+pub use tiered::{BlobSource, RememberedTag, TagSlot};
 pub use budget::{Refused, Reservation, TempBudget};
 pub use check::{Reconciled, Verified};
 pub use evict::{Evicted, EvictedKind, InUse, Usage, LOW_WATER};

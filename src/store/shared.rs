@@ -44,8 +44,9 @@ use super::backend::{BlobBackend, BlobRead, BlobWrite, Opened, ReadAt, Records, 
 use super::backlog::{Backlog, Pending, Pushed, MAX_ENTRIES};
 use super::bucket_lru::{self, BucketEviction, Clock, MAX_PENDING};
 use super::index::{ListedTags, SharedSizes, StoredManifest, TagAnswer, MAX_TAG_LIST_RECORD};
+use super::records::{manifest_record, read_manifest_record, RecordKey, MAX_MANIFEST_RECORD, MAX_TAG_RECORD};
 use crate::metrics::{BucketOp, Metrics};
-use crate::oci::{Digest, Hasher, ManifestKind, RepositoryName, Tag};
+use crate::oci::{Digest, Hasher, ManifestKind, RegistryHost, RepositoryName, Tag};
 use crate::sync::lock;
 
 /// How long the bucket is left alone after a failure before a request tries it again.
@@ -62,8 +63,6 @@ const UPLOAD_CHUNK: usize = 1024 * 1024;
 /// How many record writes run at once; past this, a record is not written (it is only a shortcut
 /// for the other nodes: they ask the upstream instead).
 const MAX_RECORD_WRITES: usize = 64;
-/// The largest tag record read.
-pub const MAX_TAG_RECORD: usize = 4096;
 
 /// The bucket as this node uses it.
 pub struct Shared {
@@ -235,7 +234,7 @@ impl Shared {
             return false;
         }
         let now = self.clock.now_ms();
-        let written = self.records.put(&bucket_lru::heartbeat_key(&e.node), bucket_lru::heartbeat(now)).await;
+        let written = self.records.put(&RecordKey::Node(e.node.clone()).to_string(), bucket_lru::heartbeat(now)).await;
         if self.outcome(BucketOp::PutRecord, written).is_none() {
             return false;
         }
@@ -299,7 +298,7 @@ impl Shared {
     /// upstream); `None` if the bucket doesn't have it, can't be asked now, or holds something
     /// that fails verification. At most [`MAX_MANIFEST_RECORD`] bytes are read.
     pub async fn manifest(&self, digest: &Digest) -> Option<StoredManifest> {
-        let record = self.get_record(&manifest_key(digest), MAX_MANIFEST_RECORD).await?;
+        let record = self.get_record(&RecordKey::Manifest(digest.clone()), MAX_MANIFEST_RECORD).await?;
         match read_manifest_record(record, digest) {
             Ok(m) => Some(m),
             Err(why) => {
@@ -312,7 +311,7 @@ impl Shared {
     /// Write a verified manifest to the bucket, in the background (later, from the index, if the
     /// bucket is down).
     pub fn publish_manifest(self: &Arc<Self>, digest: &Digest, m: &StoredManifest) {
-        self.put_record(manifest_key(digest), manifest_record(m), Some(Pending::Manifest { digest: digest.clone() }));
+        self.put_record(RecordKey::Manifest(digest.clone()), manifest_record(m), Some(Pending::Manifest { digest: digest.clone() }));
     }
 
     /// What the bucket says `tag` (of `repo` on `upstream`) pointed at for clients asking for
@@ -361,17 +360,17 @@ impl Shared {
         self.put_record(tag_list_key(upstream, repo), list.to_record().into(), None);
     }
 
-    async fn get_record(&self, key: &str, max: usize) -> Option<Bytes> {
+    async fn get_record(&self, key: &RecordKey, max: usize) -> Option<Bytes> {
         if !self.health.available() {
             return None;
         }
-        self.outcome(BucketOp::GetRecord, answered(self.records.get(key, max)).await)?
+        self.outcome(BucketOp::GetRecord, answered(self.records.get(&key.to_string(), max)).await)?
     }
 
     /// Write the record `key` in the background; if the bucket is down or the write fails,
     /// `later` (if any) waits in the backlog. A tag list has none: it is written again with the
     /// next listing the upstream answers.
-    fn put_record(self: &Arc<Self>, key: String, value: Bytes, later: Option<Pending>) {
+    fn put_record(self: &Arc<Self>, key: RecordKey, value: Bytes, later: Option<Pending>) {
         if !self.health.available() {
             if let Some(later) = &later {
                 self.keep_for_later(later);
@@ -379,13 +378,13 @@ impl Shared {
             return;
         }
         let Ok(permit) = self.record_writes.clone().try_acquire_owned() else {
-            tracing::debug!(key, "too many bucket writes running; this record is not written");
+            tracing::debug!(%key, "too many bucket writes running; this record is not written");
             return;
         };
         let shared = Arc::clone(self);
         tokio::spawn(async move {
             let _permit = permit;
-            let written = shared.records.put(&key, value).await;
+            let written = shared.records.put(&key.to_string(), value).await;
             if shared.attempt(BucketOp::PutRecord, written) == Err(NotDone::Failed) {
                 if let Some(later) = &later {
                     shared.keep_for_later(later);
@@ -453,14 +452,14 @@ impl Shared {
 
     /// Write the record of manifest `digest` now.
     pub(super) async fn write_manifest(&self, digest: &Digest, m: &StoredManifest) -> Result<(), NotDone> {
-        let written = self.records.put(&manifest_key(digest), manifest_record(m)).await;
+        let written = self.records.put(&RecordKey::Manifest(digest.clone()).to_string(), manifest_record(m)).await;
         self.attempt(BucketOp::PutRecord, written)
     }
 
     /// Write what a tag pointed at now, unless the bucket's answer was confirmed as late or later
     /// (another node may have written a newer one while this one waited).
     pub(super) async fn write_tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind, ours: &TagAnswer) -> Result<(), NotDone> {
-        let key = tag_key(upstream, repo, tag, kind);
+        let key = tag_key(upstream, repo, tag, kind).to_string();
         let theirs = match self.attempt(BucketOp::GetRecord, answered(self.records.get(&key, MAX_TAG_RECORD)).await) {
             Ok(record) => record.and_then(|r| serde_json::from_slice::<TagAnswer>(&r).ok()),
             // Too large to be a tag record: ours replaces it.
@@ -478,7 +477,7 @@ impl Shared {
 
     /// Write a referrers list now.
     pub(super) async fn write_referrers(&self, upstream: &str, repo: &RepositoryName, subject: &Digest, body: Bytes) -> Result<(), NotDone> {
-        let written = self.records.put(&referrers_key(upstream, repo, subject), body).await;
+        let written = self.records.put(&referrers_key(upstream, repo, subject).to_string(), body).await;
         self.attempt(BucketOp::PutRecord, written)
     }
 
@@ -740,51 +739,19 @@ async fn upload(mut writer: Box<dyn BlobWrite>, mut source: UploadFrom, size: u6
     }
 }
 
-/// The largest manifest record: the largest manifest regcache keeps, after its media type and a NUL.
-pub const MAX_MANIFEST_RECORD: usize = crate::upstream::MAX_MANIFEST + 256;
-
-/// The key of the record of manifest `digest`.
-fn manifest_key(digest: &Digest) -> String {
-    format!("manifests/{}/{}", digest.algorithm().as_str(), digest.hex())
+/// The key of a tag's record.
+fn tag_key(upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind) -> RecordKey {
+    RecordKey::Tag { upstream: RegistryHost::new(upstream), repo: repo.clone(), tag: tag.clone(), kind }
 }
 
-/// The digest whose manifest record `key` is, if it is one ([`manifest_key`] read back).
-pub fn manifest_of_key(key: &str) -> Option<Digest> {
-    let (algorithm, hex) = key.strip_prefix("manifests/")?.split_once('/')?;
-    format!("{algorithm}:{hex}").parse().ok()
+/// The key of the record of the referrers of `subject` in `repo` on `upstream`.
+fn referrers_key(upstream: &str, repo: &RepositoryName, subject: &Digest) -> RecordKey {
+    RecordKey::Referrers { upstream: RegistryHost::new(upstream), repo: repo.clone(), subject: subject.clone() }
 }
 
-/// The record of manifest `m`: its media type, a NUL, its exact bytes.
-fn manifest_record(m: &StoredManifest) -> Bytes {
-    [m.media_type.as_bytes(), b"\0", &m.bytes].concat().into()
-}
-
-/// The manifest in a manifest record (its media type, a NUL, its exact bytes) if the record is
-/// well formed and the manifest is `digest`'s and verifies; what is wrong with it otherwise.
-pub fn read_manifest_record(record: Bytes, digest: &Digest) -> Result<StoredManifest, String> {
-    let split = record.iter().position(|b| *b == 0).ok_or("no media type before a NUL")?;
-    let media_type = std::str::from_utf8(&record[..split]).map_err(|_| "a media type that is not UTF-8")?;
-    let bytes = record.slice(split + 1..);
-    let verified = crate::oci::verify_manifest(&bytes, std::slice::from_ref(digest), Some(media_type)).map_err(|e| e.to_string())?;
-    Ok(StoredManifest { media_type: verified.media_type, bytes })
-}
-
-/// The key of the record of the referrers of `digest` in `repo` on `upstream`.
-fn referrers_key(upstream: &str, repo: &RepositoryName, digest: &Digest) -> String {
-    format!("referrers/{upstream}/{repo}/{}/{}", digest.algorithm().as_str(), digest.hex())
-}
-
-/// The key of a tag's record: names and tags are validated (no `..`, no empty parts), and the
-/// upstream's name is a host.
-fn tag_key(upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind) -> String {
-    format!("tags/{upstream}/{repo}/{tag}/{}", kind.as_str())
-}
-
-/// The key of the record of the tag list of `repo` on `upstream`. It ends in `_list`, which can't
-/// be a repository's component: no repository's key is a folder of another's (a directory bucket
-/// could not hold both `…/org/app` and `…/org/app/sub/…`).
-fn tag_list_key(upstream: &str, repo: &RepositoryName) -> String {
-    format!("taglists/{upstream}/{repo}/_list")
+/// The key of the record of the tag list of `repo` on `upstream`.
+fn tag_list_key(upstream: &str, repo: &RepositoryName) -> RecordKey {
+    RecordKey::TagList { upstream: RegistryHost::new(upstream), repo: repo.clone() }
 }
 
 #[cfg(test)]
@@ -866,30 +833,6 @@ mod tests {
         assert!(bucket.list().await.unwrap().is_empty());
         assert_eq!(std::fs::read_dir(dir.path().join("bucket/tmp")).unwrap().count(), 0, "nothing was begun");
         assert!(!shared.is_down(), "an aborted upload is not a bucket failure");
-    }
-
-    #[test]
-    fn manifest_records_read_back_only_as_the_manifest_of_their_digest() {
-        let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
-        let digest = Digest::sha256_of(manifest);
-        let media_type = "application/vnd.oci.image.manifest.v1+json";
-        let record = |mt: &str, body: &[u8]| Bytes::from([mt.as_bytes(), b"\0", body].concat());
-        let m = read_manifest_record(record(media_type, manifest), &digest).expect("a good record");
-        assert_eq!((m.media_type.as_str(), &m.bytes[..]), (media_type, &manifest[..]));
-        assert_eq!(manifest_of_key(&manifest_key(&digest)), Some(digest.clone()));
-        let mut tampered = manifest.to_vec();
-        tampered[20] ^= 1;
-        for (why, bad) in [
-            ("no NUL", Bytes::from_static(b"application/vnd.oci.image.manifest.v1+json")),
-            ("not UTF-8", Bytes::from([&[0xff, 0xfe][..], b"\0", manifest].concat())),
-            ("other bytes", record(media_type, &tampered)),
-            ("another media type", record("application/vnd.docker.distribution.manifest.v2+json", manifest)),
-        ] {
-            assert!(read_manifest_record(bad, &digest).is_err(), "{why}");
-        }
-        for key in ["manifests/sha256", "manifests/sha256/zz", "tags/sha256/00", "manifests/md5/00"] {
-            assert_eq!(manifest_of_key(key), None, "{key}");
-        }
     }
 
     #[tokio::test]
