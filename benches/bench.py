@@ -1034,7 +1034,7 @@ http {{
             note(f"reduced run: only figures {', '.join(ONLY)} (BENCH_ONLY)")
             if "5" in ONLY:
                 self.figure("5+7", self.fig5_cold_pulls)
-            if "1" in ONLY or "12" in ONLY:
+            if {"1", "4", "6", "12"} & set(ONLY):  # 1 and 12 use the mirrors that 4 filled
                 hot = {kind: self.figure(f"4+6 ({kind})", self.fig4_concurrent_cold, kind)
                        for kind in ("regcache", "distribution")}
                 if None not in hot.values():
