@@ -1,13 +1,13 @@
 //! The store's background work: access times written to the index in batches, and eviction down
 //! to the low-water mark once an insert takes the store over `max_size`; with a shared bucket, the
-//! drain of its backlog ([`super::backlog`]), and under `bucket_max_size` this node's access
+//! drain of its backlog ([`super::bucket::Backlog`]), and under `bucket_max_size` this node's access
 //! summaries and, when it is the evictor, the bucket's eviction ([`super::bucket_lru`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::backlog::{self, Drained};
-use super::bucket_lru::{EVICT_EVERY, SUMMARY_INTERVAL};
+use super::bucket::backlog::{self, Drained};
+use super::bucket::lru::{EVICT_EVERY, SUMMARY_INTERVAL};
 use super::{Shared, Store, LOW_WATER};
 use crate::metrics::Metrics;
 

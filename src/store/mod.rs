@@ -5,32 +5,21 @@
 //! the bucket, the tier logic, the bucket's eviction and the backlog of what it should have.
 
 mod backend;
-mod backlog;
 pub mod bucket;
-pub mod bucket_lru;
-mod budget;
-mod check;
-mod evict;
 mod housekeeping;
+mod hot;
 mod index;
-mod local;
-mod read;
 pub mod records;
-mod shared;
 mod tiered;
 
 pub use backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, ReadAt, Records, SharedBackend};
-pub use backlog::{Backlog, Pending, Pushed};
-pub use bucket::{Bucket, BucketError};
-pub use local::LocalBlobs;
-pub use records::{read_manifest_record, RecordKey, MAX_MANIFEST_RECORD, MAX_TAG_RECORD};
-pub use shared::{Shared, VerifiedFill, ANSWER_WITHIN, RETRY};
-pub use tiered::{BlobSource, RememberedTag, TagSlot};
-pub use budget::{Refused, Reservation, TempBudget};
-pub use check::{Reconciled, Verified};
-pub use evict::{Evicted, EvictedKind, InUse, Usage, LOW_WATER};
+pub use bucket::lru as bucket_lru;
+pub use bucket::{Backlog, Bucket, BucketError, Pending, Pushed, Shared, VerifiedFill, ANSWER_WITHIN, RETRY};
 pub use housekeeping::spawn_housekeeping;
+pub use hot::{Evicted, EvictedKind, InUse, LocalBlobs, Reconciled, Refused, Reservation, TempBudget, Usage, Verified, LOW_WATER};
 pub use index::{now_secs, Index, ListedTags, ReferrersKey, SharedSizes, StoredManifest, TagAnswer, TagEntry};
+pub use records::{read_manifest_record, RecordKey, MAX_MANIFEST_RECORD, MAX_TAG_RECORD};
+pub use tiered::{BlobSource, RememberedTag, TagSlot};
 
 use std::io;
 use std::ops::Range;

@@ -46,9 +46,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::backend::SharedBackend;
-use super::records::{folder, is_node_id, RecordKey};
-use super::LOW_WATER;
+use crate::store::backend::SharedBackend;
+use crate::store::records::{folder, is_node_id, RecordKey};
+use crate::store::LOW_WATER;
 use crate::oci::Digest;
 
 /// How often a node publishes its access summary and heartbeat.
@@ -102,7 +102,7 @@ pub fn node_id(data_dir: &Path) -> io::Result<String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let id = format!("{:016x}", super::bucket::random_u64());
+    let id = format!("{:016x}", super::client::random_u64());
     let tmp = data_dir.join("node-id.tmp");
     std::fs::write(&tmp, format!("{id}\n"))?;
     std::fs::rename(&tmp, &path)?;
@@ -428,7 +428,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_live_node_with_the_smallest_id_evicts() {
-        use super::super::backend::Records;
+        use crate::store::backend::Records;
         let dir = tempfile::tempdir().unwrap();
         let bucket = crate::store::LocalBlobs::at(dir.path()).unwrap();
         let now = 10_000 * MIN;
@@ -455,7 +455,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_round_merges_summaries_evicts_and_compacts() {
-        use super::super::backend::{BlobBackend, Records};
+        use crate::store::backend::{BlobBackend, Records};
         let dir = tempfile::tempdir().unwrap();
         let bucket = crate::store::LocalBlobs::at(dir.path()).unwrap();
         let mut digests = Vec::new();

@@ -32,7 +32,7 @@ use object_store::path::Path;
 use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use super::backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, Records};
+use crate::store::backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, Records};
 use crate::config::S3Storage;
 use crate::oci::Digest;
 

@@ -19,7 +19,7 @@
 //!   written in) live only here: manifests are not in the blob directory, and which digest a tag
 //!   named (and when it was checked), what a referrers answer or a tag list said can only be learnt
 //!   again from upstream. Losing them loses what is served while upstream is down.
-//! - `backlog` (what the shared bucket should have and doesn't yet, [`super::backlog`]) lives only
+//! - `backlog` (what the shared bucket should have and doesn't yet, [`crate::store::bucket::Backlog`]) lives only
 //!   here: losing it only costs the other nodes fetching those blobs from the upstream.
 //!
 //! sled makes each insert atomic; a tag list and its place in `tag_list_order` change together, in
@@ -35,8 +35,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionResult, TransactionError, Transactional};
 
-use super::backlog::Backlog;
-use super::StoreError;
+use crate::store::bucket::Backlog;
+use crate::store::StoreError;
 use crate::oci::{Digest, ManifestKind, RepositoryName, Tag, MAX_TAG_LEN};
 use crate::sync::lock;
 

@@ -12,7 +12,7 @@
 //! hot tier go on, misses go to the upstream and are kept locally. After [`RETRY`] the next request
 //! tries again, and the first success marks it up. What this node keeps meanwhile (a fill
 //! verified while the bucket is marked down, a record to write, or an upload or write that failed)
-//! waits in the backlog ([`super::backlog`], in the index) and is uploaded once the bucket answers
+//! waits in the backlog ([`backlog`], in the index) and is uploaded once the bucket answers
 //! again. Whether the bucket is down is asked when the fill is verified, not when it begins.
 //!
 //! Manifests (by digest, with their media type), what tags pointed at (per upstream, repository,
@@ -28,8 +28,15 @@
 //! object that has vanished since is a miss, and is forgotten.
 //!
 //! With `bucket_max_size`, the node notes which blobs it serves and publishes them, and the evictor
-//! among the nodes keeps the bucket under the limit ([`super::bucket_lru`]: [`Shared::touch`],
+//! among the nodes keeps the bucket under the limit ([`lru`]: [`Shared::touch`],
 //! [`Shared::publish_accesses`], [`Shared::evict_round`]).
+
+pub(super) mod backlog;
+mod client;
+pub mod lru;
+
+pub use backlog::{Backlog, Pending, Pushed};
+pub use client::{Bucket, BucketError, ObjectStorage, Observer, Op, Outcome, Request, PART_SIZE};
 
 use std::collections::HashMap;
 use std::io;
@@ -40,11 +47,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{oneshot, Notify, Semaphore};
 
-use super::backend::{BlobBackend, BlobRead, BlobWrite, Opened, ReadAt, Records, SharedBackend};
-use super::backlog::{Backlog, Pending, Pushed, MAX_ENTRIES};
-use super::bucket_lru::{self, BucketEviction, Clock, MAX_PENDING};
-use super::index::{ListedTags, SharedSizes, StoredManifest, TagAnswer, MAX_TAG_LIST_RECORD};
-use super::records::{manifest_record, read_manifest_record, RecordKey, MAX_MANIFEST_RECORD, MAX_TAG_RECORD};
+use crate::store::backend::{BlobBackend, BlobRead, BlobWrite, Opened, ReadAt, Records, SharedBackend};
+use backlog::MAX_ENTRIES;
+use lru::{BucketEviction, Clock, MAX_PENDING};
+use crate::store::index::{ListedTags, SharedSizes, StoredManifest, TagAnswer, MAX_TAG_LIST_RECORD};
+use crate::store::records::{manifest_record, read_manifest_record, RecordKey, MAX_MANIFEST_RECORD, MAX_TAG_RECORD};
 use crate::metrics::{BucketOp, Metrics};
 use crate::oci::{Digest, Hasher, ManifestKind, RegistryHost, RepositoryName, Tag};
 use crate::sync::lock;
@@ -180,7 +187,7 @@ impl Shared {
     }
 
     /// The same, taking part in keeping the bucket's blobs under `max` bytes as the node `node`
-    /// (see [`super::bucket_lru`]); `None` leaves the bucket unlimited.
+    /// (see [`lru`]); `None` leaves the bucket unlimited.
     pub fn with_eviction(mut self, node: String, max: Option<u64>) -> Shared {
         self.eviction = max.map(|max| Eviction {
             node,
@@ -221,7 +228,7 @@ impl Shared {
     }
 
     /// Publish this node's heartbeat and the accesses noted since its last summary (see
-    /// [`super::bucket_lru`]). Nothing while the bucket is down (the accesses wait, bounded); what
+    /// [`lru`]). Nothing while the bucket is down (the accesses wait, bounded); what
     /// a failed write didn't publish waits for the next time.
     pub async fn publish_accesses(&self) {
         let Some(e) = &self.eviction else { return };
@@ -234,7 +241,7 @@ impl Shared {
             return false;
         }
         let now = self.clock.now_ms();
-        let written = self.records.put(&RecordKey::Node(e.node.clone()).to_string(), bucket_lru::heartbeat(now)).await;
+        let written = self.records.put(&RecordKey::Node(e.node.clone()).to_string(), lru::heartbeat(now)).await;
         if self.outcome(BucketOp::PutRecord, written).is_none() {
             return false;
         }
@@ -243,13 +250,13 @@ impl Shared {
             return true;
         }
         accesses.sort_by_key(|(_, at)| *at);
-        let records = bucket_lru::summaries(&e.node, now, false, &accesses);
+        let records = lru::summaries(&e.node, now, false, &accesses);
         for (n, (key, body)) in records.into_iter().enumerate() {
             let written = self.records.put(&key, body).await;
             if self.outcome(BucketOp::PutRecord, written).is_none() {
                 // Put back what wasn't published (a newer access noted meanwhile wins).
                 let mut pending = lock(&e.pending);
-                for (d, at) in accesses.into_iter().skip(n * bucket_lru::MAX_SUMMARY_ENTRIES) {
+                for (d, at) in accesses.into_iter().skip(n * lru::MAX_SUMMARY_ENTRIES) {
                     let t = pending.entry(d).or_insert(at);
                     *t = (*t).max(at);
                 }
@@ -269,21 +276,21 @@ impl Shared {
             return None;
         }
         let now = self.clock.now_ms();
-        let evictor = self.outcome(BucketOp::Evict, bucket_lru::is_evictor(self.bucket.as_ref(), &e.node, now).await)?;
+        let evictor = self.outcome(BucketOp::Evict, lru::is_evictor(self.bucket.as_ref(), &e.node, now).await)?;
         if !evictor {
             return None;
         }
-        self.evict_now(&e.node, now, bucket_lru::Limits::nodes(e.max)).await
+        self.evict_now(&e.node, now, lru::Limits::nodes(e.max)).await
     }
 
     /// Evict as `limits` say, merging every node's summaries, as `writer` at `now`; `None` if the
     /// bucket failed (it is then marked down).
-    async fn evict_now(&self, writer: &str, now: u64, limits: bucket_lru::Limits) -> Option<BucketEviction> {
-        let removed = |b: &bucket_lru::BlobUse| {
+    async fn evict_now(&self, writer: &str, now: u64, limits: lru::Limits) -> Option<BucketEviction> {
+        let removed = |b: &lru::BlobUse| {
             let _ = self.sizes.remove(&b.digest);
             self.metrics.bucket_evicted(b.size);
         };
-        let done = bucket_lru::evict_bucket(self.bucket.as_ref(), writer, now, limits, false, removed).await;
+        let done = lru::evict_bucket(self.bucket.as_ref(), writer, now, limits, false, removed).await;
         let report = self.outcome(BucketOp::Evict, done)?;
         if !report.evicted.is_empty() {
             tracing::info!(
@@ -887,7 +894,7 @@ mod tests {
         assert_eq!(keys.len(), 1, "{keys:?}");
         assert!(keys[0].starts_with("access/n1/"));
         let body = bucket.get(&keys[0], 1 << 20).await.unwrap().unwrap();
-        let mut got: Vec<Digest> = bucket_lru::parse_summary(&body).map(|(d, _)| d).collect();
+        let mut got: Vec<Digest> = lru::parse_summary(&body).map(|(d, _)| d).collect();
         got.sort_by_key(|d| d.to_string());
         let mut want = vec![one, two];
         want.sort_by_key(|d| d.to_string());
