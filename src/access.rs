@@ -8,9 +8,13 @@
 //! as a known one (no username oracle); verified credentials are remembered, so a correct client
 //! pays once; and an address that sends [`Access::max_failures`] wrong credentials within a minute
 //! gets 429 until the minute is over, without any bcrypt.
+//!
+//! The htpasswd file is read once, when the configuration is resolved ([`read_htpasswd`]: bcrypt
+//! entries only).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv6Addr};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -260,6 +264,63 @@ fn parse_basic(value: &str) -> Option<(String, String)> {
     Some((u.to_owned(), p.to_owned()))
 }
 
+
+/// Why an htpasswd file can't be used.
+#[derive(Debug, thiserror::Error)]
+pub enum HtpasswdError {
+    /// The file can't be read.
+    #[error("cannot read htpasswd {}: {source}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A line is not `user:bcrypt-hash`.
+    #[error("htpasswd {} line {line}: expected user:bcrypt-hash (htpasswd -B)", .path.display())]
+    Line {
+        /// The file.
+        path: PathBuf,
+        /// The line (from 1).
+        line: usize,
+    },
+    /// The file names no user.
+    #[error("htpasswd {} has no entries", .path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// The users of the htpasswd file at `path`: `user → bcrypt hash`, comments and blank lines
+/// skipped. Only bcrypt (`htpasswd -B`) is accepted: the other schemes are fast to guess.
+pub fn read_htpasswd(path: &Path) -> Result<Vec<(String, String)>, HtpasswdError> {
+    let text = std::fs::read_to_string(path).map_err(|source| HtpasswdError::Read { path: path.to_owned(), source })?;
+    let users = parse_htpasswd(&text).map_err(|line| HtpasswdError::Line { path: path.to_owned(), line })?;
+    if users.is_empty() {
+        return Err(HtpasswdError::Empty { path: path.to_owned() });
+    }
+    Ok(users)
+}
+
+/// The entries of an htpasswd file; the number of the first line that isn't one.
+fn parse_htpasswd(text: &str) -> Result<Vec<(String, String)>, usize> {
+    let mut users = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.split_once(':') {
+            Some((user, hash)) if !user.is_empty() && ["$2y$", "$2b$", "$2a$"].iter().any(|p| hash.starts_with(p)) => {
+                users.push((user.to_owned(), hash.to_owned()));
+            }
+            _ => return Err(i + 1),
+        }
+    }
+    Ok(users)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +332,32 @@ mod tests {
 
     fn access(users: Vec<(String, String)>, allow: Vec<ipnet::IpNet>) -> Access {
         Access { users, allow, ..Access::default() }
+    }
+
+    #[test]
+    fn htpasswd_files() {
+        let ok = "$2y$05$abcdefghijklmnopqrstuu5KhjzQ0hXm9yJm8eWbJ0mYlQwq7G3Wi";
+        let cases: [(String, Result<Vec<&str>, usize>); 7] = [
+            (format!("ci:{ok}\n"), Ok(vec!["ci"])),
+            (format!("# users\n\nci:{ok}\n  dev:{ok}  \n"), Ok(vec!["ci", "dev"])),
+            (String::new(), Ok(vec![])),
+            ("ci:{SHA}plain\n".into(), Err(1)),
+            (format!("ci:{ok}\nnocolon\n"), Err(2)),
+            (format!(":{ok}\n"), Err(1)),
+            ("ci:$apr1$md5\n".into(), Err(1)),
+        ];
+        for (text, want) in cases {
+            let got = parse_htpasswd(&text).map(|users| users.iter().map(|(u, _)| u.clone()).collect::<Vec<_>>());
+            assert_eq!(got, want.map(|users| users.iter().map(|u| u.to_string()).collect()), "{text:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("htpasswd");
+        assert!(matches!(read_htpasswd(&path), Err(HtpasswdError::Read { .. })));
+        std::fs::write(&path, "# nobody\n").unwrap();
+        assert!(read_htpasswd(&path).unwrap_err().to_string().contains("has no entries"));
+        std::fs::write(&path, "ci:{SHA}plain\n").unwrap();
+        let err = read_htpasswd(&path).unwrap_err().to_string();
+        assert!(err.contains("line 1") && err.contains("bcrypt") && err.contains(&path.display().to_string()), "{err}");
     }
 
     const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);

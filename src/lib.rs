@@ -1,10 +1,15 @@
 //! regcache: a pull-through caching mirror for container registries.
 //!
 //! # Layout
-//! - [`access`]: who may use the mirror: allow list and htpasswd.
+//! - [`access`]: who may use the mirror: allow list and htpasswd (the file read by
+//!   `access::read_htpasswd`).
 //! - [`admin`]: `ls`, `gc`, `verify` on the data directory (and on the shared bucket with `backend = "s3"`).
 //! - [`warm`]: `warm`: pull images through a server ahead of a rush.
-//! - [`config`]: the TOML file as written → a validated [`config::Config`].
+//! - [`config`]: the TOML file as written (`config::raw`: serde types, unknown keys refused by
+//!   name and line; `[storage]` an enum tagged by `backend`; durations and sizes by
+//!   `humantime-serde` and `bytesize`) → a validated [`config::Config`] (`[storage]` as the data
+//!   directory alone or with a `config::BucketTier`: its backend's client settings and the
+//!   tier's `bucket_max_size`), described for `check-config` with secrets masked.
 //! - [`oci`]: the registry domain, pure: `Digest`, `RepositoryName`, `Reference`, `RegistryHost`
 //!   (Docker Hub's aliases and `library/`), media types, error codes and who is to blame (`Blame`).
 //! - [`upstream`]: the client for one upstream registry: pooled hyper + rustls, token auth, redirects
@@ -19,14 +24,21 @@
 //!   (`store::bucket_lru`: access summaries, one evictor among the nodes); what the node kept while
 //!   the bucket was down waits in the index's backlog (`store::Backlog`) and is uploaded once it
 //!   answers again.
-//! - [`inflight`]: blob fills: one upstream download per blob and upstream, written through the
-//!   seam, followed by any number of readers (`inflight::FillReader`).
+//! - [`fill`]: blob fills: one download per blob and upstream, written through the seam, followed
+//!   by any number of readers. The map of running fills and its guard (`fill::map`: `Fills`,
+//!   `Join`, `Source`), one fill as requests see it (`fill::handle`: `Fill`, its `Verdict`), the
+//!   fill's task (`fill::job`: connect, download, verify, commit), the windows of newest bytes in
+//!   memory (`fill::window`: recent, and the relay of a fill passing its bytes through), when an
+//!   unread fill is given up (`fill::pace`), and the readers (`fill::reader`: `FillReader`). All a
+//!   fill asks of the store is `fill::Sink` (stored already? reserve, begin, commit, hold in use; a
+//!   copy from a tier behind, publish to it), which the store implements (`store::fill_sink`).
 //! - [`singleflight`]: one call per key at a time (manifest fetches, tag revalidations, tokens).
 //! - [`sync`]: taking a lock whether or not a panic poisoned it, and why that is sound here.
 //! - [`cache`]: the policy: hit, miss, revalidate, stale, one file per kind of content (manifests
 //!   by digest, tags and tag lists, blobs, referrers); when a tag is served, revalidated or served
 //!   stale is one pure function, `cache::freshness::decide`, given the time by a `cache::Clock`.
-//! - [`http`]: accept loop, routing, handlers, the one error mapping.
+//! - [`http`]: accept loop, TLS (loading and reloading the certificate), routing, handlers, the
+//!   one error mapping.
 //! - [`metrics`]: Prometheus counters, gauges and histograms.
 //!
 //! # The path of one request
@@ -39,8 +51,9 @@
 //! served from the store (`Store::read_blob` → `BlobBackend::open`) when the index has it, or joins
 //! (or starts) the fill for its digest from its upstream and streams what arrives (fetching from its
 //! own repository if the fill it joined was refused for another; a range waits for the fill's
-//! verdict and reads the verified file, `inflight::Fill::verified`); the fill reads
-//! `Upstream::get_blob`, writes through `BlobBackend::begin` / `BlobWrite::append` if the blob fits
+//! verdict and reads the verified file, `fill::Fill::verified`); the fill's task (`fill::job`)
+//! reads `Upstream::get_blob` and asks the store only through its narrow `fill::Sink` (reserve,
+//! begin, commit): it writes through `BlobBackend::begin` / `BlobWrite::append` if the blob fits
 //! the disk budget (passing it through otherwise), and commits only after the digest checks out.
 //! With a shared bucket (`store::Shared`) the fill reads the bucket before the upstream, and a fill
 //! from the upstream is uploaded once it is verified and committed (from the hot tier's file; into
@@ -56,8 +69,8 @@ pub mod access;
 pub mod admin;
 pub mod cache;
 pub mod config;
+pub mod fill;
 pub mod http;
-pub mod inflight;
 pub mod metrics;
 pub mod oci;
 pub mod singleflight;

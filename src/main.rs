@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use regcache::config::{Config, Overrides, Storage};
+use regcache::config::{BucketBackend, Config, Overrides, Storage};
 use regcache::http::App;
 use regcache::oci::ImageRef;
 use regcache::store::{Bucket, BucketError, Store, StoreError};
@@ -169,10 +169,10 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
         }
         Command::Gc { common, max_size, bucket_max_size, protect_recent, dry_run } => {
             let config = load(&common, None, None)?;
-            let size = |s: &str| regcache::config::parse_size(s).map_err(|e| Failure::Usage(e.to_string()));
+            let size = |s: &str| regcache::config::parse_size(s).map_err(Failure::Usage);
             let target = max_size.as_deref().map(size).transpose()?.or(config.max_size);
             let bucket_target = match &config.storage {
-                Storage::S3(s3) => bucket_max_size.as_deref().map(size).transpose()?.or(s3.bucket_max_size),
+                Storage::Bucket(tier) => bucket_max_size.as_deref().map(size).transpose()?.or(tier.max_size),
                 Storage::Local if bucket_max_size.is_some() => {
                     return Err(Failure::Usage("--bucket-max-size needs [storage] backend = \"s3\"".into()))
                 }
@@ -181,7 +181,7 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
             let protected = regcache::config::parse_duration(&protect_recent)
                 .map_err(|e| Failure::Usage(format!("--protect-recent {protect_recent:?}: {e}")))?;
             if target.is_none() && bucket_target.is_none() {
-                let more = if matches!(config.storage, Storage::S3(_)) { " (or --bucket-max-size or bucket_max_size)" } else { "" };
+                let more = if matches!(config.storage, Storage::Bucket(_)) { " (or --bucket-max-size or bucket_max_size)" } else { "" };
                 return Err(Failure::Usage(format!("no size to evict down to: pass --max-size or set max_size{more}")));
             }
             let store = open_store(&config, "gc")?;
@@ -289,7 +289,8 @@ fn serve(config: Config) -> Result<(), Failure> {
 /// delete; `None` for local storage. A bucket that can't be used is a usage error (exit 2) on one
 /// line.
 async fn open_bucket(config: &Config) -> Result<Option<Bucket>, Failure> {
-    let Storage::S3(s3) = &config.storage else { return Ok(None) };
+    let Storage::Bucket(tier) = &config.storage else { return Ok(None) };
+    let BucketBackend::S3(s3) = &tier.backend;
     let usage = |e: BucketError| Failure::Usage(format!("storage: {e}"));
     let bucket = Bucket::from_config(s3, &config.data_dir).map_err(usage)?;
     bucket.probe().await.map_err(usage)?;
@@ -315,7 +316,8 @@ async fn reload_on_sighup(app: std::sync::Arc<App>) {
 /// The bucket of `[storage] backend = "s3"` for a maintenance command (no probe: its first
 /// request says what is wrong); `None` for local storage.
 fn admin_bucket(config: &Config) -> Result<Option<Bucket>, Failure> {
-    let Storage::S3(s3) = &config.storage else { return Ok(None) };
+    let Storage::Bucket(tier) = &config.storage else { return Ok(None) };
+    let BucketBackend::S3(s3) = &tier.backend;
     Bucket::from_config(s3, &config.data_dir).map(Some).map_err(|e| Failure::Usage(format!("storage: {e}")))
 }
 

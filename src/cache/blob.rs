@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{Cache, CacheError};
-use crate::inflight::{FillReader, Join, Source, Verdict};
+use crate::fill::{FillReader, Join, Source, Verdict};
 use crate::metrics::Answered;
 use crate::oci::{Digest, RepositoryName};
 use crate::store::{BlobRead, BlobSource, Store};

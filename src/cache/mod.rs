@@ -19,7 +19,7 @@ use std::io;
 use std::sync::Arc;
 
 use crate::config::FillBudget;
-use crate::inflight::{FillError, Fills};
+use crate::fill::{FillError, Fills};
 use crate::oci::{ManifestError, RegistryHost};
 use crate::singleflight::Singleflight;
 use crate::store::Store;

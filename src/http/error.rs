@@ -211,7 +211,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::inflight::FillError;
+    use crate::fill::FillError;
     use crate::singleflight::CallDied;
     use crate::upstream::RateLimit;
 

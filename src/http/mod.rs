@@ -31,7 +31,7 @@ use error::{refused, rescue, route_error, Resource};
 pub use range::parse_range;
 pub use route::{query, route, Query, RepoRoute, Route, RouteError, RouteErrorKind};
 pub use server::{bind_local, serve, serve_admin, serve_local};
-pub use tls::Tls;
+pub use tls::{load_certified_key, Tls, TlsError};
 
 /// The response body type.
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
@@ -113,7 +113,7 @@ pub enum StartError {
     Upstream(crate::upstream::ClientError),
     /// The TLS certificate or key.
     #[error("{0}")]
-    Tls(crate::config::TlsError),
+    Tls(TlsError),
     /// The shared bucket's client.
     #[error("storage: {0}")]
     Bucket(#[from] crate::store::BucketError),
@@ -126,7 +126,8 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let bucket: Option<Arc<dyn crate::store::SharedBackend>> = match &config.storage {
             crate::config::Storage::Local => None,
-            crate::config::Storage::S3(s3) => {
+            crate::config::Storage::Bucket(tier) => {
+                let crate::config::BucketBackend::S3(s3) = &tier.backend;
                 let observed = metrics.clone();
                 let bucket = crate::store::Bucket::from_config(s3, &config.data_dir)?
                     .with_observer(Arc::new(move |r: &crate::store::bucket::Request| observed.bucket_request_sent(r.op.as_str(), r.outcome.as_str())));
@@ -147,10 +148,7 @@ impl App {
         store.max_size = config.max_size;
         store.temp = crate::store::TempBudget::new(store.files.tmp_dir().to_owned(), config.fills.max_temp, config.fills.min_free);
         if let Some(b) = bucket {
-            let bucket_max_size = match &config.storage {
-                crate::config::Storage::S3(s3) => s3.bucket_max_size,
-                crate::config::Storage::Local => None,
-            };
+            let bucket_max_size = config.storage.bucket().and_then(|tier| tier.max_size);
             let node = crate::store::bucket_lru::node_id(&config.data_dir)
                 .map_err(|source| crate::store::StoreError::Io { path: config.data_dir.join("node-id"), source })?;
             let shared = crate::store::Shared::new(b, store.index.shared_sizes(), store.index.backlog().clone(), metrics.clone())

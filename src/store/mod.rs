@@ -6,6 +6,7 @@
 
 mod backend;
 pub mod bucket;
+mod fill_sink;
 mod housekeeping;
 mod hot;
 mod index;

@@ -71,12 +71,15 @@ def example_with_optional_parts(rel="regcache.toml"):
 
 
 def storage_keys_of_the_code():
-    """The keys `[storage]` takes: the fields of `RawStorage` in src/config.rs (deny_unknown_fields),
-    so that a key added there and not shown in the examples fails the coverage test."""
-    with open(os.path.join(REPO_ROOT, "src", "config.rs")) as f:
-        m = re.search(r"struct RawStorage \{(.*?)\n\}", f.read(), re.S)
-    assert m, "struct RawStorage not found in src/config.rs"
-    keys = set(re.findall(r"^\s*([a-z_]+): ", m[1], re.M))
+    """The keys `[storage]` takes: its tag `backend` (of `enum RawStorage` in src/config/raw.rs) and
+    the fields of `RawS3` in src/config/s3.rs (deny_unknown_fields), so that a key added there and
+    not shown in the examples fails the coverage test."""
+    with open(os.path.join(REPO_ROOT, "src", "config", "raw.rs")) as f:
+        assert re.search(r'#\[serde\(tag = "backend"', f.read()), "RawStorage is not tagged by backend"
+    with open(os.path.join(REPO_ROOT, "src", "config", "s3.rs")) as f:
+        m = re.search(r"struct RawS3 \{(.*?)\n\}", f.read(), re.S)
+    assert m, "struct RawS3 not found in src/config/s3.rs"
+    keys = {"backend"} | set(re.findall(r"^\s*(?:pub )?([a-z_]+): ", m[1], re.M))
     assert {"backend", "bucket"} <= keys, keys
     return keys
 

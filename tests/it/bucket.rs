@@ -149,7 +149,6 @@ async fn unreachable_and_silent_endpoints_fail_within_the_timeout() {
                 secret_access_key: "sk".into(),
             }),
             ca_pem: None,
-            bucket_max_size: None,
             timeout: Duration::from_secs(1),
         };
         let started = Instant::now();

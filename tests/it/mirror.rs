@@ -6,7 +6,7 @@ use std::sync::Arc;
 use regcache::cache::SharedCalls;
 use regcache::config::{Config, Overrides};
 use regcache::http::App;
-use regcache::inflight::Fills;
+use regcache::fill::Fills;
 use tokio::sync::oneshot;
 
 use crate::support::fake_registry::FakeRegistry;

@@ -187,7 +187,6 @@ impl SeaweedFs {
             path_style: true,
             credentials: Some(S3Credentials { access_key_id: ACCESS_KEY.into(), secret_access_key: SECRET_KEY.into() }),
             ca_pem: None,
-            bucket_max_size: None,
             timeout: Duration::from_secs(10),
         }
     }
