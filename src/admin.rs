@@ -18,7 +18,7 @@ use crate::store::{now_secs, RecordKey, SharedBackend, SharedSizes, Store, TagAn
 /// `regcache ls [REPO]`: cached repositories and tags, when each was last revalidated, and sizes.
 /// `filter` is `name`, `library/name` or `host/name`.
 pub fn ls(store: &Store, filter: Option<&str>, out: &mut dyn Write) -> io::Result<()> {
-    let tags = store.index.all_tags().map_err(io::Error::other)?;
+    let tags = store.index().all_tags().map_err(io::Error::other)?;
     let wanted = filter.map(parse_filter).transpose().map_err(io::Error::other)?;
     let mut current = String::new();
     let mut shown = 0;
@@ -43,7 +43,7 @@ pub fn ls(store: &Store, filter: Option<&str>, out: &mut dyn Write) -> io::Resul
     if shown == 0 {
         writeln!(out, "nothing cached{}", filter.map(|f| format!(" for {f}")).unwrap_or_default())?;
     }
-    writeln!(out, "{} stored in total", human_bytes(store.index.used_bytes()))?;
+    writeln!(out, "{} stored in total", human_bytes(store.index().used_bytes()))?;
     Ok(())
 }
 
@@ -67,11 +67,11 @@ fn parse_filter(f: &str) -> Result<(Option<RegistryHost>, RepositoryName), NameE
 
 /// The bytes an image's manifests say it has (an index: its cached children).
 fn image_size(store: &Store, digest: &Digest) -> Option<u64> {
-    let m = store.index.manifest(digest).ok()??;
+    let m = store.index().manifest(digest).ok()??;
     let refs = references(&m.bytes)?;
     let mut total = refs.blob_bytes();
     for child in refs.children {
-        if let Some(c) = store.index.manifest(&child.digest).ok().flatten() {
+        if let Some(c) = store.index().manifest(&child.digest).ok().flatten() {
             total += references(&c.bytes).map_or(0, |r| r.blob_bytes());
         }
     }
@@ -85,7 +85,7 @@ pub fn human_bytes(n: u64) -> String {
 
 /// `regcache gc`: evict least-recently-used content down to `target` bytes.
 pub fn gc(store: &Store, target: u64, dry_run: bool, out: &mut dyn Write) -> io::Result<()> {
-    let before = store.index.used_bytes();
+    let before = store.index().used_bytes();
     let gone = store.evict(target, dry_run)?;
     let verb = if dry_run { "would evict" } else { "evicted" };
     for e in &gone {

@@ -265,7 +265,7 @@ impl Cache {
     async fn known_tags(&self, up: &Arc<Upstream>, repo: &RepositoryName) -> Result<Option<Vec<String>>, CacheError> {
         let name = up.config().name.as_str();
         let list = self.store.tag_list(name, repo).await?.filter(|l| freshness::age(l.updated_at, self.clock.now_secs()) < up.config().stale_max);
-        Ok(offline_tags(list, self.store.index.tags_of(name, repo)?))
+        Ok(offline_tags(list, self.store.index().tags_of(name, repo)?))
     }
 }
 

@@ -144,16 +144,12 @@ impl App {
         bucket: Option<Arc<dyn crate::store::SharedBackend>>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<App>, StartError> {
-        let mut store = Store::open(&config.data_dir)?;
-        store.max_size = config.max_size;
-        store.temp = crate::store::TempBudget::new(store.files.tmp_dir().to_owned(), config.fills.max_temp, config.fills.min_free);
+        let mut store = Store::open(&config.data_dir)?.with_limits(config.max_size, config.fills.max_temp, config.fills.min_free);
         if let Some(b) = bucket {
             let bucket_max_size = config.storage.bucket().and_then(|tier| tier.max_size);
             let node = crate::store::bucket_lru::node_id(&config.data_dir)
                 .map_err(|source| crate::store::StoreError::Io { path: config.data_dir.join("node-id"), source })?;
-            let shared = crate::store::Shared::new(b, store.index.shared_sizes(), store.index.backlog().clone(), metrics.clone())
-                .with_eviction(node, bucket_max_size);
-            store.shared = Some(Arc::new(shared));
+            store = store.with_shared(b, node, bucket_max_size, metrics.clone());
         }
         let store = Arc::new(store);
         crate::store::spawn_housekeeping(&store, metrics.clone());
@@ -259,7 +255,7 @@ impl App {
         match route {
             Route::Metrics => {
                 let store = self.cache.store();
-                let body = self.metrics.render(self.cache.fills().len(), store.index.used_bytes(), store.index.backlog().len());
+                let body = self.metrics.render(self.cache.fills().len(), store.index().used_bytes(), store.index().backlog().len());
                 text(body, "text/plain; version=0.0.4; charset=utf-8")
             }
             _ => text("ok\n", "text/plain"),

@@ -30,27 +30,30 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::metrics::Metrics;
 use crate::oci::Digest;
 
-/// Everything regcache keeps under its data directory.
+/// Everything regcache keeps: under its data directory (the hot tier: blob files and the index)
+/// and, with a shared bucket, behind it. The tier logic (lookup, backfill, publish, upload, touch,
+/// discard) is the store's own (`tiered`): callers ask for content, never for a tier.
 pub struct Store {
     /// Where fills write blobs and hits read them: the only way the cache touches blob bytes.
-    pub blobs: Arc<dyn BlobBackend>,
+    blobs: Arc<dyn BlobBackend>,
     /// The local blob directory itself, for what only it has: the start-up repair, `verify`'s
     /// quarantine, eviction, the temporary files' file system.
-    pub files: Arc<LocalBlobs>,
+    files: Arc<LocalBlobs>,
     /// The index.
-    pub index: Index,
+    index: Index,
     /// Access times and content in use.
-    pub usage: Usage,
+    usage: Usage,
     /// The most bytes to keep, if limited.
-    pub max_size: Option<u64>,
+    max_size: Option<u64>,
     /// What the temporary files of running fills may take.
-    pub temp: TempBudget,
+    temp: TempBudget,
     /// Signalled when an insert takes the store over `max_size`.
-    pub pressure: std::sync::Arc<tokio::sync::Notify>,
+    pressure: Arc<tokio::sync::Notify>,
     /// The bucket shared with other nodes, behind this node's blobs (the hot tier), if configured.
-    pub shared: Option<Arc<Shared>>,
+    shared: Option<Arc<Shared>>,
 }
 
 /// Why the store can't be opened.
@@ -112,6 +115,35 @@ impl Store {
             );
         }
         Ok(store)
+    }
+
+    /// The same, keeping at most `max_size` bytes (`None`: no limit), the temporary files of
+    /// running fills within `max_temp` (`None`: no limit but free space) and always leaving
+    /// `min_free` bytes free on their file system.
+    pub fn with_limits(mut self, max_size: Option<u64>, max_temp: Option<u64>, min_free: u64) -> Store {
+        self.max_size = max_size;
+        self.temp = TempBudget::new(self.files.tmp_dir().to_owned(), max_temp, min_free);
+        self
+    }
+
+    /// The same, with `bucket` as the tier shared with other nodes behind this one (its requests
+    /// counted in `metrics`), this node being `node` among them and taking part in keeping the
+    /// bucket's blobs under `max` bytes if given.
+    pub fn with_shared(mut self, bucket: Arc<dyn SharedBackend>, node: String, max: Option<u64>, metrics: Arc<Metrics>) -> Store {
+        let shared = Shared::new(bucket, self.index.shared_sizes(), self.index.backlog().clone(), metrics).with_eviction(node, max);
+        self.shared = Some(Arc::new(shared));
+        self
+    }
+
+    /// The index (the hot tier's record of what it holds, and of tags, tag lists and referrers).
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// The tier shared with other nodes, if configured: for its housekeeping, and for tests that
+    /// move its clock or run its eviction now.
+    pub fn shared(&self) -> Option<&Arc<Shared>> {
+        self.shared.as_ref()
     }
 
     /// Store `bytes` as a verified, indexed blob, the way a fill does (for tests of the store).
