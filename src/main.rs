@@ -1,15 +1,19 @@
 //! The `regcache` command.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use regcache::config::{BucketBackend, Config, Overrides, Storage};
+use regcache::app::StartError;
+use regcache::config::{Config, Overrides};
 use regcache::http::App;
+use regcache::metrics::Metrics;
 use regcache::oci::ImageRef;
-use regcache::store::{Bucket, BucketError, Store, StoreError};
+use regcache::store::{SharedBackend, Store, StoreError};
 
 /// A pull-through caching mirror for container registries.
 #[derive(Parser)]
@@ -17,6 +21,25 @@ use regcache::store::{Bucket, BucketError, Store, StoreError};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// What `regcache gc` evicts down to.
+#[derive(Args)]
+struct GcArgs {
+    /// The size to evict the data directory down to (default: the configured max_size).
+    #[arg(long)]
+    max_size: Option<String>,
+    /// With `[storage] backend = "s3"`: the size to evict the bucket's blobs down to (default:
+    /// the configured bucket_max_size). Blobs any node used within `--protect-recent` stay.
+    #[arg(long)]
+    bucket_max_size: Option<String>,
+    /// With `[storage] backend = "s3"`: keep blobs any node used within this long (default
+    /// 10m, as the nodes' own eviction; `0s` evicts by age alone).
+    #[arg(long, default_value = "10m")]
+    protect_recent: String,
+    /// List what would be evicted without evicting it.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// Where the configuration comes from; shared by every command.
@@ -55,20 +78,8 @@ enum Command {
     Gc {
         #[command(flatten)]
         common: Common,
-        /// The size to evict the data directory down to (default: the configured max_size).
-        #[arg(long)]
-        max_size: Option<String>,
-        /// With `[storage] backend = "s3"`: the size to evict the bucket's blobs down to (default:
-        /// the configured bucket_max_size). Blobs any node used within `--protect-recent` stay.
-        #[arg(long)]
-        bucket_max_size: Option<String>,
-        /// With `[storage] backend = "s3"`: keep blobs any node used within this long (default
-        /// 10m, as the nodes' own eviction; `0s` evicts by age alone).
-        #[arg(long, default_value = "10m")]
-        protect_recent: String,
-        /// List what would be evicted without evicting it.
-        #[arg(long)]
-        dry_run: bool,
+        #[command(flatten)]
+        args: GcArgs,
     },
     /// Re-hash every stored blob and manifest; corrupt ones are moved to quarantine/ (in the
     /// bucket, with `backend = "s3"`: deleted). Exit code 1 if any.
@@ -131,6 +142,16 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+impl From<StartError> for Failure {
+    fn from(e: StartError) -> Self {
+        if e.is_config() {
+            Failure::Usage(e.to_string())
+        } else {
+            Failure::Runtime(anyhow::Error::new(e).context("opening the cache"))
+        }
+    }
+}
+
 fn load(common: &Common, listen: Option<String>, upstream: Option<String>) -> Result<Config, Failure> {
     let overrides = Overrides { listen, data_dir: common.data_dir.clone(), upstream_url: upstream };
     Config::load(common.config.as_deref(), &overrides).map_err(|e| Failure::Usage(e.to_string()))
@@ -151,70 +172,14 @@ fn open_store(config: &Config, command: &str) -> Result<Store, Failure> {
 }
 
 fn run(command: Command) -> Result<ExitCode, Failure> {
-    let mut out = std::io::stdout().lock();
     match command {
         Command::Serve { common, listen, upstream } => {
             serve(load(&common, listen, upstream)?)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ls { common, repo } => {
-            let config = load(&common, None, None)?;
-            let store = open_store(&config, "ls")?;
-            regcache::admin::ls(&store, repo.as_deref(), &mut out).context("listing")?;
-            if let Some(bucket) = admin_bucket(&config)? {
-                let listed = block_on(regcache::admin::ls_bucket(&bucket, repo.as_deref(), &mut out))?;
-                listed.context("listing the bucket")?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Gc { common, max_size, bucket_max_size, protect_recent, dry_run } => {
-            let config = load(&common, None, None)?;
-            let size = |s: &str| regcache::config::parse_size(s).map_err(Failure::Usage);
-            let target = max_size.as_deref().map(size).transpose()?.or(config.max_size);
-            let bucket_target = match &config.storage {
-                Storage::Bucket(tier) => bucket_max_size.as_deref().map(size).transpose()?.or(tier.max_size),
-                Storage::Local if bucket_max_size.is_some() => {
-                    return Err(Failure::Usage("--bucket-max-size needs [storage] backend = \"s3\"".into()))
-                }
-                Storage::Local => None,
-            };
-            let protected = regcache::config::parse_duration(&protect_recent)
-                .map_err(|e| Failure::Usage(format!("--protect-recent {protect_recent:?}: {e}")))?;
-            if target.is_none() && bucket_target.is_none() {
-                let more = if matches!(config.storage, Storage::Bucket(_)) { " (or --bucket-max-size or bucket_max_size)" } else { "" };
-                return Err(Failure::Usage(format!("no size to evict down to: pass --max-size or set max_size{more}")));
-            }
-            let store = open_store(&config, "gc")?;
-            match target {
-                Some(target) => regcache::admin::gc(&store, target, dry_run, &mut out).context("evicting")?,
-                None => writeln!(out, "no max_size: the data directory is left as it is").context("writing")?,
-            }
-            if let Some(bucket) = admin_bucket(&config)? {
-                match bucket_target {
-                    Some(t) => {
-                        let node = regcache::store::bucket_lru::node_id(&config.data_dir).context("the node id")?;
-                        let sizes = store.index().shared_sizes();
-                        let gc = regcache::admin::gc_bucket(&bucket, &sizes, &node, t, protected, dry_run, &mut out);
-                        block_on(gc)?.context("evicting from the bucket")?;
-                    }
-                    None => writeln!(out, "no bucket_max_size: the bucket is left as it is").context("writing")?,
-                }
-            }
-            store.index().flush().context("flushing the index")?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Verify { common } => {
-            let config = load(&common, None, None)?;
-            let store = open_store(&config, "verify")?;
-            let mut clean = regcache::admin::verify(&store, &mut out).context("verifying")?;
-            if let Some(bucket) = admin_bucket(&config)? {
-                let sizes = store.index().shared_sizes();
-                let verified = block_on(regcache::admin::verify_bucket(&bucket, &sizes, &mut out))?;
-                clean &= verified.context("verifying the bucket")?;
-            }
-            store.index().flush().context("flushing the index")?;
-            Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
-        }
+        Command::Ls { common, repo } => ls(&load(&common, None, None)?, repo.as_deref()),
+        Command::Gc { common, args } => gc(&load(&common, None, None)?, &args),
+        Command::Verify { common } => verify(&load(&common, None, None)?),
         Command::Warm { common, platform, images } => {
             let config = load(&common, None, None)?;
             let images = images
@@ -224,33 +189,92 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
             let ok = warm(config, &images, platform.as_deref())?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Command::CheckConfig { file } => {
-            let config = Config::load(Some(&file), &Overrides::default()).map_err(|e| Failure::Usage(e.to_string()))?;
-            print!("{}", config.describe());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::CheckConfig { file } => check_config(&file),
     }
 }
 
+/// `regcache check-config`: the effective settings, secrets masked.
+fn check_config(file: &Path) -> Result<ExitCode, Failure> {
+    let config = Config::load(Some(file), &Overrides::default()).map_err(|e| Failure::Usage(e.to_string()))?;
+    print!("{}", config.describe());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `regcache ls`: the data directory, then the bucket.
+fn ls(config: &Config, repo: Option<&str>) -> Result<ExitCode, Failure> {
+    let mut out = std::io::stdout().lock();
+    let store = open_store(config, "ls")?;
+    regcache::admin::ls(&store, repo, &mut out).context("listing")?;
+    if let Some(bucket) = admin_bucket(config)? {
+        let listed = block_on(regcache::admin::ls_bucket(bucket.as_ref(), repo, &mut out))?;
+        listed.context("listing the bucket")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `regcache verify`: the data directory, then the bucket; exit code 1 if anything was corrupt.
+fn verify(config: &Config) -> Result<ExitCode, Failure> {
+    let mut out = std::io::stdout().lock();
+    let store = open_store(config, "verify")?;
+    let mut clean = regcache::admin::verify(&store, &mut out).context("verifying")?;
+    if let Some(bucket) = admin_bucket(config)? {
+        let sizes = store.index().shared_sizes();
+        let verified = block_on(regcache::admin::verify_bucket(bucket.as_ref(), &sizes, &mut out))?;
+        clean &= verified.context("verifying the bucket")?;
+    }
+    store.index().flush().context("flushing the index")?;
+    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// What `regcache gc` evicts down to: the data directory's target, the bucket's, and how recent
+/// a use keeps a blob in the bucket.
+fn gc_targets(config: &Config, args: &GcArgs) -> Result<(Option<u64>, Option<u64>, Duration), Failure> {
+    let size = |s: &str| regcache::config::parse_size(s).map_err(Failure::Usage);
+    let target = args.max_size.as_deref().map(size).transpose()?.or(config.max_size);
+    let bucket_target = match (config.storage.bucket(), &args.bucket_max_size) {
+        (Some(tier), given) => given.as_deref().map(size).transpose()?.or(tier.max_size),
+        (None, Some(_)) => return Err(Failure::Usage("--bucket-max-size needs [storage] backend = \"s3\"".into())),
+        (None, None) => None,
+    };
+    let protected = regcache::config::parse_duration(&args.protect_recent)
+        .map_err(|e| Failure::Usage(format!("--protect-recent: {e}")))?;
+    if target.is_none() && bucket_target.is_none() {
+        let more = if config.storage.bucket().is_some() { " (or --bucket-max-size or bucket_max_size)" } else { "" };
+        return Err(Failure::Usage(format!("no size to evict down to: pass --max-size or set max_size{more}")));
+    }
+    Ok((target, bucket_target, protected))
+}
+
+/// `regcache gc`: the data directory, then the bucket.
+fn gc(config: &Config, args: &GcArgs) -> Result<ExitCode, Failure> {
+    let (target, bucket_target, protected) = gc_targets(config, args)?;
+    let mut out = std::io::stdout().lock();
+    let store = open_store(config, "gc")?;
+    match target {
+        Some(target) => regcache::admin::gc(&store, target, args.dry_run, &mut out).context("evicting")?,
+        None => writeln!(out, "no max_size: the data directory is left as it is").context("writing")?,
+    }
+    if let Some(bucket) = admin_bucket(config)? {
+        match bucket_target {
+            Some(t) => {
+                let node = regcache::store::bucket_lru::node_id(&config.data_dir).context("the node id")?;
+                let sizes = store.index().shared_sizes();
+                let gc = regcache::admin::gc_bucket(bucket.as_ref(), &sizes, &node, t, protected, args.dry_run, &mut out);
+                block_on(gc)?.context("evicting from the bucket")?;
+            }
+            None => writeln!(out, "no bucket_max_size: the bucket is left as it is").context("writing")?,
+        }
+    }
+    store.index().flush().context("flushing the index")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `regcache serve`: the application built by `regcache::app::start`, served until SIGTERM or
+/// SIGINT.
 fn serve(config: Config) -> Result<(), Failure> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
-        // Checked before the data directory is opened, so a bucket that can't be used fails fast.
-        let bucket = open_bucket(&config).await?;
-        let app = App::open(&config).context("opening the cache")?;
-        // Only once the data directory is ours (App::open locks its index): the records are this
-        // node's, and no running server is still writing those uploads.
-        if let Some(bucket) = &bucket {
-            // An upload it can't abort now is kept for the next start (cleanup_uploads says so):
-            // no reason to refuse to serve, the probe has just passed.
-            match bucket.cleanup_uploads().await {
-                Ok(0) => {}
-                Ok(aborted) => tracing::info!(aborted, "aborted the bucket uploads a previous run left unfinished"),
-                Err(e) => tracing::warn!(error = %e, "cleaning up the bucket uploads a previous run left failed; trying again at the next start"),
-            }
-        }
-        // The server's own client of the bucket is App's (its requests counted in the metrics).
-        drop(bucket);
+        let app = regcache::app::start(&config).await?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
@@ -269,12 +293,9 @@ fn serve(config: Config) -> Result<(), Failure> {
             listen = %config.listen, tls = config.tls.is_some(), admin_listen = ?config.admin_listen,
             data_dir = %config.data_dir.display(), upstreams = ?upstreams, "regcache serving"
         );
-        let signalled = {
-            let stop = stop.clone();
-            async move {
-                shutdown_signal().await;
-                stop.cancel();
-            }
+        let signalled = async move {
+            shutdown_signal().await;
+            stop.cancel();
         };
         regcache::http::serve(listener, app, signalled).await;
         if let Some(admin) = admin {
@@ -285,21 +306,8 @@ fn serve(config: Config) -> Result<(), Failure> {
     })
 }
 
-/// The bucket of `[storage] backend = "s3"`, checked with a list, a small write, read and
-/// delete; `None` for local storage. A bucket that can't be used is a usage error (exit 2) on one
-/// line.
-async fn open_bucket(config: &Config) -> Result<Option<Bucket>, Failure> {
-    let Storage::Bucket(tier) = &config.storage else { return Ok(None) };
-    let BucketBackend::S3(s3) = &tier.backend;
-    let usage = |e: BucketError| Failure::Usage(format!("storage: {e}"));
-    let bucket = Bucket::from_config(s3, &config.data_dir).map_err(usage)?;
-    bucket.probe().await.map_err(usage)?;
-    tracing::info!(bucket = %s3.bucket, prefix = %s3.prefix, "bucket probe passed");
-    Ok(Some(bucket))
-}
-
 /// SIGHUP: read the TLS certificate and key again; connections keep running.
-async fn reload_on_sighup(app: std::sync::Arc<App>) {
+async fn reload_on_sighup(app: Arc<App>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
     while hup.recv().await.is_some() {
@@ -313,12 +321,12 @@ async fn reload_on_sighup(app: std::sync::Arc<App>) {
     }
 }
 
-/// The bucket of `[storage] backend = "s3"` for a maintenance command (no probe: its first
-/// request says what is wrong); `None` for local storage.
-fn admin_bucket(config: &Config) -> Result<Option<Bucket>, Failure> {
-    let Storage::Bucket(tier) = &config.storage else { return Ok(None) };
-    let BucketBackend::S3(s3) = &tier.backend;
-    Bucket::from_config(s3, &config.data_dir).map(Some).map_err(|e| Failure::Usage(format!("storage: {e}")))
+/// The bucket of `[storage]` for a maintenance command (no probe: its first request says what is
+/// wrong); `None` for local storage.
+fn admin_bucket(config: &Config) -> Result<Option<Arc<dyn SharedBackend>>, Failure> {
+    // The command's requests are counted in metrics nobody reads.
+    let metrics = Arc::new(Metrics::new());
+    regcache::app::bucket_client(config, &metrics).map_err(|e| Failure::Usage(format!("storage: {e}")))
 }
 
 /// Run one bucket command's future on a runtime of its own.
@@ -335,7 +343,7 @@ fn warm(config: Config, images: &[ImageRef], platform: Option<&str>) -> anyhow::
     let socket = config.local_socket();
     let warmer = regcache::warm::Warmer::new(&socket);
     runtime.block_on(async {
-        match App::open(&config) {
+        match regcache::app::open(&config) {
             Ok(app) => {
                 let local = regcache::http::bind_local(&socket)
                     .with_context(|| format!("binding the local socket {}", socket.display()))?;
@@ -348,7 +356,7 @@ fn warm(config: Config, images: &[ImageRef], platform: Option<&str>) -> anyhow::
                 server.await.context("stopping the temporary server")?;
                 Ok(ok)
             }
-            Err(regcache::http::StartError::Store(e)) if e.is_locked() => {
+            Err(StartError::Store(e)) if e.is_locked() => {
                 tracing::info!(socket = %socket.display(), "a server holds the cache; warming through it");
                 Ok(warmer.warm_all(images, platform).await)
             }

@@ -10,11 +10,11 @@ use serde::{Deserialize, Deserializer};
 
 /// A duration from the file: a humantime string or whole seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
+pub(super) struct HumanDuration(pub Duration);
 
 /// A byte size from the file: a string with an optional unit, or whole bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanSize(pub u64);
+pub(super) struct HumanSize(pub u64);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

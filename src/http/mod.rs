@@ -1,5 +1,5 @@
-//! The HTTP side: the accept loop with graceful shutdown, routing, short handlers, and the one
-//! error mapping.
+//! The HTTP side: the accept loop with graceful shutdown, TLS, routing, short handlers, and the
+//! one error mapping. It only serves: what it serves with is built by `crate::app`.
 
 mod error;
 mod range;
@@ -20,12 +20,11 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 
-use crate::cache::{BlobAnswer, Cache, ManifestAnswer, ReferrerList, TagList};
 use crate::access::Gate;
-use crate::config::Config;
+use crate::cache::{BlobAnswer, Cache, ManifestAnswer, ReferrerList, TagList};
+use crate::config::Connections;
 use crate::metrics::{Metrics, RouteLabel};
 use crate::oci::{is_registry_host, AcceptList, ErrorCode, RepositoryName};
-use crate::store::Store;
 use crate::upstream::{content_length, Upstream};
 use error::{refused, rescue, route_error, Resource};
 pub use range::parse_range;
@@ -77,8 +76,8 @@ fn headers_only(resp: Resp) -> Resp {
     Response::from_parts(parts, full(Bytes::new()))
 }
 
-/// The whole application: configuration resolved into a store (with its eviction running), upstream
-/// clients, a cache and the access gate; [`App::handle`] answers one request.
+/// The server's application: [`App::handle`] answers one request with the parts the composition
+/// root (`crate::app`) built.
 pub struct App {
     cache: Cache,
     metrics: Arc<Metrics>,
@@ -86,8 +85,26 @@ pub struct App {
     tls: Option<Tls>,
     /// Whether `/metrics` lives on a separate admin listener.
     admin_separate: bool,
-    connections: crate::config::Connections,
+    connections: Connections,
     local_socket: std::path::PathBuf,
+}
+
+/// What [`App`] serves with, each built once by `crate::app`.
+pub struct AppParts {
+    /// The cache, on the store and the upstream clients.
+    pub cache: Cache,
+    /// The metrics everything counts into.
+    pub metrics: Arc<Metrics>,
+    /// Who may use the mirror.
+    pub gate: Gate,
+    /// HTTPS for the client listener, if configured.
+    pub tls: Option<Tls>,
+    /// Whether `/metrics` is served on `admin_listen` instead of the client listener.
+    pub admin_separate: bool,
+    /// The limits on client connections.
+    pub connections: Connections,
+    /// The path of the local socket (see [`Surface::Local`]).
+    pub local_socket: std::path::PathBuf,
 }
 
 /// Which listener a request came in on.
@@ -102,73 +119,11 @@ pub enum Surface {
     Local,
 }
 
-/// Why the application can't start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The data directory or index.
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-    /// An upstream client.
-    #[error("{0}")]
-    Upstream(crate::upstream::ClientError),
-    /// The TLS certificate or key.
-    #[error("{0}")]
-    Tls(TlsError),
-    /// The shared bucket's client.
-    #[error("storage: {0}")]
-    Bucket(#[from] crate::store::BucketError),
-}
-
 impl App {
-    /// Open the store (with the shared bucket of `[storage] backend = "s3"`, its requests counted
-    /// in the metrics) and build the upstream clients.
-    pub fn open(config: &Config) -> Result<Arc<App>, StartError> {
-        let metrics = Arc::new(Metrics::new());
-        let bucket: Option<Arc<dyn crate::store::SharedBackend>> = match &config.storage {
-            crate::config::Storage::Local => None,
-            crate::config::Storage::Bucket(tier) => {
-                let crate::config::BucketBackend::S3(s3) = &tier.backend;
-                let observed = metrics.clone();
-                let bucket = crate::store::Bucket::from_config(s3, &config.data_dir)?
-                    .with_observer(Arc::new(move |r: &crate::store::bucket::Request| observed.bucket_request_sent(r.op.as_str(), r.outcome.as_str())));
-                Some(Arc::new(bucket))
-            }
-        };
-        App::open_with(config, bucket, metrics)
-    }
-
-    /// Open the store, with `bucket` as the tier shared with other nodes behind the local one, and
-    /// build the upstream clients.
-    pub fn open_with(
-        config: &Config,
-        bucket: Option<Arc<dyn crate::store::SharedBackend>>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Arc<App>, StartError> {
-        let mut store = Store::open(&config.data_dir)?.with_limits(config.max_size, config.fills.max_temp, config.fills.min_free);
-        if let Some(b) = bucket {
-            let bucket_max_size = config.storage.bucket().and_then(|tier| tier.max_size);
-            let node = crate::store::bucket_lru::node_id(&config.data_dir)
-                .map_err(|source| crate::store::StoreError::Io { path: config.data_dir.join("node-id"), source })?;
-            store = store.with_shared(b, node, bucket_max_size, metrics.clone());
-        }
-        let store = Arc::new(store);
-        crate::store::spawn_housekeeping(&store, metrics.clone());
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|u| Upstream::new(u.clone(), metrics.clone()).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(StartError::Upstream)?;
-        let tls = config.tls.clone().map(Tls::new).transpose().map_err(StartError::Tls)?;
-        Ok(Arc::new(App {
-            cache: Cache::new(store, upstreams, config.fills.clone()),
-            metrics,
-            gate: Gate::new(config.access.clone()),
-            tls,
-            admin_separate: config.admin_listen.is_some(),
-            connections: config.connections,
-            local_socket: config.local_socket(),
-        }))
+    /// The application serving with `parts`.
+    pub fn new(parts: AppParts) -> Arc<App> {
+        let AppParts { cache, metrics, gate, tls, admin_separate, connections, local_socket } = parts;
+        Arc::new(App { cache, metrics, gate, tls, admin_separate, connections, local_socket })
     }
 
     /// TLS for the client listener, if configured.
@@ -177,7 +132,7 @@ impl App {
     }
 
     /// The limits on client connections.
-    pub fn connections(&self) -> &crate::config::Connections {
+    pub fn connections(&self) -> &Connections {
         &self.connections
     }
 

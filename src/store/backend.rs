@@ -41,6 +41,18 @@ pub trait BlobBackend: Send + Sync + 'static {
 
     /// Delete the stored blob `digest` (absent is fine).
     async fn remove(&self, digest: &Digest) -> io::Result<()>;
+
+    /// Check, before a server starts on it, that the backend can be used (a backend that can't
+    /// stops the start; the error says where and why). Nothing to check by default.
+    async fn probe(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Clean up what a previous run left unfinished (a bucket's uploads that were never
+    /// completed), once the data directory is this process's; how many were. Nothing by default.
+    async fn cleanup(&self) -> io::Result<usize> {
+        Ok(0)
+    }
 }
 
 /// A stored blob opened for reading.

@@ -93,3 +93,23 @@ fn serves_then_exits_0_on_sigterm() {
     assert!(log.contains("GET") && log.contains("/v2/") && log.contains("status=200"), "a request log line: {log}");
     assert!(data.path().join("index").exists());
 }
+
+#[test]
+fn a_bucket_that_cannot_be_used_stops_the_start_before_the_data_directory_is_opened() {
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let secret = data.path().join("secret");
+    std::fs::write(&secret, "sk\n").unwrap();
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[storage]\nbackend = \"s3\"\nendpoint = \"http://{refused}\"\nbucket = \"fleet\"\n\
+         path_style = true\naccess_key_id = \"ak\"\nsecret_access_key_file = {:?}\ntimeout = \"1s\"\n",
+        data.path().join("node").display().to_string(),
+        secret.display().to_string()
+    );
+    let out = serve_with(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("regcache: storage: ") && stderr.contains(&refused.to_string()), "{stderr}");
+    assert!(!data.path().join("node").join("index").exists(), "the data directory was opened: {stderr}");
+}

@@ -81,7 +81,7 @@ impl Mirror {
         );
         let mut config = Config::from_toml(&toml, &Overrides::default(), Path::new(".")).expect("config");
         config.upstreams[0].private_network = opts.private_network;
-        let registry = App::open_with(&config, opts.bucket, Default::default()).expect("open registry");
+        let registry = regcache::app::open_with(&config, opts.bucket, Default::default()).expect("open registry");
         let fills = registry.cache().fills().clone();
         let shared_calls = registry.cache().shared_calls();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

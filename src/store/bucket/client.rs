@@ -560,6 +560,16 @@ impl BlobBackend for Bucket {
     async fn remove(&self, digest: &Digest) -> io::Result<()> {
         self.delete(&self.blob_key(digest)).await
     }
+
+    async fn probe(&self) -> io::Result<()> {
+        Bucket::probe(self).await.map_err(io::Error::other)?;
+        tracing::info!(bucket = %self.location, prefix = %self.prefix, "bucket probe passed");
+        Ok(())
+    }
+
+    async fn cleanup(&self) -> io::Result<usize> {
+        self.cleanup_uploads().await.map_err(io::Error::other)
+    }
 }
 
 #[async_trait]
