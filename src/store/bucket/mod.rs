@@ -33,27 +33,31 @@
 
 pub(super) mod backlog;
 mod client;
+mod eviction;
 pub mod lru;
+mod upload;
 
 pub use backlog::{Backlog, Pending, Pushed};
 pub use client::{Bucket, BucketError, ObjectStorage, Observer, Op, Outcome, Request, PART_SIZE};
+pub use upload::VerifiedFill;
 
-use std::collections::HashMap;
+use eviction::Eviction;
+
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 
-use crate::store::backend::{BlobBackend, BlobRead, BlobWrite, Opened, ReadAt, Records, SharedBackend};
+use crate::store::backend::{BlobBackend, Opened, Records, SharedBackend};
 use backlog::MAX_ENTRIES;
-use lru::{BucketEviction, Clock, MAX_PENDING};
+use lru::Clock;
 use crate::store::index::{ListedTags, SharedSizes, StoredManifest, TagAnswer, MAX_TAG_LIST_RECORD};
 use crate::store::records::{manifest_record, read_manifest_record, RecordKey, MAX_MANIFEST_RECORD, MAX_TAG_RECORD};
 use crate::metrics::{BucketOp, Metrics};
-use crate::oci::{Digest, Hasher, ManifestKind, RegistryHost, RepositoryName, Tag};
+use crate::oci::{Digest, ManifestKind, RegistryHost, RepositoryName, Tag};
 use crate::sync::lock;
 
 /// How long the bucket is left alone after a failure before a request tries it again.
@@ -65,8 +69,6 @@ pub const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 /// How many uploads run at once, the backlog's included; more wait (they read the hot tier's file,
 /// so waiting holds no memory).
 const MAX_UPLOADS: usize = 8;
-/// How many bytes an upload reads from the hot tier at once.
-const UPLOAD_CHUNK: usize = 1024 * 1024;
 /// How many record writes run at once; past this, a record is not written (it is only a shortcut
 /// for the other nodes: they ask the upstream instead).
 const MAX_RECORD_WRITES: usize = 64;
@@ -91,18 +93,6 @@ pub struct Shared {
     /// Set with [`Shared::with_eviction`]: this node takes part in keeping the bucket under a size.
     eviction: Option<Eviction>,
     clock: Clock,
-}
-
-/// This node's part in `bucket_max_size`.
-struct Eviction {
-    node: String,
-    max: u64,
-    // A std Mutex: held to insert or take the map, never across an await. Bounded by MAX_PENDING.
-    pending: Mutex<HashMap<Digest, u64>>,
-    /// Signalled when `pending` is full: publish early.
-    full: Arc<tokio::sync::Notify>,
-    /// One round (publish, evict) at a time on this node.
-    rounds: tokio::sync::Mutex<()>,
 }
 
 /// Whether the bucket answers: since when it doesn't, if it doesn't.
@@ -149,16 +139,6 @@ pub enum NotDone {
     Unusable,
 }
 
-/// What a fill tells the upload of its blob once it has verified the blob and tried to keep it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VerifiedFill {
-    /// The blob's size.
-    pub size: u64,
-    /// Whether the hot tier keeps it (committed and indexed): only then can it wait in the backlog
-    /// while the bucket is down.
-    pub kept: bool,
-}
-
 impl Drop for Shared {
     fn drop(&mut self) {
         // The drain waits on this: it wakes, finds the store gone and ends.
@@ -184,121 +164,6 @@ impl Shared {
             eviction: None,
             clock: Clock::default(),
         }
-    }
-
-    /// The same, taking part in keeping the bucket's blobs under `max` bytes as the node `node`
-    /// (see [`lru`]); `None` leaves the bucket unlimited.
-    pub fn with_eviction(mut self, node: String, max: Option<u64>) -> Shared {
-        self.eviction = max.map(|max| Eviction {
-            node,
-            max,
-            pending: Mutex::default(),
-            full: Default::default(),
-            rounds: Default::default(),
-        });
-        self
-    }
-
-    /// This node's clock, as eviction sees it (tests move it).
-    pub fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
-    /// The node id and `bucket_max_size`, if this node takes part in eviction.
-    pub fn eviction(&self) -> Option<(&str, u64)> {
-        self.eviction.as_ref().map(|e| (e.node.as_str(), e.max))
-    }
-
-    /// Signalled when the accesses noted fill up, to publish them early.
-    pub fn accesses_full(&self) -> Option<Arc<tokio::sync::Notify>> {
-        self.eviction.as_ref().map(|e| e.full.clone())
-    }
-
-    /// Note that this node served `digest` now (a hot-tier hit or a bucket read), for the next
-    /// access summary. In memory only; nothing is asked of the bucket.
-    pub fn touch(&self, digest: &Digest) {
-        let Some(e) = &self.eviction else { return };
-        let now = self.clock.now_ms();
-        let mut pending = lock(&e.pending);
-        if pending.len() >= MAX_PENDING && !pending.contains_key(digest) {
-            e.full.notify_one();
-            return;
-        }
-        pending.insert(digest.clone(), now);
-    }
-
-    /// Publish this node's heartbeat and the accesses noted since its last summary (see
-    /// [`lru`]). Nothing while the bucket is down (the accesses wait, bounded); what
-    /// a failed write didn't publish waits for the next time.
-    pub async fn publish_accesses(&self) {
-        let Some(e) = &self.eviction else { return };
-        let _round = e.rounds.lock().await;
-        self.publish(e).await;
-    }
-
-    async fn publish(&self, e: &Eviction) -> bool {
-        if !self.health.available() {
-            return false;
-        }
-        let now = self.clock.now_ms();
-        let written = self.records.put(&RecordKey::Node(e.node.clone()).to_string(), lru::heartbeat(now)).await;
-        if self.outcome(BucketOp::PutRecord, written).is_none() {
-            return false;
-        }
-        let mut accesses: Vec<(Digest, u64)> = std::mem::take(&mut *lock(&e.pending)).into_iter().collect();
-        if accesses.is_empty() {
-            return true;
-        }
-        accesses.sort_by_key(|(_, at)| *at);
-        let records = lru::summaries(&e.node, now, false, &accesses);
-        for (n, (key, body)) in records.into_iter().enumerate() {
-            let written = self.records.put(&key, body).await;
-            if self.outcome(BucketOp::PutRecord, written).is_none() {
-                // Put back what wasn't published (a newer access noted meanwhile wins).
-                let mut pending = lock(&e.pending);
-                for (d, at) in accesses.into_iter().skip(n * lru::MAX_SUMMARY_ENTRIES) {
-                    let t = pending.entry(d).or_insert(at);
-                    *t = (*t).max(at);
-                }
-                return false;
-            }
-        }
-        true
-    }
-
-    /// One round of this node's part: publish its accesses, then, if it is the evictor (the live
-    /// node with the smallest id), evict down to the low-water mark if the bucket is over
-    /// `bucket_max_size`. What it did, if it was the evictor; nothing while the bucket is down.
-    pub async fn evict_round(&self) -> Option<BucketEviction> {
-        let e = self.eviction.as_ref()?;
-        let _round = e.rounds.lock().await;
-        if !self.publish(e).await {
-            return None;
-        }
-        let now = self.clock.now_ms();
-        let evictor = self.outcome(BucketOp::Evict, lru::is_evictor(self.bucket.as_ref(), &e.node, now).await)?;
-        if !evictor {
-            return None;
-        }
-        self.evict_now(&e.node, now, lru::Limits::nodes(e.max)).await
-    }
-
-    /// Evict as `limits` say, merging every node's summaries, as `writer` at `now`; `None` if the
-    /// bucket failed (it is then marked down).
-    async fn evict_now(&self, writer: &str, now: u64, limits: lru::Limits) -> Option<BucketEviction> {
-        let removed = |b: &lru::BlobUse| {
-            let _ = self.sizes.remove(&b.digest);
-            self.metrics.bucket_evicted(b.size);
-        };
-        let done = lru::evict_bucket(self.bucket.as_ref(), writer, now, limits, false, removed).await;
-        let report = self.outcome(BucketOp::Evict, done)?;
-        if !report.evicted.is_empty() {
-            tracing::info!(
-                evicted = report.evicted.len(), bytes = report.bytes_evicted(), before = report.bytes_before,
-                bucket_max_size = limits.max, "evicted least-recently-used blobs from the bucket"
-            );
-        }
-        Some(report)
     }
 
     /// The manifest `digest` from the bucket, verified (its digest and media type, as from the
@@ -443,20 +308,6 @@ impl Shared {
         self.health.retry_at()
     }
 
-    /// Upload the blob `digest` of `size` bytes from the hot tier's copy (`stored`, read whole),
-    /// hashing it again on the way (the commit happens only if it is still the blob), unless the
-    /// bucket has it already. The caller holds one of [`Shared::upload_permits`].
-    pub(super) async fn upload_stored(&self, digest: &Digest, size: u64, stored: Box<dyn BlobRead>) -> Result<(), NotDone> {
-        if matches!(self.sizes.get(digest), Ok(Some(_))) {
-            return Ok(());
-        }
-        if let Some(there) = self.attempt(BucketOp::Head, answered(self.blobs.stat(digest)).await)? {
-            self.remember(digest, there);
-            return Ok(());
-        }
-        self.upload_now(digest, size, UploadFrom::Stored { reader: stored, hasher: Some(Box::new(Hasher::new(digest.algorithm()))) }).await
-    }
-
     /// Write the record of manifest `digest` now.
     pub(super) async fn write_manifest(&self, digest: &Digest, m: &StoredManifest) -> Result<(), NotDone> {
         let written = self.records.put(&RecordKey::Manifest(digest.clone()).to_string(), manifest_record(m)).await;
@@ -547,73 +398,6 @@ impl Shared {
         }
     }
 
-    /// Upload the blob `digest` that a fill is writing to the hot tier, once it is verified:
-    /// `verified` says so, with its size and whether the hot tier keeps it (dropped unsent: the
-    /// fill failed or stopped storing, nothing is uploaded); `written` reads the fill's file.
-    /// Whether the bucket is down is asked then: if it is (or the upload fails), a blob the hot
-    /// tier keeps waits in the backlog. Nothing happens when the bucket is known to have the blob
-    /// already. The upload's task, if any.
-    pub fn spawn_upload(
-        self: &Arc<Self>,
-        digest: &Digest,
-        written: Box<dyn ReadAt>,
-        verified: oneshot::Receiver<VerifiedFill>,
-    ) -> Option<tokio::task::JoinHandle<()>> {
-        if matches!(self.sizes.get(digest), Ok(Some(_))) {
-            return None;
-        }
-        let (shared, digest) = (Arc::clone(self), digest.clone());
-        Some(tokio::spawn(async move {
-            let Ok(VerifiedFill { size, kept }) = verified.await else { return };
-            let later = || {
-                if kept {
-                    shared.keep_for_later(&Pending::Blob { digest: digest.clone(), size });
-                }
-            };
-            if !shared.health.available() {
-                return later();
-            }
-            let Ok(_permit) = shared.uploads.clone().acquire_owned().await else { return };
-            // It may have failed while this upload waited for its turn.
-            if !shared.health.available() {
-                return later();
-            }
-            if shared.upload_now(&digest, size, UploadFrom::Fill(written)).await == Err(NotDone::Failed) {
-                later();
-            }
-        }))
-    }
-
-    /// Upload the blob `digest` of `size` bytes from `source` now; the caller holds one of
-    /// [`Shared::upload_permits`].
-    async fn upload_now(&self, digest: &Digest, size: u64, source: UploadFrom) -> Result<(), NotDone> {
-        let _running = self.metrics.upload_started();
-        let writer = match self.blobs.begin(digest, Some(size)).await {
-            Ok(w) => w,
-            Err(e) => return self.attempt(BucketOp::Upload, Err(e)),
-        };
-        match upload(writer, source, size, digest).await {
-            Ok(()) => {
-                self.attempt(BucketOp::Upload, Ok(()))?;
-                self.metrics.bucket_written(size);
-                self.remember(digest, size);
-                tracing::info!(%digest, size, "blob uploaded to the bucket");
-                Ok(())
-            }
-            Err(Cut::Bucket(e)) => {
-                self.metrics.upload_aborted();
-                self.attempt(BucketOp::Upload, Err(e))
-            }
-            // This node's copy, not the bucket: nothing to try again.
-            Err(Cut::Source(e)) => {
-                self.metrics.upload_aborted();
-                self.metrics.bucket_operation(BucketOp::Upload, false);
-                tracing::error!(%digest, error = %e, "reading the blob to upload failed; not uploaded");
-                Err(NotDone::Unusable)
-            }
-        }
-    }
-
     fn remember(&self, digest: &Digest, size: u64) {
         if let Err(e) = self.sizes.put(digest, size) {
             tracing::warn!(%digest, error = %e, "noting a blob in the bucket failed");
@@ -656,93 +440,11 @@ impl Shared {
     }
 }
 
-/// Where an upload's bytes come from.
-enum UploadFrom {
-    /// The fill's write, which the fill has verified.
-    Fill(Box<dyn ReadAt>),
-    /// The hot tier's stored copy, read whole: verified when it was stored, hashed again as it is
-    /// read because it has sat on disk since.
-    Stored { reader: Box<dyn BlobRead>, hasher: Option<Box<Hasher>> },
-}
-
-impl UploadFrom {
-    /// Up to `n` bytes from `pos` (the position after everything returned so far); empty at the
-    /// end.
-    async fn read(&mut self, pos: u64, n: usize) -> io::Result<Bytes> {
-        match self {
-            UploadFrom::Fill(written) => written.read_at(pos, n).await,
-            UploadFrom::Stored { reader, hasher } => {
-                let Some(chunk) = reader.next_chunk().await.transpose()? else { return Ok(Bytes::new()) };
-                let (h, hashed) = (hasher.take(), chunk.clone());
-                let h = tokio::task::spawn_blocking(move || {
-                    h.map(|mut h| {
-                        h.update(&hashed);
-                        h
-                    })
-                })
-                .await
-                .map_err(io::Error::other)?;
-                *hasher = h;
-                Ok(chunk)
-            }
-        }
-    }
-
-    /// Whether the bytes read are `digest`'s (the fill's were checked by the fill).
-    fn check(self, digest: &Digest) -> io::Result<()> {
-        match self {
-            UploadFrom::Fill(_) => Ok(()),
-            UploadFrom::Stored { hasher, .. } => match hasher.map(|h| h.finish()) {
-                Some(got) if got == *digest => Ok(()),
-                got => Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("the hot tier's copy has digest {}", got.map_or_else(|| "unknown".into(), |g| g.to_string())),
-                )),
-            },
-        }
-    }
-}
-
-/// Why an upload was cut.
-enum Cut {
-    /// The bucket failed.
-    Bucket(io::Error),
-    /// Reading (or checking) what was to be uploaded failed.
-    Source(io::Error),
-}
-
 /// `request`'s result, or a timeout error if the bucket doesn't answer within [`ANSWER_WITHIN`].
 async fn answered<T>(request: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
     match tokio::time::timeout(ANSWER_WITHIN, request).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("the bucket did not answer within {ANSWER_WITHIN:?}"))),
-    }
-}
-
-/// Copy the blob `digest` of `size` bytes from `source` into `writer` and commit it once the
-/// source says the bytes are the blob's; on any failure the write is aborted.
-async fn upload(mut writer: Box<dyn BlobWrite>, mut source: UploadFrom, size: u64, digest: &Digest) -> Result<(), Cut> {
-    let copied = async {
-        let mut pos = 0u64;
-        while pos < size {
-            let n = usize::try_from(size - pos).unwrap_or(usize::MAX).min(UPLOAD_CHUNK);
-            let bytes = source.read(pos, n).await.map_err(Cut::Source)?;
-            let end = pos.checked_add(bytes.len() as u64).filter(|end| *end <= size);
-            let Some(end) = end.filter(|_| !bytes.is_empty()) else {
-                return Err(Cut::Source(io::Error::new(io::ErrorKind::UnexpectedEof, "the hot tier's file is not the blob's size")));
-            };
-            pos = end;
-            writer.append(&[bytes]).await.map_err(Cut::Bucket)?;
-        }
-        source.check(digest).map_err(Cut::Source)
-    }
-    .await;
-    match copied {
-        Ok(()) => writer.commit().await.map_err(Cut::Bucket),
-        Err(e) => {
-            writer.abort().await;
-            Err(e)
-        }
     }
 }
 
@@ -763,10 +465,12 @@ fn tag_list_key(upstream: &str, repo: &RepositoryName) -> RecordKey {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use bytes::Bytes;
+    use tokio::sync::oneshot;
 
-    use crate::store::{BlobRead, LocalBlobs, Store};
+    use super::upload::UPLOAD_CHUNK;
+    use super::*;
+    use crate::store::{BlobRead, BlobWrite, LocalBlobs, Store};
 
     /// A node's store and a second local directory standing in for the bucket.
     fn setup() -> (tempfile::TempDir, Store, Arc<LocalBlobs>, Arc<Shared>) {
@@ -868,46 +572,5 @@ mod tests {
         assert!(health.available(), "after RETRY one request tries again");
         assert!(health.succeeded());
         assert!(health.available() && !health.is_down());
-    }
-
-    #[tokio::test]
-    async fn accesses_are_published_in_summaries_and_kept_when_the_write_fails() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("node")).unwrap();
-        let bucket = Arc::new(LocalBlobs::at(&dir.path().join("bucket")).unwrap());
-        let shared = Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), Arc::new(Metrics::new()))
-            .with_eviction("n1".into(), Some(1000));
-        let (one, two) = (Digest::sha256_of(b"one"), Digest::sha256_of(b"two"));
-        shared.touch(&one);
-        shared.touch(&two);
-        // The records directory can't take summaries: a file stands where it would go.
-        std::fs::create_dir_all(dir.path().join("bucket/records")).unwrap();
-        std::fs::write(dir.path().join("bucket/records/access"), b"in the way").unwrap();
-        shared.publish_accesses().await;
-        assert!(shared.is_down(), "a failed write marks the bucket down");
-        assert_eq!(lock(&shared.eviction.as_ref().unwrap().pending).len(), 2, "nothing published is lost");
-        *shared.health.down_since.lock().unwrap() = Some(Instant::now() - RETRY);
-        std::fs::remove_file(dir.path().join("bucket/records/access")).unwrap();
-        shared.publish_accesses().await;
-        assert!(!shared.is_down());
-        let keys = bucket.list_records("access").await.unwrap();
-        assert_eq!(keys.len(), 1, "{keys:?}");
-        assert!(keys[0].starts_with("access/n1/"));
-        let body = bucket.get(&keys[0], 1 << 20).await.unwrap().unwrap();
-        let mut got: Vec<Digest> = lru::parse_summary(&body).map(|(d, _)| d).collect();
-        got.sort_by_key(|d| d.to_string());
-        let mut want = vec![one, two];
-        want.sort_by_key(|d| d.to_string());
-        assert_eq!(got, want);
-        assert!(bucket.get("nodes/n1", 100).await.unwrap().is_some(), "the heartbeat");
-        // Nothing new: no new summary.
-        shared.publish_accesses().await;
-        assert_eq!(bucket.list_records("access").await.unwrap().len(), 1);
-        // Without bucket_max_size nothing is noted.
-        let unlimited = Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), Arc::new(Metrics::new())).with_eviction("n2".into(), None);
-        unlimited.touch(&Digest::sha256_of(b"three"));
-        unlimited.publish_accesses().await;
-        assert!(unlimited.evict_round().await.is_none());
-        assert_eq!(bucket.list_records("nodes").await.unwrap(), ["nodes/n1"]);
     }
 }
