@@ -35,10 +35,13 @@ pub(super) mod backlog;
 mod client;
 mod eviction;
 pub mod lru;
+mod multipart;
+mod requests;
 mod upload;
 
 pub use backlog::{Backlog, Pending, Pushed};
-pub use client::{Bucket, BucketError, ObjectStorage, Observer, Op, Outcome, Request, PART_SIZE};
+pub use client::{Bucket, BucketError, ObjectStorage, PART_SIZE};
+pub use requests::{Observer, Op, Outcome, Request};
 pub use upload::VerifiedFill;
 
 use eviction::Eviction;
