@@ -32,6 +32,7 @@ use object_store::path::Path;
 use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
 
 use super::multipart::BucketWrite;
+use super::requests::one_line;
 use super::{Observer, Op, Outcome, Request};
 use crate::store::backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, Records};
 use crate::config::S3Storage;
@@ -289,39 +290,6 @@ impl Bucket {
         delete
     }
 
-}
-
-/// An object store error on one line.
-pub(super) fn one_line(e: &dyn std::error::Error) -> String {
-    // The causes too: "error sending request" alone doesn't say that the connection was refused.
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        source = cause.source();
-    }
-    let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    // An S3 error body: its code and message first, the request after.
-    if let Some(code) = xml_field(&text, "Code") {
-        let message = xml_field(&text, "Message").unwrap_or_default();
-        let request = text.split("<?xml").next().unwrap_or_default().trim_end_matches([' ', ':']);
-        text = format!("{code}: {message} ({request})");
-    }
-    // Error bodies can be long; what matters comes first.
-    match text.char_indices().nth(400) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text,
-    }
-}
-
-/// The text of the first `<tag>…</tag>` in `text`.
-fn xml_field<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
-    let start = text.find(&format!("<{tag}>"))? + tag.len() + 2;
-    let len = text[start..].find(&format!("</{tag}>"))?;
-    Some(&text[start..start + len])
 }
 
 /// 64 random bits, from the standard library's randomly seeded hasher.
@@ -671,20 +639,6 @@ mod tests {
             assert!(!ops(&seen).contains(&Op::Put) && !ops(&seen).contains(&Op::CompleteUpload), "{:?}", ops(&seen));
             assert!(records(dir.path()).is_empty());
         }
-    }
-
-    #[test]
-    fn s3_error_bodies_read_on_one_line() {
-        let e = io::Error::other(
-            "Error performing GET http://h/b?list-type=2 in 2ms - Server returned non-2xx status code: 404 Not Found: \
-             <?xml version=\"1.0\"?>\n<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message></Error>",
-        );
-        assert_eq!(
-            one_line(&e),
-            "NoSuchBucket: The specified bucket does not exist (Error performing GET http://h/b?list-type=2 in 2ms - \
-             Server returned non-2xx status code: 404 Not Found)"
-        );
-        assert_eq!(one_line(&io::Error::other("plain\n cause")), "plain cause");
     }
 
     #[tokio::test]
