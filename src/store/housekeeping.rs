@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 const ACCESS_FLUSH: Duration = Duration::from_secs(30);
 
 /// Start the background work of a store: evict when an insert passes `max_size` (signalled on
-/// [`Store::pressure`]), write access times every 30 s (`ACCESS_FLUSH`), and with a shared bucket
+/// `Store::pressure`), write access times every 30 s (`ACCESS_FLUSH`), and with a shared bucket
 /// drain its backlog. Holds the store only weakly, so it ends once the server's store is gone.
 pub fn spawn_housekeeping(store: &Arc<Store>, metrics: Arc<Metrics>) {
     if let Some(shared) = &store.shared {

@@ -1,8 +1,18 @@
-//! Storage: the seam a blob store implements ([`BlobBackend`]) and its first implementation, the
-//! local directory ([`LocalBlobs`]: temporary file, verified, fsynced and renamed into a
-//! content-addressed path); reading stored blobs; the sled index of blobs, manifests, tags and tag
-//! lists; and the housekeeping that writes access times and evicts down to `max_size`. With a shared bucket:
-//! the bucket, the tier logic, the bucket's eviction and the backlog of what it should have.
+//! Storage, in tiers, behind one type: [`Store`]. Callers ask it for content (a manifest, a tag, a
+//! referrers list, a tag list, where a blob is); which tier answers, what is copied into the hot
+//! tier (backfill) and what is written to the shared one (publish) is decided in `tiered`, and a
+//! fill reaches it through `fill::Sink` (`fill_sink`).
+//!
+//! - `backend`: the seam a blob store implements ([`BlobBackend`], and [`Records`] for the shared
+//!   tier's small records).
+//! - `hot`: this node's tier on disk: the local directory ([`LocalBlobs`]), reading it, the fills'
+//!   disk budget, repair and `verify`, eviction down to `max_size`.
+//! - `index`: the sled index of blobs, manifests, tags, referrers lists and tag lists.
+//! - [`bucket`]: with a shared bucket, the tier behind the hot one ([`Shared`]): its client
+//!   ([`Bucket`]), its uploads, its backlog of what it should have, its eviction
+//!   ([`bucket_lru`]).
+//! - [`records`]: the shared tier's records and their one typed key ([`RecordKey`]).
+//! - `housekeeping`: access times written in batches, eviction, the backlog's drain.
 
 mod backend;
 pub mod bucket;

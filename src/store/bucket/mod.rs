@@ -12,7 +12,7 @@
 //! hot tier go on, misses go to the upstream and are kept locally. After [`RETRY`] the next request
 //! tries again, and the first success marks it up. What this node keeps meanwhile (a fill
 //! verified while the bucket is marked down, a record to write, or an upload or write that failed)
-//! waits in the backlog ([`backlog`], in the index) and is uploaded once the bucket answers
+//! waits in the backlog ([`Backlog`], in the index) and is uploaded once the bucket answers
 //! again. Whether the bucket is down is asked when the fill is verified, not when it begins.
 //!
 //! Manifests (by digest, with their media type), what tags pointed at (per upstream, repository,
