@@ -72,7 +72,7 @@ fn image_size(store: &Store, digest: &Digest) -> Option<u64> {
     let mut total = refs.blob_bytes();
     for child in refs.children {
         if let Some(c) = store.index().manifest(&child.digest).ok().flatten() {
-            total += references(&c.bytes).map_or(0, |r| r.blob_bytes());
+            total = total.saturating_add(references(&c.bytes).map_or(0, |r| r.blob_bytes()));
         }
     }
     Some(total)

@@ -5,8 +5,8 @@
 //! handed to [`App`], which only serves.
 //!
 //! A new storage backend is one file implementing the seam (`store::BlobBackend`, with its
-//! `probe` and `cleanup`, and `store::Records`), one `config::BucketBackend` variant, and one line
-//! in [`bucket_client`].
+//! `probe` and `cleanup`, and `store::Records`), its configuration (a file as `config/s3.rs`, and
+//! one variant of each enum in `config/storage.rs`), and one line in [`bucket_client`].
 
 use std::sync::Arc;
 
@@ -95,7 +95,7 @@ pub fn open_with(config: &Config, bucket: Option<Arc<dyn SharedBackend>>, metric
         .collect::<Result<Vec<_>, _>>()?;
     let tls = config.tls.clone().map(Tls::new).transpose()?;
     Ok(App::new(AppParts {
-        cache: Cache::new(store, upstreams, config.fills.clone()),
+        cache: Cache::new(store, upstreams, crate::fill::Fills::new(config.fills.clone(), metrics.fills_running())),
         metrics,
         gate: Gate::new(config.access.clone()),
         tls,

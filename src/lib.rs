@@ -9,6 +9,7 @@
 //!   `access::read_htpasswd`).
 //! - [`admin`]: `ls`, `gc`, `verify` on the data directory (and on the shared bucket with `backend = "s3"`).
 //! - [`warm`]: `warm`: pull images through a server ahead of a rush.
+//! - [`healthcheck`]: `healthcheck`: ask a running server's `/healthz`, for images without curl.
 //! - [`config`]: the TOML file as written (`config::raw`: serde types, unknown keys refused by
 //!   name and line; `[storage]` an enum tagged by `backend`; durations and sizes by
 //!   `humantime-serde` and `bytesize`) → a validated [`config::Config`] (`[storage]` as the data
@@ -48,7 +49,8 @@
 //!   stale is one pure function, `cache::freshness::decide`, given the time by a `cache::Clock`.
 //! - [`http`]: it only serves: accept loop, TLS (loading and reloading the certificate), routing,
 //!   handlers, the one error mapping.
-//! - [`metrics`]: Prometheus counters, gauges and histograms.
+//! - [`metrics`]: Prometheus counters, gauges and histograms; a gauge is kept by what it counts (the
+//!   fills keep `fills_in_progress`, `Metrics::fills_running`).
 //!
 //! # The path of one request
 //! `app::start` has built everything once. `http::server` accepts a connection;
@@ -82,6 +84,7 @@ pub mod app;
 pub mod cache;
 pub mod config;
 pub mod fill;
+pub mod healthcheck;
 pub mod http;
 pub mod metrics;
 pub mod oci;

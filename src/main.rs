@@ -98,6 +98,17 @@ enum Command {
         #[arg(required = true)]
         images: Vec<String>,
     },
+    /// Exit 0 when the server's /healthz answers 200 within 3 s, else 1 with one line saying why
+    /// (for Docker's HEALTHCHECK in images without curl). The URL comes from the configuration:
+    /// admin_listen if set, else listen (https with [tls], trusting exactly [tls] cert).
+    Healthcheck {
+        /// Configuration file (TOML) of the server to check.
+        #[arg(long, env = "REGCACHE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Check this URL instead (`http://127.0.0.1:9090`: /healthz there).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Validate a configuration and print the effective settings (secrets masked).
     CheckConfig {
         /// The configuration file.
@@ -188,6 +199,11 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
                 .collect::<Result<Vec<_>, _>>()?;
             let ok = warm(config, &images, platform.as_deref())?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        // Every failure is exit 1, a bad configuration too: Docker's HEALTHCHECK reserves 2.
+        Command::Healthcheck { config, url } => {
+            regcache::healthcheck::run(config.as_deref(), url.as_deref()).context("healthcheck")?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => check_config(&file),
     }

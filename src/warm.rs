@@ -177,7 +177,7 @@ impl Warmer {
                 images.push(references(&bytes).ok_or(WarmError::UnreadableChild)?);
             }
         }
-        progress.grow(images.iter().map(|r| r.blob_bytes()).sum());
+        progress.grow(images.iter().map(|r| r.blob_bytes()).fold(0, u64::saturating_add));
         for (digest, _) in images.into_iter().flat_map(|r| r.blobs) {
             w.bytes += self.blob(image, &digest, progress).await?;
             w.blobs += 1;

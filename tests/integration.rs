@@ -13,6 +13,7 @@
 //! - `it::faults`: wrong bytes, cuts, outages, timeouts, 429, token revocation and expiry: nothing bad is stored or served as good.
 //! - `it::freshness`: `tag_ttl`, stale-if-error within and beyond `stale_max`.
 //! - `it::head`: `HEAD` on every route and error, over HTTP/2 and HTTP/1.1: headers only.
+//! - `it::healthcheck`: `regcache healthcheck` as the real binary: healthy, refused, 500, no answer.
 //! - `it::mirror`: start regcache on port 0 against a fake upstream (helpers, no tests).
 //! - `it::pull`: cold and warm pulls of every manifest format; what the upstream and CDN saw.
 //! - `it::redirects`: redirects of a public upstream stay out of the operator's network.

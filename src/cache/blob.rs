@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{Cache, CacheError};
 use crate::fill::{FillReader, Join, Source, Verdict};
-use crate::metrics::Answered;
+use super::Answered;
 use crate::oci::{Digest, RepositoryName};
 use crate::store::{BlobRead, BlobSource, Store};
 use crate::upstream::{RateLimit, Upstream};

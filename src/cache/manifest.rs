@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{Cache, CacheError};
-use crate::metrics::Answered;
+use super::Answered;
 use crate::oci::{verify_manifest, AcceptList, Digest, Reference, RegistryHost, RepositoryName};
 use crate::store::{Store, StoredManifest};
 use crate::upstream::{ManifestHead, RateLimit, Upstream, UpstreamError};

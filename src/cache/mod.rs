@@ -3,12 +3,14 @@
 //! digest: stored, else fetched and verified), `tags` (a manifest by tag, revalidated as
 //! [`freshness`] decides; `tags/list` pages), `blob` (stored, else a fill), `referrers`.
 
+mod answered;
 mod blob;
 pub mod freshness;
 mod manifest;
 mod referrers;
 mod tags;
 
+pub use answered::Answered;
 pub use blob::{BlobAnswer, RangeRequest};
 pub use freshness::{Clock, SystemClock};
 pub use manifest::ManifestAnswer;
@@ -18,7 +20,6 @@ pub use tags::{TagList, MAX_TAGS_PAGE};
 use std::io;
 use std::sync::Arc;
 
-use crate::config::FillBudget;
 use crate::fill::{FillError, Fills};
 use crate::oci::{ManifestError, RegistryHost};
 use crate::singleflight::Singleflight;
@@ -128,14 +129,13 @@ impl SharedCalls {
 }
 
 impl Cache {
-    /// A cache over `store` fetching from `upstreams` (the first is the default), its fills
-    /// within `budget`.
-    pub fn new(store: Arc<Store>, upstreams: Vec<Arc<Upstream>>, budget: FillBudget) -> Cache {
+    /// A cache over `store` fetching from `upstreams` (the first is the default) through `fills`.
+    pub fn new(store: Arc<Store>, upstreams: Vec<Arc<Upstream>>, fills: Fills) -> Cache {
         Cache {
             store,
             clock: Arc::new(SystemClock),
             upstreams,
-            fills: Arc::new(Fills::new(budget)),
+            fills: Arc::new(fills),
             revalidations: Singleflight::default(),
             manifest_fetches: Singleflight::default(),
         }

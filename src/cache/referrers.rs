@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{Cache, CacheError};
-use crate::metrics::Answered;
+use super::Answered;
 use crate::oci::{AcceptList, Digest, RepositoryName, Tag, OCI_INDEX};
 use crate::upstream::{Upstream, MAX_MANIFEST};
 

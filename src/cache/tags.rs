@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::freshness::{self, Action, BucketSays, Decision, Which};
 use super::manifest::{answer, head_only, ManifestAnswer};
 use super::{Cache, CacheError};
-use crate::metrics::Answered;
+use super::Answered;
 use crate::oci::{AcceptList, Digest, ManifestKind, Reference, RegistryHost, RepositoryName, Tag};
 use crate::store::{ListedTags, TagAnswer, TagSlot};
 use crate::upstream::{RateLimit, TagsPage, Upstream, UpstreamError};

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::s3::RawS3;
+use super::storage::{RawStorage, BACKENDS};
 use super::units::{HumanDuration, HumanSize};
 
-/// The file: its top-level keys and tables, with `[storage]` read by its backend.
+/// The file: its top-level keys and tables, with `[storage]` read by its backend
+/// ([`RawStorage`], in `storage.rs` with the other backends' types).
 #[derive(Debug, Default)]
 pub(super) struct RawFile {
     /// Everything but `[storage]`.
@@ -38,26 +39,6 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub upstream: Vec<RawUpstream>,
 }
-
-/// `[storage]`: `backend` picks the variant (`"local"` when not set), so serde refuses a key of
-/// another backend by name. A new backend is one more variant here (and in [`BACKENDS`]).
-#[derive(Debug, Deserialize)]
-#[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
-pub(super) enum RawStorage {
-    /// Blobs in the data directory only.
-    Local {},
-    /// An S3-compatible bucket shared by several nodes.
-    S3(Box<RawS3>),
-}
-
-impl Default for RawStorage {
-    fn default() -> Self {
-        RawStorage::Local {}
-    }
-}
-
-/// Every `backend` [`RawStorage`] takes, to say which one a misplaced key belongs to.
-const BACKENDS: [&str; 2] = ["local", "s3"];
 
 /// `[fills]`.
 #[derive(Debug, Default, Deserialize)]
@@ -225,17 +206,6 @@ mod tests {
             assert!(err.contains(want), "{text:?}: {err}");
             assert!(!err.contains('\n'), "{text:?}: {err}");
         }
-    }
-
-    #[test]
-    fn every_backend_is_listed() {
-        for backend in BACKENDS {
-            let table = toml::Table::from_iter([("backend".to_owned(), toml::Value::from(backend))]);
-            assert!(RawStorage::deserialize(toml::Value::Table(table)).is_ok(), "{backend}");
-        }
-        let table = toml::Table::from_iter([("backend".to_owned(), toml::Value::from("none"))]);
-        let err = RawStorage::deserialize(toml::Value::Table(table)).unwrap_err().message().to_owned();
-        assert_eq!(err.matches('`').count(), 2 * (BACKENDS.len() + 1), "a backend missing from BACKENDS: {err}");
     }
 
     #[test]

@@ -1,13 +1,36 @@
-//! `[storage]` resolved: the data directory alone, or with a bucket tier shared by several nodes
-//! behind it. The tier's own settings (`bucket_max_size`) are apart from its backend's client
-//! settings; a new backend is one more [`BucketBackend`] variant, resolved from its
-//! [`RawStorage`] variant.
+//! `[storage]`: the list of backends, as written ([`RawStorage`], tagged by `backend`) and resolved
+//! ([`Storage`]: the data directory alone, or with a bucket tier shared by several nodes behind
+//! it). The tier's own settings (`bucket_max_size`) are apart from its backend's client settings.
+//! A new backend is its own file (as `s3.rs`: the keys as written, the client settings, their
+//! resolution and description) and one variant of each enum here.
 
 use std::path::Path;
 
-use super::raw::RawStorage;
-use super::s3::S3Storage;
+use serde::Deserialize;
+
+use super::s3::{RawS3, S3Storage};
 use super::ConfigError;
+
+/// `[storage]`: `backend` picks the variant (`"local"` when not set), so serde refuses a key of
+/// another backend by name. A new backend is one more variant here, in [`BACKENDS`] and in
+/// [`BucketBackend`].
+#[derive(Debug, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
+pub(super) enum RawStorage {
+    /// Blobs in the data directory only.
+    Local {},
+    /// An S3-compatible bucket shared by several nodes.
+    S3(Box<RawS3>),
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        RawStorage::Local {}
+    }
+}
+
+/// Every `backend` [`RawStorage`] takes, to say which one a misplaced key belongs to.
+pub(super) const BACKENDS: [&str; 2] = ["local", "s3"];
 
 /// Where blobs are kept (`[storage]`).
 #[derive(Debug, Clone, Default)]
@@ -69,5 +92,21 @@ impl Storage {
             None => s.push_str("  bucket_max_size = unlimited\n"),
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_backend_is_listed() {
+        for backend in BACKENDS {
+            let table = toml::Table::from_iter([("backend".to_owned(), toml::Value::from(backend))]);
+            assert!(RawStorage::deserialize(toml::Value::Table(table)).is_ok(), "{backend}");
+        }
+        let table = toml::Table::from_iter([("backend".to_owned(), toml::Value::from("none"))]);
+        let err = RawStorage::deserialize(toml::Value::Table(table)).unwrap_err().message().to_owned();
+        assert_eq!(err.matches('`').count(), 2 * (BACKENDS.len() + 1), "a backend missing from BACKENDS: {err}");
     }
 }

@@ -6,6 +6,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,15 @@ const MAX_SHARED_FILLS: usize = 4096;
 /// hostile or stalled upstream must not hold up or fail a request for another one.
 type FillKey = (String, Digest);
 
+/// The requests reading running fills (see [`Fills::readers`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Readers {
+    /// All of them.
+    pub total: usize,
+    /// Those beside each fill's first reader.
+    pub coalesced: usize,
+}
+
 /// Which running fill a request may join.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Join {
@@ -55,6 +65,8 @@ pub struct Fills {
     running: Mutex<HashMap<FillKey, Vec<Arc<Fill>>>>,
     /// Fills running outside the map (it was full).
     unshared: AtomicU64,
+    /// The `fills_in_progress` gauge: one more as a fill starts, one less as its guard drops.
+    counted: Gauge,
     /// Signalled whenever a fill ends.
     ended: Notify,
     /// The time budget of fills nobody reads.
@@ -64,11 +76,13 @@ pub struct Fills {
 }
 
 impl Fills {
-    /// No fills yet; those to come keep to `budget`.
-    pub fn new(budget: FillBudget) -> Fills {
+    /// No fills yet; those to come keep to `budget`, and are counted in `counted` while they run
+    /// (`Metrics::fills_running`).
+    pub fn new(budget: FillBudget, counted: Gauge) -> Fills {
         Fills {
             running: Mutex::default(),
             unshared: AtomicU64::default(),
+            counted,
             ended: Notify::new(),
             budget,
             stop: CancellationToken::new(),
@@ -118,6 +132,7 @@ impl Fills {
         } else {
             self.unshared.fetch_add(1, Ordering::Relaxed);
         }
+        self.counted.inc();
         let guard = FillGuard { fills: Arc::clone(self), key, fill: fill.clone(), shared, failure: None };
         let sink: Arc<dyn Sink> = Arc::clone(sink) as Arc<dyn Sink>;
         tokio::spawn(self.job(&fill, sink, upstream, repo).run(guard));
@@ -142,6 +157,17 @@ impl Fills {
     pub fn len(&self) -> usize {
         let shared: usize = lock(&self.running).values().map(Vec::len).sum();
         shared.saturating_add(usize::try_from(self.unshared.load(Ordering::Relaxed)).unwrap_or(usize::MAX))
+    }
+
+    /// The requests reading the fills in the map (a fill run outside it has its one request), and
+    /// how many of them read beside a fill's first reader: coalesced, no download of their own.
+    pub fn readers(&self) -> Readers {
+        let running = lock(&self.running);
+        let each = running.values().flatten().map(|f| f.readers());
+        each.fold(Readers::default(), |sum, n| Readers {
+            total: sum.total + n,
+            coalesced: sum.coalesced + n.saturating_sub(1),
+        })
     }
 
     /// Whether no fill is running.
@@ -203,6 +229,7 @@ impl Drop for FillGuard {
         } else {
             self.fills.unshared.fetch_sub(1, Ordering::Relaxed);
         }
+        self.fills.counted.dec();
         let failure = self.failure.take();
         self.fill.state.send_if_modified(|s| match s {
             FillState::Done { .. } | FillState::Failed(_) => false,
@@ -227,7 +254,7 @@ mod tests {
     use super::*;
     use crate::config::{Config, Overrides};
     use crate::metrics::Metrics;
-    use crate::store::{BlobRead, BlobWrite, InUse, Opened, Refused, Reservation, Store};
+    use crate::store::{BlobRead, BlobWrite, InUse, NoRoom, Opened, Reservation, Store};
 
     /// What a test makes a fill do.
     #[derive(Clone, Copy, Debug)]
@@ -269,10 +296,10 @@ mod tests {
         fn max_size(&self) -> Option<u64> {
             self.store.max_size()
         }
-        fn reserve(&self, size: u64) -> Result<Reservation, Refused> {
+        fn reserve(&self, size: u64) -> Result<Reservation, NoRoom> {
             self.store.reserve(size)
         }
-        fn grow(&self, reservation: &mut Reservation, len: u64) -> Result<(), Refused> {
+        fn grow(&self, reservation: &mut Reservation, len: u64) -> Result<(), NoRoom> {
             self.store.grow(reservation, len)
         }
         async fn begin(&self, digest: &Digest, size: Option<u64>) -> io::Result<Box<dyn BlobWrite>> {
@@ -301,7 +328,7 @@ mod tests {
         let toml = "[[upstream]]\nname = \"x.io\"\nurl = \"http://127.0.0.1:9\"\n";
         let config = Config::from_toml(toml, &Overrides::default(), std::path::Path::new(".")).unwrap();
         let up = Arc::new(Upstream::new(config.upstreams[0].clone(), Arc::new(Metrics::new())).unwrap());
-        let fills = Arc::new(Fills::new(config.fills.clone()));
+        let fills = Arc::new(Fills::new(config.fills.clone(), Gauge::default()));
         (dir, Arc::new(Rigged { store, injected: Mutex::new(injected) }), up, fills)
     }
 
@@ -330,6 +357,7 @@ mod tests {
         let again = start(&fills, &store, &up, &digest);
         assert!(!Arc::ptr_eq(&fill, &again));
         assert_eq!(fills.len(), 1);
+        assert_eq!(fills.counted.get(), 1, "the gauge counts the running fill, not the one that died");
     }
 
     #[test]
@@ -361,6 +389,7 @@ mod tests {
         let drained = tokio::time::timeout(std::time::Duration::from_secs(10), fills.drain(Instant::now())).await;
         assert!(!drained.expect("drain returns once the fills are gone"), "the fill did not finish, it was abandoned");
         assert!(fills.is_empty());
+        assert_eq!(fills.counted.get(), 0, "an abandoned fill is counted no more");
         assert!(matches!(&*fill.state.borrow(), FillState::Failed(FillError::Upstream(UpstreamError::Interrupted(_)))));
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "its temporary file is gone");
     }

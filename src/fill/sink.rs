@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use super::FillError;
 use crate::oci::Digest;
-use crate::store::{BlobWrite, InUse, Opened, PartialBlob, Refused, Reservation, VerifiedFill};
+use crate::store::{BlobWrite, InUse, NoRoom, Opened, PartialBlob, Reservation, VerifiedFill};
 
 /// Where a fill's blob goes. The methods for the tiers behind this node have defaults for a store
 /// without any: no copy, nothing published, nothing to discard.
@@ -26,10 +26,10 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Room for a new temporary of `size` bytes (0 for a body without a length, grown batch by
     /// batch).
-    fn reserve(&self, size: u64) -> Result<Reservation, Refused>;
+    fn reserve(&self, size: u64) -> Result<Reservation, NoRoom>;
 
     /// Room for `len` more bytes in `reservation`.
-    fn grow(&self, reservation: &mut Reservation, len: u64) -> Result<(), Refused>;
+    fn grow(&self, reservation: &mut Reservation, len: u64) -> Result<(), NoRoom>;
 
     /// Start writing the blob `digest` (`size`: as announced); its partial content is readable
     /// by the fill's readers while it is written.

@@ -41,7 +41,7 @@ pub type Resp = Response<Body>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogOutcome {
     /// A cache outcome.
-    Cache(crate::metrics::Answered),
+    Cache(crate::cache::Answered),
     /// No cache involved (`/v2/`).
     Local,
     /// An error response.
@@ -210,7 +210,17 @@ impl App {
         match route {
             Route::Metrics => {
                 let store = self.cache.store();
-                let body = self.metrics.render(self.cache.fills().len(), store.index().used_bytes(), store.index().backlog().len());
+                let readers = self.cache.fills().readers();
+                let now = crate::metrics::Now {
+                    fill_readers: readers.total,
+                    fill_coalesced: readers.coalesced,
+                    disk_bytes: store.index().used_bytes(),
+                    max_size: store.max_size(),
+                    // tmp/ is in the data directory, on its file system.
+                    data_dir: crate::metrics::FsSpace::of(store.tmp_dir()),
+                    bucket_backlog: store.index().backlog().len(),
+                };
+                let body = self.metrics.render(&now);
                 text(body, "text/plain; version=0.0.4; charset=utf-8")
             }
             _ => text("ok\n", "text/plain"),
@@ -319,15 +329,15 @@ fn next_page_link(client_path: &str, n: Option<u32>, last: &str, ns: Option<&str
 }
 
 /// A generated JSON answer (tag list, referrers).
-fn json_response(body: Bytes, outcome: crate::metrics::Answered, content_type: &'static str) -> Resp {
+fn json_response(body: Bytes, outcome: crate::cache::Answered, content_type: &'static str) -> Resp {
     let mut r = Response::new(full(body));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     with_outcome(r, outcome)
 }
 
 /// Record how a response was answered; a stale answer also tells the client with `Warning`.
-fn with_outcome(mut r: Resp, outcome: crate::metrics::Answered) -> Resp {
-    if outcome == crate::metrics::Answered::Stale {
+fn with_outcome(mut r: Resp, outcome: crate::cache::Answered) -> Resp {
+    if outcome == crate::cache::Answered::Stale {
         r.headers_mut().insert(header::WARNING, HeaderValue::from_static("110 - \"Response is Stale\""));
     }
     r.extensions_mut().insert(LogOutcome::Cache(outcome));

@@ -55,9 +55,10 @@ struct RawFsLayer {
 }
 
 impl Refs {
-    /// The bytes of the blobs whose sizes the manifest gives.
+    /// The bytes of the blobs whose sizes the manifest gives. Sizes are the upstream's claims, so
+    /// the sum saturates at `u64::MAX` rather than overflow.
     pub fn blob_bytes(&self) -> u64 {
-        self.blobs.iter().filter_map(|(_, s)| *s).sum()
+        self.blobs.iter().filter_map(|(_, s)| *s).fold(0, u64::saturating_add)
     }
 }
 

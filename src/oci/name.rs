@@ -207,9 +207,11 @@ impl FromStr for ImageRef {
             None => (path, None),
         };
         let name: RepositoryName = name.parse()?;
+        // A tag written beside a digest names nothing more (the digest wins) but must be a tag.
+        let tag = tag.map(str::parse::<Tag>).transpose()?;
         let reference = match (digest, tag) {
             (Some(d), _) => Reference::Digest(d),
-            (None, Some(t)) => Reference::Tag(t.parse()?),
+            (None, Some(t)) => Reference::Tag(t),
             (None, None) => Reference::Tag(Tag("latest".to_owned())),
         };
         Ok(ImageRef { registry, name, reference })
@@ -298,6 +300,8 @@ mod tests {
         assert!("Alpine:3".parse::<ImageRef>().is_err());
         assert!("alpine:bad tag".parse::<ImageRef>().is_err());
         assert!("alpine@sha256:1".parse::<ImageRef>().is_err());
+        assert!(format!("alpine:bad tag@{d}").parse::<ImageRef>().is_err(), "a tag beside a digest is checked too");
+        assert_eq!(format!("alpine:3@{d}").parse::<ImageRef>().unwrap().reference, Reference::Digest(d.parse().unwrap()));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::io;
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
-use super::{BlobWrite, InUse, Opened, PartialBlob, Refused, Reservation, Store, VerifiedFill};
+use super::{BlobWrite, InUse, NoRoom, Opened, PartialBlob, Reservation, Store, VerifiedFill};
 use crate::fill::{FillError, Sink};
 use crate::oci::Digest;
 
@@ -20,11 +20,11 @@ impl Sink for Store {
         self.max_size
     }
 
-    fn reserve(&self, size: u64) -> Result<Reservation, Refused> {
+    fn reserve(&self, size: u64) -> Result<Reservation, NoRoom> {
         self.temp.reserve(size)
     }
 
-    fn grow(&self, reservation: &mut Reservation, len: u64) -> Result<(), Refused> {
+    fn grow(&self, reservation: &mut Reservation, len: u64) -> Result<(), NoRoom> {
         self.temp.grow(reservation, len)
     }
 

@@ -27,7 +27,7 @@ pub use backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob,
 pub use bucket::lru as bucket_lru;
 pub use bucket::{Backlog, Bucket, BucketError, Pending, Pushed, Shared, VerifiedFill, ANSWER_WITHIN, RETRY};
 pub use housekeeping::spawn_housekeeping;
-pub use hot::{Evicted, EvictedKind, InUse, LocalBlobs, Reconciled, Refused, Reservation, TempBudget, Usage, Verified, LOW_WATER};
+pub use hot::{Evicted, EvictedKind, InUse, LocalBlobs, NoRoom, Reconciled, Reservation, TempBudget, Usage, Verified, LOW_WATER};
 pub use index::{now_secs, Index, ListedTags, ReferrersKey, SharedSizes, StoredManifest, TagAnswer, TagEntry};
 pub use records::{read_manifest_record, RecordKey, MAX_MANIFEST_RECORD, MAX_TAG_RECORD};
 pub use tiered::{BlobSource, RememberedTag, TagSlot};
@@ -143,6 +143,16 @@ impl Store {
         let shared = Shared::new(bucket, self.index.shared_sizes(), self.index.backlog().clone(), metrics).with_eviction(node, max);
         self.shared = Some(Arc::new(shared));
         self
+    }
+
+    /// The most bytes the store keeps, if limited.
+    pub fn max_size(&self) -> Option<u64> {
+        self.max_size
+    }
+
+    /// Where the fills' temporary files are: in the data directory, on its file system.
+    pub fn tmp_dir(&self) -> &Path {
+        self.files.tmp_dir()
     }
 
     /// The index (the hot tier's record of what it holds, and of tags, tag lists and referrers).

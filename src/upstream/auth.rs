@@ -34,6 +34,13 @@ const MAX_WITHHELD_WARNINGS: usize = 16;
 #[derive(Clone)]
 pub struct Token(Arc<str>);
 
+impl Token {
+    /// The token itself, for the `Authorization` header (never for a log).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Token(***)")
@@ -324,12 +331,19 @@ async fn request_token(
     if !status.is_success() {
         return Err(UpstreamError::Protocol(format!("token server answered {status}")));
     }
-    let parsed: TokenResponse = serde_json::from_slice(&body)
+    parse_token_response(&body)
+}
+
+/// The token in a token server's answer (a non-empty `token`, else OAuth2's `access_token`) and
+/// how long it lives ([`token_lifetime`]). Public for the property tests and fuzz targets of outside input.
+#[doc(hidden)]
+pub fn parse_token_response(body: &[u8]) -> Result<(Token, Duration), UpstreamError> {
+    let parsed: TokenResponse = serde_json::from_slice(body)
         .map_err(|e| UpstreamError::Protocol(format!("token response is not JSON: {e}")))?;
-    let text = parsed
-        .token
-        .or(parsed.access_token)
-        .filter(|t| !t.is_empty())
+    // An empty `token` beside an `access_token` is no token: the other field is.
+    let given = |t: Option<String>| t.filter(|t| !t.is_empty());
+    let text = given(parsed.token)
+        .or_else(|| given(parsed.access_token))
         .ok_or_else(|| UpstreamError::Protocol("token response has no token".into()))?;
     Ok((Token(text.into()), token_lifetime(parsed.expires_in.as_ref())))
 }

@@ -71,10 +71,10 @@ def example_with_optional_parts(rel="regcache.toml"):
 
 
 def storage_keys_of_the_code():
-    """The keys `[storage]` takes: its tag `backend` (of `enum RawStorage` in src/config/raw.rs) and
+    """The keys `[storage]` takes: its tag `backend` (of `enum RawStorage` in src/config/storage.rs) and
     the fields of `RawS3` in src/config/s3.rs (deny_unknown_fields), so that a key added there and
     not shown in the examples fails the coverage test."""
-    with open(os.path.join(REPO_ROOT, "src", "config", "raw.rs")) as f:
+    with open(os.path.join(REPO_ROOT, "src", "config", "storage.rs")) as f:
         assert re.search(r'#\[serde\(tag = "backend"', f.read()), "RawStorage is not tagged by backend"
     with open(os.path.join(REPO_ROOT, "src", "config", "s3.rs")) as f:
         m = re.search(r"struct RawS3 \{(.*?)\n\}", f.read(), re.S)
@@ -623,6 +623,10 @@ def test_dockerfile():
     assert m, "ENTRYPOINT must be in exec (JSON) form"
     entry = json.loads(m[1])
     assert os.path.basename(entry[0]) == "regcache" and entry[1:] == ["serve", "--config", "/etc/regcache/regcache.toml"]
+    m = re.search(r"^HEALTHCHECK\s[^\n]*?(?:\\\n[^\n]*?)*CMD\s+(\[.*\])\s*$", final, re.M)
+    assert m, "HEALTHCHECK must run `regcache healthcheck` in exec (JSON) form"
+    check = json.loads(m[1])
+    assert check == [entry[0], "healthcheck", "--config", "/etc/regcache/regcache.toml"], check
 
 
 def test_readme_mentions_every_file():

@@ -133,7 +133,7 @@ async fn with_a_server_running_warm_goes_through_it_and_the_rest_refuse_clearly(
 }
 
 /// `[tls]` with a fresh self-signed certificate in `dir`.
-fn tls(dir: &Path) -> String {
+pub fn tls(dir: &Path) -> String {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let made = Command::new("openssl")
         .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])

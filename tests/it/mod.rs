@@ -12,6 +12,7 @@ pub mod eviction;
 pub mod faults;
 pub mod freshness;
 pub mod head;
+pub mod healthcheck;
 pub mod mirror;
 pub mod pull;
 pub mod redirects;

@@ -43,7 +43,7 @@ struct Totals {
 
 /// Why bytes can't be stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refused {
+pub enum NoRoom {
     /// The temporaries of all fills together would pass `max_temp`.
     MaxTemp {
         /// The limit.
@@ -62,14 +62,14 @@ pub enum Refused {
     Unmeasurable(String),
 }
 
-impl fmt::Display for Refused {
+impl fmt::Display for NoRoom {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refused::MaxTemp { max_temp, held } => {
+            NoRoom::MaxTemp { max_temp, held } => {
                 write!(f, "running fills already hold {held} of max_temp {max_temp} bytes")
             }
-            Refused::MinFree { free, min_free } => write!(f, "{free} bytes free, min_free is {min_free}"),
-            Refused::Unmeasurable(e) => write!(f, "free space unknown: {e}"),
+            NoRoom::MinFree { free, min_free } => write!(f, "{free} bytes free, min_free is {min_free}"),
+            NoRoom::Unmeasurable(e) => write!(f, "free space unknown: {e}"),
         }
     }
 }
@@ -95,22 +95,22 @@ impl TempBudget {
     }
 
     /// Reserve `n` bytes for a new temporary file.
-    pub fn reserve(&self, n: u64) -> Result<Reservation, Refused> {
+    pub fn reserve(&self, n: u64) -> Result<Reservation, NoRoom> {
         let mut r = Reservation { totals: self.totals.clone(), mine: Totals::default() };
         self.grow(&mut r, n)?;
         Ok(r)
     }
 
     /// Reserve `n` more bytes for the temporary file of `r`.
-    pub fn grow(&self, r: &mut Reservation, n: u64) -> Result<(), Refused> {
-        let free = (self.free)().map_err(|e| Refused::Unmeasurable(e.to_string()))?;
+    pub fn grow(&self, r: &mut Reservation, n: u64) -> Result<(), NoRoom> {
+        let free = (self.free)().map_err(|e| NoRoom::Unmeasurable(e.to_string()))?;
         let mut totals = lock(&self.totals);
         if let Some(max_temp) = self.max_temp.filter(|max| totals.held.saturating_add(n) > *max) {
-            return Err(Refused::MaxTemp { max_temp, held: totals.held });
+            return Err(NoRoom::MaxTemp { max_temp, held: totals.held });
         }
         let free = free.saturating_sub(totals.unwritten);
         if n > free.saturating_sub(self.min_free) {
-            return Err(Refused::MinFree { free, min_free: self.min_free });
+            return Err(NoRoom::MinFree { free, min_free: self.min_free });
         }
         totals.held = totals.held.saturating_add(n);
         totals.unwritten = totals.unwritten.saturating_add(n);
@@ -211,15 +211,15 @@ mod tests {
         free.store(700, Ordering::Relaxed);
         budget.grow(&mut a, 200).unwrap();
         assert_eq!(budget.held(), 500);
-        assert_eq!(budget.grow(&mut a, 101), Err(Refused::MaxTemp { max_temp: 600, held: 500 }));
+        assert_eq!(budget.grow(&mut a, 101), Err(NoRoom::MaxTemp { max_temp: 600, held: 500 }));
         // 700 free, 200 of them promised to `a`: 500 free for others, 400 above min_free.
         let b = budget.reserve(100).unwrap();
-        assert!(matches!(budget.reserve(1), Err(Refused::MaxTemp { .. })));
+        assert!(matches!(budget.reserve(1), Err(NoRoom::MaxTemp { .. })));
         drop(a);
         assert_eq!(budget.held(), 100);
         free.store(550, Ordering::Relaxed);
         // 550 free, 100 of them promised to `b`: 450, 350 above min_free.
-        assert_eq!(budget.reserve(351).err(), Some(Refused::MinFree { free: 450, min_free: 100 }));
+        assert_eq!(budget.reserve(351).err(), Some(NoRoom::MinFree { free: 450, min_free: 100 }));
         drop(b);
         assert_eq!(budget.held(), 0);
         assert!(budget.reserve(450).is_ok());

@@ -9,7 +9,7 @@ pub(super) mod evict;
 pub(super) mod local;
 pub(super) mod read;
 
-pub use budget::{Refused, Reservation, TempBudget};
+pub use budget::{NoRoom, Reservation, TempBudget};
 pub use check::{Reconciled, Verified};
 pub use evict::{Evicted, EvictedKind, InUse, Usage, LOW_WATER};
 pub use local::LocalBlobs;
