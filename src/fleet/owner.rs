@@ -24,7 +24,7 @@ pub async fn serve_blob(
     let store = cache.store();
     let mut join = Join::Any;
     loop {
-        let source = match store.index.blob_size(digest)? {
+        let source = match store.stored_size(digest)? {
             Some(size) => Source::Stored(size),
             None => cache.fills().join_or_start(store, up, repo, digest, join, &Via::Upstream)?,
         };
