@@ -55,6 +55,8 @@
 //!   stale is one pure function, `cache::freshness::decide`, given the time by a `cache::Clock`.
 //! - [`http`]: it only serves: accept loop, TLS (loading and reloading the certificate), routing,
 //!   handlers, the one error mapping.
+//! - [`logs`]: the log lines: text or one JSON object per line (`log_format`), and the request id
+//!   (`logs::RequestId`) the access line carries and the response returns in `X-Request-Id`.
 //! - [`metrics`]: Prometheus counters, gauges and histograms; a gauge is kept by what it counts (the
 //!   fills keep `fills_in_progress`, `Metrics::fills_running`).
 //!
@@ -95,6 +97,7 @@ pub mod fill;
 pub mod fleet;
 pub mod healthcheck;
 pub mod http;
+pub mod logs;
 pub mod metrics;
 pub mod oci;
 pub mod singleflight;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use regcache::app::StartError;
-use regcache::config::{Config, Overrides};
+use regcache::config::{Config, LogFormat, Overrides};
 use regcache::http::App;
 use regcache::metrics::Metrics;
 use regcache::oci::ImageRef;
@@ -118,16 +118,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // object_store reports each retry at info, rustls-platform-verifier each certificate it
-            // refuses at error: the one line a bucket failure deserves is ours, with the cause.
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,object_store=warn,rustls_platform_verifier=off".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     match run(cli.command) {
         Ok(code) => code,
         Err(Failure::Usage(msg)) => {
@@ -163,9 +153,13 @@ impl From<StartError> for Failure {
     }
 }
 
+/// The configuration, and the logs started in its `log_format` (a configuration that can't be
+/// read is one line on stderr, written before any log).
 fn load(common: &Common, listen: Option<String>, upstream: Option<String>) -> Result<Config, Failure> {
     let overrides = Overrides { listen, data_dir: common.data_dir.clone(), upstream_url: upstream };
-    Config::load(common.config.as_deref(), &overrides).map_err(|e| Failure::Usage(e.to_string()))
+    let config = Config::load(common.config.as_deref(), &overrides).map_err(|e| Failure::Usage(e.to_string()))?;
+    regcache::logs::init(config.log_format);
+    Ok(config)
 }
 
 /// Open the data directory for a maintenance command, or say clearly that a server holds it.
@@ -202,10 +196,14 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
         }
         // Every failure is exit 1, a bad configuration too: Docker's HEALTHCHECK reserves 2.
         Command::Healthcheck { config, url } => {
+            regcache::logs::init(LogFormat::Text);
             regcache::healthcheck::run(config.as_deref(), url.as_deref()).context("healthcheck")?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { file } => check_config(&file),
+        Command::CheckConfig { file } => {
+            regcache::logs::init(LogFormat::Text);
+            check_config(&file)
+        }
     }
 }
 

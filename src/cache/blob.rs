@@ -137,14 +137,15 @@ impl Cache {
         range: Option<RangeRequest>,
     ) -> Result<BlobAnswer, CacheError> {
         let mut join = Join::Any;
-        let (mut reader, fill, total) = loop {
-            let fill = match self.fills.join_or_start(&self.store, up, repo, digest, join, &self.via)? {
+        let (mut reader, fill, total, joined) = loop {
+            let (fill, joined) = match self.fills.join_or_start(&self.store, up, repo, digest, join, &self.via)? {
                 Source::Stored(size) => match serve_stored(&self.store, digest, size, range, false).await? {
                     Some(answer) => return Ok(answer),
                     // Indexed but gone from the store: the index entry is forgotten, fetch it.
                     None => continue,
                 },
-                Source::Filling(fill) => fill,
+                Source::Filling(fill) => (fill, false),
+                Source::Joined(fill) => (fill, true),
             };
             // A reader from the first byte while the fill connects: a fill that passes its bytes
             // through without storing them keeps them for the readers it has, and only for them
@@ -152,7 +153,7 @@ impl Cache {
             // through, it is answered with the whole blob).
             let reader = FillReader::new(&self.store, fill.clone(), 0, None);
             match fill.started().await {
-                Ok(total) => break (reader, fill, total),
+                Ok(total) => break (reader, fill, total, joined),
                 // The upstream refused the repository of the fill this request joined: an answer
                 // about that repository, not ours. Fetch from ours (once).
                 Err(e) if e.is_refusal() && !fill.fetches_from(up, repo) && join == Join::Any => {
@@ -176,7 +177,11 @@ impl Cache {
         reader.narrow(start, end);
         let rate_limit = fill.rate_limit();
         // From the bucket, the upstream was not asked: a hit (of the shared tier).
-        let outcome = if fill.from_bucket() { Answered::Hit } else { Answered::Miss };
+        let outcome = match (fill.from_bucket(), joined) {
+            (true, _) => Answered::Hit,
+            (false, true) => Answered::Coalesced,
+            (false, false) => Answered::Miss,
+        };
         Ok(BlobAnswer { size, range: served, body: Some(Box::new(reader)), outcome, rate_limit })
     }
 }

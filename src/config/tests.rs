@@ -365,3 +365,24 @@ fn a_fleet_table() {
     let err = Config::from_toml("[fleet]\npeers_dns = \"x:5000\"\n", &Overrides::default(), dir.path()).unwrap_err();
     assert!(err.to_string().starts_with("fleet: secret_file is required"), "{err}");
 }
+
+#[test]
+fn log_format_is_text_or_json() {
+    let cases: &[(&str, Result<LogFormat, &str>)] = &[
+        ("", Ok(LogFormat::Text)),
+        ("log_format = \"text\"", Ok(LogFormat::Text)),
+        ("log_format = \"json\"", Ok(LogFormat::Json)),
+        ("log_format = \"JSON\"", Err("expected `text` or `json` (in log_format)")),
+        ("log_format = 1", Err("line 1")),
+    ];
+    for (text, want) in cases {
+        match (load(text), want) {
+            (Ok(c), Ok(format)) => {
+                assert_eq!(c.log_format, *format, "{text}");
+                assert!(c.describe().contains(&format!("log_format = {}\n", format.as_str())), "{}", c.describe());
+            }
+            (Err(e), Err(needle)) => assert!(e.to_string().contains(needle), "{text}: {e}"),
+            (got, want) => panic!("{text}: {got:?}, want {want:?}"),
+        }
+    }
+}

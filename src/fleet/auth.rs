@@ -14,10 +14,6 @@ pub const HOP_HEADER: &str = "x-regcache-fleet-hop";
 pub const UPSTREAM_HEADER: &str = "x-regcache-upstream";
 /// The repository a blob is fetched from, as the client named it.
 pub const REPOSITORY_HEADER: &str = "x-regcache-repository";
-/// The client's request id, passed on so the owner's log lines carry it.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-/// The longest request id passed on or logged.
-const MAX_REQUEST_ID: usize = 128;
 
 tokio::task_local! {
     /// The id of the client request being answered on this task (set by `http::App::handle`),
@@ -57,13 +53,6 @@ pub fn check(secret: &Secret, headers: &HeaderMap) -> Result<(), Refusal> {
     }
 }
 
-/// The request id in `headers`, if it is one worth logging and passing on: printable ASCII, not
-/// too long.
-pub fn request_id(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get(REQUEST_ID_HEADER)?.to_str().ok()?;
-    (!v.is_empty() && v.len() <= MAX_REQUEST_ID && v.bytes().all(|b| b.is_ascii_graphic())).then(|| v.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use http::HeaderValue;
@@ -71,7 +60,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn secrets_and_request_ids() {
+    fn the_secret_is_checked() {
         let secret = Secret::new("s3cret").unwrap();
         let with = |name: &'static str, v: &str| {
             let mut h = HeaderMap::new();
@@ -82,9 +71,5 @@ mod tests {
         assert_eq!(check(&secret, &with(SECRET_HEADER, "s3cre")), Err(Refusal::Wrong));
         assert_eq!(check(&secret, &with(SECRET_HEADER, "")), Err(Refusal::Wrong));
         assert_eq!(check(&secret, &with(SECRET_HEADER, "s3cret")), Ok(()));
-        assert_eq!(request_id(&with(REQUEST_ID_HEADER, "abc-123")).as_deref(), Some("abc-123"));
-        assert_eq!(request_id(&with(REQUEST_ID_HEADER, "a b")), None);
-        assert_eq!(request_id(&with(REQUEST_ID_HEADER, &"x".repeat(129))), None);
-        assert_eq!(request_id(&HeaderMap::new()), None);
     }
 }

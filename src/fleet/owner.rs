@@ -34,7 +34,7 @@ pub async fn serve_blob(
                 // Indexed but gone from the store: the index entry is forgotten, fetch it.
                 None => continue,
             },
-            Source::Filling(fill) => fill,
+            Source::Filling(fill) | Source::Joined(fill) => fill,
         };
         let mut reader = FillReader::new(store, fill.clone(), offset, None);
         match fill.started().await {

@@ -11,7 +11,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::auth::{HOP_HEADER, REPOSITORY_HEADER, REQUEST_ID_HEADER, SECRET_HEADER, UPSTREAM_HEADER};
+use super::auth::{HOP_HEADER, REPOSITORY_HEADER, SECRET_HEADER, UPSTREAM_HEADER};
+use crate::logs::REQUEST_ID_HEADER;
 use super::member::MemberId;
 use super::settings::Secret;
 use crate::oci::{Digest, RepositoryName};

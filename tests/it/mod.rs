@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod freshness;
 pub mod head;
 pub mod healthcheck;
+pub mod logs;
 pub mod mirror;
 pub mod pull;
 pub mod redirects;
