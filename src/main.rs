@@ -234,11 +234,11 @@ fn verify(config: &Config) -> Result<ExitCode, Failure> {
     let store = open_store(config, "verify")?;
     let mut clean = regcache::admin::verify(&store, &mut out).context("verifying")?;
     if let Some(bucket) = admin_bucket(config)? {
-        let sizes = store.index.shared_sizes();
+        let sizes = store.index().shared_sizes();
         let verified = block_on(regcache::admin::verify_bucket(bucket.as_ref(), &sizes, &mut out))?;
         clean &= verified.context("verifying the bucket")?;
     }
-    store.index.flush().context("flushing the index")?;
+    store.index().flush().context("flushing the index")?;
     Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
@@ -274,14 +274,14 @@ fn gc(config: &Config, args: &GcArgs) -> Result<ExitCode, Failure> {
         match bucket_target {
             Some(t) => {
                 let node = regcache::store::bucket_lru::node_id(&config.data_dir).context("the node id")?;
-                let sizes = store.index.shared_sizes();
+                let sizes = store.index().shared_sizes();
                 let gc = regcache::admin::gc_bucket(bucket.as_ref(), &sizes, &node, t, protected, args.dry_run, &mut out);
                 block_on(gc)?.context("evicting from the bucket")?;
             }
             None => writeln!(out, "no bucket_max_size: the bucket is left as it is").context("writing")?,
         }
     }
-    store.index.flush().context("flushing the index")?;
+    store.index().flush().context("flushing the index")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -14,8 +14,8 @@ impl App {
     pub fn status(&self) -> Snapshot {
         let store = self.cache.store();
         let board = self.metrics.board();
-        let (blobs, manifests) = store.index.counts();
-        let stored = Stored { size_bytes: store.index.used_bytes(), max_size_bytes: store.max_size, blobs, manifests };
+        let (blobs, manifests) = store.index().counts();
+        let stored = Stored { size_bytes: store.index().used_bytes(), max_size_bytes: store.max_size(), blobs, manifests };
         let fills = self.cache.fills().running().into_iter().map(|(upstream, fill)| {
             let (bytes_done, bytes_total) = fill.progress();
             FillStatus {
@@ -36,9 +36,9 @@ impl App {
             upstreams: self.cache.upstreams().iter().map(|u| board.upstream(u.config().name.as_str(), &u.config().url)).collect(),
             fills,
             top_repositories: board.top_repositories(),
-            bucket: store.shared.as_ref().map(|shared| BucketStatus {
+            bucket: store.shared().map(|shared| BucketStatus {
                 state: if shared.is_down() { "down" } else { "up" },
-                size_bytes: store.index.shared_sizes().known_bytes(),
+                size_bytes: store.index().shared_sizes().known_bytes(),
             }),
             fleet: None,
         }
