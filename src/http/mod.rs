@@ -121,7 +121,7 @@ struct Counted {
 pub enum Surface {
     /// The registry API for clients (access control applies).
     Main,
-    /// `admin_listen`: `/metrics` and `/healthz` only.
+    /// `admin_listen`: `/metrics`, the status page and `/healthz` only.
     Admin,
     /// The local socket in the data directory: everything, without access control (who may
     /// connect is decided by the file's permissions).
