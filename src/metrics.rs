@@ -18,6 +18,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::cache::Answered;
+use crate::status::Board;
 use crate::upstream::Quota;
 
 /// Which route a request took: the `route` label.
@@ -37,6 +38,8 @@ pub enum RouteLabel {
     Metrics,
     /// `/healthz`.
     Healthz,
+    /// `/status` and `/status.json`.
+    Status,
     /// Anything not routed (errors before routing).
     Other,
 }
@@ -52,6 +55,7 @@ impl RouteLabel {
             RouteLabel::Referrers => "referrers",
             RouteLabel::Metrics => "metrics",
             RouteLabel::Healthz => "healthz",
+            RouteLabel::Status => "status",
             RouteLabel::Other => "other",
         }
     }
@@ -248,6 +252,8 @@ pub struct Metrics {
     bucket_evicted_bytes: Counter,
     bucket_backlog: Gauge,
     bucket_backlog_dropped: Counter,
+    /// The status page's tallies.
+    board: Board,
 }
 
 /// An upload counted as running until it is dropped.
@@ -378,7 +384,13 @@ impl Metrics {
             bucket_evicted_bytes,
             bucket_backlog,
             bucket_backlog_dropped,
+            board: Board::default(),
         }
+    }
+
+    /// The status page's tallies, kept beside the metrics (see [`crate::status`]).
+    pub fn board(&self) -> &Board {
+        &self.board
     }
 
     /// One operation on the shared bucket.
@@ -432,6 +444,7 @@ impl Metrics {
     /// One answered request.
     pub fn request(&self, route: RouteLabel, status: u16, outcome: Option<Answered>, bytes: u64) {
         self.requests.get_or_create(&RequestLabels { route, status }).inc();
+        self.board.request(route, outcome, bytes);
         if let Some(outcome) = outcome {
             // The metric keeps its four outcomes (dashboards and rules select on them): a request
             // that joined another's fill is a miss there; `regcache_fill_coalesced_readers` counts
@@ -446,6 +459,7 @@ impl Metrics {
     pub fn upstream_request(&self, upstream: &str, status: &str, elapsed: Duration) {
         let labels = UpstreamLabels { upstream: upstream.to_owned(), status: status.to_owned() };
         self.upstream_requests.get_or_create(&labels).inc();
+        self.board.upstream_answered(upstream, status);
         self.upstream_latency.get_or_create(&UpstreamName { upstream: upstream.to_owned() }).observe(elapsed.as_secs_f64());
     }
 
@@ -457,6 +471,7 @@ impl Metrics {
         }
         if let Some(remaining) = quota.remaining {
             self.ratelimit_remaining.get_or_create(&labels).set(gauge_value(remaining));
+            self.board.upstream_remaining(upstream, remaining);
         }
     }
 

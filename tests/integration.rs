@@ -20,6 +20,7 @@
 //! - `it::redirects`: redirects of a public upstream stay out of the operator's network.
 //! - `it::routing`: several upstreams behind one mirror; the referrers API and its fallback.
 //! - `it::shared`: mirrors sharing one bucket behind their hot tiers; a corrupt or failing bucket.
+//! - `it::status`: the status page: `/status.json`'s fields, a fill shown while it runs, served where `/metrics` is, no credential in it.
 //! - `it::tags`: a tag per kind of answer; upstreams without HEAD or converting on the fly.
 //! - `it::trust`: manifests verified by regcache: digests, schema1 payloads, types, poisoning.
 //! - `support::fake_registry`: the fake upstream (registry + CDN) and its misbehaviour switches, `Fault`.

@@ -20,6 +20,10 @@ pub enum Route {
     Metrics,
     /// `GET /healthz`: liveness.
     Healthz,
+    /// `GET /status`: the status page (HTML).
+    Status,
+    /// `GET /status.json`: the status page's snapshot.
+    StatusJson,
 }
 
 /// What of a repository a request asks for.
@@ -46,6 +50,7 @@ impl Route {
             Route::Repo(_, RepoRoute::Referrers(_)) => RouteLabel::Referrers,
             Route::Metrics => RouteLabel::Metrics,
             Route::Healthz => RouteLabel::Healthz,
+            Route::Status | Route::StatusJson => RouteLabel::Status,
         }
     }
 }
@@ -116,6 +121,8 @@ pub fn route(method: &Method, path: &str) -> Result<Route, RouteError> {
     match path {
         "/metrics" if read => return Ok(Route::Metrics),
         "/healthz" if read => return Ok(Route::Healthz),
+        "/status" if read => return Ok(Route::Status),
+        "/status.json" if read => return Ok(Route::StatusJson),
         _ => {}
     }
     let Some(rest) = path.strip_prefix("/v2") else { return Err(not_found()) };
@@ -208,6 +215,9 @@ mod tests {
         assert_eq!(route(&get, &format!("/v2/ghcr.io/a/referrers/{D}")), repo("ghcr.io/a", RepoRoute::Referrers(D.parse().unwrap())));
         assert_eq!(route(&get, "/metrics"), Ok(Route::Metrics));
         assert_eq!(route(&Method::HEAD, "/healthz"), Ok(Route::Healthz));
+        assert_eq!(route(&get, "/status"), Ok(Route::Status));
+        assert_eq!(route(&get, "/status.json"), Ok(Route::StatusJson));
+        assert!(route(&Method::POST, "/status").is_err());
     }
 
     #[test]
