@@ -4,6 +4,7 @@
 //! - `it::api`: the API's edges: validation, errors, ranges, tag lists, writes.
 //! - `it::backlog`: what a node kept while the bucket was down reaches it when it answers again, across a restart too.
 //! - `it::bucket`: the S3 bucket backend against a real SeaweedFS: parts, ranges, probe, clean-up, failures.
+//! - `it::bucket_admin`: `ls`, `gc` and `verify` on the shared bucket as the real binary, against SeaweedFS.
 //! - `it::budgets`: fills keep to their disk and time budgets; referrers lists count in `max_size`.
 //! - `it::cli`: the `regcache` binary: configuration errors, start-up, graceful shutdown.
 //! - `it::coalescing`: concurrent requests share one upstream fetch (gated, exact counts); fills never hurt each other.
