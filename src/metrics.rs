@@ -18,6 +18,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::cache::Answered;
+use crate::status::Board;
 use crate::upstream::Quota;
 
 /// Which route a request took: the `route` label.
@@ -39,6 +40,8 @@ pub enum RouteLabel {
     Healthz,
     /// `/_fleet/`: the member-to-member API.
     Fleet,
+    /// `/status` and `/status.json`.
+    Status,
     /// Anything not routed (errors before routing).
     Other,
 }
@@ -55,6 +58,7 @@ impl RouteLabel {
             RouteLabel::Metrics => "metrics",
             RouteLabel::Healthz => "healthz",
             RouteLabel::Fleet => "fleet",
+            RouteLabel::Status => "status",
             RouteLabel::Other => "other",
         }
     }
@@ -286,6 +290,8 @@ pub struct Metrics {
     bucket_backlog: Gauge,
     bucket_backlog_dropped: Counter,
     fleet: FleetMetrics,
+    /// The status page's tallies.
+    board: Board,
 }
 
 /// An upload counted as running until it is dropped.
@@ -424,7 +430,13 @@ impl Metrics {
             bucket_backlog,
             bucket_backlog_dropped,
             fleet,
+            board: Board::default(),
         }
+    }
+
+    /// The status page's tallies, kept beside the metrics (see [`crate::status`]).
+    pub fn board(&self) -> &Board {
+        &self.board
     }
 
     /// One operation on the shared bucket.
@@ -478,6 +490,7 @@ impl Metrics {
     /// One answered request.
     pub fn request(&self, route: RouteLabel, status: u16, outcome: Option<Answered>, bytes: u64) {
         self.requests.get_or_create(&RequestLabels { route, status }).inc();
+        self.board.request(route, outcome, bytes);
         if let Some(outcome) = outcome {
             // The metric keeps its four outcomes (dashboards and rules select on them): a request
             // that joined another's fill is a miss there; `regcache_fill_coalesced_readers` counts
@@ -492,6 +505,7 @@ impl Metrics {
     pub fn upstream_request(&self, upstream: &str, status: &str, elapsed: Duration) {
         let labels = UpstreamLabels { upstream: upstream.to_owned(), status: status.to_owned() };
         self.upstream_requests.get_or_create(&labels).inc();
+        self.board.upstream_answered(upstream, status);
         self.upstream_latency.get_or_create(&UpstreamName { upstream: upstream.to_owned() }).observe(elapsed.as_secs_f64());
     }
 
@@ -503,6 +517,7 @@ impl Metrics {
         }
         if let Some(remaining) = quota.remaining {
             self.ratelimit_remaining.get_or_create(&labels).set(gauge_value(remaining));
+            self.board.upstream_remaining(upstream, remaining);
         }
     }
 

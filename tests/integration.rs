@@ -4,6 +4,7 @@
 //! - `it::api`: the API's edges: validation, errors, ranges, tag lists, writes.
 //! - `it::backlog`: what a node kept while the bucket was down reaches it when it answers again, across a restart too.
 //! - `it::bucket`: the S3 bucket backend against a real SeaweedFS: parts, ranges, probe, clean-up, failures.
+//! - `it::bucket_admin`: `ls`, `gc` and `verify` on the shared bucket as the real binary, against SeaweedFS.
 //! - `it::budgets`: fills keep to their disk and time budgets; referrers lists count in `max_size`.
 //! - `it::cli`: the `regcache` binary: configuration errors, start-up, graceful shutdown.
 //! - `it::coalescing`: concurrent requests share one upstream fetch (gated, exact counts); fills never hurt each other.
@@ -21,6 +22,7 @@
 //! - `it::redirects`: redirects of a public upstream stay out of the operator's network.
 //! - `it::routing`: several upstreams behind one mirror; the referrers API and its fallback.
 //! - `it::shared`: mirrors sharing one bucket behind their hot tiers; a corrupt or failing bucket.
+//! - `it::status`: the status page: `/status.json`'s fields, a fill shown while it runs, served where `/metrics` is, no credential in it.
 //! - `it::tags`: a tag per kind of answer; upstreams without HEAD or converting on the fly.
 //! - `it::trust`: manifests verified by regcache: digests, schema1 payloads, types, poisoning.
 //! - `support::fake_registry`: the fake upstream (registry + CDN) and its misbehaviour switches, `Fault`.

@@ -162,6 +162,11 @@ impl Cache {
         &self.store
     }
 
+    /// The upstreams, in the configuration's order.
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.upstreams
+    }
+
     /// The running fills.
     pub fn fills(&self) -> &Arc<Fills> {
         &self.fills

@@ -144,6 +144,20 @@ impl Fill {
         self.from_bucket.get().copied().unwrap_or(false)
     }
 
+    /// The bytes written so far and the size, if known yet (for the status page).
+    pub fn progress(&self) -> (u64, Option<u64>) {
+        match &*self.state.borrow() {
+            FillState::Running { total, written } => (*written, *total),
+            FillState::Done { size } => (*size, Some(*size)),
+            FillState::Connecting | FillState::Failed(_) => (0, None),
+        }
+    }
+
+    /// The digest it fetches.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
     /// The size, if known yet.
     pub fn total(&self) -> Option<u64> {
         match &*self.state.borrow() {

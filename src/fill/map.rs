@@ -186,6 +186,13 @@ impl Fills {
         })
     }
 
+    /// The fills in the map, each with the name of its upstream (for the status page; a fill run
+    /// outside the map is not listed). A copy: the lock is not held once it returns.
+    pub fn running(&self) -> Vec<(String, Arc<Fill>)> {
+        let running = lock(&self.running);
+        running.iter().flat_map(|((upstream, _), fills)| fills.iter().map(|f| (upstream.clone(), f.clone()))).collect()
+    }
+
     /// Whether no fill is running.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -6,6 +6,7 @@ mod fleet;
 mod range;
 mod route;
 mod server;
+mod status;
 mod tls;
 mod watch;
 
@@ -107,12 +108,20 @@ pub struct AppParts {
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
+/// The repository a request was for, as its upstream names it: counted for the status page's top
+/// repositories once its body is done (a response extension from `respond_to` to `handle`).
+#[derive(Clone, Debug)]
+struct Counted {
+    upstream: String,
+    repository: String,
+}
+
 /// Which listener a request came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Surface {
     /// The registry API for clients (access control applies).
     Main,
-    /// `admin_listen`: `/metrics` and `/healthz` only.
+    /// `admin_listen`: `/metrics`, the status page and `/healthz` only.
     Admin,
     /// The local socket in the data directory: everything, without access control (who may
     /// connect is decided by the file's permissions).
@@ -174,6 +183,7 @@ impl App {
         let status = resp.status();
         let metrics = self.metrics.clone();
         let expected = if method == Method::HEAD { Some(0) } else { content_length(resp.headers()) };
+        let counted = resp.extensions_mut().remove::<Counted>();
         Ok(resp.map(|body| {
             logged(body, expected, move |bytes, complete| {
                 let cache = match outcome {
@@ -181,6 +191,9 @@ impl App {
                     _ => None,
                 };
                 metrics.request(route, status.as_u16(), cache, bytes);
+                if let Some(c) = &counted {
+                    metrics.board().repository(&c.upstream, &c.repository, bytes);
+                }
                 tracing::info!(
                     request_id = %request_id,
                     %method,
@@ -210,12 +223,19 @@ impl App {
             (Surface::Admin | Surface::Local, Route::FleetBlob(_)) => {
                 route_error(&RouteError::new(RouteErrorKind::NotFound, ErrorCode::NameUnknown, "not served on this address"))
             }
-            (Surface::Admin | Surface::Local, Route::Metrics | Route::Healthz) | (Surface::Main, Route::Healthz) => {
-                self.local(&route)
-            }
+            (Surface::Admin | Surface::Local, Route::Metrics | Route::Status | Route::StatusJson | Route::Healthz)
+            | (Surface::Main, Route::Healthz) => self.local(&route),
             (Surface::Local, _) => self.respond_to(req, route).await,
             (Surface::Main, Route::Metrics) if !self.admin_separate => self.local(&route),
-            (Surface::Admin, _) | (Surface::Main, Route::Metrics) => {
+            // The status page is served where /metrics is; on the client listener it names
+            // repositories and digests, so it asks for what the registry API asks for.
+            (Surface::Main, Route::Status | Route::StatusJson) if !self.admin_separate => {
+                match self.gate.authenticates(peer.ip(), req.headers().get(header::AUTHORIZATION)).await {
+                    Ok(()) => self.local(&route),
+                    Err(refusal) => refused(refusal),
+                }
+            }
+            (Surface::Admin, _) | (Surface::Main, Route::Metrics | Route::Status | Route::StatusJson) => {
                 route_error(&RouteError::new(RouteErrorKind::NotFound, ErrorCode::NameUnknown, "not served on this address"))
             }
             (Surface::Main, _) => match self.gate.authenticates(peer.ip(), req.headers().get(header::AUTHORIZATION)).await {
@@ -227,9 +247,15 @@ impl App {
         resp
     }
 
-    /// `/healthz` and `/metrics`.
+    /// `/healthz`, `/metrics` and the status page.
     fn local(&self, route: &Route) -> Resp {
         match route {
+            Route::StatusJson => text(status::json(&self.status()), "application/json"),
+            Route::Status => {
+                let mut r = text(status::html(&self.status()), "text/html; charset=utf-8");
+                r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                r
+            }
             Route::Metrics => {
                 let store = self.cache.store();
                 let readers = self.cache.fills().readers();
@@ -282,6 +308,7 @@ impl App {
             Ok(x) => x,
             Err(e) => return route_error(&e),
         };
+        let counted = Counted { upstream: up.config().name.to_string(), repository: up.upstream_name(&name).to_string() };
         let mut resp = match what {
             RepoRoute::Manifest(reference) => {
                 let accept = AcceptList::from_headers(req.headers());
@@ -308,6 +335,7 @@ impl App {
                 }
             }
         };
+        resp.extensions_mut().insert(counted);
         if q.ns.is_some() {
             if let Ok(v) = HeaderValue::from_str(up.config().name.as_str()) {
                 resp.headers_mut().insert("oci-namespace", v);

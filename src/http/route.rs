@@ -23,6 +23,10 @@ pub enum Route {
     /// `GET /_fleet/v1/blobs/<digest>`: a blob for another member of the fleet (never under
     /// `/v2/`, where clients are served).
     FleetBlob(Digest),
+    /// `GET /status`: the status page (HTML).
+    Status,
+    /// `GET /status.json`: the status page's snapshot.
+    StatusJson,
 }
 
 /// What of a repository a request asks for.
@@ -50,6 +54,7 @@ impl Route {
             Route::Metrics => RouteLabel::Metrics,
             Route::Healthz => RouteLabel::Healthz,
             Route::FleetBlob(_) => RouteLabel::Fleet,
+            Route::Status | Route::StatusJson => RouteLabel::Status,
         }
     }
 }
@@ -120,6 +125,8 @@ pub fn route(method: &Method, path: &str) -> Result<Route, RouteError> {
     match path {
         "/metrics" if read => return Ok(Route::Metrics),
         "/healthz" if read => return Ok(Route::Healthz),
+        "/status" if read => return Ok(Route::Status),
+        "/status.json" if read => return Ok(Route::StatusJson),
         _ => {}
     }
     if let Some(digest) = path.strip_prefix("/_fleet/v1/blobs/").filter(|_| *method == Method::GET) {
@@ -216,6 +223,9 @@ mod tests {
         assert_eq!(route(&get, "/metrics"), Ok(Route::Metrics));
         assert_eq!(route(&Method::HEAD, "/healthz"), Ok(Route::Healthz));
         assert_eq!(route(&get, &format!("/_fleet/v1/blobs/{D}")), Ok(Route::FleetBlob(D.parse().unwrap())));
+        assert_eq!(route(&get, "/status"), Ok(Route::Status));
+        assert_eq!(route(&get, "/status.json"), Ok(Route::StatusJson));
+        assert!(route(&Method::POST, "/status").is_err());
     }
 
     #[test]

@@ -111,7 +111,7 @@ async fn serve_on(
     }
 }
 
-/// Serve only `/metrics` and `/healthz` on `listener` until `shutdown` resolves.
+/// Serve only `/metrics`, the status page and `/healthz` on `listener` until `shutdown` resolves.
 pub async fn serve_admin(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let _ = accept_loop(listener, app, Surface::Admin, shutdown).await;
 }

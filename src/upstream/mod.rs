@@ -259,6 +259,7 @@ impl Transport {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         if !data.is_empty() {
+                            self.metrics.board().from_upstream(data.len() as u64);
                             return Ok(Some(data));
                         }
                     }

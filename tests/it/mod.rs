@@ -20,5 +20,6 @@ pub mod pull;
 pub mod redirects;
 pub mod routing;
 pub mod shared;
+pub mod status;
 pub mod tags;
 pub mod trust;

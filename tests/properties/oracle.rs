@@ -344,6 +344,8 @@ pub fn route_path(r: &Route) -> Option<String> {
         Route::Base => return None,
         Route::Metrics => "/metrics".to_owned(),
         Route::Healthz => "/healthz".to_owned(),
+        Route::Status => "/status".to_owned(),
+        Route::StatusJson => "/status.json".to_owned(),
         Route::Repo(name, RepoRoute::Manifest(r)) => format!("/v2/{name}/manifests/{r}"),
         Route::Repo(name, RepoRoute::Blob(d)) => format!("/v2/{name}/blobs/{d}"),
         Route::Repo(name, RepoRoute::Tags) => format!("/v2/{name}/tags/list"),

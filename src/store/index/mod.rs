@@ -151,6 +151,11 @@ impl SharedSizes {
     pub fn remove(&self, digest: &Digest) -> sled::Result<()> {
         self.0.remove(digest.to_string()).map(|_| ())
     }
+
+    /// The bytes of all blobs known to be in the bucket (a walk of the tree: for the status page).
+    pub fn known_bytes(&self) -> u64 {
+        self.0.iter().values().filter_map(Result::ok).map(|v| blob_size_of(&v)).fold(0, u64::saturating_add)
+    }
 }
 
 /// Where a referrers list is kept (upstream, repository and subject).
@@ -319,6 +324,11 @@ impl Index {
     pub fn remove_access(&self, digest: &Digest) -> sled::Result<()> {
         self.access.remove(digest.to_string())?;
         Ok(())
+    }
+
+    /// How many blobs and manifests are indexed (a walk of each tree's keys: for the status page).
+    pub fn counts(&self) -> (u64, u64) {
+        (self.blobs.len() as u64, self.manifests.len() as u64)
     }
 
     /// Bytes of blobs, manifests and referrers lists indexed.
