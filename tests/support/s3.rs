@@ -123,6 +123,12 @@ impl SeaweedFs {
         }
     }
 
+    /// The process id of the running server; `None` while stopped.
+    #[allow(dead_code)] // used by the soak (tests/soak.rs), whose watchdog kills it
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Start the stopped server again, on the same ports and data, and wait until it answers.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop it first");
