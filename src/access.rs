@@ -304,7 +304,7 @@ pub fn read_htpasswd(path: &Path) -> Result<Vec<(String, String)>, HtpasswdError
 }
 
 /// The entries of an htpasswd file; the number of the first line that isn't one.
-fn parse_htpasswd(text: &str) -> Result<Vec<(String, String)>, usize> {
+pub fn parse_htpasswd(text: &str) -> Result<Vec<(String, String)>, usize> {
     let mut users = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();

@@ -1,21 +1,24 @@
 //! Prometheus metrics: what the mirror did (requests, cache outcomes, bytes by source), what it asked
-//! upstream (requests, latency, token fetches), what it holds (fills running, bytes on disk,
-//! evictions), and, with a shared bucket, what it asked of the bucket (requests by operation and
+//! upstream (requests, latency, token fetches, the pull quota it announced), what it holds (fills
+//! running and their readers, bytes on disk against max_size and the file system, evictions), and, with a shared bucket, what it asked of the bucket (requests by operation and
 //! result, bytes each way, uploads running and aborted, whether it is down). One [`Metrics`] per
 //! server, shared by its parts.
 
 use std::fmt::Write as _;
+use std::path::Path;
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::cache::Answered;
+use crate::upstream::Quota;
 
 /// Which route a request took: the `route` label.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -199,6 +202,22 @@ struct UpstreamName {
     upstream: String,
 }
 
+/// A family listed (HELP and TYPE) from the start, before its first sample (prometheus-client
+/// leaves out empty families): what regcache exports does not depend on what happened yet, so
+/// dashboards and alerting rules can be checked against any running server.
+#[derive(Debug)]
+struct Listed<F>(F);
+
+impl<F: EncodeMetric> EncodeMetric for Listed<F> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+}
+
 /// Every metric regcache exports.
 pub struct Metrics {
     registry: Registry,
@@ -208,8 +227,15 @@ pub struct Metrics {
     upstream_requests: Family<UpstreamLabels, Counter>,
     upstream_latency: Family<UpstreamName, Histogram>,
     token_fetches: Family<UpstreamName, Counter>,
+    ratelimit_limit: Family<UpstreamName, Gauge>,
+    ratelimit_remaining: Family<UpstreamName, Gauge>,
     fills: Gauge,
+    fill_readers: Gauge,
+    fill_coalesced: Gauge,
     disk_bytes: Gauge,
+    max_size: Gauge,
+    fs_free: Gauge,
+    fs_size: Gauge,
     evictions: Counter,
     evicted_bytes: Counter,
     bucket_operations: Family<BucketLabels, Counter>,
@@ -244,23 +270,49 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("regcache");
         let requests = Family::default();
-        registry.register("http_requests", "Requests answered, by route and status", requests.clone());
+        registry.register("http_requests", "Requests answered, by route and status", Listed(requests.clone()));
         let outcomes = Family::default();
-        registry.register("cache_requests", "Cache answers: hit, miss, stale, pass", outcomes.clone());
+        registry.register("cache_requests", "Cache answers: hit, miss, stale, pass", Listed(outcomes.clone()));
         let bytes_served = Family::default();
-        registry.register("served_bytes", "Body bytes sent to clients, by source (cache or upstream)", bytes_served.clone());
+        registry.register("served_bytes", "Body bytes sent to clients, by source (cache or upstream)", Listed(bytes_served.clone()));
         let upstream_requests = Family::default();
-        registry.register("upstream_requests", "Requests sent upstream, by upstream and status", upstream_requests.clone());
+        registry.register("upstream_requests", "Requests sent upstream, by upstream and status", Listed(upstream_requests.clone()));
         let upstream_latency = Family::<UpstreamName, Histogram>::new_with_constructor(|| {
             Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
         });
-        registry.register("upstream_request_duration_seconds", "Time to upstream response headers", upstream_latency.clone());
+        registry.register("upstream_request_duration_seconds", "Time to upstream response headers", Listed(upstream_latency.clone()));
         let token_fetches = Family::default();
-        registry.register("token_fetches", "Bearer tokens fetched, by upstream", token_fetches.clone());
+        registry.register("token_fetches", "Bearer tokens fetched, by upstream", Listed(token_fetches.clone()));
+        let ratelimit_limit = Family::default();
+        registry.register(
+            "upstream_ratelimit_limit",
+            "The pull limit per window an upstream last announced (RateLimit-Limit, e.g. Docker Hub's)",
+            Listed(ratelimit_limit.clone()),
+        );
+        let ratelimit_remaining = Family::default();
+        registry.register(
+            "upstream_ratelimit_remaining",
+            "The pulls left in its window an upstream last announced (RateLimit-Remaining)",
+            Listed(ratelimit_remaining.clone()),
+        );
         let fills = Gauge::default();
         registry.register("fills_in_progress", "Blob downloads from upstream running now", fills.clone());
+        let fill_readers = Gauge::default();
+        registry.register("fill_readers", "Client requests reading blobs being downloaded now", fill_readers.clone());
+        let fill_coalesced = Gauge::default();
+        registry.register(
+            "fill_coalesced_readers",
+            "Client requests reading a blob download beside its first reader (coalesced: no download of their own)",
+            fill_coalesced.clone(),
+        );
         let disk_bytes = Gauge::default();
         registry.register("disk_bytes", "Bytes of blobs, manifests and referrers lists stored", disk_bytes.clone());
+        let max_size = Gauge::default();
+        registry.register("max_size_bytes", "max_size: the most bytes disk_bytes is kept under (0: unlimited)", max_size.clone());
+        let fs_free = Gauge::default();
+        registry.register("data_dir_free_bytes", "Bytes free for regcache on the file system of data_dir", fs_free.clone());
+        let fs_size = Gauge::default();
+        registry.register("data_dir_size_bytes", "Size in bytes of the file system of data_dir", fs_size.clone());
         let evictions = Counter::default();
         registry.register("evictions", "Blobs and manifests evicted to stay under max_size", evictions.clone());
         let evicted_bytes = Counter::default();
@@ -269,12 +321,12 @@ impl Metrics {
         registry.register(
             "bucket_operations",
             "Operations on the shared bucket (a blob's size or bytes, a whole upload, a record), by kind and result",
-            bucket_operations.clone(),
+            Listed(bucket_operations.clone()),
         );
         let bucket_requests = Family::default();
-        registry.register("bucket_requests", "S3 requests sent to the shared bucket, by operation and outcome", bucket_requests.clone());
+        registry.register("bucket_requests", "S3 requests sent to the shared bucket, by operation and outcome", Listed(bucket_requests.clone()));
         let bucket_bytes = Family::default();
-        registry.register("bucket_bytes", "Blob bytes read from and uploaded to the shared bucket", bucket_bytes.clone());
+        registry.register("bucket_bytes", "Blob bytes read from and uploaded to the shared bucket", Listed(bucket_bytes.clone()));
         let uploads = Gauge::<i64, AtomicI64>::default();
         registry.register("bucket_uploads_in_progress", "Blob uploads to the shared bucket running now", uploads.clone());
         let uploads_aborted = Counter::default();
@@ -305,8 +357,15 @@ impl Metrics {
             upstream_requests,
             upstream_latency,
             token_fetches,
+            ratelimit_limit,
+            ratelimit_remaining,
             fills,
+            fill_readers,
+            fill_coalesced,
             disk_bytes,
+            max_size,
+            fs_free,
+            fs_size,
             evictions,
             evicted_bytes,
             bucket_operations,
@@ -386,6 +445,17 @@ impl Metrics {
         self.upstream_latency.get_or_create(&UpstreamName { upstream: upstream.to_owned() }).observe(elapsed.as_secs_f64());
     }
 
+    /// The pull quota an upstream response announced; kept until the next one that announces one.
+    pub fn upstream_quota(&self, upstream: &str, quota: Quota) {
+        let labels = UpstreamName { upstream: upstream.to_owned() };
+        if let Some(limit) = quota.limit {
+            self.ratelimit_limit.get_or_create(&labels).set(gauge_value(limit));
+        }
+        if let Some(remaining) = quota.remaining {
+            self.ratelimit_remaining.get_or_create(&labels).set(gauge_value(remaining));
+        }
+    }
+
     /// One token fetched.
     pub fn token_fetch(&self, upstream: &str) {
         self.token_fetches.get_or_create(&UpstreamName { upstream: upstream.to_owned() }).inc();
@@ -403,15 +473,62 @@ impl Metrics {
         self.fills.clone()
     }
 
-    /// The text exposition, with the store's levels read now.
-    pub fn render(&self, disk_bytes: u64, bucket_backlog: u64) -> String {
-        self.disk_bytes.set(disk_bytes as i64);
-        self.bucket_backlog.set(i64::try_from(bucket_backlog).unwrap_or(i64::MAX));
+    /// The text exposition, with the gauges read now.
+    pub fn render(&self, now: &Now) -> String {
+        self.fill_readers.set(gauge_value(now.fill_readers as u64));
+        self.fill_coalesced.set(gauge_value(now.fill_coalesced as u64));
+        self.disk_bytes.set(gauge_value(now.disk_bytes));
+        self.max_size.set(gauge_value(now.max_size.unwrap_or(0)));
+        if let Some(fs) = now.data_dir {
+            self.fs_free.set(gauge_value(fs.free));
+            self.fs_size.set(gauge_value(fs.size));
+        }
+        self.bucket_backlog.set(gauge_value(now.bucket_backlog));
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// What the gauges read when `/metrics` is asked for.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Now {
+    /// Requests reading the running fills.
+    pub fill_readers: usize,
+    /// Of those, the readers beyond each fill's first.
+    pub fill_coalesced: usize,
+    /// Bytes stored.
+    pub disk_bytes: u64,
+    /// `max_size`, if any.
+    pub max_size: Option<u64>,
+    /// The data directory's file system, when it could be measured.
+    pub data_dir: Option<FsSpace>,
+    /// Entries waiting for the shared bucket.
+    pub bucket_backlog: u64,
+}
+
+/// A file system's size and the bytes free for unprivileged writers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FsSpace {
+    /// Free for unprivileged writers.
+    pub free: u64,
+    /// In all.
+    pub size: u64,
+}
+
+impl FsSpace {
+    /// The file system holding `path`; `None` when it can't be measured (the gauges keep their
+    /// last values).
+    pub fn of(path: &Path) -> Option<FsSpace> {
+        let s = rustix::fs::statvfs(path).ok()?;
+        Some(FsSpace { free: s.f_bavail.saturating_mul(s.f_frsize), size: s.f_blocks.saturating_mul(s.f_frsize) })
+    }
+}
+
+/// A gauge holds an i64: larger values show as its maximum.
+fn gauge_value(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -430,7 +547,7 @@ mod tests {
         for (route, outcome, line) in cases {
             let metrics = Metrics::new();
             metrics.request(route, 200, outcome, 10);
-            let text = metrics.render(0, 0);
+            let text = metrics.render(&Now::default());
             assert!(text.contains(line), "{route:?} {outcome:?}: {text}");
             let route_line = format!(r#"regcache_http_requests_total{{route="{}",status="200"}} 1"#, route.as_str());
             assert!(text.contains(&route_line), "{text}");
@@ -439,5 +556,47 @@ mod tests {
                 assert!(text.contains(&outcome_line), "{text}");
             }
         }
+    }
+
+    #[test]
+    fn every_metric_has_help_text_and_the_gauges_read_now() {
+        let metrics = Metrics::new();
+        let types = |text: &str| -> Vec<String> { text.lines().filter(|l| l.starts_with("# TYPE ")).map(str::to_owned).collect() };
+        let fresh = types(&metrics.render(&Now::default()));
+        assert!(fresh.iter().any(|l| l == "# TYPE regcache_upstream_ratelimit_remaining gauge"), "{fresh:?}");
+        assert!(fresh.iter().any(|l| l == "# TYPE regcache_bucket_requests counter"), "{fresh:?}");
+        metrics.request(RouteLabel::Blob, 200, Some(Answered::Hit), 1);
+        metrics.upstream_request("docker.io", "200", Duration::from_millis(5));
+        metrics.token_fetch("docker.io");
+        metrics.bucket_operation(BucketOp::Get, true);
+        metrics.bucket_request_sent("get", "ok");
+        metrics.bucket_read(1);
+        metrics.upstream_quota("docker.io", Quota { limit: Some(100), remaining: Some(7) });
+        metrics.upstream_quota("docker.io", Quota { limit: None, remaining: Some(6) });
+        let now = Now {
+            fill_readers: 5,
+            fill_coalesced: 3,
+            disk_bytes: 10,
+            max_size: Some(1 << 30),
+            data_dir: Some(FsSpace { free: 4, size: 9 }),
+            bucket_backlog: 1,
+        };
+        let text = metrics.render(&now);
+        assert_eq!(types(&text), fresh, "every family is listed before its first sample");
+        for line in [
+            r#"regcache_upstream_ratelimit_limit{upstream="docker.io"} 100"#,
+            r#"regcache_upstream_ratelimit_remaining{upstream="docker.io"} 6"#,
+            "regcache_fill_readers 5",
+            "regcache_fill_coalesced_readers 3",
+            "regcache_max_size_bytes 1073741824",
+            "regcache_data_dir_free_bytes 4",
+            "regcache_data_dir_size_bytes 9",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}: {text}");
+        }
+        let typed = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        let helped = text.lines().filter(|l| l.starts_with("# HELP ") && l.split(' ').count() > 3).count();
+        assert_eq!(typed, helped, "{text}");
+        assert!(metrics.render(&Now::default()).contains("regcache_max_size_bytes 0"), "unlimited");
     }
 }

@@ -10,10 +10,12 @@
 //! - `properties::manifests`: references of every manifest format; verification, schema1 payloads.
 //! - `properties::upstream`: `WWW-Authenticate` challenges, token responses.
 //! - `properties::requests`: routes and query strings, `Range`, `Accept`, Basic credentials.
+//! - `properties::config`: the configuration file and the htpasswd file it names.
 
 mod properties {
     pub mod oracle;
 
+    mod config;
     mod manifests;
     mod names;
     mod requests;

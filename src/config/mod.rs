@@ -32,9 +32,10 @@ pub const LOCAL_SOCKET: &str = "regcache.sock";
 /// Docker Hub's registry endpoint.
 pub const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
 
-/// A configuration that can't be used, with a message fit for one line.
+/// A configuration that can't be used, with a message fit for one line: a path or value from the
+/// file that holds a line break is printed with a space for it.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
+#[error("{}", .0.replace(['\n', '\r'], " "))]
 pub struct ConfigError(String);
 
 /// Settings given on the command line, which win over the file.

@@ -35,6 +35,15 @@ const MAX_SHARED_FILLS: usize = 4096;
 /// hostile or stalled upstream must not hold up or fail a request for another one.
 type FillKey = (String, Digest);
 
+/// The requests reading running fills (see [`Fills::readers`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Readers {
+    /// All of them.
+    pub total: usize,
+    /// Those beside each fill's first reader.
+    pub coalesced: usize,
+}
+
 /// Which running fill a request may join.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Join {
@@ -148,6 +157,17 @@ impl Fills {
     pub fn len(&self) -> usize {
         let shared: usize = lock(&self.running).values().map(Vec::len).sum();
         shared.saturating_add(usize::try_from(self.unshared.load(Ordering::Relaxed)).unwrap_or(usize::MAX))
+    }
+
+    /// The requests reading the fills in the map (a fill run outside it has its one request), and
+    /// how many of them read beside a fill's first reader: coalesced, no download of their own.
+    pub fn readers(&self) -> Readers {
+        let running = lock(&self.running);
+        let each = running.values().flatten().map(|f| f.readers());
+        each.fold(Readers::default(), |sum, n| Readers {
+            total: sum.total + n,
+            coalesced: sum.coalesced + n.saturating_sub(1),
+        })
     }
 
     /// Whether no fill is running.

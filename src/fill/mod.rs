@@ -56,6 +56,6 @@ mod window;
 
 pub use error::FillError;
 pub use handle::{Fill, FillState, Verdict};
-pub use map::{Fills, Join, Source};
+pub use map::{Fills, Join, Readers, Source};
 pub use reader::FillReader;
 pub use sink::Sink;

@@ -30,7 +30,7 @@ use crate::singleflight::CallDied;
 pub use auth::{parse_token_response, Auth, Token};
 pub use challenge::{parse_challenges, Challenge};
 use guard::GuardedConnector;
-pub use ratelimit::RateLimit;
+pub use ratelimit::{Quota, RateLimit};
 pub use registry::{BlobHead, FetchedManifest, ManifestHead, TagsPage, MAX_MANIFEST};
 
 /// How many redirects regcache follows for one request.
@@ -208,6 +208,9 @@ impl Transport {
             Err(_) => "timeout".to_owned(),
         };
         self.metrics.upstream_request(&self.name, &status, start.elapsed());
+        if let Ok(Ok(resp)) = &result {
+            self.metrics.upstream_quota(&self.name, Quota::from_headers(resp.headers()));
+        }
         let e = match result {
             Ok(Ok(resp)) => return Ok(resp),
             Err(_) => {

@@ -34,6 +34,27 @@ impl RateLimit {
     }
 }
 
+/// The pull quota an upstream response announced (`RateLimit-Limit`, `RateLimit-Remaining`;
+/// `100;w=21600` is 100 pulls per 21600-second window), each when present and a number.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Pulls allowed per window.
+    pub limit: Option<u64>,
+    /// Pulls left in the current window.
+    pub remaining: Option<u64>,
+}
+
+impl Quota {
+    /// The quota `headers` announce.
+    pub fn from_headers(headers: &HeaderMap) -> Quota {
+        let number = |name: &str| {
+            let value = headers.get(name)?.to_str().ok()?;
+            value.split(';').next()?.trim().parse().ok()
+        };
+        Quota { limit: number("ratelimit-limit"), remaining: number("ratelimit-remaining") }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +73,26 @@ mod tests {
         assert_eq!(out["ratelimit-remaining"], "76;w=21600");
         assert!(out.get("set-cookie").is_none());
         assert!(RateLimit::from_headers(&HeaderMap::new()).is_empty());
+    }
+
+    #[test]
+    fn the_quota_is_the_number_before_the_window() {
+        let cases = [
+            (Some("100;w=21600"), Some("76;w=21600"), Quota { limit: Some(100), remaining: Some(76) }),
+            (Some("5000"), Some(" 0 ;w=60"), Quota { limit: Some(5000), remaining: Some(0) }),
+            (None, Some("12"), Quota { limit: None, remaining: Some(12) }),
+            (Some("lots"), Some("-1;w=1"), Quota::default()),
+            (None, None, Quota::default()),
+        ];
+        for (limit, remaining, want) in cases {
+            let mut headers = HeaderMap::new();
+            if let Some(l) = limit {
+                headers.insert("ratelimit-limit", HeaderValue::from_static(l));
+            }
+            if let Some(r) = remaining {
+                headers.insert("ratelimit-remaining", HeaderValue::from_static(r));
+            }
+            assert_eq!(Quota::from_headers(&headers), want, "{limit:?} {remaining:?}");
+        }
     }
 }

@@ -259,4 +259,7 @@ async fn metrics_move_as_requests_are_made_and_healthz_answers() {
     assert!(metric(&after, "regcache_upstream_request_duration_seconds_count{upstream=\"docker.io\"}") >= 3.0);
     assert!(metric(&after, "regcache_disk_bytes") >= 5000.0);
     assert_eq!(metric(&after, "regcache_fills_in_progress"), 0.0);
+    assert_eq!(metric(&after, "regcache_max_size_bytes"), 0.0, "no max_size");
+    assert!(metric(&after, "regcache_data_dir_size_bytes") >= metric(&after, "regcache_data_dir_free_bytes"));
+    assert!(metric(&after, "regcache_data_dir_free_bytes") > 0.0);
 }

@@ -26,11 +26,15 @@ async fn concurrent_cold_requests_make_one_upstream_fetch() {
     }
     tokio::time::timeout(PROMPTLY, reg.wait_held(1)).await.expect("the fill started");
     eventually("all 16 follow the fill", || m.fill_waiters("docker.io", &layer.digest) == 16).await;
+    let text = m.metrics_with("regcache_fill_readers 16\n").await;
+    assert!(text.contains("regcache_fill_coalesced_readers 15\n") && text.contains("regcache_fills_in_progress 1\n"), "{text}");
     reg.release_held();
     for t in tasks {
         assert!(t.await.unwrap() == layer.bytes);
     }
     assert_eq!(reg.cdn_count(&layer.digest), 1);
+    m.wait_stored(&layer.digest).await;
+    m.metrics_with("regcache_fill_readers 0\n").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

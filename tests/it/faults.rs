@@ -358,6 +358,8 @@ async fn rate_limit_headers_come_from_the_upstream_response_that_served_the_requ
     // and GET of a blob not cached, the tag list.
     let resp = m.get_manifest("alpine", "3").await;
     assert_eq!((resp.status().as_u16(), limits(&resp)), (200, from_upstream.clone()), "manifest GET (miss)");
+    let text = m.metrics_with("regcache_upstream_ratelimit_remaining{upstream=\"docker.io\"} 76\n").await;
+    assert!(text.contains("regcache_upstream_ratelimit_limit{upstream=\"docker.io\"} 100\n"), "{text}");
     let resp = m.manifest_request(reqwest::Method::HEAD, "busybox", "1").send().await.unwrap();
     assert_eq!((resp.status().as_u16(), limits(&resp)), (200, from_upstream.clone()), "manifest HEAD (from upstream)");
     let resp = m.head(&layer).await;

@@ -9,11 +9,13 @@
 // Each fuzz target uses a few of these.
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
 use http::{HeaderMap, HeaderValue, Method};
-use regcache::access::parse_basic;
+use regcache::access::{parse_basic, parse_htpasswd};
+use regcache::config::{Config, Overrides};
 use regcache::http::{parse_range, query, route, RepoRoute, Route, RouteErrorKind};
 use regcache::oci::{
     is_registry_host, references, verify_manifest, AcceptList, Algorithm, Digest, ImageRef, ManifestError, ManifestKind, Reference,
@@ -445,5 +447,62 @@ pub fn basic(value: &str) {
         let b64 = base64::engine::general_purpose::STANDARD;
         let again = format!("Basic {}", b64.encode(format!("{user}:{password}")));
         assert_eq!(parse_basic(&again), Some((user, password)));
+    }
+}
+
+/// htpasswd files: every line that isn't blank or a comment is `user:bcrypt-hash` (the user
+/// without a `:`, the hash `$2a$`, `$2b$` or `$2y$`), or the file is refused naming the first
+/// line that isn't.
+pub fn htpasswd(text: &str) {
+    let parsed = bounded("parse_htpasswd", text.len(), || parse_htpasswd(text));
+    let lines: Vec<(usize, &str)> =
+        text.lines().map(str::trim).enumerate().filter(|(_, l)| !l.is_empty() && !l.starts_with('#')).collect();
+    let entry = |line: &str| {
+        let (user, hash) = line.split_once(':')?;
+        let bcrypt = ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p));
+        (!user.is_empty() && bcrypt).then(|| (user.to_owned(), hash.to_owned()))
+    };
+    match parsed {
+        Ok(users) => {
+            let want: Vec<(String, String)> = lines.iter().filter_map(|(_, l)| entry(l)).collect();
+            assert_eq!(want.len(), lines.len(), "{text:?}: a line that isn't an entry was skipped");
+            assert_eq!(users, want, "{text:?}");
+        }
+        Err(line) => {
+            let first_bad = lines.iter().find(|(_, l)| entry(l).is_none()).map(|(i, _)| i + 1);
+            assert_eq!(Some(line), first_bad, "{text:?}");
+        }
+    }
+}
+
+/// Whether a string in the file could name a file outside the directory it is resolved from
+/// (absolute, or with `..`): the oracle never lets the fuzzer read the machine's files.
+fn names_outside(v: &toml::Value) -> bool {
+    match v {
+        toml::Value::String(s) => s.starts_with('/') || s.contains(".."),
+        toml::Value::Array(a) => a.iter().any(names_outside),
+        toml::Value::Table(t) => t.values().any(names_outside),
+        _ => false,
+    }
+}
+
+/// The configuration file: a configuration, or an error of one line (start-up prints it as its
+/// one line on stderr); a configuration describes itself (`check-config`) without a panic.
+pub fn config(text: &str) {
+    if toml::from_str::<toml::Table>(text).is_ok_and(|t| t.values().any(names_outside)) {
+        return;
+    }
+    // Relative paths are read from a directory that doesn't exist: no file is ever found.
+    let base = Path::new("/nonexistent/regcache-properties");
+    let resolved = bounded("Config::from_toml", text.len(), || Config::from_toml(text, &Overrides::default(), base));
+    match resolved {
+        Err(e) => {
+            let message = e.to_string();
+            assert!(!message.is_empty() && !message.contains(['\n', '\r']), "not one line: {message:?}");
+        }
+        Ok(config) => {
+            let described = config.describe();
+            assert!(described.lines().count() >= 1);
+        }
     }
 }
