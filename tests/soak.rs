@@ -487,10 +487,19 @@ fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
 }
 
 /// Push image `version` into repository `r` and tag it `v<version>`.
-fn publish(ctx: &Ctx, rng: &mut Rng, r: usize, version: usize) {
+fn publish(ctx: &Ctx, rng: &mut Rng, r: usize, version: usize, big: bool) {
     let repo = format!("soak/app{r}");
     let tag = format!("v{version}");
-    let layer_size = if rng.chance(10) { rng.range(1 << 20, 4 << 20) } else { rng.range(2 << 10, 300 << 10) } as usize;
+    // Mostly small layers; some of a few MiB; in a long run a few above the bucket's part size
+    // (multipart uploads).
+    let roll = rng.below(100);
+    let layer_size = if roll < 3 && big {
+        rng.range(6 << 20, 12 << 20)
+    } else if roll < 12 {
+        rng.range(1 << 20, 4 << 20)
+    } else {
+        rng.range(2 << 10, 300 << 10)
+    } as usize;
     let layers = rng.range(1, 3) as usize;
     // The tag is in the catalog before clients can pick the image, so it is known before asked for.
     let image = images::schema2_image(&ctx.reg, &repo, &tag, layers, layer_size);
@@ -526,7 +535,7 @@ async fn publisher(ctx: Arc<Ctx>, mut rng: Rng, plan: Plan) {
     while !ctx.stop.load(Ordering::SeqCst) {
         tokio::time::sleep(plan.publish_every()).await;
         if version < plan.max_images() {
-            publish(&ctx, &mut rng, version % REPOS, version);
+            publish(&ctx, &mut rng, version % REPOS, version, !plan.short);
             version += 1;
         }
         let r = rng.below(REPOS as u64) as usize;
@@ -799,7 +808,7 @@ async fn soak(plan: Plan) -> usize {
         t0,
     });
     for version in 0..REPOS * 3 {
-        publish(&ctx, &mut rng, version % REPOS, version);
+        publish(&ctx, &mut rng, version % REPOS, version, !plan.short);
     }
     for r in 0..REPOS {
         retag(&ctx, &mut rng, r);
@@ -983,6 +992,18 @@ async fn soak(plan: Plan) -> usize {
     let left = files_under(&data.join("tmp"));
     if !left.is_empty() {
         ctx.violation(format!("temporary files left in tmp/: {left:?}"));
+    }
+    // The records of unfinished bucket uploads (`<data_dir>/uploads/`), and the uploads themselves.
+    let records = files_under(&data.join("uploads"));
+    if !records.is_empty() {
+        ctx.violation(format!("records of unfinished uploads left in uploads/: {records:?}"));
+    }
+    if let Some(w) = &weed {
+        match w.unfinished_uploads("soak").await {
+            Ok(0) => eprintln!("soak: no unfinished multipart upload in the bucket"),
+            Ok(n) => ctx.violation(format!("{n} unfinished multipart uploads in the bucket")),
+            Err(e) => ctx.violation(format!("listing the bucket's unfinished uploads: {e}")),
+        }
     }
     let samples = lock(&samples).clone();
     let violations = report(&plan, &ctx, &windows, &samples, &log, tmpfs.is_some());
