@@ -1131,12 +1131,14 @@ http {{
             note(f"reduced run: only figures {', '.join(ONLY)} (BENCH_ONLY)")
             if "5" in ONLY:
                 self.figure("5+7", self.fig5_cold_pulls)
-            if {"1", "4", "6", "12"} & set(ONLY):  # 1 and 12 use the mirrors that 4 filled
+            if {"1", "2", "3", "4", "6", "12"} & set(ONLY):  # 1, 2, 3 and 12 use the mirrors that 4 filled
                 hot = {kind: self.figure(f"4+6 ({kind})", self.fig4_concurrent_cold, kind)
                        for kind in ("regcache", "distribution")}
                 if None not in hot.values():
                     if "1" in ONLY:
                         self.figure("1", self.fig1_single_stream, hot["regcache"], hot["distribution"])
+                    if "2" in ONLY or "3" in ONLY:
+                        self.figure("2+3", self.fig23_manifests, hot["regcache"], hot["distribution"])
                     if "12" in ONLY:
                         for inst in hot.values():  # the manifest figure 12 asks for, cached
                             self.warm_manifest(inst)

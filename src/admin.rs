@@ -12,12 +12,13 @@ use std::collections::BTreeMap;
 
 use crate::oci::{is_registry_host, references, Digest, Hasher, NameError, RegistryHost, RepositoryName};
 use crate::store::bucket_lru::{self, Limits};
-use crate::store::{now_secs, SharedBackend, SharedSizes, Store, TagAnswer};
+use crate::store::records::folder;
+use crate::store::{now_secs, RecordKey, SharedBackend, SharedSizes, Store, TagAnswer};
 
 /// `regcache ls [REPO]`: cached repositories and tags, when each was last revalidated, and sizes.
 /// `filter` is `name`, `library/name` or `host/name`.
 pub fn ls(store: &Store, filter: Option<&str>, out: &mut dyn Write) -> io::Result<()> {
-    let tags = store.index.all_tags().map_err(io::Error::other)?;
+    let tags = store.index().all_tags().map_err(io::Error::other)?;
     let wanted = filter.map(parse_filter).transpose().map_err(io::Error::other)?;
     let mut current = String::new();
     let mut shown = 0;
@@ -42,7 +43,7 @@ pub fn ls(store: &Store, filter: Option<&str>, out: &mut dyn Write) -> io::Resul
     if shown == 0 {
         writeln!(out, "nothing cached{}", filter.map(|f| format!(" for {f}")).unwrap_or_default())?;
     }
-    writeln!(out, "{} stored in total", human_bytes(store.index.used_bytes()))?;
+    writeln!(out, "{} stored in total", human_bytes(store.index().used_bytes()))?;
     Ok(())
 }
 
@@ -66,11 +67,11 @@ fn parse_filter(f: &str) -> Result<(Option<RegistryHost>, RepositoryName), NameE
 
 /// The bytes an image's manifests say it has (an index: its cached children).
 fn image_size(store: &Store, digest: &Digest) -> Option<u64> {
-    let m = store.index.manifest(digest).ok()??;
+    let m = store.index().manifest(digest).ok()??;
     let refs = references(&m.bytes)?;
     let mut total = refs.blob_bytes();
     for child in refs.children {
-        if let Some(c) = store.index.manifest(&child.digest).ok().flatten() {
+        if let Some(c) = store.index().manifest(&child.digest).ok().flatten() {
             total = total.saturating_add(references(&c.bytes).map_or(0, |r| r.blob_bytes()));
         }
     }
@@ -84,7 +85,7 @@ pub fn human_bytes(n: u64) -> String {
 
 /// `regcache gc`: evict least-recently-used content down to `target` bytes.
 pub fn gc(store: &Store, target: u64, dry_run: bool, out: &mut dyn Write) -> io::Result<()> {
-    let before = store.index.used_bytes();
+    let before = store.index().used_bytes();
     let gone = store.evict(target, dry_run)?;
     let verb = if dry_run { "would evict" } else { "evicted" };
     for e in &gone {
@@ -138,28 +139,16 @@ pub fn verify(store: &Store, out: &mut dyn Write) -> io::Result<bool> {
     Ok(report.corrupt.is_empty())
 }
 
-/// A tag record's key split into (upstream, repository, tag, kind):
-/// `tags/<upstream>/<repository>/<tag>/<kind>`. The repository and tag must be valid names (keys
-/// come from the bucket, which any node, or anyone with its keys, may write), and the upstream a
-/// plain host name, so what `ls` prints is never a terminal escape or a forged line.
-fn parse_tag_key(key: &str) -> Option<(&str, &str, &str, &str)> {
-    let rest = key.strip_prefix("tags/")?;
-    let (upstream, rest) = rest.split_once('/')?;
-    let (rest, kind) = rest.rsplit_once('/')?;
-    let (repo, tag) = rest.rsplit_once('/')?;
-    let host = !upstream.is_empty() && upstream.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
-    let names = repo.parse::<crate::oci::RepositoryName>().is_ok() && tag.parse::<crate::oci::Tag>().is_ok();
-    (host && names).then_some((upstream, repo, tag, kind))
-}
-
 /// `regcache ls` on the shared bucket: the tags its records hold per upstream and repository
 /// (the answer confirmed last, when), and its blobs' count and bytes.
 pub async fn ls_bucket(bucket: &dyn SharedBackend, filter: Option<&str>, out: &mut dyn Write) -> io::Result<()> {
     let wanted = filter.map(parse_filter).transpose().map_err(io::Error::other)?;
     // (upstream, repository) → tag → the latest answer over its kinds.
     let mut repos: BTreeMap<(String, String), BTreeMap<String, Option<TagAnswer>>> = BTreeMap::new();
-    for key in bucket.list_records("tags").await? {
-        let Some((upstream, repo, tag, _kind)) = parse_tag_key(&key) else { continue };
+    for key in bucket.list_records(folder::TAGS).await? {
+        // Keys are validated as they are read: what is printed is never a terminal escape.
+        let Ok(RecordKey::Tag { upstream, repo, tag, .. }) = key.parse() else { continue };
+        let (upstream, repo, tag) = (upstream.as_str(), repo.as_str(), tag.as_str());
         if !wanted.as_ref().is_none_or(|w| matches_filter(w, upstream, repo)) {
             continue;
         }
@@ -271,8 +260,8 @@ pub async fn verify_bucket(bucket: &dyn SharedBackend, sizes: &SharedSizes, out:
         }
     }
     let mut manifests = 0usize;
-    for key in bucket.list_records("manifests").await? {
-        let Some(digest) = crate::store::manifest_of_key(&key) else {
+    for key in bucket.list_records(folder::MANIFESTS).await? {
+        let Ok(RecordKey::Manifest(digest)) = key.parse() else {
             writeln!(out, "bucket: not a manifest record (left alone): {key:?}")?;
             continue;
         };
@@ -317,23 +306,6 @@ mod tests {
                 (Err(_), None) => {}
                 (got, _) => panic!("{filter}: {got:?}"),
             }
-        }
-    }
-
-    #[test]
-    fn tag_record_keys_split_into_their_parts() {
-        let cases = [
-            ("tags/docker.io/library/alpine/3/image", Some(("docker.io", "library/alpine", "3", "image"))),
-            ("tags/ghcr.io/org/team/app/v1.2/index", Some(("ghcr.io", "org/team/app", "v1.2", "index"))),
-            ("tags/localhost:5000/app/latest/schema1", Some(("localhost:5000", "app", "latest", "schema1"))),
-            ("tags/docker.io/3/image", None),
-            ("manifests/sha256/abc", None),
-            ("tags/docker.io/library/alpine/\u{1b}[2J/image", None),
-            ("tags/docker.io/Library/Alpine/3/image", None),
-            ("tags/evil\nhost/app/3/image", None),
-        ];
-        for (key, want) in cases {
-            assert_eq!(parse_tag_key(key), want, "{key}");
         }
     }
 }

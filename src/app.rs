@@ -120,16 +120,12 @@ pub fn bucket_client(config: &Config, metrics: &Arc<Metrics>) -> Result<Option<A
 /// The store and its tiers: the data directory (the hot tier) with its limits, and the bucket tier
 /// behind it, if any.
 fn open_store(config: &Config, bucket: Option<Arc<dyn SharedBackend>>, metrics: &Arc<Metrics>) -> Result<Arc<Store>, StartError> {
-    let mut store = Store::open(&config.data_dir)?;
-    store.max_size = config.max_size;
-    store.temp = crate::store::TempBudget::new(store.files.tmp_dir().to_owned(), config.fills.max_temp, config.fills.min_free);
+    let mut store = Store::open(&config.data_dir)?.with_limits(config.max_size, config.fills.max_temp, config.fills.min_free);
     if let Some(bucket) = bucket {
         let max_size = config.storage.bucket().and_then(|tier| tier.max_size);
         let node = crate::store::bucket_lru::node_id(&config.data_dir)
             .map_err(|source| StoreError::Io { path: config.data_dir.join("node-id"), source })?;
-        let shared = crate::store::Shared::new(bucket, store.index.shared_sizes(), store.index.backlog().clone(), metrics.clone())
-            .with_eviction(node, max_size);
-        store.shared = Some(Arc::new(shared));
+        store = store.with_shared(bucket, node, max_size, metrics.clone());
     }
     Ok(Arc::new(store))
 }

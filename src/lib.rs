@@ -20,15 +20,20 @@
 //! - [`upstream`]: the client for one upstream registry: pooled hyper + rustls, token auth, redirects
 //!   (kept out of the operator's private networks by `upstream::guard`), and the registry protocol
 //!   as typed methods (`head_manifest`, `get_manifest`, `tags`, `referrers`, `head_blob`, `get_blob`).
-//! - [`store`]: the storage seam (`store::BlobBackend`: begin, append, commit after verification,
-//!   abort, open a range, stat, list, remove; probe and cleanup when a server starts) and its
-//!   first implementation, the local directory (`store::LocalBlobs`: temp → fsync → rename); reading stored blobs (`Store::read_blob`,
-//!   pooled buffers, `preadv2`); the sled index; the disk budget of fills; and the housekeeping
-//!   loop (access times, eviction under `max_size`). With `backend = "s3"`: the bucket
-//!   (`store::Bucket`), the tier logic (`store::Shared`) and `bucket_max_size`
-//!   (`store::bucket_lru`: access summaries, one evictor among the nodes); what the node kept while
-//!   the bucket was down waits in the index's backlog (`store::Backlog`) and is uploaded once it
-//!   answers again.
+//! - [`store`]: everything regcache keeps, in tiers, and the tier logic in one place
+//!   (`store/tiered.rs`: callers ask `Store` for a manifest, a tag, a referrers list, a tag list or
+//!   where a blob is — `BlobSource::{Local, Bucket, Missing}` — and it looks up, backfills and
+//!   publishes; a fill reaches it through `fill::Sink`). The storage seam (`store::BlobBackend`:
+//!   begin, append, commit after verification, abort, open a range, stat, list, remove; probe and
+//!   cleanup when a server starts). `store::hot`: the hot tier on disk (`LocalBlobs`: temp → fsync
+//!   → rename; reading it with pooled buffers and `preadv2`; the disk budget of fills; repair and
+//!   `verify`; eviction under `max_size`). `store::index`: the sled index. `store::bucket`: with
+//!   `backend = "s3"`, the tier shared with other nodes (`Shared`), its client (`Bucket`), its
+//!   uploads, its backlog of what it should have (uploaded once it answers again) and
+//!   `bucket_max_size` (`store::bucket::lru`: access summaries, one evictor among the nodes).
+//!   `store::records`: the bucket's records and their one typed key (`RecordKey`), written and
+//!   read back (by the tier, eviction and `ls` alike). The housekeeping loop writes access times
+//!   and evicts.
 //! - [`fill`]: blob fills: one download per blob and upstream, written through the seam, followed
 //!   by any number of readers. The map of running fills and its guard (`fill::map`: `Fills`,
 //!   `Join`, `Source`), one fill as requests see it (`fill::handle`: `Fill`, its `Verdict`), the
@@ -39,18 +44,24 @@
 //!   copy from a tier behind, publish to it), which the store implements (`store::fill_sink`).
 //! - [`singleflight`]: one call per key at a time (manifest fetches, tag revalidations, tokens).
 //! - [`sync`]: taking a lock whether or not a panic poisoned it, and why that is sound here.
-//! - [`cache`]: the policy: hit, miss, revalidate, stale.
+//! - [`cache`]: the policy: hit, miss, revalidate, stale, one file per kind of content (manifests
+//!   by digest, tags and tag lists, blobs, referrers); when a tag is served, revalidated or served
+//!   stale is one pure function, `cache::freshness::decide`, given the time by a `cache::Clock`.
 //! - [`http`]: it only serves: accept loop, TLS (loading and reloading the certificate), routing,
 //!   handlers, the one error mapping.
+//! - [`logs`]: the log lines: text or one JSON object per line (`log_format`), and the request id
+//!   (`logs::RequestId`) the access line carries and the response returns in `X-Request-Id`.
 //! - [`metrics`]: Prometheus counters, gauges and histograms; a gauge is kept by what it counts (the
 //!   fills keep `fills_in_progress`, `Metrics::fills_running`).
 //!
 //! # The path of one request
 //! `app::start` has built everything once. `http::server` accepts a connection;
 //! `http::App::handle` routes it (`http::route`, which makes the typed name and reference), picks
-//! the upstream, and asks [`cache::Cache`]. A manifest by tag is
-//! looked up under the kind of answer the client's `Accept` asks for, revalidated with
-//! `Upstream::head_manifest` and served from the index when its digest is known; a manifest from
+//! the upstream, and asks [`cache::Cache`]. A manifest by tag is looked up under the kind of
+//! answer the client's `Accept` asks for (`Store::tag`: this node's answer, and the bucket's when
+//! that one isn't fresh), served while fresh or else revalidated with `Upstream::head_manifest`
+//! (`cache::freshness::decide` says which), and served from the store when its digest is known
+//! (`Store::manifest`); a manifest from
 //! `Upstream::get_manifest` is verified by `oci::verify_manifest` before it is stored; a blob is
 //! served from the store (`Store::read_blob` → `BlobBackend::open`) when the index has it, or joins
 //! (or starts) the fill for its digest from its upstream and streams what arrives (fetching from its
@@ -59,7 +70,7 @@
 //! reads `Upstream::get_blob` and asks the store only through its narrow `fill::Sink` (reserve,
 //! begin, commit): it writes through `BlobBackend::begin` / `BlobWrite::append` if the blob fits
 //! the disk budget (passing it through otherwise), and commits only after the digest checks out.
-//! With a shared bucket (`store::Shared`) the fill reads the bucket before the upstream, and a fill
+//! With a shared bucket the fill reads the bucket before the upstream (`fill::Sink::open_copy`), and a fill
 //! from the upstream is uploaded once it is verified and committed (from the hot tier's file; into
 //! the backlog if the bucket is down then); manifests, tags and referrers lists missing here (or
 //! stale) are looked up in the bucket before the upstream.
@@ -77,6 +88,7 @@ pub mod config;
 pub mod fill;
 pub mod healthcheck;
 pub mod http;
+pub mod logs;
 pub mod metrics;
 pub mod oci;
 pub mod singleflight;

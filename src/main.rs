@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use regcache::app::StartError;
-use regcache::config::{Config, Overrides};
+use regcache::config::{Config, LogFormat, Overrides};
 use regcache::http::App;
 use regcache::metrics::Metrics;
 use regcache::oci::ImageRef;
@@ -118,16 +118,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // object_store reports each retry at info, rustls-platform-verifier each certificate it
-            // refuses at error: the one line a bucket failure deserves is ours, with the cause.
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,object_store=warn,rustls_platform_verifier=off".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     match run(cli.command) {
         Ok(code) => code,
         Err(Failure::Usage(msg)) => {
@@ -163,9 +153,13 @@ impl From<StartError> for Failure {
     }
 }
 
+/// The configuration, and the logs started in its `log_format` (a configuration that can't be
+/// read is one line on stderr, written before any log).
 fn load(common: &Common, listen: Option<String>, upstream: Option<String>) -> Result<Config, Failure> {
     let overrides = Overrides { listen, data_dir: common.data_dir.clone(), upstream_url: upstream };
-    Config::load(common.config.as_deref(), &overrides).map_err(|e| Failure::Usage(e.to_string()))
+    let config = Config::load(common.config.as_deref(), &overrides).map_err(|e| Failure::Usage(e.to_string()))?;
+    regcache::logs::init(config.log_format);
+    Ok(config)
 }
 
 /// Open the data directory for a maintenance command, or say clearly that a server holds it.
@@ -202,10 +196,14 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
         }
         // Every failure is exit 1, a bad configuration too: Docker's HEALTHCHECK reserves 2.
         Command::Healthcheck { config, url } => {
+            regcache::logs::init(LogFormat::Text);
             regcache::healthcheck::run(config.as_deref(), url.as_deref()).context("healthcheck")?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { file } => check_config(&file),
+        Command::CheckConfig { file } => {
+            regcache::logs::init(LogFormat::Text);
+            check_config(&file)
+        }
     }
 }
 
@@ -234,11 +232,11 @@ fn verify(config: &Config) -> Result<ExitCode, Failure> {
     let store = open_store(config, "verify")?;
     let mut clean = regcache::admin::verify(&store, &mut out).context("verifying")?;
     if let Some(bucket) = admin_bucket(config)? {
-        let sizes = store.index.shared_sizes();
+        let sizes = store.index().shared_sizes();
         let verified = block_on(regcache::admin::verify_bucket(bucket.as_ref(), &sizes, &mut out))?;
         clean &= verified.context("verifying the bucket")?;
     }
-    store.index.flush().context("flushing the index")?;
+    store.index().flush().context("flushing the index")?;
     Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
@@ -274,14 +272,14 @@ fn gc(config: &Config, args: &GcArgs) -> Result<ExitCode, Failure> {
         match bucket_target {
             Some(t) => {
                 let node = regcache::store::bucket_lru::node_id(&config.data_dir).context("the node id")?;
-                let sizes = store.index.shared_sizes();
+                let sizes = store.index().shared_sizes();
                 let gc = regcache::admin::gc_bucket(bucket.as_ref(), &sizes, &node, t, protected, args.dry_run, &mut out);
                 block_on(gc)?.context("evicting from the bucket")?;
             }
             None => writeln!(out, "no bucket_max_size: the bucket is left as it is").context("writing")?,
         }
     }
-    store.index.flush().context("flushing the index")?;
+    store.index().flush().context("flushing the index")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -69,7 +69,7 @@ impl ServedFrom {
     fn of(outcome: Answered) -> ServedFrom {
         match outcome {
             Answered::Hit | Answered::Stale => ServedFrom::Cache,
-            Answered::Miss | Answered::Pass => ServedFrom::Upstream,
+            Answered::Miss | Answered::Coalesced | Answered::Pass => ServedFrom::Upstream,
         }
     }
 
@@ -433,6 +433,10 @@ impl Metrics {
     pub fn request(&self, route: RouteLabel, status: u16, outcome: Option<Answered>, bytes: u64) {
         self.requests.get_or_create(&RequestLabels { route, status }).inc();
         if let Some(outcome) = outcome {
+            // The metric keeps its four outcomes (dashboards and rules select on them): a request
+            // that joined another's fill is a miss there; `regcache_fill_coalesced_readers` counts
+            // those apart. The request log names it.
+            let outcome = if outcome == Answered::Coalesced { Answered::Miss } else { outcome };
             self.outcomes.get_or_create(&OutcomeLabels { outcome }).inc();
             self.bytes_served.get_or_create(&ServedFromLabels { source: ServedFrom::of(outcome) }).inc_by(bytes);
         }

@@ -14,6 +14,7 @@
 //! - `it::freshness`: `tag_ttl`, stale-if-error within and beyond `stale_max`.
 //! - `it::head`: `HEAD` on every route and error, over HTTP/2 and HTTP/1.1: headers only.
 //! - `it::healthcheck`: `regcache healthcheck` as the real binary: healthy, refused, 500, no answer.
+//! - `it::logs`: the request log as the real binary writes it, JSON and text: fields, request ids, no credentials.
 //! - `it::mirror`: start regcache on port 0 against a fake upstream (helpers, no tests).
 //! - `it::pull`: cold and warm pulls of every manifest format; what the upstream and CDN saw.
 //! - `it::redirects`: redirects of a public upstream stay out of the operator's network.

@@ -11,6 +11,8 @@
 //! - `properties::upstream`: `WWW-Authenticate` challenges, token responses.
 //! - `properties::requests`: routes and query strings, `Range`, `Accept`, Basic credentials.
 //! - `properties::config`: the configuration file and the htpasswd file it names.
+//! - `properties::records`: what the index and the shared bucket hold: tag lists, access
+//!   summaries, manifest records.
 
 mod properties {
     pub mod oracle;
@@ -18,6 +20,7 @@ mod properties {
     mod config;
     mod manifests;
     mod names;
+    mod records;
     mod requests;
     mod upstream;
 

@@ -8,6 +8,8 @@ pub enum Answered {
     Hit,
     /// Fetched from upstream.
     Miss,
+    /// Fetched from upstream by a fill another request started, which this one joined.
+    Coalesced,
     /// From the cache because upstream was unavailable.
     Stale,
     /// Passed through from upstream, nothing cached.
@@ -20,6 +22,7 @@ impl Answered {
         match self {
             Answered::Hit => "hit",
             Answered::Miss => "miss",
+            Answered::Coalesced => "coalesced",
             Answered::Stale => "stale",
             Answered::Pass => "pass",
         }

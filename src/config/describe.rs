@@ -15,6 +15,7 @@ impl Config {
             None => s.push_str("tls = none (plain HTTP)\n"),
         }
         s.push_str(&self.access.describe());
+        s.push_str(&format!("log_format = {}\n", self.log_format.as_str()));
         let c = &self.connections;
         s.push_str(&format!(
             "header_timeout = {}\nkeepalive_timeout = {}\nclient_idle_timeout = {}\nmax_connections = {}\n",

@@ -72,6 +72,29 @@ pub struct Config {
     pub storage: Storage,
     /// The upstream registries; the first serves plain `/v2/<name>/…` requests.
     pub upstreams: Vec<UpstreamConfig>,
+    /// How log lines are written (`log_format`).
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written on stderr (`log_format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `key=value` lines for people (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    /// The word in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 /// Disk and time budgets of blob fills (`[fills]`).
@@ -224,7 +247,8 @@ fn resolve(file: RawFile, over: &Overrides, base: &Path) -> Result<Config, Confi
             return Err(ConfigError(format!("upstream {:?} is configured twice", u.name)));
         }
     }
-    Ok(Config { listen, data_dir, max_size, admin_listen, connections, tls, access, fills, storage, upstreams })
+    let log_format = raw.log_format.unwrap_or_default();
+    Ok(Config { listen, data_dir, max_size, admin_listen, connections, tls, access, fills, storage, upstreams, log_format })
 }
 
 /// An address to listen on; `what` names it in the message.

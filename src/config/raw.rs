@@ -31,6 +31,7 @@ pub(super) struct RawConfig {
     pub keepalive_timeout: Option<HumanDuration>,
     pub client_idle_timeout: Option<HumanDuration>,
     pub max_connections: Option<usize>,
+    pub log_format: Option<super::LogFormat>,
     pub tls: Option<RawTls>,
     pub access: Option<RawAccess>,
     pub fills: Option<RawFills>,

@@ -350,3 +350,24 @@ fn the_shipped_examples_are_accepted() {
         assert_eq!(c.storage.bucket().is_some(), file.contains("s3"), "{file}");
     }
 }
+
+#[test]
+fn log_format_is_text_or_json() {
+    let cases: &[(&str, Result<LogFormat, &str>)] = &[
+        ("", Ok(LogFormat::Text)),
+        ("log_format = \"text\"", Ok(LogFormat::Text)),
+        ("log_format = \"json\"", Ok(LogFormat::Json)),
+        ("log_format = \"JSON\"", Err("expected `text` or `json` (in log_format)")),
+        ("log_format = 1", Err("line 1")),
+    ];
+    for (text, want) in cases {
+        match (load(text), want) {
+            (Ok(c), Ok(format)) => {
+                assert_eq!(c.log_format, *format, "{text}");
+                assert!(c.describe().contains(&format!("log_format = {}\n", format.as_str())), "{}", c.describe());
+            }
+            (Err(e), Err(needle)) => assert!(e.to_string().contains(needle), "{text}: {e}"),
+            (got, want) => panic!("{text}: {got:?}, want {want:?}"),
+        }
+    }
+}

@@ -23,8 +23,10 @@ use crate::upstream::{Upstream, UpstreamError};
 pub enum Source {
     /// Stored and verified, with this size (as the index has it).
     Stored(u64),
-    /// Being filled.
+    /// Being filled by a fill this request started.
     Filling(Arc<Fill>),
+    /// Being filled by a fill another request started, which this one joined (coalesced).
+    Joined(Arc<Fill>),
 }
 
 /// How many fills the map holds at most. Its keys are digests clients choose, so it is capped: past
@@ -120,7 +122,7 @@ impl Fills {
                 .cloned()
         });
         if let Some(fill) = joinable {
-            return Ok(Source::Filling(fill));
+            return Ok(Source::Joined(fill));
         }
         if let Some(size) = sink.stored(digest)? {
             return Ok(Source::Stored(size));
@@ -335,7 +337,7 @@ mod tests {
     fn start(fills: &Arc<Fills>, store: &Arc<Rigged>, up: &Arc<Upstream>, digest: &Digest) -> Arc<Fill> {
         let repo: RepositoryName = "library/alpine".parse().unwrap();
         match fills.join_or_start(store, up, &repo, digest, Join::Any).unwrap() {
-            Source::Filling(fill) => fill,
+            Source::Filling(fill) | Source::Joined(fill) => fill,
             Source::Stored(_) => panic!("nothing is stored"),
         }
     }
@@ -423,7 +425,7 @@ mod tests {
         let first = start(&fills, &store, &up, &digest);
         let other: RepositoryName = "org/app".parse().unwrap();
         let joined = |join| match fills.join_or_start(&store, &up, &other, &digest, join).unwrap() {
-            Source::Filling(fill) => fill,
+            Source::Filling(fill) | Source::Joined(fill) => fill,
             Source::Stored(_) => panic!("nothing is stored"),
         };
         assert!(Arc::ptr_eq(&joined(Join::Any), &first));

@@ -21,8 +21,9 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 
 use crate::access::Gate;
-use crate::cache::{BlobAnswer, Cache, ManifestAnswer, ReferrerList, TagList};
+use crate::cache::{Answered, BlobAnswer, Cache, ManifestAnswer, ReferrerList, TagList};
 use crate::config::Connections;
+use crate::logs::{RequestId, REQUEST_ID_HEADER};
 use crate::metrics::{Metrics, RouteLabel};
 use crate::oci::{is_registry_host, AcceptList, ErrorCode, RepositoryName};
 use crate::upstream::{content_length, Upstream};
@@ -48,15 +49,9 @@ pub enum LogOutcome {
     Error,
 }
 
-impl LogOutcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            LogOutcome::Cache(o) => o.as_str(),
-            LogOutcome::Local => "local",
-            LogOutcome::Error => "error",
-        }
-    }
-}
+/// The upstream a request went to (its configured name), for the request log.
+#[derive(Clone, Debug)]
+struct LogUpstream(String);
 
 /// A whole body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
@@ -151,31 +146,45 @@ impl App {
         &self.cache
     }
 
-    /// Answer one request, and log it once its body is done.
+    /// Answer one request, and log it once its body is done: one access line with the request's id
+    /// (also returned in `X-Request-Id`), the cache's outcome and the upstream involved. Only the
+    /// path is logged of the request: never a header (`Authorization`) or the query.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr, surface: Surface) -> Result<Resp, Infallible> {
         let start = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
+        let request_id = RequestId::from_headers(req.headers());
         let mut resp = self.respond(req, peer, surface).await;
         if method == Method::HEAD {
             resp = headers_only(resp);
         }
         resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+        resp.headers_mut().insert(REQUEST_ID_HEADER, request_id.header_value());
         let outcome = resp.extensions().get::<LogOutcome>().copied().unwrap_or(LogOutcome::Local);
         let route = resp.extensions().get::<RouteLabel>().copied().unwrap_or(RouteLabel::Other);
+        let upstream = resp.extensions_mut().remove::<LogUpstream>().map(|u| u.0);
         let status = resp.status();
         let metrics = self.metrics.clone();
         let expected = if method == Method::HEAD { Some(0) } else { content_length(resp.headers()) };
         Ok(resp.map(|body| {
             logged(body, expected, move |bytes, complete| {
-                let cache_outcome = match outcome {
+                let cache = match outcome {
                     LogOutcome::Cache(o) => Some(o),
                     _ => None,
                 };
-                metrics.request(route, status.as_u16(), cache_outcome, bytes);
+                metrics.request(route, status.as_u16(), cache, bytes);
                 tracing::info!(
-                    %peer, %method, %path, status = status.as_u16(), bytes, complete,
-                    ms = start.elapsed().as_millis() as u64, outcome = outcome.as_str(), "request"
+                    request_id = %request_id,
+                    %method,
+                    %path,
+                    status = status.as_u16(),
+                    bytes,
+                    duration_ms = start.elapsed().as_millis() as u64,
+                    cache = cache.map(Answered::as_str),
+                    upstream = upstream.as_deref(),
+                    client = %peer,
+                    complete,
+                    "request"
                 );
             })
         }))
@@ -214,11 +223,11 @@ impl App {
                 let now = crate::metrics::Now {
                     fill_readers: readers.total,
                     fill_coalesced: readers.coalesced,
-                    disk_bytes: store.index.used_bytes(),
-                    max_size: store.max_size,
+                    disk_bytes: store.index().used_bytes(),
+                    max_size: store.max_size(),
                     // tmp/ is in the data directory, on its file system.
-                    data_dir: crate::metrics::FsSpace::of(store.files.tmp_dir()),
-                    bucket_backlog: store.index.backlog().len(),
+                    data_dir: crate::metrics::FsSpace::of(store.tmp_dir()),
+                    bucket_backlog: store.index().backlog().len(),
                 };
                 let body = self.metrics.render(&now);
                 text(body, "text/plain; version=0.0.4; charset=utf-8")
@@ -291,6 +300,7 @@ impl App {
                 resp.headers_mut().insert("oci-namespace", v);
             }
         }
+        resp.extensions_mut().insert(LogUpstream(up.config().name.to_string()));
         resp
     }
 }

@@ -106,7 +106,7 @@ async fn serve_on(
         tracing::warn!("blob downloads still running at the end of the drain time were abandoned; they will be fetched again");
     }
     let store = app.cache().store();
-    if let Err(e) = store.flush_access().and_then(|_| store.index.flush()) {
+    if let Err(e) = store.flush_access().and_then(|_| store.index().flush()) {
         tracing::error!(error = %e, "flushing the index failed");
     }
 }

@@ -1,13 +1,13 @@
 //! The store's background work: access times written to the index in batches, and eviction down
 //! to the low-water mark once an insert takes the store over `max_size`; with a shared bucket, the
-//! drain of its backlog ([`super::backlog`]), and under `bucket_max_size` this node's access
+//! drain of its backlog ([`super::bucket::Backlog`]), and under `bucket_max_size` this node's access
 //! summaries and, when it is the evictor, the bucket's eviction ([`super::bucket_lru`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::backlog::{self, Drained};
-use super::bucket_lru::{EVICT_EVERY, SUMMARY_INTERVAL};
+use super::bucket::backlog::{self, Drained};
+use super::bucket::lru::{EVICT_EVERY, SUMMARY_INTERVAL};
 use super::{Shared, Store, LOW_WATER};
 use crate::metrics::Metrics;
 
@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 const ACCESS_FLUSH: Duration = Duration::from_secs(30);
 
 /// Start the background work of a store: evict when an insert passes `max_size` (signalled on
-/// [`Store::pressure`]), write access times every 30 s (`ACCESS_FLUSH`), and with a shared bucket
+/// `Store::pressure`), write access times every 30 s (`ACCESS_FLUSH`), and with a shared bucket
 /// drain its backlog. Holds the store only weakly, so it ends once the server's store is gone.
 pub fn spawn_housekeeping(store: &Arc<Store>, metrics: Arc<Metrics>) {
     if let Some(shared) = &store.shared {

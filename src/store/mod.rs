@@ -1,33 +1,36 @@
-//! Storage: the seam a blob store implements ([`BlobBackend`]) and its first implementation, the
-//! local directory ([`LocalBlobs`]: temporary file, verified, fsynced and renamed into a
-//! content-addressed path); reading stored blobs; the sled index of blobs, manifests, tags and tag
-//! lists; and the housekeeping that writes access times and evicts down to `max_size`. With a shared bucket:
-//! the bucket, the tier logic, the bucket's eviction and the backlog of what it should have.
+//! Storage, in tiers, behind one type: [`Store`]. Callers ask it for content (a manifest, a tag, a
+//! referrers list, a tag list, where a blob is); which tier answers, what is copied into the hot
+//! tier (backfill) and what is written to the shared one (publish) is decided in `tiered`, and a
+//! fill reaches it through `fill::Sink` (`fill_sink`).
+//!
+//! - `backend`: the seam a blob store implements ([`BlobBackend`], and [`Records`] for the shared
+//!   tier's small records).
+//! - `hot`: this node's tier on disk: the local directory ([`LocalBlobs`]), reading it, the fills'
+//!   disk budget, repair and `verify`, eviction down to `max_size`.
+//! - `index`: the sled index of blobs, manifests, tags, referrers lists and tag lists.
+//! - [`bucket`]: with a shared bucket, the tier behind the hot one ([`Shared`]): its client
+//!   ([`Bucket`]), its uploads, its backlog of what it should have, its eviction
+//!   ([`bucket_lru`]).
+//! - [`records`]: the shared tier's records and their one typed key ([`RecordKey`]).
+//! - `housekeeping`: access times written in batches, eviction, the backlog's drain.
 
 mod backend;
-mod backlog;
 pub mod bucket;
-pub mod bucket_lru;
-mod budget;
-mod check;
-mod evict;
 mod fill_sink;
 mod housekeeping;
+mod hot;
 mod index;
-mod local;
-mod read;
-mod shared;
+pub mod records;
+mod tiered;
 
 pub use backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, ReadAt, Records, SharedBackend};
-pub use backlog::{Backlog, Pending, Pushed};
-pub use bucket::{Bucket, BucketError};
-pub use local::LocalBlobs;
-pub use shared::{manifest_of_key, read_manifest_record, Shared, VerifiedFill, ANSWER_WITHIN, MAX_MANIFEST_RECORD, MAX_TAG_RECORD, RETRY};
-pub use budget::{NoRoom, Reservation, TempBudget};
-pub use check::{Reconciled, Verified};
-pub use evict::{Evicted, EvictedKind, InUse, Usage, LOW_WATER};
+pub use bucket::lru as bucket_lru;
+pub use bucket::{Backlog, Bucket, BucketError, Pending, Pushed, Shared, VerifiedFill, ANSWER_WITHIN, RETRY};
 pub use housekeeping::spawn_housekeeping;
+pub use hot::{Evicted, EvictedKind, InUse, LocalBlobs, NoRoom, Reconciled, Reservation, TempBudget, Usage, Verified, LOW_WATER};
 pub use index::{now_secs, Index, ListedTags, ReferrersKey, SharedSizes, StoredManifest, TagAnswer, TagEntry};
+pub use records::{read_manifest_record, RecordKey, MAX_MANIFEST_RECORD, MAX_TAG_RECORD};
+pub use tiered::{BlobSource, RememberedTag, TagSlot};
 
 use std::io;
 use std::ops::Range;
@@ -37,27 +40,30 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::metrics::Metrics;
 use crate::oci::Digest;
 
-/// Everything regcache keeps under its data directory.
+/// Everything regcache keeps: under its data directory (the hot tier: blob files and the index)
+/// and, with a shared bucket, behind it. The tier logic (lookup, backfill, publish, upload, touch,
+/// discard) is the store's own (`tiered`): callers ask for content, never for a tier.
 pub struct Store {
     /// Where fills write blobs and hits read them: the only way the cache touches blob bytes.
-    pub blobs: Arc<dyn BlobBackend>,
+    blobs: Arc<dyn BlobBackend>,
     /// The local blob directory itself, for what only it has: the start-up repair, `verify`'s
     /// quarantine, eviction, the temporary files' file system.
-    pub files: Arc<LocalBlobs>,
+    files: Arc<LocalBlobs>,
     /// The index.
-    pub index: Index,
+    index: Index,
     /// Access times and content in use.
-    pub usage: Usage,
+    usage: Usage,
     /// The most bytes to keep, if limited.
-    pub max_size: Option<u64>,
+    max_size: Option<u64>,
     /// What the temporary files of running fills may take.
-    pub temp: TempBudget,
+    temp: TempBudget,
     /// Signalled when an insert takes the store over `max_size`.
-    pub pressure: std::sync::Arc<tokio::sync::Notify>,
+    pressure: Arc<tokio::sync::Notify>,
     /// The bucket shared with other nodes, behind this node's blobs (the hot tier), if configured.
-    pub shared: Option<Arc<Shared>>,
+    shared: Option<Arc<Shared>>,
 }
 
 /// Why the store can't be opened.
@@ -119,6 +125,45 @@ impl Store {
             );
         }
         Ok(store)
+    }
+
+    /// The same, keeping at most `max_size` bytes (`None`: no limit), the temporary files of
+    /// running fills within `max_temp` (`None`: no limit but free space) and always leaving
+    /// `min_free` bytes free on their file system.
+    pub fn with_limits(mut self, max_size: Option<u64>, max_temp: Option<u64>, min_free: u64) -> Store {
+        self.max_size = max_size;
+        self.temp = TempBudget::new(self.files.tmp_dir().to_owned(), max_temp, min_free);
+        self
+    }
+
+    /// The same, with `bucket` as the tier shared with other nodes behind this one (its requests
+    /// counted in `metrics`), this node being `node` among them and taking part in keeping the
+    /// bucket's blobs under `max` bytes if given.
+    pub fn with_shared(mut self, bucket: Arc<dyn SharedBackend>, node: String, max: Option<u64>, metrics: Arc<Metrics>) -> Store {
+        let shared = Shared::new(bucket, self.index.shared_sizes(), self.index.backlog().clone(), metrics).with_eviction(node, max);
+        self.shared = Some(Arc::new(shared));
+        self
+    }
+
+    /// The most bytes the store keeps, if limited.
+    pub fn max_size(&self) -> Option<u64> {
+        self.max_size
+    }
+
+    /// Where the fills' temporary files are: in the data directory, on its file system.
+    pub fn tmp_dir(&self) -> &Path {
+        self.files.tmp_dir()
+    }
+
+    /// The index (the hot tier's record of what it holds, and of tags, tag lists and referrers).
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// The tier shared with other nodes, if configured: for its housekeeping, and for tests that
+    /// move its clock or run its eviction now.
+    pub fn shared(&self) -> Option<&Arc<Shared>> {
+        self.shared.as_ref()
     }
 
     /// Store `bytes` as a verified, indexed blob, the way a fill does (for tests of the store).

@@ -96,7 +96,7 @@ impl Mirror {
     /// The shared bucket's client of this running mirror.
     pub fn shared(&self) -> Arc<regcache::store::Shared> {
         let app = self.app.upgrade().expect("the mirror runs");
-        app.cache().store().shared.clone().expect("a shared bucket")
+        app.cache().store().shared().cloned().expect("a shared bucket")
     }
 
     /// regcache with extra top-level configuration.

@@ -13,6 +13,7 @@ pub mod faults;
 pub mod freshness;
 pub mod head;
 pub mod healthcheck;
+pub mod logs;
 pub mod mirror;
 pub mod pull;
 pub mod redirects;

@@ -377,7 +377,7 @@ async fn bucket_eviction_removes_what_no_node_used_lately_and_keeps_what_any_nod
     assert!(!bucket.path(&y.digest).exists());
     assert!(bucket.path(&x.digest).exists() && bucket.path(&w.digest).exists(), "read within the protection window: kept");
     let app = evictor.app.upgrade().expect("runs");
-    assert_eq!(app.cache().store().index.shared_sizes().get(&y.digest.parse().unwrap()).unwrap(), None, "forgotten by the evictor");
+    assert_eq!(app.cache().store().index().shared_sizes().get(&y.digest.parse().unwrap()).unwrap(), None, "forgotten by the evictor");
     drop(app);
     evictor.metrics_with("regcache_bucket_evictions_total 1\n").await;
     evictor.metrics_with(&format!("regcache_bucket_evicted_bytes_total {}\n", y.bytes.len())).await;

@@ -88,7 +88,7 @@ async fn manifest_bytes_that_do_not_match_the_digest_asked_for_are_refused_and_n
     m.shutdown().await;
     let store = Store::open(&m.data_dir).unwrap();
     for d in [&digest, &other.manifest.digest] {
-        assert!(store.index.manifest(&d.parse().unwrap()).unwrap().is_none(), "{d} not in the index");
+        assert!(store.index().manifest(&d.parse().unwrap()).unwrap().is_none(), "{d} not in the index");
     }
 }
 

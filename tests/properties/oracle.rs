@@ -16,6 +16,8 @@ use base64::Engine as _;
 use http::{HeaderMap, HeaderValue, Method};
 use regcache::access::{parse_basic, parse_htpasswd};
 use regcache::config::{Config, Overrides};
+use regcache::store::bucket_lru::parse_summary;
+use regcache::store::{read_manifest_record, ListedTags};
 use regcache::http::{parse_range, query, route, RepoRoute, Route, RouteErrorKind};
 use regcache::oci::{
     is_registry_host, references, verify_manifest, AcceptList, Algorithm, Digest, ImageRef, ManifestError, ManifestKind, Reference,
@@ -29,6 +31,8 @@ use regcache::upstream::{parse_challenges, parse_token_response, Challenge};
 pub const PER_BYTE: usize = 1024;
 /// Bytes a parser may allocate whatever its input.
 pub const FIXED: usize = 64 * 1024;
+/// The most tags a remembered tag list holds (the index's `MAX_LISTED_TAGS`).
+pub const MAX_LISTED_TAGS: usize = 10_000;
 
 /// Counts the bytes each thread asks the allocator for, to hold parsers to [`PER_BYTE`].
 pub mod alloc {
@@ -504,5 +508,38 @@ pub fn config(text: &str) {
             let described = config.describe();
             assert!(described.lines().count() >= 1);
         }
+    }
+}
+
+/// A tag list record (the index's, or the bucket's, where any node may write): read, its tags are
+/// valid, sorted and unique, at most [`MAX_LISTED_TAGS`] of them, and it writes back to a record
+/// that reads as the same list.
+pub fn tag_list_record(record: &[u8]) {
+    let Some(list) = bounded("ListedTags::from_record", record.len(), || ListedTags::from_record(record)) else { return };
+    assert!(list.tags().len() <= MAX_LISTED_TAGS);
+    assert!(list.tags().windows(2).all(|w| w[0] < w[1]), "sorted and unique: {:?}", list.tags());
+    assert!(list.tags().iter().all(|t| spec_tag(t)), "{:?}", list.tags());
+    assert_eq!(ListedTags::from_record(&list.to_record()).as_ref(), Some(&list), "written back, read the same");
+}
+
+/// An access summary record (the bucket's): every access read is a line of it, as written.
+pub fn summary_record(body: &[u8]) {
+    let accesses: Vec<(Digest, u64)> = bounded("parse_summary", body.len(), || parse_summary(body).collect());
+    let lines: Vec<&[u8]> = body.split(|b| *b == b'\n').collect();
+    for (digest, at) in &accesses {
+        let line = format!("{digest} {at}");
+        assert!(lines.contains(&line.as_bytes()), "{line:?} is not a line of the record");
+    }
+}
+
+/// A manifest record (the bucket's): read, it is the manifest of the digest it was read for, its
+/// bytes exactly what the record holds after the media type.
+pub fn manifest_record(record: &[u8], digest: &Digest) {
+    let bytes = bytes::Bytes::copy_from_slice(record);
+    let read = bounded("read_manifest_record", record.len(), || read_manifest_record(bytes, digest));
+    if let Ok(m) = read {
+        let split = record.iter().position(|b| *b == 0).expect("a NUL after the media type");
+        assert_eq!(&m.bytes[..], &record[split + 1..]);
+        assert_eq!(verify_manifest(&m.bytes, std::slice::from_ref(digest), None).map(|v| v.media_type), Ok(m.media_type));
     }
 }

@@ -12,7 +12,7 @@
 //! hot tier go on, misses go to the upstream and are kept locally. After [`RETRY`] the next request
 //! tries again, and the first success marks it up. What this node keeps meanwhile (a fill
 //! verified while the bucket is marked down, a record to write, or an upload or write that failed)
-//! waits in the backlog ([`super::backlog`], in the index) and is uploaded once the bucket answers
+//! waits in the backlog ([`Backlog`], in the index) and is uploaded once the bucket answers
 //! again. Whether the bucket is down is asked when the fill is verified, not when it begins.
 //!
 //! Manifests (by digest, with their media type), what tags pointed at (per upstream, repository,
@@ -28,24 +28,39 @@
 //! object that has vanished since is a miss, and is forgotten.
 //!
 //! With `bucket_max_size`, the node notes which blobs it serves and publishes them, and the evictor
-//! among the nodes keeps the bucket under the limit ([`super::bucket_lru`]: [`Shared::touch`],
+//! among the nodes keeps the bucket under the limit ([`lru`]: [`Shared::touch`],
 //! [`Shared::publish_accesses`], [`Shared::evict_round`]).
 
-use std::collections::HashMap;
+pub(super) mod backlog;
+mod client;
+mod eviction;
+pub mod lru;
+mod multipart;
+mod requests;
+mod upload;
+
+pub use backlog::{Backlog, Pending, Pushed};
+pub use client::{Bucket, BucketError, ObjectStorage, PART_SIZE};
+pub use requests::{Observer, Op, Outcome, Request};
+pub use upload::VerifiedFill;
+
+use eviction::Eviction;
+
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 
-use super::backend::{BlobBackend, BlobRead, BlobWrite, Opened, ReadAt, Records, SharedBackend};
-use super::backlog::{Backlog, Pending, Pushed, MAX_ENTRIES};
-use super::bucket_lru::{self, BucketEviction, Clock, MAX_PENDING};
-use super::index::{ListedTags, SharedSizes, StoredManifest, TagAnswer, MAX_TAG_LIST_RECORD};
+use crate::store::backend::{BlobBackend, Opened, Records, SharedBackend};
+use backlog::MAX_ENTRIES;
+use lru::Clock;
+use crate::store::index::{ListedTags, SharedSizes, StoredManifest, TagAnswer, MAX_TAG_LIST_RECORD};
+use crate::store::records::{manifest_record, read_manifest_record, RecordKey, MAX_MANIFEST_RECORD, MAX_TAG_RECORD};
 use crate::metrics::{BucketOp, Metrics};
-use crate::oci::{Digest, Hasher, ManifestKind, RepositoryName, Tag};
+use crate::oci::{Digest, ManifestKind, RegistryHost, RepositoryName, Tag};
 use crate::sync::lock;
 
 /// How long the bucket is left alone after a failure before a request tries it again.
@@ -57,13 +72,9 @@ pub const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 /// How many uploads run at once, the backlog's included; more wait (they read the hot tier's file,
 /// so waiting holds no memory).
 const MAX_UPLOADS: usize = 8;
-/// How many bytes an upload reads from the hot tier at once.
-const UPLOAD_CHUNK: usize = 1024 * 1024;
 /// How many record writes run at once; past this, a record is not written (it is only a shortcut
 /// for the other nodes: they ask the upstream instead).
 const MAX_RECORD_WRITES: usize = 64;
-/// The largest tag record read.
-pub const MAX_TAG_RECORD: usize = 4096;
 
 /// The bucket as this node uses it.
 pub struct Shared {
@@ -85,18 +96,6 @@ pub struct Shared {
     /// Set with [`Shared::with_eviction`]: this node takes part in keeping the bucket under a size.
     eviction: Option<Eviction>,
     clock: Clock,
-}
-
-/// This node's part in `bucket_max_size`.
-struct Eviction {
-    node: String,
-    max: u64,
-    // A std Mutex: held to insert or take the map, never across an await. Bounded by MAX_PENDING.
-    pending: Mutex<HashMap<Digest, u64>>,
-    /// Signalled when `pending` is full: publish early.
-    full: Arc<tokio::sync::Notify>,
-    /// One round (publish, evict) at a time on this node.
-    rounds: tokio::sync::Mutex<()>,
 }
 
 /// Whether the bucket answers: since when it doesn't, if it doesn't.
@@ -143,16 +142,6 @@ pub enum NotDone {
     Unusable,
 }
 
-/// What a fill tells the upload of its blob once it has verified the blob and tried to keep it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VerifiedFill {
-    /// The blob's size.
-    pub size: u64,
-    /// Whether the hot tier keeps it (committed and indexed): only then can it wait in the backlog
-    /// while the bucket is down.
-    pub kept: bool,
-}
-
 impl Drop for Shared {
     fn drop(&mut self) {
         // The drain waits on this: it wakes, finds the store gone and ends.
@@ -180,126 +169,11 @@ impl Shared {
         }
     }
 
-    /// The same, taking part in keeping the bucket's blobs under `max` bytes as the node `node`
-    /// (see [`super::bucket_lru`]); `None` leaves the bucket unlimited.
-    pub fn with_eviction(mut self, node: String, max: Option<u64>) -> Shared {
-        self.eviction = max.map(|max| Eviction {
-            node,
-            max,
-            pending: Mutex::default(),
-            full: Default::default(),
-            rounds: Default::default(),
-        });
-        self
-    }
-
-    /// This node's clock, as eviction sees it (tests move it).
-    pub fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
-    /// The node id and `bucket_max_size`, if this node takes part in eviction.
-    pub fn eviction(&self) -> Option<(&str, u64)> {
-        self.eviction.as_ref().map(|e| (e.node.as_str(), e.max))
-    }
-
-    /// Signalled when the accesses noted fill up, to publish them early.
-    pub fn accesses_full(&self) -> Option<Arc<tokio::sync::Notify>> {
-        self.eviction.as_ref().map(|e| e.full.clone())
-    }
-
-    /// Note that this node served `digest` now (a hot-tier hit or a bucket read), for the next
-    /// access summary. In memory only; nothing is asked of the bucket.
-    pub fn touch(&self, digest: &Digest) {
-        let Some(e) = &self.eviction else { return };
-        let now = self.clock.now_ms();
-        let mut pending = lock(&e.pending);
-        if pending.len() >= MAX_PENDING && !pending.contains_key(digest) {
-            e.full.notify_one();
-            return;
-        }
-        pending.insert(digest.clone(), now);
-    }
-
-    /// Publish this node's heartbeat and the accesses noted since its last summary (see
-    /// [`super::bucket_lru`]). Nothing while the bucket is down (the accesses wait, bounded); what
-    /// a failed write didn't publish waits for the next time.
-    pub async fn publish_accesses(&self) {
-        let Some(e) = &self.eviction else { return };
-        let _round = e.rounds.lock().await;
-        self.publish(e).await;
-    }
-
-    async fn publish(&self, e: &Eviction) -> bool {
-        if !self.health.available() {
-            return false;
-        }
-        let now = self.clock.now_ms();
-        let written = self.records.put(&bucket_lru::heartbeat_key(&e.node), bucket_lru::heartbeat(now)).await;
-        if self.outcome(BucketOp::PutRecord, written).is_none() {
-            return false;
-        }
-        let mut accesses: Vec<(Digest, u64)> = std::mem::take(&mut *lock(&e.pending)).into_iter().collect();
-        if accesses.is_empty() {
-            return true;
-        }
-        accesses.sort_by_key(|(_, at)| *at);
-        let records = bucket_lru::summaries(&e.node, now, false, &accesses);
-        for (n, (key, body)) in records.into_iter().enumerate() {
-            let written = self.records.put(&key, body).await;
-            if self.outcome(BucketOp::PutRecord, written).is_none() {
-                // Put back what wasn't published (a newer access noted meanwhile wins).
-                let mut pending = lock(&e.pending);
-                for (d, at) in accesses.into_iter().skip(n * bucket_lru::MAX_SUMMARY_ENTRIES) {
-                    let t = pending.entry(d).or_insert(at);
-                    *t = (*t).max(at);
-                }
-                return false;
-            }
-        }
-        true
-    }
-
-    /// One round of this node's part: publish its accesses, then, if it is the evictor (the live
-    /// node with the smallest id), evict down to the low-water mark if the bucket is over
-    /// `bucket_max_size`. What it did, if it was the evictor; nothing while the bucket is down.
-    pub async fn evict_round(&self) -> Option<BucketEviction> {
-        let e = self.eviction.as_ref()?;
-        let _round = e.rounds.lock().await;
-        if !self.publish(e).await {
-            return None;
-        }
-        let now = self.clock.now_ms();
-        let evictor = self.outcome(BucketOp::Evict, bucket_lru::is_evictor(self.bucket.as_ref(), &e.node, now).await)?;
-        if !evictor {
-            return None;
-        }
-        self.evict_now(&e.node, now, bucket_lru::Limits::nodes(e.max)).await
-    }
-
-    /// Evict as `limits` say, merging every node's summaries, as `writer` at `now`; `None` if the
-    /// bucket failed (it is then marked down).
-    async fn evict_now(&self, writer: &str, now: u64, limits: bucket_lru::Limits) -> Option<BucketEviction> {
-        let removed = |b: &bucket_lru::BlobUse| {
-            let _ = self.sizes.remove(&b.digest);
-            self.metrics.bucket_evicted(b.size);
-        };
-        let done = bucket_lru::evict_bucket(self.bucket.as_ref(), writer, now, limits, false, removed).await;
-        let report = self.outcome(BucketOp::Evict, done)?;
-        if !report.evicted.is_empty() {
-            tracing::info!(
-                evicted = report.evicted.len(), bytes = report.bytes_evicted(), before = report.bytes_before,
-                bucket_max_size = limits.max, "evicted least-recently-used blobs from the bucket"
-            );
-        }
-        Some(report)
-    }
-
     /// The manifest `digest` from the bucket, verified (its digest and media type, as from the
     /// upstream); `None` if the bucket doesn't have it, can't be asked now, or holds something
     /// that fails verification. At most [`MAX_MANIFEST_RECORD`] bytes are read.
     pub async fn manifest(&self, digest: &Digest) -> Option<StoredManifest> {
-        let record = self.get_record(&manifest_key(digest), MAX_MANIFEST_RECORD).await?;
+        let record = self.get_record(&RecordKey::Manifest(digest.clone()), MAX_MANIFEST_RECORD).await?;
         match read_manifest_record(record, digest) {
             Ok(m) => Some(m),
             Err(why) => {
@@ -312,7 +186,7 @@ impl Shared {
     /// Write a verified manifest to the bucket, in the background (later, from the index, if the
     /// bucket is down).
     pub fn publish_manifest(self: &Arc<Self>, digest: &Digest, m: &StoredManifest) {
-        self.put_record(manifest_key(digest), manifest_record(m), Some(Pending::Manifest { digest: digest.clone() }));
+        self.put_record(RecordKey::Manifest(digest.clone()), manifest_record(m), Some(Pending::Manifest { digest: digest.clone() }));
     }
 
     /// What the bucket says `tag` (of `repo` on `upstream`) pointed at for clients asking for
@@ -361,17 +235,17 @@ impl Shared {
         self.put_record(tag_list_key(upstream, repo), list.to_record().into(), None);
     }
 
-    async fn get_record(&self, key: &str, max: usize) -> Option<Bytes> {
+    async fn get_record(&self, key: &RecordKey, max: usize) -> Option<Bytes> {
         if !self.health.available() {
             return None;
         }
-        self.outcome(BucketOp::GetRecord, answered(self.records.get(key, max)).await)?
+        self.outcome(BucketOp::GetRecord, answered(self.records.get(&key.to_string(), max)).await)?
     }
 
     /// Write the record `key` in the background; if the bucket is down or the write fails,
     /// `later` (if any) waits in the backlog. A tag list has none: it is written again with the
     /// next listing the upstream answers.
-    fn put_record(self: &Arc<Self>, key: String, value: Bytes, later: Option<Pending>) {
+    fn put_record(self: &Arc<Self>, key: RecordKey, value: Bytes, later: Option<Pending>) {
         if !self.health.available() {
             if let Some(later) = &later {
                 self.keep_for_later(later);
@@ -379,13 +253,13 @@ impl Shared {
             return;
         }
         let Ok(permit) = self.record_writes.clone().try_acquire_owned() else {
-            tracing::debug!(key, "too many bucket writes running; this record is not written");
+            tracing::debug!(%key, "too many bucket writes running; this record is not written");
             return;
         };
         let shared = Arc::clone(self);
         tokio::spawn(async move {
             let _permit = permit;
-            let written = shared.records.put(&key, value).await;
+            let written = shared.records.put(&key.to_string(), value).await;
             if shared.attempt(BucketOp::PutRecord, written) == Err(NotDone::Failed) {
                 if let Some(later) = &later {
                     shared.keep_for_later(later);
@@ -437,30 +311,16 @@ impl Shared {
         self.health.retry_at()
     }
 
-    /// Upload the blob `digest` of `size` bytes from the hot tier's copy (`stored`, read whole),
-    /// hashing it again on the way (the commit happens only if it is still the blob), unless the
-    /// bucket has it already. The caller holds one of [`Shared::upload_permits`].
-    pub(super) async fn upload_stored(&self, digest: &Digest, size: u64, stored: Box<dyn BlobRead>) -> Result<(), NotDone> {
-        if matches!(self.sizes.get(digest), Ok(Some(_))) {
-            return Ok(());
-        }
-        if let Some(there) = self.attempt(BucketOp::Head, answered(self.blobs.stat(digest)).await)? {
-            self.remember(digest, there);
-            return Ok(());
-        }
-        self.upload_now(digest, size, UploadFrom::Stored { reader: stored, hasher: Some(Box::new(Hasher::new(digest.algorithm()))) }).await
-    }
-
     /// Write the record of manifest `digest` now.
     pub(super) async fn write_manifest(&self, digest: &Digest, m: &StoredManifest) -> Result<(), NotDone> {
-        let written = self.records.put(&manifest_key(digest), manifest_record(m)).await;
+        let written = self.records.put(&RecordKey::Manifest(digest.clone()).to_string(), manifest_record(m)).await;
         self.attempt(BucketOp::PutRecord, written)
     }
 
     /// Write what a tag pointed at now, unless the bucket's answer was confirmed as late or later
     /// (another node may have written a newer one while this one waited).
     pub(super) async fn write_tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind, ours: &TagAnswer) -> Result<(), NotDone> {
-        let key = tag_key(upstream, repo, tag, kind);
+        let key = tag_key(upstream, repo, tag, kind).to_string();
         let theirs = match self.attempt(BucketOp::GetRecord, answered(self.records.get(&key, MAX_TAG_RECORD)).await) {
             Ok(record) => record.and_then(|r| serde_json::from_slice::<TagAnswer>(&r).ok()),
             // Too large to be a tag record: ours replaces it.
@@ -478,7 +338,7 @@ impl Shared {
 
     /// Write a referrers list now.
     pub(super) async fn write_referrers(&self, upstream: &str, repo: &RepositoryName, subject: &Digest, body: Bytes) -> Result<(), NotDone> {
-        let written = self.records.put(&referrers_key(upstream, repo, subject), body).await;
+        let written = self.records.put(&referrers_key(upstream, repo, subject).to_string(), body).await;
         self.attempt(BucketOp::PutRecord, written)
     }
 
@@ -541,73 +401,6 @@ impl Shared {
         }
     }
 
-    /// Upload the blob `digest` that a fill is writing to the hot tier, once it is verified:
-    /// `verified` says so, with its size and whether the hot tier keeps it (dropped unsent: the
-    /// fill failed or stopped storing, nothing is uploaded); `written` reads the fill's file.
-    /// Whether the bucket is down is asked then: if it is (or the upload fails), a blob the hot
-    /// tier keeps waits in the backlog. Nothing happens when the bucket is known to have the blob
-    /// already. The upload's task, if any.
-    pub fn spawn_upload(
-        self: &Arc<Self>,
-        digest: &Digest,
-        written: Box<dyn ReadAt>,
-        verified: oneshot::Receiver<VerifiedFill>,
-    ) -> Option<tokio::task::JoinHandle<()>> {
-        if matches!(self.sizes.get(digest), Ok(Some(_))) {
-            return None;
-        }
-        let (shared, digest) = (Arc::clone(self), digest.clone());
-        Some(tokio::spawn(async move {
-            let Ok(VerifiedFill { size, kept }) = verified.await else { return };
-            let later = || {
-                if kept {
-                    shared.keep_for_later(&Pending::Blob { digest: digest.clone(), size });
-                }
-            };
-            if !shared.health.available() {
-                return later();
-            }
-            let Ok(_permit) = shared.uploads.clone().acquire_owned().await else { return };
-            // It may have failed while this upload waited for its turn.
-            if !shared.health.available() {
-                return later();
-            }
-            if shared.upload_now(&digest, size, UploadFrom::Fill(written)).await == Err(NotDone::Failed) {
-                later();
-            }
-        }))
-    }
-
-    /// Upload the blob `digest` of `size` bytes from `source` now; the caller holds one of
-    /// [`Shared::upload_permits`].
-    async fn upload_now(&self, digest: &Digest, size: u64, source: UploadFrom) -> Result<(), NotDone> {
-        let _running = self.metrics.upload_started();
-        let writer = match self.blobs.begin(digest, Some(size)).await {
-            Ok(w) => w,
-            Err(e) => return self.attempt(BucketOp::Upload, Err(e)),
-        };
-        match upload(writer, source, size, digest).await {
-            Ok(()) => {
-                self.attempt(BucketOp::Upload, Ok(()))?;
-                self.metrics.bucket_written(size);
-                self.remember(digest, size);
-                tracing::info!(%digest, size, "blob uploaded to the bucket");
-                Ok(())
-            }
-            Err(Cut::Bucket(e)) => {
-                self.metrics.upload_aborted();
-                self.attempt(BucketOp::Upload, Err(e))
-            }
-            // This node's copy, not the bucket: nothing to try again.
-            Err(Cut::Source(e)) => {
-                self.metrics.upload_aborted();
-                self.metrics.bucket_operation(BucketOp::Upload, false);
-                tracing::error!(%digest, error = %e, "reading the blob to upload failed; not uploaded");
-                Err(NotDone::Unusable)
-            }
-        }
-    }
-
     fn remember(&self, digest: &Digest, size: u64) {
         if let Err(e) = self.sizes.put(digest, size) {
             tracing::warn!(%digest, error = %e, "noting a blob in the bucket failed");
@@ -650,61 +443,6 @@ impl Shared {
     }
 }
 
-/// Where an upload's bytes come from.
-enum UploadFrom {
-    /// The fill's write, which the fill has verified.
-    Fill(Box<dyn ReadAt>),
-    /// The hot tier's stored copy, read whole: verified when it was stored, hashed again as it is
-    /// read because it has sat on disk since.
-    Stored { reader: Box<dyn BlobRead>, hasher: Option<Box<Hasher>> },
-}
-
-impl UploadFrom {
-    /// Up to `n` bytes from `pos` (the position after everything returned so far); empty at the
-    /// end.
-    async fn read(&mut self, pos: u64, n: usize) -> io::Result<Bytes> {
-        match self {
-            UploadFrom::Fill(written) => written.read_at(pos, n).await,
-            UploadFrom::Stored { reader, hasher } => {
-                let Some(chunk) = reader.next_chunk().await.transpose()? else { return Ok(Bytes::new()) };
-                let (h, hashed) = (hasher.take(), chunk.clone());
-                let h = tokio::task::spawn_blocking(move || {
-                    h.map(|mut h| {
-                        h.update(&hashed);
-                        h
-                    })
-                })
-                .await
-                .map_err(io::Error::other)?;
-                *hasher = h;
-                Ok(chunk)
-            }
-        }
-    }
-
-    /// Whether the bytes read are `digest`'s (the fill's were checked by the fill).
-    fn check(self, digest: &Digest) -> io::Result<()> {
-        match self {
-            UploadFrom::Fill(_) => Ok(()),
-            UploadFrom::Stored { hasher, .. } => match hasher.map(|h| h.finish()) {
-                Some(got) if got == *digest => Ok(()),
-                got => Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("the hot tier's copy has digest {}", got.map_or_else(|| "unknown".into(), |g| g.to_string())),
-                )),
-            },
-        }
-    }
-}
-
-/// Why an upload was cut.
-enum Cut {
-    /// The bucket failed.
-    Bucket(io::Error),
-    /// Reading (or checking) what was to be uploaded failed.
-    Source(io::Error),
-}
-
 /// `request`'s result, or a timeout error if the bucket doesn't answer within [`ANSWER_WITHIN`].
 async fn answered<T>(request: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
     match tokio::time::timeout(ANSWER_WITHIN, request).await {
@@ -713,86 +451,29 @@ async fn answered<T>(request: impl std::future::Future<Output = io::Result<T>>) 
     }
 }
 
-/// Copy the blob `digest` of `size` bytes from `source` into `writer` and commit it once the
-/// source says the bytes are the blob's; on any failure the write is aborted.
-async fn upload(mut writer: Box<dyn BlobWrite>, mut source: UploadFrom, size: u64, digest: &Digest) -> Result<(), Cut> {
-    let copied = async {
-        let mut pos = 0u64;
-        while pos < size {
-            let n = usize::try_from(size - pos).unwrap_or(usize::MAX).min(UPLOAD_CHUNK);
-            let bytes = source.read(pos, n).await.map_err(Cut::Source)?;
-            let end = pos.checked_add(bytes.len() as u64).filter(|end| *end <= size);
-            let Some(end) = end.filter(|_| !bytes.is_empty()) else {
-                return Err(Cut::Source(io::Error::new(io::ErrorKind::UnexpectedEof, "the hot tier's file is not the blob's size")));
-            };
-            pos = end;
-            writer.append(&[bytes]).await.map_err(Cut::Bucket)?;
-        }
-        source.check(digest).map_err(Cut::Source)
-    }
-    .await;
-    match copied {
-        Ok(()) => writer.commit().await.map_err(Cut::Bucket),
-        Err(e) => {
-            writer.abort().await;
-            Err(e)
-        }
-    }
+/// The key of a tag's record.
+fn tag_key(upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind) -> RecordKey {
+    RecordKey::Tag { upstream: RegistryHost::new(upstream), repo: repo.clone(), tag: tag.clone(), kind }
 }
 
-/// The largest manifest record: the largest manifest regcache keeps, after its media type and a NUL.
-pub const MAX_MANIFEST_RECORD: usize = crate::upstream::MAX_MANIFEST + 256;
-
-/// The key of the record of manifest `digest`.
-fn manifest_key(digest: &Digest) -> String {
-    format!("manifests/{}/{}", digest.algorithm().as_str(), digest.hex())
+/// The key of the record of the referrers of `subject` in `repo` on `upstream`.
+fn referrers_key(upstream: &str, repo: &RepositoryName, subject: &Digest) -> RecordKey {
+    RecordKey::Referrers { upstream: RegistryHost::new(upstream), repo: repo.clone(), subject: subject.clone() }
 }
 
-/// The digest whose manifest record `key` is, if it is one ([`manifest_key`] read back).
-pub fn manifest_of_key(key: &str) -> Option<Digest> {
-    let (algorithm, hex) = key.strip_prefix("manifests/")?.split_once('/')?;
-    format!("{algorithm}:{hex}").parse().ok()
-}
-
-/// The record of manifest `m`: its media type, a NUL, its exact bytes.
-fn manifest_record(m: &StoredManifest) -> Bytes {
-    [m.media_type.as_bytes(), b"\0", &m.bytes].concat().into()
-}
-
-/// The manifest in a manifest record (its media type, a NUL, its exact bytes) if the record is
-/// well formed and the manifest is `digest`'s and verifies; what is wrong with it otherwise.
-pub fn read_manifest_record(record: Bytes, digest: &Digest) -> Result<StoredManifest, String> {
-    let split = record.iter().position(|b| *b == 0).ok_or("no media type before a NUL")?;
-    let media_type = std::str::from_utf8(&record[..split]).map_err(|_| "a media type that is not UTF-8")?;
-    let bytes = record.slice(split + 1..);
-    let verified = crate::oci::verify_manifest(&bytes, std::slice::from_ref(digest), Some(media_type)).map_err(|e| e.to_string())?;
-    Ok(StoredManifest { media_type: verified.media_type, bytes })
-}
-
-/// The key of the record of the referrers of `digest` in `repo` on `upstream`.
-fn referrers_key(upstream: &str, repo: &RepositoryName, digest: &Digest) -> String {
-    format!("referrers/{upstream}/{repo}/{}/{}", digest.algorithm().as_str(), digest.hex())
-}
-
-/// The key of a tag's record: names and tags are validated (no `..`, no empty parts), and the
-/// upstream's name is a host.
-fn tag_key(upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind) -> String {
-    format!("tags/{upstream}/{repo}/{tag}/{}", kind.as_str())
-}
-
-/// The key of the record of the tag list of `repo` on `upstream`. It ends in `_list`, which can't
-/// be a repository's component: no repository's key is a folder of another's (a directory bucket
-/// could not hold both `…/org/app` and `…/org/app/sub/…`).
-fn tag_list_key(upstream: &str, repo: &RepositoryName) -> String {
-    format!("taglists/{upstream}/{repo}/_list")
+/// The key of the record of the tag list of `repo` on `upstream`.
+fn tag_list_key(upstream: &str, repo: &RepositoryName) -> RecordKey {
+    RecordKey::TagList { upstream: RegistryHost::new(upstream), repo: repo.clone() }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use bytes::Bytes;
+    use tokio::sync::oneshot;
 
-    use crate::store::{BlobRead, LocalBlobs, Store};
+    use super::upload::UPLOAD_CHUNK;
+    use super::*;
+    use crate::store::{BlobRead, BlobWrite, LocalBlobs, Store};
 
     /// A node's store and a second local directory standing in for the bucket.
     fn setup() -> (tempfile::TempDir, Store, Arc<LocalBlobs>, Arc<Shared>) {
@@ -868,30 +549,6 @@ mod tests {
         assert!(!shared.is_down(), "an aborted upload is not a bucket failure");
     }
 
-    #[test]
-    fn manifest_records_read_back_only_as_the_manifest_of_their_digest() {
-        let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
-        let digest = Digest::sha256_of(manifest);
-        let media_type = "application/vnd.oci.image.manifest.v1+json";
-        let record = |mt: &str, body: &[u8]| Bytes::from([mt.as_bytes(), b"\0", body].concat());
-        let m = read_manifest_record(record(media_type, manifest), &digest).expect("a good record");
-        assert_eq!((m.media_type.as_str(), &m.bytes[..]), (media_type, &manifest[..]));
-        assert_eq!(manifest_of_key(&manifest_key(&digest)), Some(digest.clone()));
-        let mut tampered = manifest.to_vec();
-        tampered[20] ^= 1;
-        for (why, bad) in [
-            ("no NUL", Bytes::from_static(b"application/vnd.oci.image.manifest.v1+json")),
-            ("not UTF-8", Bytes::from([&[0xff, 0xfe][..], b"\0", manifest].concat())),
-            ("other bytes", record(media_type, &tampered)),
-            ("another media type", record("application/vnd.docker.distribution.manifest.v2+json", manifest)),
-        ] {
-            assert!(read_manifest_record(bad, &digest).is_err(), "{why}");
-        }
-        for key in ["manifests/sha256", "manifests/sha256/zz", "tags/sha256/00", "manifests/md5/00"] {
-            assert_eq!(manifest_of_key(key), None, "{key}");
-        }
-    }
-
     #[tokio::test]
     async fn a_vanished_object_is_a_miss_and_forgotten() {
         let (_dir, store, bucket, shared) = setup();
@@ -918,46 +575,5 @@ mod tests {
         assert!(health.available(), "after RETRY one request tries again");
         assert!(health.succeeded());
         assert!(health.available() && !health.is_down());
-    }
-
-    #[tokio::test]
-    async fn accesses_are_published_in_summaries_and_kept_when_the_write_fails() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("node")).unwrap();
-        let bucket = Arc::new(LocalBlobs::at(&dir.path().join("bucket")).unwrap());
-        let shared = Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), Arc::new(Metrics::new()))
-            .with_eviction("n1".into(), Some(1000));
-        let (one, two) = (Digest::sha256_of(b"one"), Digest::sha256_of(b"two"));
-        shared.touch(&one);
-        shared.touch(&two);
-        // The records directory can't take summaries: a file stands where it would go.
-        std::fs::create_dir_all(dir.path().join("bucket/records")).unwrap();
-        std::fs::write(dir.path().join("bucket/records/access"), b"in the way").unwrap();
-        shared.publish_accesses().await;
-        assert!(shared.is_down(), "a failed write marks the bucket down");
-        assert_eq!(lock(&shared.eviction.as_ref().unwrap().pending).len(), 2, "nothing published is lost");
-        *shared.health.down_since.lock().unwrap() = Some(Instant::now() - RETRY);
-        std::fs::remove_file(dir.path().join("bucket/records/access")).unwrap();
-        shared.publish_accesses().await;
-        assert!(!shared.is_down());
-        let keys = bucket.list_records("access").await.unwrap();
-        assert_eq!(keys.len(), 1, "{keys:?}");
-        assert!(keys[0].starts_with("access/n1/"));
-        let body = bucket.get(&keys[0], 1 << 20).await.unwrap().unwrap();
-        let mut got: Vec<Digest> = bucket_lru::parse_summary(&body).map(|(d, _)| d).collect();
-        got.sort_by_key(|d| d.to_string());
-        let mut want = vec![one, two];
-        want.sort_by_key(|d| d.to_string());
-        assert_eq!(got, want);
-        assert!(bucket.get("nodes/n1", 100).await.unwrap().is_some(), "the heartbeat");
-        // Nothing new: no new summary.
-        shared.publish_accesses().await;
-        assert_eq!(bucket.list_records("access").await.unwrap().len(), 1);
-        // Without bucket_max_size nothing is noted.
-        let unlimited = Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), Arc::new(Metrics::new())).with_eviction("n2".into(), None);
-        unlimited.touch(&Digest::sha256_of(b"three"));
-        unlimited.publish_accesses().await;
-        assert!(unlimited.evict_round().await.is_none());
-        assert_eq!(bucket.list_records("nodes").await.unwrap(), ["nodes/n1"]);
     }
 }

@@ -46,8 +46,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::backend::SharedBackend;
-use super::LOW_WATER;
+use crate::store::backend::SharedBackend;
+use crate::store::records::{folder, is_node_id, RecordKey};
+use crate::store::LOW_WATER;
 use crate::oci::Digest;
 
 /// How often a node publishes its access summary and heartbeat.
@@ -96,26 +97,21 @@ impl Clock {
 pub fn node_id(data_dir: &Path) -> io::Result<String> {
     let path = data_dir.join("node-id");
     match std::fs::read_to_string(&path) {
-        Ok(id) if valid_node_id(id.trim()) => return Ok(id.trim().to_owned()),
+        Ok(id) if is_node_id(id.trim()) => return Ok(id.trim().to_owned()),
         Ok(_) => tracing::warn!(path = %path.display(), "the node id file is not a node id; writing a new one"),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let id = format!("{:016x}", super::bucket::random_u64());
+    let id = format!("{:016x}", super::client::random_u64());
     let tmp = data_dir.join("node-id.tmp");
     std::fs::write(&tmp, format!("{id}\n"))?;
     std::fs::rename(&tmp, &path)?;
     Ok(id)
 }
 
-/// A node id is 1–64 of `0-9 a-z -` (it is part of record keys).
-fn valid_node_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b == b'-')
-}
-
 /// The key of `node`'s heartbeat.
 pub fn heartbeat_key(node: &str) -> String {
-    format!("nodes/{node}")
+    RecordKey::Node(node.to_owned()).to_string()
 }
 
 /// The heartbeat record's body.
@@ -142,7 +138,8 @@ pub fn summaries(node: &str, now: u64, compacted: bool, accesses: &[(Digest, u64
             for (digest, at) in chunk {
                 body.push_str(&format!("{digest} {at}\n"));
             }
-            (format!("access/{node}/{now:013}-{tag}{n}"), Bytes::from(body))
+            let key = RecordKey::Access { node: node.to_owned(), name: format!("{now:013}-{tag}{n}") };
+            (key.to_string(), Bytes::from(body))
         })
         .collect()
 }
@@ -256,7 +253,7 @@ pub async fn evict_bucket(
             seen.insert(digest, (listed.size, modified, modified));
         }
     }
-    let keys = bucket.list_records("access").await?;
+    let keys = bucket.list_records(folder::ACCESS).await?;
     let mut consumed = Vec::with_capacity(keys.len());
     for key in keys {
         let body = match bucket.get(&key, MAX_SUMMARY_RECORD).await {
@@ -313,8 +310,10 @@ pub async fn is_evictor(bucket: &dyn SharedBackend, node: &str, now: u64) -> io:
     let live_after = now.saturating_sub(LIVE_WITHIN.as_millis() as u64);
     let forget_before = now.saturating_sub(FORGET_NODE.as_millis() as u64);
     let mut smallest_live: Option<String> = None;
-    for key in bucket.list_records("nodes").await? {
-        let Some(id) = key.strip_prefix("nodes/") else { continue };
+    for key in bucket.list_records(folder::NODES).await? {
+        // Not a heartbeat regcache writes: not a node's.
+        let Ok(RecordKey::Node(id)) = key.parse() else { continue };
+        let id = id.as_str();
         let beat = match bucket.get(&key, MAX_HEARTBEAT).await {
             Ok(Some(body)) => serde_json::from_slice::<Heartbeat>(&body).ok(),
             Ok(None) => continue,
@@ -421,7 +420,7 @@ mod tests {
     fn node_ids_are_kept_in_the_data_dir() {
         let dir = tempfile::tempdir().unwrap();
         let id = node_id(dir.path()).unwrap();
-        assert!(valid_node_id(&id) && id.len() == 16, "{id}");
+        assert!(is_node_id(&id) && id.len() == 16, "{id}");
         assert_eq!(node_id(dir.path()).unwrap(), id, "generated once");
         std::fs::write(dir.path().join("node-id"), "../bad\n").unwrap();
         assert_ne!(node_id(dir.path()).unwrap(), "../bad");
@@ -429,7 +428,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_live_node_with_the_smallest_id_evicts() {
-        use super::super::backend::Records;
+        use crate::store::backend::Records;
         let dir = tempfile::tempdir().unwrap();
         let bucket = crate::store::LocalBlobs::at(dir.path()).unwrap();
         let now = 10_000 * MIN;
@@ -456,7 +455,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_round_merges_summaries_evicts_and_compacts() {
-        use super::super::backend::{BlobBackend, Records};
+        use crate::store::backend::{BlobBackend, Records};
         let dir = tempfile::tempdir().unwrap();
         let bucket = crate::store::LocalBlobs::at(dir.path()).unwrap();
         let mut digests = Vec::new();

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::backend::{BlobRead, ReadAt};
+use crate::store::backend::{BlobRead, ReadAt};
 use crate::sync::lock;
 
 /// How many bytes a reader of a stored blob reads at once while [`LARGE_BUDGET`] allows: large, for

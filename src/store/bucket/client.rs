@@ -27,12 +27,14 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
-use object_store::multipart::{MultipartStore, PartId};
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
-use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
-use serde::{Deserialize, Serialize};
+use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
 
-use super::backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, Records};
+use super::multipart::BucketWrite;
+use super::requests::one_line;
+use super::{Observer, Op, Outcome, Request};
+use crate::store::backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, Records};
 use crate::config::S3Storage;
 use crate::oci::Digest;
 
@@ -44,89 +46,6 @@ pub const PART_SIZE: usize = 8 << 20;
 pub trait ObjectStorage: ObjectStore + MultipartStore {}
 
 impl<T: ObjectStore + MultipartStore> ObjectStorage for T {}
-
-/// A bucket request, as the [`Observer`] hears of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Request {
-    /// Which operation.
-    pub op: Op,
-    /// How it ended.
-    pub outcome: Outcome,
-    /// Bytes sent (puts, parts) or asked for (ranged gets).
-    pub bytes: u64,
-}
-
-/// A kind of bucket request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Op {
-    /// A single PUT.
-    Put,
-    /// Starting a multipart upload.
-    CreateUpload,
-    /// One part of a multipart upload.
-    PutPart,
-    /// Completing a multipart upload.
-    CompleteUpload,
-    /// Aborting a multipart upload.
-    AbortUpload,
-    /// A (ranged) GET.
-    Get,
-    /// A HEAD.
-    Head,
-    /// Listing keys.
-    List,
-    /// A DELETE.
-    Delete,
-}
-
-impl Op {
-    /// Its name, for metrics labels and messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Put => "put",
-            Op::CreateUpload => "create_upload",
-            Op::PutPart => "put_part",
-            Op::CompleteUpload => "complete_upload",
-            Op::AbortUpload => "abort_upload",
-            Op::Get => "get",
-            Op::Head => "head",
-            Op::List => "list",
-            Op::Delete => "delete",
-        }
-    }
-}
-
-impl fmt::Display for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How a bucket request ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// It succeeded.
-    Ok,
-    /// The object (or upload) wasn't there.
-    NotFound,
-    /// It failed.
-    Failed,
-}
-
-impl Outcome {
-    /// Its name, for metrics labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::NotFound => "not_found",
-            Outcome::Failed => "failed",
-        }
-    }
-}
-
-/// Told of every bucket request (for metrics).
-pub type Observer = Arc<dyn Fn(&Request) + Send + Sync>;
 
 /// Why the bucket can't be used.
 #[derive(Debug, thiserror::Error)]
@@ -173,28 +92,21 @@ pub enum BucketError {
 /// An S3-compatible bucket (or a stand-in) holding blobs under a prefix.
 #[derive(Clone)]
 pub struct Bucket {
-    store: Arc<dyn ObjectStorage>,
+    pub(super) store: Arc<dyn ObjectStorage>,
     /// Without leading or trailing `/`; may be empty.
-    prefix: String,
+    pub(super) prefix: String,
     /// Where upload ids are recorded.
-    uploads: PathBuf,
+    pub(super) uploads: PathBuf,
     /// The bucket and endpoint, for messages.
-    location: Arc<str>,
-    part_size: usize,
-    observer: Option<Observer>,
+    pub(super) location: Arc<str>,
+    pub(super) part_size: usize,
+    pub(super) observer: Option<Observer>,
 }
 
 impl fmt::Debug for Bucket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Bucket").field("location", &self.location).field("prefix", &self.prefix).finish()
     }
-}
-
-/// One recorded multipart upload.
-#[derive(Debug, Serialize, Deserialize)]
-struct UploadRecord {
-    key: String,
-    id: String,
 }
 
 impl Bucket {
@@ -289,7 +201,7 @@ impl Bucket {
     }
 
     /// The key of `rest` under the prefix.
-    fn key(&self, rest: &str) -> String {
+    pub(super) fn key(&self, rest: &str) -> String {
         if self.prefix.is_empty() {
             rest.to_owned()
         } else {
@@ -304,22 +216,22 @@ impl Bucket {
     }
 
     /// `key` as the crate's path; the error names `op`, the request it was for.
-    fn path(&self, op: Op, key: &str) -> Result<Path, BucketError> {
+    pub(super) fn path(&self, op: Op, key: &str) -> Result<Path, BucketError> {
         Path::parse(key).map_err(|e| self.error(op, key, &object_store::Error::from(e)))
     }
 
-    fn error(&self, op: Op, key: &str, e: &object_store::Error) -> BucketError {
+    pub(super) fn error(&self, op: Op, key: &str, e: &object_store::Error) -> BucketError {
         BucketError::Request { location: self.location.to_string(), op, key: key.to_owned(), message: one_line(e) }
     }
 
-    fn io_error(&self, op: Op, key: &str, e: &object_store::Error) -> io::Error {
+    pub(super) fn io_error(&self, op: Op, key: &str, e: &object_store::Error) -> io::Error {
         io::Error::other(self.error(op, key, e))
     }
 
     /// A listing under `root` failed. A key in it that isn't a valid path (anyone with the
     /// bucket's keys may write one) is something the bucket holds, not the bucket failing:
     /// `InvalidData`, so the bucket isn't marked down for it; the message names the key.
-    fn list_error(&self, root: &str, e: &object_store::Error) -> io::Error {
+    pub(super) fn list_error(&self, root: &str, e: &object_store::Error) -> io::Error {
         match e {
             object_store::Error::InvalidPath { .. } => io::Error::new(io::ErrorKind::InvalidData, self.error(Op::List, root, e)),
             _ => self.io_error(Op::List, root, e),
@@ -327,7 +239,7 @@ impl Bucket {
     }
 
     /// Tell the observer, and pass the result on.
-    fn observe<T>(&self, op: Op, bytes: u64, result: object_store::Result<T>) -> object_store::Result<T> {
+    pub(super) fn observe<T>(&self, op: Op, bytes: u64, result: object_store::Result<T>) -> object_store::Result<T> {
         if let Some(observer) = &self.observer {
             let outcome = match &result {
                 Ok(_) => Outcome::Ok,
@@ -340,7 +252,7 @@ impl Bucket {
     }
 
     /// The size of the object stored under `path`, `None` if there is none.
-    async fn size_at(&self, path: &Path) -> io::Result<Option<u64>> {
+    pub(super) async fn size_at(&self, path: &Path) -> io::Result<Option<u64>> {
         match self.observe(Op::Head, 0, self.store.head(path).await) {
             Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -349,66 +261,11 @@ impl Bucket {
     }
 
     /// Delete the object under `key` (the whole key); one that isn't there is gone already.
-    async fn delete(&self, key: &str) -> io::Result<()> {
+    pub(super) async fn delete(&self, key: &str) -> io::Result<()> {
         let path = self.path(Op::Delete, key).map_err(io::Error::other)?;
         match self.observe(Op::Delete, 0, self.store.delete(&path).await) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.io_error(Op::Delete, key, &e)),
-        }
-    }
-
-    /// Abort every upload a previous run recorded and left unfinished, and remove its record;
-    /// how many were aborted. A record that can't be read is removed; one whose abort fails is
-    /// kept for the next start, and the first such failure is returned after the others are done.
-    pub async fn cleanup_uploads(&self) -> Result<usize, BucketError> {
-        let record_error = |path: &FsPath, source| BucketError::Record { path: path.to_owned(), source };
-        let mut entries = match tokio::fs::read_dir(&self.uploads).await {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(record_error(&self.uploads, e)),
-        };
-        let mut aborted = 0;
-        let mut first_failure = None;
-        while let Some(entry) = entries.next_entry().await.map_err(|e| record_error(&self.uploads, e))? {
-            let file = entry.path();
-            let record = match tokio::fs::read(&file).await {
-                Ok(text) => serde_json::from_slice::<UploadRecord>(&text).ok(),
-                // One entry that can't be read (a directory, permissions) doesn't keep the
-                // others from being cleaned up.
-                Err(e) => {
-                    first_failure.get_or_insert(record_error(&file, e));
-                    continue;
-                }
-            };
-            let Some(record) = record else {
-                tracing::warn!(record = %file.display(), "removing an unreadable upload record");
-                remove_record(&file).await;
-                continue;
-            };
-            let path = match self.path(Op::AbortUpload, &record.key) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(record = %file.display(), error = %e, "removing an upload record whose key is not a key");
-                    remove_record(&file).await;
-                    continue;
-                }
-            };
-            let id = record.id.clone();
-            match self.observe(Op::AbortUpload, 0, self.store.abort_multipart(&path, &id).await) {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
-                    remove_record(&file).await;
-                    aborted += 1;
-                }
-                Err(e) => {
-                    let err = self.error(Op::AbortUpload, &record.key, &e);
-                    tracing::warn!(error = %err, "an unfinished upload could not be aborted; trying again at the next start");
-                    first_failure.get_or_insert(err);
-                }
-            }
-        }
-        match first_failure {
-            Some(e) => Err(e),
-            None => Ok(aborted),
         }
     }
 
@@ -433,61 +290,6 @@ impl Bucket {
         delete
     }
 
-    /// Write the record of upload `id` for `key`; its file.
-    async fn record_upload(&self, key: &str, id: &str) -> io::Result<PathBuf> {
-        tokio::fs::create_dir_all(&self.uploads).await?;
-        let name = format!("{:016x}", random_u64());
-        let file = self.uploads.join(format!("{name}.upload"));
-        let temp = self.uploads.join(format!("{name}.tmp"));
-        let text = serde_json::to_vec(&UploadRecord { key: key.to_owned(), id: id.to_owned() })?;
-        let mut f = tokio::fs::File::create(&temp).await?;
-        tokio::io::AsyncWriteExt::write_all(&mut f, &text).await?;
-        f.sync_all().await?;
-        tokio::fs::rename(&temp, &file).await?;
-        Ok(file)
-    }
-}
-
-/// Remove an upload record; one that is gone already is fine.
-async fn remove_record(file: &FsPath) {
-    if let Err(e) = tokio::fs::remove_file(file).await {
-        if e.kind() != io::ErrorKind::NotFound {
-            tracing::warn!(record = %file.display(), error = %e, "cannot remove an upload record");
-        }
-    }
-}
-
-/// An object store error on one line.
-fn one_line(e: &dyn std::error::Error) -> String {
-    // The causes too: "error sending request" alone doesn't say that the connection was refused.
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        source = cause.source();
-    }
-    let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    // An S3 error body: its code and message first, the request after.
-    if let Some(code) = xml_field(&text, "Code") {
-        let message = xml_field(&text, "Message").unwrap_or_default();
-        let request = text.split("<?xml").next().unwrap_or_default().trim_end_matches([' ', ':']);
-        text = format!("{code}: {message} ({request})");
-    }
-    // Error bodies can be long; what matters comes first.
-    match text.char_indices().nth(400) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text,
-    }
-}
-
-/// The text of the first `<tag>…</tag>` in `text`.
-fn xml_field<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
-    let start = text.find(&format!("<{tag}>"))? + tag.len() + 2;
-    let len = text[start..].find(&format!("</{tag}>"))?;
-    Some(&text[start..start + len])
 }
 
 /// 64 random bits, from the standard library's randomly seeded hasher.
@@ -502,14 +304,7 @@ impl BlobBackend for Bucket {
     async fn begin(&self, digest: &Digest, _size: Option<u64>) -> io::Result<Box<dyn BlobWrite>> {
         let key = self.blob_key(digest);
         let path = self.path(Op::Put, &key).map_err(io::Error::other)?;
-        Ok(Box::new(BucketWrite {
-            bucket: self.clone(),
-            key,
-            path,
-            buffered: Vec::new(),
-            buffered_len: 0,
-            upload: None,
-        }))
+        Ok(Box::new(BucketWrite::new(self.clone(), key, path)))
     }
 
     async fn open(&self, digest: &Digest, range: Range<u64>) -> io::Result<Option<Opened>> {
@@ -654,161 +449,12 @@ impl BlobRead for Empty {
     }
 }
 
-/// A multipart upload under way.
-struct Upload {
-    id: String,
-    record: PathBuf,
-    parts: Vec<PartId>,
-}
-
-/// A blob being written to the bucket: at most one part buffered; full parts are sent as they
-/// fill; nothing is under the key before the commit.
-struct BucketWrite {
-    bucket: Bucket,
-    key: String,
-    path: Path,
-    /// The bytes of the part being filled (slices of the appended batches, not copies).
-    buffered: Vec<Bytes>,
-    buffered_len: usize,
-    /// Started when the first part is full.
-    upload: Option<Upload>,
-}
-
-impl BucketWrite {
-    /// Send what is buffered as the next part, starting (and recording) the upload first if needed.
-    async fn send_part(&mut self) -> io::Result<()> {
-        let bucket = self.bucket.clone();
-        if self.upload.is_none() {
-            let created = bucket.observe(Op::CreateUpload, 0, bucket.store.create_multipart(&self.path).await);
-            let id = created.map_err(|e| bucket.io_error(Op::CreateUpload, &self.key, &e))?;
-            let record = match bucket.record_upload(&self.key, &id).await {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = bucket.observe(Op::AbortUpload, 0, bucket.store.abort_multipart(&self.path, &id).await);
-                    return Err(io::Error::other(BucketError::Record { path: bucket.uploads.clone(), source: e }));
-                }
-            };
-            self.upload = Some(Upload { id, record, parts: Vec::new() });
-        }
-        let Some(upload) = self.upload.as_mut() else { unreachable!("the upload was just started") };
-        let payload: PutPayload = std::mem::take(&mut self.buffered).into_iter().collect();
-        let len = std::mem::take(&mut self.buffered_len) as u64;
-        let idx = upload.parts.len();
-        let part = bucket.observe(Op::PutPart, len, bucket.store.put_part(&self.path, &upload.id, idx, payload).await);
-        upload.parts.push(part.map_err(|e| bucket.io_error(Op::PutPart, &self.key, &e))?);
-        Ok(())
-    }
-
-    /// Abort the upload, if one was started, and remove its record once the abort succeeded.
-    async fn abort_upload(bucket: &Bucket, key: &str, path: &Path, upload: Upload) {
-        match bucket.observe(Op::AbortUpload, 0, bucket.store.abort_multipart(path, &upload.id).await) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => remove_record(&upload.record).await,
-            Err(e) => tracing::warn!(
-                error = %bucket.error(Op::AbortUpload, key, &e),
-                "an upload could not be aborted; its record stays for the next start"
-            ),
-        }
-    }
-}
-
-#[async_trait]
-impl BlobWrite for BucketWrite {
-    async fn append(&mut self, batch: &[Bytes]) -> io::Result<()> {
-        for chunk in batch {
-            let mut chunk = chunk.clone();
-            while !chunk.is_empty() {
-                let room = self.bucket.part_size - self.buffered_len;
-                let take = chunk.split_to(room.min(chunk.len()));
-                self.buffered_len += take.len();
-                self.buffered.push(take);
-                if self.buffered_len == self.bucket.part_size {
-                    self.send_part().await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn partial(&self) -> Option<Arc<dyn PartialBlob>> {
-        None
-    }
-
-    async fn commit(mut self: Box<Self>) -> io::Result<()> {
-        let bucket = self.bucket.clone();
-        match self.upload.take() {
-            None => {
-                if bucket.size_at(&self.path).await?.is_some() {
-                    return Ok(());
-                }
-                let payload: PutPayload = std::mem::take(&mut self.buffered).into_iter().collect();
-                let len = payload.content_length() as u64;
-                let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
-                match bucket.observe(Op::Put, len, bucket.store.put_opts(&self.path, payload, options).await) {
-                    // Someone else stored the blob meanwhile: the same bytes.
-                    Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-                    Err(e) => Err(bucket.io_error(Op::Put, &self.key, &e)),
-                }
-            }
-            Some(upload) => {
-                self.upload = Some(upload);
-                let finish = async {
-                    if self.buffered_len > 0 {
-                        self.send_part().await?;
-                    }
-                    if bucket.size_at(&self.path).await?.is_some() {
-                        return Ok(false);
-                    }
-                    let Some(upload) = self.upload.as_mut() else { unreachable!("put back above") };
-                    let parts = std::mem::take(&mut upload.parts);
-                    let done = bucket.store.complete_multipart(&self.path, &upload.id, parts).await;
-                    bucket.observe(Op::CompleteUpload, 0, done).map_err(|e| bucket.io_error(Op::CompleteUpload, &self.key, &e))?;
-                    Ok::<bool, io::Error>(true)
-                };
-                let result = finish.await;
-                let Some(upload) = self.upload.take() else { unreachable!("put back above") };
-                match result {
-                    Ok(true) => {
-                        remove_record(&upload.record).await;
-                        Ok(())
-                    }
-                    // Stored already (content addressing: the same blob): this upload is not needed.
-                    Ok(false) => {
-                        BucketWrite::abort_upload(&bucket, &self.key, &self.path, upload).await;
-                        Ok(())
-                    }
-                    Err(e) => {
-                        BucketWrite::abort_upload(&bucket, &self.key, &self.path, upload).await;
-                        Err(e)
-                    }
-                }
-            }
-        }
-    }
-
-    async fn abort(mut self: Box<Self>) {
-        if let Some(upload) = self.upload.take() {
-            BucketWrite::abort_upload(&self.bucket, &self.key, &self.path, upload).await;
-        }
-    }
-}
-
-impl Drop for BucketWrite {
-    fn drop(&mut self) {
-        let Some(upload) = self.upload.take() else { return };
-        // Dropped without commit or abort: abort in the background. Without a runtime (shutting
-        // down) the record stays, and the next start aborts the upload.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (bucket, key, path) = (self.bucket.clone(), self.key.clone(), self.path.clone());
-            runtime.spawn(async move { BucketWrite::abort_upload(&bucket, &key, &path, upload).await });
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::store::bucket::multipart::UploadRecord;
 
     /// A bucket in memory under `prefix`, and the requests it has made.
     fn bucket(prefix: &str, dir: &FsPath) -> (Bucket, Arc<Mutex<Vec<Request>>>) {
@@ -993,20 +639,6 @@ mod tests {
             assert!(!ops(&seen).contains(&Op::Put) && !ops(&seen).contains(&Op::CompleteUpload), "{:?}", ops(&seen));
             assert!(records(dir.path()).is_empty());
         }
-    }
-
-    #[test]
-    fn s3_error_bodies_read_on_one_line() {
-        let e = io::Error::other(
-            "Error performing GET http://h/b?list-type=2 in 2ms - Server returned non-2xx status code: 404 Not Found: \
-             <?xml version=\"1.0\"?>\n<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message></Error>",
-        );
-        assert_eq!(
-            one_line(&e),
-            "NoSuchBucket: The specified bucket does not exist (Error performing GET http://h/b?list-type=2 in 2ms - \
-             Server returned non-2xx status code: 404 Not Found)"
-        );
-        assert_eq!(one_line(&io::Error::other("plain\n cause")), "plain cause");
     }
 
     #[tokio::test]

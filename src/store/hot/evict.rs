@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use super::{ReferrersKey, Store};
+use crate::store::{ReferrersKey, Store};
 use crate::oci::Digest;
 use crate::sync::lock;
 

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, ReadAt, Records};
+use crate::store::backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, ReadAt, Records};
 use super::read::{BufPool, FileRange, FileReadAt};
-use super::StoreError;
+use crate::store::StoreError;
 use crate::oci::Digest;
 
 /// The blob directory tree.

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::PathBuf;
 
-use super::Store;
+use crate::store::Store;
 use crate::oci::{Digest, Hasher};
 
 /// What the start-up repair did.

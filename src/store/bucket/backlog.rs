@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 use serde::{Deserialize, Serialize};
 
-use super::shared::NotDone;
-use super::{Shared, Store};
+use super::{NotDone, Shared};
+use crate::store::Store;
 use crate::oci::{Digest, ManifestKind, RepositoryName, Tag};
 use crate::sync::lock;
 
@@ -198,7 +198,7 @@ struct Counters {
 impl Backlog {
     /// The backlog in `tree`, its count taken afresh; entries that don't parse, and identities
     /// whose entry is gone, are removed.
-    pub(super) fn open(tree: sled::Tree) -> sled::Result<Backlog> {
+    pub(in crate::store) fn open(tree: sled::Tree) -> sled::Result<Backlog> {
         Backlog::with_cap(tree, MAX_ENTRIES)
     }
 
@@ -329,7 +329,7 @@ impl Backlog {
 
 /// How a pass over the backlog ended.
 #[derive(Debug)]
-pub(super) enum Drained {
+pub(in crate::store) enum Drained {
     /// The store is gone: the server stopped.
     Gone,
     /// Everything it could do is done: wait until something is added or the bucket is marked up.
@@ -344,7 +344,7 @@ pub(super) enum Drained {
 /// failed, which marks it down and ends the pass. While the bucket is marked down but may be
 /// tried again, the first entry goes alone, as the probe. The store is held only while an entry is
 /// handled, so a stopped server's store goes.
-pub(super) async fn drain(store: &Weak<Store>) -> Drained {
+pub(in crate::store) async fn drain(store: &Weak<Store>) -> Drained {
     let Some(permits) = store.upgrade().and_then(|s| s.shared.as_ref().map(|shared| shared.upload_permits())) else {
         return Drained::Gone;
     };
@@ -569,7 +569,7 @@ mod tests {
     }
 
     fn answer(digest: &Digest, checked_at: u64) -> TagAnswer {
-        TagAnswer { digest: digest.clone(), checked_at }
+        TagAnswer { digest: digest.clone(), checked_at, published_at: None }
     }
 
     #[tokio::test]

@@ -1,0 +1,401 @@
+//! Tags: a manifest by tag (remembered, revalidated and served stale as [`super::freshness`]
+//! decides; one revalidation per [`TagKey`] at a time), and `tags/list` pages, cut here from what
+//! the upstream listed, which is remembered to cut the same pages while it is down.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::freshness::{self, Action, BucketSays, Decision, Which};
+use super::manifest::{answer, head_only, ManifestAnswer};
+use super::{Cache, CacheError};
+use super::Answered;
+use crate::oci::{AcceptList, Digest, ManifestKind, Reference, RegistryHost, RepositoryName, Tag};
+use crate::store::{ListedTags, TagAnswer, TagSlot};
+use crate::upstream::{RateLimit, TagsPage, Upstream, UpstreamError};
+
+/// The most tags one page lists: a larger `n` is lowered to this.
+pub const MAX_TAGS_PAGE: u32 = 10_000;
+/// The most upstream requests one page of tags takes, following an upstream that cuts its pages
+/// shorter than asked ([`upstream_tags`]).
+const MAX_UPSTREAM_TAG_PAGES: usize = 100;
+
+/// One page of a repository's tags, sorted.
+pub struct TagList {
+    /// `{"name": …, "tags": […]}`.
+    pub body: Bytes,
+    /// When more tags follow: the last tag of this page, where the next page starts.
+    pub next: Option<String>,
+    /// Whether it came from upstream or from what regcache knows.
+    pub outcome: Answered,
+    /// The rate-limit headers of the upstream response that answered.
+    pub rate_limit: RateLimit,
+}
+
+/// What one tag revalidation is shared by: requests for the same tag, from the same upstream,
+/// accepting the same kinds of manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct TagKey {
+    upstream: RegistryHost,
+    /// The name upstream knows (`library/alpine`, not `alpine`).
+    repo: RepositoryName,
+    tag: Tag,
+    /// [`AcceptList::key`].
+    accept: String,
+}
+
+impl Cache {
+    /// A manifest by tag: the answer remembered (here, or by another node in the shared bucket)
+    /// while it is fresh, else what the upstream says now, else, while the upstream is unavailable,
+    /// the answer remembered within `stale_max` ([`freshness::decide`]).
+    pub(super) async fn manifest_by_tag(
+        &self,
+        up: &Arc<Upstream>,
+        repo: &RepositoryName,
+        tag: &Tag,
+        accept: &AcceptList,
+        head: bool,
+    ) -> Result<ManifestAnswer, CacheError> {
+        let name = up.config().name.to_string();
+        // Tags are kept under the name upstream knows, so `alpine` and `library/alpine` are one tag.
+        let key_repo = up.upstream_name(repo);
+        // A tag is remembered per kind of answer: this client is only answered from the cache with
+        // what a client asking for the same kind was given.
+        let (remembered, decision) = self.remembered_tag(up, &key_repo, tag, accept.asks_for()).await?;
+        if let (Some(known), Action::Serve) = (&remembered, decision.action) {
+            if let Some(a) = self.tag_answer(known, accept, Answered::Hit).await? {
+                return Ok(a);
+            }
+        }
+        match self.revalidate_tag(up, repo, &key_repo, tag, accept, head).await {
+            Err(CacheError::Upstream(e)) if e.is_unavailable() => {
+                let stale = match remembered.as_ref().filter(|_| decision.stale) {
+                    Some(known) => self.tag_answer(known, accept, Answered::Stale).await?,
+                    None => None,
+                };
+                match stale {
+                    Some(a) => {
+                        tracing::warn!(upstream = %name, %repo, %tag, error = %e, "upstream unavailable; serving the last known tag");
+                        Ok(a)
+                    }
+                    None => Err(e.into()),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Ask upstream what `tag` points at now (a `HEAD`, one per [`TagKey`] at a time) and answer:
+    /// from the cache when that manifest is stored and acceptable, from the `HEAD`'s headers alone
+    /// for a `HEAD` when they say everything, else by a GET. The tag is remembered (under
+    /// `key_repo`, the name upstream knows) for every answer, a headers-only one too: it is only
+    /// served once its manifest is stored (here or in the bucket), and the client's next request
+    /// is usually that manifest by digest (Docker, containerd), so the fleet's other nodes learn
+    /// the tag without asking the upstream.
+    async fn revalidate_tag(
+        &self,
+        up: &Arc<Upstream>,
+        repo: &RepositoryName,
+        key_repo: &RepositoryName,
+        tag: &Tag,
+        accept: &AcceptList,
+        head: bool,
+    ) -> Result<ManifestAnswer, CacheError> {
+        let name = up.config().name.to_string();
+        let kind = accept.asks_for();
+        let reference = Reference::Tag(tag.clone());
+        let key = TagKey { upstream: up.config().name.clone(), repo: key_repo.clone(), tag: tag.clone(), accept: accept.key() };
+        let revalidated = {
+            let (up, repo, reference, accept) = (up.clone(), repo.clone(), reference.clone(), accept.clone());
+            self.revalidations
+                .run(key, move || async move { up.head_manifest(&repo, &reference, &accept).await })
+                .await
+        };
+        let fetched = match revalidated? {
+            Some(h) => {
+                if let Some(m) = self.stored_manifest(&h.digest).await? {
+                    if accept.allows(&m.media_type) {
+                        self.remember_tag(&name, key_repo, tag, kind, &h.digest)?;
+                        return Ok(answer(h.digest, m, Answered::Hit));
+                    }
+                }
+                if head {
+                    if let Some(a) = head_only(h.clone(), accept) {
+                        self.remember_tag(&name, key_repo, tag, kind, &h.digest)?;
+                        return Ok(a);
+                    }
+                }
+                // By the tag, not by the digest: an upstream that converts on the fly (schema1 for
+                // a client without v2 types) can't serve the converted manifest by digest. The
+                // bytes must still have the digest the HEAD announced.
+                self.fetch_manifest(up, repo, &reference, accept, Some(h.digest)).await?
+            }
+            // No digest from a HEAD (or no HEAD at all at this upstream): GET by the tag.
+            None => self.fetch_manifest(up, repo, &reference, accept, None).await?,
+        };
+        self.remember_tag(&name, key_repo, tag, kind, &fetched.digest)?;
+        Ok(fetched)
+    }
+
+    /// What `tag` pointed at for clients asking for `kind`, as the tiers remember it (a tier
+    /// behind this node's is asked only when this node's answer isn't fresh), and what to do about
+    /// it ([`freshness::decide`]).
+    async fn remembered_tag(
+        &self,
+        up: &Upstream,
+        repo: &RepositoryName,
+        tag: &Tag,
+        kind: ManifestKind,
+    ) -> Result<(Option<TagAnswer>, Decision), CacheError> {
+        let now = self.clock.now_secs();
+        let decide = |local: Option<&TagAnswer>, bucket| freshness::decide(local, bucket, now, up.config().tag_ttl, up.config().stale_max);
+        let slot = TagSlot { upstream: up.config().name.as_str(), repo, tag, kind };
+        let known = self.store.tag(slot, |local| decide(local, BucketSays::NotAsked).action == Action::AskBucket).await?;
+        let decision = match &known.bucket {
+            None => decide(known.local.as_ref(), BucketSays::NotAsked),
+            Some(theirs) => decide(known.local.as_ref(), BucketSays::Answered(theirs.as_ref())),
+        };
+        let remembered = match decision.remembered {
+            Some(Which::Local) => known.local,
+            Some(Which::Bucket) => known.bucket.flatten(),
+            None => None,
+        };
+        Ok((remembered, decision))
+    }
+
+    /// The manifest a remembered tag answer points at, if stored (here or in the shared bucket)
+    /// and acceptable to the client.
+    async fn tag_answer(&self, known: &TagAnswer, accept: &AcceptList, outcome: Answered) -> Result<Option<ManifestAnswer>, CacheError> {
+        let Some(m) = self.stored_manifest(&known.digest).await? else { return Ok(None) };
+        if !accept.allows(&m.media_type) {
+            return Ok(None);
+        }
+        Ok(Some(answer(known.digest.clone(), m, outcome)))
+    }
+
+    /// Remember that `tag` names `digest` for clients asking for `kind`, confirmed now (written to
+    /// the tiers behind this node's unless [`freshness::republish_tag`] says they have it).
+    fn remember_tag(
+        &self,
+        upstream: &str,
+        repo: &RepositoryName,
+        tag: &Tag,
+        kind: ManifestKind,
+        digest: &Digest,
+    ) -> Result<(), CacheError> {
+        let now = self.clock.now_secs();
+        let slot = TagSlot { upstream, repo, tag, kind };
+        Ok(self.store.remember_tag(slot, digest, now, |before| freshness::republish_tag(before, digest, now))?)
+    }
+
+    /// One page of a repository's tags, at most `n` of them after `last` in lexical order: from
+    /// upstream ([`upstream_tags`]), or while upstream can't be asked from what regcache knows
+    /// ([`Cache::known_tags`]). The page is cut here ([`tag_page`]) whatever the upstream did with
+    /// `n` and `last`, online and offline alike, so both answer the same from the same list.
+    pub async fn tags(
+        &self,
+        up: &Arc<Upstream>,
+        repo: &RepositoryName,
+        n: Option<u32>,
+        last: Option<&str>,
+    ) -> Result<TagList, CacheError> {
+        let n = n.map(|n| n.min(MAX_TAGS_PAGE));
+        let name = up.config().name.to_string();
+        let key_repo = up.upstream_name(repo);
+        match upstream_tags(up, repo, n, last).await {
+            Ok(listed) => {
+                self.remember_tag_list(&name, &key_repo, &listed, n, last)?;
+                Ok(tag_page(repo, listed.tags, n, last, listed.more, Answered::Pass, listed.rate_limit))
+            }
+            Err(e) if e.is_unavailable() => {
+                let Some(known) = self.known_tags(up, &key_repo).await? else { return Err(e.into()) };
+                tracing::warn!(upstream = %name, %repo, error = %e, "upstream unavailable; listing the tags regcache knows");
+                Ok(tag_page(repo, known, n, last, false, Answered::Stale, RateLimit::default()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Remember what the upstream listed, for when it can't be asked (in the index, and in the
+    /// shared bucket for the other nodes).
+    ///
+    /// Every answer is the upstream's, but a page shows only part of its list. So a whole list
+    /// (asked from the start, not cut by `n`, no `Link` to more) replaces what was remembered, and a
+    /// page is added to it (a tag gone upstream stays until the next whole list). With the
+    /// upstream's own short pages followed ([`upstream_tags`]), whatever pages a client read online,
+    /// reading them again offline, with or without `n` and `last`, gets the same answers, cut by
+    /// [`tag_page`] from the same list; and a client that read one page online still finds its tags
+    /// offline. (Fetching the whole list behind every page asked would learn more, at the cost of
+    /// the whole list for every page.)
+    fn remember_tag_list(
+        &self,
+        upstream: &str,
+        repo: &RepositoryName,
+        listed: &TagsPage,
+        n: Option<u32>,
+        last: Option<&str>,
+    ) -> Result<(), CacheError> {
+        let now = self.clock.now_secs();
+        // Exactly `n` tags and no `Link` may be an upstream that cuts pages without saying so.
+        let complete = last.is_none() && !listed.more && n.is_none_or(|n| listed.tags.len() != n as usize);
+        // Sorted and cut to MAX_LISTED_TAGS here, not under the index's lock.
+        let page = ListedTags::new(listed.tags.iter().cloned(), now, complete.then_some(now));
+        self.store.remember_tag_list(upstream, repo, |old| {
+            let mut new = match old.as_ref().filter(|_| !complete) {
+                None => page,
+                Some(old) => ListedTags::new(old.tags().iter().chain(page.tags()).cloned(), now, old.complete_at),
+            };
+            // An unchanged list is written again only now and then (`published_at` 0: never).
+            let publish = old.as_ref().is_none_or(|o| {
+                freshness::republish(o.tags() == new.tags(), Some(o.published_at).filter(|at| *at != 0), now)
+            });
+            new.published_at = match (&old, publish) {
+                (Some(o), false) => o.published_at,
+                _ => now,
+            };
+            (new, publish)
+        })?;
+        Ok(())
+    }
+
+    /// What regcache knows of a repository's tags while its upstream can't be asked: the last list
+    /// remembered within `stale_max` (here, or newer in the shared bucket) merged with the tags
+    /// resolved since ([`offline_tags`]); without one, the tags resolved. `None` when it knows none.
+    async fn known_tags(&self, up: &Arc<Upstream>, repo: &RepositoryName) -> Result<Option<Vec<String>>, CacheError> {
+        let name = up.config().name.as_str();
+        let list = self.store.tag_list(name, repo).await?.filter(|l| freshness::age(l.updated_at, self.clock.now_secs()) < up.config().stale_max);
+        Ok(offline_tags(list, self.store.index().tags_of(name, repo)?))
+    }
+}
+
+/// Up to `n` tags after `last` from the upstream (every tag when `None`), following the pages of an
+/// upstream that cuts them shorter than asked (a page size of its own, and a `Link` to the rest):
+/// asked again after the last tag so far until the page is full ([`MAX_TAGS_PAGE`] tags when `n` is
+/// `None`), the upstream has no more, a page brings nothing new, or [`MAX_UPSTREAM_TAG_PAGES`]
+/// requests were made. A failure after the first page ends it there, with more to follow. So a page
+/// online is what the same page is offline, cut from the whole list. Only tags after the one asked
+/// from are kept of a later page: at most two upstream bodies and a page of tags are held.
+async fn upstream_tags(up: &Upstream, repo: &RepositoryName, n: Option<u32>, last: Option<&str>) -> Result<TagsPage, UpstreamError> {
+    let mut listed = up.tags(repo, n, last).await?;
+    let want = n.map_or(MAX_TAGS_PAGE as usize, |n| n as usize);
+    let mut after: BTreeSet<String> = listed.tags.iter().filter(|t| last.is_none_or(|l| t.as_str() > l)).cloned().collect();
+    let mut asked = 1;
+    while listed.more && after.len() < want && asked < MAX_UPSTREAM_TAG_PAGES {
+        let Some(from) = after.last().cloned() else { break };
+        // Fewer than `want` (a u32) so far.
+        let rest = n.map(|n| n.saturating_sub(u32::try_from(after.len()).unwrap_or(u32::MAX)));
+        asked += 1;
+        let next = match up.tags(repo, rest, Some(&from)).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::debug!(upstream = %up.config().name, %repo, error = %e, "the next page of the upstream's tags failed; answering with what it gave");
+                break;
+            }
+        };
+        let new: Vec<String> = next.tags.into_iter().filter(|t| *t > from).collect();
+        if new.is_empty() {
+            break;
+        }
+        after.extend(new.iter().cloned());
+        listed.tags.extend(new);
+        listed.more = next.more;
+        listed.rate_limit = next.rate_limit;
+    }
+    Ok(listed)
+}
+
+/// The tags to list offline: the remembered `list` and the tags `resolved` (with when each was last
+/// confirmed) since the upstream last gave it whole (a tag resolved before, and missing from it, was
+/// gone upstream by then), or every tag resolved when it never did; without a list, the tags
+/// resolved. `None` without either.
+fn offline_tags(list: Option<ListedTags>, resolved: Vec<(String, u64)>) -> Option<Vec<String>> {
+    let Some(list) = list else {
+        return (!resolved.is_empty()).then(|| resolved.into_iter().map(|(t, _)| t).collect());
+    };
+    let since = list.complete_at.unwrap_or(0);
+    let mut tags = list.into_tags();
+    tags.extend(resolved.into_iter().filter(|(_, at)| *at >= since).map(|(t, _)| t));
+    Some(tags)
+}
+
+/// The page of `tags` after `last` with at most `n` of them (all when `None`), sorted; it has a next
+/// page when tags were left out or `upstream_more` (upstream cut its own page shorter).
+fn tag_page(
+    repo: &RepositoryName,
+    mut tags: Vec<String>,
+    n: Option<u32>,
+    last: Option<&str>,
+    upstream_more: bool,
+    outcome: Answered,
+    rate_limit: RateLimit,
+) -> TagList {
+    tags.sort_unstable();
+    tags.dedup();
+    tags.retain(|t| last.is_none_or(|l| t.as_str() > l));
+    let limit = n.map_or(usize::MAX, |n| n as usize);
+    let cut = tags.len() > limit;
+    tags.truncate(limit);
+    let next = if cut || upstream_more { tags.last().cloned() } else { None };
+    // Serialising strings cannot fail.
+    let body = serde_json::to_vec(&serde_json::json!({"name": repo.as_str(), "tags": tags})).unwrap_or_default();
+    TagList { body: body.into(), next, outcome, rate_limit }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_pages() {
+        let repo: RepositoryName = "org/app".parse().unwrap();
+        let all = || ["d", "b", "a", "c", "b"].map(String::from).to_vec();
+        /// n, last, upstream had more, the page, the next page's `last`.
+        type Case<'a> = (Option<u32>, Option<&'a str>, bool, &'a [&'a str], Option<&'a str>);
+        let cases: &[Case] = &[
+            (None, None, false, &["a", "b", "c", "d"], None),
+            (Some(2), None, false, &["a", "b"], Some("b")),
+            (Some(2), Some("b"), false, &["c", "d"], None),
+            (Some(4), None, false, &["a", "b", "c", "d"], None),
+            (Some(0), None, false, &[], None),
+            (Some(0), None, true, &[], None),
+            (None, Some("d"), false, &[], None),
+            (None, Some("bb"), false, &["c", "d"], None),
+            (None, None, true, &["a", "b", "c", "d"], Some("d")),
+            (Some(10), Some("a"), true, &["b", "c", "d"], Some("d")),
+        ];
+        for (n, last, more, want, next) in cases {
+            let page = tag_page(&repo, all(), *n, *last, *more, Answered::Pass, RateLimit::default());
+            let v: serde_json::Value = serde_json::from_slice(&page.body).unwrap();
+            assert_eq!(v, serde_json::json!({"name": "org/app", "tags": want}), "{n:?} {last:?} {more}");
+            assert_eq!(page.next.as_deref(), *next, "{n:?} {last:?} {more}");
+        }
+    }
+
+    #[test]
+    fn offline_a_list_takes_the_tags_resolved_since_it_was_whole() {
+        let resolved = || vec![("old".to_owned(), 9), ("b".to_owned(), 3), ("new".to_owned(), 10), ("newer".to_owned(), 11)];
+        let list = |complete_at| ListedTags::new(["b", "a"].map(String::from), 12, complete_at);
+        /// The remembered list, the tags resolved, what is listed offline.
+        type Case = (Option<ListedTags>, Vec<(String, u64)>, Option<&'static [&'static str]>);
+        let cases: Vec<Case> = vec![
+            (None, vec![], None),
+            (None, resolved(), Some(&["b", "new", "newer", "old"])),
+            (Some(list(None)), vec![], Some(&["a", "b"])),
+            // Whole at 10: `old` (resolved at 9, not in it) was gone upstream; `new` (at 10) may not be.
+            (Some(list(Some(10))), resolved(), Some(&["a", "b", "new", "newer"])),
+            // Never whole: every tag resolved is listed.
+            (Some(list(None)), resolved(), Some(&["a", "b", "new", "newer", "old"])),
+            (Some(ListedTags::new([], 12, Some(12))), vec![], Some(&[])),
+        ];
+        for (list, resolved, want) in cases {
+            let why = format!("{list:?} {resolved:?}");
+            let got = offline_tags(list, resolved).map(|mut t| {
+                t.sort();
+                t.dedup();
+                t
+            });
+            assert_eq!(got, want.map(|w| w.iter().map(|t| t.to_string()).collect::<Vec<_>>()), "{why}");
+        }
+    }
+}
