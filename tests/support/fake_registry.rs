@@ -322,6 +322,11 @@ impl FakeRegistry {
         digest
     }
 
+    /// The bytes of a blob added with [`add_blob`](Self::add_blob) (shared, not copied).
+    pub fn blob(&self, digest: &str) -> Option<Bytes> {
+        self.state().blobs.get(digest).cloned()
+    }
+
     /// Stores a manifest's exact bytes under its digest, and under `tag` if given;
     /// returns the digest.
     pub fn put_manifest(

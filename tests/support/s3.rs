@@ -123,6 +123,28 @@ impl SeaweedFs {
         }
     }
 
+    /// The process id of the running server; `None` while stopped.
+    #[allow(dead_code)] // used by the soak (tests/soak.rs), whose watchdog kills it
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// How many multipart uploads into `bucket` are unfinished (created, neither completed nor
+    /// aborted): SeaweedFS keeps them as directories under the bucket's `.uploads/` in its filer.
+    #[allow(dead_code)] // used by the soak (tests/soak.rs)
+    pub async fn unfinished_uploads(&self, bucket: &str) -> Result<usize, String> {
+        // `host:port.grpcPort` → the filer's HTTP address.
+        let http = self.filer.rsplit_once('.').map_or(self.filer.as_str(), |(addr, _)| addr);
+        let url = format!("http://{http}/buckets/{bucket}/.uploads/?limit=100000");
+        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?;
+        let resp = client.get(&url).header("accept", "application/json").send().await.map_err(|e| format!("{url}: {e}"))?;
+        if resp.status().as_u16() == 404 {
+            return Ok(0);
+        }
+        let listing: serde_json::Value = resp.json().await.map_err(|e| format!("{url}: {e}"))?;
+        Ok(listing.get("Entries").and_then(|e| e.as_array()).map_or(0, Vec::len))
+    }
+
     /// Start the stopped server again, on the same ports and data, and wait until it answers.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop it first");
