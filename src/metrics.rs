@@ -303,6 +303,23 @@ impl Drop for UploadRunning {
     }
 }
 
+/// Register `metric` as `name` with `help`; the registry keeps a clone, the caller the metric.
+fn plain<M: EncodeMetric + Clone + std::fmt::Debug + Send + Sync + 'static>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// Register the family `family` as `name` with `help`, listed before its first sample ([`Listed`]).
+fn listed<F: EncodeMetric + Clone + std::fmt::Debug + Send + Sync + 'static>(registry: &mut Registry, name: &str, help: &str, family: F) -> F {
+    registry.register(name, help, Listed(family.clone()));
+    family
+}
+
+/// The buckets of the upstream latency histogram, in seconds.
+fn latency_histogram() -> Histogram {
+    Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -310,127 +327,41 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// A fresh set of metrics.
+    /// A fresh set of metrics, every one registered with its HELP text.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("regcache");
-        let requests = Family::default();
-        registry.register("http_requests", "Requests answered, by route and status", Listed(requests.clone()));
-        let outcomes = Family::default();
-        registry.register("cache_requests", "Cache answers: hit, miss, stale, pass", Listed(outcomes.clone()));
-        let bytes_served = Family::default();
-        registry.register("served_bytes", "Body bytes sent to clients, by source (cache or upstream)", Listed(bytes_served.clone()));
-        let upstream_requests = Family::default();
-        registry.register("upstream_requests", "Requests sent upstream, by upstream and status", Listed(upstream_requests.clone()));
-        let upstream_latency = Family::<UpstreamName, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
-        });
-        registry.register("upstream_request_duration_seconds", "Time to upstream response headers", Listed(upstream_latency.clone()));
-        let token_fetches = Family::default();
-        registry.register("token_fetches", "Bearer tokens fetched, by upstream", Listed(token_fetches.clone()));
-        let ratelimit_limit = Family::default();
-        registry.register(
-            "upstream_ratelimit_limit",
-            "The pull limit per window an upstream last announced (RateLimit-Limit, e.g. Docker Hub's)",
-            Listed(ratelimit_limit.clone()),
-        );
-        let ratelimit_remaining = Family::default();
-        registry.register(
-            "upstream_ratelimit_remaining",
-            "The pulls left in its window an upstream last announced (RateLimit-Remaining)",
-            Listed(ratelimit_remaining.clone()),
-        );
-        let fills = Gauge::default();
-        registry.register("fills_in_progress", "Blob downloads from upstream running now", fills.clone());
-        let fill_readers = Gauge::default();
-        registry.register("fill_readers", "Client requests reading blobs being downloaded now", fill_readers.clone());
-        let fill_coalesced = Gauge::default();
-        registry.register(
-            "fill_coalesced_readers",
-            "Client requests reading a blob download beside its first reader (coalesced: no download of their own)",
-            fill_coalesced.clone(),
-        );
-        let disk_bytes = Gauge::default();
-        registry.register("disk_bytes", "Bytes of blobs, manifests and referrers lists stored", disk_bytes.clone());
-        let max_size = Gauge::default();
-        registry.register("max_size_bytes", "max_size: the most bytes disk_bytes is kept under (0: unlimited)", max_size.clone());
-        let fs_free = Gauge::default();
-        registry.register("data_dir_free_bytes", "Bytes free for regcache on the file system of data_dir", fs_free.clone());
-        let fs_size = Gauge::default();
-        registry.register("data_dir_size_bytes", "Size in bytes of the file system of data_dir", fs_size.clone());
-        let evictions = Counter::default();
-        registry.register("evictions", "Blobs and manifests evicted to stay under max_size", evictions.clone());
-        let evicted_bytes = Counter::default();
-        registry.register("evicted_bytes", "Bytes evicted to stay under max_size", evicted_bytes.clone());
-        let bucket_operations = Family::default();
-        registry.register(
-            "bucket_operations",
-            "Operations on the shared bucket (a blob's size or bytes, a whole upload, a record), by kind and result",
-            Listed(bucket_operations.clone()),
-        );
-        let bucket_requests = Family::default();
-        registry.register("bucket_requests", "S3 requests sent to the shared bucket, by operation and outcome", Listed(bucket_requests.clone()));
-        let bucket_bytes = Family::default();
-        registry.register("bucket_bytes", "Blob bytes read from and uploaded to the shared bucket", Listed(bucket_bytes.clone()));
-        let uploads = Gauge::<i64, AtomicI64>::default();
-        registry.register("bucket_uploads_in_progress", "Blob uploads to the shared bucket running now", uploads.clone());
-        let uploads_aborted = Counter::default();
-        registry.register("bucket_uploads_aborted", "Blob uploads to the shared bucket given up", uploads_aborted.clone());
-        let bucket_down = Gauge::default();
-        registry.register("bucket_down", "1 while the shared bucket is marked down (degraded: hot tier and upstream only)", bucket_down.clone());
-        let bucket_evictions = Counter::default();
-        registry.register("bucket_evictions", "Blobs this node evicted from the shared bucket to stay under bucket_max_size", bucket_evictions.clone());
-        let bucket_evicted_bytes = Counter::default();
-        registry.register("bucket_evicted_bytes", "Bytes this node evicted from the shared bucket to stay under bucket_max_size", bucket_evicted_bytes.clone());
-        let bucket_backlog = Gauge::default();
-        registry.register(
-            "bucket_backlog",
-            "Blobs, manifests, tag and referrers records this node keeps that wait to be written to the shared bucket (it was down)",
-            bucket_backlog.clone(),
-        );
-        let bucket_backlog_dropped = Counter::default();
-        registry.register(
-            "bucket_backlog_dropped",
-            "Backlog entries dropped unwritten because the backlog was full (the oldest go)",
-            bucket_backlog_dropped.clone(),
-        );
-        let fleet = FleetMetrics { outcomes: Family::default(), members: Family::default() };
-        registry.register(
-            "fleet_fills",
-            "How fills in a fleet got their blobs (peer_hit: a member had it stored, peer_fill: from a member's fill, fell_back_upstream: no member could stream it) and members that failed to answer (owner_down)",
-            Listed(fleet.outcomes.clone()),
-        );
-        registry.register("fleet_member_up", "Each member of the fleet: 1 up, 0 from a failure to answer until its next answer", Listed(fleet.members.clone()));
+        let r = &mut registry;
         Metrics {
-            registry,
-            requests,
-            outcomes,
-            bytes_served,
-            upstream_requests,
-            upstream_latency,
-            token_fetches,
-            ratelimit_limit,
-            ratelimit_remaining,
-            fills,
-            fill_readers,
-            fill_coalesced,
-            disk_bytes,
-            max_size,
-            fs_free,
-            fs_size,
-            evictions,
-            evicted_bytes,
-            bucket_operations,
-            bucket_requests,
-            bucket_bytes,
-            uploads,
-            uploads_aborted,
-            bucket_down,
-            bucket_evictions,
-            bucket_evicted_bytes,
-            bucket_backlog,
-            bucket_backlog_dropped,
-            fleet,
+            requests: listed(r, "http_requests", "Requests answered, by route and status", Family::default()),
+            outcomes: listed(r, "cache_requests", "Cache answers: hit, miss, stale, pass", Family::default()),
+            bytes_served: listed(r, "served_bytes", "Body bytes sent to clients, by source (cache or upstream)", Family::default()),
+            upstream_requests: listed(r, "upstream_requests", "Requests sent upstream, by upstream and status", Family::default()),
+            upstream_latency: listed(r, "upstream_request_duration_seconds", "Time to upstream response headers", Family::<UpstreamName, Histogram>::new_with_constructor(latency_histogram)),
+            token_fetches: listed(r, "token_fetches", "Bearer tokens fetched, by upstream", Family::default()),
+            ratelimit_limit: listed(r, "upstream_ratelimit_limit", "The pull limit per window an upstream last announced (RateLimit-Limit, e.g. Docker Hub's)", Family::default()),
+            ratelimit_remaining: listed(r, "upstream_ratelimit_remaining", "The pulls left in its window an upstream last announced (RateLimit-Remaining)", Family::default()),
+            fills: plain(r, "fills_in_progress", "Blob downloads from upstream running now", Gauge::default()),
+            fill_readers: plain(r, "fill_readers", "Client requests reading blobs being downloaded now", Gauge::default()),
+            fill_coalesced: plain(r, "fill_coalesced_readers", "Client requests reading a blob download beside its first reader (coalesced: no download of their own)", Gauge::default()),
+            disk_bytes: plain(r, "disk_bytes", "Bytes of blobs, manifests and referrers lists stored", Gauge::default()),
+            max_size: plain(r, "max_size_bytes", "max_size: the most bytes disk_bytes is kept under (0: unlimited)", Gauge::default()),
+            fs_free: plain(r, "data_dir_free_bytes", "Bytes free for regcache on the file system of data_dir", Gauge::default()),
+            fs_size: plain(r, "data_dir_size_bytes", "Size in bytes of the file system of data_dir", Gauge::default()),
+            evictions: plain(r, "evictions", "Blobs and manifests evicted to stay under max_size", Counter::default()),
+            evicted_bytes: plain(r, "evicted_bytes", "Bytes evicted to stay under max_size", Counter::default()),
+            bucket_operations: listed(r, "bucket_operations", "Operations on the shared bucket (a blob's size or bytes, a whole upload, a record), by kind and result", Family::default()),
+            bucket_requests: listed(r, "bucket_requests", "S3 requests sent to the shared bucket, by operation and outcome", Family::default()),
+            bucket_bytes: listed(r, "bucket_bytes", "Blob bytes read from and uploaded to the shared bucket", Family::default()),
+            uploads: plain(r, "bucket_uploads_in_progress", "Blob uploads to the shared bucket running now", Gauge::<i64, AtomicI64>::default()),
+            uploads_aborted: plain(r, "bucket_uploads_aborted", "Blob uploads to the shared bucket given up", Counter::default()),
+            bucket_down: plain(r, "bucket_down", "1 while the shared bucket is marked down (degraded: hot tier and upstream only)", Gauge::default()),
+            bucket_evictions: plain(r, "bucket_evictions", "Blobs this node evicted from the shared bucket to stay under bucket_max_size", Counter::default()),
+            bucket_evicted_bytes: plain(r, "bucket_evicted_bytes", "Bytes this node evicted from the shared bucket to stay under bucket_max_size", Counter::default()),
+            bucket_backlog: plain(r, "bucket_backlog", "Blobs, manifests, tag and referrers records this node keeps that wait to be written to the shared bucket (it was down)", Gauge::default()),
+            bucket_backlog_dropped: plain(r, "bucket_backlog_dropped", "Backlog entries dropped unwritten because the backlog was full (the oldest go)", Counter::default()),
+            fleet: FleetMetrics { outcomes: listed(r, "fleet_fills", "How fills in a fleet got their blobs (peer_hit: a member had it stored, peer_fill: from a member's fill, fell_back_upstream: no member could stream it) and members that failed to answer (owner_down)", Family::default()), members: listed(r, "fleet_member_up", "Each member of the fleet: 1 up, 0 from a failure to answer until its next answer", Family::default()) },
             board: Board::default(),
+            registry,
         }
     }
 
