@@ -61,6 +61,19 @@ pub fn html(s: &Snapshot) -> String {
 }
 
 fn write_page(o: &mut String, s: &Snapshot) -> std::fmt::Result {
+    write_head(o, s)?;
+    write_cache(o, s)?;
+    write_upstreams(o, s)?;
+    write_fills(o, s)?;
+    write_repositories(o, s)?;
+    write_bucket(o, s)?;
+    write_fleet(o, s)?;
+    o.push_str("</body></html>\n");
+    Ok(())
+}
+
+/// The page's head and style, the version and the uptime.
+fn write_head(o: &mut String, s: &Snapshot) -> std::fmt::Result {
     o.push_str(concat!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         "<meta http-equiv=\"refresh\" content=\"5\">",
@@ -79,7 +92,11 @@ fn write_page(o: &mut String, s: &Snapshot) -> std::fmt::Result {
         esc(s.version),
         esc(&humantime::format_duration(Duration::from_secs(s.uptime_seconds)).to_string())
     )?;
+    Ok(())
+}
 
+/// The cache: its size, what it holds, requests, hits and bytes.
+fn write_cache(o: &mut String, s: &Snapshot) -> std::fmt::Result {
     let c = &s.cache;
     o.push_str("<h2>Cache</h2><table id=\"cache\">\n");
     let max = c.max_size_bytes.map_or_else(|| "unlimited".to_owned(), human);
@@ -97,7 +114,11 @@ fn write_page(o: &mut String, s: &Snapshot) -> std::fmt::Result {
         writeln!(o, "<tr><th>{}</th><td class=\"n\">{}</td></tr>", esc(k), esc(&v))?;
     }
     o.push_str("</table>\n");
+    Ok(())
+}
 
+/// Each upstream: its state, last error and the rate limit it announced.
+fn write_upstreams(o: &mut String, s: &Snapshot) -> std::fmt::Result {
     o.push_str("<h2>Upstreams</h2><table id=\"upstreams\"><tr><th>Name</th><th>URL</th><th>State</th><th>Last error</th><th>Rate limit remaining</th></tr>\n");
     for u in &s.upstreams {
         let err = match &u.last_error {
@@ -114,7 +135,11 @@ fn write_page(o: &mut String, s: &Snapshot) -> std::fmt::Result {
         )?;
     }
     o.push_str("</table>\n");
+    Ok(())
+}
 
+/// The fills in progress, a progress bar each.
+fn write_fills(o: &mut String, s: &Snapshot) -> std::fmt::Result {
     writeln!(o, "<h2>Fills in progress ({})</h2>", s.fills.len())?;
     if s.fills.is_empty() {
         o.push_str("<p id=\"fills\" class=\"none\">No blob is being fetched.</p>\n");
@@ -144,7 +169,11 @@ fn write_page(o: &mut String, s: &Snapshot) -> std::fmt::Result {
         }
         o.push_str("</table>\n");
     }
+    Ok(())
+}
 
+/// The most requested repositories.
+fn write_repositories(o: &mut String, s: &Snapshot) -> std::fmt::Result {
     o.push_str("<h2>Top repositories</h2>");
     if s.top_repositories.is_empty() {
         o.push_str("<p id=\"repositories\" class=\"none\">No repository requested yet.</p>\n");
@@ -162,7 +191,11 @@ fn write_page(o: &mut String, s: &Snapshot) -> std::fmt::Result {
         }
         o.push_str("</table>\n");
     }
+    Ok(())
+}
 
+/// The shared bucket.
+fn write_bucket(o: &mut String, s: &Snapshot) -> std::fmt::Result {
     o.push_str("<h2>Bucket</h2>");
     match &s.bucket {
         Some(b) => writeln!(
@@ -173,7 +206,11 @@ fn write_page(o: &mut String, s: &Snapshot) -> std::fmt::Result {
         )?,
         None => o.push_str("<p id=\"bucket\" class=\"none\">No shared bucket configured.</p>\n"),
     }
+    Ok(())
+}
 
+/// The fleet's members.
+fn write_fleet(o: &mut String, s: &Snapshot) -> std::fmt::Result {
     o.push_str("<h2>Fleet</h2>");
     match &s.fleet {
         Some(f) => {
@@ -185,7 +222,6 @@ fn write_page(o: &mut String, s: &Snapshot) -> std::fmt::Result {
         }
         None => o.push_str("<p id=\"fleet\" class=\"none\">Not in a fleet.</p>\n"),
     }
-    o.push_str("</body></html>\n");
     Ok(())
 }
 
