@@ -229,14 +229,15 @@ def test_systemd_analyze_verify(workdir):
 def test_example_config_covers_every_key():
     shipped = load_toml("regcache.toml")
     conn = {"header_timeout", "keepalive_timeout", "client_idle_timeout", "max_connections"}
-    assert set(shipped) == {"listen", "data_dir", "max_size", "admin_listen", "fills", "storage", "upstream"} | conn, \
+    assert set(shipped) == {"listen", "data_dir", "max_size", "admin_listen", "log_format", "fills", "storage",
+                            "upstream"} | conn, \
         "as shipped, the parts that name files are commented out"
     assert shipped["storage"] == {"backend": "local"}, "the [storage] keys of s3 are in the S3 examples"
     assert not {"username", "password_file", "ca_file"} & set(shipped["upstream"][0])
     assert shipped["upstream"][0]["redirect_hosts"] == []
     cfg = tomllib.loads(example_with_optional_parts())
-    assert set(cfg) == {"listen", "data_dir", "max_size", "admin_listen", "fills", "storage", "tls", "access",
-                        "upstream"} | conn
+    assert set(cfg) == {"listen", "data_dir", "max_size", "admin_listen", "log_format", "fills", "storage", "tls",
+                        "access", "upstream"} | conn
     assert set(cfg["fills"]) == {"min_free", "max_temp", "unread_min_rate", "rate_window", "unread_max"}
     assert set(cfg["tls"]) == {"cert", "key"}
     assert set(cfg["access"]) == {"htpasswd", "allow", "max_failures"}
