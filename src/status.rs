@@ -123,8 +123,8 @@ impl Board {
     }
 
     /// One request for `repository` on `upstream` (as the upstream names it), `bytes` served.
-    pub fn repository(&self, upstream: &str, repository: &str, bytes: u64) {
-        lock(&self.repositories).count(upstream, repository, bytes);
+    pub fn repository(&self, upstream: String, repository: String, bytes: u64) {
+        lock(&self.repositories).count((upstream, repository), bytes);
     }
 
     /// The cache's tallies; `size_bytes`, `max_size_bytes`, `blobs` and `manifests` are the
@@ -209,8 +209,7 @@ impl RepoCounts {
     /// Count one request. A repository not counted yet while the map is full takes the place of
     /// the least requested one (a scan of at most `cap` entries, only then): the busy ones stay,
     /// which is what the page lists.
-    fn count(&mut self, upstream: &str, repository: &str, bytes: u64) {
-        let key = (upstream.to_owned(), repository.to_owned());
+    fn count(&mut self, key: (String, String), bytes: u64) {
         if !self.counts.contains_key(&key) && self.counts.len() >= self.cap {
             let least = self.counts.iter().min_by_key(|(_, c)| c.requests).map(|(k, _)| k.clone());
             if let Some(least) = least {
@@ -408,10 +407,10 @@ mod tests {
         let mut counts = RepoCounts::new(3);
         for (repo, times) in [("a", 5), ("b", 3), ("c", 1)] {
             for _ in 0..times {
-                counts.count("docker.io", repo, 10);
+                counts.count(("docker.io".to_owned(), repo.to_owned()), 10);
             }
         }
-        counts.count("docker.io", "d", 10);
+        counts.count(("docker.io".to_owned(), "d".to_owned()), 10);
         assert_eq!(counts.counts.len(), 3);
         let top: Vec<_> = counts.top(2).into_iter().map(|r| (r.repository, r.requests, r.bytes_served)).collect();
         assert_eq!(top, [("a".to_owned(), 5, 50), ("b".to_owned(), 3, 30)]);

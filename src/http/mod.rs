@@ -191,8 +191,8 @@ impl App {
                     _ => None,
                 };
                 metrics.request(route, status.as_u16(), cache, bytes);
-                if let Some(c) = &counted {
-                    metrics.board().repository(&c.upstream, &c.repository, bytes);
+                if let Some(c) = counted {
+                    metrics.board().repository(c.upstream, c.repository, bytes);
                 }
                 tracing::info!(
                     request_id = %request_id,
