@@ -6,6 +6,7 @@ use std::sync::Arc;
 use regcache::cache::SharedCalls;
 use regcache::config::{Config, Overrides};
 use regcache::http::App;
+use regcache::oci::RegistryHost;
 use regcache::fill::Fills;
 use tokio::sync::oneshot;
 
@@ -208,7 +209,7 @@ impl Mirror {
     /// How many requests wait on (or read) the fill of `digest` from `upstream`.
     pub fn fill_waiters(&self, upstream: &str, digest: &str) -> usize {
         let digest = digest.parse().expect("a digest");
-        self.fills.get(upstream, &digest).map_or(0, |f| f.readers())
+        self.fills.get(&RegistryHost::new(upstream), &digest).map_or(0, |f| f.readers())
     }
 
     pub fn has_blob(&self, digest: &str) -> bool {
@@ -250,7 +251,7 @@ pub fn spawn_range(fills: &Arc<Fills>, url: &str, digest: &str, range: &str) -> 
     tokio::spawn(async move {
         let resp = Mirror::client().get(url).header("range", range).send().await.expect("response headers");
         // `verified` answers at once when the fill has its verdict.
-        let before_the_verdict = fills.get("docker.io", &digest).is_some_and(|f| f.verified().now_or_never().is_none());
+        let before_the_verdict = fills.get(&RegistryHost::new("docker.io"), &digest).is_some_and(|f| f.verified().now_or_never().is_none());
         let status = resp.status().as_u16();
         let content_range = resp.headers().get("content-range").map(|v| v.to_str().expect("ASCII").to_owned());
         let body = resp.bytes().await.map(|b| b.to_vec()).map_err(|e| e.to_string());
