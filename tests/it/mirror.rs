@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use regcache::cache::SharedCalls;
+use regcache::cache::CoalescedCalls;
 use regcache::config::{Config, Overrides};
 use regcache::http::App;
 use regcache::oci::RegistryHost;
@@ -27,7 +27,7 @@ pub struct Mirror {
     /// Its running fills, to see who waits on them.
     pub fills: Arc<Fills>,
     /// Its shared upstream calls (tag revalidations, manifest fetches), to see who waits on them.
-    pub shared_calls: SharedCalls,
+    pub coalesced_calls: CoalescedCalls,
     /// The application itself (its store, the shared bucket's client), while it runs (weak: a
     /// stopped mirror releases its data directory).
     pub app: std::sync::Weak<App>,
@@ -91,13 +91,13 @@ impl Mirror {
         config.upstreams[0].private_network = opts.private_network;
         let registry = regcache::app::open_with(&config, opts.bucket, Default::default()).expect("open registry");
         let fills = registry.cache().fills().clone();
-        let shared_calls = registry.cache().shared_calls();
+        let coalesced_calls = registry.cache().coalesced_calls();
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(regcache::http::serve(listener, registry.clone(), async {
             let _ = stopped.await;
         }));
-        Mirror { url, data_dir, fills, shared_calls, app: Arc::downgrade(&registry), stop: Some(stop), task: Some(task), _tmp: tmp }
+        Mirror { url, data_dir, fills, coalesced_calls, app: Arc::downgrade(&registry), stop: Some(stop), task: Some(task), _tmp: tmp }
     }
 
     /// The shared bucket's client of this running mirror.
