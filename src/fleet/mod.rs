@@ -19,6 +19,7 @@ pub mod source;
 use std::sync::Arc;
 
 use crate::metrics::FleetMetrics;
+use crate::oci::{RepositoryName, Tag};
 
 pub use member::MemberId;
 pub use members::Members;
@@ -50,6 +51,39 @@ impl FleetOutcome {
     }
 }
 
+/// How a tag revalidation in a fleet went: the `outcome` label of
+/// `regcache_fleet_tag_revalidations_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TagOutcome {
+    /// A member (the tag's owner, or the next one up) answered, and its answer verified.
+    PeerAnswer,
+    /// A member asked failed to answer (it is taken for down).
+    OwnerDown,
+    /// A member's answer failed verification (bytes not matching the digest it claimed, not a
+    /// manifest, not what the client accepts): refused, and the member taken for down.
+    Refused,
+    /// No member answered usably: this node asked the upstream itself.
+    FellBackUpstream,
+}
+
+impl TagOutcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TagOutcome::PeerAnswer => "peer_answer",
+            TagOutcome::OwnerDown => "owner_down",
+            TagOutcome::Refused => "refused",
+            TagOutcome::FellBackUpstream => "fell_back_upstream",
+        }
+    }
+}
+
+/// The key a tag is owned by: `<upstream>/<repository>:<tag>`, the upstream by its configured name
+/// and the repository by the name the upstream knows (so `alpine` and `library/alpine` are one).
+pub fn tag_key(upstream: &str, repo: &RepositoryName, tag: &Tag) -> String {
+    format!("{upstream}/{repo}:{tag}")
+}
+
 /// This node's view of the fleet: the members, their health, and the shared secret.
 pub struct Fleet {
     members: Arc<Members>,
@@ -77,6 +111,11 @@ impl Fleet {
     /// Count `outcome`.
     pub fn count(&self, outcome: FleetOutcome) {
         self.metrics.outcome(outcome.as_str());
+    }
+
+    /// Count a tag revalidation's `outcome`.
+    pub fn count_tag(&self, outcome: TagOutcome) {
+        self.metrics.tag_outcome(outcome.as_str());
     }
 
     /// The client for the other members.
