@@ -4,8 +4,11 @@
 //! ([`hrw`], pinned as protocol). A node that misses a blob (not in its hot tier, not in the
 //! bucket) and is not its owner asks the owner over the member-to-member API (`/_fleet/` on the
 //! main listener, refused without the fleet's secret, [`auth`]); the owner joins or starts its
-//! normal fill and streams the bytes as they arrive. Who the members are and which are up is
-//! [`members`]' business (static `peers`, or `peers_dns` resolved every 10 s; passive health).
+//! normal fill and streams the bytes as they arrive. A tag is owned the same way, by the key
+//! `<upstream>/<repository>:<tag>` ([`tag_key`]): a node that must revalidate a tag it doesn't own
+//! asks the owner (`cache::fleet_tag`), so a burst of clients spread over the fleet causes one
+//! upstream request. Who the members are and which are up is [`members`]' business (static
+//! `peers`, or `peers_dns` resolved every 10 s; passive health).
 
 pub mod auth;
 pub mod hrw;

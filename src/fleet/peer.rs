@@ -28,7 +28,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Where the body of a member's answer starts in the blob (the owner's `http::fleet` sets it).
 pub const OFFSET_HEADER: &str = "x-regcache-offset";
 
-/// Whether the owner had the blob stored (`stored`) or streams it from its fill (`fill`).
+/// Whether the owner had the blob stored (`stored`) or streams it from its fill (`fill`); on an
+/// error answered about a tag (`error`), that the error is the member's answer, not its failure.
 pub const SERVED_HEADER: &str = "x-regcache-served";
 
 pub use tag::{PeerTag, TagAsk};
@@ -122,7 +123,8 @@ impl PeerClient {
 
     /// Send `req`: its answer once its headers are in, within `header_timeout`, if a success (2xx,
     /// 304). Unreachable, too slow, a 5xx or a refusal of the secret (401, 403; or 408, 429): the
-    /// member is `Down`; another 4xx is its answer about what was asked.
+    /// member is `Down`; another 4xx, or an error marked `x-regcache-served: error`, is its answer
+    /// about what was asked.
     async fn send(&self, req: Builder, header_timeout: Duration) -> Result<Response<Incoming>, PeerError> {
         let req = req.body(Empty::new()).map_err(|e| PeerError::Down(e.to_string()))?;
         let resp = match tokio::time::timeout(header_timeout, self.client.request(req)).await {
@@ -131,7 +133,9 @@ impl PeerClient {
             Ok(Ok(resp)) => resp,
         };
         let status = resp.status();
-        if status.is_client_error() && !matches!(status.as_u16(), 401 | 403 | 408 | 429) {
+        // An error the member marks as its answer (its upstream's, e.g. unavailable) says it is up.
+        let its_answer = resp.headers().get(SERVED_HEADER).is_some_and(|v| v == "error");
+        if its_answer || (status.is_client_error() && !matches!(status.as_u16(), 401 | 403 | 408 | 429)) {
             return Err(PeerError::Answered(status));
         }
         if !(status.is_success() || status == StatusCode::NOT_MODIFIED) {
