@@ -1,12 +1,12 @@
 //! Tags: a manifest by tag (remembered, revalidated and served stale as [`super::freshness`]
-//! decides; one revalidation per [`TagKey`] at a time), and `tags/list` pages, cut here from what
-//! the upstream listed, which is remembered to cut the same pages while it is down.
+//! decides; one revalidation per [`TagKey`] at a time, through the tag's owner in a fleet:
+//! [`super::fleet_tag`]), and `tags/list` pages, cut here from what the upstream listed, which is
+//! remembered to cut the same pages while it is down.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
-
 use tokio::time::Instant;
 
 use super::fleet_tag::{self, Revalidated};
