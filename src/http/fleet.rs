@@ -33,7 +33,9 @@ impl App {
                 return route_error(&e);
             }
         };
-        let answer = if req.method() == Method::HEAD && offset == 0 {
+        // Members ask a `HEAD` for the whole blob's size only.
+        let offset = if req.method() == Method::HEAD { 0 } else { offset };
+        let answer = if req.method() == Method::HEAD {
             self.cache.blob_head_for_member(&up, &repo, digest).await
         } else {
             crate::fleet::owner::serve_blob(&self.cache, &up, &repo, digest, offset).await

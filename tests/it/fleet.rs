@@ -220,6 +220,12 @@ async fn a_listed_member_that_never_started_holds_up_no_pull() {
         let text = node.metrics_with("regcache_fleet_fills_total{outcome=\"owner_down\"}").await;
         assert!(text.contains(&format!("regcache_fleet_member_up{{member=\"{dead}\"}} 0")), "{text}");
     }
+    // A HEAD of a blob the member that never started owns: answered all the same.
+    let (other, _) = blob_owned_by(&reg, &fleet, 2, 1000);
+    for node in &fleet.nodes {
+        let resp = node.head(&format!("/v2/library/app/blobs/{other}")).await;
+        assert_eq!((resp.status().as_u16(), resp.headers()["content-length"].to_str().unwrap()), (200, "1000"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
