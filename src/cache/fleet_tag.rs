@@ -45,7 +45,7 @@ pub(super) async fn ask_members(
         if !fleet.members().is_up(&member, Instant::now()) {
             continue;
         }
-        let refused = match fleet.client().get_tag(&member, ask, header_timeout, body_timeout).await {
+        let outcome = match fleet.client().get_tag(&member, ask, header_timeout, body_timeout).await {
             Ok(answer) => match verified(ask, answer) {
                 Ok((digest, manifest)) => {
                     let stored = manifest.map(|m| store.put_manifest(&digest, &m)).transpose()?;
@@ -69,7 +69,7 @@ pub(super) async fn ask_members(
             }
         };
         fleet.members().failed(&member, Instant::now());
-        fleet.count_tag(refused);
+        fleet.count_tag(outcome);
     }
     fleet.count_tag(TagOutcome::FellBackUpstream);
     Ok(None)
