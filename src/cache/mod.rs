@@ -5,6 +5,7 @@
 
 mod answered;
 mod blob;
+mod fleet_tag;
 pub mod freshness;
 mod manifest;
 mod referrers;
@@ -24,8 +25,9 @@ use crate::fill::{FillError, Fills, Via};
 use crate::oci::{ManifestError, RegistryHost};
 use crate::singleflight::Singleflight;
 use crate::store::Store;
-use crate::upstream::{ManifestHead, Upstream, UpstreamError, MAX_MANIFEST};
+use crate::upstream::{Upstream, UpstreamError, MAX_MANIFEST};
 
+use fleet_tag::Revalidated;
 use manifest::ManifestKey;
 use tags::TagKey;
 
@@ -106,7 +108,7 @@ pub struct Cache {
     fills: Arc<Fills>,
     /// Where a fill asks for a blob this node's tiers don't have.
     via: Via,
-    revalidations: Singleflight<TagKey, Result<Option<ManifestHead>, UpstreamError>>,
+    revalidations: Singleflight<TagKey, Result<Revalidated, CacheError>>,
     manifest_fetches: Singleflight<ManifestKey, Result<ManifestAnswer, CacheError>>,
 }
 
@@ -116,13 +118,14 @@ pub struct Cache {
 #[cfg(feature = "test-hooks")]
 #[derive(Clone)]
 pub struct CoalescedCalls {
-    revalidations: Singleflight<TagKey, Result<Option<ManifestHead>, UpstreamError>>,
+    revalidations: Singleflight<TagKey, Result<Revalidated, CacheError>>,
     manifest_fetches: Singleflight<ManifestKey, Result<ManifestAnswer, CacheError>>,
 }
 
 #[cfg(feature = "test-hooks")]
 impl CoalescedCalls {
-    /// Requests waiting on a tag revalidation (a manifest `HEAD` upstream) now.
+    /// Requests waiting on a tag revalidation (a manifest `HEAD` upstream, or in a fleet the
+    /// question to the tag's owner) now.
     pub fn revalidation_waiters(&self) -> usize {
         self.revalidations.waiters()
     }
