@@ -16,7 +16,7 @@ use crate::logs::REQUEST_ID_HEADER;
 use super::member::MemberId;
 use super::settings::Secret;
 use crate::oci::{Digest, RepositoryName};
-use crate::upstream::content_length;
+use crate::upstream::{content_length, RateLimit};
 
 /// How long connecting to a member may take: members are close, and a member that doesn't
 /// answer within this is taken for down (a refused connection is down at once).
@@ -59,6 +59,9 @@ pub struct PeerBlob {
     pub total: Option<u64>,
     /// Whether the member had the blob stored (else it streams it from its fill).
     pub stored: bool,
+    /// The rate-limit headers of the upstream response the member's fill got (none when it had
+    /// the blob stored), passed on to this node's clients as if it had asked the upstream.
+    pub rate_limit: RateLimit,
     /// The bytes from the offset asked.
     pub body: Incoming,
 }
@@ -102,7 +105,8 @@ impl PeerClient {
         let length = content_length(resp.headers());
         let total = length.map(|l| l.saturating_add(offset));
         let stored = resp.headers().get(SERVED_HEADER).is_some_and(|v| v == "stored");
-        Ok(PeerBlob { total, stored, body: resp.into_body() })
+        let rate_limit = RateLimit::from_headers(resp.headers());
+        Ok(PeerBlob { total, stored, rate_limit, body: resp.into_body() })
     }
 
     fn request(&self, member: &MemberId, ask: &BlobAsk, offset: u64) -> Result<Request<Empty<Bytes>>, PeerError> {

@@ -1,7 +1,8 @@
 //! Three regcache nodes in one fleet against one fake upstream: a cold blob is fetched from the
 //! upstream once for every client of every node; the owner stopping mid-stream, or a listed member
 //! that never started, fails no pull; the member-to-member API refuses requests without the
-//! fleet's secret. Members reach each other through small TCP proxies (their member URLs), so a
+//! fleet's secret. With a shared bucket, the node that fetched a blob from the upstream uploads it
+//! (the owner, or an asker that finished from the upstream), and no other. Members reach each other through small TCP proxies (their member URLs), so a
 //! test can take a member off the network at once, as a SIGKILL would: its connections are cut
 //! and new ones refused.
 
@@ -14,6 +15,7 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use regcache::fleet::hrw;
 use regcache::fleet::MemberId;
+use regcache::store::{BlobBackend, Bucket, SharedBackend};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -64,6 +66,11 @@ struct Fleet {
 impl Fleet {
     /// `n` nodes, plus `absent` listed members that never start (their ports refuse connections).
     async fn start(reg: &FakeRegistry, n: usize, absent: usize) -> Fleet {
+        Fleet::start_with(reg, n, absent, None).await
+    }
+
+    /// The same, every node on `bucket` (`backend = "s3"`) when given.
+    async fn start_with(reg: &FakeRegistry, n: usize, absent: usize, bucket: Option<Arc<dyn SharedBackend>>) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let secret_file = dir.path().join("fleet.secret");
         std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
@@ -87,7 +94,7 @@ impl Fleet {
             let target = listener.local_addr().unwrap();
             proxies.push(Proxy::start(proxy, target).await);
             let tail = fleet_table(&members[i], &members, &secret_file);
-            let opts = Options { credentials: true, tail, ..Default::default() };
+            let opts = Options { credentials: true, tail, bucket: bucket.clone(), ..Default::default() };
             nodes.push(Mirror::start_on(reg, opts, listener).await);
         }
         let members = members.iter().map(|m| m.parse().unwrap()).collect();
@@ -257,4 +264,99 @@ async fn the_member_api_refuses_requests_without_the_secret() {
     assert_eq!(part.status().as_u16(), 206);
     assert_eq!(part.headers()["x-regcache-offset"], "2");
     assert_eq!(part.bytes().await.unwrap().as_ref(), b"member's blob");
+}
+
+/// A bucket in memory (the S3 backend's own client on `object_store`'s in-memory store), shared
+/// by the nodes given it; its upload records under `dir`.
+fn in_memory_bucket(dir: &Path) -> Arc<Bucket> {
+    Arc::new(Bucket::in_memory("fleet", dir))
+}
+
+/// How many uploads to the bucket `text` (a node's metrics) counts as done.
+fn uploads(text: &str) -> usize {
+    let line = text.lines().find(|l| l.starts_with("regcache_bucket_operations_total{op=\"upload\",result=\"ok\"}"));
+    line.and_then(|l| l.rsplit(' ').next()).map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_bucket_only_the_owner_uploads_a_blob_it_streamed_to_the_others() {
+    let reg = FakeRegistry::start().await;
+    let records = tempfile::tempdir().unwrap();
+    let bucket = in_memory_bucket(records.path());
+    let fleet = Fleet::start_with(&reg, 3, 0, Some(bucket.clone() as Arc<dyn SharedBackend>)).await;
+    let (digest, _) = blob_owned_by(&reg, &fleet, 0, 1_500_000);
+    reg.set_fault(Fault::Hold { path_contains: "/blobs/".into() });
+    let got_bytes = Arc::new(AtomicUsize::new(0));
+    let pulls: Vec<_> = (0..4).map(|i| pull(&fleet.nodes[1 + i % 2].url, &digest, got_bytes.clone())).collect();
+    tokio::time::timeout(PROMPTLY, reg.wait_held(1)).await.expect("the owner's fill started");
+    for node in &fleet.nodes[1..] {
+        eventually("each asker follows its fill", || node.fill_waiters("docker.io", &digest) >= 2).await;
+    }
+    reg.release_held();
+    for p in pulls {
+        assert_eq!(p.await.unwrap(), Ok(digest.clone()), "every body verified");
+    }
+    assert_eq!(reg.cdn_count(&digest), 1);
+    let owner = fleet.nodes[0].metrics_with("regcache_bucket_operations_total{op=\"upload\",result=\"ok\"} 1\n").await;
+    assert_eq!(uploads(&owner), 1);
+    let stored = bucket.stat(&digest.parse().unwrap()).await.unwrap();
+    assert_eq!(stored, Some(1_500_000), "the owner's upload is in the bucket");
+    for node in &fleet.nodes[1..] {
+        node.wait_stored(&digest).await;
+        let text = node.metrics_with("regcache_fleet_fills_total{outcome=\"peer_fill\"} 1\n").await;
+        assert_eq!(uploads(&text), 0, "an asker whose bytes all came from the owner uploads nothing: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_bucket_an_asker_that_finished_from_the_upstream_uploads_the_blob() {
+    let reg = FakeRegistry::start().await;
+    let records = tempfile::tempdir().unwrap();
+    let bucket = in_memory_bucket(records.path());
+    let fleet = Fleet::start_with(&reg, 3, 0, Some(bucket.clone() as Arc<dyn SharedBackend>)).await;
+    let (digest, _) = blob_owned_by(&reg, &fleet, 0, 3_000_000);
+    let order = fleet.order(&digest);
+    reg.set_fault(Fault::HoldBlobsAfter { bytes: 1 << 20, path_contains: digest.clone() });
+    let got_bytes = Arc::new(AtomicUsize::new(0));
+    let pulls: Vec<_> = (0..4).map(|i| pull(&fleet.nodes[1 + i % 2].url, &digest, got_bytes.clone())).collect();
+    eventually("every client got bytes streamed from the owner", || got_bytes.load(Ordering::SeqCst) == 4).await;
+    fleet.proxies[0].kill();
+    reg.release_held();
+    for p in pulls {
+        assert_eq!(p.await.unwrap(), Ok(digest.clone()), "every body verified");
+    }
+    assert_eq!(reg.cdn_count(&digest), 2, "the owner's fetch, and the next member's from where the owner broke off");
+    // The next member finished from the upstream: no member has the whole blob from the sources it
+    // used, so it uploads it.
+    let next = &fleet.nodes[order[1]];
+    let text = next.metrics_with("regcache_bucket_operations_total{op=\"upload\",result=\"ok\"} 1\n").await;
+    assert!(text.contains("regcache_fleet_fills_total{outcome=\"fell_back_upstream\"} 1\n"), "{text}");
+    assert_eq!(bucket.stat(&digest.parse().unwrap()).await.unwrap(), Some(3_000_000));
+    // The last streamed from the owner, then from the next member, which uploads.
+    let last = &fleet.nodes[order[2]];
+    last.wait_stored(&digest).await;
+    let text = last.get("/metrics").await.text().await.unwrap();
+    assert!(!text.contains("{outcome=\"fell_back_upstream\"}"), "{text}");
+    assert_eq!(uploads(&text), 0, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstreams_rate_limit_headers_reach_the_client_of_an_asker() {
+    let reg = FakeRegistry::start().await;
+    let fleet = Fleet::start(&reg, 2, 0).await;
+    let (digest, bytes) = blob_owned_by(&reg, &fleet, 0, 200_000);
+    reg.set_fault(Fault::RateLimitHeaders { remaining: 76 });
+    let limits = |resp: &reqwest::Response| {
+        ["ratelimit-limit", "ratelimit-remaining", "docker-ratelimit-source"].map(|h| resp.headers().get(h).map(|v| v.to_str().unwrap().to_owned()))
+    };
+    let from_upstream = [Some("100;w=21600".to_owned()), Some("76;w=21600".to_owned()), Some("192.0.2.7".to_owned())];
+    let path = format!("/v2/library/app/blobs/{digest}");
+    let resp = fleet.nodes[1].get(&path).await;
+    assert_eq!((resp.status().as_u16(), limits(&resp)), (200, from_upstream), "through the owner's fill");
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &bytes[..]);
+    fleet.nodes[1].metrics_with("regcache_fleet_fills_total{outcome=\"peer_fill\"} 1\n").await;
+    // Stored on both now: no upstream response, no headers (as without the fleet).
+    fleet.nodes[1].wait_stored(&digest).await;
+    let resp = fleet.nodes[1].get(&path).await;
+    assert_eq!((resp.status().as_u16(), limits(&resp)), (200, [None, None, None]), "a hit");
 }
