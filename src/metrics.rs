@@ -359,7 +359,7 @@ impl Metrics {
             bucket_evicted_bytes: plain(r, "bucket_evicted_bytes", "Bytes this node evicted from the shared bucket to stay under bucket_max_size", Counter::default()),
             bucket_backlog: plain(r, "bucket_backlog", "Blobs, manifests, tag and referrers records this node keeps that wait to be written to the shared bucket (it was down)", Gauge::default()),
             bucket_backlog_dropped: plain(r, "bucket_backlog_dropped", "Backlog entries dropped unwritten because the backlog was full (the oldest go)", Counter::default()),
-            fleet: FleetMetrics { outcomes: listed(r, "fleet_fills", "How fills in a fleet got their blobs (peer_hit: a member had it stored, peer_fill: from a member's fill, fell_back_upstream: no member could stream it) and members that failed to answer (owner_down)", Family::default()), members: listed(r, "fleet_member_up", "Each member of the fleet: 1 up, 0 from a failure to answer until its next answer", Family::default()) },
+            fleet: FleetMetrics { outcomes: listed(r, "fleet_fills", "How fills in a fleet got their blobs (peer_hit: a member had it stored, peer_fill: from a member's fill, fell_back_upstream: no member could stream it) and members that failed to answer (owner_down)", Family::default()), members: listed(r, "fleet_member_up", "Each member of the fleet: 1 up, 0 from a failure to answer until it answers again (a request, or the probe of members taken for down every few seconds)", Family::default()) },
             board: Board::default(),
             registry,
         }

@@ -1,7 +1,7 @@
 //! Who the members are now, and which of them are up: the static list, or what `peers_dns`
 //! resolved last; and passive health. A member that fails to answer is down for [`DOWN_FOR`],
-//! then tried again; the first answer marks it up. Nothing is probed: a fleet that is idle sends
-//! nothing.
+//! then tried again; the first answer marks it up. Only members taken for down are probed (by
+//! `fleet::probe`): a fleet whose members are all up sends nothing while it is idle.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -118,6 +118,11 @@ impl Members {
         if was_down {
             self.show();
         }
+    }
+
+    /// The members marked down (whatever their time out), this node never among them.
+    pub fn down(&self) -> Vec<MemberId> {
+        lock(&self.down).keys().filter(|m| **m != self.node).cloned().collect()
     }
 
     /// Every member and whether it is up (for the metrics: a member marked down shows as

@@ -1,5 +1,6 @@
 //! The asker's side of the member-to-member API: `GET /_fleet/v1/blobs/<digest>` of a member,
-//! from an offset, with the fleet's secret, the hop header and the client's request id.
+//! from an offset, with the fleet's secret, the hop header and the client's request id; and
+//! `GET /_fleet/v1/ping`, the probe of a member taken for down.
 
 use std::time::Duration;
 
@@ -107,6 +108,24 @@ impl PeerClient {
         let stored = resp.headers().get(SERVED_HEADER).is_some_and(|v| v == "stored");
         let rate_limit = RateLimit::from_headers(resp.headers());
         Ok(PeerBlob { total, stored, rate_limit, body: resp.into_body() })
+    }
+
+    /// Probe `member` (`GET /_fleet/v1/ping` with the secret) within `timeout`: `Ok` when it
+    /// answered 2xx, or 404 (a member of an older version, without the probe, that answers).
+    pub async fn ping(&self, member: &MemberId, timeout: Duration) -> Result<(), PeerError> {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(member.url("/_fleet/v1/ping"))
+            .header(SECRET_HEADER, self.secret.as_str())
+            .header(HOP_HEADER, "1")
+            .body(Empty::new())
+            .map_err(|e| PeerError::Down(e.to_string()))?;
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Err(_) => Err(PeerError::Down(format!("no answer within {timeout:?}"))),
+            Ok(Err(e)) => Err(PeerError::Down(e.to_string())),
+            Ok(Ok(resp)) if resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND => Ok(()),
+            Ok(Ok(resp)) => Err(PeerError::Down(format!("answered {}", resp.status()))),
+        }
     }
 
     fn request(&self, member: &MemberId, ask: &BlobAsk, offset: u64) -> Result<Request<Empty<Bytes>>, PeerError> {

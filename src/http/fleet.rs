@@ -6,7 +6,7 @@ use hyper::body::Incoming;
 
 use super::error::{fleet_refused, rescue, route_error, Resource};
 use super::route::{RouteError, RouteErrorKind};
-use super::{blob_response, parse_range, App, Resp};
+use super::{blob_response, full, parse_range, App, Resp};
 use crate::cache::RangeRequest;
 use crate::fleet::auth::{self, REPOSITORY_HEADER, UPSTREAM_HEADER};
 use crate::cache::Answered;
@@ -14,6 +14,17 @@ use crate::fleet::peer::{OFFSET_HEADER, SERVED_HEADER};
 use crate::oci::{Digest, ErrorCode, RepositoryName};
 
 impl App {
+    /// `GET /_fleet/v1/ping` from a member probing this one: an empty 200 with the secret.
+    pub(super) fn fleet_ping(&self, req: &Request<Incoming>) -> Resp {
+        let Some(fleet) = &self.fleet else {
+            return route_error(&RouteError::new(RouteErrorKind::NotFound, ErrorCode::NameUnknown, "this node is not a member of a fleet"));
+        };
+        match auth::check(fleet.secret(), req.headers()) {
+            Ok(()) => Resp::new(full(bytes::Bytes::new())),
+            Err(refusal) => fleet_refused(refusal),
+        }
+    }
+
     /// `GET /_fleet/v1/blobs/<digest>` from a member: the blob from the requested offset
     /// (`Range: bytes=N-`), from the upstream and repository the member names.
     pub(super) async fn fleet_blob(&self, req: &Request<Incoming>, digest: &Digest) -> Resp {

@@ -23,6 +23,8 @@ pub enum Route {
     /// `GET /_fleet/v1/blobs/<digest>`: a blob for another member of the fleet (never under
     /// `/v2/`, where clients are served).
     FleetBlob(Digest),
+    /// `GET /_fleet/v1/ping`: whether this member answers the fleet (its health probe).
+    FleetPing,
     /// `GET /status`: the status page (HTML).
     Status,
     /// `GET /status.json`: the status page's snapshot.
@@ -53,7 +55,7 @@ impl Route {
             Route::Repo(_, RepoRoute::Referrers(_)) => RouteLabel::Referrers,
             Route::Metrics => RouteLabel::Metrics,
             Route::Healthz => RouteLabel::Healthz,
-            Route::FleetBlob(_) => RouteLabel::Fleet,
+            Route::FleetBlob(_) | Route::FleetPing => RouteLabel::Fleet,
             Route::Status | Route::StatusJson => RouteLabel::Status,
         }
     }
@@ -128,6 +130,9 @@ pub fn route(method: &Method, path: &str) -> Result<Route, RouteError> {
         "/status" if read => return Ok(Route::Status),
         "/status.json" if read => return Ok(Route::StatusJson),
         _ => {}
+    }
+    if path == "/_fleet/v1/ping" && *method == Method::GET {
+        return Ok(Route::FleetPing);
     }
     if let Some(digest) = path.strip_prefix("/_fleet/v1/blobs/").filter(|_| *method == Method::GET) {
         return Ok(Route::FleetBlob(digest.parse().map_err(NameError::from)?));
@@ -223,6 +228,7 @@ mod tests {
         assert_eq!(route(&get, "/metrics"), Ok(Route::Metrics));
         assert_eq!(route(&Method::HEAD, "/healthz"), Ok(Route::Healthz));
         assert_eq!(route(&get, &format!("/_fleet/v1/blobs/{D}")), Ok(Route::FleetBlob(D.parse().unwrap())));
+        assert_eq!(route(&get, "/_fleet/v1/ping"), Ok(Route::FleetPing));
         assert_eq!(route(&get, "/status"), Ok(Route::Status));
         assert_eq!(route(&get, "/status.json"), Ok(Route::StatusJson));
         assert!(route(&Method::POST, "/status").is_err());

@@ -4,7 +4,8 @@
 //! fleet's secret. With a shared bucket, the node that fetched a blob from the upstream uploads it
 //! (the owner, or an asker that finished from the upstream), and no other. Members reach each other through small TCP proxies (their member URLs), so a
 //! test can take a member off the network at once, as a SIGKILL would: its connections are cut
-//! and new ones refused.
+//! and new ones refused; and put it back, as a restart would. A member taken for down is probed
+//! and up again without a client's request.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -28,10 +29,14 @@ const SECRET: &str = "fleet-test-secret";
 /// refused.
 struct Proxy {
     task: JoinHandle<()>,
+    /// Its address (the member URL's).
+    addr: SocketAddr,
+    target: SocketAddr,
 }
 
 impl Proxy {
     async fn start(listener: TcpListener, target: SocketAddr) -> Proxy {
+        let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             // Dropped with the task: every connection goes with it.
             let mut conns = JoinSet::new();
@@ -43,11 +48,20 @@ impl Proxy {
                 });
             }
         });
-        Proxy { task }
+        Proxy { task, addr, target }
     }
 
     fn kill(&self) {
         self.task.abort();
+    }
+
+    /// Back on the network at the same address, as a member that restarted.
+    async fn revive(&mut self) {
+        self.task.abort();
+        // Its listener is closed once the task is gone: the address can be bound again.
+        let _ = (&mut self.task).await;
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        *self = Proxy::start(listener, self.target).await;
     }
 }
 
@@ -359,4 +373,55 @@ async fn the_upstreams_rate_limit_headers_reach_the_client_of_an_asker() {
     fleet.nodes[1].wait_stored(&digest).await;
     let resp = fleet.nodes[1].get(&path).await;
     assert_eq!((resp.status().as_u16(), limits(&resp)), (200, [None, None, None]), "a hit");
+}
+
+/// `member`'s state in `node`'s `/status.json`.
+async fn status_of(node: &Mirror, member: &MemberId) -> String {
+    let status: serde_json::Value = node.get("/status.json").await.json().await.unwrap();
+    let members = status["fleet"]["members"].as_array().unwrap_or_else(|| panic!("{status}"));
+    let found = members.iter().find(|m| m["node"] == member.as_str()).unwrap_or_else(|| panic!("{status}"));
+    found["state"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_taken_for_down_is_probed_and_up_again_without_a_request() {
+    let reg = FakeRegistry::start().await;
+    let mut fleet = Fleet::start(&reg, 2, 0).await;
+    let (digest, _) = blob_owned_by(&reg, &fleet, 0, 100_000);
+    let owner = fleet.members[0].clone();
+    fleet.proxies[0].kill();
+    let pulled = pull(&fleet.nodes[1].url, &digest, Arc::default()).await.unwrap();
+    assert_eq!(pulled, Ok(digest.clone()), "from the upstream, the owner being off the network");
+    let down = format!("regcache_fleet_member_up{{member=\"{owner}\"}} 0\n");
+    let text = fleet.nodes[1].metrics_with(&down).await;
+    assert!(text.contains("regcache_fleet_fills_total{outcome=\"owner_down\"} 1\n"), "{text}");
+    assert_eq!(status_of(&fleet.nodes[1], &owner).await, "down");
+    assert_eq!(status_of(&fleet.nodes[1], &fleet.members[1]).await, "up", "this node");
+
+    fleet.proxies[0].revive().await;
+    // Up again on its probe, with no request of a client asking it meanwhile.
+    let up = format!("regcache_fleet_member_up{{member=\"{owner}\"}} 1\n");
+    let text = fleet.nodes[1].metrics_with(&up).await;
+    assert!(text.contains("regcache_fleet_fills_total{outcome=\"owner_down\"} 1\n"), "{text}");
+    assert!(!text.contains("outcome=\"peer_"), "no blob was asked of it: {text}");
+    assert_eq!(status_of(&fleet.nodes[1], &owner).await, "up");
+    // The owner answers again: a blob it owns comes from it.
+    let (other, _) = blob_owned_by(&reg, &fleet, 0, 100_001);
+    assert_eq!(pull(&fleet.nodes[1].url, &other, Arc::default()).await.unwrap(), Ok(other.clone()));
+    fleet.nodes[1].metrics_with("regcache_fleet_fills_total{outcome=\"peer_fill\"} 1\n").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_needs_the_secret() {
+    let reg = FakeRegistry::start().await;
+    let fleet = Fleet::start(&reg, 1, 0).await;
+    let url = format!("{}/_fleet/v1/ping", fleet.nodes[0].url);
+    let cases: [(Option<&str>, u16); 3] = [(None, 401), (Some("wrong"), 403), (Some(SECRET), 200)];
+    for (secret, status) in cases {
+        let mut req = Mirror::client().get(&url);
+        if let Some(s) = secret {
+            req = req.header("x-regcache-fleet-secret", s);
+        }
+        assert_eq!(req.send().await.unwrap().status().as_u16(), status, "{secret:?}");
+    }
 }
