@@ -177,10 +177,12 @@ mod tests {
         assert_eq!(Members::new(m(3), &peers).sources(ZEROS, t0), [m(1)]);
         two.failed(&m(1), t0);
         assert_eq!(two.sources(ZEROS, t0), [m(3)], "down: skipped");
+        assert_eq!(two.down(), [m(1)], "probed");
         assert_eq!(two.sources(ZEROS, t0 + DOWN_FOR), [m(1), m(3)], "tried again after DOWN_FOR");
         two.failed(&m(1), t0);
         two.answered(&m(1));
         assert_eq!(two.sources(ZEROS, t0), [m(1), m(3)], "up on its first answer");
+        assert!(two.down().is_empty(), "no longer probed");
         two.failed(&m(9), t0);
         assert!(lock(&two.down).is_empty(), "only members are marked");
     }
