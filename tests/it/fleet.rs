@@ -225,7 +225,13 @@ async fn a_listed_member_that_never_started_holds_up_no_pull() {
     let (digest, _) = blob_owned_by(&reg, &fleet, 2, 1_000_000);
     let got_bytes = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let pulls: Vec<_> = (0..16).map(|i| pull(&fleet.nodes[i % 2].url, &digest, got_bytes.clone())).collect();
+    // The next member's clients start its fill (which asks the dead owner) before the last
+    // member's request could start it for them: a fill started for a member asks no member.
+    let (next, last) = (fleet.order(&digest)[1], fleet.order(&digest)[2]);
+    let mut pulls: Vec<_> = (0..8).map(|_| pull(&fleet.nodes[next].url, &digest, got_bytes.clone())).collect();
+    let next_node = &fleet.nodes[next];
+    eventually("the next member's fill started", || next_node.fill_waiters("docker.io", &digest) >= 1 || next_node.has_blob(&digest)).await;
+    pulls.extend((0..8).map(|_| pull(&fleet.nodes[last].url, &digest, got_bytes.clone())));
     for p in pulls {
         assert_eq!(p.await.unwrap(), Ok(digest.clone()), "every body verified");
     }
