@@ -396,7 +396,7 @@ pub struct FleetStatus {
 pub struct FleetMember {
     /// Its name.
     pub node: String,
-    /// How it is doing.
+    /// `up`, or `down` from a failure to answer until it answers a request or its probe.
     pub state: String,
 }
 

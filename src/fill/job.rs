@@ -45,6 +45,15 @@ impl Body {
             Body::Fleet(stream) => Ok(stream.next_chunk().await?),
         }
     }
+
+    /// Whether this node publishes the blob, once verified, to the tiers behind it: not when
+    /// members streamed all of it (the one that fetched it from the upstream publishes it).
+    fn publishes(&self) -> bool {
+        match self {
+            Body::Fleet(stream) => stream.asked_upstream(),
+            Body::Upstream(_) | Body::Bucket(_) => true,
+        }
+    }
 }
 
 /// A fill whose source has answered.
@@ -140,7 +149,7 @@ impl FillJob {
         };
         // The upload follows the commit: a bucket that is down now gets the blob from the hot
         // tier's file later (the backlog), so that file must be there.
-        if let Some(upload) = upload {
+        if let Some(upload) = upload.filter(|_| body.publishes()) {
             let _ = upload.send(VerifiedFill { size: written, kept });
         }
         Ok((written, kept))
@@ -182,6 +191,7 @@ impl FillJob {
                 request_id: self.request_id.clone(),
             };
             if let Some((stream, total)) = FleetStream::open(fleet, &self.upstream, ask).await {
+                let _ = self.fill.rate_limit.set(stream.rate_limit());
                 return Ok((Body::Fleet(Box::new(stream)), total));
             }
         }
@@ -191,10 +201,11 @@ impl FillJob {
     }
 
     /// Prepare the upload to the tiers behind this node, if there are any, of what this fill
-    /// stores from the upstream: the sender that tells it the blob is verified (dropped unsent,
-    /// nothing is uploaded).
+    /// stores from the upstream or the fleet: the sender that tells it the blob is verified
+    /// (dropped unsent, nothing is uploaded: see [`Body::publishes`]).
     fn upload(&self, body: &Body) -> Option<oneshot::Sender<VerifiedFill>> {
-        let partial = self.fill.partial.get().filter(|_| matches!(body, Body::Upstream(_)) && !self.fill.passing_through())?;
+        let from_behind = matches!(body, Body::Bucket(_));
+        let partial = self.fill.partial.get().filter(|_| !from_behind && !self.fill.passing_through())?;
         let (tx, rx) = oneshot::channel();
         self.sink.publish(&self.digest, partial.as_ref(), rx).then_some(tx)
     }

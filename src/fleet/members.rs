@@ -1,7 +1,7 @@
 //! Who the members are now, and which of them are up: the static list, or what `peers_dns`
 //! resolved last; and passive health. A member that fails to answer is down for [`DOWN_FOR`],
-//! then tried again; the first answer marks it up. Nothing is probed: a fleet that is idle sends
-//! nothing.
+//! then tried again; the first answer marks it up. Only members taken for down are probed (by
+//! `fleet::probe`): a fleet whose members are all up sends nothing while it is idle.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -120,6 +120,11 @@ impl Members {
         }
     }
 
+    /// The members marked down (whatever their time out), this node never among them.
+    pub fn down(&self) -> Vec<MemberId> {
+        lock(&self.down).keys().filter(|m| **m != self.node).cloned().collect()
+    }
+
     /// Every member and whether it is up (for the metrics: a member marked down shows as
     /// down until it answers again).
     pub fn states(&self) -> Vec<(MemberId, bool)> {
@@ -172,10 +177,12 @@ mod tests {
         assert_eq!(Members::new(m(3), &peers).sources(ZEROS, t0), [m(1)]);
         two.failed(&m(1), t0);
         assert_eq!(two.sources(ZEROS, t0), [m(3)], "down: skipped");
+        assert_eq!(two.down(), [m(1)], "probed");
         assert_eq!(two.sources(ZEROS, t0 + DOWN_FOR), [m(1), m(3)], "tried again after DOWN_FOR");
         two.failed(&m(1), t0);
         two.answered(&m(1));
         assert_eq!(two.sources(ZEROS, t0), [m(1), m(3)], "up on its first answer");
+        assert!(two.down().is_empty(), "no longer probed");
         two.failed(&m(9), t0);
         assert!(lock(&two.down).is_empty(), "only members are marked");
     }

@@ -8,7 +8,8 @@
 //! `<upstream>/<repository>:<tag>` ([`tag_key`]): a node that must revalidate a tag it doesn't own
 //! asks the owner (`cache::fleet_tag`), so a burst of clients spread over the fleet causes one
 //! upstream request. Who the members are and which are up is [`members`]' business (static
-//! `peers`, or `peers_dns` resolved every 10 s; passive health).
+//! `peers`, or `peers_dns` resolved every 10 s; passive health, and [`probe`]: members taken for
+//! down are probed every few seconds).
 
 pub mod auth;
 pub mod hrw;
@@ -16,6 +17,7 @@ pub mod member;
 pub mod members;
 pub mod owner;
 pub mod peer;
+pub mod probe;
 pub mod settings;
 pub mod source;
 
@@ -96,14 +98,17 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// The fleet of `settings`; with `peers_dns`, its resolution runs in the background (on the
-    /// current tokio runtime) for as long as the fleet exists.
+    /// The fleet of `settings`; the probe of members taken for down and, with `peers_dns`, its
+    /// resolution run in the background (on the current tokio runtime) for as long as the fleet
+    /// exists.
     pub fn start(settings: &FleetSettings, metrics: FleetMetrics) -> Arc<Fleet> {
         let members = Arc::new(Members::new(settings.node.clone(), &settings.peers).with_metrics(metrics.clone()));
         if let Peers::Dns { host, port } = &settings.peers {
             members::spawn_resolver(&members, host.clone(), *port);
         }
-        Arc::new(Fleet { members, metrics, secret: settings.secret.clone(), client: peer::PeerClient::new(settings.secret.clone()) })
+        let fleet = Arc::new(Fleet { members, metrics, secret: settings.secret.clone(), client: peer::PeerClient::new(settings.secret.clone()) });
+        probe::spawn_prober(&fleet);
+        fleet
     }
 
     /// The members and their health.

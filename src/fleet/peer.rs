@@ -1,6 +1,7 @@
 //! The asker's side of the member-to-member API: `GET /_fleet/v1/blobs/<digest>` of a member,
 //! from an offset, or its `HEAD`; and `GET /_fleet/v1/tags/<tag>` ([`tag`]); each with the fleet's
-//! secret, the hop header, the upstream and repository, and the client's request id.
+//! secret, the hop header, the upstream and repository, and the client's request id; and
+//! `GET /_fleet/v1/ping`, the probe of a member taken for down.
 
 mod tag;
 
@@ -20,7 +21,7 @@ use super::member::MemberId;
 use super::settings::Secret;
 use crate::logs::REQUEST_ID_HEADER;
 use crate::oci::{Digest, RepositoryName};
-use crate::upstream::content_length;
+use crate::upstream::{content_length, RateLimit};
 
 /// How long connecting to a member may take: members are close, and a member that doesn't
 /// answer within this is taken for down (a refused connection is down at once).
@@ -66,6 +67,9 @@ pub struct PeerBlob {
     pub total: Option<u64>,
     /// Whether the member had the blob stored (else it streams it from its fill).
     pub stored: bool,
+    /// The rate-limit headers of the upstream response the member's fill got (none when it had
+    /// the blob stored), passed on to this node's clients as if it had asked the upstream.
+    pub rate_limit: RateLimit,
     /// The bytes from the offset asked.
     pub body: Incoming,
 }
@@ -104,7 +108,26 @@ impl PeerClient {
         let length = content_length(resp.headers());
         let total = length.map(|l| l.saturating_add(offset));
         let stored = resp.headers().get(SERVED_HEADER).is_some_and(|v| v == "stored");
-        Ok(PeerBlob { total, stored, body: resp.into_body() })
+        let rate_limit = RateLimit::from_headers(resp.headers());
+        Ok(PeerBlob { total, stored, rate_limit, body: resp.into_body() })
+    }
+
+    /// Probe `member` (`GET /_fleet/v1/ping` with the secret) within `timeout`: `Ok` when it
+    /// answered 2xx, or 404 (a member of an older version, without the probe, that answers).
+    pub async fn ping(&self, member: &MemberId, timeout: Duration) -> Result<(), PeerError> {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(member.url("/_fleet/v1/ping"))
+            .header(SECRET_HEADER, self.secret.as_str())
+            .header(HOP_HEADER, "1")
+            .body(Empty::new())
+            .map_err(|e| PeerError::Down(e.to_string()))?;
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Err(_) => Err(PeerError::Down(format!("no answer within {timeout:?}"))),
+            Ok(Err(e)) => Err(PeerError::Down(e.to_string())),
+            Ok(Ok(resp)) if resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND => Ok(()),
+            Ok(Ok(resp)) => Err(PeerError::Down(format!("answered {}", resp.status()))),
+        }
     }
 
     /// The size of `ask`'s blob as `member` knows it (stored, from its fill, or from its

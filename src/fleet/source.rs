@@ -3,6 +3,11 @@
 //! down and the next is asked from byte N (`Range: bytes=N-`); when no member is left the upstream
 //! is asked from byte N. The fill hashes every byte whatever its source, so a member is trusted no
 //! more than an upstream.
+//!
+//! Who publishes to the bucket: a member that streamed bytes has (or is filling) the whole blob
+//! itself and publishes it by this same rule, so the asker publishes only when the upstream gave it
+//! bytes ([`FleetStream::asked_upstream`]): a blob that reached any node verified ends up in the
+//! bucket as without the fleet, and a cold blob fetched once for the fleet is uploaded once.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,7 +21,7 @@ use tokio::time::Instant;
 use super::member::MemberId;
 use super::peer::{BlobAsk, PeerError};
 use super::{Fleet, FleetOutcome};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{RateLimit, Upstream, UpstreamError};
 
 /// Where the bytes come from now.
 enum Current {
@@ -40,6 +45,10 @@ pub struct FleetStream {
     pos: u64,
     /// The blob's size, as the first source announced it.
     total: Option<u64>,
+    /// The upstream's rate-limit headers, as the first member that answered passed them on.
+    rate_limit: RateLimit,
+    /// Whether the upstream was asked for (the rest of) the blob.
+    asked_upstream: bool,
 }
 
 impl FleetStream {
@@ -51,7 +60,17 @@ impl FleetStream {
         if left.is_empty() {
             return None;
         }
-        let mut stream = FleetStream { fleet: fleet.clone(), upstream: upstream.clone(), ask, left, current: Current::None, pos: 0, total: None };
+        let mut stream = FleetStream {
+            fleet: fleet.clone(),
+            upstream: upstream.clone(),
+            ask,
+            left,
+            current: Current::None,
+            pos: 0,
+            total: None,
+            rate_limit: RateLimit::default(),
+            asked_upstream: false,
+        };
         match stream.next_member().await {
             Ok(true) => {
                 let total = stream.total;
@@ -64,6 +83,18 @@ impl FleetStream {
                 None
             }
         }
+    }
+
+    /// The rate-limit headers of the upstream response behind the first member's answer (empty
+    /// when it had the blob stored), for this node's clients.
+    pub fn rate_limit(&self) -> RateLimit {
+        self.rate_limit.clone()
+    }
+
+    /// Whether the upstream gave some of the blob's bytes (a member broke off and none was left):
+    /// then no member has all of it from this stream's sources, and this node publishes it.
+    pub fn asked_upstream(&self) -> bool {
+        self.asked_upstream
     }
 
     /// The next chunk; `None` at the end. Cancel-safe (a fill polls it with `now_or_never`): a
@@ -138,6 +169,9 @@ impl FleetStream {
                     self.fleet.members().answered(&member);
                     self.fleet.count(if blob.stored { FleetOutcome::PeerHit } else { FleetOutcome::PeerFill });
                     self.total = self.total.or(blob.total);
+                    if self.pos == 0 {
+                        self.rate_limit = blob.rate_limit;
+                    }
                     tracing::debug!(%member, digest = %self.ask.digest, from = self.pos, "streaming the blob from a member");
                     self.current = Current::Member(member, blob.body);
                     return Ok(true);
@@ -169,6 +203,7 @@ impl FleetStream {
             return Err(UpstreamError::Protocol(format!("the upstream answered from byte {start}, not {}", self.pos)));
         }
         self.current = Current::Upstream { body, skip: self.pos - start };
+        self.asked_upstream = true;
         Ok(())
     }
 }

@@ -16,6 +16,17 @@ use crate::oci::{AcceptList, Digest, ErrorCode, RepositoryName, Tag};
 use crate::upstream::Upstream;
 
 impl App {
+    /// `GET /_fleet/v1/ping` from a member probing this one: an empty 200 with the secret.
+    pub(super) fn fleet_ping(&self, req: &Request<Incoming>) -> Resp {
+        let Some(fleet) = &self.fleet else {
+            return route_error(&RouteError::new(RouteErrorKind::NotFound, ErrorCode::NameUnknown, "this node is not a member of a fleet"));
+        };
+        match auth::check(fleet.secret(), req.headers()) {
+            Ok(()) => Resp::new(full(bytes::Bytes::new())),
+            Err(refusal) => fleet_refused(refusal),
+        }
+    }
+
     /// `GET /_fleet/v1/blobs/<digest>` from a member: the blob from the requested offset
     /// (`Range: bytes=N-`), from the upstream and repository the member names. `HEAD`: its size,
     /// from this node's store, fill or upstream `HEAD` (no fill is started for it).

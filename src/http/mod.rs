@@ -218,7 +218,8 @@ impl App {
             // Members authenticate with the fleet's secret, not as clients.
             (Surface::Main, Route::FleetBlob(digest)) => self.fleet_blob(&req, digest).await,
             (Surface::Main, Route::FleetTag(tag)) => self.fleet_tag(&req, tag).await,
-            (Surface::Admin | Surface::Local, Route::FleetBlob(_) | Route::FleetTag(_)) => {
+            (Surface::Main, Route::FleetPing) => self.fleet_ping(&req),
+            (Surface::Admin | Surface::Local, Route::FleetBlob(_) | Route::FleetTag(_) | Route::FleetPing) => {
                 route_error(&RouteError::new(RouteErrorKind::NotFound, ErrorCode::NameUnknown, "not served on this address"))
             }
             (Surface::Admin | Surface::Local, Route::Metrics | Route::Status | Route::StatusJson | Route::Healthz)

@@ -25,6 +25,8 @@ pub enum Route {
     FleetBlob(Digest),
     /// `GET|HEAD /_fleet/v1/tags/<tag>`: what a tag names now, for another member of the fleet.
     FleetTag(Tag),
+    /// `GET /_fleet/v1/ping`: whether this member answers the fleet (its health probe).
+    FleetPing,
     /// `GET /status`: the status page (HTML).
     Status,
     /// `GET /status.json`: the status page's snapshot.
@@ -55,7 +57,7 @@ impl Route {
             Route::Repo(_, RepoRoute::Referrers(_)) => RouteLabel::Referrers,
             Route::Metrics => RouteLabel::Metrics,
             Route::Healthz => RouteLabel::Healthz,
-            Route::FleetBlob(_) | Route::FleetTag(_) => RouteLabel::Fleet,
+            Route::FleetBlob(_) | Route::FleetTag(_) | Route::FleetPing => RouteLabel::Fleet,
             Route::Status | Route::StatusJson => RouteLabel::Status,
         }
     }
@@ -130,6 +132,9 @@ pub fn route(method: &Method, path: &str) -> Result<Route, RouteError> {
         "/status" if read => return Ok(Route::Status),
         "/status.json" if read => return Ok(Route::StatusJson),
         _ => {}
+    }
+    if path == "/_fleet/v1/ping" && *method == Method::GET {
+        return Ok(Route::FleetPing);
     }
     if let Some(digest) = path.strip_prefix("/_fleet/v1/blobs/").filter(|_| read) {
         return Ok(Route::FleetBlob(digest.parse().map_err(NameError::from)?));
@@ -231,6 +236,7 @@ mod tests {
         assert_eq!(route(&Method::HEAD, &format!("/_fleet/v1/blobs/{D}")), Ok(Route::FleetBlob(D.parse().unwrap())));
         assert_eq!(route(&get, "/_fleet/v1/tags/v1.0"), Ok(Route::FleetTag("v1.0".parse().unwrap())));
         assert_eq!(route(&Method::HEAD, "/_fleet/v1/tags/latest"), Ok(Route::FleetTag("latest".parse().unwrap())));
+        assert_eq!(route(&get, "/_fleet/v1/ping"), Ok(Route::FleetPing));
         assert_eq!(route(&get, "/status"), Ok(Route::Status));
         assert_eq!(route(&get, "/status.json"), Ok(Route::StatusJson));
         assert!(route(&Method::POST, "/status").is_err());

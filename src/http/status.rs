@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::status::{BucketStatus, FillStatus, Snapshot, Stored};
+use crate::status::{BucketStatus, FillStatus, FleetMember, FleetStatus, Snapshot, Stored};
 
 use super::App;
 
@@ -40,8 +40,17 @@ impl App {
                 state: if shared.is_down() { "down" } else { "up" },
                 size_bytes: store.index().shared_sizes().known_bytes(),
             }),
-            fleet: None,
+            fleet: self.fleet.as_ref().map(|fleet| fleet_status(fleet.members())),
         }
+    }
+}
+
+/// The fleet's members and their states now.
+fn fleet_status(members: &crate::fleet::Members) -> FleetStatus {
+    let state = |up: bool| if up { "up" } else { "down" }.to_owned();
+    FleetStatus {
+        node: members.node().to_string(),
+        members: members.states().into_iter().map(|(m, up)| FleetMember { node: m.to_string(), state: state(up) }).collect(),
     }
 }
 

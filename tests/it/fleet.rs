@@ -3,9 +3,13 @@
 //! that never started, fails no pull; the member-to-member API refuses requests without the
 //! fleet's secret. A tag revalidated by clients of every node costs one upstream request (its
 //! owner's); an owner's answer that doesn't verify is refused, an owner that is down skipped, and
-//! with the upstream down every node serves its tags stale; a cold blob's `HEAD` asks its owner. Members reach each other through small TCP proxies (their member URLs), so a
+//! with the upstream down every node serves its tags stale; a cold blob's `HEAD` asks its owner.
+//! With a shared bucket, the node that fetched a blob from the upstream uploads it (the owner, or
+//! an asker that finished from the upstream), and no other. Members reach each other through small
+//! TCP proxies (their member URLs), so a
 //! test can take a member off the network at once, as a SIGKILL would: its connections are cut
-//! and new ones refused.
+//! and new ones refused; and put it back, as a restart would. A member taken for down is probed
+//! and up again without a client's request.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,6 +20,7 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use regcache::fleet::hrw;
 use regcache::fleet::MemberId;
+use regcache::store::{BlobBackend, Bucket, SharedBackend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
@@ -30,10 +35,14 @@ const SECRET: &str = "fleet-test-secret";
 /// refused.
 struct Proxy {
     task: JoinHandle<()>,
+    /// Its address (the member URL's).
+    addr: SocketAddr,
+    target: SocketAddr,
 }
 
 impl Proxy {
     async fn start(listener: TcpListener, target: SocketAddr) -> Proxy {
+        let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             // Dropped with the task: every connection goes with it.
             let mut conns = JoinSet::new();
@@ -45,11 +54,20 @@ impl Proxy {
                 });
             }
         });
-        Proxy { task }
+        Proxy { task, addr, target }
     }
 
     fn kill(&self) {
         self.task.abort();
+    }
+
+    /// Back on the network at the same address, as a member that restarted.
+    async fn revive(&mut self) {
+        self.task.abort();
+        // Its listener is closed once the task is gone: the address can be bound again.
+        let _ = (&mut self.task).await;
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        *self = Proxy::start(listener, self.target).await;
     }
 }
 
@@ -68,6 +86,11 @@ struct Fleet {
 impl Fleet {
     /// `n` nodes, plus `absent` listed members that never start (their ports refuse connections).
     async fn start(reg: &FakeRegistry, n: usize, absent: usize) -> Fleet {
+        Fleet::start_with(reg, n, absent, None).await
+    }
+
+    /// The same, every node on `bucket` (`backend = "s3"`) when given.
+    async fn start_with(reg: &FakeRegistry, n: usize, absent: usize, bucket: Option<Arc<dyn SharedBackend>>) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let secret_file = dir.path().join("fleet.secret");
         std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
@@ -91,7 +114,7 @@ impl Fleet {
             let target = listener.local_addr().unwrap();
             proxies.push(Proxy::start(proxy, target).await);
             let tail = fleet_table(&members[i], &members, &secret_file);
-            let opts = Options { credentials: true, tail, ..Default::default() };
+            let opts = Options { credentials: true, tail, bucket: bucket.clone(), ..Default::default() };
             nodes.push(Mirror::start_on(reg, opts, listener).await);
         }
         let members = members.iter().map(|m| m.parse().unwrap()).collect();
@@ -208,7 +231,13 @@ async fn a_listed_member_that_never_started_holds_up_no_pull() {
     let (digest, _) = blob_owned_by(&reg, &fleet, 2, 1_000_000);
     let got_bytes = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let pulls: Vec<_> = (0..16).map(|i| pull(&fleet.nodes[i % 2].url, &digest, got_bytes.clone())).collect();
+    // The next member's clients start its fill (which asks the dead owner) before the last
+    // member's request could start it for them: a fill started for a member asks no member.
+    let (next, last) = (fleet.order(&digest)[1], fleet.order(&digest)[2]);
+    let mut pulls: Vec<_> = (0..8).map(|_| pull(&fleet.nodes[next].url, &digest, got_bytes.clone())).collect();
+    let next_node = &fleet.nodes[next];
+    eventually("the next member's fill started", || next_node.fill_waiters("docker.io", &digest) >= 1 || next_node.has_blob(&digest)).await;
+    pulls.extend((0..8).map(|_| pull(&fleet.nodes[last].url, &digest, got_bytes.clone())));
     for p in pulls {
         assert_eq!(p.await.unwrap(), Ok(digest.clone()), "every body verified");
     }
@@ -476,5 +505,151 @@ async fn with_the_upstream_down_every_node_serves_its_tags_stale() {
         let text = fleet.nodes[i].metrics_with(&tag_outcome("fell_back_upstream", 1)).await;
         assert!(!text.contains("{outcome=\"owner_down\"}"), "{text}");
         assert!(text.lines().filter(|l| l.starts_with("regcache_fleet_member_up{")).all(|l| l.ends_with(" 1")), "{text}");
+    }
+}
+
+/// A bucket in memory (the S3 backend's own client on `object_store`'s in-memory store), shared
+/// by the nodes given it; its upload records under `dir`.
+fn in_memory_bucket(dir: &Path) -> Arc<Bucket> {
+    Arc::new(Bucket::in_memory("fleet", dir))
+}
+
+/// How many uploads to the bucket `text` (a node's metrics) counts as done.
+fn uploads(text: &str) -> usize {
+    let line = text.lines().find(|l| l.starts_with("regcache_bucket_operations_total{op=\"upload\",result=\"ok\"}"));
+    line.and_then(|l| l.rsplit(' ').next()).map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_bucket_only_the_owner_uploads_a_blob_it_streamed_to_the_others() {
+    let reg = FakeRegistry::start().await;
+    let records = tempfile::tempdir().unwrap();
+    let bucket = in_memory_bucket(records.path());
+    let fleet = Fleet::start_with(&reg, 3, 0, Some(bucket.clone() as Arc<dyn SharedBackend>)).await;
+    let (digest, _) = blob_owned_by(&reg, &fleet, 0, 1_500_000);
+    reg.set_fault(Fault::Hold { path_contains: "/blobs/".into() });
+    let got_bytes = Arc::new(AtomicUsize::new(0));
+    let pulls: Vec<_> = (0..4).map(|i| pull(&fleet.nodes[1 + i % 2].url, &digest, got_bytes.clone())).collect();
+    tokio::time::timeout(PROMPTLY, reg.wait_held(1)).await.expect("the owner's fill started");
+    for node in &fleet.nodes[1..] {
+        eventually("each asker follows its fill", || node.fill_waiters("docker.io", &digest) >= 2).await;
+    }
+    reg.release_held();
+    for p in pulls {
+        assert_eq!(p.await.unwrap(), Ok(digest.clone()), "every body verified");
+    }
+    assert_eq!(reg.cdn_count(&digest), 1);
+    let owner = fleet.nodes[0].metrics_with("regcache_bucket_operations_total{op=\"upload\",result=\"ok\"} 1\n").await;
+    assert_eq!(uploads(&owner), 1);
+    let stored = bucket.stat(&digest.parse().unwrap()).await.unwrap();
+    assert_eq!(stored, Some(1_500_000), "the owner's upload is in the bucket");
+    for node in &fleet.nodes[1..] {
+        node.wait_stored(&digest).await;
+        let text = node.metrics_with("regcache_fleet_fills_total{outcome=\"peer_fill\"} 1\n").await;
+        assert_eq!(uploads(&text), 0, "an asker whose bytes all came from the owner uploads nothing: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_bucket_an_asker_that_finished_from_the_upstream_uploads_the_blob() {
+    let reg = FakeRegistry::start().await;
+    let records = tempfile::tempdir().unwrap();
+    let bucket = in_memory_bucket(records.path());
+    let fleet = Fleet::start_with(&reg, 3, 0, Some(bucket.clone() as Arc<dyn SharedBackend>)).await;
+    let (digest, _) = blob_owned_by(&reg, &fleet, 0, 3_000_000);
+    let order = fleet.order(&digest);
+    reg.set_fault(Fault::HoldBlobsAfter { bytes: 1 << 20, path_contains: digest.clone() });
+    let got_bytes = Arc::new(AtomicUsize::new(0));
+    let pulls: Vec<_> = (0..4).map(|i| pull(&fleet.nodes[1 + i % 2].url, &digest, got_bytes.clone())).collect();
+    eventually("every client got bytes streamed from the owner", || got_bytes.load(Ordering::SeqCst) == 4).await;
+    fleet.proxies[0].kill();
+    reg.release_held();
+    for p in pulls {
+        assert_eq!(p.await.unwrap(), Ok(digest.clone()), "every body verified");
+    }
+    assert_eq!(reg.cdn_count(&digest), 2, "the owner's fetch, and the next member's from where the owner broke off");
+    // The next member finished from the upstream: no member has the whole blob from the sources it
+    // used, so it uploads it.
+    let next = &fleet.nodes[order[1]];
+    let text = next.metrics_with("regcache_bucket_operations_total{op=\"upload\",result=\"ok\"} 1\n").await;
+    assert!(text.contains("regcache_fleet_fills_total{outcome=\"fell_back_upstream\"} 1\n"), "{text}");
+    assert_eq!(bucket.stat(&digest.parse().unwrap()).await.unwrap(), Some(3_000_000));
+    // The last streamed from the owner, then from the next member, which uploads.
+    let last = &fleet.nodes[order[2]];
+    last.wait_stored(&digest).await;
+    let text = last.get("/metrics").await.text().await.unwrap();
+    assert!(!text.contains("{outcome=\"fell_back_upstream\"}"), "{text}");
+    assert_eq!(uploads(&text), 0, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstreams_rate_limit_headers_reach_the_client_of_an_asker() {
+    let reg = FakeRegistry::start().await;
+    let fleet = Fleet::start(&reg, 2, 0).await;
+    let (digest, bytes) = blob_owned_by(&reg, &fleet, 0, 200_000);
+    reg.set_fault(Fault::RateLimitHeaders { remaining: 76 });
+    let limits = |resp: &reqwest::Response| {
+        ["ratelimit-limit", "ratelimit-remaining", "docker-ratelimit-source"].map(|h| resp.headers().get(h).map(|v| v.to_str().unwrap().to_owned()))
+    };
+    let from_upstream = [Some("100;w=21600".to_owned()), Some("76;w=21600".to_owned()), Some("192.0.2.7".to_owned())];
+    let path = format!("/v2/library/app/blobs/{digest}");
+    let resp = fleet.nodes[1].get(&path).await;
+    assert_eq!((resp.status().as_u16(), limits(&resp)), (200, from_upstream), "through the owner's fill");
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &bytes[..]);
+    fleet.nodes[1].metrics_with("regcache_fleet_fills_total{outcome=\"peer_fill\"} 1\n").await;
+    // Stored on both now: no upstream response, no headers (as without the fleet).
+    fleet.nodes[1].wait_stored(&digest).await;
+    let resp = fleet.nodes[1].get(&path).await;
+    assert_eq!((resp.status().as_u16(), limits(&resp)), (200, [None, None, None]), "a hit");
+}
+
+/// `member`'s state in `node`'s `/status.json`.
+async fn status_of(node: &Mirror, member: &MemberId) -> String {
+    let status: serde_json::Value = node.get("/status.json").await.json().await.unwrap();
+    let members = status["fleet"]["members"].as_array().unwrap_or_else(|| panic!("{status}"));
+    let found = members.iter().find(|m| m["node"] == member.as_str()).unwrap_or_else(|| panic!("{status}"));
+    found["state"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_taken_for_down_is_probed_and_up_again_without_a_request() {
+    let reg = FakeRegistry::start().await;
+    let mut fleet = Fleet::start(&reg, 2, 0).await;
+    let (digest, _) = blob_owned_by(&reg, &fleet, 0, 100_000);
+    let owner = fleet.members[0].clone();
+    fleet.proxies[0].kill();
+    let pulled = pull(&fleet.nodes[1].url, &digest, Arc::default()).await.unwrap();
+    assert_eq!(pulled, Ok(digest.clone()), "from the upstream, the owner being off the network");
+    let down = format!("regcache_fleet_member_up{{member=\"{owner}\"}} 0\n");
+    let text = fleet.nodes[1].metrics_with(&down).await;
+    assert!(text.contains("regcache_fleet_fills_total{outcome=\"owner_down\"} 1\n"), "{text}");
+    assert_eq!(status_of(&fleet.nodes[1], &owner).await, "down");
+    assert_eq!(status_of(&fleet.nodes[1], &fleet.members[1]).await, "up", "this node");
+
+    fleet.proxies[0].revive().await;
+    // Up again on its probe, with no request of a client asking it meanwhile.
+    let up = format!("regcache_fleet_member_up{{member=\"{owner}\"}} 1\n");
+    let text = fleet.nodes[1].metrics_with(&up).await;
+    assert!(text.contains("regcache_fleet_fills_total{outcome=\"owner_down\"} 1\n"), "{text}");
+    assert!(!text.contains("outcome=\"peer_"), "no blob was asked of it: {text}");
+    assert_eq!(status_of(&fleet.nodes[1], &owner).await, "up");
+    // The owner answers again: a blob it owns comes from it.
+    let (other, _) = blob_owned_by(&reg, &fleet, 0, 100_001);
+    assert_eq!(pull(&fleet.nodes[1].url, &other, Arc::default()).await.unwrap(), Ok(other.clone()));
+    fleet.nodes[1].metrics_with("regcache_fleet_fills_total{outcome=\"peer_fill\"} 1\n").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_needs_the_secret() {
+    let reg = FakeRegistry::start().await;
+    let fleet = Fleet::start(&reg, 1, 0).await;
+    let url = format!("{}/_fleet/v1/ping", fleet.nodes[0].url);
+    let cases: [(Option<&str>, u16); 3] = [(None, 401), (Some("wrong"), 403), (Some(SECRET), 200)];
+    for (secret, status) in cases {
+        let mut req = Mirror::client().get(&url);
+        if let Some(s) = secret {
+            req = req.header("x-regcache-fleet-secret", s);
+        }
+        assert_eq!(req.send().await.unwrap().status().as_u16(), status, "{secret:?}");
     }
 }

@@ -352,6 +352,7 @@ pub fn route_path(r: &Route) -> Option<String> {
         Route::Repo(name, RepoRoute::Referrers(d)) => format!("/v2/{name}/referrers/{d}"),
         Route::FleetBlob(d) => format!("/_fleet/v1/blobs/{d}"),
         Route::FleetTag(t) => format!("/_fleet/v1/tags/{t}"),
+        Route::FleetPing => "/_fleet/v1/ping".to_owned(),
     })
 }
 
