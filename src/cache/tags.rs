@@ -114,10 +114,10 @@ impl Cache {
         };
         let fetched = match revalidated? {
             Some(h) => {
-                if let Some(m) = self.stored_manifest(&h.digest).await? {
+                if let Some((m, from)) = self.stored_manifest(&h.digest).await? {
                     if accept.allows(&m.media_type) {
                         self.remember_tag(&name, key_repo, tag, kind, &h.digest)?;
-                        return Ok(answer(h.digest, m, Answered::Hit));
+                        return Ok(answer(h.digest, m, from, Answered::Hit));
                     }
                 }
                 if head {
@@ -167,11 +167,11 @@ impl Cache {
     /// The manifest a remembered tag answer points at, if stored (here or in the shared bucket)
     /// and acceptable to the client.
     async fn tag_answer(&self, known: &TagAnswer, accept: &AcceptList, outcome: Answered) -> Result<Option<ManifestAnswer>, CacheError> {
-        let Some(m) = self.stored_manifest(&known.digest).await? else { return Ok(None) };
+        let Some((m, from)) = self.stored_manifest(&known.digest).await? else { return Ok(None) };
         if !accept.allows(&m.media_type) {
             return Ok(None);
         }
-        Ok(Some(answer(known.digest.clone(), m, outcome)))
+        Ok(Some(answer(known.digest.clone(), m, from, outcome)))
     }
 
     /// Remember that `tag` names `digest` for clients asking for `kind`, confirmed now (written to

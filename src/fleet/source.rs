@@ -40,6 +40,8 @@ pub struct FleetStream {
     pos: u64,
     /// The blob's size, as the first source announced it.
     total: Option<u64>,
+    /// The byte from which the upstream was asked (no member was left), if it was.
+    upstream_from: Option<u64>,
 }
 
 impl FleetStream {
@@ -51,7 +53,7 @@ impl FleetStream {
         if left.is_empty() {
             return None;
         }
-        let mut stream = FleetStream { fleet: fleet.clone(), upstream: upstream.clone(), ask, left, current: Current::None, pos: 0, total: None };
+        let mut stream = FleetStream { fleet: fleet.clone(), upstream: upstream.clone(), ask, left, current: Current::None, pos: 0, total: None, upstream_from: None };
         match stream.next_member().await {
             Ok(true) => {
                 let total = stream.total;
@@ -64,6 +66,12 @@ impl FleetStream {
                 None
             }
         }
+    }
+
+    /// How many of the bytes handed to the fill so far came from members (the first ones: the
+    /// rest came from the upstream).
+    pub fn from_members(&self) -> u64 {
+        self.upstream_from.unwrap_or(self.pos)
     }
 
     /// The next chunk; `None` at the end. Cancel-safe (a fill polls it with `now_or_never`): a
@@ -169,6 +177,7 @@ impl FleetStream {
             return Err(UpstreamError::Protocol(format!("the upstream answered from byte {start}, not {}", self.pos)));
         }
         self.current = Current::Upstream { body, skip: self.pos - start };
+        self.upstream_from = Some(self.pos);
         Ok(())
     }
 }
