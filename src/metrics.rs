@@ -17,7 +17,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::cache::Answered;
+use crate::cache::{Answered, BodyFrom, ServedFrom};
 use crate::status::Board;
 use crate::upstream::Quota;
 
@@ -60,30 +60,6 @@ impl RouteLabel {
             RouteLabel::Fleet => "fleet",
             RouteLabel::Status => "status",
             RouteLabel::Other => "other",
-        }
-    }
-}
-
-/// Where the bytes served came from: the `source` label.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-enum ServedFrom {
-    Cache,
-    Upstream,
-}
-
-impl ServedFrom {
-    /// Where the body of a request the cache answered with `outcome` came from.
-    fn of(outcome: Answered) -> ServedFrom {
-        match outcome {
-            Answered::Hit | Answered::Stale => ServedFrom::Cache,
-            Answered::Miss | Answered::Coalesced | Answered::Pass => ServedFrom::Upstream,
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            ServedFrom::Cache => "cache",
-            ServedFrom::Upstream => "upstream",
         }
     }
 }
@@ -341,7 +317,7 @@ impl Metrics {
         Metrics {
             requests: listed(r, "http_requests", "Requests answered, by route and status", Family::default()),
             outcomes: listed(r, "cache_requests", "Cache answers: hit, miss, stale, pass", Family::default()),
-            bytes_served: listed(r, "served_bytes", "Body bytes sent to clients, by source (cache or upstream)", Family::default()),
+            bytes_served: listed(r, "served_bytes", "Body bytes sent to clients (members of the fleet not counted), by where they came from: hot (this node's disk), bucket (the shared bucket), peer (another member of the fleet), upstream", Family::default()),
             upstream_requests: listed(r, "upstream_requests", "Requests sent upstream, by upstream and status", Family::default()),
             upstream_latency: listed(r, "upstream_request_duration_seconds", "Time to upstream response headers", Family::<UpstreamName, Histogram>::new_with_constructor(latency_histogram)),
             token_fetches: listed(r, "token_fetches", "Bearer tokens fetched, by upstream", Family::default()),
@@ -425,8 +401,10 @@ impl Metrics {
         self.bucket_down.set(i64::from(down));
     }
 
-    /// One answered request.
-    pub fn request(&self, route: RouteLabel, status: u16, outcome: Option<Answered>, bytes: u64) {
+    /// One answered request, `bytes` of its body sent, which came `from` there. What is sent to
+    /// a member of the fleet is not counted as served: the member serves it to its client, and
+    /// counts it then (as from a peer).
+    pub fn request(&self, route: RouteLabel, status: u16, outcome: Option<Answered>, bytes: u64, from: Option<&BodyFrom>) {
         self.requests.get_or_create(&RequestLabels { route, status }).inc();
         self.board.request(route, outcome, bytes);
         if let Some(outcome) = outcome {
@@ -435,7 +413,11 @@ impl Metrics {
             // those apart. The request log names it.
             let outcome = if outcome == Answered::Coalesced { Answered::Miss } else { outcome };
             self.outcomes.get_or_create(&OutcomeLabels { outcome }).inc();
-            self.bytes_served.get_or_create(&ServedFromLabels { source: ServedFrom::of(outcome) }).inc_by(bytes);
+        }
+        for (source, part) in from.filter(|_| route != RouteLabel::Fleet).map(|f| f.sources(bytes)).into_iter().flatten() {
+            if part > 0 {
+                self.bytes_served.get_or_create(&ServedFromLabels { source }).inc_by(part);
+            }
         }
     }
 
@@ -545,18 +527,22 @@ mod tests {
 
     #[test]
     fn requests_are_counted_under_the_words_of_their_labels() {
+        let one = |from| Some(BodyFrom::One(from));
         let cases = [
-            (RouteLabel::Blob, Some(Answered::Hit), r#"regcache_served_bytes_total{source="cache"} 10"#),
-            (RouteLabel::Manifest, Some(Answered::Stale), r#"regcache_served_bytes_total{source="cache"} 10"#),
-            (RouteLabel::Tags, Some(Answered::Miss), r#"regcache_served_bytes_total{source="upstream"} 10"#),
-            (RouteLabel::Referrers, Some(Answered::Pass), r#"regcache_served_bytes_total{source="upstream"} 10"#),
-            (RouteLabel::Other, None, r#"regcache_http_requests_total{route="other",status="200"} 1"#),
+            (RouteLabel::Blob, Some(Answered::Hit), one(ServedFrom::Hot), r#"regcache_served_bytes_total{source="hot"} 10"#),
+            (RouteLabel::Blob, Some(Answered::Hit), one(ServedFrom::Bucket), r#"regcache_served_bytes_total{source="bucket"} 10"#),
+            (RouteLabel::Manifest, Some(Answered::Stale), one(ServedFrom::Hot), r#"regcache_served_bytes_total{source="hot"} 10"#),
+            (RouteLabel::Blob, Some(Answered::Miss), one(ServedFrom::Peer), r#"regcache_served_bytes_total{source="peer"} 10"#),
+            (RouteLabel::Tags, Some(Answered::Miss), one(ServedFrom::Upstream), r#"regcache_served_bytes_total{source="upstream"} 10"#),
+            (RouteLabel::Referrers, Some(Answered::Pass), one(ServedFrom::Upstream), r#"regcache_served_bytes_total{source="upstream"} 10"#),
+            (RouteLabel::Other, None, None, r#"regcache_http_requests_total{route="other",status="200"} 1"#),
         ];
-        for (route, outcome, line) in cases {
+        for (route, outcome, from, line) in cases {
             let metrics = Metrics::new();
-            metrics.request(route, 200, outcome, 10);
+            metrics.request(route, 200, outcome, 10, from.as_ref());
             let text = metrics.render(&Now::default());
             assert!(text.contains(line), "{route:?} {outcome:?}: {text}");
+            assert_eq!(text.matches("regcache_served_bytes_total{").count(), usize::from(from.is_some()), "{text}");
             let route_line = format!(r#"regcache_http_requests_total{{route="{}",status="200"}} 1"#, route.as_str());
             assert!(text.contains(&route_line), "{text}");
             if let Some(o) = outcome {
@@ -567,13 +553,22 @@ mod tests {
     }
 
     #[test]
+    fn bytes_sent_to_a_member_of_the_fleet_are_not_served_bytes() {
+        let metrics = Metrics::new();
+        metrics.request(RouteLabel::Fleet, 200, Some(Answered::Hit), 10, Some(&BodyFrom::One(ServedFrom::Hot)));
+        let text = metrics.render(&Now::default());
+        assert!(!text.contains("regcache_served_bytes_total{"), "{text}");
+        assert!(text.contains(r#"regcache_cache_requests_total{outcome="hit"} 1"#), "{text}");
+    }
+
+    #[test]
     fn every_metric_has_help_text_and_the_gauges_read_now() {
         let metrics = Metrics::new();
         let types = |text: &str| -> Vec<String> { text.lines().filter(|l| l.starts_with("# TYPE ")).map(str::to_owned).collect() };
         let fresh = types(&metrics.render(&Now::default()));
         assert!(fresh.iter().any(|l| l == "# TYPE regcache_upstream_ratelimit_remaining gauge"), "{fresh:?}");
         assert!(fresh.iter().any(|l| l == "# TYPE regcache_bucket_requests counter"), "{fresh:?}");
-        metrics.request(RouteLabel::Blob, 200, Some(Answered::Hit), 1);
+        metrics.request(RouteLabel::Blob, 200, Some(Answered::Hit), 1, Some(&BodyFrom::One(ServedFrom::Hot)));
         metrics.upstream_request("docker.io", "200", Duration::from_millis(5));
         metrics.token_fetch("docker.io");
         metrics.bucket_operation(BucketOp::Get, true);

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Answered, Cache, CacheError};
+use super::{Answered, BodyFrom, Cache, CacheError, ServedFrom};
 use crate::fill::{FillReader, Join, Source, Verdict, Via};
 use crate::fleet::{self, auth::current_request_id, peer::BlobAsk};
 use crate::oci::{Digest, RepositoryName};
@@ -42,6 +42,8 @@ pub struct BlobAnswer {
     pub body: Option<Box<dyn BlobRead>>,
     /// How it was answered.
     pub outcome: Answered,
+    /// Where its bytes come from.
+    pub from: BodyFrom,
     /// The rate-limit headers of the upstream response that answered (none for a hit).
     pub rate_limit: RateLimit,
 }
@@ -97,25 +99,26 @@ impl Cache {
         if let Some(fill) = self.fills.get(&up.config().name, digest) {
             if let Some(size) = fill.total() {
                 let (rate_limit, range) = (fill.rate_limit(), resolve_range(range, size)?);
-                return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Miss, rate_limit });
+                return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Miss, from: BodyFrom::Fill(fill, 0), rate_limit });
             }
         }
         // Indexed here only if a fill finished since: a hit all the same.
         if let BlobSource::Local(size) | BlobSource::Bucket(size) = self.store.blob_source(digest).await? {
             let range = resolve_range(range, size)?;
-            return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Hit, rate_limit: RateLimit::default() });
+            let from = BodyFrom::One(ServedFrom::Hot);
+            return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Hit, from, rate_limit: RateLimit::default() });
         }
         if let Via::Fleet(fleet) = via {
             let ask = BlobAsk { upstream: up.config().name.to_string(), repo: repo.clone(), digest: digest.clone(), request_id: current_request_id() };
             if let Some(size) = fleet::source::head(fleet, up, &ask).await {
                 let range = resolve_range(range, size)?;
-                return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Pass, rate_limit: RateLimit::default() });
+                return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Pass, from: BodyFrom::One(ServedFrom::Peer), rate_limit: RateLimit::default() });
             }
         }
         let h = up.head_blob(repo, digest).await?;
         // The same headers a GET would get: a range is checked against the size upstream gave.
         let range = h.size.map(|size| resolve_range(range, size)).transpose()?.flatten();
-        Ok(BlobAnswer { size: h.size, range, body: None, outcome: Answered::Pass, rate_limit: h.rate_limit })
+        Ok(BlobAnswer { size: h.size, range, body: None, outcome: Answered::Pass, from: BodyFrom::One(ServedFrom::Upstream), rate_limit: h.rate_limit })
     }
 
     /// A range of a blob that isn't stored here but is in the shared bucket, when nothing is
@@ -137,7 +140,8 @@ impl Cache {
         let BlobSource::Bucket(size) = self.store.blob_source(digest).await? else { return Ok(None) };
         let Some((start, end)) = resolve_range(Some(range), size)? else { return Ok(None) };
         let Some(body) = self.store.read_from(digest, BlobSource::Bucket(size), start..end).await? else { return Ok(None) };
-        Ok(Some(BlobAnswer { size: Some(size), range: Some((start, end)), body: Some(body), outcome: Answered::Hit, rate_limit: RateLimit::default() }))
+        let from = BodyFrom::One(ServedFrom::Bucket);
+        Ok(Some(BlobAnswer { size: Some(size), range: Some((start, end)), body: Some(body), outcome: Answered::Hit, from, rate_limit: RateLimit::default() }))
     }
 
     /// A blob that isn't stored, for a `GET`: join (or start) the fill for its digest. The whole
@@ -202,7 +206,8 @@ impl Cache {
             (false, true) => Answered::Coalesced,
             (false, false) => Answered::Miss,
         };
-        Ok(BlobAnswer { size, range: served, body: Some(Box::new(reader)), outcome, rate_limit })
+        let from = BodyFrom::Fill(fill, start);
+        Ok(BlobAnswer { size, range: served, body: Some(Box::new(reader)), outcome, from, rate_limit })
     }
 }
 
@@ -233,7 +238,8 @@ async fn serve_stored(
             None => return Ok(None),
         }
     };
-    Ok(Some(BlobAnswer { size: Some(size), range: served, body, outcome: Answered::Hit, rate_limit: RateLimit::default() }))
+    let from = BodyFrom::One(ServedFrom::Hot);
+    Ok(Some(BlobAnswer { size: Some(size), range: served, body, outcome: Answered::Hit, from, rate_limit: RateLimit::default() }))
 }
 
 #[cfg(test)]

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{Cache, CacheError};
-use super::Answered;
+use super::{Answered, ServedFrom};
 use crate::oci::{verify_manifest, AcceptList, Digest, Reference, RegistryHost, RepositoryName};
-use crate::store::{Store, StoredManifest};
+use crate::store::{Store, StoredManifest, Tier};
 use crate::upstream::{ManifestHead, RateLimit, Upstream, UpstreamError};
 
 /// A manifest answer. `bytes` is `None` for a `HEAD` answered from upstream headers alone.
@@ -25,6 +25,8 @@ pub struct ManifestAnswer {
     pub bytes: Option<Bytes>,
     /// How it was answered.
     pub outcome: Answered,
+    /// Where its bytes came from.
+    pub from: ServedFrom,
     /// The rate-limit headers of the upstream response that answered (none for a hit).
     pub rate_limit: RateLimit,
 }
@@ -65,8 +67,8 @@ impl Cache {
         accept: &AcceptList,
         head: bool,
     ) -> Result<ManifestAnswer, CacheError> {
-        if let Some(m) = self.stored_manifest(digest).await? {
-            return Ok(answer(digest.clone(), m, Answered::Hit));
+        if let Some((m, from)) = self.stored_manifest(digest).await? {
+            return Ok(answer(digest.clone(), m, from, Answered::Hit));
         }
         if head {
             let h = up.head_manifest(repo, &Reference::Digest(digest.clone()), accept).await?;
@@ -78,9 +80,15 @@ impl Cache {
     }
 
     /// A stored manifest, its access noted (here, or in a tier behind this node's: see
-    /// [`Store::manifest`]).
-    pub(super) async fn stored_manifest(&self, digest: &Digest) -> Result<Option<StoredManifest>, CacheError> {
-        Ok(self.store.manifest(digest).await?)
+    /// [`Store::manifest`]), and where it was.
+    pub(super) async fn stored_manifest(&self, digest: &Digest) -> Result<Option<(StoredManifest, ServedFrom)>, CacheError> {
+        Ok(self.store.manifest(digest).await?.map(|(m, tier)| {
+            let from = match tier {
+                Tier::Hot => ServedFrom::Hot,
+                Tier::Bucket => ServedFrom::Bucket,
+            };
+            (m, from)
+        }))
     }
 
     /// GET a manifest from upstream (one call per upstream, repository, reference, Accept and
@@ -111,14 +119,15 @@ impl Cache {
     }
 }
 
-/// The answer of a stored manifest.
-pub(super) fn answer(digest: Digest, m: StoredManifest, outcome: Answered) -> ManifestAnswer {
+/// The answer of a stored manifest, which came `from` there.
+pub(super) fn answer(digest: Digest, m: StoredManifest, from: ServedFrom, outcome: Answered) -> ManifestAnswer {
     ManifestAnswer {
         digest,
         size: m.bytes.len() as u64,
         media_type: m.media_type,
         bytes: Some(m.bytes),
         outcome,
+        from,
         rate_limit: RateLimit::default(),
     }
 }
@@ -127,7 +136,7 @@ pub(super) fn answer(digest: Digest, m: StoredManifest, outcome: Answered) -> Ma
 pub(super) fn head_only(h: ManifestHead, accept: &AcceptList) -> Option<ManifestAnswer> {
     let media_type = h.media_type.filter(|m| accept.allows(m))?;
     let size = h.size?;
-    Some(ManifestAnswer { digest: h.digest, media_type, size, bytes: None, outcome: Answered::Pass, rate_limit: h.rate_limit })
+    Some(ManifestAnswer { digest: h.digest, media_type, size, bytes: None, outcome: Answered::Pass, from: ServedFrom::Upstream, rate_limit: h.rate_limit })
 }
 
 /// GET a manifest ([`Upstream::get_manifest`]) and verify it ([`verify_manifest`]): its digest is
@@ -155,5 +164,5 @@ async fn get_verify_store_manifest(
         tracing::warn!(upstream = %up.config().name, %repo, %reference, error = %e, "refused a manifest from upstream");
     })?;
     let m = store.put_manifest(&verified.digest, &StoredManifest { media_type: verified.media_type, bytes: fetched.bytes })?;
-    Ok(ManifestAnswer { rate_limit: fetched.rate_limit, ..answer(verified.digest, m, Answered::Miss) })
+    Ok(ManifestAnswer { rate_limit: fetched.rate_limit, ..answer(verified.digest, m, ServedFrom::Upstream, Answered::Miss) })
 }

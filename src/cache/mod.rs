@@ -11,7 +11,7 @@ mod manifest;
 mod referrers;
 mod tags;
 
-pub use answered::Answered;
+pub use answered::{Answered, BodyFrom, ServedFrom};
 pub use blob::{BlobAnswer, RangeRequest};
 pub use freshness::{Clock, SystemClock};
 pub use manifest::ManifestAnswer;

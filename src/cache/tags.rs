@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::fleet_tag::{self, Revalidated};
 use super::freshness::{self, Action, BucketSays, Decision, Which};
 use super::manifest::{answer, head_only, ManifestAnswer};
-use super::{Answered, Cache, CacheError};
+use super::{Answered, Cache, CacheError, ServedFrom};
 use crate::fill::Via;
 use crate::fleet::{self, auth::current_request_id, peer::TagAsk};
 use crate::oci::{AcceptList, Digest, ManifestKind, Reference, RepositoryName, Tag, UpstreamRepo};
@@ -140,7 +140,7 @@ impl Cache {
         let head_said = match self.revalidation(r, via, remembered).await? {
             Revalidated::Member(digest, Some(m)) => {
                 self.remember_tag(&r.key_repo, r.tag, kind, &digest)?;
-                return Ok(answer(digest, m, Answered::Miss));
+                return Ok(answer(digest, m, ServedFrom::Peer, Answered::Miss));
             }
             // Still the digest this node knows: as if the upstream's HEAD had said so.
             Revalidated::Member(digest, None) => Some(ManifestHead { digest, media_type: None, size: None, rate_limit: RateLimit::default() }),
@@ -148,10 +148,10 @@ impl Cache {
         };
         let fetched = match head_said {
             Some(h) => {
-                if let Some(m) = self.stored_manifest(&h.digest).await? {
+                if let Some((m, from)) = self.stored_manifest(&h.digest).await? {
                     if r.accept.allows(&m.media_type) {
                         self.remember_tag(&r.key_repo, r.tag, kind, &h.digest)?;
-                        return Ok(answer(h.digest, m, Answered::Hit));
+                        return Ok(answer(h.digest, m, from, Answered::Hit));
                     }
                 }
                 if r.head {
@@ -241,11 +241,11 @@ impl Cache {
     /// The manifest a remembered tag answer points at, if stored (here or in the shared bucket)
     /// and acceptable to the client.
     async fn tag_answer(&self, known: &TagAnswer, accept: &AcceptList, outcome: Answered) -> Result<Option<ManifestAnswer>, CacheError> {
-        let Some(m) = self.stored_manifest(&known.digest).await? else { return Ok(None) };
+        let Some((m, from)) = self.stored_manifest(&known.digest).await? else { return Ok(None) };
         if !accept.allows(&m.media_type) {
             return Ok(None);
         }
-        Ok(Some(answer(known.digest.clone(), m, outcome)))
+        Ok(Some(answer(known.digest.clone(), m, from, outcome)))
     }
 
     /// Remember that `tag` names `digest` for clients asking for `kind`, confirmed now (written to

@@ -1,13 +1,14 @@
 //! One running fill as requests and readers see it: where it stands, waiting for it to start, and
 //! its verdict for a request that may be answered with verified bytes only (a range).
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use tokio::sync::{watch, Notify};
 
 use super::window::Recent;
 use super::FillError;
+use crate::cache::ServedFrom;
 use crate::oci::{Digest, RepositoryName};
 use crate::store::PartialBlob;
 use crate::sync::lock;
@@ -57,6 +58,10 @@ pub struct Fill {
     /// Whether the bytes come from the shared bucket rather than the upstream; set before the fill
     /// starts running.
     pub(super) from_bucket: OnceLock<bool>,
+    /// How many of the blob's first bytes came from members of the fleet (the rest, if any, from
+    /// the upstream: a fill fails over from members to the upstream, never back); raised as they
+    /// arrive.
+    pub(super) from_members: AtomicU64,
 }
 
 impl Fill {
@@ -73,6 +78,7 @@ impl Fill {
             advanced: Notify::new(),
             rate_limit: OnceLock::new(),
             from_bucket: OnceLock::new(),
+            from_members: AtomicU64::new(0),
         })
     }
 
@@ -144,6 +150,17 @@ impl Fill {
         self.from_bucket.get().copied().unwrap_or(false)
     }
 
+    /// How the bytes `[start, start + len)` of the blob were had: from the shared bucket, or the
+    /// first of them from members of the fleet and the rest from the upstream (each part with its
+    /// length).
+    pub fn sources(&self, start: u64, len: u64) -> [(ServedFrom, u64); 2] {
+        if self.from_bucket() {
+            return [(ServedFrom::Bucket, len), (ServedFrom::Upstream, 0)];
+        }
+        let from_members = self.from_members.load(Ordering::Relaxed).saturating_sub(start).min(len);
+        [(ServedFrom::Peer, from_members), (ServedFrom::Upstream, len - from_members)]
+    }
+
     /// The bytes written so far and the size, if known yet (for the status page).
     pub fn progress(&self) -> (u64, Option<u64>) {
         match &*self.state.borrow() {
@@ -185,6 +202,27 @@ mod tests {
     use futures_util::FutureExt;
 
     use super::*;
+
+    #[test]
+    fn bytes_read_from_a_fill_are_counted_by_where_the_fill_had_them() {
+        use ServedFrom::*;
+        // (from the bucket, bytes from members, start, len, want)
+        let cases = [
+            (false, 0, 0, 10, [(Peer, 0), (Upstream, 10)]),
+            (false, 10, 0, 10, [(Peer, 10), (Upstream, 0)]),
+            (false, 4, 0, 10, [(Peer, 4), (Upstream, 6)]),
+            (false, 4, 2, 5, [(Peer, 2), (Upstream, 3)]),
+            (false, 4, 6, 4, [(Peer, 0), (Upstream, 4)]),
+            (false, u64::MAX, 3, 7, [(Peer, 7), (Upstream, 0)]),
+            (true, 0, 2, 8, [(Bucket, 8), (Upstream, 0)]),
+        ];
+        for (bucket, members, start, len, want) in cases {
+            let fill = Fill::new(Digest::sha256_of(b"abcdef"), "library/alpine".parse().unwrap());
+            let _ = fill.from_bucket.set(bucket);
+            fill.from_members.store(members, Ordering::Relaxed);
+            assert_eq!(fill.sources(start, len), want, "{bucket} {members} {start} {len}");
+        }
+    }
 
     #[test]
     fn a_range_waits_for_the_verdict_of_its_fill() {

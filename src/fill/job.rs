@@ -2,6 +2,7 @@
 //! blob can be stored, download it in batches (hashed, written, relayed to the readers), verify it,
 //! commit it, and give its upload the go-ahead.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -114,6 +115,7 @@ impl FillJob {
         let mut written: u64 = 0;
         let mut pace = Pace::new(&self.budget, Instant::now());
         while let Some((batch, len)) = self.next_batch(&mut body, &mut pace).await? {
+            self.note_members(&body);
             if total.is_some_and(|t| written.saturating_add(len) > t) {
                 return Err(FillError::Corrupt(format!("upstream sent more than the {} bytes it announced", total.unwrap_or(0))));
             }
@@ -208,6 +210,14 @@ impl FillJob {
         let partial = self.fill.partial.get().filter(|_| !from_behind && !self.fill.passing_through())?;
         let (tx, rx) = oneshot::channel();
         self.sink.publish(&self.digest, partial.as_ref(), rx).then_some(tx)
+    }
+
+    /// How many of the bytes had so far came from members of the fleet; noted before any reader
+    /// can have them, as the readers count the bytes they serve by source.
+    fn note_members(&self, body: &Body) {
+        if let Body::Fleet(stream) = body {
+            self.fill.from_members.store(stream.from_members(), Ordering::Relaxed);
+        }
     }
 
     /// `written` bytes are stored: tell the readers; if storing stopped, there is nothing to

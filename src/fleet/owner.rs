@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::cache::{Answered, BlobAnswer, Cache, CacheError};
+use crate::cache::{Answered, BlobAnswer, BodyFrom, Cache, CacheError, ServedFrom};
 use crate::fill::{FillReader, Join, Source, Via};
 use crate::oci::{Digest, RepositoryName};
 use crate::upstream::{RateLimit, Upstream};
@@ -45,7 +45,8 @@ pub async fn serve_blob(
                 reader.narrow(offset, total);
                 let outcome = if fill.from_bucket() { Answered::Hit } else { Answered::Miss };
                 let range = total.filter(|_| offset > 0).map(|size| (offset, size));
-                return Ok(BlobAnswer { size: total, range, body: Some(Box::new(reader)), outcome, rate_limit: fill.rate_limit() });
+                let (from, rate_limit) = (BodyFrom::Fill(fill.clone(), offset), fill.rate_limit());
+                return Ok(BlobAnswer { size: total, range, body: Some(Box::new(reader)), outcome, from, rate_limit });
             }
             // The fill joined was refused for another repository: fetch from the asker's (once).
             Err(e) if e.is_refusal() && !fill.fetches_from(up, repo) && join == Join::Any => join = Join::OwnRepository,
@@ -61,5 +62,6 @@ async fn stored(cache: &Cache, digest: &Digest, size: u64, offset: u64) -> Resul
     }
     let Some(blob) = cache.store().read_blob(digest, size, offset..size).await? else { return Ok(None) };
     let range = (offset > 0).then_some((offset, size));
-    Ok(Some(BlobAnswer { size: Some(size), range, body: Some(Box::new(blob)), outcome: Answered::Hit, rate_limit: RateLimit::default() }))
+    let from = BodyFrom::One(ServedFrom::Hot);
+    Ok(Some(BlobAnswer { size: Some(size), range, body: Some(Box::new(blob)), outcome: Answered::Hit, from, rate_limit: RateLimit::default() }))
 }

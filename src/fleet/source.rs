@@ -47,8 +47,8 @@ pub struct FleetStream {
     total: Option<u64>,
     /// The upstream's rate-limit headers, as the first member that answered passed them on.
     rate_limit: RateLimit,
-    /// Whether the upstream was asked for (the rest of) the blob.
-    asked_upstream: bool,
+    /// The byte from which the upstream was asked (no member was left), if it was.
+    upstream_from: Option<u64>,
 }
 
 impl FleetStream {
@@ -69,7 +69,7 @@ impl FleetStream {
             pos: 0,
             total: None,
             rate_limit: RateLimit::default(),
-            asked_upstream: false,
+            upstream_from: None,
         };
         match stream.next_member().await {
             Ok(true) => {
@@ -94,7 +94,13 @@ impl FleetStream {
     /// Whether the upstream gave some of the blob's bytes (a member broke off and none was left):
     /// then no member has all of it from this stream's sources, and this node publishes it.
     pub fn asked_upstream(&self) -> bool {
-        self.asked_upstream
+        self.upstream_from.is_some()
+    }
+
+    /// How many of the bytes handed to the fill so far came from members (the first ones: the
+    /// rest came from the upstream).
+    pub fn from_members(&self) -> u64 {
+        self.upstream_from.unwrap_or(self.pos)
     }
 
     /// The next chunk; `None` at the end. Cancel-safe (a fill polls it with `now_or_never`): a
@@ -203,7 +209,7 @@ impl FleetStream {
             return Err(UpstreamError::Protocol(format!("the upstream answered from byte {start}, not {}", self.pos)));
         }
         self.current = Current::Upstream { body, skip: self.pos - start };
-        self.asked_upstream = true;
+        self.upstream_from = Some(self.pos);
         Ok(())
     }
 }

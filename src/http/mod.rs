@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 
 use crate::access::Gate;
-use crate::cache::{Answered, BlobAnswer, Cache, ManifestAnswer, ReferrerList, TagList};
+use crate::cache::{Answered, BlobAnswer, BodyFrom, Cache, ManifestAnswer, ReferrerList, ServedFrom, TagList};
 use crate::config::Connections;
 use crate::logs::{RequestId, REQUEST_ID_HEADER};
 use crate::metrics::{Metrics, RouteLabel};
@@ -181,13 +181,14 @@ impl App {
         let metrics = self.metrics.clone();
         let expected = if method == Method::HEAD { Some(0) } else { content_length(resp.headers()) };
         let counted = resp.extensions_mut().remove::<CountedRepo>();
+        let from = resp.extensions_mut().remove::<BodyFrom>();
         Ok(resp.map(|body| {
             logged(body, expected, move |bytes, complete| {
                 let cache = match outcome {
                     LogOutcome::Cache(o) => Some(o),
                     _ => None,
                 };
-                metrics.request(route, status.as_u16(), cache, bytes);
+                metrics.request(route, status.as_u16(), cache, bytes, from.as_ref());
                 if let Some(c) = counted {
                     metrics.board().repository(c.0, bytes);
                 }
@@ -382,6 +383,7 @@ fn next_page_link(client_path: &str, n: Option<u32>, last: &str, ns: Option<&str
 fn json_response(body: Bytes, outcome: crate::cache::Answered, content_type: &'static str) -> Resp {
     let mut r = Response::new(full(body));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.extensions_mut().insert(BodyFrom::One(ServedFrom::of(outcome)));
     with_outcome(r, outcome)
 }
 
@@ -427,9 +429,11 @@ fn manifest_response(a: ManifestAnswer) -> Resp {
     digest_headers(h, &a.digest);
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(a.size));
     a.rate_limit.apply(h);
+    r.extensions_mut().insert(BodyFrom::One(a.from));
     with_outcome(r, a.outcome)
 }
 
+/// A blob answer; what its body sends is counted by where it came from (`a.from`).
 fn blob_response(a: BlobAnswer, digest: &crate::oci::Digest) -> Resp {
     let body = match a.body {
         Some(reader) => BodyExt::boxed_unsync(StreamBody::new(futures_util::stream::unfold(reader, |mut r| async move {
@@ -458,6 +462,7 @@ fn blob_response(a: BlobAnswer, digest: &crate::oci::Digest) -> Resp {
         }
         _ => {}
     }
+    r.extensions_mut().insert(a.from);
     with_outcome(r, a.outcome)
 }
 

@@ -30,7 +30,7 @@ pub use housekeeping::spawn_housekeeping;
 pub use hot::{Evicted, EvictedKind, InUse, LocalBlobs, NoRoom, Reconciled, Reservation, TempBudget, Usage, Verified, LOW_WATER};
 pub use index::{now_secs, Index, ListedTags, ReferrersKey, SharedSizes, StoredManifest, TagAnswer, TagEntry};
 pub use records::{read_manifest_record, RecordKey, MAX_MANIFEST_RECORD, MAX_TAG_RECORD};
-pub use tiered::{BlobSource, RememberedTag, TagSlot};
+pub use tiered::{BlobSource, RememberedTag, TagSlot, Tier};
 
 use std::io;
 use std::ops::Range;

@@ -35,6 +35,15 @@ pub struct RememberedTag {
     pub bucket: Option<Option<TagAnswer>>,
 }
 
+/// Which tier answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// This node's hot tier.
+    Hot,
+    /// The shared bucket.
+    Bucket,
+}
+
 /// Where a blob is, as far as this node can tell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlobSource {
@@ -75,18 +84,18 @@ impl Store {
         })
     }
 
-    /// A stored manifest, its access noted: from the index, else from the shared tier (verified
-    /// there, then kept in the index).
-    pub async fn manifest(&self, digest: &Digest) -> sled::Result<Option<StoredManifest>> {
+    /// A stored manifest, its access noted, and the tier it came from: from the index, else from
+    /// the shared tier (verified there, then kept in the index).
+    pub async fn manifest(&self, digest: &Digest) -> sled::Result<Option<(StoredManifest, Tier)>> {
         if let Some(m) = self.index.manifest(digest)? {
             self.usage.touch(digest);
-            return Ok(Some(m));
+            return Ok(Some((m, Tier::Hot)));
         }
         let Some(shared) = &self.shared else { return Ok(None) };
         let Some(m) = shared.manifest(digest).await else { return Ok(None) };
         let m = self.index.put_manifest(digest, &m)?;
         self.note_stored(digest);
-        Ok(Some(m))
+        Ok(Some((m, Tier::Bucket)))
     }
 
     /// Keep a verified manifest (never over bytes kept already: the manifest kept is returned) and

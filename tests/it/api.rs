@@ -253,7 +253,7 @@ async fn metrics_move_as_requests_are_made_and_healthz_answers() {
     let after = m.get("/metrics").await.text().await.unwrap();
     assert_eq!(metric(&after, "regcache_cache_requests_total{outcome=\"miss\"}"), 2.0, "{after}");
     assert_eq!(metric(&after, "regcache_cache_requests_total{outcome=\"hit\"}"), 1.0);
-    assert_eq!(metric(&after, "regcache_served_bytes_total{source=\"cache\"}"), 5000.0);
+    assert_eq!(metric(&after, "regcache_served_bytes_total{source=\"hot\"}"), 5000.0);
     assert_eq!(metric(&after, "regcache_http_requests_total{route=\"blob\",status=\"200\"}"), 2.0);
     assert!(metric(&after, "regcache_token_fetches_total{upstream=\"docker.io\"}") >= 1.0);
     assert!(metric(&after, "regcache_upstream_request_duration_seconds_count{upstream=\"docker.io\"}") >= 3.0);

@@ -33,7 +33,7 @@ const SECRET: &str = "fleet-test-secret";
 
 /// A TCP proxy to a node: the node's member URL. Killed, its connections are cut and new ones
 /// refused.
-struct Proxy {
+pub(crate) struct Proxy {
     task: JoinHandle<()>,
     /// Its address (the member URL's).
     addr: SocketAddr,
@@ -57,7 +57,7 @@ impl Proxy {
         Proxy { task, addr, target }
     }
 
-    fn kill(&self) {
+    pub(crate) fn kill(&self) {
         self.task.abort();
     }
 
@@ -72,9 +72,9 @@ impl Proxy {
 }
 
 /// The nodes of a fleet, their proxies (member URLs), and the secret file's directory.
-struct Fleet {
-    nodes: Vec<Mirror>,
-    proxies: Vec<Proxy>,
+pub(crate) struct Fleet {
+    pub(crate) nodes: Vec<Mirror>,
+    pub(crate) proxies: Vec<Proxy>,
     /// Every member's id (the proxies', then any listed member that never started).
     members: Vec<MemberId>,
     /// The ports of the members that never started: bound, never listening, so connections are
@@ -85,7 +85,7 @@ struct Fleet {
 
 impl Fleet {
     /// `n` nodes, plus `absent` listed members that never start (their ports refuse connections).
-    async fn start(reg: &FakeRegistry, n: usize, absent: usize) -> Fleet {
+    pub(crate) async fn start(reg: &FakeRegistry, n: usize, absent: usize) -> Fleet {
         Fleet::start_with(reg, n, absent, None).await
     }
 
@@ -133,7 +133,7 @@ fn fleet_table(node: &str, members: &[String], secret_file: &Path) -> String {
 }
 
 /// A blob of `len` bytes whose owner among `fleet`'s members is `owner` (an index into them).
-fn blob_owned_by(reg: &FakeRegistry, fleet: &Fleet, owner: usize, len: usize) -> (String, Vec<u8>) {
+pub(crate) fn blob_owned_by(reg: &FakeRegistry, fleet: &Fleet, owner: usize, len: usize) -> (String, Vec<u8>) {
     for seed in 0u32.. {
         let bytes: Vec<u8> = (0..len).map(|i| (i as u32).wrapping_mul(31).wrapping_add(seed) as u8).collect();
         let digest = sha256_digest(&bytes);

@@ -15,6 +15,7 @@ pub mod freshness;
 pub mod head;
 pub mod healthcheck;
 pub mod logs;
+pub mod metrics;
 pub mod mirror;
 pub mod pull;
 pub mod redirects;
