@@ -29,6 +29,9 @@ pub use bucket::{Backlog, Bucket, BucketError, Pending, Pushed, Shared, Verified
 pub use housekeeping::spawn_housekeeping;
 pub use hot::{Evicted, EvictedKind, InUse, LocalBlobs, NoRoom, Reconciled, Reservation, TempBudget, Usage, Verified, LOW_WATER};
 pub use index::{now_secs, Index, ListedTags, ReferrersKey, SharedSizes, StoredManifest, TagAnswer, TagEntry};
+/// What sled holds, decoded: for the property tests and fuzz targets.
+#[doc(hidden)]
+pub use index::{blob_size_of, parse_tag, tag_record};
 pub use records::{read_manifest_record, RecordKey, MAX_MANIFEST_RECORD, MAX_TAG_RECORD};
 pub use tiered::{BlobSource, RememberedTag, TagSlot};
 

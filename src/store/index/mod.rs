@@ -124,11 +124,22 @@ enum StoredTag {
     Legacy(TagAnswer),
 }
 
-fn parse_tag(v: &[u8]) -> Option<TagEntry> {
+/// A tag entry as the index holds it: `None` if the value is not one (any bytes may be there after a
+/// crash or a downgrade). Public for the property tests and fuzz targets of what sled holds.
+#[doc(hidden)]
+pub fn parse_tag(v: &[u8]) -> Option<TagEntry> {
     Some(match serde_json::from_slice(v).ok()? {
         StoredTag::PerKind { answers } => TagEntry { answers, unknown: None },
         StoredTag::Legacy(a) => TagEntry { answers: BTreeMap::new(), unknown: Some(a) },
     })
+}
+
+/// The value the index holds for a tag's answers per kind (what [`parse_tag`] reads back). Public
+/// for the property tests and fuzz targets of what sled holds.
+#[doc(hidden)]
+pub fn tag_record(answers: BTreeMap<ManifestKind, TagAnswer>) -> Vec<u8> {
+    // Serialising a map of words to strings and integers cannot fail.
+    serde_json::to_vec(&StoredTag::PerKind { answers }).unwrap_or_default()
 }
 
 /// The sizes of blobs known to be in the shared bucket (they don't count in `max_size`: they aren't
@@ -178,7 +189,11 @@ fn keys(tree: &sled::Tree) -> sled::Result<Vec<Digest>> {
     Ok(out)
 }
 
-fn blob_size_of(v: &[u8]) -> u64 {
+/// A size (or a time) as the index holds it: 8 bytes, big-endian; 0 for a value of any other length
+/// (a blob indexed with size 0 reads as missing and is forgotten). Public for the property tests
+/// and fuzz targets of what sled holds.
+#[doc(hidden)]
+pub fn blob_size_of(v: &[u8]) -> u64 {
     <[u8; 8]>::try_from(v).map(u64::from_be_bytes).unwrap_or(0)
 }
 
@@ -399,8 +414,7 @@ impl Index {
             let mut answers = old.and_then(parse_tag).map(|e| e.answers).unwrap_or_default();
             let new = update(answers.get(&kind));
             answers.insert(kind, new);
-            // Serialising a map of strings and integers cannot fail.
-            serde_json::to_vec(&StoredTag::PerKind { answers }).ok()
+            Some(tag_record(answers))
         })?;
         Ok(())
     }
