@@ -123,6 +123,24 @@ pub fn bucket_client(config: &Config, metrics: &Arc<Metrics>) -> Result<Option<A
     Ok(Some(client))
 }
 
+/// `store` (a maintenance command's, `regcache ls`, `gc`, `verify`) with the bucket tier of
+/// `[storage]` behind it, if any: no probe (its first request says what is wrong), no part in the
+/// nodes' eviction, its requests counted in metrics nobody reads.
+pub fn with_bucket_tier(store: Store, config: &Config) -> Result<Store, BucketError> {
+    let metrics = Arc::new(Metrics::new());
+    Ok(match bucket_client(config, &metrics)? {
+        // Not a node of the bucket's eviction: `regcache gc` names its node for its one round.
+        Some(bucket) => store.with_shared(bucket, String::new(), None, metrics),
+        None => store,
+    })
+}
+
+/// This data directory's id among the nodes sharing a bucket (kept in `data_dir/node-id`,
+/// written the first time).
+pub fn node_id(config: &Config) -> std::io::Result<String> {
+    crate::store::bucket_lru::node_id(&config.data_dir)
+}
+
 /// The store and its tiers: the data directory (the hot tier) with its limits, and the bucket tier
 /// behind it, if any.
 fn open_store(config: &Config, bucket: Option<Arc<dyn SharedBackend>>, metrics: &Arc<Metrics>) -> Result<Arc<Store>, StartError> {

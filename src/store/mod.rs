@@ -10,7 +10,8 @@
 //! - `index`: the sled index of blobs, manifests, tags, referrers lists and tag lists.
 //! - [`bucket`]: with a shared bucket, the tier behind the hot one ([`Shared`]): its client
 //!   ([`Bucket`]), its uploads, its backlog of what it should have, its eviction
-//!   ([`bucket_lru`]).
+//!   ([`bucket_lru`]), the maintenance commands' work on it ([`Store::bucket_listing`],
+//!   [`Store::bucket_gc`], [`Store::bucket_verify`]).
 //! - [`records`]: the shared tier's records and their one typed key ([`RecordKey`]).
 //! - `housekeeping`: access times written in batches, eviction, the backlog's drain.
 
@@ -25,7 +26,7 @@ mod tiered;
 
 pub use backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, ReadAt, Records, SharedBackend};
 pub use bucket::lru as bucket_lru;
-pub use bucket::{Backlog, Bucket, BucketError, Pending, Pushed, Shared, VerifiedFill, ANSWER_WITHIN, RETRY};
+pub use bucket::{Backlog, Bucket, BucketError, BucketFinding, BucketGc, BucketListing, BucketVerified, EvictedBlob, Pending, Pushed, Shared, VerifiedFill, ANSWER_WITHIN, RETRY};
 pub use housekeeping::spawn_housekeeping;
 pub use hot::{Evicted, EvictedKind, InUse, LocalBlobs, NoRoom, Reconciled, Reservation, TempBudget, Usage, Verified, LOW_WATER};
 pub use index::{now_secs, Index, ListedTags, ReferrersKey, SharedSizes, StoredManifest, TagAnswer, TagEntry};

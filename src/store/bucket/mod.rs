@@ -31,6 +31,7 @@
 //! among the nodes keeps the bucket under the limit ([`lru`]: [`Shared::touch`],
 //! [`Shared::publish_accesses`], [`Shared::evict_round`]).
 
+mod admin;
 pub(super) mod backlog;
 mod client;
 mod eviction;
@@ -39,6 +40,7 @@ mod multipart;
 mod requests;
 mod upload;
 
+pub use admin::{BucketFinding, BucketGc, BucketListing, BucketVerified, EvictedBlob};
 pub use backlog::{Backlog, Pending, Pushed};
 pub use client::{Bucket, BucketError, ObjectStorage, PART_SIZE};
 pub use requests::{Observer, Op, Outcome, Request};

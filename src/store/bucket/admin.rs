@@ -1,0 +1,203 @@
+//! The maintenance commands' work on the shared bucket (`regcache ls`, `gc` and `verify` with
+//! `[storage] backend = "s3"`), as methods of [`Store`]: what the bucket holds, one eviction round
+//! now, every blob and manifest record re-hashed. `crate::admin` only formats what they return.
+//! None needs a server stopped: eviction and verification are safe beside running nodes (they
+//! only delete blobs nobody used lately, or corrupt ones).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::time::Duration;
+
+use super::lru::{self, Limits};
+use super::Shared;
+use crate::oci::{Digest, Hasher};
+use crate::store::records::{folder, read_manifest_record, RecordKey, MAX_MANIFEST_RECORD, MAX_TAG_RECORD};
+use crate::store::{Store, TagAnswer};
+
+/// What the bucket holds, as `regcache ls` shows it.
+#[derive(Debug, Default)]
+pub struct BucketListing {
+    /// (upstream, repository) → tag → the answer confirmed last over its kinds (`None`: its
+    /// record can't be read).
+    pub tags: BTreeMap<(String, String), BTreeMap<String, Option<TagAnswer>>>,
+    /// The blobs in the bucket.
+    pub blobs: usize,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// One eviction round `regcache gc` ran on the bucket (or, dry, would have).
+#[derive(Debug)]
+pub struct BucketGc {
+    /// The blobs evicted (or to be), least recently used first.
+    pub evicted: Vec<EvictedBlob>,
+    /// The bytes of the bucket's blobs before.
+    pub bytes_before: u64,
+}
+
+/// A blob `regcache gc` evicted from the bucket.
+#[derive(Debug)]
+pub struct EvictedBlob {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// How long since any node last used it.
+    pub unused_for: Duration,
+}
+
+impl BucketGc {
+    /// The bytes evicted.
+    pub fn bytes_evicted(&self) -> u64 {
+        self.evicted.iter().fold(0, |sum, b| sum.saturating_add(b.size))
+    }
+}
+
+/// Something `regcache verify` found in the bucket, told as it is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BucketFinding {
+    /// An object among the blobs that is no blob (its name): left alone.
+    NotABlob(String),
+    /// A blob whose bytes are not its digest's: removed.
+    CorruptBlob(Digest),
+    /// A record among the manifests whose key is no manifest's (the key): left alone.
+    NotAManifest(String),
+    /// A manifest record that is not its digest's manifest: removed.
+    CorruptManifest(Digest),
+}
+
+/// What `regcache verify` checked in the bucket.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BucketVerified {
+    /// Blobs re-hashed.
+    pub blobs: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Manifest records checked.
+    pub manifests: usize,
+    /// Blobs and manifests found corrupt (and removed).
+    pub corrupt: usize,
+}
+
+impl Store {
+    /// The tags the bucket's records hold for the repositories `wanted(upstream, repository)`
+    /// picks, and its blobs' count and bytes; `None` without a bucket tier.
+    pub async fn bucket_listing(&self, wanted: impl Fn(&str, &str) -> bool) -> io::Result<Option<BucketListing>> {
+        let Some(shared) = self.shared() else { return Ok(None) };
+        shared.listing(wanted).await.map(Some)
+    }
+
+    /// One eviction round on the bucket now, as the node `node` (see [`lru`]), down to `target`
+    /// bytes of blobs; blobs used within `protected` stay (the nodes use [`lru::PROTECTED`]).
+    /// Evicted blobs are forgotten in this data directory's record of the bucket. `None` without
+    /// a bucket tier.
+    pub async fn bucket_gc(&self, node: &str, target: u64, protected: Duration, dry_run: bool) -> io::Result<Option<BucketGc>> {
+        let Some(shared) = self.shared() else { return Ok(None) };
+        shared.gc(node, target, protected, dry_run).await.map(Some)
+    }
+
+    /// Re-hash every blob in the bucket (streamed) and check every manifest record; corrupt ones
+    /// are deleted from the bucket (and forgotten in this data directory's record of it). `found`
+    /// is told of each as it is found. `None` without a bucket tier.
+    pub async fn bucket_verify(&self, found: impl FnMut(&BucketFinding) -> io::Result<()>) -> io::Result<Option<BucketVerified>> {
+        let Some(shared) = self.shared() else { return Ok(None) };
+        let mut found = found;
+        let mut verified = BucketVerified::default();
+        shared.verify_blobs(&mut verified, &mut found).await?;
+        shared.verify_manifests(&mut verified, &mut found).await?;
+        Ok(Some(verified))
+    }
+}
+
+impl Shared {
+    async fn listing(&self, wanted: impl Fn(&str, &str) -> bool) -> io::Result<BucketListing> {
+        let mut listing = BucketListing::default();
+        for key in self.bucket.list_records(folder::TAGS).await? {
+            // Keys are validated as they are read: what is printed is never a terminal escape.
+            let Ok(RecordKey::Tag { upstream, repo, tag, .. }) = key.parse() else { continue };
+            if !wanted(upstream.as_str(), repo.as_str()) {
+                continue;
+            }
+            let answer = match self.bucket.get(&key, MAX_TAG_RECORD).await {
+                Ok(record) => record.and_then(|v| serde_json::from_slice::<TagAnswer>(&v).ok()),
+                // One oversized record is shown as unreadable, not the end of the listing.
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => None,
+                Err(e) => return Err(e),
+            };
+            let repos = listing.tags.entry((upstream.as_str().to_owned(), repo.to_string())).or_default();
+            let slot = repos.entry(tag.to_string()).or_default();
+            if answer.as_ref().map(|a| a.checked_at) > slot.as_ref().map(|a| a.checked_at) {
+                *slot = answer;
+            }
+        }
+        let blobs = self.bucket.list().await?;
+        listing.blobs = blobs.len();
+        listing.bytes = blobs.iter().map(|b| b.size).fold(0, u64::saturating_add);
+        Ok(listing)
+    }
+
+    async fn gc(&self, node: &str, target: u64, protected: Duration, dry_run: bool) -> io::Result<BucketGc> {
+        let now = self.clock.now_ms();
+        let forget = |b: &lru::BlobUse| {
+            let _ = self.sizes.remove(&b.digest);
+        };
+        let limits = Limits { max: target, target, protected };
+        let report = lru::evict_bucket(self.bucket.as_ref(), node, now, limits, dry_run, forget).await?;
+        let evicted = report
+            .evicted
+            .into_iter()
+            .map(|b| EvictedBlob { unused_for: Duration::from_secs(now.saturating_sub(b.last_access) / 1000), digest: b.digest, size: b.size })
+            .collect();
+        Ok(BucketGc { evicted, bytes_before: report.bytes_before })
+    }
+
+    async fn verify_blobs(&self, verified: &mut BucketVerified, found: &mut impl FnMut(&BucketFinding) -> io::Result<()>) -> io::Result<()> {
+        for listed in self.bucket.list().await? {
+            let Some(digest) = listed.digest else {
+                found(&BucketFinding::NotABlob(listed.name))?;
+                continue;
+            };
+            let Some(opened) = self.bucket.open(&digest, 0..listed.size).await? else { continue };
+            let mut reader = opened.reader;
+            let mut hasher = Hasher::new(digest.algorithm());
+            let mut read = 0u64;
+            while let Some(chunk) = reader.next_chunk().await {
+                let chunk = chunk?;
+                read = read.saturating_add(chunk.len() as u64);
+                hasher.update(&chunk);
+            }
+            verified.blobs += 1;
+            verified.bytes = verified.bytes.saturating_add(read);
+            if read != opened.size || hasher.finish() != digest {
+                verified.corrupt += 1;
+                self.bucket.remove(&digest).await?;
+                let _ = self.sizes.remove(&digest);
+                found(&BucketFinding::CorruptBlob(digest))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn verify_manifests(&self, verified: &mut BucketVerified, found: &mut impl FnMut(&BucketFinding) -> io::Result<()>) -> io::Result<()> {
+        for key in self.bucket.list_records(folder::MANIFESTS).await? {
+            let Ok(RecordKey::Manifest(digest)) = key.parse() else {
+                found(&BucketFinding::NotAManifest(key))?;
+                continue;
+            };
+            let record = match self.bucket.get(&key, MAX_MANIFEST_RECORD).await {
+                Ok(Some(r)) => Some(r),
+                Ok(None) => continue,
+                // Larger than any manifest regcache keeps: not one it wrote.
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => None,
+                Err(e) => return Err(e),
+            };
+            verified.manifests += 1;
+            if record.is_none_or(|r| read_manifest_record(r, &digest).is_err()) {
+                verified.corrupt += 1;
+                self.bucket.remove_record(&key).await?;
+                found(&BucketFinding::CorruptManifest(digest))?;
+            }
+        }
+        Ok(())
+    }
+}
