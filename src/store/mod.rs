@@ -70,6 +70,15 @@ pub struct Store {
     shared: Option<Arc<Shared>>,
 }
 
+/// How the bucket tier stands, as the status page shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BucketState {
+    /// Whether it is marked down (the hot tier and the upstreams serve without it).
+    pub down: bool,
+    /// The bytes of the blobs this node knows it holds (a walk of the index's record of them).
+    pub known_bytes: u64,
+}
+
 /// Why the store can't be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -168,6 +177,12 @@ impl Store {
     /// move its clock or run its eviction now.
     pub fn shared(&self) -> Option<&Arc<Shared>> {
         self.shared.as_ref()
+    }
+
+    /// With a bucket tier, how it stands (for the status page).
+    pub fn bucket_state(&self) -> Option<BucketState> {
+        let shared = self.shared.as_ref()?;
+        Some(BucketState { down: shared.is_down(), known_bytes: self.index.shared_sizes().known_bytes() })
     }
 
     /// Store `bytes` as a verified, indexed blob, the way a fill does (for tests of the store).
