@@ -144,7 +144,9 @@ pub fn node_id(config: &Config) -> std::io::Result<String> {
 /// The store and its tiers: the data directory (the hot tier) with its limits, and the bucket tier
 /// behind it, if any.
 fn open_store(config: &Config, bucket: Option<Arc<dyn SharedBackend>>, metrics: &Arc<Metrics>) -> Result<Arc<Store>, StartError> {
-    let mut store = Store::open(&config.data_dir)?.with_limits(config.max_size, config.fills.max_temp, config.fills.min_free);
+    let mut store = Store::open(&config.data_dir)?
+        .with_limits(config.max_size, config.fills.max_temp, config.fills.min_free)
+        .counted_in(metrics);
     if let Some(bucket) = bucket {
         let max_size = config.storage.bucket().and_then(|tier| tier.max_size);
         let node = crate::store::bucket_lru::node_id(&config.data_dir)

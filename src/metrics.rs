@@ -474,17 +474,27 @@ impl Metrics {
         self.fills.clone()
     }
 
-    /// The text exposition, with the gauges read now.
+    /// The `disk_bytes` gauge, for the hot tier's index to keep (`store::Index::count_used_in`):
+    /// it moves it as it commits, evicts and removes.
+    pub fn disk_bytes_stored(&self) -> Gauge {
+        self.disk_bytes.clone()
+    }
+
+    /// The `bucket_backlog` gauge, for the bucket's backlog to keep (`store::Backlog::count_in`):
+    /// it sets it as it grows and shrinks.
+    pub fn bucket_backlog_waiting(&self) -> Gauge {
+        self.bucket_backlog.clone()
+    }
+
+    /// The text exposition, with the gauges that are measured (not kept) read now.
     pub fn render(&self, now: &Now) -> String {
         self.fill_readers.set(gauge_value(now.fill_readers as u64));
         self.fill_coalesced.set(gauge_value(now.fill_coalesced as u64));
-        self.disk_bytes.set(gauge_value(now.disk_bytes));
         self.max_size.set(gauge_value(now.max_size.unwrap_or(0)));
         if let Some(fs) = now.data_dir {
             self.fs_free.set(gauge_value(fs.free));
             self.fs_size.set(gauge_value(fs.size));
         }
-        self.bucket_backlog.set(gauge_value(now.bucket_backlog));
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -492,21 +502,18 @@ impl Metrics {
     }
 }
 
-/// What the gauges read when `/metrics` is asked for.
+/// What the gauges that nothing keeps read when `/metrics` is asked for (the fills' readers are
+/// counted by the fills on request, the file system is measured).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Now {
     /// Requests reading the running fills.
     pub fill_readers: usize,
     /// Of those, the readers beyond each fill's first.
     pub fill_coalesced: usize,
-    /// Bytes stored.
-    pub disk_bytes: u64,
     /// `max_size`, if any.
     pub max_size: Option<u64>,
     /// The data directory's file system, when it could be measured.
     pub data_dir: Option<FsSpace>,
-    /// Entries waiting for the shared bucket.
-    pub bucket_backlog: u64,
 }
 
 /// A file system's size and the bytes free for unprivileged writers.
@@ -574,20 +581,17 @@ mod tests {
         metrics.bucket_read(1);
         metrics.upstream_quota("docker.io", Quota { limit: Some(100), remaining: Some(7) });
         metrics.upstream_quota("docker.io", Quota { limit: None, remaining: Some(6) });
-        let now = Now {
-            fill_readers: 5,
-            fill_coalesced: 3,
-            disk_bytes: 10,
-            max_size: Some(1 << 30),
-            data_dir: Some(FsSpace { free: 4, size: 9 }),
-            bucket_backlog: 1,
-        };
+        metrics.disk_bytes_stored().set(10);
+        metrics.bucket_backlog_waiting().set(1);
+        let now = Now { fill_readers: 5, fill_coalesced: 3, max_size: Some(1 << 30), data_dir: Some(FsSpace { free: 4, size: 9 }) };
         let text = metrics.render(&now);
         assert_eq!(types(&text), fresh, "every family is listed before its first sample");
         for line in [
             r#"regcache_upstream_ratelimit_limit{upstream="docker.io"} 100"#,
             r#"regcache_upstream_ratelimit_remaining{upstream="docker.io"} 6"#,
             "regcache_fill_readers 5",
+            "regcache_disk_bytes 10",
+            "regcache_bucket_backlog 1",
             "regcache_fill_coalesced_readers 3",
             "regcache_max_size_bytes 1073741824",
             "regcache_data_dir_free_bytes 4",

@@ -158,6 +158,12 @@ impl Store {
         self
     }
 
+    /// The same, its bytes stored kept in `metrics` (`disk_bytes`) from now on.
+    pub fn counted_in(self, metrics: &Metrics) -> Store {
+        self.index.count_used_in(metrics.disk_bytes_stored());
+        self
+    }
+
     /// The most bytes the store keeps, if limited.
     pub fn max_size(&self) -> Option<u64> {
         self.max_size

@@ -22,8 +22,9 @@
 //! since (the drain would skip it anyway) and the least likely to be pulled again, while refusing
 //! the newest would freeze a long outage's backlog at its first hours.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 
 use super::{NotDone, Shared};
@@ -186,6 +187,18 @@ struct State {
     // await), so that the count, the next sequence number and an entry's two keys stay in step.
     counters: Mutex<Counters>,
     cap: u64,
+    /// The `bucket_backlog` gauge, once a bucket tier counts in a server's metrics
+    /// ([`Backlog::count_in`]): set to the count by every change, under the counters' lock.
+    gauge: OnceLock<Gauge>,
+}
+
+impl State {
+    /// `counters.len` changed: show it.
+    fn counted(&self, counters: &Counters) {
+        if let Some(gauge) = self.gauge.get() {
+            gauge.set(i64::try_from(counters.len).unwrap_or(i64::MAX));
+        }
+    }
 }
 
 struct Counters {
@@ -234,7 +247,16 @@ impl Backlog {
         if dropped > 0 {
             tracing::warn!(dropped, "unreadable entries of the bucket's backlog were dropped; their content won't reach the bucket from this node");
         }
-        Ok(Backlog { tree, state: Arc::new(State { counters: Mutex::new(Counters { next, len }), cap }) })
+        Ok(Backlog { tree, state: Arc::new(State { counters: Mutex::new(Counters { next, len }), cap, gauge: OnceLock::new() }) })
+    }
+
+    /// Keep `gauge` at the number of entries waiting from now on (the server's `bucket_backlog`).
+    /// Once; a second gauge is ignored.
+    pub fn count_in(&self, gauge: Gauge) {
+        let counters = lock(&self.state.counters);
+        if self.state.gauge.set(gauge).is_ok() {
+            self.state.counted(&counters);
+        }
     }
 
     /// How many entries wait.
@@ -276,6 +298,7 @@ impl Backlog {
         counters.next = seq.saturating_add(1);
         if pushed == Pushed::Queued {
             counters.len += 1;
+            self.state.counted(&counters);
         }
         Ok(pushed)
     }
@@ -300,6 +323,7 @@ impl Backlog {
                     let mut counters = lock(&self.state.counters);
                     if self.tree.remove(&key)?.is_some() {
                         counters.len = counters.len.saturating_sub(1);
+                        self.state.counted(&counters);
                     }
                 }
             }
@@ -323,6 +347,7 @@ impl Backlog {
         }
         self.tree.apply_batch(batch)?;
         counters.len = counters.len.saturating_sub(1);
+        self.state.counted(&counters);
         Ok(())
     }
 }
@@ -500,6 +525,25 @@ mod tests {
         want.push(first);
         assert_eq!(all(&b), want, "behind everything queued before");
         assert_eq!(Backlog::open(tree).unwrap().len(), many.len() as u64);
+    }
+
+    #[test]
+    fn the_backlog_gauge_follows_every_change() {
+        let (_dir, _db, tree) = tree();
+        let b = Backlog::with_cap(tree, 2).unwrap();
+        b.push(&blob(1)).unwrap();
+        let gauge = Gauge::default();
+        b.count_in(gauge.clone());
+        assert_eq!(gauge.get(), 1, "what waited before counts");
+        b.push(&blob(2)).unwrap();
+        assert_eq!(gauge.get(), 2);
+        assert_eq!(b.push(&blob(3)).unwrap(), Pushed::DroppedOldest);
+        assert_eq!(gauge.get(), 2, "full: one in, one out");
+        let (seq, first) = b.next_after(None).unwrap().unwrap();
+        b.remove(seq, &first).unwrap();
+        assert_eq!(gauge.get(), 1);
+        b.remove(seq, &first).unwrap();
+        assert_eq!(gauge.get(), 1, "removed once");
     }
 
     #[test]

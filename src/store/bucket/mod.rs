@@ -154,6 +154,7 @@ impl Drop for Shared {
 impl Shared {
     /// The `bucket`, with the index's record of which blobs it holds and its backlog.
     pub fn new(bucket: Arc<dyn SharedBackend>, sizes: SharedSizes, backlog: Backlog, metrics: Arc<Metrics>) -> Shared {
+        backlog.count_in(metrics.bucket_backlog_waiting());
         Shared {
             blobs: bucket.clone(),
             records: bucket.clone(),

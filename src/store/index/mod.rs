@@ -28,10 +28,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 
 use crate::store::bucket::Backlog;
@@ -65,6 +66,9 @@ pub struct Index {
     /// Bytes of blobs, manifests and referrers lists indexed, kept up to date by every insert and
     /// removal.
     used: AtomicU64,
+    /// The `disk_bytes` gauge, once a server's metrics are given ([`Index::count_used_in`]): moved
+    /// with `used` by every insert and removal.
+    used_gauge: OnceLock<Gauge>,
 }
 
 /// A manifest as stored: exact bytes and media type.
@@ -272,6 +276,7 @@ impl Index {
             tag_list_book: Mutex::new(book),
             backlog,
             used: AtomicU64::new(used),
+            used_gauge: OnceLock::new(),
         })
     }
 
@@ -351,12 +356,28 @@ impl Index {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// Keep `gauge` at the bytes indexed from now on (the server's `disk_bytes`): set now, then
+    /// moved by every insert and removal. Once; a second gauge is ignored.
+    pub fn count_used_in(&self, gauge: Gauge) {
+        gauge.set(i64::try_from(self.used_bytes()).unwrap_or(i64::MAX));
+        let _ = self.used_gauge.set(gauge);
+    }
+
     fn account(&self, old: Option<u64>, new: u64) {
         let old = old.unwrap_or(0);
+        // The gauge moves by the same difference (not set to a total read after it), so two
+        // writers at once leave it right whatever order they finish in. No one entry is 2^63 bytes.
+        let by = |d: u64| i64::try_from(d).unwrap_or(i64::MAX);
         if new >= old {
             self.used.fetch_add(new - old, Ordering::Relaxed);
+            if let Some(g) = self.used_gauge.get() {
+                g.inc_by(by(new - old));
+            }
         } else {
             self.used.fetch_sub(old - new, Ordering::Relaxed);
+            if let Some(g) = self.used_gauge.get() {
+                g.dec_by(by(old - new));
+            }
         }
     }
 
@@ -492,6 +513,31 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_disk_bytes_gauge_moves_with_every_insert_and_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("index")).unwrap();
+        let (a, b) = (Digest::sha256_of(b"a"), Digest::sha256_of(b"b"));
+        idx.put_blob(&a, 100).unwrap();
+        let gauge = Gauge::default();
+        idx.count_used_in(gauge.clone());
+        assert_eq!(gauge.get(), 100, "what was indexed before counts");
+        let m = StoredManifest { media_type: "application/json".into(), bytes: Bytes::from_static(b"{}") };
+        let steps: [(&dyn Fn(), i64); 6] = [
+            (&|| idx.put_blob(&b, 50).unwrap(), 150),
+            (&|| idx.put_blob(&b, 20).unwrap(), 120),
+            (&|| drop(idx.put_manifest(&a, &m).unwrap()), 120 + 19),
+            (&|| idx.put_referrers("docker.io", &"app".parse().unwrap(), &a, b"[]").unwrap(), 141),
+            (&|| idx.remove_manifest(&a).unwrap(), 122),
+            (&|| idx.remove_blob(&a).unwrap(), 22),
+        ];
+        for (step, want) in steps {
+            step();
+            assert_eq!(gauge.get(), want);
+            assert_eq!(gauge.get(), idx.used_bytes() as i64);
+        }
+    }
 
     #[test]
     fn round_trips() {
