@@ -44,7 +44,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::metrics::Metrics;
+use crate::metrics::{BucketMetrics, Metrics};
 use crate::oci::Digest;
 
 /// Everything regcache keeps: under its data directory (the hot tier: blob files and the index)
@@ -152,7 +152,7 @@ impl Store {
     /// The same, with `bucket` as the tier shared with other nodes behind this one (its requests
     /// counted in `metrics`), this node being `node` among them and taking part in keeping the
     /// bucket's blobs under `max` bytes if given.
-    pub fn with_shared(mut self, bucket: Arc<dyn SharedBackend>, node: String, max: Option<u64>, metrics: Arc<Metrics>) -> Store {
+    pub fn with_shared(mut self, bucket: Arc<dyn SharedBackend>, node: String, max: Option<u64>, metrics: BucketMetrics) -> Store {
         let shared = Shared::new(bucket, self.index.shared_sizes(), self.index.backlog().clone(), metrics).with_eviction(node, max);
         self.shared = Some(Arc::new(shared));
         self
