@@ -61,7 +61,10 @@
 //! - [`logs`]: the log lines: text or one JSON object per line (`log_format`), and the request id
 //!   (`logs::RequestId`) the access line carries and the response returns in `X-Request-Id`.
 //! - [`metrics`]: Prometheus counters, gauges and histograms; a gauge is kept by what it counts (the
-//!   fills keep `fills_in_progress`, `Metrics::fills_running`).
+//!   fills keep `fills_in_progress`, `Metrics::fills_running`; the index `disk_bytes`,
+//!   `Store::counted_in`; the bucket tier its metrics, `metrics::BucketMetrics`, its backlog
+//!   `bucket_backlog` among them). What nothing keeps is read at scrape time (`metrics::Now`: the
+//!   fills' readers, `max_size`, the data directory's file system).
 //! - [`status`]: the status page's tallies (`status::Board`, kept in the metrics) and its snapshot;
 //!   `http::status` serves `/status` and `/status.json` beside `/metrics`.
 //!

@@ -2,7 +2,9 @@
 //! upstream (requests, latency, token fetches, the pull quota it announced), what it holds (fills
 //! running and their readers, bytes on disk against max_size and the file system, evictions), and, with a shared bucket, what it asked of the bucket (requests by operation and
 //! result, bytes each way, uploads running and aborted, whether it is down). One [`Metrics`] per
-//! server, shared by its parts.
+//! server, shared by its parts; a part that counts something keeps its own handle (the fills'
+//! gauge, the index's `disk_bytes`, [`BucketMetrics`], [`FleetMetrics`]), and what nothing keeps
+//! is read when `/metrics` is asked for ([`Now`]).
 
 use std::fmt::Write as _;
 use std::path::Path;
