@@ -201,3 +201,78 @@ impl Shared {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::store::{BlobBackend, LocalBlobs, Records};
+
+    /// A store whose bucket tier is a second local directory.
+    fn setup() -> (tempfile::TempDir, Store, Arc<LocalBlobs>) {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = Arc::new(LocalBlobs::at(&dir.path().join("bucket")).unwrap());
+        let store = Store::open(&dir.path().join("node")).unwrap();
+        (dir, store.with_shared(bucket.clone(), String::new(), None, Metrics::new().bucket()), bucket)
+    }
+
+    /// `bytes` in the bucket under `digest`'s key, whatever their digest.
+    async fn put(bucket: &LocalBlobs, digest: &Digest, bytes: &[u8]) {
+        let mut w = bucket.begin(digest, Some(bytes.len() as u64)).await.unwrap();
+        w.append(&[Bytes::copy_from_slice(bytes)]).await.unwrap();
+        w.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn verify_removes_what_is_corrupt_names_it_and_leaves_the_rest() {
+        let (_dir, store, bucket) = setup();
+        let good = Digest::sha256_of(b"good");
+        let wrong = Digest::sha256_of(b"other");
+        put(&bucket, &good, b"good").await;
+        put(&bucket, &wrong, b"not other").await;
+        store.index().shared_sizes().put(&wrong, 9).unwrap();
+        let manifest = Digest::sha256_of(b"{}");
+        bucket.put(&RecordKey::Manifest(manifest.clone()).to_string(), Bytes::from_static(b"application/json\0{ }")).await.unwrap();
+        bucket.put("manifests/sha256/not-hex", Bytes::from_static(b"x")).await.unwrap();
+        let mut found = Vec::new();
+        let note = |f: &BucketFinding| {
+            found.push(f.clone());
+            Ok(())
+        };
+        let verified = store.bucket_verify(note).await.unwrap().expect("a bucket tier");
+        assert_eq!(verified, BucketVerified { blobs: 2, bytes: 13, manifests: 1, corrupt: 2 });
+        found.sort_by_key(|f| format!("{f:?}"));
+        let want = [
+            BucketFinding::CorruptBlob(wrong.clone()),
+            BucketFinding::CorruptManifest(manifest),
+            BucketFinding::NotAManifest("manifests/sha256/not-hex".into()),
+        ];
+        assert_eq!(found, want);
+        assert_eq!(bucket.stat(&wrong).await.unwrap(), None, "removed");
+        assert_eq!(store.index().shared_sizes().get(&wrong).unwrap(), None, "and forgotten");
+        assert_eq!(bucket.stat(&good).await.unwrap(), Some(4), "the good blob stays");
+    }
+
+    #[tokio::test]
+    async fn the_listing_holds_the_latest_answer_per_tag_of_the_repositories_asked_for() {
+        let (_dir, store, bucket) = setup();
+        let (a, b) = (Digest::sha256_of(b"a"), Digest::sha256_of(b"b"));
+        let key = |repo: &str, kind| RecordKey::Tag { upstream: crate::oci::RegistryHost::docker_hub(), repo: repo.parse().unwrap(), tag: "3".parse().unwrap(), kind }.to_string();
+        let answer = |d: &Digest, at| Bytes::from(serde_json::to_vec(&TagAnswer { digest: d.clone(), checked_at: at, published_at: None }).unwrap());
+        bucket.put(&key("library/alpine", crate::oci::ManifestKind::Image), answer(&a, 1)).await.unwrap();
+        bucket.put(&key("library/alpine", crate::oci::ManifestKind::Index), answer(&b, 2)).await.unwrap();
+        bucket.put(&key("library/debian", crate::oci::ManifestKind::Image), Bytes::from_static(b"not json")).await.unwrap();
+        bucket.put("tags/DOCKER.io/library/alpine/4/image", answer(&a, 3)).await.unwrap();
+        put(&bucket, &a, b"a").await;
+        let listing = store.bucket_listing(|_, repo| repo != "library/other").await.unwrap().expect("a bucket tier");
+        let tags: Vec<_> = listing.tags.iter().map(|((u, r), t)| (u.as_str(), r.as_str(), t.iter().map(|(t, a)| (t.clone(), a.as_ref().map(|a| a.checked_at))).collect::<Vec<_>>())).collect();
+        assert_eq!(tags, [("docker.io", "library/alpine", vec![("3".to_owned(), Some(2))]), ("docker.io", "library/debian", vec![("3".to_owned(), None)])]);
+        assert_eq!((listing.blobs, listing.bytes), (1, 1));
+        let none = store.bucket_listing(|_, _| false).await.unwrap().expect("a bucket tier");
+        assert!(none.tags.is_empty());
+    }
+}
