@@ -62,6 +62,7 @@ fn rejects_bad_values() {
         ("[[upstream]]\nname = \"ghcr.io/org\"\nurl = \"https://x\"", "must be a registry host"),
         ("[[upstream]]\nname = \"evil\\u001bhost\"\nurl = \"https://x\"", "must be a registry host"),
         ("[[upstream]]\nname = \"\"\nurl = \"https://x\"", "must be a registry host"),
+        ("[[upstream]]\nname = \"..\"\nurl = \"https://x\"", "must be a registry host"),
     ];
     for (text, want) in cases {
         let err = load(text).unwrap_err().to_string();

@@ -239,6 +239,12 @@ mod tests {
             ("taglists/ghcr.io/_list".into(), None),
             ("tags/docker.io/library/alpine/3/image/".into(), None),
             ("tags//library/alpine/3/image".into(), None),
+            // Found by the fuzzer: an upstream of dots is no host, and a key with it would be a
+            // path out of its folder.
+            ("taglists/./000-c0000000-c0/_list".into(), None),
+            ("tags/../library/alpine/3/image".into(), None),
+            (format!("referrers/../app/sha256/{hex}"), None),
+            ("tags/-x/app/3/image".into(), None),
             ("manifests/sha256".into(), None),
             ("manifests/sha256/zz".into(), None),
             ("manifests/md5/00".into(), None),

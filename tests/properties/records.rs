@@ -32,7 +32,7 @@ fn key_parts() -> impl Strategy<Value = Vec<String>> {
     let upstream = prop_oneof![
         "[a-zA-Z0-9]{1,8}(\\.[a-zA-Z]{2,3}){0,2}(:[0-9]{1,5})?",
         "\\[[0-9a-f:]{2,12}\\](:[0-9]{1,5})?",
-        "[0-9a-z-]{1,64}",
+        "[0-9a-z][0-9a-z-]{0,63}",
     ];
     let second = prop_oneof![prop::collection::vec(COMPONENT, 1..5).prop_map(|c| c.join("/")), "[A-Za-z0-9-]{1,20}"];
     (upstream, second, "[A-Za-z0-9_][A-Za-z0-9._-]{0,20}", "[a-z]{0,3}").prop_map(|(a, b, c, d)| vec![a, b, c, d])
@@ -60,6 +60,19 @@ fn an_upper_case_upstream_is_not_a_key_regcache_writes() {
         oracle::record_key(key);
         assert!(key.parse::<regcache::store::RecordKey>().is_err(), "{key}");
     }
+}
+
+/// What the fuzzer found (`record_key`): an upstream of dots was a plain host, so
+/// `taglists/./…/_list` read as a key (one that names a folder out of its own). No key has a `.`
+/// or `..` component, and no upstream is one.
+#[test]
+fn an_upstream_of_dots_is_no_key_and_no_host() {
+    for key in ["taglists/./000-c0000000-c0/_list", "tags/../library/alpine/3/image"] {
+        oracle::record_key(key);
+        assert!(key.parse::<regcache::store::RecordKey>().is_err(), "{key}");
+    }
+    assert_eq!(oracle::record_key_of(3, &[".", "000-c0000000-c0"]), None);
+    assert!(![".", "..", "-", ":5000"].into_iter().any(regcache::oci::is_plain_host));
 }
 
 proptest! {
