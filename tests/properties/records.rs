@@ -75,6 +75,18 @@ fn an_upstream_of_dots_is_no_key_and_no_host() {
     assert!(![".", "..", "-", ":5000"].into_iter().any(regcache::oci::is_plain_host));
 }
 
+/// What the fuzzer found (`records`): a summary line's time with a leading zero (or a sign) was
+/// read as the number, not as a line regcache writes. It is skipped.
+#[test]
+fn a_summary_time_not_as_written_is_skipped() {
+    let d = Digest::sha256_of(b"");
+    for body in [format!("{d} 0100007000001\n"), format!("{d} +5\n"), format!("{d} 00\n")] {
+        oracle::summary_record(body.as_bytes());
+        assert_eq!(parse_summary(body.as_bytes()).count(), 0, "{body:?}");
+    }
+    assert_eq!(parse_summary(format!("{d} 0\n").as_bytes()).collect::<Vec<_>>(), vec![(d, 0)]);
+}
+
 proptest! {
     #![proptest_config(config(256, "tests/properties/regressions/records.txt"))]
 
