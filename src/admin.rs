@@ -4,16 +4,14 @@
 //! With `[storage] backend = "s3"` each also works on the shared bucket ([`ls_bucket`],
 //! [`gc_bucket`], [`verify_bucket`]), which needs no server stopped: eviction and verification
 //! are safe beside running nodes (they only delete blobs nobody used lately, or corrupt ones).
+//! The work is the store's (`Store::bucket_listing`, `bucket_gc`, `bucket_verify`); this module
+//! formats what it returns.
 
 use std::io::{self, IsTerminal, Write};
 use std::time::Duration;
 
-use std::collections::BTreeMap;
-
-use crate::oci::{is_registry_host, references, Digest, Hasher, NameError, RegistryHost, RepositoryName, UpstreamRepo};
-use crate::store::bucket_lru::{self, Limits};
-use crate::store::records::folder;
-use crate::store::{now_secs, RecordKey, SharedBackend, SharedSizes, Store, TagAnswer};
+use crate::oci::{is_registry_host, references, Digest, NameError, RegistryHost, RepositoryName};
+use crate::store::{now_secs, BucketFinding, Store};
 
 /// `regcache ls [REPO]`: cached repositories and tags, when each was last revalidated, and sizes.
 /// `filter` is `name`, `library/name` or `host/name`.
@@ -139,32 +137,15 @@ pub fn verify(store: &Store, out: &mut dyn Write) -> io::Result<bool> {
     Ok(report.corrupt.is_empty())
 }
 
-/// `regcache ls` on the shared bucket: the tags its records hold per upstream and repository
-/// (the answer confirmed last, when), and its blobs' count and bytes.
-pub async fn ls_bucket(bucket: &dyn SharedBackend, filter: Option<&str>, out: &mut dyn Write) -> io::Result<()> {
+/// `regcache ls` on the shared bucket, if the store has one: the tags its records hold per
+/// upstream and repository (the answer confirmed last, when), and its blobs' count and bytes.
+pub async fn ls_bucket(store: &Store, filter: Option<&str>, out: &mut dyn Write) -> io::Result<()> {
     let wanted = filter.map(parse_filter).transpose().map_err(io::Error::other)?;
-    // repository (on its upstream) → tag → the latest answer over its kinds.
-    let mut repos: BTreeMap<UpstreamRepo, BTreeMap<String, Option<TagAnswer>>> = BTreeMap::new();
-    for key in bucket.list_records(folder::TAGS).await? {
-        // Keys are validated as they are read: what is printed is never a terminal escape.
-        let Ok(RecordKey::Tag { repo, tag, .. }) = key.parse() else { continue };
-        if !wanted.as_ref().is_none_or(|w| matches_filter(w, repo.upstream.as_str(), repo.name.as_str())) {
-            continue;
-        }
-        let answer = match bucket.get(&key, crate::store::MAX_TAG_RECORD).await {
-            Ok(record) => record.and_then(|v| serde_json::from_slice::<TagAnswer>(&v).ok()),
-            // One oversized record is shown as unreadable, not the end of the listing.
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => None,
-            Err(e) => return Err(e),
-        };
-        let slot = repos.entry(repo).or_default().entry(tag.to_string()).or_default();
-        if answer.as_ref().map(|a| a.checked_at) > slot.as_ref().map(|a| a.checked_at) {
-            *slot = answer;
-        }
-    }
+    let wanted = |upstream: &str, repo: &str| wanted.as_ref().is_none_or(|w| matches_filter(w, upstream, repo));
+    let Some(listing) = store.bucket_listing(wanted).await? else { return Ok(()) };
     writeln!(out, "in the bucket:")?;
     let mut tags = 0;
-    for (repo, entries) in &repos {
+    for (repo, entries) in &listing.tags {
         writeln!(out, "{repo}")?;
         for (tag, answer) in entries {
             tags += 1;
@@ -182,34 +163,17 @@ pub async fn ls_bucket(bucket: &dyn SharedBackend, filter: Option<&str>, out: &m
     if tags == 0 {
         writeln!(out, "no tags in the bucket{}", filter.map(|f| format!(" for {f}")).unwrap_or_default())?;
     }
-    let blobs = bucket.list().await?;
-    let bytes = blobs.iter().map(|b| b.size).fold(0, u64::saturating_add);
-    writeln!(out, "the bucket holds {} blobs, {}", blobs.len(), human_bytes(bytes))?;
+    writeln!(out, "the bucket holds {} blobs, {}", listing.blobs, human_bytes(listing.bytes))?;
     Ok(())
 }
 
-/// `regcache gc` on the shared bucket: one eviction round now, as the node `node` (see
-/// `store::bucket_lru`), down to `target` bytes of blobs; blobs used within `protected` stay (the
-/// nodes use `bucket_lru::PROTECTED`). Evicted blobs are forgotten in `sizes` (this data
-/// directory's record of the bucket).
-pub async fn gc_bucket(
-    bucket: &dyn SharedBackend,
-    sizes: &SharedSizes,
-    node: &str,
-    target: u64,
-    protected: Duration,
-    dry_run: bool,
-    out: &mut dyn Write,
-) -> io::Result<()> {
-    let now = bucket_lru::Clock::default().now_ms();
-    let forget = |b: &bucket_lru::BlobUse| {
-        let _ = sizes.remove(&b.digest);
-    };
-    let limits = Limits { max: target, target, protected };
-    let report = bucket_lru::evict_bucket(bucket, node, now, limits, dry_run, forget).await?;
+/// `regcache gc` on the shared bucket, if the store has one: one eviction round now, as the node
+/// `node`, down to `target` bytes of blobs; blobs used within `protected` stay.
+pub async fn gc_bucket(store: &Store, node: &str, target: u64, protected: Duration, dry_run: bool, out: &mut dyn Write) -> io::Result<()> {
+    let Some(report) = store.bucket_gc(node, target, protected, dry_run).await? else { return Ok(()) };
     let verb = if dry_run { "would evict" } else { "evicted" };
     for b in &report.evicted {
-        let age = humantime::format_duration(Duration::from_secs(now.saturating_sub(b.last_access) / 1000));
+        let age = humantime::format_duration(b.unused_for);
         writeln!(out, "bucket: {verb} blob {} ({}, last used {age} ago)", b.digest, human_bytes(b.size))?;
     }
     let freed = report.bytes_evicted();
@@ -230,57 +194,18 @@ pub async fn gc_bucket(
     Ok(())
 }
 
-/// `regcache verify` on the shared bucket: re-hash every blob (streamed) and every manifest record;
-/// corrupt ones are deleted from the bucket (and forgotten in `sizes`) and named. `Ok(false)` if
-/// any was corrupt.
-pub async fn verify_bucket(bucket: &dyn SharedBackend, sizes: &SharedSizes, out: &mut dyn Write) -> io::Result<bool> {
-    let (mut blobs, mut bytes, mut corrupt) = (0usize, 0u64, 0usize);
-    for listed in bucket.list().await? {
-        let Some(digest) = listed.digest else {
-            writeln!(out, "bucket: not a blob (left alone): {:?}", listed.name)?;
-            continue;
-        };
-        let Some(opened) = bucket.open(&digest, 0..listed.size).await? else { continue };
-        let mut reader = opened.reader;
-        let mut hasher = Hasher::new(digest.algorithm());
-        let mut read = 0u64;
-        while let Some(chunk) = reader.next_chunk().await {
-            let chunk = chunk?;
-            read += chunk.len() as u64;
-            hasher.update(&chunk);
-        }
-        blobs += 1;
-        bytes += read;
-        if read != opened.size || hasher.finish() != digest {
-            corrupt += 1;
-            bucket.remove(&digest).await?;
-            let _ = sizes.remove(&digest);
-            writeln!(out, "corrupt in the bucket: blob {digest}, removed")?;
-        }
-    }
-    let mut manifests = 0usize;
-    for key in bucket.list_records(folder::MANIFESTS).await? {
-        let Ok(RecordKey::Manifest(digest)) = key.parse() else {
-            writeln!(out, "bucket: not a manifest record (left alone): {key:?}")?;
-            continue;
-        };
-        let record = match bucket.get(&key, crate::store::MAX_MANIFEST_RECORD).await {
-            Ok(Some(r)) => Some(r),
-            Ok(None) => continue,
-            // Larger than any manifest regcache keeps: not one it wrote.
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => None,
-            Err(e) => return Err(e),
-        };
-        manifests += 1;
-        let good = record.is_some_and(|r| crate::store::read_manifest_record(r, &digest).is_ok());
-        if !good {
-            corrupt += 1;
-            bucket.remove_record(&key).await?;
-            writeln!(out, "corrupt in the bucket: manifest {digest}, removed")?;
-        }
-    }
-    writeln!(out, "bucket: verified {blobs} blobs ({}) and {manifests} manifests: {corrupt} corrupt", human_bytes(bytes))?;
-    Ok(corrupt == 0)
+/// `regcache verify` on the shared bucket, if the store has one: every blob re-hashed and every
+/// manifest record checked; corrupt ones are deleted and named. `Ok(false)` if any was corrupt.
+pub async fn verify_bucket(store: &Store, out: &mut dyn Write) -> io::Result<bool> {
+    let found = |finding: &BucketFinding| match finding {
+        BucketFinding::NotABlob(name) => writeln!(out, "bucket: not a blob (left alone): {name:?}"),
+        BucketFinding::CorruptBlob(digest) => writeln!(out, "corrupt in the bucket: blob {digest}, removed"),
+        BucketFinding::NotAManifest(key) => writeln!(out, "bucket: not a manifest record (left alone): {key:?}"),
+        BucketFinding::CorruptManifest(digest) => writeln!(out, "corrupt in the bucket: manifest {digest}, removed"),
+    };
+    let Some(v) = store.bucket_verify(found).await? else { return Ok(true) };
+    writeln!(out, "bucket: verified {} blobs ({}) and {} manifests: {} corrupt", v.blobs, human_bytes(v.bytes), v.manifests, v.corrupt)?;
+    Ok(v.corrupt == 0)
 }
 
 #[cfg(test)]

@@ -115,23 +115,43 @@ pub fn open_with(config: &Config, bucket: Option<Arc<dyn SharedBackend>>, metric
 /// no request.
 pub fn bucket_client(config: &Config, metrics: &Arc<Metrics>) -> Result<Option<Arc<dyn SharedBackend>>, BucketError> {
     let Some(tier) = config.storage.bucket() else { return Ok(None) };
-    let counted = metrics.clone();
-    let observer: Observer = Arc::new(move |r: &Request| counted.bucket_request_sent(r.op.as_str(), r.outcome.as_str()));
+    let counted = metrics.bucket();
+    let observer: Observer = Arc::new(move |r: &Request| counted.request_sent(r.op.as_str(), r.outcome.as_str()));
     let client: Arc<dyn SharedBackend> = match &tier.backend {
         BucketBackend::S3(s3) => Arc::new(Bucket::from_config(s3, &config.data_dir)?.with_observer(observer)),
     };
     Ok(Some(client))
 }
 
+/// `store` (a maintenance command's, `regcache ls`, `gc`, `verify`) with the bucket tier of
+/// `[storage]` behind it, if any: no probe (its first request says what is wrong), no part in the
+/// nodes' eviction, its requests counted in metrics nobody reads.
+pub fn with_bucket_tier(store: Store, config: &Config) -> Result<Store, BucketError> {
+    let metrics = Arc::new(Metrics::new());
+    Ok(match bucket_client(config, &metrics)? {
+        // Not a node of the bucket's eviction: `regcache gc` names its node for its one round.
+        Some(bucket) => store.with_shared(bucket, String::new(), None, metrics.bucket()),
+        None => store,
+    })
+}
+
+/// This data directory's id among the nodes sharing a bucket (kept in `data_dir/node-id`,
+/// written the first time).
+pub fn node_id(config: &Config) -> std::io::Result<String> {
+    crate::store::bucket_lru::node_id(&config.data_dir)
+}
+
 /// The store and its tiers: the data directory (the hot tier) with its limits, and the bucket tier
 /// behind it, if any.
 fn open_store(config: &Config, bucket: Option<Arc<dyn SharedBackend>>, metrics: &Arc<Metrics>) -> Result<Arc<Store>, StartError> {
-    let mut store = Store::open(&config.data_dir)?.with_limits(config.max_size, config.fills.max_temp, config.fills.min_free);
+    let mut store = Store::open(&config.data_dir)?
+        .with_limits(config.max_size, config.fills.max_temp, config.fills.min_free)
+        .counted_in(metrics);
     if let Some(bucket) = bucket {
         let max_size = config.storage.bucket().and_then(|tier| tier.max_size);
         let node = crate::store::bucket_lru::node_id(&config.data_dir)
             .map_err(|source| StoreError::Io { path: config.data_dir.join("node-id"), source })?;
-        store = store.with_shared(bucket, node, max_size, metrics.clone());
+        store = store.with_shared(bucket, node, max_size, metrics.bucket());
     }
     Ok(Arc::new(store))
 }

@@ -7,7 +7,8 @@
 //!   `app::start`.
 //! - [`access`]: who may use the mirror: allow list and htpasswd (the file read by
 //!   `access::read_htpasswd`).
-//! - [`admin`]: `ls`, `gc`, `verify` on the data directory (and on the shared bucket with `backend = "s3"`).
+//! - [`admin`]: `ls`, `gc`, `verify` on the data directory (and on the shared bucket with
+//!   `backend = "s3"`: the store does the work, `store::bucket::admin`; `admin` formats it).
 //! - [`warm`]: `warm`: pull images through a server ahead of a rush.
 //! - [`healthcheck`]: `healthcheck`: ask a running server's `/healthz`, for images without curl.
 //! - [`config`]: the TOML file as written (`config::raw`: serde types, unknown keys refused by
@@ -29,8 +30,10 @@
 //!   → rename; reading it with pooled buffers and `preadv2`; the disk budget of fills; repair and
 //!   `verify`; eviction under `max_size`). `store::index`: the sled index. `store::bucket`: with
 //!   `backend = "s3"`, the tier shared with other nodes (`Shared`), its client (`Bucket`), its
-//!   uploads, its backlog of what it should have (uploaded once it answers again) and
-//!   `bucket_max_size` (`store::bucket::lru`: access summaries, one evictor among the nodes).
+//!   uploads, its backlog of what it should have (uploaded once it answers again),
+//!   `bucket_max_size` (`store::bucket::lru`: access summaries, one evictor among the nodes) and
+//!   the maintenance commands' work on it (`store::bucket::admin`: `Store::bucket_listing`,
+//!   `bucket_gc`, `bucket_verify`).
 //!   `store::records`: the bucket's records and their one typed key (`RecordKey`), written and
 //!   read back (by the tier, eviction and `ls` alike). The housekeeping loop writes access times
 //!   and evicts.
@@ -60,7 +63,10 @@
 //! - [`logs`]: the log lines: text or one JSON object per line (`log_format`), and the request id
 //!   (`logs::RequestId`) the access line carries and the response returns in `X-Request-Id`.
 //! - [`metrics`]: Prometheus counters, gauges and histograms; a gauge is kept by what it counts (the
-//!   fills keep `fills_in_progress`, `Metrics::fills_running`).
+//!   fills keep `fills_in_progress`, `Metrics::fills_running`; the index `disk_bytes`,
+//!   `Store::counted_in`; the bucket tier its metrics, `metrics::BucketMetrics`, its backlog
+//!   `bucket_backlog` among them). What nothing keeps is read at scrape time (`metrics::Now`: the
+//!   fills' readers, `max_size`, the data directory's file system).
 //! - [`status`]: the status page's tallies (`status::Board`, kept in the metrics) and its snapshot;
 //!   `http::status` serves `/status` and `/status.json` beside `/metrics`.
 //!

@@ -11,9 +11,8 @@ use clap::{Args, Parser, Subcommand};
 use regcache::app::StartError;
 use regcache::config::{Config, LogFormat, Overrides};
 use regcache::http::App;
-use regcache::metrics::Metrics;
 use regcache::oci::ImageRef;
-use regcache::store::{SharedBackend, Store, StoreError};
+use regcache::store::{Store, StoreError};
 
 /// A pull-through caching mirror for container registries.
 #[derive(Parser)]
@@ -219,10 +218,8 @@ fn ls(config: &Config, repo: Option<&str>) -> Result<ExitCode, Failure> {
     let mut out = std::io::stdout().lock();
     let store = open_store(config, "ls")?;
     regcache::admin::ls(&store, repo, &mut out).context("listing")?;
-    if let Some(bucket) = admin_bucket(config)? {
-        let listed = block_on(regcache::admin::ls_bucket(bucket.as_ref(), repo, &mut out))?;
-        listed.context("listing the bucket")?;
-    }
+    let store = with_bucket(store, config)?;
+    block_on(regcache::admin::ls_bucket(&store, repo, &mut out))?.context("listing the bucket")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -231,11 +228,8 @@ fn verify(config: &Config) -> Result<ExitCode, Failure> {
     let mut out = std::io::stdout().lock();
     let store = open_store(config, "verify")?;
     let mut clean = regcache::admin::verify(&store, &mut out).context("verifying")?;
-    if let Some(bucket) = admin_bucket(config)? {
-        let sizes = store.index().shared_sizes();
-        let verified = block_on(regcache::admin::verify_bucket(bucket.as_ref(), &sizes, &mut out))?;
-        clean &= verified.context("verifying the bucket")?;
-    }
+    let store = with_bucket(store, config)?;
+    clean &= block_on(regcache::admin::verify_bucket(&store, &mut out))?.context("verifying the bucket")?;
     store.index().flush().context("flushing the index")?;
     Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
@@ -268,12 +262,12 @@ fn gc(config: &Config, args: &GcArgs) -> Result<ExitCode, Failure> {
         Some(target) => regcache::admin::gc(&store, target, args.dry_run, &mut out).context("evicting")?,
         None => writeln!(out, "no max_size: the data directory is left as it is").context("writing")?,
     }
-    if let Some(bucket) = admin_bucket(config)? {
+    let store = with_bucket(store, config)?;
+    if config.storage.bucket().is_some() {
         match bucket_target {
             Some(t) => {
-                let node = regcache::store::bucket_lru::node_id(&config.data_dir).context("the node id")?;
-                let sizes = store.index().shared_sizes();
-                let gc = regcache::admin::gc_bucket(bucket.as_ref(), &sizes, &node, t, protected, args.dry_run, &mut out);
+                let node = regcache::app::node_id(config).context("the node id")?;
+                let gc = regcache::admin::gc_bucket(&store, &node, t, protected, args.dry_run, &mut out);
                 block_on(gc)?.context("evicting from the bucket")?;
             }
             None => writeln!(out, "no bucket_max_size: the bucket is left as it is").context("writing")?,
@@ -335,12 +329,10 @@ async fn reload_on_sighup(app: Arc<App>) {
     }
 }
 
-/// The bucket of `[storage]` for a maintenance command (no probe: its first request says what is
-/// wrong); `None` for local storage.
-fn admin_bucket(config: &Config) -> Result<Option<Arc<dyn SharedBackend>>, Failure> {
-    // The command's requests are counted in metrics nobody reads.
-    let metrics = Arc::new(Metrics::new());
-    regcache::app::bucket_client(config, &metrics).map_err(|e| Failure::Usage(format!("storage: {e}")))
+/// `store` with the bucket tier of `[storage]`, if any, for a maintenance command (no probe: its
+/// first request says what is wrong).
+fn with_bucket(store: Store, config: &Config) -> Result<Store, Failure> {
+    regcache::app::with_bucket_tier(store, config).map_err(|e| Failure::Usage(format!("storage: {e}")))
 }
 
 /// Run one bucket command's future on a runtime of its own.

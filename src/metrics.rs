@@ -2,7 +2,9 @@
 //! upstream (requests, latency, token fetches, the pull quota it announced), what it holds (fills
 //! running and their readers, bytes on disk against max_size and the file system, evictions), and, with a shared bucket, what it asked of the bucket (requests by operation and
 //! result, bytes each way, uploads running and aborted, whether it is down). One [`Metrics`] per
-//! server, shared by its parts.
+//! server, shared by its parts; a part that counts something keeps its own handle (the fills'
+//! gauge, the index's `disk_bytes`, [`BucketMetrics`], [`FleetMetrics`]), and what nothing keeps
+//! is read when `/metrics` is asked for ([`Now`]).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -226,6 +228,99 @@ impl FleetMetrics {
     }
 }
 
+/// The shared bucket's metrics, kept by the bucket tier (`store::Shared`, and the bucket client's
+/// observer, given them by `app`): one handle for everything the bucket is asked. Two views of
+/// the same traffic, both exported because dashboards and alerts read both: each S3 request as the
+/// client sent it (`bucket_requests`: a part, a list, a delete; `not_found` apart from failures), and
+/// what the tier asked for (`bucket_operations`: a blob's size or bytes, a whole upload, a record,
+/// an eviction round; an answer given up after `store::ANSWER_WITHIN` is an error here, while its
+/// request never ends).
+#[derive(Clone)]
+pub struct BucketMetrics {
+    operations: Family<BucketLabels, Counter>,
+    requests: Family<BucketRequestLabels, Counter>,
+    bytes: Family<DirectionLabels, Counter>,
+    uploads: Gauge,
+    uploads_aborted: Counter,
+    down: Gauge,
+    evictions: Counter,
+    evicted_bytes: Counter,
+    backlog: Gauge,
+    backlog_dropped: Counter,
+}
+
+impl BucketMetrics {
+    /// Every bucket metric, registered in `r` with its HELP text.
+    fn register(r: &mut Registry) -> BucketMetrics {
+        BucketMetrics {
+            operations: listed(r, "bucket_operations", "Operations on the shared bucket (a blob's size or bytes, a whole upload, a record), by kind and result", Family::default()),
+            requests: listed(r, "bucket_requests", "S3 requests sent to the shared bucket, by operation and outcome", Family::default()),
+            bytes: listed(r, "bucket_bytes", "Blob bytes read from and uploaded to the shared bucket", Family::default()),
+            uploads: plain(r, "bucket_uploads_in_progress", "Blob uploads to the shared bucket running now", Gauge::<i64, AtomicI64>::default()),
+            uploads_aborted: plain(r, "bucket_uploads_aborted", "Blob uploads to the shared bucket given up", Counter::default()),
+            down: plain(r, "bucket_down", "1 while the shared bucket is marked down (degraded: hot tier and upstream only)", Gauge::default()),
+            evictions: plain(r, "bucket_evictions", "Blobs this node evicted from the shared bucket to stay under bucket_max_size", Counter::default()),
+            evicted_bytes: plain(r, "bucket_evicted_bytes", "Bytes this node evicted from the shared bucket to stay under bucket_max_size", Counter::default()),
+            backlog: plain(r, "bucket_backlog", "Blobs, manifests, tag and referrers records this node keeps that wait to be written to the shared bucket (it was down)", Gauge::default()),
+            backlog_dropped: plain(r, "bucket_backlog_dropped", "Backlog entries dropped unwritten because the backlog was full (the oldest go)", Counter::default()),
+        }
+    }
+
+    /// One operation on the shared bucket.
+    pub fn operation(&self, op: BucketOp, ok: bool) {
+        let result = if ok { BucketResult::Ok } else { BucketResult::Error };
+        self.operations.get_or_create(&BucketLabels { op, result }).inc();
+    }
+
+    /// One S3 request sent to the shared bucket (`op` and `outcome` are the client's words).
+    pub fn request_sent(&self, op: &'static str, outcome: &'static str) {
+        self.requests.get_or_create(&BucketRequestLabels { op, outcome }).inc();
+    }
+
+    /// A blob of `bytes` read from the bucket.
+    pub fn read(&self, bytes: u64) {
+        self.bytes.get_or_create(&DirectionLabels { direction: Direction::Read }).inc_by(bytes);
+    }
+
+    /// A blob of `bytes` uploaded to the bucket.
+    pub fn written(&self, bytes: u64) {
+        self.bytes.get_or_create(&DirectionLabels { direction: Direction::Written }).inc_by(bytes);
+    }
+
+    /// An upload starts; it counts as running until the value returned is dropped.
+    pub fn upload_started(&self) -> UploadRunning {
+        self.uploads.inc();
+        UploadRunning(self.uploads.clone())
+    }
+
+    /// An upload was given up.
+    pub fn upload_aborted(&self) {
+        self.uploads_aborted.inc();
+    }
+
+    /// A blob of `bytes` evicted from the bucket.
+    pub fn evicted(&self, bytes: u64) {
+        self.evictions.inc();
+        self.evicted_bytes.inc_by(bytes);
+    }
+
+    /// The `bucket_backlog` gauge, for the backlog to keep (`store::Backlog::count_in`): it sets
+    /// it as it grows and shrinks.
+    pub fn backlog_waiting(&self) -> Gauge {
+        self.backlog.clone()
+    }
+
+    /// A backlog entry was dropped unwritten: the backlog was full.
+    pub fn backlog_dropped(&self) {
+        self.backlog_dropped.inc();
+    }
+
+    /// The bucket was marked down, or up again.
+    pub fn down(&self, down: bool) {
+        self.down.set(i64::from(down));
+    }
+}
+
 /// A family listed (HELP and TYPE) from the start, before its first sample (prometheus-client
 /// leaves out empty families): what regcache exports does not depend on what happened yet, so
 /// dashboards and alerting rules can be checked against any running server.
@@ -262,16 +357,7 @@ pub struct Metrics {
     fs_size: Gauge,
     evictions: Counter,
     evicted_bytes: Counter,
-    bucket_operations: Family<BucketLabels, Counter>,
-    bucket_requests: Family<BucketRequestLabels, Counter>,
-    bucket_bytes: Family<DirectionLabels, Counter>,
-    uploads: Gauge,
-    uploads_aborted: Counter,
-    bucket_down: Gauge,
-    bucket_evictions: Counter,
-    bucket_evicted_bytes: Counter,
-    bucket_backlog: Gauge,
-    bucket_backlog_dropped: Counter,
+    bucket: BucketMetrics,
     fleet: FleetMetrics,
     /// The status page's tallies.
     board: Board,
@@ -332,16 +418,7 @@ impl Metrics {
             fs_size: plain(r, "data_dir_size_bytes", "Size in bytes of the file system of data_dir", Gauge::default()),
             evictions: plain(r, "evictions", "Blobs and manifests evicted to stay under max_size", Counter::default()),
             evicted_bytes: plain(r, "evicted_bytes", "Bytes evicted to stay under max_size", Counter::default()),
-            bucket_operations: listed(r, "bucket_operations", "Operations on the shared bucket (a blob's size or bytes, a whole upload, a record), by kind and result", Family::default()),
-            bucket_requests: listed(r, "bucket_requests", "S3 requests sent to the shared bucket, by operation and outcome", Family::default()),
-            bucket_bytes: listed(r, "bucket_bytes", "Blob bytes read from and uploaded to the shared bucket", Family::default()),
-            uploads: plain(r, "bucket_uploads_in_progress", "Blob uploads to the shared bucket running now", Gauge::<i64, AtomicI64>::default()),
-            uploads_aborted: plain(r, "bucket_uploads_aborted", "Blob uploads to the shared bucket given up", Counter::default()),
-            bucket_down: plain(r, "bucket_down", "1 while the shared bucket is marked down (degraded: hot tier and upstream only)", Gauge::default()),
-            bucket_evictions: plain(r, "bucket_evictions", "Blobs this node evicted from the shared bucket to stay under bucket_max_size", Counter::default()),
-            bucket_evicted_bytes: plain(r, "bucket_evicted_bytes", "Bytes this node evicted from the shared bucket to stay under bucket_max_size", Counter::default()),
-            bucket_backlog: plain(r, "bucket_backlog", "Blobs, manifests, tag and referrers records this node keeps that wait to be written to the shared bucket (it was down)", Gauge::default()),
-            bucket_backlog_dropped: plain(r, "bucket_backlog_dropped", "Backlog entries dropped unwritten because the backlog was full (the oldest go)", Counter::default()),
+            bucket: BucketMetrics::register(r),
             fleet: FleetMetrics { outcomes: listed(r, "fleet_fills", "How fills in a fleet got their blobs (peer_hit: a member had it stored, peer_fill: from a member's fill, fell_back_upstream: no member could stream it) and members that failed to answer (owner_down)", Family::default()), tags: listed(r, "fleet_tag_revalidations", "How tag revalidations in a fleet went (peer_answer: a member answered and it verified, refused: a member's answer failed verification, fell_back_upstream: this node asked the upstream itself) and members that failed to answer (owner_down)", Family::default()), members: listed(r, "fleet_member_up", "Each member of the fleet: 1 up, 0 from a failure to answer until it answers again (a request, or the probe of members taken for down every few seconds)", Family::default()) },
             board: Board::default(),
             registry,
@@ -351,54 +428,6 @@ impl Metrics {
     /// The status page's tallies, kept beside the metrics (see [`crate::status`]).
     pub fn board(&self) -> &Board {
         &self.board
-    }
-
-    /// One operation on the shared bucket.
-    pub fn bucket_operation(&self, op: BucketOp, ok: bool) {
-        let result = if ok { BucketResult::Ok } else { BucketResult::Error };
-        self.bucket_operations.get_or_create(&BucketLabels { op, result }).inc();
-    }
-
-    /// One S3 request sent to the shared bucket (`op` and `outcome` are the client's words).
-    pub fn bucket_request_sent(&self, op: &'static str, outcome: &'static str) {
-        self.bucket_requests.get_or_create(&BucketRequestLabels { op, outcome }).inc();
-    }
-
-    /// A blob of `bytes` read from the bucket.
-    pub fn bucket_read(&self, bytes: u64) {
-        self.bucket_bytes.get_or_create(&DirectionLabels { direction: Direction::Read }).inc_by(bytes);
-    }
-
-    /// A blob of `bytes` uploaded to the bucket.
-    pub fn bucket_written(&self, bytes: u64) {
-        self.bucket_bytes.get_or_create(&DirectionLabels { direction: Direction::Written }).inc_by(bytes);
-    }
-
-    /// An upload starts; it counts as running until the value returned is dropped.
-    pub fn upload_started(&self) -> UploadRunning {
-        self.uploads.inc();
-        UploadRunning(self.uploads.clone())
-    }
-
-    /// An upload was given up.
-    pub fn upload_aborted(&self) {
-        self.uploads_aborted.inc();
-    }
-
-    /// A blob of `bytes` evicted from the bucket.
-    pub fn bucket_evicted(&self, bytes: u64) {
-        self.bucket_evictions.inc();
-        self.bucket_evicted_bytes.inc_by(bytes);
-    }
-
-    /// A backlog entry was dropped unwritten: the backlog was full.
-    pub fn bucket_backlog_dropped(&self) {
-        self.bucket_backlog_dropped.inc();
-    }
-
-    /// The bucket was marked down, or up again.
-    pub fn bucket_down(&self, down: bool) {
-        self.bucket_down.set(i64::from(down));
     }
 
     /// One answered request, `bytes` of its body sent, which came `from` there. What is sent to
@@ -463,17 +492,26 @@ impl Metrics {
         self.fills.clone()
     }
 
-    /// The text exposition, with the gauges read now.
+    /// The `disk_bytes` gauge, for the hot tier's index to keep (`store::Index::count_used_in`):
+    /// it moves it as it commits, evicts and removes.
+    pub fn disk_bytes_stored(&self) -> Gauge {
+        self.disk_bytes.clone()
+    }
+
+    /// The shared bucket's metrics, for the bucket tier to keep.
+    pub fn bucket(&self) -> BucketMetrics {
+        self.bucket.clone()
+    }
+
+    /// The text exposition, with the gauges that are measured (not kept) read now.
     pub fn render(&self, now: &Now) -> String {
         self.fill_readers.set(gauge_value(now.fill_readers as u64));
         self.fill_coalesced.set(gauge_value(now.fill_coalesced as u64));
-        self.disk_bytes.set(gauge_value(now.disk_bytes));
         self.max_size.set(gauge_value(now.max_size.unwrap_or(0)));
         if let Some(fs) = now.data_dir {
             self.fs_free.set(gauge_value(fs.free));
             self.fs_size.set(gauge_value(fs.size));
         }
-        self.bucket_backlog.set(gauge_value(now.bucket_backlog));
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -481,21 +519,18 @@ impl Metrics {
     }
 }
 
-/// What the gauges read when `/metrics` is asked for.
+/// What the gauges that nothing keeps read when `/metrics` is asked for (the fills' readers are
+/// counted by the fills on request, the file system is measured).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Now {
     /// Requests reading the running fills.
     pub fill_readers: usize,
     /// Of those, the readers beyond each fill's first.
     pub fill_coalesced: usize,
-    /// Bytes stored.
-    pub disk_bytes: u64,
     /// `max_size`, if any.
     pub max_size: Option<u64>,
     /// The data directory's file system, when it could be measured.
     pub data_dir: Option<FsSpace>,
-    /// Entries waiting for the shared bucket.
-    pub bucket_backlog: u64,
 }
 
 /// A file system's size and the bytes free for unprivileged writers.
@@ -571,25 +606,22 @@ mod tests {
         metrics.request(RouteLabel::Blob, 200, Some(Answered::Hit), 1, Some(&BodyFrom::One(ServedFrom::Hot)));
         metrics.upstream_request("docker.io", "200", Duration::from_millis(5));
         metrics.token_fetch("docker.io");
-        metrics.bucket_operation(BucketOp::Get, true);
-        metrics.bucket_request_sent("get", "ok");
-        metrics.bucket_read(1);
+        metrics.bucket().operation(BucketOp::Get, true);
+        metrics.bucket().request_sent("get", "ok");
+        metrics.bucket().read(1);
         metrics.upstream_quota("docker.io", Quota { limit: Some(100), remaining: Some(7) });
         metrics.upstream_quota("docker.io", Quota { limit: None, remaining: Some(6) });
-        let now = Now {
-            fill_readers: 5,
-            fill_coalesced: 3,
-            disk_bytes: 10,
-            max_size: Some(1 << 30),
-            data_dir: Some(FsSpace { free: 4, size: 9 }),
-            bucket_backlog: 1,
-        };
+        metrics.disk_bytes_stored().set(10);
+        metrics.bucket().backlog_waiting().set(1);
+        let now = Now { fill_readers: 5, fill_coalesced: 3, max_size: Some(1 << 30), data_dir: Some(FsSpace { free: 4, size: 9 }) };
         let text = metrics.render(&now);
         assert_eq!(types(&text), fresh, "every family is listed before its first sample");
         for line in [
             r#"regcache_upstream_ratelimit_limit{upstream="docker.io"} 100"#,
             r#"regcache_upstream_ratelimit_remaining{upstream="docker.io"} 6"#,
             "regcache_fill_readers 5",
+            "regcache_disk_bytes 10",
+            "regcache_bucket_backlog 1",
             "regcache_fill_coalesced_readers 3",
             "regcache_max_size_bytes 1073741824",
             "regcache_data_dir_free_bytes 4",

@@ -57,6 +57,12 @@ fn rejects_bad_values() {
         ("[[upstream]]\nname = \"x\"\nurl = \"https://x\"\nca_file = \"/dev/null\"", "upstream x: ca_file /dev/null holds no PEM certificate"),
         ("[[upstream]]\nname = \"x\"\nurl = \"https://x\"\nusername = \"u\"", "together"),
         ("[[upstream]]\nname = \"x\"\nurl = \"https://x\"\n[[upstream]]\nname = \"x\"\nurl = \"https://y\"", "twice"),
+        // An upstream's name is part of the shared bucket's record keys: a plain host name only.
+        ("[[upstream]]\nname = \"my_registry\"\nurl = \"https://x\"", "must be a registry host"),
+        ("[[upstream]]\nname = \"ghcr.io/org\"\nurl = \"https://x\"", "must be a registry host"),
+        ("[[upstream]]\nname = \"evil\\u001bhost\"\nurl = \"https://x\"", "must be a registry host"),
+        ("[[upstream]]\nname = \"\"\nurl = \"https://x\"", "must be a registry host"),
+        ("[[upstream]]\nname = \"..\"\nurl = \"https://x\"", "must be a registry host"),
     ];
     for (text, want) in cases {
         let err = load(text).unwrap_err().to_string();

@@ -10,7 +10,7 @@ use url::Url;
 use super::raw::RawUpstream;
 use super::units::HumanDuration;
 use super::{mask_userinfo, read_pem_roots, ConfigError};
-use crate::oci::RegistryHost;
+use crate::oci::{is_plain_host, RegistryHost};
 
 /// `connect_timeout` when not set.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,7 +88,7 @@ impl UpstreamConfig {
     /// Resolve `raw`; files are read relative to `base`.
     pub(super) fn resolve(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, ConfigError> {
         let name = RegistryHost::new(raw.name.trim());
-        if name.as_str().is_empty() || name.as_str().contains('/') || name.as_str().contains(char::is_whitespace) {
+        if !is_plain_host(name.as_str()) {
             return Err(ConfigError(format!("upstream name {:?} must be a registry host such as docker.io", raw.name)));
         }
         let err = |msg: String| ConfigError(format!("upstream {name}: {msg}"));

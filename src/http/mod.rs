@@ -262,11 +262,9 @@ impl App {
                 let now = crate::metrics::Now {
                     fill_readers: readers.total,
                     fill_coalesced: readers.coalesced,
-                    disk_bytes: store.index().used_bytes(),
                     max_size: store.max_size(),
                     // tmp/ is in the data directory, on its file system.
                     data_dir: crate::metrics::FsSpace::of(store.tmp_dir()),
-                    bucket_backlog: store.index().backlog().len(),
                 };
                 let body = self.metrics.render(&now);
                 text(body, "text/plain; version=0.0.4; charset=utf-8")

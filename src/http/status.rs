@@ -36,10 +36,7 @@ impl App {
             upstreams: self.cache.upstreams().iter().map(|u| board.upstream(u.config().name.as_str(), &u.config().url)).collect(),
             fills,
             top_repositories: board.top_repositories(),
-            bucket: store.shared().map(|shared| BucketStatus {
-                state: if shared.is_down() { "down" } else { "up" },
-                size_bytes: store.index().shared_sizes().known_bytes(),
-            }),
+            bucket: store.bucket_state().map(|b| BucketStatus { state: if b.down { "down" } else { "up" }, size_bytes: b.known_bytes }),
             fleet: self.fleet.as_ref().map(|fleet| fleet_status(fleet.members())),
         }
     }

@@ -11,6 +11,15 @@ pub const DOCKER_HUB: &str = "docker.io";
 /// The names Docker Hub answers to.
 const DOCKER_HUB_ALIASES: [&str; 3] = [DOCKER_HUB, "registry-1.docker.io", "index.docker.io"];
 
+/// Whether `host` is a plain host name as an upstream is configured: letters, digits and `.-:[]`
+/// (a name, an IPv4 or `[IPv6]` address, a port), beginning with a letter, a digit or `[`.
+/// Nothing else: an upstream's name is a component of the shared bucket's record keys, which must
+/// read back as written, print safely and stay in their folder (so never `.` or `..`).
+pub fn is_plain_host(host: &str) -> bool {
+    let starts = host.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '[');
+    starts && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+}
+
 /// A registry host as clients name it (`docker.io`, `ghcr.io`, `localhost:5000`), lowercased.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RegistryHost(String);

@@ -12,7 +12,7 @@ mod verify;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::{first_error, Blame, ErrorBody, ErrorCode};
-pub use host::{RegistryHost, DOCKER_HUB};
+pub use host::{is_plain_host, RegistryHost, DOCKER_HUB};
 pub use media::{
     AcceptList, ManifestKind, DOCKER_LIST, DOCKER_MANIFEST, MANIFEST_MEDIA_TYPES, OCI_INDEX, OCI_MANIFEST, SCHEMA1,
     SCHEMA1_SIGNED,

@@ -10,7 +10,8 @@
 //! - `index`: the sled index of blobs, manifests, tags, referrers lists and tag lists.
 //! - [`bucket`]: with a shared bucket, the tier behind the hot one ([`Shared`]): its client
 //!   ([`Bucket`]), its uploads, its backlog of what it should have, its eviction
-//!   ([`bucket_lru`]).
+//!   ([`bucket_lru`]), the maintenance commands' work on it ([`Store::bucket_listing`],
+//!   [`Store::bucket_gc`], [`Store::bucket_verify`]).
 //! - [`records`]: the shared tier's records and their one typed key ([`RecordKey`]).
 //! - `housekeeping`: access times written in batches, eviction, the backlog's drain.
 
@@ -25,10 +26,13 @@ mod tiered;
 
 pub use backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, ReadAt, Records, SharedBackend};
 pub use bucket::lru as bucket_lru;
-pub use bucket::{Backlog, Bucket, BucketError, Pending, Pushed, Shared, VerifiedFill, ANSWER_WITHIN, RETRY};
+pub use bucket::{Backlog, Bucket, BucketError, BucketFinding, BucketGc, BucketListing, BucketVerified, EvictedBlob, Pending, Pushed, Shared, VerifiedFill, ANSWER_WITHIN, RETRY};
 pub use housekeeping::spawn_housekeeping;
 pub use hot::{Evicted, EvictedKind, InUse, LocalBlobs, NoRoom, Reconciled, Reservation, TempBudget, Usage, Verified, LOW_WATER};
 pub use index::{now_secs, Index, ListedTags, ReferrersKey, SharedSizes, StoredManifest, TagAnswer, TagEntry};
+/// What sled holds, decoded: for the property tests and fuzz targets.
+#[doc(hidden)]
+pub use index::{blob_size_of, parse_tag, tag_record};
 pub use records::{read_manifest_record, RecordKey, MAX_MANIFEST_RECORD, MAX_TAG_RECORD};
 pub use tiered::{BlobSource, RememberedTag, TagSlot, Tier};
 
@@ -40,7 +44,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::metrics::Metrics;
+use crate::metrics::{BucketMetrics, Metrics};
 use crate::oci::Digest;
 
 /// Everything regcache keeps: under its data directory (the hot tier: blob files and the index)
@@ -64,6 +68,15 @@ pub struct Store {
     pressure: Arc<tokio::sync::Notify>,
     /// The bucket shared with other nodes, behind this node's blobs (the hot tier), if configured.
     shared: Option<Arc<Shared>>,
+}
+
+/// How the bucket tier stands, as the status page shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BucketState {
+    /// Whether it is marked down (the hot tier and the upstreams serve without it).
+    pub down: bool,
+    /// The bytes of the blobs this node knows it holds (a walk of the index's record of them).
+    pub known_bytes: u64,
 }
 
 /// Why the store can't be opened.
@@ -139,9 +152,15 @@ impl Store {
     /// The same, with `bucket` as the tier shared with other nodes behind this one (its requests
     /// counted in `metrics`), this node being `node` among them and taking part in keeping the
     /// bucket's blobs under `max` bytes if given.
-    pub fn with_shared(mut self, bucket: Arc<dyn SharedBackend>, node: String, max: Option<u64>, metrics: Arc<Metrics>) -> Store {
+    pub fn with_shared(mut self, bucket: Arc<dyn SharedBackend>, node: String, max: Option<u64>, metrics: BucketMetrics) -> Store {
         let shared = Shared::new(bucket, self.index.shared_sizes(), self.index.backlog().clone(), metrics).with_eviction(node, max);
         self.shared = Some(Arc::new(shared));
+        self
+    }
+
+    /// The same, its bytes stored kept in `metrics` (`disk_bytes`) from now on.
+    pub fn counted_in(self, metrics: &Metrics) -> Store {
+        self.index.count_used_in(metrics.disk_bytes_stored());
         self
     }
 
@@ -164,6 +183,12 @@ impl Store {
     /// move its clock or run its eviction now.
     pub fn shared(&self) -> Option<&Arc<Shared>> {
         self.shared.as_ref()
+    }
+
+    /// With a bucket tier, how it stands (for the status page).
+    pub fn bucket_state(&self) -> Option<BucketState> {
+        let shared = self.shared.as_ref()?;
+        Some(BucketState { down: shared.is_down(), known_bytes: self.index.shared_sizes().known_bytes() })
     }
 
     /// Store `bytes` as a verified, indexed blob, the way a fill does (for tests of the store).

@@ -13,7 +13,7 @@ use std::str::FromStr;
 use bytes::Bytes;
 
 use super::index::StoredManifest;
-use crate::oci::{Digest, ManifestKind, RegistryHost, Tag, UpstreamRepo};
+use crate::oci::{is_plain_host, Digest, ManifestKind, RegistryHost, Tag, UpstreamRepo};
 
 /// The largest manifest record: the largest manifest regcache keeps, after its media type and a NUL.
 pub const MAX_MANIFEST_RECORD: usize = crate::upstream::MAX_MANIFEST + 256;
@@ -145,14 +145,19 @@ fn digest(s: &str) -> Option<Digest> {
     format!("{algorithm}:{hex}").parse().ok()
 }
 
-/// `repo` on `upstream`, if `upstream` is a plain host name (letters, digits, `.-:[]`: an upstream
-/// as the configuration names it) and `repo` a repository name.
+/// A plain host name as [`RegistryHost`] writes it (lower-case letters, digits, `.-:[]`): an
+/// upstream as the configuration names it. Upper case is refused, not lowered: a key that reads
+/// back is exactly the key written, so `tags/DOCKER.io/…` is not regcache's and `ls` never shows
+/// it as `docker.io`.
+fn upstream_of(s: &str) -> Option<RegistryHost> {
+    let written = is_plain_host(s) && !s.bytes().any(|b| b.is_ascii_uppercase());
+    written.then(|| RegistryHost::new(s))
+}
+
+/// `repo` on `upstream`, if `upstream` is one regcache writes ([`upstream_of`]) and `repo` a
+/// repository name.
 fn repo_of(upstream: &str, repo: &str) -> Option<UpstreamRepo> {
-    let plain = !upstream.is_empty() && upstream.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
-    if !plain {
-        return None;
-    }
-    Some(UpstreamRepo { upstream: RegistryHost::new(upstream), name: repo.parse().ok()? })
+    Some(UpstreamRepo { upstream: upstream_of(upstream)?, name: repo.parse().ok()? })
 }
 
 fn kind_of(s: &str) -> Option<ManifestKind> {
@@ -217,6 +222,28 @@ mod tests {
             ("tags/docker.io/library/alpine/\u{1b}[2J/image".into(), None),
             ("tags/docker.io/Library/Alpine/3/image".into(), None),
             ("tags/evil\nhost/app/3/image".into(), None),
+            // Upper case in the upstream: RegistryHost writes it lowered, so this key was not
+            // written by regcache (and would print back as another).
+            ("tags/DOCKER.io/library/alpine/3/image".into(), None),
+            ("tags/Docker.IO/library/alpine/3/image".into(), None),
+            (format!("referrers/GHCR.io/org/app/sha256/{hex}"), None),
+            ("taglists/Localhost:5000/app/_list".into(), None),
+            ("tags/[::1]:5000/app/3/image".into(), Some(RecordKey::Tag { repo: UpstreamRepo::of("[::1]:5000", "app"), tag: "3".parse().unwrap(), kind: ManifestKind::Image })),
+            (format!("manifests/sha256/{}", hex.to_uppercase()), None),
+            (format!("manifests/SHA256/{hex}"), None),
+            ("NODES/n1".into(), None),
+            ("access/n1/Ab-09".into(), Some(RecordKey::Access { node: "n1".into(), name: "Ab-09".into() })),
+            ("access/n1/".into(), None),
+            ("access/N1/x".into(), None),
+            ("taglists/ghcr.io/_list".into(), None),
+            ("tags/docker.io/library/alpine/3/image/".into(), None),
+            ("tags//library/alpine/3/image".into(), None),
+            // Found by the fuzzer: an upstream of dots is no host, and a key with it would be a
+            // path out of its folder.
+            ("taglists/./000-c0000000-c0/_list".into(), None),
+            ("tags/../library/alpine/3/image".into(), None),
+            (format!("referrers/../app/sha256/{hex}"), None),
+            ("tags/-x/app/3/image".into(), None),
             ("manifests/sha256".into(), None),
             ("manifests/sha256/zz".into(), None),
             ("manifests/md5/00".into(), None),
@@ -234,6 +261,29 @@ mod tests {
             if let Some(want) = want {
                 assert_eq!(want.to_string(), key, "written as read");
             }
+        }
+    }
+
+    #[test]
+    fn keys_written_read_back_as_the_same_key() {
+        let d = Digest::sha256_of(b"m");
+        let name = |s: &str| s.parse::<crate::oci::RepositoryName>().unwrap();
+        let tag = |s: &str| s.parse::<Tag>().unwrap();
+        let cases = [
+            RecordKey::Manifest(d.clone()),
+            RecordKey::Manifest(Digest::of(crate::oci::Algorithm::Sha512, b"m")),
+            // Written for an upstream configured in upper case: lowered once, by RegistryHost.
+            RecordKey::Tag { repo: UpstreamRepo { upstream: RegistryHost::new("GHCR.io"), name: name("org/app") }, tag: tag("V1_2"), kind: ManifestKind::Schema1 },
+            RecordKey::Tag { repo: UpstreamRepo { upstream: RegistryHost::new("[::1]:5000"), name: name("a/b/c") }, tag: tag("_"), kind: ManifestKind::Index },
+            // A repository whose last component is an algorithm's name.
+            RecordKey::Referrers { repo: UpstreamRepo { upstream: RegistryHost::docker_hub(), name: name("library/sha256") }, subject: d.clone() },
+            RecordKey::TagList { repo: UpstreamRepo { upstream: RegistryHost::new("localhost:5000"), name: name("list") } },
+            RecordKey::Node("0-a".into()),
+            RecordKey::Access { node: "n1".into(), name: "0000000001234-c0".into() },
+        ];
+        for key in cases {
+            let written = key.to_string();
+            assert_eq!(written.parse::<RecordKey>().as_ref(), Ok(&key), "{written}");
         }
     }
 

@@ -9,6 +9,7 @@
 // Each fuzz target uses a few of these.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,10 +18,10 @@ use http::{HeaderMap, HeaderValue, Method};
 use regcache::access::{parse_basic, parse_htpasswd};
 use regcache::config::{Config, Overrides};
 use regcache::store::bucket_lru::parse_summary;
-use regcache::store::{read_manifest_record, ListedTags};
+use regcache::store::{blob_size_of, parse_tag, read_manifest_record, tag_record, ListedTags, RecordKey, TagAnswer, TagEntry};
 use regcache::http::{parse_range, query, route, RepoRoute, Route, RouteErrorKind};
 use regcache::oci::{
-    is_registry_host, references, verify_manifest, AcceptList, Algorithm, Digest, ImageRef, ManifestError, ManifestKind, Reference,
+    is_plain_host, is_registry_host, references, verify_manifest, AcceptList, Algorithm, Digest, ImageRef, ManifestError, ManifestKind, Reference,
     RepositoryName, Tag, MAX_TAG_LEN, SCHEMA1_SIGNED,
 };
 use regcache::upstream::{parse_challenges, parse_token_response, Challenge};
@@ -546,5 +547,84 @@ pub fn manifest_record(record: &[u8], digest: &Digest) {
         let split = record.iter().position(|b| *b == 0).expect("a NUL after the media type");
         assert_eq!(&m.bytes[..], &record[split + 1..]);
         assert_eq!(verify_manifest(&m.bytes, std::slice::from_ref(digest), None).map(|v| v.media_type), Ok(m.media_type));
+    }
+}
+
+/// A record key of the shared bucket, as a listing returns it (anyone with the bucket's keys may
+/// have written it): read, it prints back to exactly the text it was read from (so it is a key
+/// regcache writes), that text is printable ASCII (`ls` shows it) and a path inside its folder
+/// (no empty, `.` or `..` component).
+pub fn record_key(s: &str) {
+    let Ok(key) = bounded("RecordKey", s.len(), || s.parse::<RecordKey>()) else { return };
+    assert_eq!(key.to_string(), s, "read, printed as another key");
+    assert!(s.bytes().all(|b| b.is_ascii_graphic()), "{s:?}");
+    assert!(s.split('/').all(|c| !c.is_empty() && c != "." && c != ".."), "{s:?}");
+}
+
+/// A key regcache writes reads back as itself (and keeps [`record_key`]'s properties).
+pub fn written_record_key(key: &RecordKey) {
+    let written = key.to_string();
+    assert_eq!(written.parse::<RecordKey>().as_ref(), Ok(key), "{written:?} does not read back as written");
+    record_key(&written);
+}
+
+/// Whether `s` can be a node's id, as `bucket_lru::node_id` makes them: 1–64 of `0-9 a-z -`.
+pub fn spec_node_id(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b == b'-')
+}
+
+/// The key of the kind `kind` picks, made of `parts` the way regcache makes one (an upstream as
+/// the configuration accepts it, a repository name and a tag as parsed, a digest of a part's
+/// bytes, a node id); `None` when a part is not valid for its place.
+pub fn record_key_of(kind: u8, parts: &[&str]) -> Option<RecordKey> {
+    let part = |i: usize| parts.get(i).copied().unwrap_or("");
+    let upstream = || is_plain_host(part(0)).then(|| regcache::oci::RegistryHost::new(part(0)));
+    let repo = || Some(regcache::oci::UpstreamRepo { upstream: upstream()?, name: part(1).parse::<RepositoryName>().ok()? });
+    let digest = |i: usize| Digest::of(if part(i).len() % 2 == 0 { Algorithm::Sha256 } else { Algorithm::Sha512 }, part(i).as_bytes());
+    let node = |i: usize| spec_node_id(part(i)).then(|| part(i).to_owned());
+    Some(match kind % 6 {
+        0 => RecordKey::Manifest(digest(0)),
+        1 => {
+            let kinds = [ManifestKind::Index, ManifestKind::Image, ManifestKind::Schema1];
+            let kind = kinds[part(3).len() % kinds.len()];
+            RecordKey::Tag { repo: repo()?, tag: part(2).parse::<Tag>().ok()?, kind }
+        }
+        2 => RecordKey::Referrers { repo: repo()?, subject: digest(2) },
+        3 => RecordKey::TagList { repo: repo()? },
+        4 => RecordKey::Node(node(0)?),
+        _ => {
+            let name = part(1);
+            let named = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            RecordKey::Access { node: node(0)?, name: named.then(|| name.to_owned())? }
+        }
+    })
+}
+
+/// A tag entry as the index holds it (after a crash, a downgrade or a disk error, any bytes):
+/// read, its answers written back read the same, and its latest answer is one of its answers.
+pub fn tag_entry_record(v: &[u8]) {
+    let Some(entry) = bounded("parse_tag", v.len(), || parse_tag(v)) else { return };
+    let written = tag_record(entry.answers.clone());
+    assert_eq!(parse_tag(&written), Some(TagEntry { answers: entry.answers.clone(), unknown: None }), "written back, read the same");
+    if let Some(latest) = entry.latest() {
+        assert!(entry.answers.values().chain(&entry.unknown).any(|a| a == latest));
+        assert!(entry.answers.values().chain(&entry.unknown).all(|a| a.checked_at <= latest.checked_at));
+    }
+}
+
+/// Answers per kind as the index writes them: they read back as written.
+pub fn written_tag_answers(answers: &BTreeMap<ManifestKind, TagAnswer>) {
+    let record = tag_record(answers.clone());
+    assert_eq!(parse_tag(&record), Some(TagEntry { answers: answers.clone(), unknown: None }));
+    tag_entry_record(&record);
+}
+
+/// A size (or an access time) as the index holds it: 8 bytes read as the big-endian number they
+/// were written from; a value of any other length reads as 0.
+pub fn blob_size_record(v: &[u8]) {
+    let size = bounded("blob_size_of", v.len(), || blob_size_of(v));
+    match <[u8; 8]>::try_from(v) {
+        Ok(bytes) => assert_eq!(size.to_be_bytes(), bytes, "read as another number"),
+        Err(_) => assert_eq!(size, 0, "{} bytes read as a size", v.len()),
     }
 }

@@ -22,8 +22,9 @@
 //! since (the drain would skip it anyway) and the least likely to be pulled again, while refusing
 //! the newest would freeze a long outage's backlog at its first hours.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 
 use super::{NotDone, Shared};
@@ -186,6 +187,17 @@ struct State {
     // await), so that the count, the next sequence number and an entry's two keys stay in step.
     counters: Mutex<Counters>,
     cap: u64,
+    /// `bucket_backlog`, once given ([`Backlog::count_in`]): set by every change of the count.
+    gauge: OnceLock<Gauge>,
+}
+
+impl State {
+    /// `counters.len` changed (the lock held): show it.
+    fn counted(&self, counters: &Counters) {
+        if let Some(gauge) = self.gauge.get() {
+            gauge.set(i64::try_from(counters.len).unwrap_or(i64::MAX));
+        }
+    }
 }
 
 struct Counters {
@@ -234,7 +246,16 @@ impl Backlog {
         if dropped > 0 {
             tracing::warn!(dropped, "unreadable entries of the bucket's backlog were dropped; their content won't reach the bucket from this node");
         }
-        Ok(Backlog { tree, state: Arc::new(State { counters: Mutex::new(Counters { next, len }), cap }) })
+        Ok(Backlog { tree, state: Arc::new(State { counters: Mutex::new(Counters { next, len }), cap, gauge: OnceLock::new() }) })
+    }
+
+    /// Keep `gauge` at the number of entries waiting from now on (the server's `bucket_backlog`).
+    /// Once; a second gauge is ignored.
+    pub fn count_in(&self, gauge: Gauge) {
+        let counters = lock(&self.state.counters);
+        if self.state.gauge.set(gauge).is_ok() {
+            self.state.counted(&counters);
+        }
     }
 
     /// How many entries wait.
@@ -276,6 +297,7 @@ impl Backlog {
         counters.next = seq.saturating_add(1);
         if pushed == Pushed::Queued {
             counters.len += 1;
+            self.state.counted(&counters);
         }
         Ok(pushed)
     }
@@ -300,6 +322,7 @@ impl Backlog {
                     let mut counters = lock(&self.state.counters);
                     if self.tree.remove(&key)?.is_some() {
                         counters.len = counters.len.saturating_sub(1);
+                        self.state.counted(&counters);
                     }
                 }
             }
@@ -323,6 +346,7 @@ impl Backlog {
         }
         self.tree.apply_batch(batch)?;
         counters.len = counters.len.saturating_sub(1);
+        self.state.counted(&counters);
         Ok(())
     }
 }
@@ -506,16 +530,24 @@ mod tests {
     fn a_full_backlog_drops_its_oldest_entry_for_a_new_one() {
         let (_dir, _db, tree) = tree();
         let b = Backlog::with_cap(tree.clone(), 3).unwrap();
+        let gauge = Gauge::default();
         for n in 0..3 {
             assert_eq!(b.push(&blob(n)).unwrap(), Pushed::Queued);
+            if n == 0 {
+                b.count_in(gauge.clone());
+            }
         }
         assert_eq!(b.push(&blob(3)).unwrap(), Pushed::DroppedOldest);
         assert_eq!(b.push(&blob(2)).unwrap(), Pushed::Already, "nothing dropped for what waits already");
-        assert_eq!(b.len(), 3);
+        assert_eq!((b.len(), gauge.get()), (3, 3), "the gauge counts what waited before it was given, and follows");
         assert_eq!(all(&b), [blob(1), blob(2), blob(3)]);
         assert_eq!(b.push(&blob(0)).unwrap(), Pushed::DroppedOldest, "the dropped entry's identity went with it");
         assert_eq!(all(&b), [blob(2), blob(3), blob(0)]);
         assert_eq!(tree.scan_prefix([QUEUED]).count(), 3, "one identity per entry");
+        let (seq, first) = b.next_after(None).unwrap().unwrap();
+        b.remove(seq, &first).unwrap();
+        b.remove(seq, &first).unwrap();
+        assert_eq!(gauge.get(), 2, "removed once");
     }
 
     #[test]
@@ -555,7 +587,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("node")).unwrap();
         let bucket = Arc::new(LocalBlobs::at(&dir.path().join("bucket")).unwrap());
-        let shared = Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), Arc::new(Metrics::new()));
+        let shared = Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), Metrics::new().bucket());
         store.shared = Some(Arc::new(shared));
         (dir, Arc::new(store), bucket)
     }

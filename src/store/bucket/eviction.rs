@@ -127,7 +127,7 @@ impl Shared {
     async fn evict_now(&self, writer: &str, now: u64, limits: lru::Limits) -> Option<BucketEviction> {
         let removed = |b: &lru::BlobUse| {
             let _ = self.sizes.remove(&b.digest);
-            self.metrics.bucket_evicted(b.size);
+            self.metrics.evicted(b.size);
         };
         let done = lru::evict_bucket(self.bucket.as_ref(), writer, now, limits, false, removed).await;
         let report = self.outcome(BucketOp::Evict, done)?;
@@ -155,7 +155,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("node")).unwrap();
         let bucket = Arc::new(LocalBlobs::at(&dir.path().join("bucket")).unwrap());
-        let shared = Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), Arc::new(Metrics::new()))
+        let shared = Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), Metrics::new().bucket())
             .with_eviction("n1".into(), Some(1000));
         let (one, two) = (Digest::sha256_of(b"one"), Digest::sha256_of(b"two"));
         shared.touch(&one);
@@ -184,7 +184,7 @@ mod tests {
         shared.publish_accesses().await;
         assert_eq!(bucket.list_records("access").await.unwrap().len(), 1);
         // Without bucket_max_size nothing is noted.
-        let unlimited = Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), Arc::new(Metrics::new())).with_eviction("n2".into(), None);
+        let unlimited = Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), Metrics::new().bucket()).with_eviction("n2".into(), None);
         unlimited.touch(&Digest::sha256_of(b"three"));
         unlimited.publish_accesses().await;
         assert!(unlimited.evict_round().await.is_none());

@@ -149,7 +149,10 @@ pub fn parse_summary(body: &[u8]) -> impl Iterator<Item = (Digest, u64)> + '_ {
     body.split(|b| *b == b'\n').filter_map(|line| {
         let line = std::str::from_utf8(line).ok()?;
         let (digest, at) = line.split_once(' ')?;
-        Some((digest.parse().ok()?, at.parse().ok()?))
+        // Only the time as written (digits, no leading zero, no sign): the fuzzer found
+        // `0100007000001` read as another line's time.
+        let written = at.bytes().all(|b| b.is_ascii_digit()) && (at == "0" || !at.starts_with('0'));
+        Some((digest.parse().ok()?, written.then(|| at.parse().ok())??))
     })
 }
 

@@ -31,6 +31,7 @@
 //! among the nodes keeps the bucket under the limit ([`lru`]: [`Shared::touch`],
 //! [`Shared::publish_accesses`], [`Shared::evict_round`]).
 
+mod admin;
 pub(super) mod backlog;
 mod client;
 mod eviction;
@@ -39,6 +40,7 @@ mod multipart;
 mod requests;
 mod upload;
 
+pub use admin::{BucketFinding, BucketGc, BucketListing, BucketVerified, EvictedBlob};
 pub use backlog::{Backlog, Pending, Pushed};
 pub use client::{Bucket, BucketError, ObjectStorage, PART_SIZE};
 pub use requests::{Observer, Op, Outcome, Request};
@@ -59,7 +61,7 @@ use backlog::MAX_ENTRIES;
 use lru::Clock;
 use crate::store::index::{ListedTags, SharedSizes, StoredManifest, TagAnswer, MAX_TAG_LIST_RECORD};
 use crate::store::records::{manifest_record, read_manifest_record, RecordKey, MAX_MANIFEST_RECORD, MAX_TAG_RECORD};
-use crate::metrics::{BucketOp, Metrics};
+use crate::metrics::{BucketMetrics, BucketOp};
 use crate::oci::{Digest, ManifestKind, Tag, UpstreamRepo};
 use crate::sync::lock;
 
@@ -92,7 +94,7 @@ pub struct Shared {
     backlogged: Arc<Notify>,
     /// Whether the backlog's being full was logged.
     full_logged: AtomicBool,
-    metrics: Arc<Metrics>,
+    metrics: BucketMetrics,
     /// Set with [`Shared::with_eviction`]: this node takes part in keeping the bucket under a size.
     eviction: Option<Eviction>,
     clock: Clock,
@@ -151,7 +153,8 @@ impl Drop for Shared {
 
 impl Shared {
     /// The `bucket`, with the index's record of which blobs it holds and its backlog.
-    pub fn new(bucket: Arc<dyn SharedBackend>, sizes: SharedSizes, backlog: Backlog, metrics: Arc<Metrics>) -> Shared {
+    pub fn new(bucket: Arc<dyn SharedBackend>, sizes: SharedSizes, backlog: Backlog, metrics: BucketMetrics) -> Shared {
+        backlog.count_in(metrics.backlog_waiting());
         Shared {
             blobs: bucket.clone(),
             records: bucket.clone(),
@@ -274,7 +277,7 @@ impl Shared {
             Ok(Pushed::Queued) => tracing::debug!(?pending, "kept for the bucket's return"),
             Ok(Pushed::Already) => return,
             Ok(Pushed::DroppedOldest) => {
-                self.metrics.bucket_backlog_dropped();
+                self.metrics.backlog_dropped();
                 if !self.full_logged.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         max = MAX_ENTRIES,
@@ -379,7 +382,7 @@ impl Shared {
         let len = range.end.saturating_sub(range.start);
         match self.outcome(BucketOp::Get, answered(self.blobs.open(digest, range)).await)? {
             Some(opened) if opened.size == size => {
-                self.metrics.bucket_read(len);
+                self.metrics.read(len);
                 self.touch(digest);
                 Some(opened)
             }
@@ -415,12 +418,12 @@ impl Shared {
 
     /// [`Shared::outcome`], saying why there is no value.
     fn attempt<T>(&self, op: BucketOp, result: io::Result<T>) -> Result<T, NotDone> {
-        self.metrics.bucket_operation(op, result.is_ok());
+        self.metrics.operation(op, result.is_ok());
         match result {
             Ok(v) => {
                 if self.health.succeeded() {
                     tracing::warn!(backlog = self.backlog.len(), "the bucket answers again; reading from and uploading to it, and uploading its backlog");
-                    self.metrics.bucket_down(false);
+                    self.metrics.down(false);
                     self.backlogged.notify_one();
                 }
                 Ok(v)
@@ -433,7 +436,7 @@ impl Shared {
             Err(e) => {
                 if self.health.failed() {
                     tracing::error!(operation = op.as_str(), error = %e, "the bucket failed; serving from the hot tier and the upstream without it, keeping what it should have for later (retried in {RETRY:?})");
-                    self.metrics.bucket_down(true);
+                    self.metrics.down(true);
                 } else {
                     tracing::debug!(operation = op.as_str(), error = %e, "the bucket failed again");
                 }
@@ -480,7 +483,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("node")).unwrap();
         let bucket = Arc::new(LocalBlobs::at(&dir.path().join("bucket")).unwrap());
-        let shared = Arc::new(Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), Arc::new(Metrics::new())));
+        let shared = Arc::new(Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), crate::metrics::Metrics::new().bucket()));
         (dir, store, bucket, shared)
     }
 

@@ -90,7 +90,7 @@ impl Shared {
         match upload(writer, source, size, digest).await {
             Ok(()) => {
                 self.attempt(BucketOp::Upload, Ok(()))?;
-                self.metrics.bucket_written(size);
+                self.metrics.written(size);
                 self.remember(digest, size);
                 tracing::info!(%digest, size, "blob uploaded to the bucket");
                 Ok(())
@@ -102,7 +102,7 @@ impl Shared {
             // This node's copy, not the bucket: nothing to try again.
             Err(Cut::Source(e)) => {
                 self.metrics.upload_aborted();
-                self.metrics.bucket_operation(BucketOp::Upload, false);
+                self.metrics.operation(BucketOp::Upload, false);
                 tracing::error!(%digest, error = %e, "reading the blob to upload failed; not uploaded");
                 Err(NotDone::Unusable)
             }

@@ -28,10 +28,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 
 use crate::store::bucket::Backlog;
@@ -65,6 +66,9 @@ pub struct Index {
     /// Bytes of blobs, manifests and referrers lists indexed, kept up to date by every insert and
     /// removal.
     used: AtomicU64,
+    /// The `disk_bytes` gauge, once a server's metrics are given ([`Index::count_used_in`]): moved
+    /// with `used` by every insert and removal.
+    used_gauge: OnceLock<Gauge>,
 }
 
 /// A manifest as stored: exact bytes and media type.
@@ -124,11 +128,22 @@ enum StoredTag {
     Legacy(TagAnswer),
 }
 
-fn parse_tag(v: &[u8]) -> Option<TagEntry> {
+/// A tag entry as the index holds it: `None` if the value is not one (any bytes may be there after a
+/// crash or a downgrade). Public for the property tests and fuzz targets of what sled holds.
+#[doc(hidden)]
+pub fn parse_tag(v: &[u8]) -> Option<TagEntry> {
     Some(match serde_json::from_slice(v).ok()? {
         StoredTag::PerKind { answers } => TagEntry { answers, unknown: None },
         StoredTag::Legacy(a) => TagEntry { answers: BTreeMap::new(), unknown: Some(a) },
     })
+}
+
+/// The value the index holds for a tag's answers per kind (what [`parse_tag`] reads back). Public
+/// for the property tests and fuzz targets of what sled holds.
+#[doc(hidden)]
+pub fn tag_record(answers: BTreeMap<ManifestKind, TagAnswer>) -> Vec<u8> {
+    // Serialising a map of words to strings and integers cannot fail.
+    serde_json::to_vec(&StoredTag::PerKind { answers }).unwrap_or_default()
 }
 
 /// The sizes of blobs known to be in the shared bucket (they don't count in `max_size`: they aren't
@@ -178,7 +193,11 @@ fn keys(tree: &sled::Tree) -> sled::Result<Vec<Digest>> {
     Ok(out)
 }
 
-fn blob_size_of(v: &[u8]) -> u64 {
+/// A size (or a time) as the index holds it: 8 bytes, big-endian; 0 for a value of any other length
+/// (a blob indexed with size 0 reads as missing and is forgotten). Public for the property tests
+/// and fuzz targets of what sled holds.
+#[doc(hidden)]
+pub fn blob_size_of(v: &[u8]) -> u64 {
     <[u8; 8]>::try_from(v).map(u64::from_be_bytes).unwrap_or(0)
 }
 
@@ -262,6 +281,7 @@ impl Index {
             tag_list_book: Mutex::new(book),
             backlog,
             used: AtomicU64::new(used),
+            used_gauge: OnceLock::new(),
         })
     }
 
@@ -341,12 +361,28 @@ impl Index {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// Keep `gauge` at the bytes indexed from now on (the server's `disk_bytes`): set now, then
+    /// moved by every insert and removal. Once; a second gauge is ignored.
+    pub fn count_used_in(&self, gauge: Gauge) {
+        gauge.set(i64::try_from(self.used_bytes()).unwrap_or(i64::MAX));
+        let _ = self.used_gauge.set(gauge);
+    }
+
     fn account(&self, old: Option<u64>, new: u64) {
         let old = old.unwrap_or(0);
+        // The gauge moves by the same difference (not set to a total read after it), so two
+        // writers at once leave it right whatever order they finish in. No one entry is 2^63 bytes.
+        let by = |d: u64| i64::try_from(d).unwrap_or(i64::MAX);
         if new >= old {
             self.used.fetch_add(new - old, Ordering::Relaxed);
+            if let Some(g) = self.used_gauge.get() {
+                g.inc_by(by(new - old));
+            }
         } else {
             self.used.fetch_sub(old - new, Ordering::Relaxed);
+            if let Some(g) = self.used_gauge.get() {
+                g.dec_by(by(old - new));
+            }
         }
     }
 
@@ -403,8 +439,7 @@ impl Index {
             let mut answers = old.and_then(parse_tag).map(|e| e.answers).unwrap_or_default();
             let new = update(answers.get(&kind));
             answers.insert(kind, new);
-            // Serialising a map of strings and integers cannot fail.
-            serde_json::to_vec(&StoredTag::PerKind { answers }).ok()
+            Some(tag_record(answers))
         })?;
         Ok(())
     }
@@ -481,6 +516,31 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_disk_bytes_gauge_moves_with_every_insert_and_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("index")).unwrap();
+        let (a, b) = (Digest::sha256_of(b"a"), Digest::sha256_of(b"b"));
+        idx.put_blob(&a, 100).unwrap();
+        let gauge = Gauge::default();
+        idx.count_used_in(gauge.clone());
+        assert_eq!(gauge.get(), 100, "what was indexed before counts");
+        let m = StoredManifest { media_type: "application/json".into(), bytes: Bytes::from_static(b"{}") };
+        let steps: [(&dyn Fn(), i64); 6] = [
+            (&|| idx.put_blob(&b, 50).unwrap(), 150),
+            (&|| idx.put_blob(&b, 20).unwrap(), 120),
+            (&|| drop(idx.put_manifest(&a, &m).unwrap()), 120 + 19),
+            (&|| idx.put_referrers(&UpstreamRepo::of("docker.io", "app"), &a, b"[]").unwrap(), 141),
+            (&|| idx.remove_manifest(&a).unwrap(), 122),
+            (&|| idx.remove_blob(&a).unwrap(), 22),
+        ];
+        for (step, want) in steps {
+            step();
+            assert_eq!(gauge.get(), want);
+            assert_eq!(gauge.get(), idx.used_bytes() as i64);
+        }
+    }
 
     #[test]
     fn round_trips() {
