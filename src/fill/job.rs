@@ -45,6 +45,17 @@ impl Body {
             Body::Fleet(stream) => Ok(stream.next_chunk().await?),
         }
     }
+
+    /// Whether bytes of the blob came from the upstream: only then does this node upload it to
+    /// the tiers behind it (a member's stream is uploaded by the member whose fill fetched it,
+    /// unless that member broke off and this node finished the blob from the upstream).
+    fn reached_upstream(&self) -> bool {
+        match self {
+            Body::Upstream(_) => true,
+            Body::Bucket(_) => false,
+            Body::Fleet(stream) => stream.reached_upstream(),
+        }
+    }
 }
 
 /// A fill whose source has answered.
@@ -140,7 +151,7 @@ impl FillJob {
         };
         // The upload follows the commit: a bucket that is down now gets the blob from the hot
         // tier's file later (the backlog), so that file must be there.
-        if let Some(upload) = upload {
+        if let Some(upload) = upload.filter(|_| body.reached_upstream()) {
             let _ = upload.send(VerifiedFill { size: written, kept });
         }
         Ok((written, kept))
@@ -191,10 +202,10 @@ impl FillJob {
     }
 
     /// Prepare the upload to the tiers behind this node, if there are any, of what this fill
-    /// stores from the upstream: the sender that tells it the blob is verified (dropped unsent,
-    /// nothing is uploaded).
+    /// stores from the upstream (or from members, in case it has to finish from the upstream):
+    /// the sender that tells it the blob is verified (dropped unsent, nothing is uploaded).
     fn upload(&self, body: &Body) -> Option<oneshot::Sender<VerifiedFill>> {
-        let partial = self.fill.partial.get().filter(|_| matches!(body, Body::Upstream(_)) && !self.fill.passing_through())?;
+        let partial = self.fill.partial.get().filter(|_| !matches!(body, Body::Bucket(_)) && !self.fill.passing_through())?;
         let (tx, rx) = oneshot::channel();
         self.sink.publish(&self.digest, partial.as_ref(), rx).then_some(tx)
     }

@@ -40,6 +40,8 @@ pub struct FleetStream {
     pos: u64,
     /// The blob's size, as the first source announced it.
     total: Option<u64>,
+    /// Whether the upstream was asked for (the rest of) the blob.
+    reached_upstream: bool,
 }
 
 impl FleetStream {
@@ -51,7 +53,7 @@ impl FleetStream {
         if left.is_empty() {
             return None;
         }
-        let mut stream = FleetStream { fleet: fleet.clone(), upstream: upstream.clone(), ask, left, current: Current::None, pos: 0, total: None };
+        let mut stream = FleetStream { fleet: fleet.clone(), upstream: upstream.clone(), ask, left, current: Current::None, pos: 0, total: None, reached_upstream: false };
         match stream.next_member().await {
             Ok(true) => {
                 let total = stream.total;
@@ -64,6 +66,12 @@ impl FleetStream {
                 None
             }
         }
+    }
+
+    /// Whether bytes of the blob came from the upstream (no member could stream all of it): this
+    /// node then uploads the blob to the tiers behind it, as the member that broke off would have.
+    pub fn reached_upstream(&self) -> bool {
+        self.reached_upstream
     }
 
     /// The next chunk; `None` at the end. Cancel-safe (a fill polls it with `now_or_never`): a
@@ -169,6 +177,7 @@ impl FleetStream {
             return Err(UpstreamError::Protocol(format!("the upstream answered from byte {start}, not {}", self.pos)));
         }
         self.current = Current::Upstream { body, skip: self.pos - start };
+        self.reached_upstream = true;
         Ok(())
     }
 }

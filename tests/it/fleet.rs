@@ -14,10 +14,12 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use regcache::fleet::hrw;
 use regcache::fleet::MemberId;
+use regcache::store::SharedBackend;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::it::mirror::{error_code, eventually, Mirror, Options, PROMPTLY};
+use crate::it::shared::TestBucket;
 use crate::support::fake_registry::{sha256_digest, Fault, FakeRegistry};
 
 const SECRET: &str = "fleet-test-secret";
@@ -64,6 +66,11 @@ struct Fleet {
 impl Fleet {
     /// `n` nodes, plus `absent` listed members that never start (their ports refuse connections).
     async fn start(reg: &FakeRegistry, n: usize, absent: usize) -> Fleet {
+        Fleet::start_on(reg, n, absent, None).await
+    }
+
+    /// The same, every node on `bucket` if given.
+    async fn start_on(reg: &FakeRegistry, n: usize, absent: usize, bucket: Option<Arc<TestBucket>>) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let secret_file = dir.path().join("fleet.secret");
         std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
@@ -87,7 +94,8 @@ impl Fleet {
             let target = listener.local_addr().unwrap();
             proxies.push(Proxy::start(proxy, target).await);
             let tail = fleet_table(&members[i], &members, &secret_file);
-            let opts = Options { credentials: true, tail, ..Default::default() };
+            let bucket = bucket.clone().map(|b| -> Arc<dyn SharedBackend> { b });
+            let opts = Options { credentials: true, tail, bucket, ..Default::default() };
             nodes.push(Mirror::start_on(reg, opts, listener).await);
         }
         let members = members.iter().map(|m| m.parse().unwrap()).collect();
@@ -194,6 +202,34 @@ async fn the_owner_stopping_mid_stream_fails_no_pull() {
     // The owner's fetch, and the next member's from where its stream broke off (the third member
     // streams from the second).
     assert_eq!(reg.cdn_count(&digest), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_shared_bucket_the_member_that_finishes_for_a_stopped_owner_uploads_the_blob_once() {
+    let reg = FakeRegistry::start().await;
+    let bucket = TestBucket::new();
+    let fleet = Fleet::start_on(&reg, 3, 0, Some(bucket.clone())).await;
+    let (digest, _) = blob_owned_by(&reg, &fleet, 0, 3_000_000);
+    reg.set_fault(Fault::HoldBlobsAfter { bytes: 1 << 20, path_contains: digest.clone() });
+    let got_bytes = Arc::new(AtomicUsize::new(0));
+    let pulls: Vec<_> = (0..8).map(|i| pull(&fleet.nodes[1 + i % 2].url, &digest, got_bytes.clone())).collect();
+    eventually("every client got bytes streamed from the owner", || got_bytes.load(Ordering::SeqCst) == 8).await;
+    fleet.proxies[0].kill();
+    reg.release_held();
+    for p in pulls {
+        assert_eq!(p.await.unwrap(), Ok(digest.clone()), "every body verified");
+    }
+    let order = fleet.order(&digest);
+    let (next, last) = (&fleet.nodes[order[1]], &fleet.nodes[order[2]]);
+    next.wait_stored(&digest).await;
+    last.wait_stored(&digest).await;
+    // The owner never got to upload it; the member that finished it from the upstream did, and
+    // the third, which streamed it from that member, did not.
+    next.metrics_with("regcache_bucket_operations_total{op=\"upload\",result=\"ok\"} 1\n").await;
+    let text = last.get("/metrics").await.text().await.unwrap();
+    assert!(!text.contains("regcache_bucket_operations_total{op=\"upload\""), "{text}");
+    assert_eq!(bucket.objects(), 1);
+    assert!(bucket.path(&digest).exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
