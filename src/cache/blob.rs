@@ -81,7 +81,7 @@ impl Cache {
         digest: &Digest,
         range: Option<RangeRequest>,
     ) -> Result<BlobAnswer, CacheError> {
-        if let Some(fill) = self.fills.get(up.config().name.as_str(), digest) {
+        if let Some(fill) = self.fills.get(&up.config().name, digest) {
             if let Some(size) = fill.total() {
                 let (rate_limit, range) = (fill.rate_limit(), resolve_range(range, size)?);
                 return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Miss, rate_limit });
@@ -111,7 +111,7 @@ impl Cache {
         range: Option<RangeRequest>,
     ) -> Result<Option<BlobAnswer>, CacheError> {
         let Some(range) = range else { return Ok(None) };
-        if self.fills.get(up.config().name.as_str(), digest).is_some() {
+        if self.fills.get(&up.config().name, digest).is_some() {
             return Ok(None);
         }
         let BlobSource::Bucket(size) = self.store.blob_source(digest).await? else { return Ok(None) };

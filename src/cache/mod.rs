@@ -110,15 +110,18 @@ pub struct Cache {
     manifest_fetches: Singleflight<ManifestKey, Result<ManifestAnswer, CacheError>>,
 }
 
-/// Counts the requests waiting on the cache's shared upstream calls (see [`Cache::shared_calls`]),
-/// so a test that holds the upstream knows when every request has joined.
+/// Counts the requests waiting on the cache's coalesced upstream calls (see
+/// [`Cache::coalesced_calls`]), so a test that holds the upstream knows when every request has
+/// joined.
+#[cfg(feature = "test-hooks")]
 #[derive(Clone)]
-pub struct SharedCalls {
+pub struct CoalescedCalls {
     revalidations: Singleflight<TagKey, Result<Option<ManifestHead>, UpstreamError>>,
     manifest_fetches: Singleflight<ManifestKey, Result<ManifestAnswer, CacheError>>,
 }
 
-impl SharedCalls {
+#[cfg(feature = "test-hooks")]
+impl CoalescedCalls {
     /// Requests waiting on a tag revalidation (a manifest `HEAD` upstream) now.
     pub fn revalidation_waiters(&self) -> usize {
         self.revalidations.waiters()
@@ -172,9 +175,10 @@ impl Cache {
         &self.fills
     }
 
-    /// A handle counting the requests that wait on shared upstream calls.
-    pub fn shared_calls(&self) -> SharedCalls {
-        SharedCalls { revalidations: self.revalidations.clone(), manifest_fetches: self.manifest_fetches.clone() }
+    /// A handle counting the requests that wait on coalesced upstream calls (tests).
+    #[cfg(feature = "test-hooks")]
+    pub fn coalesced_calls(&self) -> CoalescedCalls {
+        CoalescedCalls { revalidations: self.revalidations.clone(), manifest_fetches: self.manifest_fetches.clone() }
     }
 
     /// The upstream for a registry host (`ghcr.io`, `docker.io`, … as containerd's `?ns=` or the

@@ -11,7 +11,7 @@ use super::freshness::{self, Action, BucketSays, Decision, Which};
 use super::manifest::{answer, head_only, ManifestAnswer};
 use super::{Cache, CacheError};
 use super::Answered;
-use crate::oci::{AcceptList, Digest, ManifestKind, Reference, RegistryHost, RepositoryName, Tag};
+use crate::oci::{AcceptList, Digest, ManifestKind, Reference, RepositoryName, Tag, UpstreamRepo};
 use crate::store::{ListedTags, TagAnswer, TagSlot};
 use crate::upstream::{RateLimit, TagsPage, Upstream, UpstreamError};
 
@@ -37,9 +37,8 @@ pub struct TagList {
 /// accepting the same kinds of manifest.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct TagKey {
-    upstream: RegistryHost,
     /// The name upstream knows (`library/alpine`, not `alpine`).
-    repo: RepositoryName,
+    repo: UpstreamRepo,
     tag: Tag,
     /// [`AcceptList::key`].
     accept: String,
@@ -57,9 +56,8 @@ impl Cache {
         accept: &AcceptList,
         head: bool,
     ) -> Result<ManifestAnswer, CacheError> {
-        let name = up.config().name.to_string();
         // Tags are kept under the name upstream knows, so `alpine` and `library/alpine` are one tag.
-        let key_repo = up.upstream_name(repo);
+        let key_repo = up.repo(repo);
         // A tag is remembered per kind of answer: this client is only answered from the cache with
         // what a client asking for the same kind was given.
         let (remembered, decision) = self.remembered_tag(up, &key_repo, tag, accept.asks_for()).await?;
@@ -76,7 +74,7 @@ impl Cache {
                 };
                 match stale {
                     Some(a) => {
-                        tracing::warn!(upstream = %name, %repo, %tag, error = %e, "upstream unavailable; serving the last known tag");
+                        tracing::warn!(upstream = %key_repo.upstream, %repo, %tag, error = %e, "upstream unavailable; serving the last known tag");
                         Ok(a)
                     }
                     None => Err(e.into()),
@@ -97,15 +95,14 @@ impl Cache {
         &self,
         up: &Arc<Upstream>,
         repo: &RepositoryName,
-        key_repo: &RepositoryName,
+        key_repo: &UpstreamRepo,
         tag: &Tag,
         accept: &AcceptList,
         head: bool,
     ) -> Result<ManifestAnswer, CacheError> {
-        let name = up.config().name.to_string();
         let kind = accept.asks_for();
         let reference = Reference::Tag(tag.clone());
-        let key = TagKey { upstream: up.config().name.clone(), repo: key_repo.clone(), tag: tag.clone(), accept: accept.key() };
+        let key = TagKey { repo: key_repo.clone(), tag: tag.clone(), accept: accept.key() };
         let revalidated = {
             let (up, repo, reference, accept) = (up.clone(), repo.clone(), reference.clone(), accept.clone());
             self.revalidations
@@ -116,13 +113,13 @@ impl Cache {
             Some(h) => {
                 if let Some(m) = self.stored_manifest(&h.digest).await? {
                     if accept.allows(&m.media_type) {
-                        self.remember_tag(&name, key_repo, tag, kind, &h.digest)?;
+                        self.remember_tag(key_repo, tag, kind, &h.digest)?;
                         return Ok(answer(h.digest, m, Answered::Hit));
                     }
                 }
                 if head {
                     if let Some(a) = head_only(h.clone(), accept) {
-                        self.remember_tag(&name, key_repo, tag, kind, &h.digest)?;
+                        self.remember_tag(key_repo, tag, kind, &h.digest)?;
                         return Ok(a);
                     }
                 }
@@ -134,7 +131,7 @@ impl Cache {
             // No digest from a HEAD (or no HEAD at all at this upstream): GET by the tag.
             None => self.fetch_manifest(up, repo, &reference, accept, None).await?,
         };
-        self.remember_tag(&name, key_repo, tag, kind, &fetched.digest)?;
+        self.remember_tag(key_repo, tag, kind, &fetched.digest)?;
         Ok(fetched)
     }
 
@@ -144,13 +141,13 @@ impl Cache {
     async fn remembered_tag(
         &self,
         up: &Upstream,
-        repo: &RepositoryName,
+        repo: &UpstreamRepo,
         tag: &Tag,
         kind: ManifestKind,
     ) -> Result<(Option<TagAnswer>, Decision), CacheError> {
         let now = self.clock.now_secs();
         let decide = |local: Option<&TagAnswer>, bucket| freshness::decide(local, bucket, now, up.config().tag_ttl, up.config().stale_max);
-        let slot = TagSlot { upstream: up.config().name.as_str(), repo, tag, kind };
+        let slot = TagSlot { repo, tag, kind };
         let known = self.store.tag(slot, |local| decide(local, BucketSays::NotAsked).action == Action::AskBucket).await?;
         let decision = match &known.bucket {
             None => decide(known.local.as_ref(), BucketSays::NotAsked),
@@ -176,16 +173,9 @@ impl Cache {
 
     /// Remember that `tag` names `digest` for clients asking for `kind`, confirmed now (written to
     /// the tiers behind this node's unless [`freshness::republish_tag`] says they have it).
-    fn remember_tag(
-        &self,
-        upstream: &str,
-        repo: &RepositoryName,
-        tag: &Tag,
-        kind: ManifestKind,
-        digest: &Digest,
-    ) -> Result<(), CacheError> {
+    fn remember_tag(&self, repo: &UpstreamRepo, tag: &Tag, kind: ManifestKind, digest: &Digest) -> Result<(), CacheError> {
         let now = self.clock.now_secs();
-        let slot = TagSlot { upstream, repo, tag, kind };
+        let slot = TagSlot { repo, tag, kind };
         Ok(self.store.remember_tag(slot, digest, now, |before| freshness::republish_tag(before, digest, now))?)
     }
 
@@ -201,16 +191,15 @@ impl Cache {
         last: Option<&str>,
     ) -> Result<TagList, CacheError> {
         let n = n.map(|n| n.min(MAX_TAGS_PAGE));
-        let name = up.config().name.to_string();
-        let key_repo = up.upstream_name(repo);
+        let key_repo = up.repo(repo);
         match upstream_tags(up, repo, n, last).await {
             Ok(listed) => {
-                self.remember_tag_list(&name, &key_repo, &listed, n, last)?;
+                self.remember_tag_list(&key_repo, &listed, n, last)?;
                 Ok(tag_page(repo, listed.tags, n, last, listed.more, Answered::Pass, listed.rate_limit))
             }
             Err(e) if e.is_unavailable() => {
                 let Some(known) = self.known_tags(up, &key_repo).await? else { return Err(e.into()) };
-                tracing::warn!(upstream = %name, %repo, error = %e, "upstream unavailable; listing the tags regcache knows");
+                tracing::warn!(upstream = %key_repo.upstream, %repo, error = %e, "upstream unavailable; listing the tags regcache knows");
                 Ok(tag_page(repo, known, n, last, false, Answered::Stale, RateLimit::default()))
             }
             Err(e) => Err(e.into()),
@@ -230,8 +219,7 @@ impl Cache {
     /// the whole list for every page.)
     fn remember_tag_list(
         &self,
-        upstream: &str,
-        repo: &RepositoryName,
+        repo: &UpstreamRepo,
         listed: &TagsPage,
         n: Option<u32>,
         last: Option<&str>,
@@ -241,7 +229,7 @@ impl Cache {
         let complete = last.is_none() && !listed.more && n.is_none_or(|n| listed.tags.len() != n as usize);
         // Sorted and cut to MAX_LISTED_TAGS here, not under the index's lock.
         let page = ListedTags::new(listed.tags.iter().cloned(), now, complete.then_some(now));
-        self.store.remember_tag_list(upstream, repo, |old| {
+        self.store.remember_tag_list(repo, |old| {
             let mut new = match old.as_ref().filter(|_| !complete) {
                 None => page,
                 Some(old) => ListedTags::new(old.tags().iter().chain(page.tags()).cloned(), now, old.complete_at),
@@ -262,10 +250,9 @@ impl Cache {
     /// What regcache knows of a repository's tags while its upstream can't be asked: the last list
     /// remembered within `stale_max` (here, or newer in the shared bucket) merged with the tags
     /// resolved since ([`offline_tags`]); without one, the tags resolved. `None` when it knows none.
-    async fn known_tags(&self, up: &Arc<Upstream>, repo: &RepositoryName) -> Result<Option<Vec<String>>, CacheError> {
-        let name = up.config().name.as_str();
-        let list = self.store.tag_list(name, repo).await?.filter(|l| freshness::age(l.updated_at, self.clock.now_secs()) < up.config().stale_max);
-        Ok(offline_tags(list, self.store.index().tags_of(name, repo)?))
+    async fn known_tags(&self, up: &Arc<Upstream>, repo: &UpstreamRepo) -> Result<Option<Vec<String>>, CacheError> {
+        let list = self.store.tag_list(repo).await?.filter(|l| freshness::age(l.updated_at, self.clock.now_secs()) < up.config().stale_max);
+        Ok(offline_tags(list, self.store.index().tags_of(repo)?))
     }
 }
 
