@@ -14,7 +14,8 @@ crossings per blob during 5, 8 stalled readers, 9 a password flood, 10 a blob se
 bucket (SeaweedFS, tests/e2e/e2elib/s3.py) by a node with an empty hot tier, 11 a cold skopeo pull
 with the S3 backend vs the local one, 12 a thousand connections on a cached manifest; 13-17 with the
 upstream behind a WAN-shaped link (benches/wan.py: 25 ms RTT, 100 Mbit/s): 13 the link as measured,
-14/15 cold skopeo pulls through regcache vs direct, 16 the same warm, 17 32 clients on one cold blob.
+14/15 cold skopeo pulls through regcache vs direct, 16 the same warm, 17 32 clients on one cold blob;
+18 a fleet of three regcache nodes (`[fleet]`) against one node, 48 clients on one cold blob.
 The table goes to stdout and to benches/last-run.md.
 """
 import ctypes
@@ -67,6 +68,9 @@ FLOODERS = int(os.environ.get("BENCH_FLOODERS", "32"))
 S3_BUCKET = "regcache-bench"     # figures 10 and 11, in the benchmark's own SeaweedFS
 ONLY = [f for f in os.environ.get("BENCH_ONLY", "").split(",") if f]
 WAN_FIGS = {"wan", "13", "14", "15", "16", "17"}   # BENCH_ONLY names for figures 13-17 (run together)
+FLEET_FIGS = {"fleet", "18"}                        # BENCH_ONLY names for figure 18
+FLEET_NODES, FLEET_CLIENTS = 3, 48                   # figure 18: 3 nodes x 16 clients vs 1 node x 48
+FLEET_SECRET = "bench-fleet-" + "7" * 32
 DEADLINE = float(os.environ.get("BENCH_DEADLINE") or (time.time() + 840))
 T_START = time.time()
 
@@ -483,6 +487,24 @@ class Bench:
         m.start()
         self.live.append(m)
         return m
+
+    def fresh_fleet(self, label, n):
+        """`n` new regcache nodes (empty data dirs) listing each other in `[fleet]`."""
+        secret_file = os.path.join(self.workdir, f"fleet-{label}.secret")
+        with open(secret_file, "w") as f:
+            f.write(FLEET_SECRET + "\n")
+        ports = [free_port() for _ in range(n)]
+        members = [f"http://127.0.0.1:{p}" for p in ports]
+        peers = ", ".join(f'"{m}"' for m in members)
+        nodes = []
+        for member, port in zip(members, ports):
+            self.counter += 1
+            table = f'[fleet]\nnode = "{member}"\npeers = [{peers}]\nsecret_file = "{secret_file}"\n'
+            m = RegcacheMirror(f"rc-fleet-{label}-{self.counter}", self.workdir, self.up, self.pki, port=port, extra=table)
+            m.start()
+            self.live.append(m)
+            nodes.append(m)
+        return nodes
 
     def start_s3(self):
         """SeaweedFS (as the end-to-end suite runs it) with the bucket S3_BUCKET, once."""
@@ -1019,6 +1041,51 @@ http {{
         RESULTS["11.lag"] = lag
         RESULTS["11.cpu.weed"] = statistics.median(weed_cpu)
 
+    # ------------------------------------------------------------ figure 18
+    def cold_clients(self, nodes, n):
+        """`n` curls at once on the big blob, spread over `nodes` (client i on node i mod len): the
+        clients that got the whole blob, the time until the last one finished, the nodes' CPU
+        seconds meanwhile, their VmHWM (KiB) after it, and the CDN GETs of the blob it caused."""
+        urls = [f"http://127.0.0.1:{m.port}/v2/library/bench256/blobs/{self.big.digest}" for m in nodes]
+        c = self.up.counters()
+        results = [None] * n
+        t0 = time.monotonic()
+
+        def one(i):
+            rc, out, _err = run_cmd(["curl", "-sS", "-o", "/dev/null", "--max-time", "180",
+                                     "-w", "%{http_code} %{size_download}", urls[i % len(urls)]], timeout=200)
+            results[i] = (rc, out.strip(), time.monotonic() - t0)
+
+        cpu0 = [cpu_secs(m.proc.pid) for m in nodes]
+        threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=max(1, remaining()))
+        wall = max((r[2] for r in results if r), default=float("nan"))
+        cpu = sum(cpu_secs(m.proc.pid) - c0 for m, c0 in zip(nodes, cpu0))
+        hwm = [proc_status_kib(m.proc.pid, "VmHWM") for m in nodes]
+        wait_quiet(self.upstream_logs())
+        ok = len([r for r in results if r and r[0] == 0 and r[1] == f"200 {self.big.size}"])
+        return ok, wall, cpu, hwm, len(c.delta().cdn_gets(self.big.digest))
+
+    def fig18_fleet(self):
+        """FLEET_CLIENTS clients on the cold big blob through one fresh node, then spread over a
+        fresh fleet of FLEET_NODES nodes: the fleet's time against the single node's, in one run."""
+        for kind in ("single", "fleet"):
+            need(60, f"figure 18 ({kind})")
+            nodes = self.fresh_fleet("18", FLEET_NODES) if kind == "fleet" else [self.fresh("regcache", "18-single")]
+            try:
+                ok, wall, cpu, hwm, cdn = self.cold_clients(nodes, FLEET_CLIENTS)
+            finally:
+                for m in nodes:
+                    self.discard(m)
+            if ok != FLEET_CLIENTS:
+                note(f"figure 18 {kind}: only {ok}/{FLEET_CLIENTS} clients got the whole blob")
+            RESULTS[f"18.{kind}"] = {"ok": ok, "time": wall, "cpu": cpu, "hwm": hwm, "cdn": cdn}
+            log(f"fig18 {kind}: {ok}/{FLEET_CLIENTS} ok, last client after {wall:.2f}s, CDN GETs {cdn}, "
+                f"CPU {cpu:.1f}s, VmHWM {hwm} KiB")
+
     # ------------------------------------------------------------ figures 13-17 (WAN)
     def wan_figures(self):
         """Figures 13-17 with the upstream behind the WAN-shaped link (benches/wan.py): the link as
@@ -1151,6 +1218,8 @@ http {{
                 self.figure("10", self.fig10_bucket_hit)
             if "11" in ONLY:
                 self.figure("11", self.fig11_cold_pull_s3)
+            if FLEET_FIGS & set(ONLY):
+                self.figure("18", self.fig18_fleet)
             if WAN_FIGS & set(ONLY):
                 self.figure("13-17", self.wan_figures)
             return
@@ -1170,6 +1239,7 @@ http {{
         self.figure("9", self.fig9_password_flood)
         self.figure("10", self.fig10_bucket_hit)
         self.figure("11", self.fig11_cold_pull_s3)
+        self.figure("18", self.fig18_fleet)
         self.figure("13-17", self.wan_figures)
 
 
@@ -1389,6 +1459,25 @@ def table():
             f"VmHWM {fmt(R('wan.6.hwm.regcache') and R('wan.6.hwm.regcache') / 1024, '{:.1f}')} MiB")
         row("17", "  upstream (CDN) downloads of the blob", fmt(n17), "–", "–", "–", "1", n17 == 1 and ok17 == N_CLIENTS,
             f"CDN bytes {fmt(ratio(R('wan.4.cdn_bytes.regcache'), BIG_MIB * MIB), '{:.2f}')} × blob")
+    # 18
+    fl, one = R("18.fleet"), R("18.single")
+    if fl is not None and one is not None:
+        whole = fl["ok"] == FLEET_CLIENTS and one["ok"] == FLEET_CLIENTS
+        per = FLEET_CLIENTS // FLEET_NODES
+        row("18", f"fleet of {FLEET_NODES} nodes × {per} clients vs 1 node × {FLEET_CLIENTS}, same cold {BIG_MIB} MiB blob: "
+            "upstream (CDN) downloads", fmt(fl["cdn"]), "–", fmt(one["cdn"]) + " (one node)", "–", "fleet 1",
+            fl["cdn"] == 1 and whole, f"clients complete {fl['ok']} / {one['ok']} of {FLEET_CLIENTS} (fleet / one node)")
+        q = ratio(fl["time"], one["time"])
+        row("18", "  time until the last client finishes, s", fmt(fl["time"], "{:.2f}"), "–",
+            fmt(one["time"], "{:.2f}") + " (one node)", fmt(q, "{:.2f}×") + " one node", "≤ 1.5× one node",
+            None if q is None else (q <= 1.5 and whole),
+            f"CPU of the nodes {fl['cpu']:.1f} s / {one['cpu']:.1f} s (fleet / one node); all on the same 2 cores")
+        hwm = [h for h in fl["hwm"] if h is not None]
+        top = max(hwm) / 1024 if len(hwm) == FLEET_NODES else None
+        row("18", "  peak RSS per node (VmHWM), MiB", " / ".join(f"{h / 1024:.1f}" for h in hwm), "–",
+            fmt(one["hwm"][0] and one["hwm"][0] / 1024, "{:.1f}") + " (one node)",
+            fmt(ratio(top, one["hwm"][0] and one["hwm"][0] / 1024), "{:.2f}×") + " one node (largest)",
+            "< 64 MiB each", None if top is None else top < 64)
     head = ("| # | figure | regcache | distribution proxy | nginx / direct | ratio | target | result | notes |\n"
             "|---|---|---|---|---|---|---|---|---|")
     return head + "\n" + "\n".join(rows)
@@ -1458,8 +1547,8 @@ def main():
     fatal = None
     try:
         wait_idle = float(os.environ.get("BENCH_WAIT_IDLE", "120"))
-        # the wait leaves the figures ~520 s (400 before the WAN figures 13-17, which take ~2 min)
-        share, idle = wait_for_idle(min(wait_idle, max(0, remaining() - 520)))
+        # the wait leaves the figures ~560 s (440 before the WAN figures 13-17, which take ~2 min)
+        share, idle = wait_for_idle(min(wait_idle, max(0, remaining() - 560)))
         if not idle:
             note(f"the machine was busy when the benchmark started (other processes used {share:.2f} cores; "
                  f"waited {wait_idle:.0f}s at most): numbers may be low")

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from e2elib import procs  # noqa: E402
 from e2elib.clients import ContainerdClient, ContainerdDaemon, DockerClient, Mirror, SkopeoClient  # noqa: E402
-from e2elib.images import Pusher, big_blob, build_catalog  # noqa: E402
+from e2elib.images import Pusher, big_blob, build_catalog, fleet_blob  # noqa: E402
 from e2elib.pki import PKI  # noqa: E402
 from e2elib.regcache import Regcache  # noqa: E402
 from e2elib.s3 import SeaweedFS  # noqa: E402
@@ -103,7 +103,7 @@ def catalog(workdir):
 
 @pytest.fixture(scope="session")
 def upstream(workdir, pki, catalog):
-    up = up_mod.Upstream(workdir, pki, big_blob(catalog).digest)
+    up = up_mod.Upstream(workdir, pki, [big_blob(catalog).digest, fleet_blob(catalog).digest])
     LOG_SOURCES.append(("upstream logs", up.log_tails))
     try:
         up.start()

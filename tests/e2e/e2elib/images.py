@@ -32,6 +32,7 @@ LIST_TYPES = (MT_DOCKER_LIST, MT_OCI_INDEX)
 MTIME = 1704067200          # 2024-01-01T00:00:00Z
 CREATED = "2024-01-01T00:00:00Z"
 BIG_LAYER_BYTES = 128 * 1024 * 1024
+FLEET_LAYER_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -261,6 +262,14 @@ def _big_layer(store):
     return _layer(store, entries, level=1)
 
 
+def _fleet_layer(store):
+    """The fleet tests' 256 MiB of ChaCha20 keystream, in a gzip stream of stored blocks (level 0:
+    the bytes are incompressible anyway, and compressing them would cost seconds every run)."""
+    key = hashlib.sha256(b"regcache-e2e fleet layer key").digest()
+    payload = Cipher(algorithms.ChaCha20(key, b"\x00" * 16), mode=None).encryptor().update(b"\x00" * FLEET_LAYER_BYTES)
+    return _layer(store, [("data", None, 0o755), ("data/random.bin", payload, 0o644)], level=0)
+
+
 def build_catalog(cache_dir):
     store = _Store(os.path.join(cache_dir, "blobs"))
     imgs = {}
@@ -278,6 +287,8 @@ def build_catalog(cache_dir):
                                 for i in range(1, 30)])
     imgs["big"] = _single("big", "library/big", "1", store, "big", False,
                           [_rootfs_entries("big", "amd64"), _big_layer(store)])
+    imgs["fleet"] = _single("fleet", "library/fleet", "1", store, "fleet", False,
+                            [_rootfs_entries("fleet", "amd64"), _fleet_layer(store)])
     imgs["private"] = _single("private", "private/app", "1", store, "private", True,
                               [_rootfs_entries("private", "amd64"),
                                [("app", None, 0o755), ("app/secret.txt", b"only regcache may fetch this\n", 0o600)]])
@@ -320,6 +331,13 @@ def _distinct_blobs(imgs):
 def big_blob(imgs):
     b = max(imgs["big"].blobs.values(), key=lambda b: b.size)
     assert b.size > 100 * 1024 * 1024
+    return b
+
+
+def fleet_blob(imgs):
+    """The 256 MiB layer of `fleet:1` (the fleet tests' cold blob)."""
+    b = max(imgs["fleet"].blobs.values(), key=lambda b: b.size)
+    assert b.size > FLEET_LAYER_BYTES
     return b
 
 

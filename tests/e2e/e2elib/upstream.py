@@ -20,9 +20,10 @@ TOKEN_SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tokense
 
 class Upstream:
     """name: its directory under workdir (a second registry gets its own: storage, token
-    server, CDN, logs); service: the token service name its registry and token server use."""
+    server, CDN, logs); service: the token service name its registry and token server use;
+    slow_digests: the blob digest (or digests) the CDN trickles while `set_cdn_slow(True)`."""
 
-    def __init__(self, workdir, pki, big_blob_digest, name="upstream", service=SERVICE):
+    def __init__(self, workdir, pki, slow_digests, name="upstream", service=SERVICE):
         self.name = name
         self.service = service
         self.dir = os.path.join(workdir, name)
@@ -38,7 +39,7 @@ class Upstream:
         self.cdn_access_log = os.path.join(self.dir, "cdn-access.jsonl")
         self.cdn_error_log = os.path.join(self.dir, "cdn-error.log")
         self.slow_flag = os.path.join(self.dir, "cdn-slow-big-blob")
-        self.big_blob_digest = big_blob_digest
+        self.slow_digests = [slow_digests] if isinstance(slow_digests, str) else list(slow_digests)
         self.procs = {}
         self._write_configs()
 
@@ -92,8 +93,13 @@ middleware:
       options:
         baseurl: https://{CDN_HOST}:{self.cdn_port}
 """)
-        hexd = self.big_blob_digest.split(":")[1]
-        big_path = f"/docker/registry/v2/blobs/sha256/{hexd[:2]}/{hexd}/data"
+        # the big layers: slowed down while a test has the flag file present
+        slow_locations = "".join(f"""
+        location = /docker/registry/v2/blobs/sha256/{d[7:9]}/{d[7:]}/data {{
+            set $slow_rate 0;
+            if (-f {self.slow_flag}) {{ set $slow_rate 12m; }}
+            limit_rate $slow_rate;
+        }}""" for d in self.slow_digests)
         ngx = os.path.join(self.dir, "nginx")
         for sub in ("", "client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
             os.makedirs(os.path.join(ngx, sub), exist_ok=True)
@@ -128,13 +134,7 @@ http {{
         # like a presigned S3 URL: any Authorization header is a 400
         if ($http_authorization) {{ return 400 "Authorization header not allowed\\n"; }}
         location = /healthz {{ return 200 "ok\\n"; }}
-        location /docker/registry/v2/blobs/ {{ }}
-        # the 128 MiB layer: slowed down while the crash test has the flag file present
-        location = {big_path} {{
-            set $big_rate 0;
-            if (-f {self.slow_flag}) {{ set $big_rate 12m; }}
-            limit_rate $big_rate;
-        }}
+        location /docker/registry/v2/blobs/ {{ }}{slow_locations}
         location / {{ return 404; }}
     }}
 }}
