@@ -116,13 +116,13 @@ impl Cache {
             Some(h) => {
                 if let Some(m) = self.stored_manifest(&h.digest).await? {
                     if accept.allows(&m.media_type) {
-                        self.remember_tag(&name, key_repo, tag, kind, &h.digest)?;
+                        self.remember_tag(&name, key_repo, tag, kind, &h.digest);
                         return Ok(answer(h.digest, m, Answered::Hit));
                     }
                 }
                 if head {
                     if let Some(a) = head_only(h.clone(), accept) {
-                        self.remember_tag(&name, key_repo, tag, kind, &h.digest)?;
+                        self.remember_tag(&name, key_repo, tag, kind, &h.digest);
                         return Ok(a);
                     }
                 }
@@ -134,7 +134,7 @@ impl Cache {
             // No digest from a HEAD (or no HEAD at all at this upstream): GET by the tag.
             None => self.fetch_manifest(up, repo, &reference, accept, None).await?,
         };
-        self.remember_tag(&name, key_repo, tag, kind, &fetched.digest)?;
+        self.remember_tag(&name, key_repo, tag, kind, &fetched.digest);
         Ok(fetched)
     }
 
@@ -175,18 +175,15 @@ impl Cache {
     }
 
     /// Remember that `tag` names `digest` for clients asking for `kind`, confirmed now (written to
-    /// the tiers behind this node's unless [`freshness::republish_tag`] says they have it).
-    fn remember_tag(
-        &self,
-        upstream: &str,
-        repo: &RepositoryName,
-        tag: &Tag,
-        kind: ManifestKind,
-        digest: &Digest,
-    ) -> Result<(), CacheError> {
+    /// the tiers behind this node's unless [`freshness::republish_tag`] says they have it). The
+    /// answer is the upstream's and is served even if the index can't take it (its disk full): that
+    /// only costs a revalidation next time.
+    fn remember_tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind, digest: &Digest) {
         let now = self.clock.now_secs();
         let slot = TagSlot { upstream, repo, tag, kind };
-        Ok(self.store.remember_tag(slot, digest, now, |before| freshness::republish_tag(before, digest, now))?)
+        if let Err(e) = self.store.remember_tag(slot, digest, now, |before| freshness::republish_tag(before, digest, now)) {
+            tracing::warn!(error = %e, %upstream, %repo, %tag, "remembering a tag's answer failed; served, and revalidated next time");
+        }
     }
 
     /// One page of a repository's tags, at most `n` of them after `last` in lexical order: from
