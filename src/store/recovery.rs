@@ -1,16 +1,18 @@
 //! Getting the index writable again after sled stopped writing.
 //!
-//! After one I/O error of its log (the disk full: `ENOSPC`), sled refuses every write until its
-//! database is opened again (`index::handle`). A watcher notices the error, leaves the failed
-//! database in place while the file system stays full (reads keep working: cached content is still
-//! served, and a miss fails with a 500 and an OCI error body), and once there is room again closes
-//! and opens the index in place and runs the start-up repair (`Store::reconcile`): blobs whose index
-//! write was refused are indexed again. No restart of the server is needed.
+//! After one I/O error of its log (the disk full: `ENOSPC`), sled fails every read and write of
+//! that database until it is opened again (`index::handle`). The index opens it again at once, on
+//! the room kept for it (`index::reserve`), when an operation finds it failed (or this watcher
+//! does); from then on it serves reads (cached content is still served) and takes no writes (a miss
+//! may be a 500 with an OCI error body), so that sled has no cause to fail again while the disk
+//! stays full. The watcher, every [`CHECK_EVERY`], opens a failed or closed index again, writes the
+//! room back once the file system has room (writes work again), and then runs the start-up repair
+//! (`Store::reconcile`): blobs whose index write was refused are indexed again. No restart.
 //!
 //! In the same process rather than an exit for the service manager to restart: the index is the
 //! only part that fails, sled's file lock makes reopening safe (the new database cannot open while
-//! the old one has a handle left), and an exit would drop every connection and running fill, while
-//! reopening costs the writes of one check interval.
+//! the old one has a handle left), and an exit would drop every connection and running fill and
+//! stop serving cached content, which the index opened again still does.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,9 @@ pub enum RecoveryError {
     /// Opening it again failed.
     #[error(transparent)]
     Reopen(#[from] StoreError),
+    /// The free space of its file system could not be measured.
+    #[error("measuring the index's free space: {0}")]
+    FreeSpace(std::io::Error),
     /// It opened, and the repair after it failed.
     #[error("repair after reopening the index: {0}")]
     Repair(#[from] std::io::Error),
@@ -71,7 +76,7 @@ pub fn recover(store: &Store) -> Result<Option<Reconciled>, RecoveryError> {
     if index.failure().is_some() || index.is_closed() {
         index.reopen()?;
     }
-    let free = free_bytes(index.path()).map_err(RecoveryError::Repair)?;
+    let free = free_bytes(index.path()).map_err(RecoveryError::FreeSpace)?;
     if !index.restore_reserve(free) || !index.take_repair_due() {
         return Ok(None);
     }

@@ -270,7 +270,7 @@ impl Backlog {
     /// Queue `pending` behind everything queued, unless it is queued already; when the backlog is
     /// full, the oldest entry makes room.
     pub fn push(&self, pending: &Pending) -> sled::Result<Pushed> {
-        let tree = self.tree.get()?;
+        let tree = self.tree.get_for_write()?;
         let identity = pending.identity();
         let mut counters = lock(&self.state.counters);
         if let Some(seq) = tree.get(&identity)?.as_deref().and_then(seq_of_value) {
@@ -332,7 +332,7 @@ impl Backlog {
     /// Remove the entry `seq` (`pending`, as [`Backlog::next_after`] gave it): done, or no longer
     /// to be done. Gone already is fine.
     pub fn remove(&self, seq: Seq, pending: &Pending) -> sled::Result<()> {
-        let tree = self.tree.get()?;
+        let tree = self.tree.get_for_write()?;
         let mut counters = lock(&self.state.counters);
         let key = queue_key(seq.0);
         if !tree.contains_key(key)? {

@@ -10,40 +10,58 @@
 //! opened while anything could still write through the old one.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::sync::{read, write};
 
 /// A handle on a part of the database (a tree, or all of them) that is empty while the database is
-/// being opened again. Clones share the slot.
-pub struct Slot<T>(Arc<RwLock<Option<T>>>);
+/// being opened again, and refuses writes while its gate is shut (the index's disk was full:
+/// `index::reserve`). Clones share the slot.
+pub struct Slot<T> {
+    value: Arc<RwLock<Option<T>>>,
+    read_only: Arc<AtomicBool>,
+}
 
 impl<T> Clone for Slot<T> {
     fn clone(&self) -> Self {
-        Slot(self.0.clone())
+        Slot { value: self.value.clone(), read_only: self.read_only.clone() }
     }
 }
 
 impl<T: Clone> Slot<T> {
-    /// A slot holding `value`.
+    /// A slot holding `value`, taking writes.
     pub fn new(value: T) -> Slot<T> {
-        Slot(Arc::new(RwLock::new(Some(value))))
+        Slot::gated(value, &Arc::new(AtomicBool::new(false)))
+    }
+
+    /// A slot holding `value` that refuses writes while `read_only` is set.
+    pub(in crate::store) fn gated(value: T, read_only: &Arc<AtomicBool>) -> Slot<T> {
+        Slot { value: Arc::new(RwLock::new(Some(value))), read_only: read_only.clone() }
     }
 
     /// What the slot holds now; an I/O error while the database is being opened again. The caller
     /// holds the clone only for one operation: a clone kept keeps the old database (and its lock).
     pub fn get(&self) -> sled::Result<T> {
-        read(&self.0).clone().ok_or_else(reopening)
+        read(&self.value).clone().ok_or_else(reopening)
+    }
+
+    /// The same, for a write: refused while the gate is shut.
+    pub fn get_for_write(&self) -> sled::Result<T> {
+        if self.read_only.load(Ordering::Relaxed) {
+            return Err(read_only());
+        }
+        self.get()
     }
 
     /// Empty the slot; what it held.
     pub(in crate::store) fn take(&self) -> Option<T> {
-        write(&self.0).take()
+        write(&self.value).take()
     }
 
     /// Fill the slot with `value`.
     pub(in crate::store) fn put(&self, value: T) {
-        *write(&self.0) = Some(value);
+        *write(&self.value) = Some(value);
     }
 }
 
@@ -52,16 +70,28 @@ fn reopening() -> sled::Error {
     sled::Error::Io(std::io::Error::other("the index is being reopened after a write error"))
 }
 
+/// The error of a write while the index takes none (its disk was full).
+pub fn read_only() -> sled::Error {
+    sled::Error::Io(std::io::Error::new(std::io::ErrorKind::StorageFull, "the index takes no writes until its disk has room again"))
+}
+
 /// The open database and its trees.
 pub struct Trees {
     /// The configuration it was opened with: it holds sled's global error.
     config: sled::Config,
+    /// The database.
     pub db: sled::Db,
+    /// Digest → size of the blobs stored.
     pub blobs: sled::Tree,
+    /// Digest → media type, NUL, bytes of the manifests stored.
     pub manifests: sled::Tree,
+    /// `upstream\0repository\0tag` → the answers per kind.
     pub tags: sled::Tree,
+    /// Digest → last use (unix milliseconds).
     pub access: sled::Tree,
+    /// `upstream\0repository\0subject` → the last referrers list.
     pub referrers: sled::Tree,
+    /// Digest → size of the blobs known to be in the shared bucket.
     pub shared: sled::Tree,
     /// `upstream\0repository` → the place in `tag_list_order` (8 bytes, big-endian) and the
     /// `ListedTags` record.
@@ -69,6 +99,7 @@ pub struct Trees {
     /// Place (8 bytes, big-endian, increasing with every write) → the `tag_lists` key written then:
     /// the first entry is the list remembered longest ago.
     pub tag_list_order: sled::Tree,
+    /// The shared bucket's backlog (`store::bucket::backlog`).
     pub backlog: sled::Tree,
 }
 

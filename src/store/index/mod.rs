@@ -149,12 +149,12 @@ impl SharedSizes {
 
     /// Note that the bucket has `digest` with `size` bytes.
     pub fn put(&self, digest: &Digest, size: u64) -> sled::Result<()> {
-        self.0.get()?.insert(digest.to_string(), &size.to_be_bytes()).map(|_| ())
+        self.0.get_for_write()?.insert(digest.to_string(), &size.to_be_bytes()).map(|_| ())
     }
 
     /// Forget `digest`: the bucket no longer has it.
     pub fn remove(&self, digest: &Digest) -> sled::Result<()> {
-        self.0.get()?.remove(digest.to_string()).map(|_| ())
+        self.0.get_for_write()?.remove(digest.to_string()).map(|_| ())
     }
 
     /// The bytes of all blobs known to be in the bucket (a walk of the tree: for the status page).
@@ -213,18 +213,19 @@ impl Index {
         let err = |source| StoreError::Index { path: path.to_owned(), source };
         let trees = Trees::open(path).map_err(err)?;
         let book = TagListBook::open(&trees.tag_lists, &trees.tag_list_order).map_err(err)?;
-        let backlog = Backlog::open(Slot::new(trees.backlog.clone())).map_err(err)?;
+        let reserve = Reserve::open(path);
+        let backlog = Backlog::open(Slot::gated(trees.backlog.clone(), reserve.gate())).map_err(err)?;
         let used = used_by(&trees).map_err(err)?;
         Ok(Index {
             path: path.to_owned(),
-            shared: Slot::new(trees.shared.clone()),
+            shared: Slot::gated(trees.shared.clone(), reserve.gate()),
             trees: Slot::new(Arc::new(trees)),
             tag_list_book: Mutex::new(book),
             backlog,
             used: AtomicU64::new(used),
             reopening: Mutex::new(()),
             repairs_due: AtomicU64::new(0),
-            reserve: Reserve::open(path),
+            reserve,
         })
     }
 
@@ -234,10 +235,7 @@ impl Index {
         // First `t`: it opens a failed database again, giving the room up.
         let trees = self.t()?;
         if self.reserve.is_released() {
-            return Err(sled::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::StorageFull,
-                "the index takes no writes until its disk has room again",
-            )));
+            return Err(handle::read_only());
         }
         Ok(trees)
     }
@@ -597,6 +595,28 @@ mod tests {
         idx.put_tag("docker.io", &other, &tag, ManifestKind::Index, &a).unwrap();
         idx.put_tag("docker.io", &repo, &"edge".parse().unwrap(), ManifestKind::Index, &a).unwrap();
         assert_eq!(idx.tags_of("docker.io", &repo).unwrap(), vec![("3".to_owned(), 2), ("edge".to_owned(), 1)], "with the latest confirmation");
+    }
+
+    #[test]
+    fn while_the_room_kept_is_given_up_reads_work_and_writes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("index")).unwrap();
+        assert_eq!(std::fs::metadata(dir.path().join("index.reserve")).unwrap().len(), 8 << 20, "room kept");
+        let (kept, new) = (Digest::sha256_of(b"kept"), Digest::sha256_of(b"new"));
+        idx.put_blob(&kept, 1).unwrap();
+        idx.reopen().unwrap();
+        assert!(!dir.path().join("index.reserve").exists(), "given up when opened again");
+        assert!(idx.is_read_only() && idx.take_repair_due());
+        assert_eq!(idx.blob_size(&kept).unwrap(), Some(1), "reads work");
+        assert!(idx.put_blob(&new, 2).is_err());
+        assert!(idx.shared_sizes().put(&new, 2).is_err());
+        assert!(idx.backlog().push(&crate::store::Pending::Blob { digest: new.clone(), size: 2 }).is_err());
+        assert!(!idx.restore_reserve(2 * (8 << 20) - 1), "not without room");
+        assert!(idx.restore_reserve(u64::MAX) && !idx.is_read_only());
+        assert!(dir.path().join("index.reserve").exists(), "written back");
+        idx.put_blob(&new, 2).unwrap();
+        idx.shared_sizes().put(&new, 2).unwrap();
+        assert_eq!(idx.used_bytes(), 3);
     }
 
     #[test]

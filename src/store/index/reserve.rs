@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// The room kept: sled's snapshot and a few log segments of 512 KiB.
 pub const RESERVE_BYTES: u64 = 8 << 20;
@@ -16,15 +17,16 @@ pub const RESERVE_BYTES: u64 = 8 << 20;
 /// The file keeping room for the index.
 pub struct Reserve {
     path: PathBuf,
-    /// Whether it was given up and not written back yet: the index takes no writes meanwhile.
-    released: AtomicBool,
+    /// Whether it was given up and not written back yet: the index takes no writes meanwhile (the
+    /// gate of the index's slots).
+    released: Arc<AtomicBool>,
 }
 
 impl Reserve {
     /// The reserve of the index at `index` (`index.reserve` beside it), written if missing; if there
     /// is no room for it, the index goes without (logged).
     pub fn open(index: &Path) -> Reserve {
-        let reserve = Reserve { path: index.with_extension("reserve"), released: AtomicBool::new(false) };
+        let reserve = Reserve { path: index.with_extension("reserve"), released: Arc::new(AtomicBool::new(false)) };
         if let Err(e) = reserve.write() {
             tracing::warn!(error = %e, path = %reserve.path.display(), "no room kept for the index: a full disk will stop it until there is room");
         }
@@ -58,6 +60,11 @@ impl Reserve {
             Err(e) => tracing::warn!(error = %e, "removing the room kept for the index failed"),
         }
         self.released.store(true, Ordering::Relaxed);
+    }
+
+    /// The gate: set while the room is given up.
+    pub fn gate(&self) -> &Arc<AtomicBool> {
+        &self.released
     }
 
     /// Whether the room was given up and not written back yet.
