@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use std::collections::BTreeMap;
 
-use crate::oci::{is_registry_host, references, Digest, Hasher, NameError, RegistryHost, RepositoryName};
+use crate::oci::{is_registry_host, references, Digest, Hasher, NameError, RegistryHost, RepositoryName, UpstreamRepo};
 use crate::store::bucket_lru::{self, Limits};
 use crate::store::records::folder;
 use crate::store::{now_secs, RecordKey, SharedBackend, SharedSizes, Store, TagAnswer};
@@ -143,13 +143,12 @@ pub fn verify(store: &Store, out: &mut dyn Write) -> io::Result<bool> {
 /// (the answer confirmed last, when), and its blobs' count and bytes.
 pub async fn ls_bucket(bucket: &dyn SharedBackend, filter: Option<&str>, out: &mut dyn Write) -> io::Result<()> {
     let wanted = filter.map(parse_filter).transpose().map_err(io::Error::other)?;
-    // (upstream, repository) → tag → the latest answer over its kinds.
-    let mut repos: BTreeMap<(String, String), BTreeMap<String, Option<TagAnswer>>> = BTreeMap::new();
+    // repository (on its upstream) → tag → the latest answer over its kinds.
+    let mut repos: BTreeMap<UpstreamRepo, BTreeMap<String, Option<TagAnswer>>> = BTreeMap::new();
     for key in bucket.list_records(folder::TAGS).await? {
         // Keys are validated as they are read: what is printed is never a terminal escape.
-        let Ok(RecordKey::Tag { upstream, repo, tag, .. }) = key.parse() else { continue };
-        let (upstream, repo, tag) = (upstream.as_str(), repo.as_str(), tag.as_str());
-        if !wanted.as_ref().is_none_or(|w| matches_filter(w, upstream, repo)) {
+        let Ok(RecordKey::Tag { repo, tag, .. }) = key.parse() else { continue };
+        if !wanted.as_ref().is_none_or(|w| matches_filter(w, repo.upstream.as_str(), repo.name.as_str())) {
             continue;
         }
         let answer = match bucket.get(&key, crate::store::MAX_TAG_RECORD).await {
@@ -158,15 +157,15 @@ pub async fn ls_bucket(bucket: &dyn SharedBackend, filter: Option<&str>, out: &m
             Err(e) if e.kind() == io::ErrorKind::InvalidData => None,
             Err(e) => return Err(e),
         };
-        let slot = repos.entry((upstream.to_owned(), repo.to_owned())).or_default().entry(tag.to_owned()).or_default();
+        let slot = repos.entry(repo).or_default().entry(tag.to_string()).or_default();
         if answer.as_ref().map(|a| a.checked_at) > slot.as_ref().map(|a| a.checked_at) {
             *slot = answer;
         }
     }
     writeln!(out, "in the bucket:")?;
     let mut tags = 0;
-    for ((upstream, repo), entries) in &repos {
-        writeln!(out, "{upstream}/{repo}")?;
+    for (repo, entries) in &repos {
+        writeln!(out, "{repo}")?;
         for (tag, answer) in entries {
             tags += 1;
             match answer {

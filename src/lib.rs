@@ -49,6 +49,8 @@
 //!   member API's secret and headers (`fleet::auth`), the owner's side (`fleet::owner`, served by
 //!   `http::fleet`), and the asker's: a client for members (`fleet::peer`) and the fill's source
 //!   that fails over from member to member, then to the upstream (`fleet::source::FleetStream`).
+//!   A tag is revalidated through its owner too (`cache::fleet_tag`, its answer verified as an
+//!   upstream's), and a cold blob's `HEAD` asks its owner (`fleet::source::head`).
 //! - [`singleflight`]: one call per key at a time (manifest fetches, tag revalidations, tokens).
 //! - [`sync`]: taking a lock whether or not a panic poisoned it, and why that is sound here.
 //! - [`cache`]: the policy: hit, miss, revalidate, stale, one file per kind of content (manifests

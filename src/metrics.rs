@@ -224,6 +224,7 @@ struct MemberLabels {
 #[derive(Clone)]
 pub struct FleetMetrics {
     outcomes: Family<FleetOutcomeLabels, Counter>,
+    tags: Family<FleetOutcomeLabels, Counter>,
     members: Family<MemberLabels, Gauge>,
 }
 
@@ -232,6 +233,12 @@ impl FleetMetrics {
     /// `fleet::FleetOutcome` as its label says it).
     pub fn outcome(&self, outcome: &'static str) {
         self.outcomes.get_or_create(&FleetOutcomeLabels { outcome }).inc();
+    }
+
+    /// One tag revalidation's way through the fleet (`outcome` a `fleet::TagOutcome` as its label
+    /// says it).
+    pub fn tag_outcome(&self, outcome: &'static str) {
+        self.tags.get_or_create(&FleetOutcomeLabels { outcome }).inc();
     }
 
     /// The members and whether each is up, replacing what was set before (members leave).
@@ -359,7 +366,7 @@ impl Metrics {
             bucket_evicted_bytes: plain(r, "bucket_evicted_bytes", "Bytes this node evicted from the shared bucket to stay under bucket_max_size", Counter::default()),
             bucket_backlog: plain(r, "bucket_backlog", "Blobs, manifests, tag and referrers records this node keeps that wait to be written to the shared bucket (it was down)", Gauge::default()),
             bucket_backlog_dropped: plain(r, "bucket_backlog_dropped", "Backlog entries dropped unwritten because the backlog was full (the oldest go)", Counter::default()),
-            fleet: FleetMetrics { outcomes: listed(r, "fleet_fills", "How fills in a fleet got their blobs (peer_hit: a member had it stored, peer_fill: from a member's fill, fell_back_upstream: no member could stream it) and members that failed to answer (owner_down)", Family::default()), members: listed(r, "fleet_member_up", "Each member of the fleet: 1 up, 0 from a failure to answer until its next answer", Family::default()) },
+            fleet: FleetMetrics { outcomes: listed(r, "fleet_fills", "How fills in a fleet got their blobs (peer_hit: a member had it stored, peer_fill: from a member's fill, fell_back_upstream: no member could stream it) and members that failed to answer (owner_down)", Family::default()), tags: listed(r, "fleet_tag_revalidations", "How tag revalidations in a fleet went (peer_answer: a member answered and it verified, refused: a member's answer failed verification, fell_back_upstream: this node asked the upstream itself) and members that failed to answer (owner_down)", Family::default()), members: listed(r, "fleet_member_up", "Each member of the fleet: 1 up, 0 from a failure to answer until its next answer", Family::default()) },
             board: Board::default(),
             registry,
         }

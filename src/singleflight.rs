@@ -121,6 +121,7 @@ where
 
     /// How many callers are waiting on the running calls, all keys together: lets a test that
     /// holds the upstream know that every request has joined before it lets the call go on.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn waiters(&self) -> usize {
         let calls = lock(&self.calls);
         // Each waiter holds a clone of the call's `Shared`; the map holds one more.

@@ -18,6 +18,7 @@ use url::Url;
 
 use crate::cache::Answered;
 use crate::metrics::RouteLabel;
+use crate::oci::UpstreamRepo;
 use crate::sync::lock;
 
 /// How many repositories [`Board`] counts at most. Their names come from clients, so the map is
@@ -122,9 +123,9 @@ impl Board {
         lock(&self.upstreams).entry(upstream.to_owned()).or_default().remaining = Some(remaining);
     }
 
-    /// One request for `repository` on `upstream` (as the upstream names it), `bytes` served.
-    pub fn repository(&self, upstream: String, repository: String, bytes: u64) {
-        lock(&self.repositories).count((upstream, repository), bytes);
+    /// One request for `repo`, `bytes` served.
+    pub fn repository(&self, repo: UpstreamRepo, bytes: u64) {
+        lock(&self.repositories).count(repo, bytes);
     }
 
     /// The cache's tallies; `size_bytes`, `max_size_bytes`, `blobs` and `manifests` are the
@@ -192,11 +193,12 @@ fn public_url(url: &Url) -> String {
 /// Requests and bytes served per repository, for at most `cap` repositories.
 struct RepoCounts {
     cap: usize,
-    counts: HashMap<(String, String), Counted>,
+    counts: HashMap<UpstreamRepo, Tally>,
 }
 
+/// One repository's requests and bytes served.
 #[derive(Clone, Copy, Debug, Default)]
-struct Counted {
+struct Tally {
     requests: u64,
     bytes: u64,
 }
@@ -209,7 +211,7 @@ impl RepoCounts {
     /// Count one request. A repository not counted yet while the map is full takes the place of
     /// the least requested one (a scan of at most `cap` entries, only then): the busy ones stay,
     /// which is what the page lists.
-    fn count(&mut self, key: (String, String), bytes: u64) {
+    fn count(&mut self, key: UpstreamRepo, bytes: u64) {
         if !self.counts.contains_key(&key) && self.counts.len() >= self.cap {
             let least = self.counts.iter().min_by_key(|(_, c)| c.requests).map(|(k, _)| k.clone());
             if let Some(least) = least {
@@ -227,9 +229,9 @@ impl RepoCounts {
         all.sort_by(|(ka, a), (kb, b)| b.requests.cmp(&a.requests).then_with(|| ka.cmp(kb)));
         all.into_iter()
             .take(n)
-            .map(|((upstream, repository), c)| RepositoryStatus {
-                upstream: upstream.clone(),
-                repository: repository.clone(),
+            .map(|(repo, c)| RepositoryStatus {
+                upstream: repo.upstream.to_string(),
+                repository: repo.name.to_string(),
                 requests: c.requests,
                 bytes_served: c.bytes,
             })
@@ -407,14 +409,14 @@ mod tests {
         let mut counts = RepoCounts::new(3);
         for (repo, times) in [("a", 5), ("b", 3), ("c", 1)] {
             for _ in 0..times {
-                counts.count(("docker.io".to_owned(), repo.to_owned()), 10);
+                counts.count(UpstreamRepo::of("docker.io", repo), 10);
             }
         }
-        counts.count(("docker.io".to_owned(), "d".to_owned()), 10);
+        counts.count(UpstreamRepo::of("docker.io", "d"), 10);
         assert_eq!(counts.counts.len(), 3);
         let top: Vec<_> = counts.top(2).into_iter().map(|r| (r.repository, r.requests, r.bytes_served)).collect();
         assert_eq!(top, [("a".to_owned(), 5, 50), ("b".to_owned(), 3, 30)]);
-        assert!(!counts.counts.contains_key(&("docker.io".to_owned(), "c".to_owned())), "the least requested went");
+        assert!(!counts.counts.contains_key(&UpstreamRepo::of("docker.io", "c")), "the least requested went");
     }
 
     #[test]

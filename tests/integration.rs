@@ -12,7 +12,7 @@
 //! - `it::connections`: header, keep-alive and write-stall timeouts; `max_connections`.
 //! - `it::eviction`: `max_size`: least recently used content goes, content in use stays.
 //! - `it::faults`: wrong bytes, cuts, outages, timeouts, 429, token revocation and expiry: nothing bad is stored or served as good.
-//! - `it::fleet`: three nodes in a fleet: one upstream fetch of a cold blob for all their clients; the owner stopped mid-stream, a member never started; the member API's secret.
+//! - `it::fleet`: three nodes in a fleet: one upstream fetch of a cold blob for all their clients; the owner stopped mid-stream, a member never started; the member API's secret; one upstream request per tag revalidation, an owner's answer verified, stale tags; a cold blob's HEAD.
 //! - `it::freshness`: `tag_ttl`, stale-if-error within and beyond `stale_max`.
 //! - `it::head`: `HEAD` on every route and error, over HTTP/2 and HTTP/1.1: headers only.
 //! - `it::healthcheck`: `regcache healthcheck` as the real binary: healthy, refused, 500, no answer.

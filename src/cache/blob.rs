@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use super::{Cache, CacheError};
-use crate::fill::{FillReader, Join, Source, Verdict};
-use super::Answered;
+use super::{Answered, Cache, CacheError};
+use crate::fill::{FillReader, Join, Source, Verdict, Via};
+use crate::fleet::{self, auth::current_request_id, peer::BlobAsk};
 use crate::oci::{Digest, RepositoryName};
 use crate::store::{BlobRead, BlobSource, Store};
 use crate::upstream::{RateLimit, Upstream};
@@ -64,7 +64,7 @@ impl Cache {
             }
         }
         if head {
-            return self.blob_head(up, repo, digest, range).await;
+            return self.blob_head(up, repo, digest, range, &self.via).await;
         }
         if let Some(answer) = self.blob_range_from_bucket(up, digest, range).await? {
             return Ok(answer);
@@ -72,16 +72,29 @@ impl Cache {
         self.blob_from_fill(up, repo, digest, range).await
     }
 
+    /// A blob's headers for a member of the fleet: from this node's store, fill or upstream, never
+    /// asking another member (a member's request ends here).
+    pub async fn blob_head_for_member(&self, up: &Arc<Upstream>, repo: &RepositoryName, digest: &Digest) -> Result<BlobAnswer, CacheError> {
+        if let Some(size) = self.store.stored_size(digest)? {
+            if let Some(answer) = serve_stored(&self.store, digest, size, None, true).await? {
+                return Ok(answer);
+            }
+        }
+        self.blob_head(up, repo, digest, None, &Via::Upstream).await
+    }
+
     /// The headers of a blob that isn't stored here: from the running fill for it when that knows
-    /// the size, else from the shared bucket when it has the blob, else from upstream's `HEAD`.
+    /// the size, else from the shared bucket when it has the blob, else (`via` a fleet) from the
+    /// members ranked above this node for it, else from upstream's `HEAD`.
     async fn blob_head(
         &self,
         up: &Arc<Upstream>,
         repo: &RepositoryName,
         digest: &Digest,
         range: Option<RangeRequest>,
+        via: &Via,
     ) -> Result<BlobAnswer, CacheError> {
-        if let Some(fill) = self.fills.get(up.config().name.as_str(), digest) {
+        if let Some(fill) = self.fills.get(&up.config().name, digest) {
             if let Some(size) = fill.total() {
                 let (rate_limit, range) = (fill.rate_limit(), resolve_range(range, size)?);
                 return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Miss, rate_limit });
@@ -91,6 +104,13 @@ impl Cache {
         if let BlobSource::Local(size) | BlobSource::Bucket(size) = self.store.blob_source(digest).await? {
             let range = resolve_range(range, size)?;
             return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Hit, rate_limit: RateLimit::default() });
+        }
+        if let Via::Fleet(fleet) = via {
+            let ask = BlobAsk { upstream: up.config().name.to_string(), repo: repo.clone(), digest: digest.clone(), request_id: current_request_id() };
+            if let Some(size) = fleet::source::head(fleet, up, &ask).await {
+                let range = resolve_range(range, size)?;
+                return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Pass, rate_limit: RateLimit::default() });
+            }
         }
         let h = up.head_blob(repo, digest).await?;
         // The same headers a GET would get: a range is checked against the size upstream gave.
@@ -111,7 +131,7 @@ impl Cache {
         range: Option<RangeRequest>,
     ) -> Result<Option<BlobAnswer>, CacheError> {
         let Some(range) = range else { return Ok(None) };
-        if self.fills.get(up.config().name.as_str(), digest).is_some() {
+        if self.fills.get(&up.config().name, digest).is_some() {
             return Ok(None);
         }
         let BlobSource::Bucket(size) = self.store.blob_source(digest).await? else { return Ok(None) };

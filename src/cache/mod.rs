@@ -5,6 +5,7 @@
 
 mod answered;
 mod blob;
+mod fleet_tag;
 pub mod freshness;
 mod manifest;
 mod referrers;
@@ -24,8 +25,9 @@ use crate::fill::{FillError, Fills, Via};
 use crate::oci::{ManifestError, RegistryHost};
 use crate::singleflight::Singleflight;
 use crate::store::Store;
-use crate::upstream::{ManifestHead, Upstream, UpstreamError, MAX_MANIFEST};
+use crate::upstream::{Upstream, UpstreamError, MAX_MANIFEST};
 
+use fleet_tag::Revalidated;
 use manifest::ManifestKey;
 use tags::TagKey;
 
@@ -106,20 +108,24 @@ pub struct Cache {
     fills: Arc<Fills>,
     /// Where a fill asks for a blob this node's tiers don't have.
     via: Via,
-    revalidations: Singleflight<TagKey, Result<Option<ManifestHead>, UpstreamError>>,
+    revalidations: Singleflight<TagKey, Result<Revalidated, CacheError>>,
     manifest_fetches: Singleflight<ManifestKey, Result<ManifestAnswer, CacheError>>,
 }
 
-/// Counts the requests waiting on the cache's shared upstream calls (see [`Cache::shared_calls`]),
-/// so a test that holds the upstream knows when every request has joined.
+/// Counts the requests waiting on the cache's coalesced upstream calls (see
+/// [`Cache::coalesced_calls`]), so a test that holds the upstream knows when every request has
+/// joined.
+#[cfg(feature = "test-hooks")]
 #[derive(Clone)]
-pub struct SharedCalls {
-    revalidations: Singleflight<TagKey, Result<Option<ManifestHead>, UpstreamError>>,
+pub struct CoalescedCalls {
+    revalidations: Singleflight<TagKey, Result<Revalidated, CacheError>>,
     manifest_fetches: Singleflight<ManifestKey, Result<ManifestAnswer, CacheError>>,
 }
 
-impl SharedCalls {
-    /// Requests waiting on a tag revalidation (a manifest `HEAD` upstream) now.
+#[cfg(feature = "test-hooks")]
+impl CoalescedCalls {
+    /// Requests waiting on a tag revalidation (a manifest `HEAD` upstream, or in a fleet the
+    /// question to the tag's owner) now.
     pub fn revalidation_waiters(&self) -> usize {
         self.revalidations.waiters()
     }
@@ -172,9 +178,10 @@ impl Cache {
         &self.fills
     }
 
-    /// A handle counting the requests that wait on shared upstream calls.
-    pub fn shared_calls(&self) -> SharedCalls {
-        SharedCalls { revalidations: self.revalidations.clone(), manifest_fetches: self.manifest_fetches.clone() }
+    /// A handle counting the requests that wait on coalesced upstream calls (tests).
+    #[cfg(feature = "test-hooks")]
+    pub fn coalesced_calls(&self) -> CoalescedCalls {
+        CoalescedCalls { revalidations: self.revalidations.clone(), manifest_fetches: self.manifest_fetches.clone() }
     }
 
     /// The upstream for a registry host (`ghcr.io`, `docker.io`, … as containerd's `?ns=` or the

@@ -31,17 +31,16 @@ impl Cache {
         digest: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<ReferrerList, CacheError> {
-        let name = up.config().name.to_string();
-        let key_repo = up.upstream_name(repo);
+        let key_repo = up.repo(repo);
         let accept = AcceptList::only(OCI_INDEX);
         let fetched = up.referrers(repo, digest).await;
         let remembered = match &fetched {
-            Err(e) if e.is_unavailable() => self.store.referrers(&name, &key_repo, digest, MAX_MANIFEST).await?,
+            Err(e) if e.is_unavailable() => self.store.referrers(&key_repo, digest, MAX_MANIFEST).await?,
             _ => None,
         };
         let (body, outcome) = match (fetched, remembered) {
             (Ok(body), _) => {
-                self.store.remember_referrers(&name, &key_repo, digest, body.clone())?;
+                self.store.remember_referrers(&key_repo, digest, body.clone())?;
                 (body, Answered::Pass)
             }
             (Err(_), Some(body)) => (body, Answered::Stale),

@@ -1,19 +1,23 @@
 //! Tags: a manifest by tag (remembered, revalidated and served stale as [`super::freshness`]
-//! decides; one revalidation per [`TagKey`] at a time), and `tags/list` pages, cut here from what
-//! the upstream listed, which is remembered to cut the same pages while it is down.
+//! decides; one revalidation per [`TagKey`] at a time, through the tag's owner in a fleet:
+//! [`super::fleet_tag`]), and `tags/list` pages, cut here from what the upstream listed, which is
+//! remembered to cut the same pages while it is down.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tokio::time::Instant;
 
+use super::fleet_tag::{self, Revalidated};
 use super::freshness::{self, Action, BucketSays, Decision, Which};
 use super::manifest::{answer, head_only, ManifestAnswer};
-use super::{Cache, CacheError};
-use super::Answered;
-use crate::oci::{AcceptList, Digest, ManifestKind, Reference, RegistryHost, RepositoryName, Tag};
+use super::{Answered, Cache, CacheError};
+use crate::fill::Via;
+use crate::fleet::{self, auth::current_request_id, peer::TagAsk};
+use crate::oci::{AcceptList, Digest, ManifestKind, Reference, RepositoryName, Tag, UpstreamRepo};
 use crate::store::{ListedTags, TagAnswer, TagSlot};
-use crate::upstream::{RateLimit, TagsPage, Upstream, UpstreamError};
+use crate::upstream::{ManifestHead, RateLimit, TagsPage, Upstream, UpstreamError};
 
 /// The most tags one page lists: a larger `n` is lowered to this.
 pub const MAX_TAGS_PAGE: u32 = 10_000;
@@ -37,18 +41,35 @@ pub struct TagList {
 /// accepting the same kinds of manifest.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct TagKey {
-    upstream: RegistryHost,
     /// The name upstream knows (`library/alpine`, not `alpine`).
-    repo: RepositoryName,
+    repo: UpstreamRepo,
     tag: Tag,
     /// [`AcceptList::key`].
     accept: String,
+    /// Whether members of the fleet are asked before the upstream: a member's request is never
+    /// passed on, so it never shares a revalidation that asks members.
+    members: bool,
+}
+
+/// One request for a manifest by tag, as the cache answers it.
+struct TagRequest<'a> {
+    up: &'a Arc<Upstream>,
+    /// The repository as the client named it.
+    repo: &'a RepositoryName,
+    /// The name upstream knows (`library/alpine`, not `alpine`): tags are kept under it, so
+    /// `alpine` and `library/alpine` are one tag.
+    key_repo: UpstreamRepo,
+    tag: &'a Tag,
+    accept: &'a AcceptList,
+    /// Headers only.
+    head: bool,
 }
 
 impl Cache {
     /// A manifest by tag: the answer remembered (here, or by another node in the shared bucket)
-    /// while it is fresh, else what the upstream says now, else, while the upstream is unavailable,
-    /// the answer remembered within `stale_max` ([`freshness::decide`]).
+    /// while it is fresh, else what the upstream says now (in a fleet, what the tag's owner
+    /// says: [`fleet_tag`]), else, while the upstream is unavailable, the answer remembered within
+    /// `stale_max` ([`freshness::decide`]).
     pub(super) async fn manifest_by_tag(
         &self,
         up: &Arc<Upstream>,
@@ -57,18 +78,16 @@ impl Cache {
         accept: &AcceptList,
         head: bool,
     ) -> Result<ManifestAnswer, CacheError> {
-        let name = up.config().name.to_string();
-        // Tags are kept under the name upstream knows, so `alpine` and `library/alpine` are one tag.
-        let key_repo = up.upstream_name(repo);
+        let r = TagRequest { up, repo, key_repo: up.repo(repo), tag, accept, head };
         // A tag is remembered per kind of answer: this client is only answered from the cache with
         // what a client asking for the same kind was given.
-        let (remembered, decision) = self.remembered_tag(up, &key_repo, tag, accept.asks_for()).await?;
+        let (remembered, decision) = self.remembered_tag(up, &r.key_repo, tag, accept.asks_for()).await?;
         if let (Some(known), Action::Serve) = (&remembered, decision.action) {
             if let Some(a) = self.tag_answer(known, accept, Answered::Hit).await? {
                 return Ok(a);
             }
         }
-        match self.revalidate_tag(up, repo, &key_repo, tag, accept, head).await {
+        match self.revalidate_tag(&r, &self.via, remembered.as_ref()).await {
             Err(CacheError::Upstream(e)) if e.is_unavailable() => {
                 let stale = match remembered.as_ref().filter(|_| decision.stale) {
                     Some(known) => self.tag_answer(known, accept, Answered::Stale).await?,
@@ -76,7 +95,7 @@ impl Cache {
                 };
                 match stale {
                     Some(a) => {
-                        tracing::warn!(upstream = %name, %repo, %tag, error = %e, "upstream unavailable; serving the last known tag");
+                        tracing::warn!(upstream = %up.config().name, %repo, %tag, error = %e, "upstream unavailable; serving the last known tag");
                         Ok(a)
                     }
                     None => Err(e.into()),
@@ -86,56 +105,111 @@ impl Cache {
         }
     }
 
-    /// Ask upstream what `tag` points at now (a `HEAD`, one per [`TagKey`] at a time) and answer:
-    /// from the cache when that manifest is stored and acceptable, from the `HEAD`'s headers alone
-    /// for a `HEAD` when they say everything, else by a GET. The tag is remembered (under
-    /// `key_repo`, the name upstream knows) for every answer, a headers-only one too: it is only
-    /// served once its manifest is stored (here or in the bucket), and the client's next request
-    /// is usually that manifest by digest (Docker, containerd), so the fleet's other nodes learn
-    /// the tag without asking the upstream.
-    async fn revalidate_tag(
+    /// A manifest by tag for a member of the fleet that asked this node (its owner, as the member
+    /// sees it): the answer remembered while it is fresh, else what this node's upstream says now
+    /// (never asking another member: a member's request ends here). Never a stale answer: the
+    /// member then asks the upstream itself, and serves its own stale answer as without a fleet.
+    pub async fn tag_for_member(
         &self,
         up: &Arc<Upstream>,
         repo: &RepositoryName,
-        key_repo: &RepositoryName,
         tag: &Tag,
         accept: &AcceptList,
         head: bool,
     ) -> Result<ManifestAnswer, CacheError> {
-        let name = up.config().name.to_string();
-        let kind = accept.asks_for();
-        let reference = Reference::Tag(tag.clone());
-        let key = TagKey { upstream: up.config().name.clone(), repo: key_repo.clone(), tag: tag.clone(), accept: accept.key() };
-        let revalidated = {
-            let (up, repo, reference, accept) = (up.clone(), repo.clone(), reference.clone(), accept.clone());
-            self.revalidations
-                .run(key, move || async move { up.head_manifest(&repo, &reference, &accept).await })
-                .await
+        let r = TagRequest { up, repo, key_repo: up.repo(repo), tag, accept, head };
+        let (remembered, decision) = self.remembered_tag(up, &r.key_repo, tag, accept.asks_for()).await?;
+        if let (Some(known), Action::Serve) = (&remembered, decision.action) {
+            if let Some(a) = self.tag_answer(known, accept, Answered::Hit).await? {
+                return Ok(a);
+            }
+        }
+        self.revalidate_tag(&r, &Via::Upstream, None).await
+    }
+
+    /// Ask what the tag points at now ([`Cache::revalidation`]) and answer: from the cache when
+    /// that manifest is stored and acceptable, with a member's verified manifest, from the
+    /// `HEAD`'s headers alone for a `HEAD` when they say everything, else by a GET. The tag is
+    /// remembered (under the name upstream knows) for every answer, a headers-only one too: it is
+    /// only served once its manifest is stored (here or in the bucket), and the client's next
+    /// request is usually that manifest by digest (Docker, containerd), so the fleet's other nodes
+    /// learn the tag without asking the upstream.
+    async fn revalidate_tag(&self, r: &TagRequest<'_>, via: &Via, remembered: Option<&TagAnswer>) -> Result<ManifestAnswer, CacheError> {
+        let kind = r.accept.asks_for();
+        let reference = Reference::Tag(r.tag.clone());
+        let head_said = match self.revalidation(r, via, remembered).await? {
+            Revalidated::Member(digest, Some(m)) => {
+                self.remember_tag(&r.key_repo, r.tag, kind, &digest);
+                return Ok(answer(digest, m, Answered::Miss));
+            }
+            // Still the digest this node knows: as if the upstream's HEAD had said so.
+            Revalidated::Member(digest, None) => Some(ManifestHead { digest, media_type: None, size: None, rate_limit: RateLimit::default() }),
+            Revalidated::Upstream(h) => h,
         };
-        let fetched = match revalidated? {
+        let fetched = match head_said {
             Some(h) => {
                 if let Some(m) = self.stored_manifest(&h.digest).await? {
-                    if accept.allows(&m.media_type) {
-                        self.remember_tag(&name, key_repo, tag, kind, &h.digest);
+                    if r.accept.allows(&m.media_type) {
+                        self.remember_tag(&r.key_repo, r.tag, kind, &h.digest);
                         return Ok(answer(h.digest, m, Answered::Hit));
                     }
                 }
-                if head {
-                    if let Some(a) = head_only(h.clone(), accept) {
-                        self.remember_tag(&name, key_repo, tag, kind, &h.digest);
+                if r.head {
+                    if let Some(a) = head_only(h.clone(), r.accept) {
+                        self.remember_tag(&r.key_repo, r.tag, kind, &h.digest);
                         return Ok(a);
                     }
                 }
                 // By the tag, not by the digest: an upstream that converts on the fly (schema1 for
                 // a client without v2 types) can't serve the converted manifest by digest. The
                 // bytes must still have the digest the HEAD announced.
-                self.fetch_manifest(up, repo, &reference, accept, Some(h.digest)).await?
+                self.fetch_manifest(r.up, r.repo, &reference, r.accept, Some(h.digest)).await?
             }
             // No digest from a HEAD (or no HEAD at all at this upstream): GET by the tag.
-            None => self.fetch_manifest(up, repo, &reference, accept, None).await?,
+            None => self.fetch_manifest(r.up, r.repo, &reference, r.accept, None).await?,
         };
-        self.remember_tag(&name, key_repo, tag, kind, &fetched.digest);
+        self.remember_tag(&r.key_repo, r.tag, kind, &fetched.digest);
         Ok(fetched)
+    }
+
+    /// What the tag names now, one revalidation per [`TagKey`] at a time: with `via` a fleet in
+    /// which this node doesn't own the tag, the members ranked above it for the tag are asked
+    /// first ([`fleet_tag::ask_members`]; told the digest `remembered` if its manifest is stored,
+    /// so that an unchanged tag costs no bytes); else, or when none answers, the upstream's `HEAD`.
+    async fn revalidation(&self, r: &TagRequest<'_>, via: &Via, remembered: Option<&TagAnswer>) -> Result<Revalidated, CacheError> {
+        let name = r.up.config().name.to_string();
+        let asked = match via {
+            Via::Fleet(fleet) => {
+                let members = fleet.members().sources(&fleet::tag_key(&r.key_repo, r.tag), Instant::now());
+                (!members.is_empty()).then_some((fleet, members))
+            }
+            Via::Upstream => None,
+        };
+        let members = asked.is_some();
+        let key = TagKey { repo: r.key_repo.clone(), tag: r.tag.clone(), accept: r.accept.key(), members };
+        let ask = match asked {
+            Some((fleet, members)) => {
+                let known = match remembered {
+                    Some(k) if self.stored_manifest(&k.digest).await?.is_some() => Some(k.digest.clone()),
+                    _ => None,
+                };
+                let ask = TagAsk { upstream: name, repo: r.repo.clone(), tag: r.tag.clone(), accept: r.accept.clone(), known, request_id: current_request_id() };
+                Some((fleet.clone(), members, ask))
+            }
+            None => None,
+        };
+        let (up, repo, accept, store) = (r.up.clone(), r.repo.clone(), r.accept.clone(), self.store.clone());
+        let reference = Reference::Tag(r.tag.clone());
+        self.revalidations
+            .run(key, move || async move {
+                if let Some((fleet, members, ask)) = ask {
+                    if let Some(answer) = fleet_tag::ask_members(&fleet, &store, &up, members, &ask).await? {
+                        return Ok(answer);
+                    }
+                }
+                Ok(Revalidated::Upstream(up.head_manifest(&repo, &reference, &accept).await?))
+            })
+            .await
     }
 
     /// What `tag` pointed at for clients asking for `kind`, as the tiers remember it (a tier
@@ -144,13 +218,13 @@ impl Cache {
     async fn remembered_tag(
         &self,
         up: &Upstream,
-        repo: &RepositoryName,
+        repo: &UpstreamRepo,
         tag: &Tag,
         kind: ManifestKind,
     ) -> Result<(Option<TagAnswer>, Decision), CacheError> {
         let now = self.clock.now_secs();
         let decide = |local: Option<&TagAnswer>, bucket| freshness::decide(local, bucket, now, up.config().tag_ttl, up.config().stale_max);
-        let slot = TagSlot { upstream: up.config().name.as_str(), repo, tag, kind };
+        let slot = TagSlot { repo, tag, kind };
         let known = self.store.tag(slot, |local| decide(local, BucketSays::NotAsked).action == Action::AskBucket).await?;
         let decision = match &known.bucket {
             None => decide(known.local.as_ref(), BucketSays::NotAsked),
@@ -178,11 +252,11 @@ impl Cache {
     /// the tiers behind this node's unless [`freshness::republish_tag`] says they have it). The
     /// answer is the upstream's and is served even if the index can't take it (its disk full): that
     /// only costs a revalidation next time.
-    fn remember_tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind, digest: &Digest) {
+    fn remember_tag(&self, repo: &UpstreamRepo, tag: &Tag, kind: ManifestKind, digest: &Digest) {
         let now = self.clock.now_secs();
-        let slot = TagSlot { upstream, repo, tag, kind };
+        let slot = TagSlot { repo, tag, kind };
         if let Err(e) = self.store.remember_tag(slot, digest, now, |before| freshness::republish_tag(before, digest, now)) {
-            tracing::warn!(error = %e, %upstream, %repo, %tag, "remembering a tag's answer failed; served, and revalidated next time");
+            tracing::warn!(error = %e, %tag, "remembering a tag's answer failed; served, and revalidated next time");
         }
     }
 
@@ -198,16 +272,15 @@ impl Cache {
         last: Option<&str>,
     ) -> Result<TagList, CacheError> {
         let n = n.map(|n| n.min(MAX_TAGS_PAGE));
-        let name = up.config().name.to_string();
-        let key_repo = up.upstream_name(repo);
+        let key_repo = up.repo(repo);
         match upstream_tags(up, repo, n, last).await {
             Ok(listed) => {
-                self.remember_tag_list(&name, &key_repo, &listed, n, last)?;
+                self.remember_tag_list(&key_repo, &listed, n, last)?;
                 Ok(tag_page(repo, listed.tags, n, last, listed.more, Answered::Pass, listed.rate_limit))
             }
             Err(e) if e.is_unavailable() => {
                 let Some(known) = self.known_tags(up, &key_repo).await? else { return Err(e.into()) };
-                tracing::warn!(upstream = %name, %repo, error = %e, "upstream unavailable; listing the tags regcache knows");
+                tracing::warn!(upstream = %key_repo.upstream, %repo, error = %e, "upstream unavailable; listing the tags regcache knows");
                 Ok(tag_page(repo, known, n, last, false, Answered::Stale, RateLimit::default()))
             }
             Err(e) => Err(e.into()),
@@ -227,8 +300,7 @@ impl Cache {
     /// the whole list for every page.)
     fn remember_tag_list(
         &self,
-        upstream: &str,
-        repo: &RepositoryName,
+        repo: &UpstreamRepo,
         listed: &TagsPage,
         n: Option<u32>,
         last: Option<&str>,
@@ -238,7 +310,7 @@ impl Cache {
         let complete = last.is_none() && !listed.more && n.is_none_or(|n| listed.tags.len() != n as usize);
         // Sorted and cut to MAX_LISTED_TAGS here, not under the index's lock.
         let page = ListedTags::new(listed.tags.iter().cloned(), now, complete.then_some(now));
-        self.store.remember_tag_list(upstream, repo, |old| {
+        self.store.remember_tag_list(repo, |old| {
             let mut new = match old.as_ref().filter(|_| !complete) {
                 None => page,
                 Some(old) => ListedTags::new(old.tags().iter().chain(page.tags()).cloned(), now, old.complete_at),
@@ -259,10 +331,9 @@ impl Cache {
     /// What regcache knows of a repository's tags while its upstream can't be asked: the last list
     /// remembered within `stale_max` (here, or newer in the shared bucket) merged with the tags
     /// resolved since ([`offline_tags`]); without one, the tags resolved. `None` when it knows none.
-    async fn known_tags(&self, up: &Arc<Upstream>, repo: &RepositoryName) -> Result<Option<Vec<String>>, CacheError> {
-        let name = up.config().name.as_str();
-        let list = self.store.tag_list(name, repo).await?.filter(|l| freshness::age(l.updated_at, self.clock.now_secs()) < up.config().stale_max);
-        Ok(offline_tags(list, self.store.index().tags_of(name, repo)?))
+    async fn known_tags(&self, up: &Arc<Upstream>, repo: &UpstreamRepo) -> Result<Option<Vec<String>>, CacheError> {
+        let list = self.store.tag_list(repo).await?.filter(|l| freshness::age(l.updated_at, self.clock.now_secs()) < up.config().stale_max);
+        Ok(offline_tags(list, self.store.index().tags_of(repo)?))
     }
 }
 

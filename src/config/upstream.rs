@@ -38,8 +38,9 @@ pub struct UpstreamConfig {
     /// loopback, link-local, private or CGNAT addresses.
     pub redirect_hosts: Vec<String>,
     /// Whether this is a private registry, whose redirects may lead into private networks.
-    /// `None` (what a file gives): decided from the addresses its host resolves to. Code embedding
-    /// regcache may decide it, e.g. tests whose servers are all on loopback.
+    /// `None` (what a file gives): decided from the addresses its host resolves to. Tests whose
+    /// servers are all on loopback decide it.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub private_network: Option<bool>,
     /// Limit for establishing a connection.
     pub connect_timeout: Duration,
@@ -98,6 +99,7 @@ impl UpstreamConfig {
             ca_pem: raw.ca_file.map(|file| read_pem_roots(&base.join(file))).transpose().map_err(err)?,
             auth_hosts: raw.auth_hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect(),
             redirect_hosts: redirect_hosts(&raw.redirect_hosts).map_err(err)?,
+            #[cfg(any(test, feature = "test-hooks"))]
             private_network: None,
             connect_timeout: or(raw.connect_timeout, DEFAULT_CONNECT_TIMEOUT),
             response_timeout: or(raw.response_timeout, DEFAULT_RESPONSE_TIMEOUT),

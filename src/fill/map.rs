@@ -15,7 +15,7 @@ use super::job::FillJob;
 use super::{Fill, FillError, FillState, Sink};
 use crate::config::FillBudget;
 use crate::fleet::Fleet;
-use crate::oci::{Digest, RepositoryName};
+use crate::oci::{Digest, RegistryHost, RepositoryName};
 use crate::singleflight::CallDied;
 use crate::sync::lock;
 use crate::upstream::{Upstream, UpstreamError};
@@ -36,7 +36,11 @@ const MAX_SHARED_FILLS: usize = 4096;
 
 /// Fills are shared per upstream (its name) and digest. Never across upstreams: a fill from a
 /// hostile or stalled upstream must not hold up or fail a request for another one.
-type FillKey = (String, Digest);
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct FillKey {
+    upstream: RegistryHost,
+    digest: Digest,
+}
 
 /// The requests reading running fills (see [`Fills::readers`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -103,8 +107,8 @@ impl Fills {
     }
 
     /// The running fill of `digest` from the upstream named `upstream`, if any.
-    pub fn get(&self, upstream: &str, digest: &Digest) -> Option<Arc<Fill>> {
-        let key = (upstream.to_owned(), digest.clone());
+    pub fn get(&self, upstream: &RegistryHost, digest: &Digest) -> Option<Arc<Fill>> {
+        let key = FillKey { upstream: upstream.clone(), digest: digest.clone() };
         lock(&self.running).get(&key).and_then(|f| f.first().cloned())
     }
 
@@ -119,7 +123,7 @@ impl Fills {
         join: Join,
         via: &Via,
     ) -> io::Result<Source> {
-        let key = (upstream.config().name.to_string(), digest.clone());
+        let key = FillKey { upstream: upstream.config().name.clone(), digest: digest.clone() };
         // The lock is held across the index lookup below (a sled read, in memory in practice): a
         // fill commits its blob (store, then index) before its guard takes it out of `running`
         // under this lock, so under the lock a request sees either the running fill or the stored
@@ -188,9 +192,9 @@ impl Fills {
 
     /// The fills in the map, each with the name of its upstream (for the status page; a fill run
     /// outside the map is not listed). A copy: the lock is not held once it returns.
-    pub fn running(&self) -> Vec<(String, Arc<Fill>)> {
+    pub fn running(&self) -> Vec<(RegistryHost, Arc<Fill>)> {
         let running = lock(&self.running);
-        running.iter().flat_map(|((upstream, _), fills)| fills.iter().map(|f| (upstream.clone(), f.clone()))).collect()
+        running.iter().flat_map(|(key, fills)| fills.iter().map(|f| (key.upstream.clone(), f.clone()))).collect()
     }
 
     /// Whether no fill is running.

@@ -4,8 +4,11 @@
 //! ([`hrw`], pinned as protocol). A node that misses a blob (not in its hot tier, not in the
 //! bucket) and is not its owner asks the owner over the member-to-member API (`/_fleet/` on the
 //! main listener, refused without the fleet's secret, [`auth`]); the owner joins or starts its
-//! normal fill and streams the bytes as they arrive. Who the members are and which are up is
-//! [`members`]' business (static `peers`, or `peers_dns` resolved every 10 s; passive health).
+//! normal fill and streams the bytes as they arrive. A tag is owned the same way, by the key
+//! `<upstream>/<repository>:<tag>` ([`tag_key`]): a node that must revalidate a tag it doesn't own
+//! asks the owner (`cache::fleet_tag`), so a burst of clients spread over the fleet causes one
+//! upstream request. Who the members are and which are up is [`members`]' business (static
+//! `peers`, or `peers_dns` resolved every 10 s; passive health).
 
 pub mod auth;
 pub mod hrw;
@@ -19,6 +22,7 @@ pub mod source;
 use std::sync::Arc;
 
 use crate::metrics::FleetMetrics;
+use crate::oci::{Tag, UpstreamRepo};
 
 pub use member::MemberId;
 pub use members::Members;
@@ -50,6 +54,39 @@ impl FleetOutcome {
     }
 }
 
+/// How a tag revalidation in a fleet went: the `outcome` label of
+/// `regcache_fleet_tag_revalidations_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TagOutcome {
+    /// A member (the tag's owner, or the next one up) answered, and its answer verified.
+    PeerAnswer,
+    /// A member asked failed to answer (it is taken for down).
+    OwnerDown,
+    /// A member's answer failed verification (bytes not matching the digest it claimed, not a
+    /// manifest, not what the client accepts): refused, and the member taken for down.
+    Refused,
+    /// No member answered usably: this node asked the upstream itself.
+    FellBackUpstream,
+}
+
+impl TagOutcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TagOutcome::PeerAnswer => "peer_answer",
+            TagOutcome::OwnerDown => "owner_down",
+            TagOutcome::Refused => "refused",
+            TagOutcome::FellBackUpstream => "fell_back_upstream",
+        }
+    }
+}
+
+/// The key a tag is owned by: `<upstream>/<repository>:<tag>`, the upstream by its configured name
+/// and the repository by the name the upstream knows (so `alpine` and `library/alpine` are one).
+pub fn tag_key(repo: &UpstreamRepo, tag: &Tag) -> String {
+    format!("{repo}:{tag}")
+}
+
 /// This node's view of the fleet: the members, their health, and the shared secret.
 pub struct Fleet {
     members: Arc<Members>,
@@ -77,6 +114,11 @@ impl Fleet {
     /// Count `outcome`.
     pub fn count(&self, outcome: FleetOutcome) {
         self.metrics.outcome(outcome.as_str());
+    }
+
+    /// Count a tag revalidation's `outcome`.
+    pub fn count_tag(&self, outcome: TagOutcome) {
+        self.metrics.tag_outcome(outcome.as_str());
     }
 
     /// The client for the other members.

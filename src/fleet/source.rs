@@ -198,3 +198,32 @@ async fn next_frame(body: &mut Incoming, idle: Duration) -> Result<Option<Bytes>
         }
     }
 }
+
+/// The size of `ask`'s blob for a `HEAD` this node can't answer itself: from the members ranked
+/// above this node for the blob, in order (the owner answers from its store, its fill, or its own
+/// upstream `HEAD`); `None` when none answers or this node owns the blob (the caller asks the
+/// upstream). A member that fails to answer is taken for down; one that answered about the blob
+/// (e.g. 404) leaves the answer to the upstream. Only a size is taken from a member, as from an
+/// upstream's `HEAD`: its bytes are verified when they are fetched.
+pub async fn head(fleet: &Fleet, upstream: &Upstream, ask: &BlobAsk) -> Option<u64> {
+    let header_timeout = upstream.config().response_timeout.saturating_add(super::peer::CONNECT_TIMEOUT);
+    for member in fleet.members().sources(&ask.digest.to_string(), Instant::now()) {
+        match fleet.client().head(&member, ask, header_timeout).await {
+            Ok(size) => {
+                fleet.members().answered(&member);
+                return Some(size);
+            }
+            Err(PeerError::Answered(status)) => {
+                tracing::debug!(%member, digest = %ask.digest, %status, "a member answered about the blob; asking the upstream");
+                fleet.members().answered(&member);
+                return None;
+            }
+            Err(PeerError::Down(why)) => {
+                tracing::warn!(%member, digest = %ask.digest, error = %why, "a member did not answer; it is taken for down for a while");
+                fleet.members().failed(&member, Instant::now());
+                fleet.count(FleetOutcome::OwnerDown);
+            }
+        }
+    }
+    None
+}

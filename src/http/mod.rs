@@ -27,7 +27,7 @@ use crate::cache::{Answered, BlobAnswer, Cache, ManifestAnswer, ReferrerList, Ta
 use crate::config::Connections;
 use crate::logs::{RequestId, REQUEST_ID_HEADER};
 use crate::metrics::{Metrics, RouteLabel};
-use crate::oci::{is_registry_host, AcceptList, ErrorCode, RepositoryName};
+use crate::oci::{is_registry_host, AcceptList, ErrorCode, RepositoryName, UpstreamRepo};
 use crate::upstream::{content_length, Upstream};
 use error::{refused, rescue, route_error, Resource};
 pub use range::parse_range;
@@ -111,10 +111,7 @@ pub struct AppParts {
 /// The repository a request was for, as its upstream names it: counted for the status page's top
 /// repositories once its body is done (a response extension from `respond_to` to `handle`).
 #[derive(Clone, Debug)]
-struct Counted {
-    upstream: String,
-    repository: String,
-}
+struct CountedRepo(UpstreamRepo);
 
 /// Which listener a request came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,7 +180,7 @@ impl App {
         let status = resp.status();
         let metrics = self.metrics.clone();
         let expected = if method == Method::HEAD { Some(0) } else { content_length(resp.headers()) };
-        let counted = resp.extensions_mut().remove::<Counted>();
+        let counted = resp.extensions_mut().remove::<CountedRepo>();
         Ok(resp.map(|body| {
             logged(body, expected, move |bytes, complete| {
                 let cache = match outcome {
@@ -192,7 +189,7 @@ impl App {
                 };
                 metrics.request(route, status.as_u16(), cache, bytes);
                 if let Some(c) = counted {
-                    metrics.board().repository(c.upstream, c.repository, bytes);
+                    metrics.board().repository(c.0, bytes);
                 }
                 tracing::info!(
                     request_id = %request_id,
@@ -220,7 +217,8 @@ impl App {
         let mut resp = match (surface, &route) {
             // Members authenticate with the fleet's secret, not as clients.
             (Surface::Main, Route::FleetBlob(digest)) => self.fleet_blob(&req, digest).await,
-            (Surface::Admin | Surface::Local, Route::FleetBlob(_)) => {
+            (Surface::Main, Route::FleetTag(tag)) => self.fleet_tag(&req, tag).await,
+            (Surface::Admin | Surface::Local, Route::FleetBlob(_) | Route::FleetTag(_)) => {
                 route_error(&RouteError::new(RouteErrorKind::NotFound, ErrorCode::NameUnknown, "not served on this address"))
             }
             (Surface::Admin | Surface::Local, Route::Metrics | Route::Status | Route::StatusJson | Route::Healthz)
@@ -308,7 +306,7 @@ impl App {
             Ok(x) => x,
             Err(e) => return route_error(&e),
         };
-        let counted = Counted { upstream: up.config().name.to_string(), repository: up.upstream_name(&name).to_string() };
+        let counted = CountedRepo(up.repo(&name));
         let mut resp = match what {
             RepoRoute::Manifest(reference) => {
                 let accept = AcceptList::from_headers(req.headers());

@@ -6,7 +6,7 @@
 
 use http::Method;
 
-use crate::oci::{Blame, Digest, ErrorCode, NameError, Reference, RepositoryName};
+use crate::oci::{Blame, Digest, ErrorCode, NameError, Reference, RepositoryName, Tag};
 use crate::metrics::RouteLabel;
 
 /// A request regcache serves.
@@ -20,9 +20,11 @@ pub enum Route {
     Metrics,
     /// `GET /healthz`: liveness.
     Healthz,
-    /// `GET /_fleet/v1/blobs/<digest>`: a blob for another member of the fleet (never under
+    /// `GET|HEAD /_fleet/v1/blobs/<digest>`: a blob for another member of the fleet (never under
     /// `/v2/`, where clients are served).
     FleetBlob(Digest),
+    /// `GET|HEAD /_fleet/v1/tags/<tag>`: what a tag names now, for another member of the fleet.
+    FleetTag(Tag),
     /// `GET /status`: the status page (HTML).
     Status,
     /// `GET /status.json`: the status page's snapshot.
@@ -53,7 +55,7 @@ impl Route {
             Route::Repo(_, RepoRoute::Referrers(_)) => RouteLabel::Referrers,
             Route::Metrics => RouteLabel::Metrics,
             Route::Healthz => RouteLabel::Healthz,
-            Route::FleetBlob(_) => RouteLabel::Fleet,
+            Route::FleetBlob(_) | Route::FleetTag(_) => RouteLabel::Fleet,
             Route::Status | Route::StatusJson => RouteLabel::Status,
         }
     }
@@ -129,8 +131,11 @@ pub fn route(method: &Method, path: &str) -> Result<Route, RouteError> {
         "/status.json" if read => return Ok(Route::StatusJson),
         _ => {}
     }
-    if let Some(digest) = path.strip_prefix("/_fleet/v1/blobs/").filter(|_| *method == Method::GET) {
+    if let Some(digest) = path.strip_prefix("/_fleet/v1/blobs/").filter(|_| read) {
         return Ok(Route::FleetBlob(digest.parse().map_err(NameError::from)?));
+    }
+    if let Some(tag) = path.strip_prefix("/_fleet/v1/tags/").filter(|_| read) {
+        return Ok(Route::FleetTag(tag.parse()?));
     }
     let Some(rest) = path.strip_prefix("/v2") else { return Err(not_found()) };
     if !read {
@@ -223,6 +228,9 @@ mod tests {
         assert_eq!(route(&get, "/metrics"), Ok(Route::Metrics));
         assert_eq!(route(&Method::HEAD, "/healthz"), Ok(Route::Healthz));
         assert_eq!(route(&get, &format!("/_fleet/v1/blobs/{D}")), Ok(Route::FleetBlob(D.parse().unwrap())));
+        assert_eq!(route(&Method::HEAD, &format!("/_fleet/v1/blobs/{D}")), Ok(Route::FleetBlob(D.parse().unwrap())));
+        assert_eq!(route(&get, "/_fleet/v1/tags/v1.0"), Ok(Route::FleetTag("v1.0".parse().unwrap())));
+        assert_eq!(route(&Method::HEAD, "/_fleet/v1/tags/latest"), Ok(Route::FleetTag("latest".parse().unwrap())));
         assert_eq!(route(&get, "/status"), Ok(Route::Status));
         assert_eq!(route(&get, "/status.json"), Ok(Route::StatusJson));
         assert!(route(&Method::POST, "/status").is_err());
@@ -254,7 +262,10 @@ mod tests {
             (&get, "/v2/alpine/referrers/latest", StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
             // The member-to-member API is not under /v2/, and /v2/ never reaches it.
             (&get, "/_fleet/v1/blobs/latest", StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
-            (&Method::HEAD, &format!("/_fleet/v1/blobs/{D}"), StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+            (&Method::POST, &format!("/_fleet/v1/blobs/{D}"), StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+            (&Method::PUT, "/_fleet/v1/tags/latest", StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+            (&get, "/_fleet/v1/tags/bad%20tag", StatusCode::BAD_REQUEST, ErrorCode::TagInvalid),
+            (&get, "/_fleet/v1/tags/a/b", StatusCode::BAD_REQUEST, ErrorCode::TagInvalid),
             (&get, "/_fleet/v1/other", StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
             (&get, &format!("/v2/_fleet/v1/blobs/{D}"), StatusCode::BAD_REQUEST, ErrorCode::NameInvalid),
         ];

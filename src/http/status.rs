@@ -19,7 +19,7 @@ impl App {
         let fills = self.cache.fills().running().into_iter().map(|(upstream, fill)| {
             let (bytes_done, bytes_total) = fill.progress();
             FillStatus {
-                upstream,
+                upstream: upstream.to_string(),
                 repository: fill.repository().to_string(),
                 digest: fill.digest().to_string(),
                 bytes_done,

@@ -93,6 +93,11 @@ impl AcceptList {
         AcceptList(vec![media_type.to_ascii_lowercase()])
     }
 
+    /// The types the client named, in order (none: it accepts anything).
+    pub fn types(&self) -> &[String] {
+        &self.0
+    }
+
     /// What to send upstream: the client's list, or every manifest type when it named none.
     pub fn for_upstream(&self) -> Vec<String> {
         if self.0.is_empty() {

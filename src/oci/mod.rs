@@ -7,6 +7,7 @@ mod host;
 mod manifest;
 mod media;
 mod name;
+mod upstream_repo;
 mod verify;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
@@ -18,6 +19,7 @@ pub use media::{
 };
 pub use manifest::{references, Child, Refs};
 pub use name::{is_registry_host, ImageRef, NameError, Reference, RepositoryName, Tag, MAX_TAG_LEN};
+pub use upstream_repo::UpstreamRepo;
 pub use verify::{verify_manifest, ManifestError, VerifiedManifest};
 #[cfg(test)]
 pub(crate) use verify::signed_schema1;

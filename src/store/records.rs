@@ -13,7 +13,7 @@ use std::str::FromStr;
 use bytes::Bytes;
 
 use super::index::StoredManifest;
-use crate::oci::{Digest, ManifestKind, RegistryHost, RepositoryName, Tag};
+use crate::oci::{Digest, ManifestKind, RegistryHost, Tag, UpstreamRepo};
 
 /// The largest manifest record: the largest manifest regcache keeps, after its media type and a NUL.
 pub const MAX_MANIFEST_RECORD: usize = crate::upstream::MAX_MANIFEST + 256;
@@ -28,10 +28,8 @@ pub enum RecordKey {
     /// What a tag pointed at for clients asking for one kind of answer:
     /// `tags/<upstream>/<repository>/<tag>/<kind>`.
     Tag {
-        /// The upstream's name.
-        upstream: RegistryHost,
-        /// The repository, as the upstream names it.
-        repo: RepositoryName,
+        /// The repository, on its upstream.
+        repo: UpstreamRepo,
         /// The tag.
         tag: Tag,
         /// The kind of answer.
@@ -39,10 +37,8 @@ pub enum RecordKey {
     },
     /// The last referrers list of a manifest: `referrers/<upstream>/<repository>/<algorithm>/<hex>`.
     Referrers {
-        /// The upstream's name.
-        upstream: RegistryHost,
-        /// The repository, as the upstream names it.
-        repo: RepositoryName,
+        /// The repository, on its upstream.
+        repo: UpstreamRepo,
         /// The manifest whose referrers they are.
         subject: Digest,
     },
@@ -50,10 +46,8 @@ pub enum RecordKey {
     /// `_list`, which can't be a repository's component: no repository's key is a folder of
     /// another's (a directory bucket could not hold both `…/org/app` and `…/org/app/sub/…`).
     TagList {
-        /// The upstream's name.
-        upstream: RegistryHost,
-        /// The repository, as the upstream names it.
-        repo: RepositoryName,
+        /// The repository, on its upstream.
+        repo: UpstreamRepo,
     },
     /// A node's heartbeat (bucket eviction): `nodes/<node>`.
     Node(String),
@@ -93,9 +87,10 @@ impl fmt::Display for RecordKey {
         let digest = |d: &Digest| format!("{}/{}", d.algorithm().as_str(), d.hex());
         match self {
             RecordKey::Manifest(d) => write!(f, "{MANIFESTS}/{}", digest(d)),
-            RecordKey::Tag { upstream, repo, tag, kind } => write!(f, "{TAGS}/{}/{repo}/{tag}/{}", upstream.as_str(), kind.as_str()),
-            RecordKey::Referrers { upstream, repo, subject } => write!(f, "{REFERRERS}/{}/{repo}/{}", upstream.as_str(), digest(subject)),
-            RecordKey::TagList { upstream, repo } => write!(f, "{TAG_LISTS}/{}/{repo}/_list", upstream.as_str()),
+            // `UpstreamRepo` shows as `<upstream>/<repository>`.
+            RecordKey::Tag { repo, tag, kind } => write!(f, "{TAGS}/{repo}/{tag}/{}", kind.as_str()),
+            RecordKey::Referrers { repo, subject } => write!(f, "{REFERRERS}/{repo}/{}", digest(subject)),
+            RecordKey::TagList { repo } => write!(f, "{TAG_LISTS}/{repo}/_list"),
             RecordKey::Node(node) => write!(f, "{NODES}/{node}"),
             RecordKey::Access { node, name } => write!(f, "{ACCESS}/{node}/{name}"),
         }
@@ -119,18 +114,18 @@ fn parse(key: &str) -> Option<RecordKey> {
             let (upstream, rest) = rest.split_once('/')?;
             let (rest, kind) = rest.rsplit_once('/')?;
             let (repo, tag) = rest.rsplit_once('/')?;
-            RecordKey::Tag { upstream: upstream_of(upstream)?, repo: repo.parse().ok()?, tag: tag.parse().ok()?, kind: kind_of(kind)? }
+            RecordKey::Tag { repo: repo_of(upstream, repo)?, tag: tag.parse().ok()?, kind: kind_of(kind)? }
         }
         REFERRERS => {
             let (upstream, rest) = rest.split_once('/')?;
             let (rest, hex) = rest.rsplit_once('/')?;
             let (repo, algorithm) = rest.rsplit_once('/')?;
-            RecordKey::Referrers { upstream: upstream_of(upstream)?, repo: repo.parse().ok()?, subject: digest(&format!("{algorithm}/{hex}"))? }
+            RecordKey::Referrers { repo: repo_of(upstream, repo)?, subject: digest(&format!("{algorithm}/{hex}"))? }
         }
         TAG_LISTS => {
             let (upstream, rest) = rest.split_once('/')?;
             let repo = rest.strip_suffix("/_list")?;
-            RecordKey::TagList { upstream: upstream_of(upstream)?, repo: repo.parse().ok()? }
+            RecordKey::TagList { repo: repo_of(upstream, repo)? }
         }
         NODES => RecordKey::Node(node_of(rest)?),
         ACCESS => {
@@ -150,10 +145,14 @@ fn digest(s: &str) -> Option<Digest> {
     format!("{algorithm}:{hex}").parse().ok()
 }
 
-/// A plain host name (letters, digits, `.-:[]`): an upstream as the configuration names it.
-fn upstream_of(s: &str) -> Option<RegistryHost> {
-    let plain = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
-    plain.then(|| RegistryHost::new(s))
+/// `repo` on `upstream`, if `upstream` is a plain host name (letters, digits, `.-:[]`: an upstream
+/// as the configuration names it) and `repo` a repository name.
+fn repo_of(upstream: &str, repo: &str) -> Option<UpstreamRepo> {
+    let plain = !upstream.is_empty() && upstream.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
+    if !plain {
+        return None;
+    }
+    Some(UpstreamRepo { upstream: RegistryHost::new(upstream), name: repo.parse().ok()? })
 }
 
 fn kind_of(s: &str) -> Option<ManifestKind> {
@@ -192,27 +191,25 @@ mod tests {
     fn keys_read_back_as_written_and_nothing_else_reads() {
         let d = Digest::sha256_of(b"m");
         let hex = d.hex().to_owned();
-        let host = RegistryHost::new;
-        let name = |s: &str| s.parse::<RepositoryName>().unwrap();
         let cases: Vec<(String, Option<RecordKey>)> = vec![
             (format!("manifests/sha256/{hex}"), Some(RecordKey::Manifest(d.clone()))),
             (
                 "tags/docker.io/library/alpine/3/image".into(),
-                Some(RecordKey::Tag { upstream: host("docker.io"), repo: name("library/alpine"), tag: "3".parse().unwrap(), kind: ManifestKind::Image }),
+                Some(RecordKey::Tag { repo: UpstreamRepo::of("docker.io", "library/alpine"), tag: "3".parse().unwrap(), kind: ManifestKind::Image }),
             ),
             (
                 "tags/ghcr.io/org/team/app/v1.2/index".into(),
-                Some(RecordKey::Tag { upstream: host("ghcr.io"), repo: name("org/team/app"), tag: "v1.2".parse().unwrap(), kind: ManifestKind::Index }),
+                Some(RecordKey::Tag { repo: UpstreamRepo::of("ghcr.io", "org/team/app"), tag: "v1.2".parse().unwrap(), kind: ManifestKind::Index }),
             ),
             (
                 "tags/localhost:5000/app/latest/schema1".into(),
-                Some(RecordKey::Tag { upstream: host("localhost:5000"), repo: name("app"), tag: "latest".parse().unwrap(), kind: ManifestKind::Schema1 }),
+                Some(RecordKey::Tag { repo: UpstreamRepo::of("localhost:5000", "app"), tag: "latest".parse().unwrap(), kind: ManifestKind::Schema1 }),
             ),
             (
                 format!("referrers/docker.io/library/alpine/sha256/{hex}"),
-                Some(RecordKey::Referrers { upstream: host("docker.io"), repo: name("library/alpine"), subject: d.clone() }),
+                Some(RecordKey::Referrers { repo: UpstreamRepo::of("docker.io", "library/alpine"), subject: d.clone() }),
             ),
-            ("taglists/ghcr.io/org/app/_list".into(), Some(RecordKey::TagList { upstream: host("ghcr.io"), repo: name("org/app") })),
+            ("taglists/ghcr.io/org/app/_list".into(), Some(RecordKey::TagList { repo: UpstreamRepo::of("ghcr.io", "org/app") })),
             ("nodes/0123abcd".into(), Some(RecordKey::Node("0123abcd".into()))),
             ("access/n1/0000000001234-c0".into(), Some(RecordKey::Access { node: "n1".into(), name: "0000000001234-c0".into() })),
             ("tags/docker.io/3/image".into(), None),

@@ -12,16 +12,14 @@ use bytes::Bytes;
 use super::backend::BlobRead;
 use super::index::{ListedTags, StoredManifest, TagAnswer};
 use super::Store;
-use crate::oci::{Digest, ManifestKind, RepositoryName, Tag};
+use crate::oci::{Digest, ManifestKind, Tag, UpstreamRepo};
 
 /// A tag as the store keeps it: per upstream, under the repository name the upstream knows
 /// (`library/alpine`), once per kind of answer.
 #[derive(Clone, Copy, Debug)]
 pub struct TagSlot<'a> {
-    /// The upstream's name.
-    pub upstream: &'a str,
-    /// The repository, as the upstream names it.
-    pub repo: &'a RepositoryName,
+    /// The repository, on its upstream.
+    pub repo: &'a UpstreamRepo,
     /// The tag.
     pub tag: &'a Tag,
     /// The kind of answer (what the client's `Accept` asks for).
@@ -106,16 +104,16 @@ impl Store {
     /// as the shared tier does (another node may have confirmed it since); the shared tier's answer,
     /// if newer, is kept in the index.
     pub async fn tag(&self, slot: TagSlot<'_>, ask_shared: impl FnOnce(Option<&TagAnswer>) -> bool) -> sled::Result<RememberedTag> {
-        let local = self.index.tag(slot.upstream, slot.repo, slot.tag)?.and_then(|e| e.answer(slot.kind).cloned());
+        let local = self.index.tag(slot.repo, slot.tag)?.and_then(|e| e.answer(slot.kind).cloned());
         if !ask_shared(local.as_ref()) {
             return Ok(RememberedTag { local, bucket: None });
         }
         let theirs = match &self.shared {
-            Some(shared) => shared.tag(slot.upstream, slot.repo, slot.tag, slot.kind).await,
+            Some(shared) => shared.tag(slot.repo, slot.tag, slot.kind).await,
             None => None,
         };
         if let Some(theirs) = theirs.as_ref().filter(|t| local.as_ref().is_none_or(|l| t.checked_at > l.checked_at)) {
-            self.index.put_tag(slot.upstream, slot.repo, slot.tag, slot.kind, theirs)?;
+            self.index.put_tag(slot.repo, slot.tag, slot.kind, theirs)?;
         }
         Ok(RememberedTag { local, bucket: Some(theirs) })
     }
@@ -124,7 +122,7 @@ impl Store {
     /// tier too unless `republish(the answer before)` says it is there already.
     pub fn remember_tag(&self, slot: TagSlot<'_>, digest: &Digest, now: u64, republish: impl Fn(Option<&TagAnswer>) -> bool) -> sled::Result<()> {
         let mut publish = None;
-        self.index.update_tag(slot.upstream, slot.repo, slot.tag, slot.kind, |before| {
+        self.index.update_tag(slot.repo, slot.tag, slot.kind, |before| {
             let again = self.shared.is_some() && republish(before);
             let published_at = if again { Some(now) } else { before.and_then(|b| b.published_at) };
             let known = TagAnswer { digest: digest.clone(), checked_at: now, published_at };
@@ -132,38 +130,38 @@ impl Store {
             known
         })?;
         if let (Some(shared), Some(known)) = (&self.shared, publish) {
-            shared.publish_tag(slot.upstream, slot.repo, slot.tag, slot.kind, &known);
+            shared.publish_tag(slot.repo, slot.tag, slot.kind, &known);
         }
         Ok(())
     }
 
     /// The last referrers list of `digest` seen: by this node, else by another (the shared tier),
     /// at most `max` bytes of it.
-    pub async fn referrers(&self, upstream: &str, repo: &RepositoryName, digest: &Digest, max: usize) -> sled::Result<Option<Bytes>> {
-        if let Some(body) = self.index.referrers(upstream, repo, digest)? {
+    pub async fn referrers(&self, repo: &UpstreamRepo, digest: &Digest, max: usize) -> sled::Result<Option<Bytes>> {
+        if let Some(body) = self.index.referrers(repo, digest)? {
             return Ok(Some(body));
         }
         Ok(match &self.shared {
-            Some(shared) => shared.referrers(upstream, repo, digest, max).await,
+            Some(shared) => shared.referrers(repo, digest, max).await,
             None => None,
         })
     }
 
     /// Remember the referrers list the upstream gave for `digest`, and publish it.
-    pub fn remember_referrers(&self, upstream: &str, repo: &RepositoryName, digest: &Digest, body: Bytes) -> sled::Result<()> {
-        self.index.put_referrers(upstream, repo, digest, &body)?;
+    pub fn remember_referrers(&self, repo: &UpstreamRepo, digest: &Digest, body: Bytes) -> sled::Result<()> {
+        self.index.put_referrers(repo, digest, &body)?;
         self.note_growth();
         if let Some(shared) = &self.shared {
-            shared.publish_referrers(upstream, repo, digest, body);
+            shared.publish_referrers(repo, digest, body);
         }
         Ok(())
     }
 
     /// The tag list of `repo` remembered last: this node's, or the shared tier's when it is newer.
-    pub async fn tag_list(&self, upstream: &str, repo: &RepositoryName) -> sled::Result<Option<ListedTags>> {
-        let mut list = self.index.tag_list(upstream, repo)?;
+    pub async fn tag_list(&self, repo: &UpstreamRepo) -> sled::Result<Option<ListedTags>> {
+        let mut list = self.index.tag_list(repo)?;
         if let Some(shared) = &self.shared {
-            if let Some(theirs) = shared.tag_list(upstream, repo).await {
+            if let Some(theirs) = shared.tag_list(repo).await {
                 if list.as_ref().is_none_or(|l| theirs.updated_at > l.updated_at) {
                     list = Some(theirs);
                 }
@@ -176,18 +174,17 @@ impl Store {
     /// `update` says so (its `bool`).
     pub fn remember_tag_list(
         &self,
-        upstream: &str,
-        repo: &RepositoryName,
+        repo: &UpstreamRepo,
         update: impl FnOnce(Option<ListedTags>) -> (ListedTags, bool),
     ) -> sled::Result<()> {
         let mut publish = false;
-        let (_, new) = self.index.update_tag_list(upstream, repo, |old| {
+        let (_, new) = self.index.update_tag_list(repo, |old| {
             let (new, again) = update(old);
             publish = again;
             new
         })?;
         if let Some(shared) = self.shared.as_ref().filter(|_| publish) {
-            shared.publish_tag_list(upstream, repo, &new);
+            shared.publish_tag_list(repo, &new);
         }
         Ok(())
     }

@@ -116,7 +116,7 @@ impl Guard {
         let literal = own.parse::<IpAddr>().ok().map(is_internal);
         Guard {
             allowed: cfg.redirect_hosts.iter().map(|h| bare_host(h)).collect(),
-            fixed: cfg.private_network.or(literal),
+            fixed: decided(cfg).or(literal),
             learned: AtomicBool::new(false),
             own,
         }
@@ -153,6 +153,18 @@ impl Guard {
 }
 
 /// A host as compared: lowercased, without IPv6 brackets.
+/// Whether `cfg` says it is a private registry: only a test decides it (a file never does).
+#[cfg(any(test, feature = "test-hooks"))]
+fn decided(cfg: &UpstreamConfig) -> Option<bool> {
+    cfg.private_network
+}
+
+/// Whether `cfg` says it is a private registry: a file never decides it.
+#[cfg(not(any(test, feature = "test-hooks")))]
+fn decided(_: &UpstreamConfig) -> Option<bool> {
+    None
+}
+
 fn bare_host(host: &str) -> String {
     host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase()
 }

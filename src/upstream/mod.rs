@@ -25,7 +25,7 @@ use url::Url;
 
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
-use crate::oci::{first_error, Blame, ErrorCode, RegistryHost, RepositoryName};
+use crate::oci::{first_error, Blame, ErrorCode, RegistryHost, RepositoryName, UpstreamRepo};
 use crate::singleflight::CallDied;
 pub use auth::{parse_token_response, Auth, Token};
 pub use challenge::{parse_challenges, Challenge};
@@ -346,6 +346,12 @@ impl Upstream {
     /// The name regcache asks the upstream for (see [`RegistryHost::upstream_name`]).
     pub fn upstream_name(&self, repo: &RepositoryName) -> RepositoryName {
         self.config.name.upstream_name(repo)
+    }
+
+    /// `repo` on this upstream, as it names it: what the store keys the repository's tags, tag list
+    /// and referrers by.
+    pub fn repo(&self, repo: &RepositoryName) -> UpstreamRepo {
+        UpstreamRepo::on(&self.config.name, repo)
     }
 
     /// `method /v2/<repo>/<rest>` with auth and redirects; `Ok` only for a 2xx answer.

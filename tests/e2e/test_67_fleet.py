@@ -7,18 +7,21 @@
 - a listed member that never started owns a blob: pulls through the others finish promptly and
   the blob is fetched from the upstream once;
 - `/_fleet/` without the fleet's secret (401) or with a wrong one (403): an OCI error body and no
-  content.
+  content;
+- clients of all three nodes resolving one tag once its `tag_ttl` is over: the registry's access
+  log shows one manifest request for it (the tag's owner revalidating it), not one per node.
 
 Ownership is computed here as the issue pins it: the first 8 bytes, big-endian, of
 sha256(member ‖ 0x00 ‖ digest); the highest-scoring member owns."""
 import hashlib
 import json
 import os
+import threading
 import time
 
 import pytest
 
-from e2elib.images import big_blob
+from e2elib.images import MT_DOCKER_LIST, MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST, big_blob
 from e2elib.net import BlobDownload
 from e2elib.util import free_port, http_request, wait_until
 
@@ -39,7 +42,7 @@ def ranked(members, digest):
 class Fleet:
     """`n` regcache nodes listing each other (and `absent` members that never start) in `[fleet]`."""
 
-    def __init__(self, start_regcache, workdir, name, n, absent=0):
+    def __init__(self, start_regcache, workdir, name, n, absent=0, tag_ttl=None):
         secret_file = os.path.join(workdir, f"{name}.secret")
         with open(secret_file, "w") as f:
             f.write(SECRET + "\n")
@@ -49,7 +52,7 @@ class Fleet:
         self.nodes = {}
         for i, port in enumerate(ports[:n]):
             table = f'[fleet]\nnode = "{self.members[i]}"\npeers = [{peers}]\nsecret_file = "{secret_file}"\n'
-            self.nodes[self.members[i]] = start_regcache(f"{name}-{i}", port=port, extra=table)
+            self.nodes[self.members[i]] = start_regcache(f"{name}-{i}", port=port, extra=table, tag_ttl=tag_ttl)
 
     def order(self, digest):
         return ranked(self.members, digest)
@@ -140,3 +143,36 @@ def test_the_member_api_needs_the_secret(start_regcache, workdir, upstream, cata
     assert not (delta.registry or delta.cdn), "a refused request reached the upstream"
     status, _, body = http_request("127.0.0.1", rc.port, "GET", path, headers=dict(ask, **{"x-regcache-fleet-secret": SECRET}))
     assert status == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == blob.digest
+
+
+def get_tag(rc, img):
+    """`GET` `img`'s tag through `rc` as Docker asks for it: (status, digest, whether the body hashed
+    to that digest)."""
+    accept = ", ".join([MT_DOCKER_MANIFEST, MT_DOCKER_LIST, MT_OCI_INDEX, MT_OCI_MANIFEST])
+    status, headers, body = http_request("127.0.0.1", rc.port, "GET", f"/v2/{img.repo}/manifests/{img.tag}",
+                                         headers={"accept": accept})
+    digest = headers.get("docker-content-digest", "")
+    return status, digest, "sha256:" + hashlib.sha256(body).hexdigest() == digest
+
+
+def test_clients_of_three_nodes_revalidate_a_tag_with_one_upstream_request(start_regcache, workdir, upstream, catalog):
+    ttl = 4
+    img = catalog["alpine"]
+    fleet = Fleet(start_regcache, workdir, "fleet-tag", 3, tag_ttl=f"{ttl}s")
+    nodes = list(fleet.nodes.values())
+    for rc in nodes:
+        assert get_tag(rc, img) == (200, img.digest, True)
+    # Every node's answer, and the owner's, is now older than tag_ttl: each must be revalidated.
+    # (The time passing is the condition waited for.)
+    time.sleep(ttl + 1)
+    before = upstream.counters()
+    results = []
+    clients = [threading.Thread(target=lambda rc=rc: results.append(get_tag(rc, img))) for rc in nodes for _ in range(4)]
+    for c in clients:
+        c.start()
+    for c in clients:
+        c.join(60)
+    assert results == [(200, img.digest, True)] * len(clients), results
+    delta = before.delta()
+    asked = [r for r in delta.registry_manifest if r["repo"] == img.repo and r["ref"] == img.tag and r["status"] != 401]
+    assert len(asked) == 1, f"one upstream request for the tag, the owner's: {delta.summary()}"

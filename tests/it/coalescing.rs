@@ -168,7 +168,7 @@ async fn concurrent_manifest_requests_share_revalidation_fetch_and_token() {
             (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
         }));
     }
-    let calls = m.shared_calls.clone();
+    let calls = m.coalesced_calls.clone();
     // The HEAD without a token (answered 401), then the HEAD with the token: one revalidation.
     for step in ["HEAD without a token", "HEAD with the token"] {
         tokio::time::timeout(PROMPTLY, reg.wait_held(1)).await.expect(step);

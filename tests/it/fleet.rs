@@ -1,7 +1,9 @@
 //! Three regcache nodes in one fleet against one fake upstream: a cold blob is fetched from the
 //! upstream once for every client of every node; the owner stopping mid-stream, or a listed member
 //! that never started, fails no pull; the member-to-member API refuses requests without the
-//! fleet's secret. Members reach each other through small TCP proxies (their member URLs), so a
+//! fleet's secret. A tag revalidated by clients of every node costs one upstream request (its
+//! owner's); an owner's answer that doesn't verify is refused, an owner that is down skipped, and
+//! with the upstream down every node serves its tags stale; a cold blob's `HEAD` asks its owner. Members reach each other through small TCP proxies (their member URLs), so a
 //! test can take a member off the network at once, as a SIGKILL would: its connections are cut
 //! and new ones refused.
 
@@ -14,11 +16,13 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use regcache::fleet::hrw;
 use regcache::fleet::MemberId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::it::mirror::{error_code, eventually, Mirror, Options, PROMPTLY};
 use crate::support::fake_registry::{sha256_digest, Fault, FakeRegistry};
+use crate::support::images;
 
 const SECRET: &str = "fleet-test-secret";
 
@@ -57,7 +61,7 @@ struct Fleet {
     members: Vec<MemberId>,
     /// The ports of the members that never started: bound, never listening, so connections are
     /// refused and no other test's server gets the port meanwhile.
-    _absent: Vec<TcpSocket>,
+    absent: Vec<TcpSocket>,
     _dir: tempfile::TempDir,
 }
 
@@ -91,7 +95,7 @@ impl Fleet {
             nodes.push(Mirror::start_on(reg, opts, listener).await);
         }
         let members = members.iter().map(|m| m.parse().unwrap()).collect();
-        Fleet { nodes, proxies, members, _absent: absent_ports, _dir: dir }
+        Fleet { nodes, proxies, members, absent: absent_ports, _dir: dir }
     }
 
     /// The members in their order for `digest` (the owner first), as indexes into `members`.
@@ -216,6 +220,12 @@ async fn a_listed_member_that_never_started_holds_up_no_pull() {
         let text = node.metrics_with("regcache_fleet_fills_total{outcome=\"owner_down\"}").await;
         assert!(text.contains(&format!("regcache_fleet_member_up{{member=\"{dead}\"}} 0")), "{text}");
     }
+    // A HEAD of a blob the member that never started owns: answered all the same.
+    let (other, _) = blob_owned_by(&reg, &fleet, 2, 1000);
+    for node in &fleet.nodes {
+        let resp = node.head(&format!("/v2/library/app/blobs/{other}")).await;
+        assert_eq!((resp.status().as_u16(), resp.headers()["content-length"].to_str().unwrap()), (200, "1000"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,4 +267,214 @@ async fn the_member_api_refuses_requests_without_the_secret() {
     assert_eq!(part.status().as_u16(), 206);
     assert_eq!(part.headers()["x-regcache-offset"], "2");
     assert_eq!(part.bytes().await.unwrap().as_ref(), b"member's blob");
+}
+
+/// The first tag `t<i>` of `library/app` whose owner among `fleet`'s members is `owner`, pushed as
+/// a schema2 image.
+fn tag_owned_by(reg: &FakeRegistry, fleet: &Fleet, owner: usize) -> (String, images::Image) {
+    let tag = (0u32..).map(|i| format!("t{i}")).find(|t| fleet.order(&format!("docker.io/library/app:{t}"))[0] == owner).unwrap();
+    let image = images::schema2_image(reg, "library/app", &tag, 1, 10);
+    (tag, image)
+}
+
+/// `GET` the manifest `library/app:<tag>` through `url` as a Docker schema2 client: its status
+/// and digest, and whether the body hashed to that digest.
+async fn get_tag(url: &str, tag: &str) -> (u16, String, bool) {
+    let resp = Mirror::client()
+        .get(format!("{url}/v2/library/app/manifests/{tag}"))
+        .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let digest = resp.headers().get("docker-content-digest").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let body = resp.bytes().await.unwrap();
+    let verified = sha256_digest(&body) == digest;
+    (status, digest, verified)
+}
+
+/// The metrics line of `regcache_fleet_tag_revalidations_total` for `outcome`, with its value.
+fn tag_outcome(outcome: &str, n: usize) -> String {
+    format!("regcache_fleet_tag_revalidations_total{{outcome=\"{outcome}\"}} {n}\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_revalidated_by_clients_of_three_nodes_costs_one_upstream_request() {
+    let reg = FakeRegistry::start().await;
+    let fleet = Fleet::start(&reg, 3, 0).await;
+    let (tag, image) = tag_owned_by(&reg, &fleet, 0);
+    let order = fleet.order(&format!("docker.io/library/app:{tag}"));
+    let (owner, askers) = (&fleet.nodes[order[0]], [&fleet.nodes[order[1]], &fleet.nodes[order[2]]]);
+    // Cold, then (tag_ttl 0: always revalidated) warm: each time, the upstream is held until every
+    // client of every node waits on one revalidation (each asker's own, and the owner's that
+    // the askers' asks joined).
+    reg.set_fault(Fault::Hold { path_contains: format!("/manifests/{tag}") });
+    // Cold: the owner's HEAD without a token (answered 401), with it, and its GET; warm: its HEAD.
+    for (round, upstream_requests) in [("cold", 3), ("warm", 1)] {
+        reg.clear_log();
+        let burst: Vec<_> = (0..30)
+            .map(|i| {
+                let (url, tag) = (fleet.nodes[i % 3].url.clone(), tag.clone());
+                tokio::spawn(async move { get_tag(&url, &tag).await })
+            })
+            .collect();
+        tokio::time::timeout(PROMPTLY, reg.wait_held(1)).await.expect(round);
+        for asker in askers {
+            eventually(&format!("{round}: an asker's 10 clients wait on its one ask"), || asker.coalesced_calls.revalidation_waiters() == 10).await;
+        }
+        eventually(&format!("{round}: the owner's 10 clients and the 2 asks"), || owner.coalesced_calls.revalidation_waiters() == 12).await;
+        for step in 0..upstream_requests {
+            if step > 0 {
+                tokio::time::timeout(PROMPTLY, reg.wait_held(1)).await.expect(round);
+            }
+            reg.pass_held();
+        }
+        for got in burst {
+            assert_eq!(got.await.unwrap(), (200, image.manifest.digest.clone(), true), "{round}");
+        }
+        let (heads, gets) = (reg.count("HEAD", &format!("/manifests/{tag}")), reg.count("GET", &format!("/manifests/{tag}")));
+        match round {
+            "cold" => assert_eq!((heads, gets), (2, 1), "{:?}", reg.requests()),
+            _ => assert_eq!((heads, gets), (1, 0), "one HEAD for the fleet: {:?}", reg.requests()),
+        }
+    }
+    reg.release_held();
+    // The askers learnt the tag from the owner each time (the second time without the manifest's
+    // bytes: they had them); the owner asked nobody.
+    for asker in askers {
+        asker.metrics_with(&tag_outcome("peer_answer", 2)).await;
+    }
+    let text = owner.get("/metrics").await.text().await.unwrap();
+    assert!(!text.contains("regcache_fleet_tag_revalidations_total{"), "{text}");
+}
+
+/// A member at `socket` that answers every tag it is asked about with `digest` and `body`
+/// (whatever they are): how many it answered.
+fn fake_member(socket: TcpSocket, digest: String, body: Vec<u8>) -> Arc<AtomicUsize> {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let listener = socket.listen(64).unwrap();
+    let counter = asked.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let (digest, body, counter) = (digest.clone(), body.clone(), counter.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read_exact(&mut byte).await.is_ok() {
+                    head.push(byte[0]);
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/vnd.docker.distribution.manifest.v2+json\r\ndocker-content-digest: {digest}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+                let _ = conn.write_all(&body).await;
+            });
+        }
+    });
+    asked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tags_owner_answering_bytes_that_are_not_its_digest_is_refused() {
+    let reg = FakeRegistry::start().await;
+    let mut fleet = Fleet::start(&reg, 2, 1).await;
+    // The owner is a member that claims the right digest with another manifest's bytes.
+    let (tag, image) = tag_owned_by(&reg, &fleet, 2);
+    let other = images::schema2_image(&reg, "library/other", "1", 1, 10);
+    let asked = fake_member(fleet.absent.remove(0), image.manifest.digest.clone(), other.manifest.bytes.clone());
+    let order = fleet.order(&format!("docker.io/library/app:{tag}"));
+    // The node after the owner: its answer refused, it asks the upstream itself.
+    let next = &fleet.nodes[order[1]];
+    assert_eq!(get_tag(&next.url, &tag).await, (200, image.manifest.digest.clone(), true));
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    let text = next.metrics_with(&tag_outcome("refused", 1)).await;
+    assert!(text.contains(&tag_outcome("fell_back_upstream", 1)), "{text}");
+    // The last node: the owner's answer refused, the next member in the tag's order answers.
+    let last = &fleet.nodes[order[2]];
+    reg.clear_log();
+    assert_eq!(get_tag(&last.url, &tag).await, (200, image.manifest.digest.clone(), true));
+    assert_eq!(asked.load(Ordering::SeqCst), 2);
+    let text = last.metrics_with(&tag_outcome("refused", 1)).await;
+    assert!(text.contains(&tag_outcome("peer_answer", 1)), "{text}");
+    assert!(!text.contains("{outcome=\"fell_back_upstream\"}"), "{text}");
+    // Nothing but the manifest that has the digest is stored under it.
+    let by_digest = last.get(&format!("/v2/library/app/manifests/{}", image.manifest.digest)).await;
+    assert!(by_digest.bytes().await.unwrap() == image.manifest.bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tags_owner_that_is_down_fails_no_request() {
+    let reg = FakeRegistry::start().await;
+    // The member that never started owns the tag.
+    let fleet = Fleet::start(&reg, 2, 1).await;
+    let (tag, image) = tag_owned_by(&reg, &fleet, 2);
+    let order = fleet.order(&format!("docker.io/library/app:{tag}"));
+    let started = Instant::now();
+    // The node after the owner asks the upstream itself; the last node asks it.
+    for i in [order[1], order[2]] {
+        assert_eq!(get_tag(&fleet.nodes[i].url, &tag).await, (200, image.manifest.digest.clone(), true));
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "a refused connection is skipped at once: {:?}", started.elapsed());
+    let next = fleet.nodes[order[1]].metrics_with(&tag_outcome("owner_down", 1)).await;
+    assert!(next.contains(&tag_outcome("fell_back_upstream", 1)), "{next}");
+    let last = fleet.nodes[order[2]].metrics_with(&tag_outcome("owner_down", 1)).await;
+    assert!(last.contains(&tag_outcome("peer_answer", 1)), "{last}");
+    // The node after the owner revalidated the tag twice (tag_ttl 0): for its client and for the
+    // last node's (the first HEAD answered 401 for a token); the manifest was fetched once.
+    assert_eq!(reg.count("HEAD", &format!("/manifests/{tag}")), 3, "{:?}", reg.requests());
+    assert_eq!(reg.count("GET", &format!("/manifests/{tag}")), 1, "{:?}", reg.requests());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_blobs_head_asks_its_owner() {
+    let reg = FakeRegistry::start().await;
+    let fleet = Fleet::start(&reg, 3, 0).await;
+    let (digest, bytes) = blob_owned_by(&reg, &fleet, 0, 100_000);
+    let order = fleet.order(&digest);
+    let owner = &fleet.nodes[order[0]];
+    // The owner has a token for the repository already.
+    let (tag, _) = tag_owned_by(&reg, &fleet, order[0]);
+    assert_eq!(get_tag(&owner.url, &tag).await.0, 200);
+    let path = format!("/v2/library/app/blobs/{digest}");
+    // Not stored anywhere: the owner's upstream HEAD answers it, the asker's upstream isn't asked.
+    reg.clear_log();
+    let resp = fleet.nodes[order[1]].head(&path).await;
+    assert_eq!((resp.status().as_u16(), resp.headers()["content-length"].to_str().unwrap()), (200, "100000"));
+    assert_eq!(reg.count("HEAD", &digest), 1, "the owner's HEAD only: {:?}", reg.requests());
+    owner.metrics_with("regcache_http_requests_total{route=\"fleet\",status=\"200\"} 1\n").await;
+    // Stored at the owner: nobody asks the upstream.
+    assert_eq!(owner.blob("library/app", &digest).await.unwrap(), (reqwest::StatusCode::OK, bytes));
+    owner.wait_stored(&digest).await;
+    reg.clear_log();
+    for &i in &order[1..] {
+        let resp = fleet.nodes[i].head(&path).await;
+        assert_eq!((resp.status().as_u16(), resp.headers()["content-length"].to_str().unwrap()), (200, "100000"));
+    }
+    assert!(reg.requests().is_empty() && reg.cdn_requests().is_empty(), "{:?}", reg.requests());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_upstream_down_every_node_serves_its_tags_stale() {
+    let reg = FakeRegistry::start().await;
+    let fleet = Fleet::start(&reg, 3, 0).await;
+    let (tag, image) = tag_owned_by(&reg, &fleet, 0);
+    for node in &fleet.nodes {
+        assert_eq!(get_tag(&node.url, &tag).await, (200, image.manifest.digest.clone(), true));
+    }
+    reg.stop().await;
+    let order = fleet.order(&format!("docker.io/library/app:{tag}"));
+    for &i in &order {
+        let resp = fleet.nodes[i].manifest_request(reqwest::Method::GET, "library/app", &tag).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(resp.headers()["docker-content-digest"], image.manifest.digest.as_str());
+        assert!(resp.headers()["warning"].to_str().unwrap().starts_with("110"));
+    }
+    // The owner said its upstream failed: an answer, not a failure; it is not taken for down.
+    for &i in &order[1..] {
+        let text = fleet.nodes[i].metrics_with(&tag_outcome("fell_back_upstream", 1)).await;
+        assert!(!text.contains("{outcome=\"owner_down\"}"), "{text}");
+        assert!(text.lines().filter(|l| l.starts_with("regcache_fleet_member_up{")).all(|l| l.ends_with(" 1")), "{text}");
+    }
 }

@@ -3,9 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use regcache::cache::SharedCalls;
+use regcache::cache::CoalescedCalls;
 use regcache::config::{Config, Overrides};
 use regcache::http::App;
+use regcache::oci::RegistryHost;
 use regcache::fill::Fills;
 use tokio::sync::oneshot;
 
@@ -26,7 +27,7 @@ pub struct Mirror {
     /// Its running fills, to see who waits on them.
     pub fills: Arc<Fills>,
     /// Its shared upstream calls (tag revalidations, manifest fetches), to see who waits on them.
-    pub shared_calls: SharedCalls,
+    pub coalesced_calls: CoalescedCalls,
     /// The application itself (its store, the shared bucket's client), while it runs (weak: a
     /// stopped mirror releases its data directory).
     pub app: std::sync::Weak<App>,
@@ -90,13 +91,13 @@ impl Mirror {
         config.upstreams[0].private_network = opts.private_network;
         let registry = regcache::app::open_with(&config, opts.bucket, Default::default()).expect("open registry");
         let fills = registry.cache().fills().clone();
-        let shared_calls = registry.cache().shared_calls();
+        let coalesced_calls = registry.cache().coalesced_calls();
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(regcache::http::serve(listener, registry.clone(), async {
             let _ = stopped.await;
         }));
-        Mirror { url, data_dir, fills, shared_calls, app: Arc::downgrade(&registry), stop: Some(stop), task: Some(task), _tmp: tmp }
+        Mirror { url, data_dir, fills, coalesced_calls, app: Arc::downgrade(&registry), stop: Some(stop), task: Some(task), _tmp: tmp }
     }
 
     /// The shared bucket's client of this running mirror.
@@ -208,7 +209,7 @@ impl Mirror {
     /// How many requests wait on (or read) the fill of `digest` from `upstream`.
     pub fn fill_waiters(&self, upstream: &str, digest: &str) -> usize {
         let digest = digest.parse().expect("a digest");
-        self.fills.get(upstream, &digest).map_or(0, |f| f.readers())
+        self.fills.get(&RegistryHost::new(upstream), &digest).map_or(0, |f| f.readers())
     }
 
     pub fn has_blob(&self, digest: &str) -> bool {
@@ -250,7 +251,7 @@ pub fn spawn_range(fills: &Arc<Fills>, url: &str, digest: &str, range: &str) -> 
     tokio::spawn(async move {
         let resp = Mirror::client().get(url).header("range", range).send().await.expect("response headers");
         // `verified` answers at once when the fill has its verdict.
-        let before_the_verdict = fills.get("docker.io", &digest).is_some_and(|f| f.verified().now_or_never().is_none());
+        let before_the_verdict = fills.get(&RegistryHost::new("docker.io"), &digest).is_some_and(|f| f.verified().now_or_never().is_none());
         let status = resp.status().as_u16();
         let content_range = resp.headers().get("content-range").map(|v| v.to_str().expect("ASCII").to_owned());
         let body = resp.bytes().await.map(|b| b.to_vec()).map_err(|e| e.to_string());

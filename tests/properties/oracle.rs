@@ -351,6 +351,7 @@ pub fn route_path(r: &Route) -> Option<String> {
         Route::Repo(name, RepoRoute::Tags) => format!("/v2/{name}/tags/list"),
         Route::Repo(name, RepoRoute::Referrers(d)) => format!("/v2/{name}/referrers/{d}"),
         Route::FleetBlob(d) => format!("/_fleet/v1/blobs/{d}"),
+        Route::FleetTag(t) => format!("/_fleet/v1/tags/{t}"),
     })
 }
 

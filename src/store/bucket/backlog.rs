@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{NotDone, Shared};
 use crate::store::{Slot, Store};
-use crate::oci::{Digest, ManifestKind, RepositoryName, Tag};
+use crate::oci::{Digest, ManifestKind, RegistryHost, RepositoryName, Tag, UpstreamRepo};
 use crate::sync::lock;
 
 /// The most entries the backlog holds (about 300 bytes each in the index, both keys counted).
@@ -58,10 +58,8 @@ pub enum Pending {
     },
     /// What a tag pointed at for clients asking for `kind`, as the index remembers it.
     Tag {
-        /// The upstream's name.
-        upstream: String,
-        /// The repository, as the upstream names it.
-        repo: RepositoryName,
+        /// The repository, on its upstream.
+        repo: UpstreamRepo,
         /// The tag.
         tag: Tag,
         /// The kind of answer.
@@ -69,10 +67,8 @@ pub enum Pending {
     },
     /// The last referrers list of a manifest the index remembers.
     Referrers {
-        /// The upstream's name.
-        upstream: String,
-        /// The repository, as the upstream names it.
-        repo: RepositoryName,
+        /// The repository, on its upstream.
+        repo: UpstreamRepo,
         /// The manifest whose referrers they are.
         subject: Digest,
     },
@@ -94,8 +90,8 @@ impl Pending {
         let record = match self.clone() {
             Pending::Blob { digest, size } => Record::Blob { digest, size },
             Pending::Manifest { digest } => Record::Manifest { digest },
-            Pending::Tag { upstream, repo, tag, kind } => Record::Tag { upstream, repo: repo.to_string(), tag: tag.to_string(), kind },
-            Pending::Referrers { upstream, repo, subject } => Record::Referrers { upstream, repo: repo.to_string(), subject },
+            Pending::Tag { repo, tag, kind } => Record::Tag { upstream: repo.upstream.to_string(), repo: repo.name.to_string(), tag: tag.to_string(), kind },
+            Pending::Referrers { repo, subject } => Record::Referrers { upstream: repo.upstream.to_string(), repo: repo.name.to_string(), subject },
         };
         // Serialising strings, digests and integers cannot fail.
         serde_json::to_vec(&record).unwrap_or_default()
@@ -105,18 +101,22 @@ impl Pending {
     /// with it otherwise.
     fn parse(bytes: &[u8]) -> Result<Pending, String> {
         let record: Record = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        let upstream = |u: String| if valid_upstream(&u) { Ok(u) } else { Err(format!("not an upstream name: {u:?}")) };
-        let repo = |r: String| r.parse::<RepositoryName>().map_err(|_| format!("not a repository name: {r:?}"));
+        let repo = |u: String, r: String| {
+            if !valid_upstream(&u) {
+                return Err(format!("not an upstream name: {u:?}"));
+            }
+            let name = r.parse::<RepositoryName>().map_err(|_| format!("not a repository name: {r:?}"))?;
+            Ok(UpstreamRepo { upstream: RegistryHost::new(&u), name })
+        };
         Ok(match record {
             Record::Blob { digest, size } => Pending::Blob { digest, size },
             Record::Manifest { digest } => Pending::Manifest { digest },
             Record::Tag { upstream: u, repo: r, tag, kind } => Pending::Tag {
-                upstream: upstream(u)?,
-                repo: repo(r)?,
+                repo: repo(u, r)?,
                 tag: tag.parse().map_err(|_| format!("not a tag: {tag:?}"))?,
                 kind,
             },
-            Record::Referrers { upstream: u, repo: r, subject } => Pending::Referrers { upstream: upstream(u)?, repo: repo(r)?, subject },
+            Record::Referrers { upstream: u, repo: r, subject } => Pending::Referrers { repo: repo(u, r)?, subject },
         })
     }
 
@@ -127,8 +127,8 @@ impl Pending {
         let id = match self {
             Pending::Blob { digest, .. } => format!("blob\0{digest}"),
             Pending::Manifest { digest } => format!("manifest\0{digest}"),
-            Pending::Tag { upstream, repo, tag, kind } => format!("tag\0{upstream}\0{repo}\0{tag}\0{}", kind.as_str()),
-            Pending::Referrers { upstream, repo, subject } => format!("referrers\0{upstream}\0{repo}\0{subject}"),
+            Pending::Tag { repo, tag, kind } => format!("tag\0{}\0{}\0{tag}\0{}", repo.upstream, repo.name, kind.as_str()),
+            Pending::Referrers { repo, subject } => format!("referrers\0{}\0{}\0{subject}", repo.upstream, repo.name),
         };
         [&[QUEUED][..], id.as_bytes()].concat()
     }
@@ -428,15 +428,15 @@ async fn publish(store: &Store, shared: &Shared, seq: Seq, pending: &Pending) {
             Ok(None) => Err(gone(pending)),
             Err(e) => Err(unreadable(pending, &e)),
         },
-        Pending::Tag { upstream, repo, tag, kind } => match store.index.tag(upstream, repo, tag) {
+        Pending::Tag { repo, tag, kind } => match store.index.tag(repo, tag) {
             Ok(entry) => match entry.and_then(|e| e.answer(*kind).cloned()) {
-                Some(answer) => shared.write_tag(upstream, repo, tag, *kind, &answer).await,
+                Some(answer) => shared.write_tag(repo, tag, *kind, &answer).await,
                 None => Err(gone(pending)),
             },
             Err(e) => Err(unreadable(pending, &e)),
         },
-        Pending::Referrers { upstream, repo, subject } => match store.index.referrers(upstream, repo, subject) {
-            Ok(Some(body)) => shared.write_referrers(upstream, repo, subject, body).await,
+        Pending::Referrers { repo, subject } => match store.index.referrers(repo, subject) {
+            Ok(Some(body)) => shared.write_referrers(repo, subject, body).await,
             Ok(None) => Err(gone(pending)),
             Err(e) => Err(unreadable(pending, &e)),
         },
@@ -480,7 +480,7 @@ mod tests {
     }
 
     fn tag(t: &str) -> Pending {
-        Pending::Tag { upstream: "docker.io".into(), repo: "library/alpine".parse().unwrap(), tag: t.parse().unwrap(), kind: ManifestKind::Index }
+        Pending::Tag { repo: UpstreamRepo::of("docker.io", "library/alpine"), tag: t.parse().unwrap(), kind: ManifestKind::Index }
     }
 
     /// Everything queued, oldest first.
@@ -498,7 +498,7 @@ mod tests {
         let (_dir, _db, tree) = tree();
         let b = Backlog::open(Slot::new(tree.clone())).unwrap();
         let subject = Digest::sha256_of(b"subject");
-        let referrers = Pending::Referrers { upstream: "ghcr.io".into(), repo: "org/app".parse().unwrap(), subject };
+        let referrers = Pending::Referrers { repo: UpstreamRepo::of("ghcr.io", "org/app"), subject };
         let manifest = Pending::Manifest { digest: Digest::sha256_of(b"manifest") };
         // More than 256 entries: the order is the sequence's, not the bytes' of a little-endian key.
         let many: Vec<Pending> = (0..=255).map(blob).chain([tag("3"), manifest.clone(), referrers.clone()]).collect();
@@ -609,10 +609,10 @@ mod tests {
         let manifest = Digest::sha256_of(b"a manifest");
         let m = StoredManifest { media_type: "application/vnd.oci.image.manifest.v1+json".into(), bytes: Bytes::from_static(b"{}") };
         store.index.put_manifest(&manifest, &m).unwrap();
-        let repo: RepositoryName = "library/alpine".parse().unwrap();
+        let repo = UpstreamRepo::of("docker.io", "library/alpine");
         let (older, newer): (Tag, Tag) = ("older".parse().unwrap(), "newer".parse().unwrap());
         for (tag, ours) in [(&older, 100), (&newer, 100)] {
-            store.index.put_tag("docker.io", &repo, tag, ManifestKind::Image, &answer(&manifest, ours)).unwrap();
+            store.index.put_tag(&repo, tag, ManifestKind::Image, &answer(&manifest, ours)).unwrap();
         }
         // Another node wrote `newer` later than this one learnt it, and `older` before.
         let theirs = Digest::sha256_of(b"their manifest");
@@ -620,8 +620,8 @@ mod tests {
             let key = format!("tags/docker.io/library/alpine/{tag}/image");
             bucket.put(&key, serde_json::to_vec(&answer(&theirs, at)).unwrap().into()).await.unwrap();
         }
-        store.index.put_referrers("docker.io", &repo, &manifest, b"{\"manifests\":[]}").unwrap();
-        let tag = |t: &Tag| Pending::Tag { upstream: "docker.io".into(), repo: repo.clone(), tag: t.clone(), kind: ManifestKind::Image };
+        store.index.put_referrers(&repo, &manifest, b"{\"manifests\":[]}").unwrap();
+        let tag = |t: &Tag| Pending::Tag { repo: repo.clone(), tag: t.clone(), kind: ManifestKind::Image };
         for p in [
             Pending::Blob { digest: kept_digest.clone(), size: kept.len() as u64 },
             Pending::Blob { digest: evicted.clone(), size: 13 },
@@ -631,7 +631,7 @@ mod tests {
             tag(&older),
             tag(&newer),
             tag(&"forgotten".parse().unwrap()),
-            Pending::Referrers { upstream: "docker.io".into(), repo: repo.clone(), subject: manifest.clone() },
+            Pending::Referrers { repo: repo.clone(), subject: manifest.clone() },
         ] {
             assert_eq!(backlog.push(&p).unwrap(), Pushed::Queued);
         }

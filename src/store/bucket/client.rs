@@ -185,6 +185,7 @@ impl Bucket {
     }
 
     /// A bucket in memory, for tests.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn in_memory(prefix: &str, data_dir: &FsPath) -> Bucket {
         Bucket::with_store(Arc::new(object_store::memory::InMemory::new()), prefix, data_dir)
     }

@@ -60,7 +60,7 @@ use lru::Clock;
 use crate::store::index::{ListedTags, SharedSizes, StoredManifest, TagAnswer, MAX_TAG_LIST_RECORD};
 use crate::store::records::{manifest_record, read_manifest_record, RecordKey, MAX_MANIFEST_RECORD, MAX_TAG_RECORD};
 use crate::metrics::{BucketOp, Metrics};
-use crate::oci::{Digest, ManifestKind, RegistryHost, RepositoryName, Tag};
+use crate::oci::{Digest, ManifestKind, Tag, UpstreamRepo};
 use crate::sync::lock;
 
 /// How long the bucket is left alone after a failure before a request tries it again.
@@ -189,50 +189,50 @@ impl Shared {
         self.put_record(RecordKey::Manifest(digest.clone()), manifest_record(m), Some(Pending::Manifest { digest: digest.clone() }));
     }
 
-    /// What the bucket says `tag` (of `repo` on `upstream`) pointed at for clients asking for
-    /// `kind`, and when that was confirmed.
-    pub async fn tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind) -> Option<TagAnswer> {
-        let record = self.get_record(&tag_key(upstream, repo, tag, kind), MAX_TAG_RECORD).await?;
+    /// What the bucket says `tag` (of `repo`) pointed at for clients asking for `kind`, and when
+    /// that was confirmed.
+    pub async fn tag(&self, repo: &UpstreamRepo, tag: &Tag, kind: ManifestKind) -> Option<TagAnswer> {
+        let record = self.get_record(&tag_key(repo, tag, kind), MAX_TAG_RECORD).await?;
         serde_json::from_slice(&record).ok()
     }
 
     /// Write what a tag pointed at to the bucket, in the background (later, the index's answer
     /// then, if the bucket is down).
-    pub fn publish_tag(self: &Arc<Self>, upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind, answer: &TagAnswer) {
+    pub fn publish_tag(self: &Arc<Self>, repo: &UpstreamRepo, tag: &Tag, kind: ManifestKind, answer: &TagAnswer) {
         // Serialising a digest and an integer cannot fail.
         if let Ok(v) = serde_json::to_vec(answer) {
-            let later = Pending::Tag { upstream: upstream.to_owned(), repo: repo.clone(), tag: tag.clone(), kind };
-            self.put_record(tag_key(upstream, repo, tag, kind), v.into(), Some(later));
+            let later = Pending::Tag { repo: repo.clone(), tag: tag.clone(), kind };
+            self.put_record(tag_key(repo, tag, kind), v.into(), Some(later));
         }
     }
 
-    /// The last referrers list of `digest` (in `repo` on `upstream`) some node wrote, up to `max`
-    /// bytes: for when the upstream can't be asked.
-    pub async fn referrers(&self, upstream: &str, repo: &RepositoryName, digest: &Digest, max: usize) -> Option<Bytes> {
-        self.get_record(&referrers_key(upstream, repo, digest), max).await
+    /// The last referrers list of `digest` (in `repo`) some node wrote, up to `max` bytes: for
+    /// when the upstream can't be asked.
+    pub async fn referrers(&self, repo: &UpstreamRepo, digest: &Digest, max: usize) -> Option<Bytes> {
+        self.get_record(&referrers_key(repo, digest), max).await
     }
 
     /// Write a referrers list the upstream gave to the bucket, in the background (later, from the
     /// index, if the bucket is down).
-    pub fn publish_referrers(self: &Arc<Self>, upstream: &str, repo: &RepositoryName, digest: &Digest, body: Bytes) {
-        let later = Pending::Referrers { upstream: upstream.to_owned(), repo: repo.clone(), subject: digest.clone() };
-        self.put_record(referrers_key(upstream, repo, digest), body, Some(later));
+    pub fn publish_referrers(self: &Arc<Self>, repo: &UpstreamRepo, digest: &Digest, body: Bytes) {
+        let later = Pending::Referrers { repo: repo.clone(), subject: digest.clone() };
+        self.put_record(referrers_key(repo, digest), body, Some(later));
     }
 
-    /// The last tag list of `repo` on `upstream` some node wrote: for when the upstream can't be
-    /// asked. `None` if there is none, or what the bucket holds isn't a valid list.
-    pub async fn tag_list(&self, upstream: &str, repo: &RepositoryName) -> Option<ListedTags> {
-        let record = self.get_record(&tag_list_key(upstream, repo), MAX_TAG_LIST_RECORD).await?;
+    /// The last tag list of `repo` some node wrote: for when the upstream can't be asked. `None`
+    /// if there is none, or what the bucket holds isn't a valid list.
+    pub async fn tag_list(&self, repo: &UpstreamRepo) -> Option<ListedTags> {
+        let record = self.get_record(&tag_list_key(repo), MAX_TAG_LIST_RECORD).await?;
         let list = ListedTags::from_record(&record);
         if list.is_none() {
-            tracing::warn!(upstream, %repo, "the bucket's tag list record is not a valid list; ignored");
+            tracing::warn!(upstream = %repo.upstream, repo = %repo.name, "the bucket's tag list record is not a valid list; ignored");
         }
         list
     }
 
     /// Write a repository's tag list to the bucket, in the background.
-    pub fn publish_tag_list(self: &Arc<Self>, upstream: &str, repo: &RepositoryName, list: &ListedTags) {
-        self.put_record(tag_list_key(upstream, repo), list.to_record().into(), None);
+    pub fn publish_tag_list(self: &Arc<Self>, repo: &UpstreamRepo, list: &ListedTags) {
+        self.put_record(tag_list_key(repo), list.to_record().into(), None);
     }
 
     async fn get_record(&self, key: &RecordKey, max: usize) -> Option<Bytes> {
@@ -319,8 +319,8 @@ impl Shared {
 
     /// Write what a tag pointed at now, unless the bucket's answer was confirmed as late or later
     /// (another node may have written a newer one while this one waited).
-    pub(super) async fn write_tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind, ours: &TagAnswer) -> Result<(), NotDone> {
-        let key = tag_key(upstream, repo, tag, kind).to_string();
+    pub(super) async fn write_tag(&self, repo: &UpstreamRepo, tag: &Tag, kind: ManifestKind, ours: &TagAnswer) -> Result<(), NotDone> {
+        let key = tag_key(repo, tag, kind).to_string();
         let theirs = match self.attempt(BucketOp::GetRecord, answered(self.records.get(&key, MAX_TAG_RECORD)).await) {
             Ok(record) => record.and_then(|r| serde_json::from_slice::<TagAnswer>(&r).ok()),
             // Too large to be a tag record: ours replaces it.
@@ -337,8 +337,8 @@ impl Shared {
     }
 
     /// Write a referrers list now.
-    pub(super) async fn write_referrers(&self, upstream: &str, repo: &RepositoryName, subject: &Digest, body: Bytes) -> Result<(), NotDone> {
-        let written = self.records.put(&referrers_key(upstream, repo, subject).to_string(), body).await;
+    pub(super) async fn write_referrers(&self, repo: &UpstreamRepo, subject: &Digest, body: Bytes) -> Result<(), NotDone> {
+        let written = self.records.put(&referrers_key(repo, subject).to_string(), body).await;
         self.attempt(BucketOp::PutRecord, written)
     }
 
@@ -452,18 +452,18 @@ async fn answered<T>(request: impl std::future::Future<Output = io::Result<T>>) 
 }
 
 /// The key of a tag's record.
-fn tag_key(upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind) -> RecordKey {
-    RecordKey::Tag { upstream: RegistryHost::new(upstream), repo: repo.clone(), tag: tag.clone(), kind }
+fn tag_key(repo: &UpstreamRepo, tag: &Tag, kind: ManifestKind) -> RecordKey {
+    RecordKey::Tag { repo: repo.clone(), tag: tag.clone(), kind }
 }
 
-/// The key of the record of the referrers of `subject` in `repo` on `upstream`.
-fn referrers_key(upstream: &str, repo: &RepositoryName, subject: &Digest) -> RecordKey {
-    RecordKey::Referrers { upstream: RegistryHost::new(upstream), repo: repo.clone(), subject: subject.clone() }
+/// The key of the record of the referrers of `subject` in `repo`.
+fn referrers_key(repo: &UpstreamRepo, subject: &Digest) -> RecordKey {
+    RecordKey::Referrers { repo: repo.clone(), subject: subject.clone() }
 }
 
-/// The key of the record of the tag list of `repo` on `upstream`.
-fn tag_list_key(upstream: &str, repo: &RepositoryName) -> RecordKey {
-    RecordKey::TagList { upstream: RegistryHost::new(upstream), repo: repo.clone() }
+/// The key of the record of the tag list of `repo`.
+fn tag_list_key(repo: &UpstreamRepo) -> RecordKey {
+    RecordKey::TagList { repo: repo.clone() }
 }
 
 #[cfg(test)]

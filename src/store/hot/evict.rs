@@ -217,20 +217,20 @@ mod tests {
     fn referrers_lists_are_evicted_with_their_subject_s_age() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let repo: crate::oci::RepositoryName = "library/alpine".parse().unwrap();
+        let repo = crate::oci::UpstreamRepo::of("docker.io", "library/alpine");
         let old_subject = Digest::sha256_of(b"old manifest");
         let new_subject = Digest::sha256_of(b"new manifest");
         store.index.put_access([(old_subject.clone(), 10), (new_subject.clone(), 30)].into_iter().collect()).unwrap();
-        store.index.put_referrers("docker.io", &repo, &old_subject, &[b'r'; 100]).unwrap();
+        store.index.put_referrers(&repo, &old_subject, &[b'r'; 100]).unwrap();
         let blob = put(&store, &[1u8; 100], 20);
-        store.index.put_referrers("docker.io", &repo, &new_subject, &[b'r'; 100]).unwrap();
+        store.index.put_referrers(&repo, &new_subject, &[b'r'; 100]).unwrap();
         assert_eq!(store.index.used_bytes(), 300, "referrers lists count");
 
         let gone = store.evict(150, false).unwrap();
         let kinds: Vec<_> = gone.iter().map(|e| (e.kind, e.digest.clone())).collect();
         assert_eq!(kinds, vec![(EvictedKind::Referrers, old_subject.clone()), (EvictedKind::Blob, blob)]);
         assert_eq!(store.index.used_bytes(), 100);
-        assert_eq!(store.index.referrers("docker.io", &repo, &old_subject).unwrap(), None);
-        assert!(store.index.referrers("docker.io", &repo, &new_subject).unwrap().is_some());
+        assert_eq!(store.index.referrers(&repo, &old_subject).unwrap(), None);
+        assert!(store.index.referrers(&repo, &new_subject).unwrap().is_some());
     }
 }

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::bucket::Backlog;
 use crate::store::StoreError;
-use crate::oci::{Digest, ManifestKind, RepositoryName, Tag};
+use crate::oci::{Digest, ManifestKind, Tag, UpstreamRepo};
 use crate::sync::lock;
 
 mod handle;
@@ -202,9 +202,14 @@ fn blob_size_of(v: &[u8]) -> u64 {
     <[u8; 8]>::try_from(v).map(u64::from_be_bytes).unwrap_or(0)
 }
 
-fn tag_key(upstream: &str, repo: &RepositoryName, tag: &Tag) -> Vec<u8> {
+fn tag_key(repo: &UpstreamRepo, tag: &Tag) -> Vec<u8> {
     // NUL can't appear in any of the three, so the key is unambiguous.
-    format!("{upstream}\0{repo}\0{tag}").into_bytes()
+    format!("{}\0{}\0{tag}", repo.upstream, repo.name).into_bytes()
+}
+
+/// The key of a referrers list; like a tag's, NUL-separated.
+fn referrers_key(repo: &UpstreamRepo, subject: &Digest) -> String {
+    format!("{}\0{}\0{subject}", repo.upstream, repo.name)
 }
 
 impl Index {
@@ -388,14 +393,14 @@ impl Index {
     }
 
     /// What a tag pointed at when last seen.
-    pub fn tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag) -> sled::Result<Option<TagEntry>> {
-        let v = self.t()?.tags.get(tag_key(upstream, repo, tag))?;
+    pub fn tag(&self, repo: &UpstreamRepo, tag: &Tag) -> sled::Result<Option<TagEntry>> {
+        let v = self.t()?.tags.get(tag_key(repo, tag))?;
         Ok(v.and_then(|v| parse_tag(&v)))
     }
 
     /// Record `answer` for clients asking for `kind`, keeping the other kinds' answers.
-    pub fn put_tag(&self, upstream: &str, repo: &RepositoryName, tag: &Tag, kind: ManifestKind, answer: &TagAnswer) -> sled::Result<()> {
-        self.update_tag(upstream, repo, tag, kind, |_| answer.clone())
+    pub fn put_tag(&self, repo: &UpstreamRepo, tag: &Tag, kind: ManifestKind, answer: &TagAnswer) -> sled::Result<()> {
+        self.update_tag(repo, tag, kind, |_| answer.clone())
     }
 
     /// Record `update(the answer for kind now)` for clients asking for `kind`, keeping the other
@@ -403,13 +408,12 @@ impl Index {
     /// again when another write came first): what its last call saw and made is what counts.
     pub fn update_tag(
         &self,
-        upstream: &str,
-        repo: &RepositoryName,
+        repo: &UpstreamRepo,
         tag: &Tag,
         kind: ManifestKind,
         mut update: impl FnMut(Option<&TagAnswer>) -> TagAnswer,
     ) -> sled::Result<()> {
-        self.w()?.tags.fetch_and_update(tag_key(upstream, repo, tag), |old| {
+        self.w()?.tags.fetch_and_update(tag_key(repo, tag), |old| {
             let mut answers = old.and_then(parse_tag).map(|e| e.answers).unwrap_or_default();
             let new = update(answers.get(&kind));
             answers.insert(kind, new);
@@ -420,14 +424,13 @@ impl Index {
     }
 
     /// The last referrers list upstream gave for a manifest.
-    pub fn referrers(&self, upstream: &str, repo: &RepositoryName, digest: &Digest) -> sled::Result<Option<Bytes>> {
-        let key = format!("{upstream}\0{repo}\0{digest}");
-        Ok(self.t()?.referrers.get(key)?.map(|v| Bytes::copy_from_slice(&v)))
+    pub fn referrers(&self, repo: &UpstreamRepo, digest: &Digest) -> sled::Result<Option<Bytes>> {
+        Ok(self.t()?.referrers.get(referrers_key(repo, digest))?.map(|v| Bytes::copy_from_slice(&v)))
     }
 
     /// Remember a referrers list.
-    pub fn put_referrers(&self, upstream: &str, repo: &RepositoryName, digest: &Digest, body: &[u8]) -> sled::Result<()> {
-        let old = self.w()?.referrers.insert(format!("{upstream}\0{repo}\0{digest}"), body)?;
+    pub fn put_referrers(&self, repo: &UpstreamRepo, digest: &Digest, body: &[u8]) -> sled::Result<()> {
+        let old = self.w()?.referrers.insert(referrers_key(repo, digest), body)?;
         self.account(old.map(|o| o.len() as u64), body.len() as u64);
         Ok(())
     }
@@ -470,8 +473,8 @@ impl Index {
 
     /// Every tag known for a repository, sorted, with when upstream last confirmed it (unix
     /// seconds; 0 for an entry that can't be read).
-    pub fn tags_of(&self, upstream: &str, repo: &RepositoryName) -> sled::Result<Vec<(String, u64)>> {
-        let prefix = format!("{upstream}\0{repo}\0").into_bytes();
+    pub fn tags_of(&self, repo: &UpstreamRepo) -> sled::Result<Vec<(String, u64)>> {
+        let prefix = format!("{}\0{}\0", repo.upstream, repo.name).into_bytes();
         let mut out = Vec::new();
         for kv in self.t()?.tags.scan_prefix(&prefix) {
             let (k, v) = kv?;
@@ -579,22 +582,31 @@ mod tests {
         assert_eq!(idx.manifest(&d).unwrap().unwrap().bytes, m.bytes);
         assert_eq!(idx.used_bytes(), used);
 
-        let repo: RepositoryName = "library/alpine".parse().unwrap();
+        let repo = UpstreamRepo::of("docker.io", "library/alpine");
         let tag: Tag = "3".parse().unwrap();
         let a = TagAnswer { digest: d.clone(), checked_at: 1, published_at: None };
         let b = TagAnswer { digest: Digest::sha256_of(b"n"), checked_at: 2, published_at: None };
-        idx.put_tag("docker.io", &repo, &tag, ManifestKind::Index, &a).unwrap();
-        idx.put_tag("docker.io", &repo, &tag, ManifestKind::Image, &b).unwrap();
-        let e = idx.tag("docker.io", &repo, &tag).unwrap().unwrap();
+        idx.put_tag(&repo, &tag, ManifestKind::Index, &a).unwrap();
+        idx.put_tag(&repo, &tag, ManifestKind::Image, &b).unwrap();
+        let e = idx.tag(&repo, &tag).unwrap().unwrap();
         assert_eq!(e.answer(ManifestKind::Index), Some(&a));
         assert_eq!(e.answer(ManifestKind::Image), Some(&b));
         assert_eq!(e.answer(ManifestKind::Schema1), None);
         assert_eq!(e.latest(), Some(&b));
-        assert_eq!(idx.tag("ghcr.io", &repo, &tag).unwrap(), None);
-        let other: RepositoryName = "library/alpine2".parse().unwrap();
-        idx.put_tag("docker.io", &other, &tag, ManifestKind::Index, &a).unwrap();
-        idx.put_tag("docker.io", &repo, &"edge".parse().unwrap(), ManifestKind::Index, &a).unwrap();
-        assert_eq!(idx.tags_of("docker.io", &repo).unwrap(), vec![("3".to_owned(), 2), ("edge".to_owned(), 1)], "with the latest confirmation");
+        assert_eq!(idx.tag(&UpstreamRepo::of("ghcr.io", "library/alpine"), &tag).unwrap(), None);
+        let other = UpstreamRepo::of("docker.io", "library/alpine2");
+        idx.put_tag(&other, &tag, ManifestKind::Index, &a).unwrap();
+        idx.put_tag(&repo, &"edge".parse().unwrap(), ManifestKind::Index, &a).unwrap();
+        assert_eq!(idx.tags_of(&repo).unwrap(), vec![("3".to_owned(), 2), ("edge".to_owned(), 1)], "with the latest confirmation");
+    }
+
+    #[test]
+    fn keys_are_the_upstream_the_repository_and_the_rest_separated_by_nul() {
+        let repo = UpstreamRepo::of("localhost:5000", "org/app");
+        let d = Digest::sha256_of(b"m");
+        assert_eq!(tag_key(&repo, &"v1".parse().unwrap()), b"localhost:5000\0org/app\0v1");
+        assert_eq!(referrers_key(&repo, &d), format!("localhost:5000\0org/app\0{d}"));
+        assert_eq!(tag_lists::tag_list_key(&repo), b"localhost:5000\0org/app");
     }
 
     #[test]
@@ -633,19 +645,19 @@ mod tests {
     fn tags_written_by_the_previous_version_are_of_unknown_kind() {
         let dir = tempfile::tempdir().unwrap();
         let idx = Index::open(&dir.path().join("index")).unwrap();
-        let repo: RepositoryName = "library/alpine".parse().unwrap();
+        let repo = UpstreamRepo::of("docker.io", "library/alpine");
         let tag: Tag = "3".parse().unwrap();
         let d = Digest::sha256_of(b"m");
         // The previous layout: one digest per tag.
-        idx.t().unwrap().tags.insert(tag_key("docker.io", &repo, &tag), format!(r#"{{"digest":"{d}","checked_at":7}}"#).as_bytes()).unwrap();
+        idx.t().unwrap().tags.insert(tag_key(&repo, &tag), format!(r#"{{"digest":"{d}","checked_at":7}}"#).as_bytes()).unwrap();
         let old = TagAnswer { digest: d.clone(), checked_at: 7, published_at: None };
-        let e = idx.tag("docker.io", &repo, &tag).unwrap().unwrap();
+        let e = idx.tag(&repo, &tag).unwrap().unwrap();
         assert_eq!(e, TagEntry { answers: BTreeMap::new(), unknown: Some(old.clone()) });
         assert_eq!(e.latest(), Some(&old), "still listed");
         assert_eq!(idx.all_tags().unwrap().len(), 1);
         let new = TagAnswer { digest: d, checked_at: 8, published_at: None };
-        idx.put_tag("docker.io", &repo, &tag, ManifestKind::Image, &new).unwrap();
-        let e = idx.tag("docker.io", &repo, &tag).unwrap().unwrap();
+        idx.put_tag(&repo, &tag, ManifestKind::Image, &new).unwrap();
+        let e = idx.tag(&repo, &tag).unwrap().unwrap();
         assert_eq!(e.answer(ManifestKind::Image), Some(&new));
         assert_eq!(e.unknown, None, "a new answer replaces the one of unknown kind");
     }
@@ -655,12 +667,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index");
         let subject = Digest::sha256_of(b"subject");
-        let repo: RepositoryName = "library/alpine".parse().unwrap();
+        let repo = UpstreamRepo::of("docker.io", "library/alpine");
         {
             let idx = Index::open(&path).unwrap();
-            idx.put_referrers("docker.io", &repo, &subject, &[b'x'; 100]).unwrap();
-            idx.put_referrers("docker.io", &repo, &subject, &[b'x'; 40]).unwrap();
-            idx.put_referrers("ghcr.io", &repo, &subject, &[b'y'; 10]).unwrap();
+            idx.put_referrers(&repo, &subject, &[b'x'; 100]).unwrap();
+            idx.put_referrers(&repo, &subject, &[b'x'; 40]).unwrap();
+            idx.put_referrers(&UpstreamRepo::of("ghcr.io", "library/alpine"), &subject, &[b'y'; 10]).unwrap();
             assert_eq!(idx.used_bytes(), 50, "a list replaced counts once");
             idx.flush().unwrap();
         }
@@ -670,7 +682,7 @@ mod tests {
         assert_eq!(lists.iter().map(|(_, d, n)| (d.clone(), *n)).collect::<Vec<_>>(), vec![(subject.clone(), 40), (subject.clone(), 10)]);
         idx.remove_referrers(&lists[0].0).unwrap();
         assert_eq!(idx.used_bytes(), 10);
-        assert_eq!(idx.referrers("docker.io", &repo, &subject).unwrap(), None);
-        assert!(idx.referrers("ghcr.io", &repo, &subject).unwrap().is_some());
+        assert_eq!(idx.referrers(&repo, &subject).unwrap(), None);
+        assert!(idx.referrers(&UpstreamRepo::of("ghcr.io", "library/alpine"), &subject).unwrap().is_some());
     }
 }

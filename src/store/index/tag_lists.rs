@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionResult, TransactionError, Transactional};
 
 use super::Index;
-use crate::oci::{RepositoryName, Tag, MAX_TAG_LEN};
+use crate::oci::{Tag, UpstreamRepo, MAX_TAG_LEN};
 use crate::sync::lock;
 
 /// The most tags remembered of one repository's list: one whole page (`cache::MAX_TAGS_PAGE`).
@@ -152,15 +152,15 @@ impl TagListBook {
     }
 }
 
-fn tag_list_key(upstream: &str, repo: &RepositoryName) -> Vec<u8> {
-    format!("{upstream}\0{repo}").into_bytes()
+pub(super) fn tag_list_key(repo: &UpstreamRepo) -> Vec<u8> {
+    format!("{}\0{}", repo.upstream, repo.name).into_bytes()
 }
 
 impl Index {
     /// The tag list last remembered for a repository, if any (a value that isn't a valid record is
     /// none).
-    pub fn tag_list(&self, upstream: &str, repo: &RepositoryName) -> sled::Result<Option<ListedTags>> {
-        Ok(self.t()?.tag_lists.get(tag_list_key(upstream, repo))?.as_deref().and_then(listed_of))
+    pub fn tag_list(&self, repo: &UpstreamRepo) -> sled::Result<Option<ListedTags>> {
+        Ok(self.t()?.tag_lists.get(tag_list_key(repo))?.as_deref().and_then(listed_of))
     }
 
     /// Remember `update(the list remembered now)` as a repository's tag list, the newest of all; then
@@ -169,11 +169,10 @@ impl Index {
     /// per list written or forgotten, each O(log n).
     pub fn update_tag_list(
         &self,
-        upstream: &str,
-        repo: &RepositoryName,
+        repo: &UpstreamRepo,
         update: impl FnOnce(Option<ListedTags>) -> ListedTags,
     ) -> sled::Result<(Option<ListedTags>, ListedTags)> {
-        let key = tag_list_key(upstream, repo);
+        let key = tag_list_key(repo);
         let t = self.w()?;
         let mut book = lock(&self.tag_list_book);
         let old = t.tag_lists.get(&key)?;
@@ -228,8 +227,8 @@ mod tests {
     }
 
     /// The repositories whose tag list is remembered, of `names`.
-    fn remembered(idx: &Index, names: &[&RepositoryName]) -> Vec<String> {
-        names.iter().filter(|r| idx.tag_list("docker.io", r).unwrap().is_some()).map(|r| r.to_string()).collect()
+    fn remembered(idx: &Index, names: &[&UpstreamRepo]) -> Vec<String> {
+        names.iter().filter(|r| idx.tag_list(r).unwrap().is_some()).map(|r| r.name.to_string()).collect()
     }
 
     #[test]
@@ -263,32 +262,32 @@ mod tests {
     fn tag_lists_are_bounded_and_the_one_remembered_longest_ago_goes_first() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index");
-        let repos: Vec<RepositoryName> = (1..=6).map(|i| format!("org/r{i}").parse().unwrap()).collect();
-        let all: Vec<&RepositoryName> = repos.iter().collect();
+        let repos: Vec<UpstreamRepo> = (1..=6).map(|i| UpstreamRepo::of("docker.io", &format!("org/r{i}"))).collect();
+        let all: Vec<&UpstreamRepo> = repos.iter().collect();
         let limits = TagListLimits { repositories: 3, bytes: u64::MAX };
         {
             let idx = Index::open(&path).unwrap();
             lock(&idx.tag_list_book).limits = limits;
             for r in &repos[..3] {
-                idx.update_tag_list("docker.io", r, |_| listed(&["a"], 1)).unwrap();
+                idx.update_tag_list(r, |_| listed(&["a"], 1)).unwrap();
             }
             assert_eq!(remembered(&idx, &all), ["org/r1", "org/r2", "org/r3"]);
             // r1 written again is the newest: r2 goes for r4.
-            let (before, after) = idx.update_tag_list("docker.io", &repos[0], |old| {
+            let (before, after) = idx.update_tag_list(&repos[0], |old| {
                 let old = old.unwrap();
                 ListedTags::new(old.tags().iter().cloned().chain(["b".to_owned()]), 2, old.complete_at)
             }).unwrap();
             assert_eq!((before.unwrap().tags(), after.tags()), (&["a".to_owned()][..], &["a".to_owned(), "b".to_owned()][..]));
-            idx.update_tag_list("docker.io", &repos[3], |_| listed(&["a"], 3)).unwrap();
+            idx.update_tag_list(&repos[3], |_| listed(&["a"], 3)).unwrap();
             assert_eq!(remembered(&idx, &all), ["org/r1", "org/r3", "org/r4"]);
-            assert_eq!(idx.tag_list("docker.io", &repos[0]).unwrap().unwrap().tags(), ["a", "b"]);
-            assert_eq!(idx.tag_list("ghcr.io", &repos[0]).unwrap(), None, "per upstream");
+            assert_eq!(idx.tag_list(&repos[0]).unwrap().unwrap().tags(), ["a", "b"]);
+            assert_eq!(idx.tag_list(&UpstreamRepo::of("ghcr.io", "org/r1")).unwrap(), None, "per upstream");
             idx.flush().unwrap();
         }
         // Counted again at open, in the same order.
         let idx = Index::open(&path).unwrap();
         lock(&idx.tag_list_book).limits = limits;
-        idx.update_tag_list("docker.io", &repos[4], |_| listed(&["a"], 4)).unwrap();
+        idx.update_tag_list(&repos[4], |_| listed(&["a"], 4)).unwrap();
         assert_eq!(remembered(&idx, &all), ["org/r1", "org/r4", "org/r5"]);
         assert_eq!(idx.t().unwrap().tag_list_order.len(), 3, "one place per list");
 
@@ -297,7 +296,7 @@ mod tests {
         let big: Vec<String> = (0..100).map(|i| format!("tag-{i:03}")).collect();
         let big: Vec<&str> = big.iter().map(String::as_str).collect();
         lock(&idx.tag_list_book).limits = TagListLimits { repositories: 10, bytes: value_len(&big) + 2 * value_len(&["a"]) };
-        idx.update_tag_list("docker.io", &repos[5], |_| listed(&big, 5)).unwrap();
+        idx.update_tag_list(&repos[5], |_| listed(&big, 5)).unwrap();
         assert_eq!(remembered(&idx, &all), ["org/r4", "org/r5", "org/r6"]);
         let book = lock(&idx.tag_list_book);
         assert_eq!((book.count, book.bytes), (3, value_len(&big) + 2 * value_len(&["a"])));
