@@ -88,6 +88,7 @@ pub fn open(config: &Config) -> Result<Arc<App>, StartError> {
 pub fn open_with(config: &Config, bucket: Option<Arc<dyn SharedBackend>>, metrics: Arc<Metrics>) -> Result<Arc<App>, StartError> {
     let store = open_store(config, bucket, &metrics)?;
     crate::store::spawn_housekeeping(&store, metrics.clone());
+    crate::store::spawn_index_recovery(&store);
     let upstreams = config
         .upstreams
         .iter()

@@ -28,7 +28,8 @@
 //!   begin, append, commit after verification, abort, open a range, stat, list, remove; probe and
 //!   cleanup when a server starts). `store::hot`: the hot tier on disk (`LocalBlobs`: temp → fsync
 //!   → rename; reading it with pooled buffers and `preadv2`; the disk budget of fills; repair and
-//!   `verify`; eviction under `max_size`). `store::index`: the sled index. `store::bucket`: with
+//!   `verify`; eviction under `max_size`). `store::index`: the sled index (opened again in place
+//!   when sled stops writing: `store::recovery`). `store::bucket`: with
 //!   `backend = "s3"`, the tier shared with other nodes (`Shared`), its client (`Bucket`), its
 //!   uploads, its backlog of what it should have (uploaded once it answers again),
 //!   `bucket_max_size` (`store::bucket::lru`: access summaries, one evictor among the nodes) and

@@ -139,7 +139,7 @@ impl Cache {
         let reference = Reference::Tag(r.tag.clone());
         let head_said = match self.revalidation(r, via, remembered).await? {
             Revalidated::Member(digest, Some(m)) => {
-                self.remember_tag(&r.key_repo, r.tag, kind, &digest)?;
+                self.remember_tag(&r.key_repo, r.tag, kind, &digest);
                 return Ok(answer(digest, m, ServedFrom::Peer, Answered::Miss));
             }
             // Still the digest this node knows: as if the upstream's HEAD had said so.
@@ -150,13 +150,13 @@ impl Cache {
             Some(h) => {
                 if let Some((m, from)) = self.stored_manifest(&h.digest).await? {
                     if r.accept.allows(&m.media_type) {
-                        self.remember_tag(&r.key_repo, r.tag, kind, &h.digest)?;
+                        self.remember_tag(&r.key_repo, r.tag, kind, &h.digest);
                         return Ok(answer(h.digest, m, from, Answered::Hit));
                     }
                 }
                 if r.head {
                     if let Some(a) = head_only(h.clone(), r.accept) {
-                        self.remember_tag(&r.key_repo, r.tag, kind, &h.digest)?;
+                        self.remember_tag(&r.key_repo, r.tag, kind, &h.digest);
                         return Ok(a);
                     }
                 }
@@ -168,7 +168,7 @@ impl Cache {
             // No digest from a HEAD (or no HEAD at all at this upstream): GET by the tag.
             None => self.fetch_manifest(r.up, r.repo, &reference, r.accept, None).await?,
         };
-        self.remember_tag(&r.key_repo, r.tag, kind, &fetched.digest)?;
+        self.remember_tag(&r.key_repo, r.tag, kind, &fetched.digest);
         Ok(fetched)
     }
 
@@ -249,11 +249,15 @@ impl Cache {
     }
 
     /// Remember that `tag` names `digest` for clients asking for `kind`, confirmed now (written to
-    /// the tiers behind this node's unless [`freshness::republish_tag`] says they have it).
-    fn remember_tag(&self, repo: &UpstreamRepo, tag: &Tag, kind: ManifestKind, digest: &Digest) -> Result<(), CacheError> {
+    /// the tiers behind this node's unless [`freshness::republish_tag`] says they have it). The
+    /// answer is the upstream's and is served even if the index can't take it (its disk full): that
+    /// only costs a revalidation next time.
+    fn remember_tag(&self, repo: &UpstreamRepo, tag: &Tag, kind: ManifestKind, digest: &Digest) {
         let now = self.clock.now_secs();
         let slot = TagSlot { repo, tag, kind };
-        Ok(self.store.remember_tag(slot, digest, now, |before| freshness::republish_tag(before, digest, now))?)
+        if let Err(e) = self.store.remember_tag(slot, digest, now, |before| freshness::republish_tag(before, digest, now)) {
+            tracing::warn!(error = %e, %tag, "remembering a tag's answer failed; served, and revalidated next time");
+        }
     }
 
     /// One page of a repository's tags, at most `n` of them after `last` in lexical order: from

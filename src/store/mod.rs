@@ -14,6 +14,7 @@
 //!   [`Store::bucket_gc`], [`Store::bucket_verify`]).
 //! - [`records`]: the shared tier's records and their one typed key ([`RecordKey`]).
 //! - `housekeeping`: access times written in batches, eviction, the backlog's drain.
+//! - `recovery`: the index opened again in place after sled stopped writing (the disk was full).
 
 mod backend;
 pub mod bucket;
@@ -22,14 +23,16 @@ mod housekeeping;
 mod hot;
 mod index;
 pub mod records;
+mod recovery;
 mod tiered;
 
 pub use backend::{BlobBackend, BlobRead, BlobWrite, Listed, Opened, PartialBlob, ReadAt, Records, SharedBackend};
 pub use bucket::lru as bucket_lru;
 pub use bucket::{Backlog, Bucket, BucketError, BucketFinding, BucketGc, BucketListing, BucketVerified, EvictedBlob, Pending, Pushed, Shared, VerifiedFill, ANSWER_WITHIN, RETRY};
 pub use housekeeping::spawn_housekeeping;
+pub use recovery::{recover, spawn_index_recovery, RecoveryError};
 pub use hot::{Evicted, EvictedKind, InUse, LocalBlobs, NoRoom, Reconciled, Reservation, TempBudget, Usage, Verified, LOW_WATER};
-pub use index::{now_secs, Index, ListedTags, ReferrersKey, SharedSizes, StoredManifest, TagAnswer, TagEntry};
+pub use index::{now_secs, Index, ListedTags, ReferrersKey, SharedSizes, Slot, StoredManifest, TagAnswer, TagEntry};
 /// What sled holds, decoded: for the property tests and fuzz targets.
 #[doc(hidden)]
 pub use index::{blob_size_of, parse_tag, tag_record};

@@ -253,6 +253,83 @@ async fn disk_full_during_a_fill_still_delivers_and_keeps_nothing() {
     drop(m);
 }
 
+/// `name`'s blob `layer` is served whole.
+async fn assert_blob(m: &Mirror, name: &str, layer: &images::Content) {
+    let (status, bytes) = m.blob(name, &layer.digest).await.unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes[..bytes.len().min(300)]));
+    assert!(bytes == layer.bytes, "{name}: the blob's bytes");
+}
+
+/// Write to `path` until the file system is full, down to the last byte.
+fn fill_up(path: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    for chunk in [64 * 1024, 4096, 1] {
+        let zeros = vec![0u8; chunk];
+        while f.write_all(&zeros).is_ok() {}
+    }
+}
+
+/// sled refuses every write after one I/O error of its log, until its database is opened again
+/// (issue 22's soak, seed 2): regcache opens it again in place once the disk has room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_failing_on_a_full_disk_is_reopened_without_a_restart() {
+    let disk = Tmpfs::mount("32m");
+    let reg = FakeRegistry::start().await;
+    let cached = images::schema2_image(&reg, "library/cached", "1", 1, 100_000);
+    let data = disk.dir.path().join("data");
+    let top = "[fills]\nmin_free = \"0\"".to_owned();
+    let m = Mirror::start_with(&reg, Options { credentials: true, data_dir: Some(data), top, ..Default::default() }).await;
+    let layer = &cached.layers[0];
+    assert_blob(&m, "cached", layer).await;
+    m.wait_stored(&layer.digest).await;
+    assert_eq!(m.get_manifest("cached", "1").await.status(), 200);
+    let app = m.app.upgrade().expect("the mirror runs");
+    let index = app.cache().store().index();
+    index.flush().unwrap();
+
+    let filler = disk.dir.path().join("filler");
+    fill_up(&filler);
+    // Index writes until sled's log write hits ENOSPC (a flush makes it write now): from then on
+    // sled fails every read and write of that database.
+    let mut n = 0u64;
+    while index.failure().is_none() {
+        n += 1;
+        assert!(n < 10_000, "sled never failed on a full disk");
+        let _ = index.put_blob(&regcache::oci::Digest::sha256_of(&n.to_be_bytes()), n);
+        let _ = index.flush();
+    }
+    assert!(index.put_blob(&regcache::oci::Digest::sha256_of(b"after"), 1).and_then(|_| index.flush()).is_err(), "the index refuses writes while the disk is full");
+    for _ in 0..3 {
+        // Cached content is still served while the disk stays full: the index was opened again
+        // (on the room kept for it) and takes no writes.
+        assert_blob(&m, "cached", layer).await;
+        assert_eq!(m.get_manifest("cached", "1").await.status(), 200);
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    }
+    assert!(index.is_read_only(), "still no writes while the disk is full");
+    // A miss is served through, or fails with an OCI error body.
+    let missed = images::schema2_image(&reg, "library/missed", "1", 1, 10_000);
+    let resp = m.get(&format!("/v2/missed/blobs/{}", missed.layers[0].digest)).await;
+    if resp.status() != 200 {
+        let (status, code) = error_code(resp).await;
+        assert!(status.is_server_error() && !code.is_empty(), "{status} {code}");
+    }
+
+    std::fs::remove_file(&filler).unwrap();
+    eventually("the index takes writes again", || !index.is_read_only() && index.failure().is_none() && !index.is_closed()).await;
+    let after = images::schema2_image(&reg, "library/after", "1", 1, 10_000);
+    assert_eq!(m.get_manifest("after", "1").await.status(), 200);
+    assert_eq!(m.blob("after", &after.layers[0].digest).await.unwrap().0, 200);
+    m.wait_stored(&after.layers[0].digest).await;
+    let stored = after.layers[0].digest.parse().unwrap();
+    eventually("the new blob indexed", || index.blob_size(&stored).unwrap() == Some(10_000)).await;
+    index.flush().expect("writes work again");
+    assert_blob(&m, "cached", layer).await;
+    drop(app);
+    drop(m);
+}
+
 #[tokio::test]
 async fn manifests_over_4_mib_are_refused() {
     let reg = FakeRegistry::start().await;

@@ -28,7 +28,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 
 use super::{NotDone, Shared};
-use crate::store::Store;
+use crate::store::{Slot, Store};
 use crate::oci::{Digest, ManifestKind, RegistryHost, RepositoryName, Tag, UpstreamRepo};
 use crate::sync::lock;
 
@@ -164,6 +164,43 @@ fn seq_of_value(value: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(value).ok().map(u64::from_be_bytes)
 }
 
+/// The count of the entries in `tree` and the next sequence number; entries that don't parse, and
+/// identities whose entry is gone, are removed.
+fn count(tree: &sled::Tree) -> sled::Result<Counters> {
+    let (mut len, mut next, mut dropped) = (0u64, 0u64, 0u64);
+    let mut batch = sled::Batch::default();
+    for kv in tree.scan_prefix([QUEUE]) {
+        let (key, value) = kv?;
+        match (seq_of_key(&key), Pending::parse(&value)) {
+            (Some(seq), Ok(_)) => {
+                len += 1;
+                next = seq.saturating_add(1);
+            }
+            (_, parsed) => {
+                let why = parsed.err().unwrap_or_else(|| "a key that is not a sequence number".into());
+                tracing::warn!(error = %why, "an unreadable entry of the bucket's backlog; dropped");
+                batch.remove(key);
+                dropped += 1;
+            }
+        }
+    }
+    for kv in tree.scan_prefix([QUEUED]) {
+        let (key, value) = kv?;
+        let live = match seq_of_value(&value) {
+            Some(seq) => tree.get(queue_key(seq))?.is_some_and(|v| Pending::parse(&v).is_ok_and(|p| p.identity() == *key)),
+            None => false,
+        };
+        if !live {
+            batch.remove(key);
+        }
+    }
+    tree.apply_batch(batch)?;
+    if dropped > 0 {
+        tracing::warn!(dropped, "unreadable entries of the bucket's backlog were dropped; their content won't reach the bucket from this node");
+    }
+    Ok(Counters { next, len })
+}
+
 /// What [`Backlog::push`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Pushed {
@@ -178,7 +215,7 @@ pub enum Pushed {
 /// The backlog: a handle on the index's `backlog` tree.
 #[derive(Clone)]
 pub struct Backlog {
-    tree: sled::Tree,
+    tree: Slot<sled::Tree>,
     state: Arc<State>,
 }
 
@@ -210,43 +247,27 @@ struct Counters {
 impl Backlog {
     /// The backlog in `tree`, its count taken afresh; entries that don't parse, and identities
     /// whose entry is gone, are removed.
-    pub(in crate::store) fn open(tree: sled::Tree) -> sled::Result<Backlog> {
+    pub(in crate::store) fn open(tree: Slot<sled::Tree>) -> sled::Result<Backlog> {
         Backlog::with_cap(tree, MAX_ENTRIES)
     }
 
-    fn with_cap(tree: sled::Tree, cap: u64) -> sled::Result<Backlog> {
-        let (mut len, mut next, mut dropped) = (0u64, 0u64, 0u64);
-        let mut batch = sled::Batch::default();
-        for kv in tree.scan_prefix([QUEUE]) {
-            let (key, value) = kv?;
-            match (seq_of_key(&key), Pending::parse(&value)) {
-                (Some(seq), Ok(_)) => {
-                    len += 1;
-                    next = seq.saturating_add(1);
-                }
-                (_, parsed) => {
-                    let why = parsed.err().unwrap_or_else(|| "a key that is not a sequence number".into());
-                    tracing::warn!(error = %why, "an unreadable entry of the bucket's backlog; dropped");
-                    batch.remove(key);
-                    dropped += 1;
-                }
-            }
-        }
-        for kv in tree.scan_prefix([QUEUED]) {
-            let (key, value) = kv?;
-            let live = match seq_of_value(&value) {
-                Some(seq) => tree.get(queue_key(seq))?.is_some_and(|v| Pending::parse(&v).is_ok_and(|p| p.identity() == *key)),
-                None => false,
-            };
-            if !live {
-                batch.remove(key);
-            }
-        }
-        tree.apply_batch(batch)?;
-        if dropped > 0 {
-            tracing::warn!(dropped, "unreadable entries of the bucket's backlog were dropped; their content won't reach the bucket from this node");
-        }
-        Ok(Backlog { tree, state: Arc::new(State { counters: Mutex::new(Counters { next, len }), cap, gauge: OnceLock::new() }) })
+    fn with_cap(tree: Slot<sled::Tree>, cap: u64) -> sled::Result<Backlog> {
+        let counters = count(&tree.get()?)?;
+        Ok(Backlog { tree, state: Arc::new(State { counters: Mutex::new(counters), cap, gauge: OnceLock::new() }) })
+    }
+
+    /// Let go of the tree: the index is being opened again ([`crate::store::Index::reopen`]).
+    pub(in crate::store) fn close(&self) -> Option<sled::Tree> {
+        self.tree.take()
+    }
+
+    /// Take up `tree`, the tree of the index opened again, its count taken afresh.
+    pub(in crate::store) fn reopen(&self, tree: sled::Tree) -> sled::Result<()> {
+        let mut counters = lock(&self.state.counters);
+        *counters = count(&tree)?;
+        self.state.counted(&counters);
+        self.tree.put(tree);
+        Ok(())
     }
 
     /// Keep `gauge` at the number of entries waiting from now on (the server's `bucket_backlog`).
@@ -271,17 +292,18 @@ impl Backlog {
     /// Queue `pending` behind everything queued, unless it is queued already; when the backlog is
     /// full, the oldest entry makes room.
     pub fn push(&self, pending: &Pending) -> sled::Result<Pushed> {
+        let tree = self.tree.get_for_write()?;
         let identity = pending.identity();
         let mut counters = lock(&self.state.counters);
-        if let Some(seq) = self.tree.get(&identity)?.as_deref().and_then(seq_of_value) {
-            if self.tree.contains_key(queue_key(seq))? {
+        if let Some(seq) = tree.get(&identity)?.as_deref().and_then(seq_of_value) {
+            if tree.contains_key(queue_key(seq))? {
                 return Ok(Pushed::Already);
             }
         }
         let mut batch = sled::Batch::default();
         let mut pushed = Pushed::Queued;
         if counters.len >= self.state.cap {
-            if let Some((key, value)) = self.tree.scan_prefix([QUEUE]).next().transpose()? {
+            if let Some((key, value)) = tree.scan_prefix([QUEUE]).next().transpose()? {
                 if let Ok(oldest) = Pending::parse(&value) {
                     batch.remove(oldest.identity());
                 }
@@ -293,7 +315,7 @@ impl Backlog {
         let seq = counters.next;
         batch.insert(&queue_key(seq), pending.record());
         batch.insert(identity, &seq.to_be_bytes());
-        self.tree.apply_batch(batch)?;
+        tree.apply_batch(batch)?;
         counters.next = seq.saturating_add(1);
         if pushed == Pushed::Queued {
             counters.len += 1;
@@ -305,6 +327,7 @@ impl Backlog {
     /// The oldest entry after `after` (the oldest of all with `None`). Entries that don't parse
     /// are removed on the way.
     pub fn next_after(&self, after: Option<Seq>) -> sled::Result<Option<(Seq, Pending)>> {
+        let tree = self.tree.get()?;
         let start = match after {
             None => queue_key(0),
             Some(Seq(seq)) => match seq.checked_add(1) {
@@ -312,7 +335,7 @@ impl Backlog {
                 None => return Ok(None),
             },
         };
-        for kv in self.tree.range(&start[..]..&[QUEUE + 1][..]) {
+        for kv in tree.range(&start[..]..&[QUEUE + 1][..]) {
             let (key, value) = kv?;
             match (seq_of_key(&key), Pending::parse(&value)) {
                 (Some(seq), Ok(pending)) => return Ok(Some((Seq(seq), pending))),
@@ -320,7 +343,7 @@ impl Backlog {
                     let why = parsed.err().unwrap_or_else(|| "a key that is not a sequence number".into());
                     tracing::warn!(error = %why, "an unreadable entry of the bucket's backlog; dropped");
                     let mut counters = lock(&self.state.counters);
-                    if self.tree.remove(&key)?.is_some() {
+                    if tree.remove(&key)?.is_some() {
                         counters.len = counters.len.saturating_sub(1);
                         self.state.counted(&counters);
                     }
@@ -333,18 +356,19 @@ impl Backlog {
     /// Remove the entry `seq` (`pending`, as [`Backlog::next_after`] gave it): done, or no longer
     /// to be done. Gone already is fine.
     pub fn remove(&self, seq: Seq, pending: &Pending) -> sled::Result<()> {
+        let tree = self.tree.get_for_write()?;
         let mut counters = lock(&self.state.counters);
         let key = queue_key(seq.0);
-        if !self.tree.contains_key(key)? {
+        if !tree.contains_key(key)? {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
         batch.remove(&key);
         let identity = pending.identity();
-        if self.tree.get(&identity)?.as_deref().and_then(seq_of_value) == Some(seq.0) {
+        if tree.get(&identity)?.as_deref().and_then(seq_of_value) == Some(seq.0) {
             batch.remove(identity);
         }
-        self.tree.apply_batch(batch)?;
+        tree.apply_batch(batch)?;
         counters.len = counters.len.saturating_sub(1);
         self.state.counted(&counters);
         Ok(())
@@ -497,7 +521,7 @@ mod tests {
     #[test]
     fn entries_come_back_oldest_first_once_each_and_after_a_reopen() {
         let (_dir, _db, tree) = tree();
-        let b = Backlog::open(tree.clone()).unwrap();
+        let b = Backlog::open(Slot::new(tree.clone())).unwrap();
         let subject = Digest::sha256_of(b"subject");
         let referrers = Pending::Referrers { repo: UpstreamRepo::of("ghcr.io", "org/app"), subject };
         let manifest = Pending::Manifest { digest: Digest::sha256_of(b"manifest") };
@@ -512,7 +536,7 @@ mod tests {
         assert_eq!(all(&b), many);
 
         // Reopened (a restart): the same entries in the same order, and new ones go behind them.
-        let b = Backlog::open(tree.clone()).unwrap();
+        let b = Backlog::open(Slot::new(tree.clone())).unwrap();
         assert_eq!(b.len(), many.len() as u64);
         assert_eq!(all(&b), many);
         let (seq, first) = b.next_after(None).unwrap().unwrap();
@@ -523,13 +547,13 @@ mod tests {
         let mut want = many[1..].to_vec();
         want.push(first);
         assert_eq!(all(&b), want, "behind everything queued before");
-        assert_eq!(Backlog::open(tree).unwrap().len(), many.len() as u64);
+        assert_eq!(Backlog::open(Slot::new(tree)).unwrap().len(), many.len() as u64);
     }
 
     #[test]
     fn a_full_backlog_drops_its_oldest_entry_for_a_new_one() {
         let (_dir, _db, tree) = tree();
-        let b = Backlog::with_cap(tree.clone(), 3).unwrap();
+        let b = Backlog::with_cap(Slot::new(tree.clone()), 3).unwrap();
         let gauge = Gauge::default();
         for n in 0..3 {
             assert_eq!(b.push(&blob(n)).unwrap(), Pushed::Queued);
@@ -553,7 +577,7 @@ mod tests {
     #[test]
     fn entries_that_do_not_parse_are_dropped() {
         let (_dir, _db, tree) = tree();
-        let b = Backlog::open(tree.clone()).unwrap();
+        let b = Backlog::open(Slot::new(tree.clone())).unwrap();
         b.push(&blob(1)).unwrap();
         let bad: [&[u8]; 7] = [
             b"not json",
@@ -570,7 +594,7 @@ mod tests {
         tree.insert(b"q-short", &b"{}"[..]).unwrap();
         // An identity left without its entry doesn't keep the thing out.
         tree.insert(blob(2).identity(), &5000u64.to_be_bytes()).unwrap();
-        let b = Backlog::open(tree.clone()).unwrap();
+        let b = Backlog::open(Slot::new(tree.clone())).unwrap();
         assert_eq!(b.len(), 1, "only the good entry counts");
         assert_eq!(tree.scan_prefix([QUEUE]).count(), 1, "the others are removed at open");
         assert_eq!(b.push(&blob(2)).unwrap(), Pushed::Queued);

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use crate::sync::lock;
 
 /// How many bytes the file system holding `dir` has free for unprivileged writers.
-fn free_bytes(dir: &Path) -> io::Result<u64> {
+pub(in crate::store) fn free_bytes(dir: &Path) -> io::Result<u64> {
     let s = rustix::fs::statvfs(dir)?;
     Ok(s.f_bavail.saturating_mul(s.f_frsize))
 }

@@ -26,9 +26,9 @@
 //! one transaction.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -38,27 +38,26 @@ use serde::{Deserialize, Serialize};
 use crate::store::bucket::Backlog;
 use crate::store::StoreError;
 use crate::oci::{Digest, ManifestKind, Tag, UpstreamRepo};
+use crate::sync::lock;
 
+mod handle;
+mod reserve;
 mod tag_lists;
+
+pub use handle::{is_lock_error, Slot};
+use handle::Trees;
+use reserve::Reserve;
 
 pub use tag_lists::{ListedTags, MAX_TAG_LIST_RECORD};
 use tag_lists::TagListBook;
 
 /// The index database.
 pub struct Index {
-    db: sled::Db,
-    blobs: sled::Tree,
-    manifests: sled::Tree,
-    tags: sled::Tree,
-    access: sled::Tree,
-    referrers: sled::Tree,
-    shared: sled::Tree,
-    /// `upstream\0repository` → the place in `tag_list_order` (8 bytes, big-endian) and the
-    /// [`ListedTags`] record.
-    tag_lists: sled::Tree,
-    /// Place (8 bytes, big-endian, increasing with every write) → the `tag_lists` key written then:
-    /// the first entry is the list remembered longest ago.
-    tag_list_order: sled::Tree,
+    path: PathBuf,
+    /// The database and its trees; empty while it is being opened again (`handle`).
+    trees: Slot<Arc<Trees>>,
+    /// The `shared` tree, as [`SharedSizes`] handed out hold it.
+    shared: Slot<sled::Tree>,
     // A std Mutex: held by one tag-list write (a few sled operations, no await), so the count, the
     // bytes and the order agree with the trees.
     tag_list_book: Mutex<TagListBook>,
@@ -69,6 +68,12 @@ pub struct Index {
     /// The `disk_bytes` gauge, once a server's metrics are given ([`Index::count_used_in`]): moved
     /// with `used` by every insert and removal.
     used_gauge: OnceLock<Gauge>,
+    /// Held by one reopening at a time.
+    reopening: Mutex<()>,
+    /// Reopenings not yet followed by the repair.
+    repairs_due: AtomicU64,
+    /// Room kept for opening the index again on a full disk.
+    reserve: Reserve,
 }
 
 /// A manifest as stored: exact bytes and media type.
@@ -149,27 +154,28 @@ pub fn tag_record(answers: BTreeMap<ManifestKind, TagAnswer>) -> Vec<u8> {
 /// The sizes of blobs known to be in the shared bucket (they don't count in `max_size`: they aren't
 /// here). A handle on the index's `shared` tree.
 #[derive(Clone)]
-pub struct SharedSizes(sled::Tree);
+pub struct SharedSizes(Slot<sled::Tree>);
 
 impl SharedSizes {
     /// The size of `digest` in the bucket, if known.
     pub fn get(&self, digest: &Digest) -> sled::Result<Option<u64>> {
-        Ok(self.0.get(digest.to_string())?.as_deref().map(blob_size_of))
+        Ok(self.0.get()?.get(digest.to_string())?.as_deref().map(blob_size_of))
     }
 
     /// Note that the bucket has `digest` with `size` bytes.
     pub fn put(&self, digest: &Digest, size: u64) -> sled::Result<()> {
-        self.0.insert(digest.to_string(), &size.to_be_bytes()).map(|_| ())
+        self.0.get_for_write()?.insert(digest.to_string(), &size.to_be_bytes()).map(|_| ())
     }
 
     /// Forget `digest`: the bucket no longer has it.
     pub fn remove(&self, digest: &Digest) -> sled::Result<()> {
-        self.0.remove(digest.to_string()).map(|_| ())
+        self.0.get_for_write()?.remove(digest.to_string()).map(|_| ())
     }
 
     /// The bytes of all blobs known to be in the bucket (a walk of the tree: for the status page).
     pub fn known_bytes(&self) -> u64 {
-        self.0.iter().values().filter_map(Result::ok).map(|v| blob_size_of(&v)).fold(0, u64::saturating_add)
+        let Ok(tree) = self.0.get() else { return 0 };
+        tree.iter().values().filter_map(Result::ok).map(|v| blob_size_of(&v)).fold(0, u64::saturating_add)
     }
 }
 
@@ -193,6 +199,20 @@ fn keys(tree: &sled::Tree) -> sled::Result<Vec<Digest>> {
     Ok(out)
 }
 
+/// Bytes of blobs, manifests and referrers lists in `trees` (summed afresh at every open).
+fn used_by(trees: &Trees) -> sled::Result<u64> {
+    let mut used = 0u64;
+    for kv in trees.blobs.iter() {
+        used = used.saturating_add(blob_size_of(&kv?.1));
+    }
+    for tree in [&trees.manifests, &trees.referrers] {
+        for kv in tree.iter() {
+            used = used.saturating_add(kv?.1.len() as u64);
+        }
+    }
+    Ok(used)
+}
+
 /// A size (or a time) as the index holds it: 8 bytes, big-endian; 0 for a value of any other length
 /// (a blob indexed with size 0 reads as missing and is forgotten). Public for the property tests
 /// and fuzz targets of what sled holds.
@@ -211,95 +231,89 @@ fn referrers_key(repo: &UpstreamRepo, subject: &Digest) -> String {
     format!("{}\0{}\0{subject}", repo.upstream, repo.name)
 }
 
-/// How long opening waits for a lock that is being let go.
-const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// Open sled's database. A store closed a moment ago (a restart in the same process, a server that
-/// is just exiting) may still hold its file lock until sled's background flusher has stopped, so
-/// a lock failure is retried for [`LOCK_GRACE`]; a lock held longer (a running server) is an error.
-fn open_db(path: &Path) -> sled::Result<sled::Db> {
-    let start = std::time::Instant::now();
-    loop {
-        match sled::Config::new().path(path).flush_every_ms(Some(1000)).open() {
-            Err(e) if start.elapsed() < LOCK_GRACE && is_lock_error(&e) => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Whether `e` is sled failing to lock its database file (another process, or a store closed a
-/// moment ago, holds it).
-///
-/// sled (pinned at 0.34.7) has no error variant for this: a failed `try_lock_exclusive` on its `db`
-/// file becomes `Error::Io(io::Error::new(ErrorKind::Other, "could not acquire lock on …: <the OS
-/// error>"))` (sled's `config.rs`), so the original `WouldBlock` kind survives only as text. Hence
-/// the message match; a sled upgrade must recheck it (`it::commands` runs the commands beside a
-/// running server).
-pub fn is_lock_error(e: &sled::Error) -> bool {
-    let msg = e.to_string();
-    msg.contains("lock") || msg.contains("Resource temporarily unavailable")
-}
-
 impl Index {
     /// Open or create the index at `path`.
     pub fn open(path: &Path) -> Result<Index, StoreError> {
         let err = |source| StoreError::Index { path: path.to_owned(), source };
-        let db = open_db(path).map_err(err)?;
-        let blobs = db.open_tree("blobs").map_err(err)?;
-        let manifests = db.open_tree("manifests").map_err(err)?;
-        let tags = db.open_tree("tags").map_err(err)?;
-        let access = db.open_tree("access").map_err(err)?;
-        let referrers = db.open_tree("referrers").map_err(err)?;
-        let shared = db.open_tree("shared").map_err(err)?;
-        let tag_lists = db.open_tree("tag_lists").map_err(err)?;
-        let tag_list_order = db.open_tree("tag_list_order").map_err(err)?;
-        let book = TagListBook::open(&tag_lists, &tag_list_order).map_err(err)?;
-        let backlog = db.open_tree("backlog").and_then(Backlog::open).map_err(err)?;
-        let mut used = 0u64;
-        for kv in blobs.iter() {
-            let (_, v) = kv.map_err(err)?;
-            used += blob_size_of(&v);
-        }
-        for tree in [&manifests, &referrers] {
-            for kv in tree.iter() {
-                let (_, v) = kv.map_err(err)?;
-                used += v.len() as u64;
-            }
-        }
+        let trees = Trees::open(path).map_err(err)?;
+        let book = TagListBook::open(&trees.tag_lists, &trees.tag_list_order).map_err(err)?;
+        let reserve = Reserve::open(path);
+        let backlog = Backlog::open(Slot::gated(trees.backlog.clone(), reserve.gate())).map_err(err)?;
+        let used = used_by(&trees).map_err(err)?;
         Ok(Index {
-            db,
-            blobs,
-            manifests,
-            tags,
-            access,
-            referrers,
-            shared,
-            tag_lists,
-            tag_list_order,
+            path: path.to_owned(),
+            shared: Slot::gated(trees.shared.clone(), reserve.gate()),
+            trees: Slot::new(Arc::new(trees)),
             tag_list_book: Mutex::new(book),
             backlog,
             used: AtomicU64::new(used),
             used_gauge: OnceLock::new(),
+            reopening: Mutex::new(()),
+            repairs_due: AtomicU64::new(0),
+            reserve,
         })
+    }
+
+    /// The database now, for a write: refused while the room kept for the index is given up (the
+    /// disk was full), so that the index keeps serving reads until the disk has room again.
+    fn w(&self) -> sled::Result<Arc<Trees>> {
+        // First `t`: it opens a failed database again, giving the room up.
+        let trees = self.t()?;
+        if self.reserve.is_released() {
+            return Err(handle::read_only());
+        }
+        Ok(trees)
+    }
+
+    /// Write the room kept for the index back if the file system has `free` bytes enough; whether
+    /// it takes writes now.
+    pub fn restore_reserve(&self, free: u64) -> bool {
+        !self.reserve.is_released() || self.reserve.restore(free)
+    }
+
+    /// Whether the index refuses writes: the room kept for it is given up.
+    pub fn is_read_only(&self) -> bool {
+        self.reserve.is_released()
+    }
+
+    /// Where the database is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The database now (for one operation). If sled has stopped writing (an I/O error of its
+    /// log: its reads fail too from then on), it is opened again first (module `handle`), so that
+    /// cached content is still served while the disk is full; the repair after it
+    /// (`store::recovery`) follows in the background.
+    fn t(&self) -> sled::Result<Arc<Trees>> {
+        let trees = self.trees.get()?;
+        let Some(e) = trees.failure() else { return Ok(trees) };
+        drop(trees);
+        tracing::error!(error = %e, "the index stopped writing (sled keeps an I/O error of its log); opening it again");
+        match self.reopen_if_failed() {
+            Ok(()) => self.trees.get(),
+            Err(reopen) => {
+                tracing::error!(error = %reopen, "opening the index again failed");
+                Err(e)
+            }
+        }
     }
 
     /// The recorded size of a stored blob.
     pub fn blob_size(&self, digest: &Digest) -> sled::Result<Option<u64>> {
-        Ok(self.blobs.get(digest.to_string())?.as_deref().map(blob_size_of))
+        Ok(self.t()?.blobs.get(digest.to_string())?.as_deref().map(blob_size_of))
     }
 
     /// Record a blob that is now durable on disk.
     pub fn put_blob(&self, digest: &Digest, size: u64) -> sled::Result<()> {
-        let old = self.blobs.insert(digest.to_string(), &size.to_be_bytes())?;
+        let old = self.w()?.blobs.insert(digest.to_string(), &size.to_be_bytes())?;
         self.account(old.as_deref().map(blob_size_of), size);
         Ok(())
     }
 
     /// Forget a blob.
     pub fn remove_blob(&self, digest: &Digest) -> sled::Result<()> {
-        let old = self.blobs.remove(digest.to_string())?;
+        let old = self.w()?.blobs.remove(digest.to_string())?;
         self.account(old.as_deref().map(blob_size_of), 0);
         Ok(())
     }
@@ -316,17 +330,17 @@ impl Index {
 
     /// Every indexed blob.
     pub fn blob_digests(&self) -> sled::Result<Vec<Digest>> {
-        keys(&self.blobs)
+        keys(&self.t()?.blobs)
     }
 
     /// Every stored manifest.
     pub fn manifest_digests(&self) -> sled::Result<Vec<Digest>> {
-        keys(&self.manifests)
+        keys(&self.t()?.manifests)
     }
 
     /// Forget a manifest.
     pub fn remove_manifest(&self, digest: &Digest) -> sled::Result<()> {
-        let old = self.manifests.remove(digest.to_string())?;
+        let old = self.w()?.manifests.remove(digest.to_string())?;
         self.account(old.map(|o| o.len() as u64), 0);
         Ok(())
     }
@@ -337,23 +351,23 @@ impl Index {
         for (d, t) in times {
             batch.insert(d.to_string().into_bytes(), &t.to_be_bytes());
         }
-        self.access.apply_batch(batch)
+        self.w()?.access.apply_batch(batch)
     }
 
     /// When content was last used; 0 if never recorded.
     pub fn access(&self, digest: &Digest) -> sled::Result<u64> {
-        Ok(self.access.get(digest.to_string())?.as_deref().map_or(0, blob_size_of))
+        Ok(self.t()?.access.get(digest.to_string())?.as_deref().map_or(0, blob_size_of))
     }
 
     /// Forget the access time of evicted content.
     pub fn remove_access(&self, digest: &Digest) -> sled::Result<()> {
-        self.access.remove(digest.to_string())?;
+        self.w()?.access.remove(digest.to_string())?;
         Ok(())
     }
 
     /// How many blobs and manifests are indexed (a walk of each tree's keys: for the status page).
     pub fn counts(&self) -> (u64, u64) {
-        (self.blobs.len() as u64, self.manifests.len() as u64)
+        self.t().map_or((0, 0), |t| (t.blobs.len() as u64, t.manifests.len() as u64))
     }
 
     /// Bytes of blobs, manifests and referrers lists indexed.
@@ -388,7 +402,7 @@ impl Index {
 
     /// A stored manifest.
     pub fn manifest(&self, digest: &Digest) -> sled::Result<Option<StoredManifest>> {
-        let Some(v) = self.manifests.get(digest.to_string())? else { return Ok(None) };
+        let Some(v) = self.t()?.manifests.get(digest.to_string())? else { return Ok(None) };
         // Layout: media type, NUL, bytes.
         let Some(split) = v.iter().position(|b| *b == 0) else { return Ok(None) };
         let media_type = String::from_utf8_lossy(&v[..split]).into_owned();
@@ -405,7 +419,7 @@ impl Index {
         v.push(0);
         v.extend_from_slice(&m.bytes);
         let size = v.len() as u64;
-        match self.manifests.compare_and_swap(digest.to_string(), None as Option<&[u8]>, Some(v))? {
+        match self.w()?.manifests.compare_and_swap(digest.to_string(), None as Option<&[u8]>, Some(v))? {
             Ok(()) => {
                 self.account(None, size);
                 Ok(m.clone())
@@ -416,7 +430,7 @@ impl Index {
 
     /// What a tag pointed at when last seen.
     pub fn tag(&self, repo: &UpstreamRepo, tag: &Tag) -> sled::Result<Option<TagEntry>> {
-        let v = self.tags.get(tag_key(repo, tag))?;
+        let v = self.t()?.tags.get(tag_key(repo, tag))?;
         Ok(v.and_then(|v| parse_tag(&v)))
     }
 
@@ -435,7 +449,7 @@ impl Index {
         kind: ManifestKind,
         mut update: impl FnMut(Option<&TagAnswer>) -> TagAnswer,
     ) -> sled::Result<()> {
-        self.tags.fetch_and_update(tag_key(repo, tag), |old| {
+        self.w()?.tags.fetch_and_update(tag_key(repo, tag), |old| {
             let mut answers = old.and_then(parse_tag).map(|e| e.answers).unwrap_or_default();
             let new = update(answers.get(&kind));
             answers.insert(kind, new);
@@ -446,12 +460,12 @@ impl Index {
 
     /// The last referrers list upstream gave for a manifest.
     pub fn referrers(&self, repo: &UpstreamRepo, digest: &Digest) -> sled::Result<Option<Bytes>> {
-        Ok(self.referrers.get(referrers_key(repo, digest))?.map(|v| Bytes::copy_from_slice(&v)))
+        Ok(self.t()?.referrers.get(referrers_key(repo, digest))?.map(|v| Bytes::copy_from_slice(&v)))
     }
 
     /// Remember a referrers list.
     pub fn put_referrers(&self, repo: &UpstreamRepo, digest: &Digest, body: &[u8]) -> sled::Result<()> {
-        let old = self.referrers.insert(referrers_key(repo, digest), body)?;
+        let old = self.w()?.referrers.insert(referrers_key(repo, digest), body)?;
         self.account(old.map(|o| o.len() as u64), body.len() as u64);
         Ok(())
     }
@@ -459,7 +473,7 @@ impl Index {
     /// Every remembered referrers list: its key, its subject manifest, its size.
     pub fn referrers_lists(&self) -> sled::Result<Vec<(ReferrersKey, Digest, u64)>> {
         let mut out = Vec::new();
-        for kv in self.referrers.iter() {
+        for kv in self.t()?.referrers.iter() {
             let (k, v) = kv?;
             // The subject is the last of the three NUL-separated parts.
             let subject = k.rsplit(|b| *b == 0).next().and_then(|d| std::str::from_utf8(d).ok()?.parse().ok());
@@ -472,7 +486,7 @@ impl Index {
 
     /// Forget a referrers list.
     pub fn remove_referrers(&self, key: &ReferrersKey) -> sled::Result<()> {
-        let old = self.referrers.remove(&key.0)?;
+        let old = self.w()?.referrers.remove(&key.0)?;
         self.account(old.map(|o| o.len() as u64), 0);
         Ok(())
     }
@@ -480,7 +494,7 @@ impl Index {
     /// Every tag known: (upstream, repository, tag, entry), sorted.
     pub fn all_tags(&self) -> sled::Result<Vec<(String, String, String, TagEntry)>> {
         let mut out = Vec::new();
-        for kv in self.tags.iter() {
+        for kv in self.t()?.tags.iter() {
             let (k, v) = kv?;
             let key = String::from_utf8_lossy(&k).into_owned();
             let mut parts = key.splitn(3, '\0');
@@ -497,7 +511,7 @@ impl Index {
     pub fn tags_of(&self, repo: &UpstreamRepo) -> sled::Result<Vec<(String, u64)>> {
         let prefix = format!("{}\0{}\0", repo.upstream, repo.name).into_bytes();
         let mut out = Vec::new();
-        for kv in self.tags.scan_prefix(&prefix) {
+        for kv in self.t()?.tags.scan_prefix(&prefix) {
             let (k, v) = kv?;
             let checked_at = parse_tag(&v).and_then(|e| e.latest().map(|a| a.checked_at)).unwrap_or(0);
             out.push((String::from_utf8_lossy(&k[prefix.len()..]).into_owned(), checked_at));
@@ -508,8 +522,71 @@ impl Index {
 
     /// Write everything to disk now.
     pub fn flush(&self) -> sled::Result<()> {
-        self.db.flush()?;
+        self.t()?.db.flush()?;
         Ok(())
+    }
+
+    /// The I/O error that stopped the database's writes (sled keeps refusing them until
+    /// [`Index::reopen`]), if one did.
+    pub fn failure(&self) -> Option<sled::Error> {
+        self.trees.get().ok()?.failure()
+    }
+
+    /// Whether the database is closed: a reopening failed and will be tried again.
+    pub fn is_closed(&self) -> bool {
+        self.trees.get().is_err()
+    }
+
+    /// Close the database and open it again, which clears the error that stopped its writes
+    /// (module `handle`). Meanwhile every operation fails with an I/O error. What was written after
+    /// the error is lost: the caller makes the blob files and the index agree again
+    /// (`Store::reconcile`), as at start-up. If opening fails the index stays closed (every
+    /// operation failing) until a later call opens it.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let _one = lock(&self.reopening);
+        self.reopen_now()
+    }
+
+    /// [`Index::reopen`] unless another caller has opened it again since it failed.
+    fn reopen_if_failed(&self) -> Result<(), StoreError> {
+        let _one = lock(&self.reopening);
+        if self.trees.get().is_ok_and(|t| t.failure().is_none()) {
+            return Ok(());
+        }
+        self.reopen_now()
+    }
+
+    /// [`Index::reopen`], with `reopening` held.
+    fn reopen_now(&self) -> Result<(), StoreError> {
+        let err = |source| StoreError::Index { path: self.path.clone(), source };
+        // Every slot emptied and the old database dropped here, so that sled lets go of its file
+        // lock (its flush on drop returns at once: the database has failed).
+        drop((self.trees.take(), self.shared.take(), self.backlog.close()));
+        self.reserve.release();
+        let trees = Trees::open(&self.path).map_err(err)?;
+        let book = TagListBook::open(&trees.tag_lists, &trees.tag_list_order).map_err(err)?;
+        let used = used_by(&trees).map_err(err)?;
+        self.backlog.reopen(trees.backlog.clone()).map_err(err)?;
+        *lock(&self.tag_list_book) = book;
+        self.used.store(used, Ordering::Relaxed);
+        if let Some(g) = self.used_gauge.get() {
+            g.set(i64::try_from(used).unwrap_or(i64::MAX));
+        }
+        self.shared.put(trees.shared.clone());
+        self.trees.put(Arc::new(trees));
+        self.repairs_due.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether the index was opened again since the last [`Index::take_repair_due`].
+    pub fn repair_due(&self) -> bool {
+        self.repairs_due.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether the index was opened again since the last call: index and blob files are to be
+    /// made to agree (`Store::reconcile`).
+    pub fn take_repair_due(&self) -> bool {
+        self.repairs_due.swap(0, Ordering::Relaxed) > 0
     }
 }
 
@@ -596,6 +673,28 @@ mod tests {
     }
 
     #[test]
+    fn while_the_room_kept_is_given_up_reads_work_and_writes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("index")).unwrap();
+        assert_eq!(std::fs::metadata(dir.path().join("index.reserve")).unwrap().len(), 8 << 20, "room kept");
+        let (kept, new) = (Digest::sha256_of(b"kept"), Digest::sha256_of(b"new"));
+        idx.put_blob(&kept, 1).unwrap();
+        idx.reopen().unwrap();
+        assert!(!dir.path().join("index.reserve").exists(), "given up when opened again");
+        assert!(idx.is_read_only() && idx.take_repair_due());
+        assert_eq!(idx.blob_size(&kept).unwrap(), Some(1), "reads work");
+        assert!(idx.put_blob(&new, 2).is_err());
+        assert!(idx.shared_sizes().put(&new, 2).is_err());
+        assert!(idx.backlog().push(&crate::store::Pending::Blob { digest: new.clone(), size: 2 }).is_err());
+        assert!(!idx.restore_reserve(2 * (8 << 20) - 1), "not without room");
+        assert!(idx.restore_reserve(u64::MAX) && !idx.is_read_only());
+        assert!(dir.path().join("index.reserve").exists(), "written back");
+        idx.put_blob(&new, 2).unwrap();
+        idx.shared_sizes().put(&new, 2).unwrap();
+        assert_eq!(idx.used_bytes(), 3);
+    }
+
+    #[test]
     fn a_tag_answer_is_stored_with_its_digest_as_a_string() {
         let d = Digest::sha256_of(b"m");
         let a = TagAnswer { digest: d.clone(), checked_at: 7, published_at: None };
@@ -613,7 +712,7 @@ mod tests {
         let tag: Tag = "3".parse().unwrap();
         let d = Digest::sha256_of(b"m");
         // The previous layout: one digest per tag.
-        idx.tags.insert(tag_key(&repo, &tag), format!(r#"{{"digest":"{d}","checked_at":7}}"#).as_bytes()).unwrap();
+        idx.t().unwrap().tags.insert(tag_key(&repo, &tag), format!(r#"{{"digest":"{d}","checked_at":7}}"#).as_bytes()).unwrap();
         let old = TagAnswer { digest: d.clone(), checked_at: 7, published_at: None };
         let e = idx.tag(&repo, &tag).unwrap().unwrap();
         assert_eq!(e, TagEntry { answers: BTreeMap::new(), unknown: Some(old.clone()) });

@@ -160,7 +160,7 @@ impl Index {
     /// The tag list last remembered for a repository, if any (a value that isn't a valid record is
     /// none).
     pub fn tag_list(&self, repo: &UpstreamRepo) -> sled::Result<Option<ListedTags>> {
-        Ok(self.tag_lists.get(tag_list_key(repo))?.as_deref().and_then(listed_of))
+        Ok(self.t()?.tag_lists.get(tag_list_key(repo))?.as_deref().and_then(listed_of))
     }
 
     /// Remember `update(the list remembered now)` as a repository's tag list, the newest of all; then
@@ -173,14 +173,15 @@ impl Index {
         update: impl FnOnce(Option<ListedTags>) -> ListedTags,
     ) -> sled::Result<(Option<ListedTags>, ListedTags)> {
         let key = tag_list_key(repo);
+        let t = self.w()?;
         let mut book = lock(&self.tag_list_book);
-        let old = self.tag_lists.get(&key)?;
+        let old = t.tag_lists.get(&key)?;
         let before = old.as_deref().and_then(listed_of);
         let after = update(before.clone());
         let place = book.next;
         let value = tag_list_value(place, &after);
         let old_place = old.as_deref().and_then(place_of);
-        (&self.tag_lists, &self.tag_list_order)
+        (&t.tag_lists, &t.tag_list_order)
             .transaction(|(lists, order)| -> ConflictableTransactionResult<(), std::convert::Infallible> {
                 if let Some(p) = old_place {
                     order.remove(&p.to_be_bytes())?;
@@ -197,9 +198,9 @@ impl Index {
         }
         book.bytes = book.bytes.saturating_add(value.len() as u64);
         while book.count > book.limits.repositories || book.bytes > book.limits.bytes {
-            let Some((oldest, key)) = self.tag_list_order.first()? else { break };
+            let Some((oldest, key)) = t.tag_list_order.first()? else { break };
             let place = place_of(&oldest);
-            let forgotten = (&self.tag_lists, &self.tag_list_order)
+            let forgotten = (&t.tag_lists, &t.tag_list_order)
                 .transaction(|(lists, order)| -> ConflictableTransactionResult<Option<usize>, std::convert::Infallible> {
                     order.remove(&oldest)?;
                     // Only the list written at that place (written since, it has another).
@@ -288,7 +289,7 @@ mod tests {
         lock(&idx.tag_list_book).limits = limits;
         idx.update_tag_list(&repos[4], |_| listed(&["a"], 4)).unwrap();
         assert_eq!(remembered(&idx, &all), ["org/r1", "org/r4", "org/r5"]);
-        assert_eq!(idx.tag_list_order.len(), 3, "one place per list");
+        assert_eq!(idx.t().unwrap().tag_list_order.len(), 3, "one place per list");
 
         // Bytes bound them too: a large list pushes out the oldest ones until they fit.
         let value_len = |tags: &[&str]| tag_list_value(0, &listed(tags, 5)).len() as u64;
