@@ -152,7 +152,7 @@ impl Gate {
             return Ok(());
         }
         // Counted as a failure before verifying, so that concurrent attempts can't exceed the limit.
-        let bucket = lock(&self.failures).attempt(
+        let counted = lock(&self.failures).attempt(
             peer,
             Instant::now(),
             self.policy.max_failures,
@@ -180,7 +180,7 @@ impl Gate {
         if !(matched && known.is_some()) {
             return Err(Refusal::Unauthorized);
         }
-        lock(&self.failures).forgive(bucket);
+        lock(&self.failures).forgive(counted);
         let mut verified = lock(&self.verified);
         if verified.len() >= REMEMBERED {
             verified.clear();

@@ -116,7 +116,7 @@ pub fn open_with(config: &Config, bucket: Option<Arc<dyn SharedBackend>>, metric
 /// no request.
 pub fn bucket_client(config: &Config, metrics: &Arc<Metrics>) -> Result<Option<Arc<dyn SharedBackend>>, BucketError> {
     let Some(tier) = config.storage.bucket() else { return Ok(None) };
-    let counted = metrics.bucket();
+    let counted = metrics.shared();
     let observer: Observer = Arc::new(move |r: &Request| counted.request_sent(r.op.as_str(), r.outcome.as_str()));
     let client: Arc<dyn SharedBackend> = match &tier.backend {
         BucketBackend::S3(s3) => Arc::new(Bucket::from_config(s3, &config.data_dir)?.with_observer(observer)),
@@ -131,7 +131,7 @@ pub fn with_bucket_tier(store: Store, config: &Config) -> Result<Store, BucketEr
     let metrics = Arc::new(Metrics::new());
     Ok(match bucket_client(config, &metrics)? {
         // Not a node of the bucket's eviction: `regcache gc` names its node for its one round.
-        Some(bucket) => store.with_shared(bucket, String::new(), None, metrics.bucket()),
+        Some(bucket) => store.with_shared(bucket, String::new(), None, metrics.shared()),
         None => store,
     })
 }
@@ -152,7 +152,7 @@ fn open_store(config: &Config, bucket: Option<Arc<dyn SharedBackend>>, metrics: 
         let max_size = config.storage.bucket().and_then(|tier| tier.max_size);
         let node = crate::store::bucket_lru::node_id(&config.data_dir)
             .map_err(|source| StoreError::Io { path: config.data_dir.join("node-id"), source })?;
-        store = store.with_shared(bucket, node, max_size, metrics.bucket());
+        store = store.with_shared(bucket, node, max_size, metrics.shared());
     }
     Ok(Arc::new(store))
 }

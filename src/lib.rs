@@ -23,7 +23,7 @@
 //!   as typed methods (`head_manifest`, `get_manifest`, `tags`, `referrers`, `head_blob`, `get_blob`).
 //! - [`store`]: everything regcache keeps, in tiers, and the tier logic in one place
 //!   (`store/tiered.rs`: callers ask `Store` for a manifest, a tag, a referrers list, a tag list or
-//!   where a blob is — `BlobSource::{Local, Bucket, Missing}` — and it looks up, backfills and
+//!   where a blob is — `BlobSource::{Local, Shared, Missing}` — and it looks up, backfills and
 //!   publishes; a fill reaches it through `fill::Sink`). The storage seam (`store::BlobBackend`:
 //!   begin, append, commit after verification, abort, open a range, stat, list, remove; probe and
 //!   cleanup when a server starts). `store::hot`: the hot tier on disk (`LocalBlobs`: temp → fsync
@@ -65,7 +65,7 @@
 //!   (`logs::RequestId`) the access line carries and the response returns in `X-Request-Id`.
 //! - [`metrics`]: Prometheus counters, gauges and histograms; a gauge is kept by what it counts (the
 //!   fills keep `fills_in_progress`, `Metrics::fills_running`; the index `disk_bytes`,
-//!   `Store::counted_in`; the bucket tier its metrics, `metrics::BucketMetrics`, its backlog
+//!   `Store::counted_in`; the bucket tier its metrics, `metrics::SharedMetrics`, its backlog
 //!   `bucket_backlog` among them). What nothing keeps is read at scrape time (`metrics::Now`: the
 //!   fills' readers, `max_size`, the data directory's file system).
 //! - [`status`]: the status page's tallies (`status::Board`, kept in the metrics) and its snapshot;

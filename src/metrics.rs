@@ -3,7 +3,7 @@
 //! running and their readers, bytes on disk against max_size and the file system, evictions), and, with a shared bucket, what it asked of the bucket (requests by operation and
 //! result, bytes each way, uploads running and aborted, whether it is down). One [`Metrics`] per
 //! server, shared by its parts; a part that counts something keeps its own handle (the fills'
-//! gauge, the index's `disk_bytes`, [`BucketMetrics`], [`FleetMetrics`]), and what nothing keeps
+//! gauge, the index's `disk_bytes`, [`SharedMetrics`], [`FleetMetrics`]), and what nothing keeps
 //! is read when `/metrics` is asked for ([`Now`]).
 
 use std::fmt::Write as _;
@@ -68,7 +68,7 @@ impl RouteLabel {
 
 /// What was asked of the shared bucket: the `op` label.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum BucketOp {
+pub enum SharedOp {
     /// Whether it has a blob, and its size.
     Head,
     /// A blob read, into the hot tier.
@@ -83,32 +83,32 @@ pub enum BucketOp {
     Evict,
 }
 
-impl BucketOp {
+impl SharedOp {
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
-            BucketOp::Head => "head",
-            BucketOp::Get => "get",
-            BucketOp::Upload => "upload",
-            BucketOp::GetRecord => "get_record",
-            BucketOp::PutRecord => "put_record",
-            BucketOp::Evict => "evict",
+            SharedOp::Head => "head",
+            SharedOp::Get => "get",
+            SharedOp::Upload => "upload",
+            SharedOp::GetRecord => "get_record",
+            SharedOp::PutRecord => "put_record",
+            SharedOp::Evict => "evict",
         }
     }
 }
 
 /// Whether a bucket request succeeded: the `result` label.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-enum BucketResult {
+enum SharedResult {
     Ok,
     Error,
 }
 
-impl BucketResult {
+impl SharedResult {
     fn as_str(self) -> &'static str {
         match self {
-            BucketResult::Ok => "ok",
-            BucketResult::Error => "error",
+            SharedResult::Ok => "ok",
+            SharedResult::Error => "error",
         }
     }
 }
@@ -141,16 +141,16 @@ macro_rules! label_value {
         }
     )*};
 }
-label_value!(Answered, RouteLabel, ServedFrom, BucketOp, BucketResult, Direction);
+label_value!(Answered, RouteLabel, ServedFrom, SharedOp, SharedResult, Direction);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BucketLabels {
-    op: BucketOp,
-    result: BucketResult,
+struct SharedLabels {
+    op: SharedOp,
+    result: SharedResult,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BucketRequestLabels {
+struct SharedRequestLabels {
     op: &'static str,
     outcome: &'static str,
 }
@@ -236,9 +236,9 @@ impl FleetMetrics {
 /// an eviction round; an answer given up after `store::ANSWER_WITHIN` is an error here, while its
 /// request never ends).
 #[derive(Clone)]
-pub struct BucketMetrics {
-    operations: Family<BucketLabels, Counter>,
-    requests: Family<BucketRequestLabels, Counter>,
+pub struct SharedMetrics {
+    operations: Family<SharedLabels, Counter>,
+    requests: Family<SharedRequestLabels, Counter>,
     bytes: Family<DirectionLabels, Counter>,
     uploads: Gauge,
     uploads_aborted: Counter,
@@ -249,10 +249,10 @@ pub struct BucketMetrics {
     backlog_dropped: Counter,
 }
 
-impl BucketMetrics {
+impl SharedMetrics {
     /// Every bucket metric, registered in `r` with its HELP text.
-    fn register(r: &mut Registry) -> BucketMetrics {
-        BucketMetrics {
+    fn register(r: &mut Registry) -> SharedMetrics {
+        SharedMetrics {
             operations: listed(r, "bucket_operations", "Operations on the shared bucket (a blob's size or bytes, a whole upload, a record), by kind and result", Family::default()),
             requests: listed(r, "bucket_requests", "S3 requests sent to the shared bucket, by operation and outcome", Family::default()),
             bytes: listed(r, "bucket_bytes", "Blob bytes read from and uploaded to the shared bucket", Family::default()),
@@ -267,14 +267,14 @@ impl BucketMetrics {
     }
 
     /// One operation on the shared bucket.
-    pub fn operation(&self, op: BucketOp, ok: bool) {
-        let result = if ok { BucketResult::Ok } else { BucketResult::Error };
-        self.operations.get_or_create(&BucketLabels { op, result }).inc();
+    pub fn operation(&self, op: SharedOp, ok: bool) {
+        let result = if ok { SharedResult::Ok } else { SharedResult::Error };
+        self.operations.get_or_create(&SharedLabels { op, result }).inc();
     }
 
     /// One S3 request sent to the shared bucket (`op` and `outcome` are the client's words).
     pub fn request_sent(&self, op: &'static str, outcome: &'static str) {
-        self.requests.get_or_create(&BucketRequestLabels { op, outcome }).inc();
+        self.requests.get_or_create(&SharedRequestLabels { op, outcome }).inc();
     }
 
     /// A blob of `bytes` read from the bucket.
@@ -357,7 +357,7 @@ pub struct Metrics {
     fs_size: Gauge,
     evictions: Counter,
     evicted_bytes: Counter,
-    bucket: BucketMetrics,
+    shared: SharedMetrics,
     fleet: FleetMetrics,
     /// The status page's tallies.
     board: Board,
@@ -418,7 +418,7 @@ impl Metrics {
             fs_size: plain(r, "data_dir_size_bytes", "Size in bytes of the file system of data_dir", Gauge::default()),
             evictions: plain(r, "evictions", "Blobs and manifests evicted to stay under max_size", Counter::default()),
             evicted_bytes: plain(r, "evicted_bytes", "Bytes evicted to stay under max_size", Counter::default()),
-            bucket: BucketMetrics::register(r),
+            shared: SharedMetrics::register(r),
             fleet: FleetMetrics { outcomes: listed(r, "fleet_fills", "How fills in a fleet got their blobs (peer_hit: a member had it stored, peer_fill: from a member's fill, fell_back_upstream: no member could stream it) and members that failed to answer (owner_down)", Family::default()), tags: listed(r, "fleet_tag_revalidations", "How tag revalidations in a fleet went (peer_answer: a member answered and it verified, refused: a member's answer failed verification, fell_back_upstream: this node asked the upstream itself) and members that failed to answer (owner_down)", Family::default()), members: listed(r, "fleet_member_up", "Each member of the fleet: 1 up, 0 from a failure to answer until it answers again (a request, or the probe of members taken for down every few seconds)", Family::default()) },
             board: Board::default(),
             registry,
@@ -499,8 +499,8 @@ impl Metrics {
     }
 
     /// The shared bucket's metrics, for the bucket tier to keep.
-    pub fn bucket(&self) -> BucketMetrics {
-        self.bucket.clone()
+    pub fn shared(&self) -> SharedMetrics {
+        self.shared.clone()
     }
 
     /// The text exposition, with the gauges that are measured (not kept) read now.
@@ -565,7 +565,7 @@ mod tests {
         let one = |from| Some(BodyFrom::One(from));
         let cases = [
             (RouteLabel::Blob, Some(Answered::Hit), one(ServedFrom::Hot), r#"regcache_served_bytes_total{source="hot"} 10"#),
-            (RouteLabel::Blob, Some(Answered::Hit), one(ServedFrom::Bucket), r#"regcache_served_bytes_total{source="bucket"} 10"#),
+            (RouteLabel::Blob, Some(Answered::Hit), one(ServedFrom::Shared), r#"regcache_served_bytes_total{source="bucket"} 10"#),
             (RouteLabel::Manifest, Some(Answered::Stale), one(ServedFrom::Hot), r#"regcache_served_bytes_total{source="hot"} 10"#),
             (RouteLabel::Blob, Some(Answered::Miss), one(ServedFrom::Peer), r#"regcache_served_bytes_total{source="peer"} 10"#),
             (RouteLabel::Tags, Some(Answered::Miss), one(ServedFrom::Upstream), r#"regcache_served_bytes_total{source="upstream"} 10"#),
@@ -606,13 +606,13 @@ mod tests {
         metrics.request(RouteLabel::Blob, 200, Some(Answered::Hit), 1, Some(&BodyFrom::One(ServedFrom::Hot)));
         metrics.upstream_request("docker.io", "200", Duration::from_millis(5));
         metrics.token_fetch("docker.io");
-        metrics.bucket().operation(BucketOp::Get, true);
-        metrics.bucket().request_sent("get", "ok");
-        metrics.bucket().read(1);
+        metrics.shared().operation(SharedOp::Get, true);
+        metrics.shared().request_sent("get", "ok");
+        metrics.shared().read(1);
         metrics.upstream_quota("docker.io", Quota { limit: Some(100), remaining: Some(7) });
         metrics.upstream_quota("docker.io", Quota { limit: None, remaining: Some(6) });
         metrics.disk_bytes_stored().set(10);
-        metrics.bucket().backlog_waiting().set(1);
+        metrics.shared().backlog_waiting().set(1);
         let now = Now { fill_readers: 5, fill_coalesced: 3, max_size: Some(1 << 30), data_dir: Some(FsSpace { free: 4, size: 9 }) };
         let text = metrics.render(&now);
         assert_eq!(types(&text), fresh, "every family is listed before its first sample");

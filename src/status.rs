@@ -268,7 +268,8 @@ pub struct Snapshot {
     /// The most requested repositories since start.
     pub top_repositories: Vec<RepositoryStatus>,
     /// The shared bucket, if configured.
-    pub bucket: Option<BucketStatus>,
+    #[serde(rename = "bucket")]
+    pub shared: Option<SharedStatus>,
     /// The fleet this node is in, if any.
     pub fleet: Option<FleetStatus>,
 }
@@ -375,7 +376,7 @@ pub struct RepositoryStatus {
 
 /// The shared bucket.
 #[derive(Clone, Debug, Serialize)]
-pub struct BucketStatus {
+pub struct SharedStatus {
     /// `"up"` or `"down"`.
     pub state: &'static str,
     /// The bytes of blobs this node knows to be in it.

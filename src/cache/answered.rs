@@ -41,7 +41,7 @@ pub enum ServedFrom {
     /// This node's hot tier (its disk and index).
     Hot,
     /// The shared bucket.
-    Bucket,
+    Shared,
     /// Another member of the fleet (its bytes verified by this node's fill).
     Peer,
     /// The upstream registry.
@@ -53,7 +53,7 @@ impl ServedFrom {
     pub fn as_str(self) -> &'static str {
         match self {
             ServedFrom::Hot => "hot",
-            ServedFrom::Bucket => "bucket",
+            ServedFrom::Shared => "bucket",
             ServedFrom::Peer => "peer",
             ServedFrom::Upstream => "upstream",
         }

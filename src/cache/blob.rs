@@ -68,7 +68,7 @@ impl Cache {
         if head {
             return self.blob_head(up, repo, digest, range, &self.via).await;
         }
-        if let Some(answer) = self.blob_range_from_bucket(up, digest, range).await? {
+        if let Some(answer) = self.blob_range_from_shared(up, digest, range).await? {
             return Ok(answer);
         }
         self.blob_from_fill(up, repo, digest, range).await
@@ -103,7 +103,7 @@ impl Cache {
             }
         }
         // Indexed here only if a fill finished since: a hit all the same.
-        if let BlobSource::Local(size) | BlobSource::Bucket(size) = self.store.blob_source(digest).await? {
+        if let BlobSource::Local(size) | BlobSource::Shared(size) = self.store.blob_source(digest).await? {
             let range = resolve_range(range, size)?;
             let from = BodyFrom::One(ServedFrom::Hot);
             return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Hit, from, rate_limit: RateLimit::default() });
@@ -127,7 +127,7 @@ impl Cache {
     /// its key is written whole or not at all, by the upload's commit. They are not
     /// hashed again on the way (a range can't be); the whole blob is, when it is next filled from
     /// the bucket, and a bucket copy that fails then is removed.
-    async fn blob_range_from_bucket(
+    async fn blob_range_from_shared(
         &self,
         up: &Arc<Upstream>,
         digest: &Digest,
@@ -137,10 +137,10 @@ impl Cache {
         if self.fills.get(&up.config().name, digest).is_some() {
             return Ok(None);
         }
-        let BlobSource::Bucket(size) = self.store.blob_source(digest).await? else { return Ok(None) };
+        let BlobSource::Shared(size) = self.store.blob_source(digest).await? else { return Ok(None) };
         let Some((start, end)) = resolve_range(Some(range), size)? else { return Ok(None) };
-        let Some(body) = self.store.read_from(digest, BlobSource::Bucket(size), start..end).await? else { return Ok(None) };
-        let from = BodyFrom::One(ServedFrom::Bucket);
+        let Some(body) = self.store.read_from(digest, BlobSource::Shared(size), start..end).await? else { return Ok(None) };
+        let from = BodyFrom::One(ServedFrom::Shared);
         Ok(Some(BlobAnswer { size: Some(size), range: Some((start, end)), body: Some(body), outcome: Answered::Hit, from, rate_limit: RateLimit::default() }))
     }
 
@@ -201,7 +201,7 @@ impl Cache {
         reader.narrow(start, end);
         let rate_limit = fill.rate_limit();
         // From the bucket, the upstream was not asked: a hit (of the shared tier).
-        let outcome = match (fill.from_bucket(), joined) {
+        let outcome = match (fill.from_shared(), joined) {
             (true, _) => Answered::Hit,
             (false, true) => Answered::Coalesced,
             (false, false) => Answered::Miss,

@@ -32,7 +32,7 @@ impl Clock for SystemClock {
 
 /// What the shared bucket said of a tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BucketSays<'a> {
+pub enum SharedSays<'a> {
     /// It wasn't asked (yet).
     NotAsked,
     /// It was asked (or there is none): its answer, if it had one.
@@ -45,7 +45,7 @@ pub enum Which {
     /// This node's (in the index).
     Local,
     /// The shared bucket's: newer than this node's, so the index takes it.
-    Bucket,
+    Shared,
 }
 
 /// What to do next for a request for a tag.
@@ -55,7 +55,7 @@ pub enum Action {
     /// client accepts it; if not, revalidate).
     Serve,
     /// Ask the shared bucket for a newer answer, then decide again with what it said.
-    AskBucket,
+    AskShared,
     /// Ask the upstream what the tag points at now.
     Revalidate,
 }
@@ -72,17 +72,17 @@ pub struct Decision {
     pub stale: bool,
 }
 
-/// What to do for a tag this node remembers as `local`, the bucket as `bucket`, at `now` (unix
+/// What to do for a tag this node remembers as `local`, the shared tier as `shared`, at `now` (unix
 /// seconds): an answer confirmed less than `ttl` ago is served; an older one (or none) is first
 /// looked for in the bucket, then revalidated; one confirmed less than `stale_max` ago stands in
 /// for an upstream that is unavailable. A time in the future counts as now.
-pub fn decide(local: Option<&TagAnswer>, bucket: BucketSays<'_>, now: u64, ttl: Duration, stale_max: Duration) -> Decision {
+pub fn decide(local: Option<&TagAnswer>, shared: SharedSays<'_>, now: u64, ttl: Duration, stale_max: Duration) -> Decision {
     let age = |a: &TagAnswer| age(a.checked_at, now);
-    let (remembered, answer) = match bucket {
-        BucketSays::NotAsked if local.is_none_or(|l| age(l) >= ttl) => {
-            return Decision { remembered: local.map(|_| Which::Local), action: Action::AskBucket, stale: false };
+    let (remembered, answer) = match shared {
+        SharedSays::NotAsked if local.is_none_or(|l| age(l) >= ttl) => {
+            return Decision { remembered: local.map(|_| Which::Local), action: Action::AskShared, stale: false };
         }
-        BucketSays::Answered(Some(theirs)) if local.is_none_or(|l| theirs.checked_at > l.checked_at) => (Which::Bucket, theirs),
+        SharedSays::Answered(Some(theirs)) if local.is_none_or(|l| theirs.checked_at > l.checked_at) => (Which::Shared, theirs),
         _ => match local {
             Some(local) => (Which::Local, local),
             None => return Decision { remembered: None, action: Action::Revalidate, stale: false },
@@ -138,42 +138,42 @@ mod tests {
             (Some(10), None, min, hour, d(Some(Local), Serve, true)),
             (Some(10), None, min, Duration::ZERO, d(Some(Local), Serve, false)),
             // Not fresh here, or unknown: ask the bucket first.
-            (Some(120), None, min, hour, d(Some(Local), AskBucket, false)),
-            (None, None, min, hour, d(None, AskBucket, false)),
+            (Some(120), None, min, hour, d(Some(Local), AskShared, false)),
+            (None, None, min, hour, d(None, AskShared, false)),
             // tag_ttl 0 (the default): nothing is ever fresh.
-            (Some(0), None, Duration::ZERO, hour, d(Some(Local), AskBucket, false)),
+            (Some(0), None, Duration::ZERO, hour, d(Some(Local), AskShared, false)),
             (Some(0), Some(None), Duration::ZERO, hour, d(Some(Local), Revalidate, true)),
             // The bucket has nothing: revalidate, this node's answer the stale fallback.
             (Some(120), Some(None), min, hour, d(Some(Local), Revalidate, true)),
             (Some(7200), Some(None), min, hour, d(Some(Local), Revalidate, false)),
             (None, Some(None), min, hour, d(None, Revalidate, false)),
             // Another node confirmed it since: the bucket's, served if fresh.
-            (Some(120), Some(Some(5)), min, hour, d(Some(Bucket), Serve, true)),
-            (None, Some(Some(5)), min, hour, d(Some(Bucket), Serve, true)),
-            (Some(7200), Some(Some(600)), min, hour, d(Some(Bucket), Revalidate, true)),
-            (Some(9000), Some(Some(7200)), min, hour, d(Some(Bucket), Revalidate, false)),
+            (Some(120), Some(Some(5)), min, hour, d(Some(Shared), Serve, true)),
+            (None, Some(Some(5)), min, hour, d(Some(Shared), Serve, true)),
+            (Some(7200), Some(Some(600)), min, hour, d(Some(Shared), Revalidate, true)),
+            (Some(9000), Some(Some(7200)), min, hour, d(Some(Shared), Revalidate, false)),
             // The bucket's is older, or as old: this node's.
             (Some(120), Some(Some(600)), min, hour, d(Some(Local), Revalidate, true)),
             (Some(120), Some(Some(120)), min, hour, d(Some(Local), Revalidate, true)),
             // stale_max 0: never stale.
             (Some(120), Some(None), min, Duration::ZERO, d(Some(Local), Revalidate, false)),
         ];
-        for (local, bucket, ttl, stale_max, want) in cases {
+        for (local, shared, ttl, stale_max, want) in cases {
             let local_answer = local.map(|a| answer(a, None));
-            let bucket_answer = bucket.map(|b| b.map(|a| answer(a, None)));
-            let says = match &bucket_answer {
-                None => BucketSays::NotAsked,
-                Some(theirs) => BucketSays::Answered(theirs.as_ref()),
+            let shared_answer = shared.map(|b| b.map(|a| answer(a, None)));
+            let says = match &shared_answer {
+                None => SharedSays::NotAsked,
+                Some(theirs) => SharedSays::Answered(theirs.as_ref()),
             };
             let got = decide(local_answer.as_ref(), says, NOW, *ttl, *stale_max);
-            assert_eq!(got, *want, "local {local:?}, bucket {bucket:?}, ttl {ttl:?}, stale_max {stale_max:?}");
+            assert_eq!(got, *want, "local {local:?}, shared {shared:?}, ttl {ttl:?}, stale_max {stale_max:?}");
         }
     }
 
     #[test]
     fn an_answer_confirmed_in_the_future_is_fresh() {
         let future = TagAnswer { checked_at: NOW + 50, ..answer(0, None) };
-        let got = decide(Some(&future), BucketSays::NotAsked, NOW, Duration::from_secs(1), Duration::from_secs(1));
+        let got = decide(Some(&future), SharedSays::NotAsked, NOW, Duration::from_secs(1), Duration::from_secs(1));
         assert_eq!(got, Decision { remembered: Some(Which::Local), action: Action::Serve, stale: true });
     }
 

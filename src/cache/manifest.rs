@@ -85,7 +85,7 @@ impl Cache {
         Ok(self.store.manifest(digest).await?.map(|(m, tier)| {
             let from = match tier {
                 Tier::Hot => ServedFrom::Hot,
-                Tier::Bucket => ServedFrom::Bucket,
+                Tier::Shared => ServedFrom::Shared,
             };
             (m, from)
         }))

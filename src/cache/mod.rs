@@ -76,7 +76,7 @@ impl From<FillError> for CacheError {
         match e {
             FillError::Upstream(u) => CacheError::Upstream(u),
             FillError::Corrupt(m) => CacheError::Corrupt(m),
-            FillError::Disk(m) | FillError::Bucket(m) => CacheError::Storage(m),
+            FillError::Disk(m) | FillError::Shared(m) => CacheError::Storage(m),
         }
     }
 }

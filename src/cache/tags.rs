@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::fleet_tag::{self, Revalidated};
-use super::freshness::{self, Action, BucketSays, Decision, Which};
+use super::freshness::{self, Action, SharedSays, Decision, Which};
 use super::manifest::{answer, head_only, ManifestAnswer};
 use super::{Answered, Cache, CacheError, ServedFrom};
 use crate::fill::Via;
@@ -223,16 +223,16 @@ impl Cache {
         kind: ManifestKind,
     ) -> Result<(Option<TagAnswer>, Decision), CacheError> {
         let now = self.clock.now_secs();
-        let decide = |local: Option<&TagAnswer>, bucket| freshness::decide(local, bucket, now, up.config().tag_ttl, up.config().stale_max);
+        let decide = |local: Option<&TagAnswer>, shared| freshness::decide(local, shared, now, up.config().tag_ttl, up.config().stale_max);
         let slot = TagSlot { repo, tag, kind };
-        let known = self.store.tag(slot, |local| decide(local, BucketSays::NotAsked).action == Action::AskBucket).await?;
-        let decision = match &known.bucket {
-            None => decide(known.local.as_ref(), BucketSays::NotAsked),
-            Some(theirs) => decide(known.local.as_ref(), BucketSays::Answered(theirs.as_ref())),
+        let known = self.store.tag(slot, |local| decide(local, SharedSays::NotAsked).action == Action::AskShared).await?;
+        let decision = match &known.shared {
+            None => decide(known.local.as_ref(), SharedSays::NotAsked),
+            Some(theirs) => decide(known.local.as_ref(), SharedSays::Answered(theirs.as_ref())),
         };
         let remembered = match decision.remembered {
             Some(Which::Local) => known.local,
-            Some(Which::Bucket) => known.bucket.flatten(),
+            Some(Which::Shared) => known.shared.flatten(),
             None => None,
         };
         Ok((remembered, decision))

@@ -17,7 +17,7 @@ pub enum FillError {
     Disk(String),
     /// The shared bucket failed while the blob was read from it.
     #[error("reading the blob from the bucket failed: {0}")]
-    Bucket(String),
+    Shared(String),
 }
 
 impl FillError {
@@ -34,7 +34,7 @@ impl FillError {
         match self {
             FillError::Upstream(u) => u.blame(),
             FillError::Corrupt(_) => Blame::Upstream,
-            FillError::Disk(_) | FillError::Bucket(_) => Blame::Internal,
+            FillError::Disk(_) | FillError::Shared(_) => Blame::Internal,
         }
     }
 }

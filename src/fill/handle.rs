@@ -57,7 +57,7 @@ pub struct Fill {
     pub(super) rate_limit: OnceLock<RateLimit>,
     /// Whether the bytes come from the shared bucket rather than the upstream; set before the fill
     /// starts running.
-    pub(super) from_bucket: OnceLock<bool>,
+    pub(super) from_shared: OnceLock<bool>,
     /// How many of the blob's first bytes came from members of the fleet (the rest, if any, from
     /// the upstream: a fill fails over from members to the upstream, never back); raised as they
     /// arrive.
@@ -77,7 +77,7 @@ impl Fill {
             readers: Mutex::new(Vec::new()),
             advanced: Notify::new(),
             rate_limit: OnceLock::new(),
-            from_bucket: OnceLock::new(),
+            from_shared: OnceLock::new(),
             from_members: AtomicU64::new(0),
         })
     }
@@ -146,16 +146,16 @@ impl Fill {
     }
 
     /// Whether the fill reads the shared bucket (the upstream is not asked).
-    pub fn from_bucket(&self) -> bool {
-        self.from_bucket.get().copied().unwrap_or(false)
+    pub fn from_shared(&self) -> bool {
+        self.from_shared.get().copied().unwrap_or(false)
     }
 
     /// How the bytes `[start, start + len)` of the blob were had: from the shared bucket, or the
     /// first of them from members of the fleet and the rest from the upstream (each part with its
     /// length).
     pub fn sources(&self, start: u64, len: u64) -> [(ServedFrom, u64); 2] {
-        if self.from_bucket() {
-            return [(ServedFrom::Bucket, len), (ServedFrom::Upstream, 0)];
+        if self.from_shared() {
+            return [(ServedFrom::Shared, len), (ServedFrom::Upstream, 0)];
         }
         let from_members = self.from_members.load(Ordering::Relaxed).saturating_sub(start).min(len);
         [(ServedFrom::Peer, from_members), (ServedFrom::Upstream, len - from_members)]
@@ -214,13 +214,13 @@ mod tests {
             (false, 4, 2, 5, [(Peer, 2), (Upstream, 3)]),
             (false, 4, 6, 4, [(Peer, 0), (Upstream, 4)]),
             (false, u64::MAX, 3, 7, [(Peer, 7), (Upstream, 0)]),
-            (true, 0, 2, 8, [(Bucket, 8), (Upstream, 0)]),
+            (true, 0, 2, 8, [(Shared, 8), (Upstream, 0)]),
         ];
-        for (bucket, members, start, len, want) in cases {
+        for (shared, members, start, len, want) in cases {
             let fill = Fill::new(Digest::sha256_of(b"abcdef"), "library/alpine".parse().unwrap());
-            let _ = fill.from_bucket.set(bucket);
+            let _ = fill.from_shared.set(shared);
             fill.from_members.store(members, Ordering::Relaxed);
-            assert_eq!(fill.sources(start, len), want, "{bucket} {members} {start} {len}");
+            assert_eq!(fill.sources(start, len), want, "{shared} {members} {start} {len}");
         }
     }
 

@@ -31,7 +31,7 @@ enum Body {
     /// The upstream's response.
     Upstream(Incoming),
     /// The shared bucket, which had the blob.
-    Bucket(Box<dyn BlobRead>),
+    Shared(Box<dyn BlobRead>),
     /// Members of the fleet (failing over to the next, then to the upstream).
     Fleet(Box<FleetStream>),
 }
@@ -42,7 +42,7 @@ impl Body {
     async fn next(&mut self, transport: &Transport) -> Result<Option<Bytes>, FillError> {
         match self {
             Body::Upstream(body) => Ok(transport.next_chunk(body).await?),
-            Body::Bucket(reader) => reader.next_chunk().await.transpose().map_err(|e| FillError::Bucket(e.to_string())),
+            Body::Shared(reader) => reader.next_chunk().await.transpose().map_err(|e| FillError::Shared(e.to_string())),
             Body::Fleet(stream) => Ok(stream.next_chunk().await?),
         }
     }
@@ -52,7 +52,7 @@ impl Body {
     fn publishes(&self) -> bool {
         match self {
             Body::Fleet(stream) => stream.asked_upstream(),
-            Body::Upstream(_) | Body::Bucket(_) => true,
+            Body::Upstream(_) | Body::Shared(_) => true,
         }
     }
 }
@@ -182,8 +182,8 @@ impl FillJob {
     /// upstream.
     async fn open_source(&self) -> Result<(Body, Option<u64>), FillError> {
         if let Some(opened) = self.sink.open_copy(&self.digest).await {
-            let _ = self.fill.from_bucket.set(true);
-            return Ok((Body::Bucket(opened.reader), Some(opened.size)));
+            let _ = self.fill.from_shared.set(true);
+            return Ok((Body::Shared(opened.reader), Some(opened.size)));
         }
         if let Via::Fleet(fleet) = &self.via {
             let ask = BlobAsk {
@@ -206,7 +206,7 @@ impl FillJob {
     /// stores from the upstream or the fleet: the sender that tells it the blob is verified
     /// (dropped unsent, nothing is uploaded: see [`Body::publishes`]).
     fn upload(&self, body: &Body) -> Option<oneshot::Sender<VerifiedFill>> {
-        let from_behind = matches!(body, Body::Bucket(_));
+        let from_behind = matches!(body, Body::Shared(_));
         let partial = self.fill.partial.get().filter(|_| !from_behind && !self.fill.passing_through())?;
         let (tx, rx) = oneshot::channel();
         self.sink.publish(&self.digest, partial.as_ref(), rx).then_some(tx)
@@ -327,7 +327,7 @@ impl FillJob {
     /// A blob from the shared bucket that fails this is removed from it: the next request fetches
     /// it from the upstream.
     async fn verify(&self, total: Option<u64>, written: u64, hasher: Hasher) -> Result<(), FillError> {
-        let source = if self.fill.from_bucket() { "the bucket" } else { "upstream" };
+        let source = if self.fill.from_shared() { "the bucket" } else { "upstream" };
         let checked = match total.filter(|t| *t != written) {
             Some(t) => Err(FillError::Corrupt(format!("{source} sent {written} of {t} bytes"))),
             None => match hasher.finish() {
@@ -335,7 +335,7 @@ impl FillJob {
                 got => Err(FillError::Corrupt(format!("content from {source} has digest {got}, not the requested digest"))),
             },
         };
-        if let (Err(e), true) = (&checked, self.fill.from_bucket()) {
+        if let (Err(e), true) = (&checked, self.fill.from_shared()) {
             self.sink.discard_copy(&self.digest, e).await;
         }
         checked

@@ -43,7 +43,7 @@ pub async fn serve_blob(
                     return Err(CacheError::RangeNotSatisfiable { size });
                 }
                 reader.narrow(offset, total);
-                let outcome = if fill.from_bucket() { Answered::Hit } else { Answered::Miss };
+                let outcome = if fill.from_shared() { Answered::Hit } else { Answered::Miss };
                 let range = total.filter(|_| offset > 0).map(|size| (offset, size));
                 let (from, rate_limit) = (BodyFrom::Fill(fill.clone(), offset), fill.rate_limit());
                 return Ok(BlobAnswer { size: total, range, body: Some(Box::new(reader)), outcome, from, rate_limit });

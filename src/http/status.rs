@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::status::{BucketStatus, FillStatus, FleetMember, FleetStatus, Snapshot, Stored};
+use crate::status::{SharedStatus, FillStatus, FleetMember, FleetStatus, Snapshot, Stored};
 
 use super::App;
 
@@ -36,7 +36,7 @@ impl App {
             upstreams: self.cache.upstreams().iter().map(|u| board.upstream(u.config().name.as_str(), &u.config().url)).collect(),
             fills,
             top_repositories: board.top_repositories(),
-            bucket: store.bucket_state().map(|b| BucketStatus { state: if b.down { "down" } else { "up" }, size_bytes: b.known_bytes }),
+            shared: store.shared_state().map(|b| SharedStatus { state: if b.down { "down" } else { "up" }, size_bytes: b.known_bytes }),
             fleet: self.fleet.as_ref().map(|fleet| fleet_status(fleet.members())),
         }
     }
@@ -72,7 +72,7 @@ fn write_page(o: &mut String, s: &Snapshot) -> std::fmt::Result {
     write_upstreams(o, s)?;
     write_fills(o, s)?;
     write_repositories(o, s)?;
-    write_bucket(o, s)?;
+    write_shared(o, s)?;
     write_fleet(o, s)?;
     o.push_str("</body></html>\n");
     Ok(())
@@ -201,9 +201,9 @@ fn write_repositories(o: &mut String, s: &Snapshot) -> std::fmt::Result {
 }
 
 /// The shared bucket.
-fn write_bucket(o: &mut String, s: &Snapshot) -> std::fmt::Result {
+fn write_shared(o: &mut String, s: &Snapshot) -> std::fmt::Result {
     o.push_str("<h2>Bucket</h2>");
-    match &s.bucket {
+    match &s.shared {
         Some(b) => writeln!(
             o,
             "<p id=\"bucket\"><span class=\"{0}\">{0}</span> &middot; {1} known to be in it</p>",
@@ -322,7 +322,7 @@ mod tests {
                 clients: 2,
             }],
             top_repositories: vec![RepositoryStatus { upstream: evil.into(), repository: evil.into(), requests: 1, bytes_served: 1 }],
-            bucket: None,
+            shared: None,
             fleet: None,
         };
         let page = html(&s);

@@ -47,7 +47,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::metrics::{BucketMetrics, Metrics};
+use crate::metrics::{SharedMetrics, Metrics};
 use crate::oci::Digest;
 
 /// Everything regcache keeps: under its data directory (the hot tier: blob files and the index)
@@ -75,7 +75,7 @@ pub struct Store {
 
 /// How the bucket tier stands, as the status page shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BucketState {
+pub struct SharedState {
     /// Whether it is marked down (the hot tier and the upstreams serve without it).
     pub down: bool,
     /// The bytes of the blobs this node knows it holds (a walk of the index's record of them).
@@ -155,7 +155,7 @@ impl Store {
     /// The same, with `bucket` as the tier shared with other nodes behind this one (its requests
     /// counted in `metrics`), this node being `node` among them and taking part in keeping the
     /// bucket's blobs under `max` bytes if given.
-    pub fn with_shared(mut self, bucket: Arc<dyn SharedBackend>, node: String, max: Option<u64>, metrics: BucketMetrics) -> Store {
+    pub fn with_shared(mut self, bucket: Arc<dyn SharedBackend>, node: String, max: Option<u64>, metrics: SharedMetrics) -> Store {
         let shared = Shared::new(bucket, self.index.shared_sizes(), self.index.backlog().clone(), metrics).with_eviction(node, max);
         self.shared = Some(Arc::new(shared));
         self
@@ -189,9 +189,9 @@ impl Store {
     }
 
     /// With a bucket tier, how it stands (for the status page).
-    pub fn bucket_state(&self) -> Option<BucketState> {
+    pub fn shared_state(&self) -> Option<SharedState> {
         let shared = self.shared.as_ref()?;
-        Some(BucketState { down: shared.is_down(), known_bytes: self.index.shared_sizes().known_bytes() })
+        Some(SharedState { down: shared.is_down(), known_bytes: self.index.shared_sizes().known_bytes() })
     }
 
     /// Store `bytes` as a verified, indexed blob, the way a fill does (for tests of the store).

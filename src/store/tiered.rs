@@ -32,7 +32,7 @@ pub struct RememberedTag {
     /// This node's answer.
     pub local: Option<TagAnswer>,
     /// The shared tier's, if it was asked (`Some(None)`: it has none, or there is no shared tier).
-    pub bucket: Option<Option<TagAnswer>>,
+    pub shared: Option<Option<TagAnswer>>,
 }
 
 /// Which tier answered.
@@ -41,7 +41,7 @@ pub enum Tier {
     /// This node's hot tier.
     Hot,
     /// The shared bucket.
-    Bucket,
+    Shared,
 }
 
 /// Where a blob is, as far as this node can tell.
@@ -50,7 +50,7 @@ pub enum BlobSource {
     /// In the hot tier, with this size (as indexed).
     Local(u64),
     /// Not here but in the shared tier, with this size.
-    Bucket(u64),
+    Shared(u64),
     /// In neither: the upstream has to be asked.
     Missing,
 }
@@ -69,7 +69,7 @@ impl Store {
             return Ok(BlobSource::Local(size));
         }
         Ok(match &self.shared {
-            Some(shared) => shared.size(digest).await.map_or(BlobSource::Missing, BlobSource::Bucket),
+            Some(shared) => shared.size(digest).await.map_or(BlobSource::Missing, BlobSource::Shared),
             None => BlobSource::Missing,
         })
     }
@@ -79,8 +79,8 @@ impl Store {
     pub async fn read_from(&self, digest: &Digest, source: BlobSource, range: Range<u64>) -> io::Result<Option<Box<dyn BlobRead>>> {
         Ok(match (source, &self.shared) {
             (BlobSource::Local(size), _) => self.read_blob(digest, size, range).await?.map(|b| Box::new(b) as Box<dyn BlobRead>),
-            (BlobSource::Bucket(size), Some(shared)) => shared.read(digest, size, range).await.map(|opened| opened.reader),
-            (BlobSource::Bucket(_), None) | (BlobSource::Missing, _) => None,
+            (BlobSource::Shared(size), Some(shared)) => shared.read(digest, size, range).await.map(|opened| opened.reader),
+            (BlobSource::Shared(_), None) | (BlobSource::Missing, _) => None,
         })
     }
 
@@ -95,7 +95,7 @@ impl Store {
         let Some(m) = shared.manifest(digest).await else { return Ok(None) };
         let m = self.index.put_manifest(digest, &m)?;
         self.note_stored(digest);
-        Ok(Some((m, Tier::Bucket)))
+        Ok(Some((m, Tier::Shared)))
     }
 
     /// Keep a verified manifest (never over bytes kept already: the manifest kept is returned) and
@@ -115,7 +115,7 @@ impl Store {
     pub async fn tag(&self, slot: TagSlot<'_>, ask_shared: impl FnOnce(Option<&TagAnswer>) -> bool) -> sled::Result<RememberedTag> {
         let local = self.index.tag(slot.repo, slot.tag)?.and_then(|e| e.answer(slot.kind).cloned());
         if !ask_shared(local.as_ref()) {
-            return Ok(RememberedTag { local, bucket: None });
+            return Ok(RememberedTag { local, shared: None });
         }
         let theirs = match &self.shared {
             Some(shared) => shared.tag(slot.repo, slot.tag, slot.kind).await,
@@ -124,7 +124,7 @@ impl Store {
         if let Some(theirs) = theirs.as_ref().filter(|t| local.as_ref().is_none_or(|l| t.checked_at > l.checked_at)) {
             self.index.put_tag(slot.repo, slot.tag, slot.kind, theirs)?;
         }
-        Ok(RememberedTag { local, bucket: Some(theirs) })
+        Ok(RememberedTag { local, shared: Some(theirs) })
     }
 
     /// Remember that `slot` names `digest`, confirmed by the upstream `now`; written to the shared

@@ -217,7 +217,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bucket = Arc::new(LocalBlobs::at(&dir.path().join("bucket")).unwrap());
         let store = Store::open(&dir.path().join("node")).unwrap();
-        (dir, store.with_shared(bucket.clone(), String::new(), None, Metrics::new().bucket()), bucket)
+        (dir, store.with_shared(bucket.clone(), String::new(), None, Metrics::new().shared()), bucket)
     }
 
     /// `bytes` in the bucket under `digest`'s key, whatever their digest.

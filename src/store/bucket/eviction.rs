@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use super::lru::{self, BucketEviction, MAX_PENDING};
 use super::{Clock, Shared};
-use crate::metrics::BucketOp;
+use crate::metrics::SharedOp;
 use crate::oci::Digest;
 use crate::store::RecordKey;
 use crate::sync::lock;
@@ -81,7 +81,7 @@ impl Shared {
         }
         let now = self.clock.now_ms();
         let written = self.records.put(&RecordKey::Node(e.node.clone()).to_string(), lru::heartbeat(now)).await;
-        if self.outcome(BucketOp::PutRecord, written).is_none() {
+        if self.outcome(SharedOp::PutRecord, written).is_none() {
             return false;
         }
         let mut accesses: Vec<(Digest, u64)> = std::mem::take(&mut *lock(&e.pending)).into_iter().collect();
@@ -92,7 +92,7 @@ impl Shared {
         let records = lru::summaries(&e.node, now, false, &accesses);
         for (n, (key, body)) in records.into_iter().enumerate() {
             let written = self.records.put(&key, body).await;
-            if self.outcome(BucketOp::PutRecord, written).is_none() {
+            if self.outcome(SharedOp::PutRecord, written).is_none() {
                 // Put back what wasn't published (a newer access noted meanwhile wins).
                 let mut pending = lock(&e.pending);
                 for (d, at) in accesses.into_iter().skip(n * lru::MAX_SUMMARY_ENTRIES) {
@@ -115,7 +115,7 @@ impl Shared {
             return None;
         }
         let now = self.clock.now_ms();
-        let evictor = self.outcome(BucketOp::Evict, lru::is_evictor(self.bucket.as_ref(), &e.node, now).await)?;
+        let evictor = self.outcome(SharedOp::Evict, lru::is_evictor(self.bucket.as_ref(), &e.node, now).await)?;
         if !evictor {
             return None;
         }
@@ -130,7 +130,7 @@ impl Shared {
             self.metrics.evicted(b.size);
         };
         let done = lru::evict_bucket(self.bucket.as_ref(), writer, now, limits, false, removed).await;
-        let report = self.outcome(BucketOp::Evict, done)?;
+        let report = self.outcome(SharedOp::Evict, done)?;
         if !report.evicted.is_empty() {
             tracing::info!(
                 evicted = report.evicted.len(), bytes = report.bytes_evicted(), before = report.bytes_before,
@@ -155,7 +155,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("node")).unwrap();
         let bucket = Arc::new(LocalBlobs::at(&dir.path().join("bucket")).unwrap());
-        let shared = Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), Metrics::new().bucket())
+        let shared = Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), Metrics::new().shared())
             .with_eviction("n1".into(), Some(1000));
         let (one, two) = (Digest::sha256_of(b"one"), Digest::sha256_of(b"two"));
         shared.touch(&one);
@@ -184,7 +184,7 @@ mod tests {
         shared.publish_accesses().await;
         assert_eq!(bucket.list_records("access").await.unwrap().len(), 1);
         // Without bucket_max_size nothing is noted.
-        let unlimited = Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), Metrics::new().bucket()).with_eviction("n2".into(), None);
+        let unlimited = Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), Metrics::new().shared()).with_eviction("n2".into(), None);
         unlimited.touch(&Digest::sha256_of(b"three"));
         unlimited.publish_accesses().await;
         assert!(unlimited.evict_round().await.is_none());

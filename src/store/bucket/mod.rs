@@ -61,7 +61,7 @@ use backlog::MAX_ENTRIES;
 use lru::Clock;
 use crate::store::index::{ListedTags, SharedSizes, StoredManifest, TagAnswer, MAX_TAG_LIST_RECORD};
 use crate::store::records::{manifest_record, read_manifest_record, RecordKey, MAX_MANIFEST_RECORD, MAX_TAG_RECORD};
-use crate::metrics::{BucketMetrics, BucketOp};
+use crate::metrics::{SharedMetrics, SharedOp};
 use crate::oci::{Digest, ManifestKind, Tag, UpstreamRepo};
 use crate::sync::lock;
 
@@ -94,7 +94,7 @@ pub struct Shared {
     backlogged: Arc<Notify>,
     /// Whether the backlog's being full was logged.
     full_logged: AtomicBool,
-    metrics: BucketMetrics,
+    metrics: SharedMetrics,
     /// Set with [`Shared::with_eviction`]: this node takes part in keeping the bucket under a size.
     eviction: Option<Eviction>,
     clock: Clock,
@@ -153,7 +153,7 @@ impl Drop for Shared {
 
 impl Shared {
     /// The `bucket`, with the index's record of which blobs it holds and its backlog.
-    pub fn new(bucket: Arc<dyn SharedBackend>, sizes: SharedSizes, backlog: Backlog, metrics: BucketMetrics) -> Shared {
+    pub fn new(bucket: Arc<dyn SharedBackend>, sizes: SharedSizes, backlog: Backlog, metrics: SharedMetrics) -> Shared {
         backlog.count_in(metrics.backlog_waiting());
         Shared {
             blobs: bucket.clone(),
@@ -242,7 +242,7 @@ impl Shared {
         if !self.health.available() {
             return None;
         }
-        self.outcome(BucketOp::GetRecord, answered(self.records.get(&key.to_string(), max)).await)?
+        self.outcome(SharedOp::GetRecord, answered(self.records.get(&key.to_string(), max)).await)?
     }
 
     /// Write the record `key` in the background; if the bucket is down or the write fails,
@@ -263,7 +263,7 @@ impl Shared {
         tokio::spawn(async move {
             let _permit = permit;
             let written = shared.records.put(&key.to_string(), value).await;
-            if shared.attempt(BucketOp::PutRecord, written) == Err(NotDone::Failed) {
+            if shared.attempt(SharedOp::PutRecord, written) == Err(NotDone::Failed) {
                 if let Some(later) = &later {
                     shared.keep_for_later(later);
                 }
@@ -317,14 +317,14 @@ impl Shared {
     /// Write the record of manifest `digest` now.
     pub(super) async fn write_manifest(&self, digest: &Digest, m: &StoredManifest) -> Result<(), NotDone> {
         let written = self.records.put(&RecordKey::Manifest(digest.clone()).to_string(), manifest_record(m)).await;
-        self.attempt(BucketOp::PutRecord, written)
+        self.attempt(SharedOp::PutRecord, written)
     }
 
     /// Write what a tag pointed at now, unless the bucket's answer was confirmed as late or later
     /// (another node may have written a newer one while this one waited).
     pub(super) async fn write_tag(&self, repo: &UpstreamRepo, tag: &Tag, kind: ManifestKind, ours: &TagAnswer) -> Result<(), NotDone> {
         let key = tag_key(repo, tag, kind).to_string();
-        let theirs = match self.attempt(BucketOp::GetRecord, answered(self.records.get(&key, MAX_TAG_RECORD)).await) {
+        let theirs = match self.attempt(SharedOp::GetRecord, answered(self.records.get(&key, MAX_TAG_RECORD)).await) {
             Ok(record) => record.and_then(|r| serde_json::from_slice::<TagAnswer>(&r).ok()),
             // Too large to be a tag record: ours replaces it.
             Err(NotDone::Unusable) => None,
@@ -336,13 +336,13 @@ impl Shared {
         // Serialising a digest and an integer cannot fail.
         let value = serde_json::to_vec(ours).unwrap_or_default();
         let written = self.records.put(&key, value.into()).await;
-        self.attempt(BucketOp::PutRecord, written)
+        self.attempt(SharedOp::PutRecord, written)
     }
 
     /// Write a referrers list now.
     pub(super) async fn write_referrers(&self, repo: &UpstreamRepo, subject: &Digest, body: Bytes) -> Result<(), NotDone> {
         let written = self.records.put(&referrers_key(repo, subject).to_string(), body).await;
-        self.attempt(BucketOp::PutRecord, written)
+        self.attempt(SharedOp::PutRecord, written)
     }
 
     /// Whether the bucket is marked down.
@@ -359,7 +359,7 @@ impl Shared {
         if !self.health.available() {
             return None;
         }
-        let size = self.outcome(BucketOp::Head, answered(self.blobs.stat(digest)).await)?;
+        let size = self.outcome(SharedOp::Head, answered(self.blobs.stat(digest)).await)?;
         if let Some(size) = size {
             self.remember(digest, size);
         }
@@ -380,7 +380,7 @@ impl Shared {
             return None;
         }
         let len = range.end.saturating_sub(range.start);
-        match self.outcome(BucketOp::Get, answered(self.blobs.open(digest, range)).await)? {
+        match self.outcome(SharedOp::Get, answered(self.blobs.open(digest, range)).await)? {
             Some(opened) if opened.size == size => {
                 self.metrics.read(len);
                 self.touch(digest);
@@ -412,12 +412,12 @@ impl Shared {
 
     /// Count a bucket request and mark the bucket up or down by its result; the value if it
     /// succeeded.
-    fn outcome<T>(&self, op: BucketOp, result: io::Result<T>) -> Option<T> {
+    fn outcome<T>(&self, op: SharedOp, result: io::Result<T>) -> Option<T> {
         self.attempt(op, result).ok()
     }
 
     /// [`Shared::outcome`], saying why there is no value.
-    fn attempt<T>(&self, op: BucketOp, result: io::Result<T>) -> Result<T, NotDone> {
+    fn attempt<T>(&self, op: SharedOp, result: io::Result<T>) -> Result<T, NotDone> {
         self.metrics.operation(op, result.is_ok());
         match result {
             Ok(v) => {
@@ -483,7 +483,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("node")).unwrap();
         let bucket = Arc::new(LocalBlobs::at(&dir.path().join("bucket")).unwrap());
-        let shared = Arc::new(Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), crate::metrics::Metrics::new().bucket()));
+        let shared = Arc::new(Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), crate::metrics::Metrics::new().shared()));
         (dir, store, bucket, shared)
     }
 

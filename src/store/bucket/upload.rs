@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use super::backlog::Pending;
 use super::{answered, NotDone, Shared};
-use crate::metrics::BucketOp;
+use crate::metrics::SharedOp;
 use crate::oci::{Digest, Hasher};
 use crate::store::backend::{BlobRead, BlobWrite, ReadAt};
 
@@ -35,7 +35,7 @@ impl Shared {
         if matches!(self.sizes.get(digest), Ok(Some(_))) {
             return Ok(());
         }
-        if let Some(there) = self.attempt(BucketOp::Head, answered(self.blobs.stat(digest)).await)? {
+        if let Some(there) = self.attempt(SharedOp::Head, answered(self.blobs.stat(digest)).await)? {
             self.remember(digest, there);
             return Ok(());
         }
@@ -85,11 +85,11 @@ impl Shared {
         let _running = self.metrics.upload_started();
         let writer = match self.blobs.begin(digest, Some(size)).await {
             Ok(w) => w,
-            Err(e) => return self.attempt(BucketOp::Upload, Err(e)),
+            Err(e) => return self.attempt(SharedOp::Upload, Err(e)),
         };
         match upload(writer, source, size, digest).await {
             Ok(()) => {
-                self.attempt(BucketOp::Upload, Ok(()))?;
+                self.attempt(SharedOp::Upload, Ok(()))?;
                 self.metrics.written(size);
                 self.remember(digest, size);
                 tracing::info!(%digest, size, "blob uploaded to the bucket");
@@ -97,12 +97,12 @@ impl Shared {
             }
             Err(Cut::Bucket(e)) => {
                 self.metrics.upload_aborted();
-                self.attempt(BucketOp::Upload, Err(e))
+                self.attempt(SharedOp::Upload, Err(e))
             }
             // This node's copy, not the bucket: nothing to try again.
             Err(Cut::Source(e)) => {
                 self.metrics.upload_aborted();
-                self.metrics.operation(BucketOp::Upload, false);
+                self.metrics.operation(SharedOp::Upload, false);
                 tracing::error!(%digest, error = %e, "reading the blob to upload failed; not uploaded");
                 Err(NotDone::Unusable)
             }

@@ -122,7 +122,7 @@ fn node() -> (tempfile::TempDir, Arc<Store>, Arc<LocalBlobs>) {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(&dir.path().join("node")).unwrap();
     let bucket = Arc::new(LocalBlobs::at(&dir.path().join("bucket")).unwrap());
-    let shared = Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), Metrics::new().bucket());
+    let shared = Shared::new(bucket.clone(), store.index.shared_sizes(), store.index.backlog().clone(), Metrics::new().shared());
     store.shared = Some(Arc::new(shared));
     (dir, Arc::new(store), bucket)
 }
