@@ -47,18 +47,18 @@ const TRACKED_ADDRESSES: usize = 10_000;
 
 /// Why a request is refused.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub enum Rejected {
     /// Credentials are missing or wrong: 401.
     Unauthorized,
     /// This address sent too many wrong credentials lately: 429, try again after the duration.
     TooManyFailures(Duration),
 }
 
-impl Refusal {
+impl Rejected {
     /// Who is to blame: always the client, whose credentials are missing or wrong.
     pub fn blame(&self) -> Blame {
         match self {
-            Refusal::Unauthorized | Refusal::TooManyFailures(_) => Blame::Client,
+            Rejected::Unauthorized | Rejected::TooManyFailures(_) => Blame::Client,
         }
     }
 }
@@ -139,14 +139,14 @@ impl Gate {
     }
 
     /// Whether the request carries valid credentials (always, when no htpasswd is configured).
-    pub async fn authenticates(&self, peer: IpAddr, authorization: Option<&HeaderValue>) -> Result<(), Refusal> {
+    pub async fn authenticates(&self, peer: IpAddr, authorization: Option<&HeaderValue>) -> Result<(), Rejected> {
         let Some((_, first_hash)) = self.policy.users.first() else {
             return Ok(());
         };
         let (user, password) = authorization
             .and_then(|v| v.to_str().ok())
             .and_then(parse_basic)
-            .ok_or(Refusal::Unauthorized)?;
+            .ok_or(Rejected::Unauthorized)?;
         let key: [u8; 32] = Sha256::digest(format!("{user}\0{password}").as_bytes()).into();
         if lock(&self.verified).contains(&key) {
             return Ok(());
@@ -174,11 +174,11 @@ impl Gate {
         });
         let matched = match self.checkers.try_send(job) {
             Ok(()) => rx.await.unwrap_or(false),
-            Err(mpsc::TrySendError::Full(_)) => return Err(Refusal::TooManyFailures(Duration::from_secs(1))),
+            Err(mpsc::TrySendError::Full(_)) => return Err(Rejected::TooManyFailures(Duration::from_secs(1))),
             Err(mpsc::TrySendError::Disconnected(_)) => false,
         };
         if !(matched && known.is_some()) {
-            return Err(Refusal::Unauthorized);
+            return Err(Rejected::Unauthorized);
         }
         lock(&self.failures).forgive(counted);
         let mut verified = lock(&self.verified);
@@ -221,7 +221,7 @@ impl Failures {
 
     /// Count one attempt of `peer` at `now`; refused when `max` are already counted this minute.
     /// Returns the key it was counted under, for [`Failures::forgive`].
-    fn attempt(&mut self, peer: IpAddr, now: Instant, max: u32) -> Result<IpAddr, Refusal> {
+    fn attempt(&mut self, peer: IpAddr, now: Instant, max: u32) -> Result<IpAddr, Rejected> {
         let mut key = match unmapped(peer) {
             IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
             v4 => v4,
@@ -238,7 +238,7 @@ impl Failures {
         }
         if w.count >= max {
             let left = FAILURE_WINDOW.saturating_sub(now.saturating_duration_since(w.start));
-            return Err(Refusal::TooManyFailures(left.max(Duration::from_secs(1))));
+            return Err(Rejected::TooManyFailures(left.max(Duration::from_secs(1))));
         }
         w.count += 1;
         Ok(key)
@@ -378,14 +378,14 @@ mod tests {
     async fn htpasswd_credentials() {
         let hash = bcrypt::hash("s3cret", 4).unwrap().replacen("$2b$", "$2y$", 1);
         let gate = Gate::new(access(vec![("ci".into(), hash)], vec![]));
-        let cases: [(Option<HeaderValue>, Result<(), Refusal>); 7] = [
+        let cases: [(Option<HeaderValue>, Result<(), Rejected>); 7] = [
             (Some(basic("ci", "s3cret")), Ok(())),
             (Some(basic("ci", "s3cret")), Ok(())), // remembered
-            (Some(basic("ci", "wrong")), Err(Refusal::Unauthorized)),
-            (Some(basic("other", "s3cret")), Err(Refusal::Unauthorized)),
-            (None, Err(Refusal::Unauthorized)),
-            (Some(HeaderValue::from_static("Bearer x")), Err(Refusal::Unauthorized)),
-            (Some(HeaderValue::from_static("Basic !!!")), Err(Refusal::Unauthorized)),
+            (Some(basic("ci", "wrong")), Err(Rejected::Unauthorized)),
+            (Some(basic("other", "s3cret")), Err(Rejected::Unauthorized)),
+            (None, Err(Rejected::Unauthorized)),
+            (Some(HeaderValue::from_static("Bearer x")), Err(Rejected::Unauthorized)),
+            (Some(HeaderValue::from_static("Basic !!!")), Err(Rejected::Unauthorized)),
         ];
         for (header, want) in cases {
             assert_eq!(gate.authenticates(PEER, header.as_ref()).await, want, "{header:?}");
@@ -426,7 +426,7 @@ mod tests {
             tokio::task::spawn_blocking(move || entered_rx.recv().unwrap()).await.unwrap();
             assert!(!auth.is_finished(), "the runtime ran on while the password was being checked");
             release_tx.send(()).unwrap();
-            assert_eq!(auth.await.unwrap(), Err(Refusal::Unauthorized));
+            assert_eq!(auth.await.unwrap(), Err(Rejected::Unauthorized));
         });
     }
 
@@ -439,7 +439,7 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(f.attempt(a, t0, 3), Ok(a));
         }
-        assert_eq!(f.attempt(a, t0 + Duration::from_secs(20), 3), Err(Refusal::TooManyFailures(Duration::from_secs(40))));
+        assert_eq!(f.attempt(a, t0 + Duration::from_secs(20), 3), Err(Rejected::TooManyFailures(Duration::from_secs(40))));
         assert_eq!(f.attempt(b, t0, 3), Ok("10.0.0.2".parse().unwrap()), "other addresses are not affected");
         f.forgive(a);
         assert_eq!(f.attempt(a, t0, 3), Ok(a), "a correct attempt doesn't count");

@@ -6,7 +6,7 @@
 //!   gate, TLS and the metrics, handed to [`http::App`]; `regcache serve` starts it with
 //!   `app::start`.
 //! - [`access`]: who may use the mirror: allow list and htpasswd (the file read by
-//!   `access::read_htpasswd`).
+//!   `access::read_htpasswd`); a request it turns away gets `access::Rejected`.
 //! - [`admin`]: `ls`, `gc`, `verify` on the data directory (and on the shared bucket with
 //!   `backend = "s3"`: the store does the work, `store::bucket::admin`; `admin` formats it).
 //! - [`warm`]: `warm`: pull images through a server ahead of a rush.
@@ -19,12 +19,12 @@
 //! - [`oci`]: the registry domain, pure: `Digest`, `RepositoryName`, `Reference`, `RegistryHost`
 //!   (Docker Hub's aliases and `library/`), media types, error codes and who is to blame (`Blame`).
 //! - [`upstream`]: the client for one upstream registry: pooled hyper + rustls, token auth, redirects
-//!   (kept out of the operator's private networks by `upstream::guard`), and the registry protocol
-//!   as typed methods (`head_manifest`, `get_manifest`, `tags`, `referrers`, `head_blob`, `get_blob`).
+//!   (kept out of the operator's private networks by `upstream::guard`: `guard::Blocked`), and the
+//!   registry protocol as typed methods (`head_manifest`, `get_manifest`, `tags`, `referrers`, `head_blob`, `get_blob`).
 //! - [`store`]: everything regcache keeps, in tiers, and the tier logic in one place
 //!   (`store/tiered.rs`: callers ask `Store` for a manifest, a tag, a referrers list, a tag list or
-//!   where a blob is — `BlobSource::{Local, Shared, Missing}` — and it looks up, backfills and
-//!   publishes; a fill reaches it through `fill::Sink`). The storage seam (`store::BlobBackend`:
+//!   where a blob is — `Store::locate`: `Located::{Local, Shared, Missing}` — and it looks up,
+//!   backfills and publishes; a fill reaches it through `fill::Sink`). The storage seam (`store::BlobBackend`:
 //!   begin, append, commit after verification, abort, open a range, stat, list, remove; probe and
 //!   cleanup when a server starts). `store::hot`: the hot tier on disk (`LocalBlobs`: temp → fsync
 //!   → rename; reading it with pooled buffers and `preadv2`; the disk budget of fills; repair and
@@ -40,7 +40,7 @@
 //!   and evicts.
 //! - [`fill`]: blob fills: one download per blob and upstream, written through the seam, followed
 //!   by any number of readers. The map of running fills and its guard (`fill::map`: `Fills`,
-//!   `Join`, `Source`), one fill as requests see it (`fill::handle`: `Fill`, its `Verdict`), the
+//!   `Join`, `Readable`), one fill as requests see it (`fill::handle`: `Fill`, its `Verdict`), the
 //!   fill's task (`fill::job`: connect, download, verify, commit), the windows of newest bytes in
 //!   memory (`fill::window`: recent, and the relay of a fill passing its bytes through), when an
 //!   unread fill is given up (`fill::pace`), and the readers (`fill::reader`: `FillReader`). All a
@@ -49,8 +49,8 @@
 //! - [`fleet`]: nodes that fetch each blob from the upstream once between them: `[fleet]` settings
 //!   (`fleet::settings`), member ids and rendezvous ownership pinned as protocol (`fleet::hrw`),
 //!   who the members are and which are up (`fleet::members`: static or DNS, passive health), the
-//!   member API's secret and headers (`fleet::auth`), the owner's side (`fleet::owner`, served by
-//!   `http::fleet`), and the asker's: a client for members (`fleet::peer`) and the fill's source
+//!   member API's secret and headers (`fleet::auth`: `SecretRefused`), the owner's side
+//!   (`fleet::owner`, served by `http::fleet`), and the asker's: a client for members (`fleet::peer`) and the fill's source
 //!   that fails over from member to member, then to the upstream (`fleet::source::FleetStream`).
 //!   A tag is revalidated through its owner too (`cache::fleet_tag`, its answer verified as an
 //!   upstream's), and a cold blob's `HEAD` asks its owner (`fleet::source::head`).

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use super::{Answered, BodyFrom, Cache, CacheError, ServedFrom};
-use crate::fill::{FillReader, Join, Source, Verdict, Via};
+use crate::fill::{FillReader, Join, Readable, Verdict, Via};
 use crate::fleet::{self, auth::current_request_id, peer::BlobAsk};
 use crate::oci::{Digest, RepositoryName};
-use crate::store::{BlobRead, BlobSource, Store};
+use crate::store::{BlobRead, Located, Store};
 use crate::upstream::{RateLimit, Upstream};
 
 /// A byte range asked for, before it is checked against the blob's size.
@@ -103,7 +103,7 @@ impl Cache {
             }
         }
         // Indexed here only if a fill finished since: a hit all the same.
-        if let BlobSource::Local(size) | BlobSource::Shared(size) = self.store.blob_source(digest).await? {
+        if let Located::Local(size) | Located::Shared(size) = self.store.locate(digest).await? {
             let range = resolve_range(range, size)?;
             let from = BodyFrom::One(ServedFrom::Hot);
             return Ok(BlobAnswer { size: Some(size), range, body: None, outcome: Answered::Hit, from, rate_limit: RateLimit::default() });
@@ -137,9 +137,9 @@ impl Cache {
         if self.fills.get(&up.config().name, digest).is_some() {
             return Ok(None);
         }
-        let BlobSource::Shared(size) = self.store.blob_source(digest).await? else { return Ok(None) };
+        let Located::Shared(size) = self.store.locate(digest).await? else { return Ok(None) };
         let Some((start, end)) = resolve_range(Some(range), size)? else { return Ok(None) };
-        let Some(body) = self.store.read_from(digest, BlobSource::Shared(size), start..end).await? else { return Ok(None) };
+        let Some(body) = self.store.read_from(digest, Located::Shared(size), start..end).await? else { return Ok(None) };
         let from = BodyFrom::One(ServedFrom::Shared);
         Ok(Some(BlobAnswer { size: Some(size), range: Some((start, end)), body: Some(body), outcome: Answered::Hit, from, rate_limit: RateLimit::default() }))
     }
@@ -163,13 +163,13 @@ impl Cache {
         let mut join = Join::Any;
         let (mut reader, fill, total, joined) = loop {
             let (fill, joined) = match self.fills.join_or_start(&self.store, up, repo, digest, join, &self.via)? {
-                Source::Stored(size) => match serve_stored(&self.store, digest, size, range, false).await? {
+                Readable::Stored(size) => match serve_stored(&self.store, digest, size, range, false).await? {
                     Some(answer) => return Ok(answer),
                     // Indexed but gone from the store: the index entry is forgotten, fetch it.
                     None => continue,
                 },
-                Source::Filling(fill) => (fill, false),
-                Source::Joined(fill) => (fill, true),
+                Readable::Filling(fill) => (fill, false),
+                Readable::Joined(fill) => (fill, true),
             };
             // A reader from the first byte while the fill connects: a fill that passes its bytes
             // through without storing them keeps them for the readers it has, and only for them

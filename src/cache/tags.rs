@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::fleet_tag::{self, Revalidated};
-use super::freshness::{self, Action, SharedSays, Decision, Which};
+use super::freshness::{self, Action, Decision, SharedSays, Which};
 use super::manifest::{answer, head_only, ManifestAnswer};
 use super::{Answered, Cache, CacheError, ServedFrom};
 use crate::fill::Via;

@@ -21,7 +21,7 @@ use crate::sync::lock;
 use crate::upstream::{Upstream, UpstreamError};
 
 /// A blob as it can be read now.
-pub enum Source {
+pub enum Readable {
     /// Stored and verified, with this size (as the index has it).
     Stored(u64),
     /// Being filled by a fill this request started.
@@ -122,7 +122,7 @@ impl Fills {
         digest: &Digest,
         join: Join,
         via: &Via,
-    ) -> io::Result<Source> {
+    ) -> io::Result<Readable> {
         let key = FillKey { upstream: upstream.config().name.clone(), digest: digest.clone() };
         // The lock is held across the index lookup below (a sled read, in memory in practice): a
         // fill commits its blob (store, then index) before its guard takes it out of `running`
@@ -138,10 +138,10 @@ impl Fills {
                 .cloned()
         });
         if let Some(fill) = joinable {
-            return Ok(Source::Joined(fill));
+            return Ok(Readable::Joined(fill));
         }
         if let Some(size) = sink.stored(digest)? {
-            return Ok(Source::Stored(size));
+            return Ok(Readable::Stored(size));
         }
         let fill = Fill::new(digest.clone(), upstream.upstream_name(repo));
         let shared = running.values().map(Vec::len).sum::<usize>() < MAX_SHARED_FILLS;
@@ -154,7 +154,7 @@ impl Fills {
         let guard = FillGuard { fills: Arc::clone(self), key, fill: fill.clone(), shared, failure: None };
         let sink: Arc<dyn Sink> = Arc::clone(sink) as Arc<dyn Sink>;
         tokio::spawn(self.job(&fill, sink, upstream, repo, via).run(guard));
-        Ok(Source::Filling(fill))
+        Ok(Readable::Filling(fill))
     }
 
     /// The work of `fill`: fetching its digest from `repo` on `upstream` into `sink`, within the
@@ -362,8 +362,8 @@ mod tests {
     fn start(fills: &Arc<Fills>, store: &Arc<Rigged>, up: &Arc<Upstream>, digest: &Digest) -> Arc<Fill> {
         let repo: RepositoryName = "library/alpine".parse().unwrap();
         match fills.join_or_start(store, up, &repo, digest, Join::Any, &Via::Upstream).unwrap() {
-            Source::Filling(fill) | Source::Joined(fill) => fill,
-            Source::Stored(_) => panic!("nothing is stored"),
+            Readable::Filling(fill) | Readable::Joined(fill) => fill,
+            Readable::Stored(_) => panic!("nothing is stored"),
         }
     }
 
@@ -450,8 +450,8 @@ mod tests {
         let first = start(&fills, &store, &up, &digest);
         let other: RepositoryName = "org/app".parse().unwrap();
         let joined = |join| match fills.join_or_start(&store, &up, &other, &digest, join, &Via::Upstream).unwrap() {
-            Source::Filling(fill) | Source::Joined(fill) => fill,
-            Source::Stored(_) => panic!("nothing is stored"),
+            Readable::Filling(fill) | Readable::Joined(fill) => fill,
+            Readable::Stored(_) => panic!("nothing is stored"),
         };
         assert!(Arc::ptr_eq(&joined(Join::Any), &first));
         let own = joined(Join::OwnRepository);

@@ -28,7 +28,7 @@
 //!
 //! # Where each concept lives
 //! - `map`: the running fills ([`Fills`]) by upstream and digest, which one a request may
-//!   [`Join`], what it gets ([`Source`]: stored, or a fill), and the `FillGuard` that takes a fill
+//!   [`Join`], what it gets ([`Readable`]: stored, or a fill), and the `FillGuard` that takes a fill
 //!   out of the map however its task ends; the drain at shutdown.
 //! - `handle`: one running fill as requests and readers see it ([`Fill`]): its state
 //!   ([`FillState`]), waiting for it to start, and its [`Verdict`] for a range.
@@ -56,6 +56,6 @@ mod window;
 
 pub use error::FillError;
 pub use handle::{Fill, FillState, Verdict};
-pub use map::{Fills, Join, Readers, Source, Via};
+pub use map::{Fills, Join, Readable, Readers, Via};
 pub use reader::FillReader;
 pub use sink::Sink;

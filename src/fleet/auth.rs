@@ -28,7 +28,7 @@ pub fn current_request_id() -> Option<String> {
 
 /// Why a member-to-member request is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub enum SecretRefused {
     /// No secret: 401.
     #[error("the fleet's secret is required")]
     Missing,
@@ -37,7 +37,7 @@ pub enum Refusal {
     Wrong,
 }
 
-impl Refusal {
+impl SecretRefused {
     /// Always the asker's doing.
     pub fn blame(&self) -> Blame {
         Blame::Client
@@ -45,11 +45,11 @@ impl Refusal {
 }
 
 /// Whether `headers` carry `secret`.
-pub fn check(secret: &Secret, headers: &HeaderMap) -> Result<(), Refusal> {
+pub fn check(secret: &Secret, headers: &HeaderMap) -> Result<(), SecretRefused> {
     match headers.get(SECRET_HEADER) {
-        None => Err(Refusal::Missing),
+        None => Err(SecretRefused::Missing),
         Some(v) if secret.matches(v.as_bytes()) => Ok(()),
-        Some(_) => Err(Refusal::Wrong),
+        Some(_) => Err(SecretRefused::Wrong),
     }
 }
 
@@ -67,9 +67,9 @@ mod tests {
             h.insert(name, HeaderValue::from_str(v).unwrap());
             h
         };
-        assert_eq!(check(&secret, &HeaderMap::new()), Err(Refusal::Missing));
-        assert_eq!(check(&secret, &with(SECRET_HEADER, "s3cre")), Err(Refusal::Wrong));
-        assert_eq!(check(&secret, &with(SECRET_HEADER, "")), Err(Refusal::Wrong));
+        assert_eq!(check(&secret, &HeaderMap::new()), Err(SecretRefused::Missing));
+        assert_eq!(check(&secret, &with(SECRET_HEADER, "s3cre")), Err(SecretRefused::Wrong));
+        assert_eq!(check(&secret, &with(SECRET_HEADER, "")), Err(SecretRefused::Wrong));
         assert_eq!(check(&secret, &with(SECRET_HEADER, "s3cret")), Ok(()));
     }
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use crate::cache::{Answered, BlobAnswer, BodyFrom, Cache, CacheError, ServedFrom};
-use crate::fill::{FillReader, Join, Source, Via};
+use crate::fill::{FillReader, Join, Readable, Via};
 use crate::oci::{Digest, RepositoryName};
 use crate::upstream::{RateLimit, Upstream};
 
@@ -25,16 +25,16 @@ pub async fn serve_blob(
     let mut join = Join::Any;
     loop {
         let source = match store.stored_size(digest)? {
-            Some(size) => Source::Stored(size),
+            Some(size) => Readable::Stored(size),
             None => cache.fills().join_or_start(store, up, repo, digest, join, &Via::Upstream)?,
         };
         let fill = match source {
-            Source::Stored(size) => match stored(cache, digest, size, offset).await? {
+            Readable::Stored(size) => match stored(cache, digest, size, offset).await? {
                 Some(answer) => return Ok(answer),
                 // Indexed but gone from the store: the index entry is forgotten, fetch it.
                 None => continue,
             },
-            Source::Filling(fill) | Source::Joined(fill) => fill,
+            Readable::Filling(fill) | Readable::Joined(fill) => fill,
         };
         let mut reader = FillReader::new(store, fill.clone(), offset, None);
         match fill.started().await {

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::route::{RouteError, RouteErrorKind};
 use super::{full, LogOutcome, Resp};
-use crate::access::Refusal;
+use crate::access::Rejected;
 use crate::cache::CacheError;
 use crate::oci::{Blame, ErrorBody, ErrorCode};
 use crate::upstream::UpstreamError;
@@ -28,19 +28,19 @@ pub enum Resource {
 /// The response for a request the access policy refuses: 401 with a Basic challenge for missing or
 /// wrong credentials (so `docker login` asks for them), 429 with `Retry-After` for an address that
 /// sent too many wrong ones lately.
-pub fn refused(refusal: Refusal) -> Resp {
-    Failure::from_refusal(&refusal).respond()
+pub fn rejected(rejected: Rejected) -> Resp {
+    Failure::from_rejected(&rejected).respond()
 }
 
 /// The response for a member-to-member request without the fleet's secret (401) or with a wrong
 /// one (403): an OCI error body, nothing else.
-pub fn fleet_refused(refusal: crate::fleet::auth::Refusal) -> Resp {
-    use crate::fleet::auth::Refusal;
-    let kind = match refusal {
-        Refusal::Missing => Kind::Unauthorized,
-        Refusal::Wrong => Kind::Denied,
+pub fn fleet_refused(refused: crate::fleet::auth::SecretRefused) -> Resp {
+    use crate::fleet::auth::SecretRefused;
+    let kind = match refused {
+        SecretRefused::Missing => Kind::Unauthorized,
+        SecretRefused::Wrong => Kind::Denied,
     };
-    Failure::new(kind, refusal.blame(), refusal.to_string()).respond()
+    Failure::new(kind, refused.blame(), refused.to_string()).respond()
 }
 
 /// The response for a routing error.
@@ -140,14 +140,14 @@ impl Failure {
         resp
     }
 
-    fn from_refusal(refusal: &Refusal) -> Failure {
-        match refusal {
-            Refusal::Unauthorized => Failure::new(Kind::Unauthorized, refusal.blame(), "credentials required")
+    fn from_rejected(rejected: &Rejected) -> Failure {
+        match rejected {
+            Rejected::Unauthorized => Failure::new(Kind::Unauthorized, rejected.blame(), "credentials required")
                 .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"regcache\"")),
-            Refusal::TooManyFailures(wait) => {
+            Rejected::TooManyFailures(wait) => {
                 let secs = wait.as_secs().max(1);
                 let message = format!("too many wrong credentials from this address; try again in {secs} s");
-                Failure::new(Kind::TooManyRequests, refusal.blame(), message)
+                Failure::new(Kind::TooManyRequests, rejected.blame(), message)
                     .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
             }
         }
@@ -330,14 +330,14 @@ mod tests {
 
     #[tokio::test]
     async fn refusals_are_the_clients_and_say_how_to_get_in() {
-        assert_eq!(Refusal::Unauthorized.blame(), CLIENT);
-        let (status, code, detail, headers) = parts(refused(Refusal::Unauthorized)).await;
+        assert_eq!(Rejected::Unauthorized.blame(), CLIENT);
+        let (status, code, detail, headers) = parts(rejected(Rejected::Unauthorized)).await;
         assert_eq!((status, code.as_str(), detail), (401, "UNAUTHORIZED", Value::Null));
         assert_eq!(headers[header::WWW_AUTHENTICATE], "Basic realm=\"regcache\"");
 
-        let wait = Refusal::TooManyFailures(Duration::from_millis(300));
+        let wait = Rejected::TooManyFailures(Duration::from_millis(300));
         assert_eq!(wait.blame(), CLIENT);
-        let (status, code, detail, headers) = parts(refused(wait)).await;
+        let (status, code, detail, headers) = parts(rejected(wait)).await;
         assert_eq!((status, code.as_str(), detail), (429, "TOOMANYREQUESTS", Value::Null));
         assert_eq!(headers[header::RETRY_AFTER], "1", "at least a second");
         assert_eq!(headers[header::CONTENT_TYPE], "application/json");

@@ -23,7 +23,7 @@ impl App {
         };
         match auth::check(fleet.secret(), req.headers()) {
             Ok(()) => Resp::new(full(bytes::Bytes::new())),
-            Err(refusal) => fleet_refused(refusal),
+            Err(refused) => fleet_refused(refused),
         }
     }
 

@@ -29,7 +29,7 @@ use crate::logs::{RequestId, REQUEST_ID_HEADER};
 use crate::metrics::{Metrics, RouteLabel};
 use crate::oci::{is_registry_host, AcceptList, ErrorCode, RepositoryName, UpstreamRepo};
 use crate::upstream::{content_length, Upstream};
-use error::{refused, rescue, route_error, Resource};
+use error::{rejected, rescue, route_error, Resource};
 pub use range::parse_range;
 pub use route::{query, route, Query, RepoRoute, Route, RouteError, RouteErrorKind};
 pub use server::{bind_local, serve, serve_admin, serve_local};
@@ -232,7 +232,7 @@ impl App {
             (Surface::Main, Route::Status | Route::StatusJson) if !self.admin_separate => {
                 match self.gate.authenticates(peer.ip(), req.headers().get(header::AUTHORIZATION)).await {
                     Ok(()) => self.local(&route),
-                    Err(refusal) => refused(refusal),
+                    Err(why) => rejected(why),
                 }
             }
             (Surface::Admin, _) | (Surface::Main, Route::Metrics | Route::Status | Route::StatusJson) => {
@@ -240,7 +240,7 @@ impl App {
             }
             (Surface::Main, _) => match self.gate.authenticates(peer.ip(), req.headers().get(header::AUTHORIZATION)).await {
                 Ok(()) => self.respond_to(req, route).await,
-                Err(refusal) => refused(refusal),
+                Err(why) => rejected(why),
             },
         };
         resp.extensions_mut().insert(label);

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::status::{SharedStatus, FillStatus, FleetMember, FleetStatus, Snapshot, Stored};
+use crate::status::{FillStatus, FleetMember, FleetStatus, SharedStatus, Snapshot, Stored};
 
 use super::App;
 

@@ -37,7 +37,7 @@ pub use index::{now_secs, Index, ListedTags, ReferrersKey, SharedSizes, Slot, St
 #[doc(hidden)]
 pub use index::{blob_size_of, parse_tag, tag_record};
 pub use records::{read_manifest_record, RecordKey, MAX_MANIFEST_RECORD, MAX_TAG_RECORD};
-pub use tiered::{BlobSource, RememberedTag, TagSlot, Tier};
+pub use tiered::{Located, RememberedTag, TagSlot, Tier};
 
 use std::io;
 use std::ops::Range;
@@ -47,7 +47,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::metrics::{SharedMetrics, Metrics};
+use crate::metrics::{Metrics, SharedMetrics};
 use crate::oci::Digest;
 
 /// Everything regcache keeps: under its data directory (the hot tier: blob files and the index)

@@ -46,7 +46,7 @@ pub enum Tier {
 
 /// Where a blob is, as far as this node can tell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BlobSource {
+pub enum Located {
     /// In the hot tier, with this size (as indexed).
     Local(u64),
     /// Not here but in the shared tier, with this size.
@@ -64,23 +64,23 @@ impl Store {
 
     /// Where `digest` is: in the hot tier, else in the shared tier (its size remembered, else
     /// asked), else nowhere.
-    pub async fn blob_source(&self, digest: &Digest) -> sled::Result<BlobSource> {
+    pub async fn locate(&self, digest: &Digest) -> sled::Result<Located> {
         if let Some(size) = self.index.blob_size(digest)? {
-            return Ok(BlobSource::Local(size));
+            return Ok(Located::Local(size));
         }
         Ok(match &self.shared {
-            Some(shared) => shared.size(digest).await.map_or(BlobSource::Missing, BlobSource::Shared),
-            None => BlobSource::Missing,
+            Some(shared) => shared.size(digest).await.map_or(Located::Missing, Located::Shared),
+            None => Located::Missing,
         })
     }
 
-    /// `range` of the blob `digest` from the tier `source` names; `None` if it is no longer there
+    /// `range` of the blob `digest` from the tier `at` names; `None` if it is no longer there
     /// (a hot-tier index entry is then forgotten, a shared one too: the next request fetches it).
-    pub async fn read_from(&self, digest: &Digest, source: BlobSource, range: Range<u64>) -> io::Result<Option<Box<dyn BlobRead>>> {
-        Ok(match (source, &self.shared) {
-            (BlobSource::Local(size), _) => self.read_blob(digest, size, range).await?.map(|b| Box::new(b) as Box<dyn BlobRead>),
-            (BlobSource::Shared(size), Some(shared)) => shared.read(digest, size, range).await.map(|opened| opened.reader),
-            (BlobSource::Shared(_), None) | (BlobSource::Missing, _) => None,
+    pub async fn read_from(&self, digest: &Digest, at: Located, range: Range<u64>) -> io::Result<Option<Box<dyn BlobRead>>> {
+        Ok(match (at, &self.shared) {
+            (Located::Local(size), _) => self.read_blob(digest, size, range).await?.map(|b| Box::new(b) as Box<dyn BlobRead>),
+            (Located::Shared(size), Some(shared)) => shared.read(digest, size, range).await.map(|opened| opened.reader),
+            (Located::Shared(_), None) | (Located::Missing, _) => None,
         })
     }
 

@@ -91,7 +91,7 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
 /// for the log only.
 #[derive(Debug, thiserror::Error)]
 #[error("{host} is in a private network (loopback, link-local, private, CGNAT or unspecified addresses) and not in redirect_hosts")]
-pub struct Refused {
+pub struct Blocked {
     /// The host as the URL named it.
     pub host: String,
 }
@@ -135,7 +135,7 @@ impl Guard {
 
     /// The addresses of `host` that may be connected to: all of them for an exempt host; else,
     /// for a private registry, all but unspecified and link-local ones; else only external ones.
-    fn filter(&self, host: &str, addrs: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, Refused> {
+    fn filter(&self, host: &str, addrs: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, Blocked> {
         if host == self.own && self.fixed.is_none() {
             let private = !addrs.is_empty() && addrs.iter().all(|a| is_internal(a.ip()));
             self.learned.store(private, Ordering::Relaxed);
@@ -146,7 +146,7 @@ impl Guard {
         let refuse: fn(IpAddr) -> bool = if self.upstream_is_private() { is_never_a_registry } else { is_internal };
         let allowed: Vec<SocketAddr> = addrs.into_iter().filter(|a| !refuse(a.ip())).collect();
         if allowed.is_empty() {
-            return Err(Refused { host: host.to_owned() });
+            return Err(Blocked { host: host.to_owned() });
         }
         Ok(allowed)
     }
@@ -234,11 +234,11 @@ impl tower_service::Service<Uri> for GuardedConnector {
     }
 }
 
-/// The [`Refused`] somewhere in the causes of `e`, if the guard refused the connection.
-pub fn refusal<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Refused> {
+/// The [`Blocked`] somewhere in the causes of `e`, if the guard refused the connection.
+pub fn blocked<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Blocked> {
     let mut cur = Some(e);
     while let Some(c) = cur {
-        if let Some(r) = c.downcast_ref::<Refused>() {
+        if let Some(r) = c.downcast_ref::<Blocked>() {
             return Some(r);
         }
         cur = c.source();

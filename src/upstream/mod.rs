@@ -220,9 +220,9 @@ impl Transport {
             Ok(Err(e)) => e,
         };
         let cause = error_chain(&e);
-        if let Some(refused) = guard::refusal(&e) {
+        if let Some(blocked) = guard::blocked(&e) {
             tracing::warn!(
-                upstream = %self.name, url = %redact(url), reason = %refused,
+                upstream = %self.name, url = %redact(url), reason = %blocked,
                 "refused to connect: add the host to the upstream's redirect_hosts if it is meant to be reached"
             );
             return Err(UpstreamError::Connect(
