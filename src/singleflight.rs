@@ -15,11 +15,11 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 
 use crate::sync::lock;
 
-/// How many calls may be shared at once. Keys are chosen by clients (repository names, tags), so the
-/// map is capped: past this many, a call runs unshared (its caller still gets its result).
-const MAX_SHARED_CALLS: usize = 4096;
+/// How many calls may be coalesced at once. Keys are chosen by clients (repository names, tags), so
+/// the map is capped: past this many, a call runs alone (its caller still gets its result).
+const MAX_COALESCED_CALLS: usize = 4096;
 
-/// A shared call ended without a result: it panicked, or its task was cancelled.
+/// A coalesced call ended without a result: it panicked, or its task was cancelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the shared call ended without a result (it panicked or was cancelled)")]
 pub struct CallDied;
@@ -31,13 +31,13 @@ impl<T, E: From<CallDied>> From<CallDied> for Result<T, E> {
     }
 }
 
-/// Shared calls keyed by `K` yielding `V`.
+/// Coalesced calls keyed by `K` yielding `V`.
 pub struct Singleflight<K, V: Clone> {
     // A std Mutex: it is held only to look up, insert or remove a handle, never across an await.
     calls: Arc<Mutex<Calls<K, V>>>,
 }
 
-/// The running calls. Bounded: at most [`MAX_SHARED_CALLS`] entries, each removed by its call's
+/// The running calls. Bounded: at most [`MAX_COALESCED_CALLS`] entries, each removed by its call's
 /// [`EntryGuard`] however the call ends.
 struct Calls<K, V: Clone> {
     running: HashMap<K, (u64, Shared<BoxFuture<'static, V>>)>,
@@ -87,7 +87,7 @@ where
     where
         F: Future<Output = V> + Send + 'static,
     {
-        let shared = {
+        let call = {
             let mut calls = lock(&self.calls);
             if let Some((_, running)) = calls.running.get(&key) {
                 running.clone()
@@ -102,7 +102,7 @@ where
                     let _guard = guard;
                     fut.await
                 });
-                let shared = async move {
+                let call = async move {
                     handle.await.unwrap_or_else(|e| {
                         tracing::error!(error = %e, "a shared call died; its waiters get an error");
                         V::from(CallDied)
@@ -110,13 +110,13 @@ where
                 }
                 .boxed()
                 .shared();
-                if calls.running.len() < MAX_SHARED_CALLS {
-                    calls.running.insert(key, (id, shared.clone()));
+                if calls.running.len() < MAX_COALESCED_CALLS {
+                    calls.running.insert(key, (id, call.clone()));
                 }
-                shared
+                call
             }
         };
-        shared.await
+        call.await
     }
 
     /// How many callers are waiting on the running calls, all keys together: lets a test that
@@ -128,7 +128,7 @@ where
         calls.running.values().map(|(_, s)| s.strong_count().unwrap_or(1).saturating_sub(1)).sum()
     }
 
-    /// How many calls are shared now.
+    /// How many calls are coalesced now.
     #[cfg(test)]
     fn len(&self) -> usize {
         lock(&self.calls).running.len()
@@ -246,7 +246,7 @@ mod tests {
         let sf: Arc<Singleflight<usize, Answer>> = Arc::new(Singleflight::default());
         let (release_tx, release_rx) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
-        for k in 0..MAX_SHARED_CALLS + 10 {
+        for k in 0..MAX_COALESCED_CALLS + 10 {
             let (sf, mut rx) = (sf.clone(), release_rx.clone());
             tasks.push(tokio::spawn(async move {
                 sf.run(k, move || async move {
@@ -256,10 +256,10 @@ mod tests {
                 .await
             }));
         }
-        while sf.len() < MAX_SHARED_CALLS {
+        while sf.len() < MAX_COALESCED_CALLS {
             tokio::task::yield_now().await;
         }
-        assert_eq!(sf.len(), MAX_SHARED_CALLS);
+        assert_eq!(sf.len(), MAX_COALESCED_CALLS);
         release_tx.send(true).unwrap();
         for (k, t) in tasks.into_iter().enumerate() {
             assert_eq!(t.await.unwrap(), Ok(k as u32), "calls past the cap still answer");

@@ -3,7 +3,7 @@
 use crate::upstream::UpstreamError;
 
 /// Why a fill failed. A fill that died without a result (it panicked or its task was cancelled)
-/// fails with `Upstream(UpstreamError::Interrupted(_))`, like any shared call.
+/// fails with `Upstream(UpstreamError::Interrupted(_))`, like any coalesced call.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum FillError {
     /// The upstream refused or failed.

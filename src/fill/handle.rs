@@ -125,7 +125,7 @@ impl Fill {
     }
 
     /// Whether this fill fetches from `repo` on `upstream` (`alpine` is `library/alpine` on Docker
-    /// Hub). Fills are shared per upstream, so only the repository can differ.
+    /// Hub). Fills are joined per upstream, so only the repository can differ.
     pub fn fetches_from(&self, upstream: &Upstream, repo: &RepositoryName) -> bool {
         self.repo == upstream.upstream_name(repo)
     }

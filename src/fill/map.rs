@@ -31,10 +31,10 @@ pub enum Readable {
 }
 
 /// How many fills the map holds at most. Its keys are digests clients choose, so it is capped: past
-/// this many, a fill runs unshared (its one request still gets the blob).
-const MAX_SHARED_FILLS: usize = 4096;
+/// this many, a fill runs alone, not joinable (its one request still gets the blob).
+const MAX_JOINABLE_FILLS: usize = 4096;
 
-/// Fills are shared per upstream (its name) and digest. Never across upstreams: a fill from a
+/// Fills are joined per upstream (its name) and digest. Never across upstreams: a fill from a
 /// hostile or stalled upstream must not hold up or fail a request for another one.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct FillKey {
@@ -75,13 +75,13 @@ pub struct Fills {
     // A std Mutex: held to look up, insert or remove, and to check the store once, never across an
     // await, so "stored or being filled" is decided atomically and a digest is fetched only once
     // per upstream.
-    // Bounded: at most MAX_SHARED_FILLS fills in all; each is removed by its FillGuard however the
+    // Bounded: at most MAX_JOINABLE_FILLS fills in all; each is removed by its FillGuard however the
     // fill ends. A key holds more than one fill only while a request refetches a blob another
     // repository was refused, or a fill passing its bytes through has let go of its first ones
     // (each request starts at most two fills).
     running: Mutex<HashMap<FillKey, Vec<Arc<Fill>>>>,
     /// Fills running outside the map (it was full).
-    unshared: AtomicU64,
+    alone: AtomicU64,
     /// The `fills_in_progress` gauge: one more as a fill starts, one less as its guard drops.
     counted: Gauge,
     /// Signalled whenever a fill ends.
@@ -98,7 +98,7 @@ impl Fills {
     pub fn new(budget: FillBudget, counted: Gauge) -> Fills {
         Fills {
             running: Mutex::default(),
-            unshared: AtomicU64::default(),
+            alone: AtomicU64::default(),
             counted,
             ended: Notify::new(),
             budget,
@@ -144,14 +144,14 @@ impl Fills {
             return Ok(Readable::Stored(size));
         }
         let fill = Fill::new(digest.clone(), upstream.upstream_name(repo));
-        let shared = running.values().map(Vec::len).sum::<usize>() < MAX_SHARED_FILLS;
-        if shared {
+        let joinable = running.values().map(Vec::len).sum::<usize>() < MAX_JOINABLE_FILLS;
+        if joinable {
             running.entry(key.clone()).or_default().push(fill.clone());
         } else {
-            self.unshared.fetch_add(1, Ordering::Relaxed);
+            self.alone.fetch_add(1, Ordering::Relaxed);
         }
         self.counted.inc();
-        let guard = FillGuard { fills: Arc::clone(self), key, fill: fill.clone(), shared, failure: None };
+        let guard = FillGuard { fills: Arc::clone(self), key, fill: fill.clone(), joinable, failure: None };
         let sink: Arc<dyn Sink> = Arc::clone(sink) as Arc<dyn Sink>;
         tokio::spawn(self.job(&fill, sink, upstream, repo, via).run(guard));
         Ok(Readable::Filling(fill))
@@ -175,8 +175,8 @@ impl Fills {
 
     /// How many fills are running.
     pub fn len(&self) -> usize {
-        let shared: usize = lock(&self.running).values().map(Vec::len).sum();
-        shared.saturating_add(usize::try_from(self.unshared.load(Ordering::Relaxed)).unwrap_or(usize::MAX))
+        let joinable: usize = lock(&self.running).values().map(Vec::len).sum();
+        joinable.saturating_add(usize::try_from(self.alone.load(Ordering::Relaxed)).unwrap_or(usize::MAX))
     }
 
     /// The requests reading the fills in the map (a fill run outside it has its one request), and
@@ -235,8 +235,8 @@ pub(super) struct FillGuard {
     fills: Arc<Fills>,
     key: FillKey,
     fill: Arc<Fill>,
-    /// Whether the fill is in the map (else it is counted in `unshared`).
-    shared: bool,
+    /// Whether the fill is in the map (else it is counted in `alone`).
+    joinable: bool,
     /// Why the fill failed, when it ended with an error; `None` when it died.
     pub(super) failure: Option<FillError>,
 }
@@ -245,7 +245,7 @@ impl Drop for FillGuard {
     fn drop(&mut self) {
         // Out of the map before the failure is told, so a request that retries after it never
         // finds this fill again.
-        if self.shared {
+        if self.joinable {
             let mut running = lock(&self.fills.running);
             if let Some(fills) = running.get_mut(&self.key) {
                 fills.retain(|f| !Arc::ptr_eq(f, &self.fill));
@@ -254,7 +254,7 @@ impl Drop for FillGuard {
                 }
             }
         } else {
-            self.fills.unshared.fetch_sub(1, Ordering::Relaxed);
+            self.fills.alone.fetch_sub(1, Ordering::Relaxed);
         }
         self.fills.counted.dec();
         let failure = self.failure.take();

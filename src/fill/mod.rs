@@ -22,7 +22,7 @@
 //! window, and for a limited time ([`crate::config::FillBudget`]); at shutdown it is abandoned once
 //! the drain time is over ([`Fills::drain`]).
 //!
-//! Fills are shared per upstream and digest, never across upstreams, so a hostile or stalled upstream
+//! Fills are joined per upstream and digest, never across upstreams, so a hostile or stalled upstream
 //! hurts only its own requests. Within an upstream a request may join a fill for another repository;
 //! if that repository is refused, the request starts its own ([`Join::OwnRepository`]).
 //!
