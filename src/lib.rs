@@ -1,12 +1,22 @@
 //! regcache: a pull-through caching mirror for container registries.
 //!
 //! # Layout
+//! One word per concept. The tier behind this node's hot tier is "the shared tier" everywhere
+//! outside `store/` (`Located::Shared`, `Tier::Shared`, `RememberedTag::shared`,
+//! `ServedFrom::Shared`, `Fill::from_shared`, `FillError::Shared`, `SharedSays`,
+//! `metrics::SharedMetrics`, `status::SharedStatus`, `Store::shared_state`): only the store (and
+//! the configuration, `app` and `admin`) knows it is a bucket. Callers of one key wait on one
+//! "coalesced" upstream call (`singleflight`); requests "join" a running fill (`fill::map`). A
+//! client turned away by the access gate is `access::Rejected`, a member's asker without the
+//! fleet's secret `fleet::auth::SecretRefused`, a connection to a private network
+//! `upstream::guard::Blocked`.
 //! - [`app`]: the composition root: a [`config::Config`] becomes the store and its tiers (the
 //!   bucket of `[storage]` created, probed and cleaned up once), the upstream clients, the access
 //!   gate, TLS and the metrics, handed to [`http::App`]; `regcache serve` starts it with
 //!   `app::start`.
 //! - [`access`]: who may use the mirror: allow list and htpasswd (the file read by
-//!   `access::read_htpasswd`); a request it turns away gets `access::Rejected`.
+//!   `access::read_htpasswd`); a request it turns away gets `access::Rejected` (401, or 429 after
+//!   too many wrong credentials).
 //! - [`admin`]: `ls`, `gc`, `verify` on the data directory (and on the shared bucket with
 //!   `backend = "s3"`: the store does the work, `store::bucket::admin`; `admin` formats it).
 //! - [`warm`]: `warm`: pull images through a server ahead of a rush.
@@ -17,30 +27,36 @@
 //!   directory alone or with a `config::BucketTier`: its backend's client settings and the
 //!   tier's `bucket_max_size`), described for `check-config` with secrets masked.
 //! - [`oci`]: the registry domain, pure: `Digest`, `RepositoryName`, `Reference`, `RegistryHost`
-//!   (Docker Hub's aliases and `library/`), media types, error codes and who is to blame (`Blame`).
+//!   (Docker Hub's aliases and `library/`), `UpstreamRepo` (a repository as one upstream names it:
+//!   what the store keys tags, tag lists and referrers lists by), media types, error codes and who
+//!   is to blame (`Blame`).
 //! - [`upstream`]: the client for one upstream registry: pooled hyper + rustls, token auth, redirects
-//!   (kept out of the operator's private networks by `upstream::guard`: `guard::Blocked`), and the
-//!   registry protocol as typed methods (`head_manifest`, `get_manifest`, `tags`, `referrers`, `head_blob`, `get_blob`).
+//!   (kept out of the operator's private networks by `upstream::guard`: a connection there is
+//!   `guard::Blocked`), and the registry protocol as typed methods (`head_manifest`,
+//!   `get_manifest`, `tags`, `referrers`, `head_blob`, `get_blob`).
 //! - [`store`]: everything regcache keeps, in tiers, and the tier logic in one place
-//!   (`store/tiered.rs`: callers ask `Store` for a manifest, a tag, a referrers list, a tag list or
-//!   where a blob is — `Store::locate`: `Located::{Local, Shared, Missing}` — and it looks up,
-//!   backfills and publishes; a fill reaches it through `fill::Sink`). The storage seam (`store::BlobBackend`:
-//!   begin, append, commit after verification, abort, open a range, stat, list, remove; probe and
-//!   cleanup when a server starts). `store::hot`: the hot tier on disk (`LocalBlobs`: temp → fsync
-//!   → rename; reading it with pooled buffers and `preadv2`; the disk budget of fills; repair and
-//!   `verify`; eviction under `max_size`). `store::index`: the sled index (opened again in place
-//!   when sled stops writing: `store::recovery`). `store::bucket`: with
-//!   `backend = "s3"`, the tier shared with other nodes (`Shared`), its client (`Bucket`), its
-//!   uploads, its backlog of what it should have (uploaded once it answers again),
-//!   `bucket_max_size` (`store::bucket::lru`: access summaries, one evictor among the nodes) and
-//!   the maintenance commands' work on it (`store::bucket::admin`: `Store::bucket_listing`,
-//!   `bucket_gc`, `bucket_verify`).
+//!   (`store/tiered.rs`: callers ask `Store` for a manifest and the `Tier` that had it (`Hot`,
+//!   `Shared`), a tag (`RememberedTag`: this node's answer and the shared tier's), a referrers
+//!   list, a tag list or where a blob is (`Store::locate`: `Located::{Local, Shared, Missing}`),
+//!   and it looks up, backfills and publishes; a fill reaches it through `fill::Sink`). The storage
+//!   seam (`store::BlobBackend`: begin, append, commit after verification, abort, open a range,
+//!   stat, list, remove; probe and cleanup when a server starts). `store::hot`: the hot tier on
+//!   disk (`LocalBlobs`: temp → fsync → rename; reading it with pooled buffers and `preadv2`; the
+//!   disk budget of fills; repair and `verify`; eviction under `max_size`). `store::index`: the
+//!   sled index (opened again in place when sled stops writing: `store::recovery`).
+//!   `store::bucket`: with `backend = "s3"`, the tier shared with other nodes (`Shared`), its
+//!   client (`Bucket`), its uploads, its backlog of what it should have (uploaded once it answers
+//!   again), `bucket_max_size` (`store::bucket::lru`: access summaries, one evictor among the
+//!   nodes) and the maintenance commands' work on it (`store::bucket::admin`:
+//!   `Store::bucket_listing`, `bucket_gc`, `bucket_verify`).
 //!   `store::records`: the bucket's records and their one typed key (`RecordKey`), written and
 //!   read back (by the tier, eviction and `ls` alike). The housekeeping loop writes access times
 //!   and evicts.
 //! - [`fill`]: blob fills: one download per blob and upstream, written through the seam, followed
 //!   by any number of readers. The map of running fills and its guard (`fill::map`: `Fills`,
-//!   `Join`, `Readable`), one fill as requests see it (`fill::handle`: `Fill`, its `Verdict`), the
+//!   `Join`, and `Readable`: stored, a fill this request started, or one it joined; at most
+//!   `MAX_JOINABLE_FILLS`, past which a fill runs alone), one fill as requests see it
+//!   (`fill::handle`: `Fill`, its `Verdict`, `Fill::from_shared`; `FillError`), the
 //!   fill's task (`fill::job`: connect, download, verify, commit), the windows of newest bytes in
 //!   memory (`fill::window`: recent, and the relay of a fill passing its bytes through), when an
 //!   unread fill is given up (`fill::pace`), and the readers (`fill::reader`: `FillReader`). All a
@@ -49,26 +65,34 @@
 //! - [`fleet`]: nodes that fetch each blob from the upstream once between them: `[fleet]` settings
 //!   (`fleet::settings`), member ids and rendezvous ownership pinned as protocol (`fleet::hrw`),
 //!   who the members are and which are up (`fleet::members`: static or DNS, passive health), the
-//!   member API's secret and headers (`fleet::auth`: `SecretRefused`), the owner's side
-//!   (`fleet::owner`, served by `http::fleet`), and the asker's: a client for members (`fleet::peer`) and the fill's source
-//!   that fails over from member to member, then to the upstream (`fleet::source::FleetStream`).
+//!   member API's secret and headers (`fleet::auth`: an asker without it is `SecretRefused`), the
+//!   owner's side (`fleet::owner`, served by `http::fleet`), and the asker's: a client for members
+//!   (`fleet::peer`) and the fill's source that fails over from member to member, then to the
+//!   upstream (`fleet::source::FleetStream`).
 //!   A tag is revalidated through its owner too (`cache::fleet_tag`, its answer verified as an
 //!   upstream's), and a cold blob's `HEAD` asks its owner (`fleet::source::head`).
-//! - [`singleflight`]: one call per key at a time (manifest fetches, tag revalidations, tokens).
+//! - [`singleflight`]: one call per key at a time, its callers coalesced (manifest fetches, tag
+//!   revalidations, tokens; at most `MAX_COALESCED_CALLS` keys, past which a call runs alone).
 //! - [`sync`]: taking a lock whether or not a panic poisoned it, and why that is sound here.
 //! - [`cache`]: the policy: hit, miss, revalidate, stale, one file per kind of content (manifests
 //!   by digest, tags and tag lists, blobs, referrers); when a tag is served, revalidated or served
-//!   stale is one pure function, `cache::freshness::decide`, given the time by a `cache::Clock`.
+//!   stale is one pure function, `cache::freshness::decide` (given what the shared tier said,
+//!   `SharedSays`; it may answer `Action::AskShared`), given the time by a `cache::Clock`. Where
+//!   served bytes came from is a `cache::ServedFrom` (`Hot`, `Shared`, `Peer`, `Upstream`). With
+//!   the `test-hooks` feature, `cache::CoalescedCalls` counts the requests waiting on the cache's
+//!   coalesced upstream calls, so a test knows when every request has joined.
 //! - [`http`]: it only serves: accept loop, TLS (loading and reloading the certificate), routing,
-//!   handlers, the one error mapping.
+//!   handlers, the one error mapping (`http::error`).
 //! - [`logs`]: the log lines: text or one JSON object per line (`log_format`), and the request id
 //!   (`logs::RequestId`) the access line carries and the response returns in `X-Request-Id`.
 //! - [`metrics`]: Prometheus counters, gauges and histograms; a gauge is kept by what it counts (the
 //!   fills keep `fills_in_progress`, `Metrics::fills_running`; the index `disk_bytes`,
-//!   `Store::counted_in`; the bucket tier its metrics, `metrics::SharedMetrics`, its backlog
-//!   `bucket_backlog` among them). What nothing keeps is read at scrape time (`metrics::Now`: the
-//!   fills' readers, `max_size`, the data directory's file system).
-//! - [`status`]: the status page's tallies (`status::Board`, kept in the metrics) and its snapshot;
+//!   `Store::counted_in`; the shared tier its metrics, `metrics::SharedMetrics` with its
+//!   `SharedOp` label, its backlog `bucket_backlog` among them). What nothing keeps is read at
+//!   scrape time (`metrics::Now`: the fills' readers, `max_size`, the data directory's file
+//!   system).
+//! - [`status`]: the status page's tallies (`status::Board`, kept in the metrics) and its snapshot
+//!   (`status::Snapshot`, the shared tier's state in it `status::SharedStatus`);
 //!   `http::status` serves `/status` and `/status.json` beside `/metrics`.
 //!
 //! # The path of one request
