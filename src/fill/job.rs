@@ -206,8 +206,8 @@ impl FillJob {
     /// stores from the upstream or the fleet: the sender that tells it the blob is verified
     /// (dropped unsent, nothing is uploaded: see [`Body::publishes`]).
     fn upload(&self, body: &Body) -> Option<oneshot::Sender<VerifiedFill>> {
-        let from_behind = matches!(body, Body::Shared(_));
-        let partial = self.fill.partial.get().filter(|_| !from_behind && !self.fill.passing_through())?;
+        let from_shared = matches!(body, Body::Shared(_));
+        let partial = self.fill.partial.get().filter(|_| !from_shared && !self.fill.passing_through())?;
         let (tx, rx) = oneshot::channel();
         self.sink.publish(&self.digest, partial.as_ref(), rx).then_some(tx)
     }

@@ -332,5 +332,11 @@ mod tests {
         assert!(page.contains("<meta http-equiv=\"refresh\" content=\"5\">"));
         assert!(page.contains("<progress value=\"10\" max=\"100\"></progress> 10 B of 100 B"), "{page}");
         assert!(page.contains("75.0 %") && page.contains("1h 1m 1s") && page.contains("2.0 KiB of unlimited"), "{page}");
+
+        // The shared tier keeps its operator-visible name, in the JSON as on the page.
+        let s = Snapshot { shared: Some(SharedStatus { state: "up", size_bytes: 5 }), ..s };
+        let v: serde_json::Value = serde_json::from_str(&json(&s)).unwrap();
+        assert_eq!(v["bucket"], serde_json::json!({"state": "up", "size_bytes": 5}));
+        assert!(html(&s).contains("<p id=\"bucket\"><span class=\"up\">up</span> &middot; 5 B known to be in it</p>"));
     }
 }
