@@ -26,7 +26,6 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::it::mirror::{error_code, eventually, Mirror, Options, PROMPTLY};
-use crate::it::shared::TestBucket;
 use crate::support::fake_registry::{sha256_digest, Fault, FakeRegistry};
 use crate::support::images;
 
@@ -222,34 +221,6 @@ async fn the_owner_stopping_mid_stream_fails_no_pull() {
     // The owner's fetch, and the next member's from where its stream broke off (the third member
     // streams from the second).
     assert_eq!(reg.cdn_count(&digest), 2);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_shared_bucket_the_member_that_finishes_for_a_stopped_owner_uploads_the_blob_once() {
-    let reg = FakeRegistry::start().await;
-    let bucket = TestBucket::new();
-    let fleet = Fleet::start_with(&reg, 3, 0, Some(bucket.clone() as Arc<dyn SharedBackend>)).await;
-    let (digest, _) = blob_owned_by(&reg, &fleet, 0, 3_000_000);
-    reg.set_fault(Fault::HoldBlobsAfter { bytes: 1 << 20, path_contains: digest.clone() });
-    let got_bytes = Arc::new(AtomicUsize::new(0));
-    let pulls: Vec<_> = (0..8).map(|i| pull(&fleet.nodes[1 + i % 2].url, &digest, got_bytes.clone())).collect();
-    eventually("every client got bytes streamed from the owner", || got_bytes.load(Ordering::SeqCst) == 8).await;
-    fleet.proxies[0].kill();
-    reg.release_held();
-    for p in pulls {
-        assert_eq!(p.await.unwrap(), Ok(digest.clone()), "every body verified");
-    }
-    let order = fleet.order(&digest);
-    let (next, last) = (&fleet.nodes[order[1]], &fleet.nodes[order[2]]);
-    next.wait_stored(&digest).await;
-    last.wait_stored(&digest).await;
-    // The owner never got to upload it; the member that finished it from the upstream did, and
-    // the third, which streamed it from that member, did not.
-    next.metrics_with("regcache_bucket_operations_total{op=\"upload\",result=\"ok\"} 1\n").await;
-    let text = last.get("/metrics").await.text().await.unwrap();
-    assert!(!text.contains("regcache_bucket_operations_total{op=\"upload\""), "{text}");
-    assert_eq!(bucket.objects(), 1);
-    assert!(bucket.path(&digest).exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
