@@ -79,13 +79,9 @@ impl Cache {
         head: bool,
     ) -> Result<ManifestAnswer, CacheError> {
         let r = TagRequest { up, repo, key_repo: up.repo(repo), tag, accept, head };
-        // A tag is remembered per kind of answer: this client is only answered from the cache with
-        // what a client asking for the same kind was given.
-        let (remembered, decision) = self.remembered_tag(up, &r.key_repo, tag, accept.asks_for()).await?;
-        if let (Some(known), Action::Serve) = (&remembered, decision.action) {
-            if let Some(a) = self.tag_answer(known, accept, Answered::Hit).await? {
-                return Ok(a);
-            }
+        let (remembered, decision, fresh) = self.fresh_tag(&r).await?;
+        if let Some(a) = fresh {
+            return Ok(a);
         }
         match self.revalidate_tag(&r, &self.via, remembered.as_ref()).await {
             Err(CacheError::Upstream(e)) if e.is_unavailable() => {
@@ -118,13 +114,23 @@ impl Cache {
         head: bool,
     ) -> Result<ManifestAnswer, CacheError> {
         let r = TagRequest { up, repo, key_repo: up.repo(repo), tag, accept, head };
-        let (remembered, decision) = self.remembered_tag(up, &r.key_repo, tag, accept.asks_for()).await?;
-        if let (Some(known), Action::Serve) = (&remembered, decision.action) {
-            if let Some(a) = self.tag_answer(known, accept, Answered::Hit).await? {
-                return Ok(a);
-            }
+        if let (_, _, Some(a)) = self.fresh_tag(&r).await? {
+            return Ok(a);
         }
         self.revalidate_tag(&r, &Via::Upstream, None).await
+    }
+
+    /// The answer remembered for `r`'s tag (here, or in the shared tier), what to do with it, and
+    /// the manifest to serve as a hit when it is fresh, stored and acceptable. A tag is remembered
+    /// per kind of answer: a client is only answered from the cache with what a client asking for
+    /// the same kind was given.
+    async fn fresh_tag(&self, r: &TagRequest<'_>) -> Result<(Option<TagAnswer>, Decision, Option<ManifestAnswer>), CacheError> {
+        let (remembered, decision) = self.remembered_tag(r.up, &r.key_repo, r.tag, r.accept.asks_for()).await?;
+        let fresh = match (&remembered, decision.action) {
+            (Some(known), Action::Serve) => self.tag_answer(known, r.accept, Answered::Hit).await?,
+            _ => None,
+        };
+        Ok((remembered, decision, fresh))
     }
 
     /// Ask what the tag points at now ([`Cache::revalidation`]) and answer: from the cache when
